@@ -1,0 +1,258 @@
+package hostbreaker
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/net/idna"
+)
+
+// outcome is how one response or transport error counts for a breaker.
+type outcome uint8
+
+const (
+	outcomeSuccess outcome = iota
+	outcomeFailure
+	outcomeNeutral
+)
+
+// classify returns the outcome of a base RoundTrip. A transport error is a
+// failure unless the request's own context is done (the caller gave up).
+func classify(p *resolved, req *http.Request, resp *http.Response, err error) outcome {
+	if err != nil {
+		if req.Context().Err() != nil {
+			return outcomeNeutral
+		}
+		return outcomeFailure
+	}
+	return p.statuses.classify(resp.StatusCode)
+}
+
+// statusSet classifies the status codes 100–599 in two bitmaps.
+type statusSet struct {
+	failure, neutral [10]uint64 // bit (code-0) of the 640-bit sets
+}
+
+func newStatusSet(failure, neutral []int) statusSet {
+	var s statusSet
+	for _, c := range failure {
+		s.failure[c/64] |= 1 << (c % 64)
+	}
+	for _, c := range neutral {
+		s.neutral[c/64] |= 1 << (c % 64)
+	}
+	return s
+}
+
+func (s *statusSet) classify(code int) outcome {
+	if code < 0 || code >= 640 {
+		return outcomeSuccess
+	}
+	bit := uint64(1) << (code % 64)
+	switch {
+	case s.failure[code/64]&bit != 0:
+		return outcomeFailure
+	case s.neutral[code/64]&bit != 0:
+		return outcomeNeutral
+	}
+	return outcomeSuccess
+}
+
+// retryAfter returns how long from now a Retry-After header value asks the
+// client to wait. It accepts delta-seconds and HTTP-dates (RFC 9110 §10.2.3).
+// ok is false for a missing, unparsable, zero, negative or past value. A
+// delta too large for a time.Duration is returned as the largest one, so
+// that the caller's cap applies to it like to any other large value.
+func retryAfter(value string, now time.Time) (d time.Duration, ok bool) {
+	value = strings.TrimSpace(value)
+	if value == "" {
+		return 0, false
+	}
+	if isDigits(value) {
+		secs, err := strconv.ParseUint(value, 10, 64)
+		if err != nil || secs > uint64(maxDuration/time.Second) {
+			// All digits, so the only possible error is overflow.
+			return maxDuration, true
+		}
+		if secs == 0 {
+			return 0, false
+		}
+		return time.Duration(secs) * time.Second, true
+	}
+	t, err := http.ParseTime(value)
+	if err != nil {
+		return 0, false
+	}
+	d = t.Sub(now)
+	if d <= 0 {
+		return 0, false
+	}
+	return d, true
+}
+
+const maxDuration = time.Duration(1<<63 - 1)
+
+func isDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return len(s) > 0
+}
+
+var errEmptyHost = errors.New("empty host")
+
+// normalizeHost returns the canonical form of a URL host for scheme: lower
+// case, trailing dot removed, IDNA mapped to ASCII, and the port kept only
+// when it is not the scheme's default. When hostport is already canonical
+// it is returned as is, without allocating.
+func normalizeHost(scheme, hostport string) (string, error) {
+	if hostport == "" {
+		return "", errEmptyHost
+	}
+	if isCanonicalName(hostport) {
+		return hostport, nil
+	}
+	host, port, err := splitHostPort(hostport)
+	if err != nil {
+		return "", fmt.Errorf("host %q: %w", hostport, err)
+	}
+	if port == defaultPort(scheme) {
+		port = ""
+	}
+	if strings.HasPrefix(host, "[") { // IPv6 literal, brackets kept
+		if strings.IndexFunc(host[1:len(host)-1], func(r rune) bool {
+			return !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f' || r >= 'A' && r <= 'F' || r == ':' || r == '.')
+		}) >= 0 || len(host) < 4 {
+			return "", fmt.Errorf("host %q: invalid IPv6 literal", hostport)
+		}
+		host = strings.ToLower(host)
+	} else {
+		host = strings.TrimSuffix(host, ".")
+		if host == "" {
+			return "", fmt.Errorf("host %q: %w", hostport, errEmptyHost)
+		}
+		if !isASCII(host) {
+			host, err = idna.Lookup.ToASCII(host)
+			if err != nil {
+				return "", fmt.Errorf("host %q: %w", hostport, err)
+			}
+		} else {
+			host = strings.ToLower(host)
+		}
+		if !validName(host) {
+			return "", fmt.Errorf("host %q: invalid name", hostport)
+		}
+	}
+	if port != "" {
+		return host + ":" + port, nil
+	}
+	return host, nil
+}
+
+// isCanonicalName reports whether s is a lower-case DNS name or IPv4
+// address without a port: the common case, kept free of allocation.
+func isCanonicalName(s string) bool {
+	if s[len(s)-1] == '.' {
+		return false
+	}
+	return validName(s)
+}
+
+// validName reports whether s is a plausible lower-case ASCII host name:
+// labels of 1–63 bytes of [a-z0-9_-] separated by single dots, 253 bytes at
+// most in all. It is on the request path, hence the table.
+func validName(s string) bool {
+	if len(s) == 0 || len(s) > 253 {
+		return false
+	}
+	label := 0
+	for i := 0; i < len(s); i++ {
+		switch nameChar[s[i]] {
+		case charLabel:
+			label++
+		case charDot:
+			if label == 0 || label > 63 {
+				return false
+			}
+			label = 0
+		default:
+			return false
+		}
+	}
+	return label > 0 && label <= 63
+}
+
+const (
+	charInvalid = iota
+	charLabel
+	charDot
+)
+
+// nameChar classifies the bytes of a canonical host name.
+var nameChar = func() (t [256]uint8) {
+	for c := 'a'; c <= 'z'; c++ {
+		t[c] = charLabel
+	}
+	for c := '0'; c <= '9'; c++ {
+		t[c] = charLabel
+	}
+	t['-'], t['_'], t['.'] = charLabel, charLabel, charDot
+	return t
+}()
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+// splitHostPort splits host[:port]; a bracketed IPv6 literal keeps its
+// brackets and a bare IPv6 literal gets them. An empty port is dropped.
+func splitHostPort(hp string) (host, port string, err error) {
+	switch {
+	case strings.HasPrefix(hp, "["):
+		end := strings.IndexByte(hp, ']')
+		if end < 0 {
+			return "", "", errors.New("missing ']'")
+		}
+		host, rest := hp[:end+1], hp[end+1:]
+		if rest == "" {
+			return host, "", nil
+		}
+		if rest[0] != ':' {
+			return "", "", errors.New("junk after ']'")
+		}
+		port = rest[1:]
+	case strings.Count(hp, ":") > 1:
+		return "[" + hp + "]", "", nil
+	default:
+		host, port, _ = strings.Cut(hp, ":")
+	}
+	if port != "" {
+		n, err := strconv.ParseUint(port, 10, 16)
+		if err != nil || !isDigits(port) {
+			return "", "", fmt.Errorf("invalid port %q", port)
+		}
+		port = strconv.FormatUint(n, 10)
+	}
+	return host, port, nil
+}
+
+func defaultPort(scheme string) string {
+	switch scheme {
+	case "http", "ws":
+		return "80"
+	case "https", "wss":
+		return "443"
+	}
+	return ""
+}

@@ -1,0 +1,742 @@
+package hostbreaker
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Policy is the breaker policy of a host, a role, or a role on a host. A
+// zero field means "inherit" (see [Config] for the order). Because zero
+// means inherit, a duration that must be zero is written as a negative
+// value: HalfOpenJitter < 0 means no jitter and RetryAfterCap < 0 means
+// Retry-After is ignored. In TOML write "0s" for them; negative durations
+// are rejected there. A nil status list inherits; an empty non-nil list
+// means "no statuses".
+//
+// A Policy is plain data: it can be printed, stored and compared.
+type Policy struct {
+	FailMax          int           // consecutive failures that open the breaker (≥ 1)
+	ResetTimeout     time.Duration // open -> half-open (> 0)
+	SuccessThreshold int           // half-open successes needed to close (≥ 1)
+	TrialCalls       int           // concurrent half-open probes (≥ 1)
+	RetryAfterCap    time.Duration // longest cooldown a Retry-After can set
+	HalfOpenJitter   time.Duration // random extra open time in [0, jitter]
+	FailureStatuses  []int         // statuses that count as failures
+	NeutralStatuses  []int         // statuses that count neither way
+	Roles            map[string]Policy
+}
+
+// Rolling configures the rolling-window rule: ThresholdFailures failures of
+// a host (any role) within Window put the host in cooldown for Cooldown.
+// The zero value is disabled; when enabled, zero fields take the defaults
+// 5 failures, 10s and 30s.
+type Rolling struct {
+	Enabled           bool
+	ThresholdFailures int
+	Window            time.Duration
+	Cooldown          time.Duration
+}
+
+// StoreConfig names the [Store] that Transports share and how they use it.
+// The zero value means no store: everything stays in this process.
+type StoreConfig struct {
+	URL          string        // see OpenStore; "" for none
+	ShareTrips   bool          // share local breaker trips with other processes
+	PollInterval time.Duration // how often to read the store; 0 means 1s
+}
+
+// Config is the whole configuration of a [Transport]. The zero Config is
+// valid and means [DefaultConfig]: every zero field takes its built-in
+// default.
+//
+// The policy of a (host, role) is built from, last wins: the built-in
+// defaults, Defaults, Defaults.Roles[role], the matching Hosts entry, and
+// that entry's Roles[role]. A host matches an entry with its exact
+// normalized name (with its port if it has one, then without), else the
+// longest matching wildcard "*.suffix" (any subdomain of suffix, not suffix
+// itself). Host keys are normalized like request hosts.
+type Config struct {
+	MaxHosts int // bound on tracked (host, role) entries; 0 means 10000
+	Defaults Policy
+	Hosts    map[string]Policy
+	Rolling  Rolling
+	Store    StoreConfig
+}
+
+// The built-in defaults.
+const (
+	defaultFailMax          = 5
+	defaultResetTimeout     = 60 * time.Second
+	defaultSuccessThreshold = 1
+	defaultTrialCalls       = 1
+	defaultRetryAfterCap    = 15 * time.Minute
+	defaultHalfOpenJitter   = 150 * time.Millisecond
+	defaultMaxHosts         = 10000
+	defaultRollingThreshold = 5
+	defaultRollingWindow    = 10 * time.Second
+	defaultRollingCooldown  = 30 * time.Second
+	defaultPollInterval     = time.Second
+)
+
+func defaultFailureStatuses() []int { return []int{408, 429, 500, 502, 503, 504} }
+func defaultNeutralStatuses() []int { return []int{400, 401, 403, 404, 410, 451} }
+
+func builtinPolicy() Policy {
+	return Policy{
+		FailMax:          defaultFailMax,
+		ResetTimeout:     defaultResetTimeout,
+		SuccessThreshold: defaultSuccessThreshold,
+		TrialCalls:       defaultTrialCalls,
+		RetryAfterCap:    defaultRetryAfterCap,
+		HalfOpenJitter:   defaultHalfOpenJitter,
+		FailureStatuses:  defaultFailureStatuses(),
+		NeutralStatuses:  defaultNeutralStatuses(),
+	}
+}
+
+// DefaultConfig returns the built-in configuration: fail_max 5,
+// reset_timeout 60s, success_threshold 1, trial_calls 1, retry_after_cap
+// 15m, half_open_jitter 150ms, failure statuses 408 429 500 502 503 504,
+// neutral statuses 400 401 403 404 410 451, no role or host overrides, the
+// rolling window disabled, max_hosts 10000, no store.
+func DefaultConfig() Config {
+	return Config{MaxHosts: defaultMaxHosts, Defaults: builtinPolicy()}
+}
+
+// ConfigError is a configuration error. Key is the TOML key at fault
+// (e.g. hosts."api.crossref.org".fail_max) and Line its 1-based line in the
+// TOML source, or 0 when unknown or when the Config did not come from TOML.
+type ConfigError struct {
+	Key  string
+	Line int
+	Msg  string
+}
+
+// Error returns "hostbreaker: config: line L: KEY: MSG".
+func (e *ConfigError) Error() string {
+	var b strings.Builder
+	b.WriteString("hostbreaker: config: ")
+	if e.Line > 0 {
+		b.WriteString("line ")
+		b.WriteString(strconv.Itoa(e.Line))
+		b.WriteString(": ")
+	}
+	if e.Key != "" {
+		b.WriteString(e.Key)
+		b.WriteString(": ")
+	}
+	b.WriteString(e.Msg)
+	return b.String()
+}
+
+// Validate reports the first invalid value in c as a *ConfigError: counts
+// below 1, non-positive reset timeouts, negative MaxHosts, statuses outside
+// 100–599, a status that is both a failure and neutral (after
+// inheritance), host keys that do not normalize, and bad rolling or store
+// settings.
+func (c Config) Validate() error {
+	_, err := compilePolicies(c)
+	if err != nil {
+		return err
+	}
+	if c.MaxHosts < 0 {
+		return &ConfigError{Key: "max_hosts", Msg: fmt.Sprintf("must be at least 1, got %d", c.MaxHosts)}
+	}
+	r := c.Rolling
+	switch {
+	case r.ThresholdFailures < 0:
+		return &ConfigError{Key: "rolling.threshold_failures", Msg: fmt.Sprintf("must be at least 1, got %d", r.ThresholdFailures)}
+	case r.Window < 0:
+		return &ConfigError{Key: "rolling.window", Msg: "must not be negative, got " + r.Window.String()}
+	case r.Cooldown < 0:
+		return &ConfigError{Key: "rolling.cooldown", Msg: "must not be negative, got " + r.Cooldown.String()}
+	case c.Store.PollInterval < 0:
+		return &ConfigError{Key: "store.poll_interval", Msg: "must not be negative, got " + c.Store.PollInterval.String()}
+	}
+	return nil
+}
+
+// rolling returns r with defaults in its zero fields.
+func (r Rolling) withDefaults() Rolling {
+	if r.ThresholdFailures == 0 {
+		r.ThresholdFailures = defaultRollingThreshold
+	}
+	if r.Window == 0 {
+		r.Window = defaultRollingWindow
+	}
+	if r.Cooldown == 0 {
+		r.Cooldown = defaultRollingCooldown
+	}
+	return r
+}
+
+// checkFields validates the fields p sets, reporting keys under prefix.
+func checkFields(prefix string, p Policy) error {
+	bad := func(key, msg string) error { return &ConfigError{Key: prefix + key, Msg: msg} }
+	switch {
+	case p.FailMax < 0:
+		return bad("fail_max", fmt.Sprintf("must be at least 1, got %d", p.FailMax))
+	case p.ResetTimeout < 0:
+		return bad("reset_timeout", "must be positive, got "+p.ResetTimeout.String())
+	case p.SuccessThreshold < 0:
+		return bad("success_threshold", fmt.Sprintf("must be at least 1, got %d", p.SuccessThreshold))
+	case p.TrialCalls < 0:
+		return bad("trial_calls", fmt.Sprintf("must be at least 1, got %d", p.TrialCalls))
+	}
+	for _, list := range []struct {
+		key   string
+		codes []int
+	}{{"failure_statuses", p.FailureStatuses}, {"neutral_statuses", p.NeutralStatuses}} {
+		for _, c := range list.codes {
+			if c < 100 || c > 599 {
+				return bad(list.key, fmt.Sprintf("status %d is outside 100–599", c))
+			}
+		}
+	}
+	return nil
+}
+
+// overlay sets in dst every field that src sets; roles are merged role by role.
+func overlay(dst *Policy, src Policy) {
+	if src.FailMax != 0 {
+		dst.FailMax = src.FailMax
+	}
+	if src.ResetTimeout != 0 {
+		dst.ResetTimeout = src.ResetTimeout
+	}
+	if src.SuccessThreshold != 0 {
+		dst.SuccessThreshold = src.SuccessThreshold
+	}
+	if src.TrialCalls != 0 {
+		dst.TrialCalls = src.TrialCalls
+	}
+	if src.RetryAfterCap != 0 {
+		dst.RetryAfterCap = src.RetryAfterCap
+	}
+	if src.HalfOpenJitter != 0 {
+		dst.HalfOpenJitter = src.HalfOpenJitter
+	}
+	if src.FailureStatuses != nil {
+		dst.FailureStatuses = slices.Clone(src.FailureStatuses)
+	}
+	if src.NeutralStatuses != nil {
+		dst.NeutralStatuses = slices.Clone(src.NeutralStatuses)
+	}
+	if len(src.Roles) > 0 {
+		roles := make(map[string]Policy, len(dst.Roles)+len(src.Roles))
+		maps.Copy(roles, dst.Roles)
+		for name, rp := range src.Roles {
+			merged := roles[name]
+			overlay(&merged, rp)
+			roles[name] = merged
+		}
+		dst.Roles = roles
+	}
+}
+
+// resolved is the effective policy of one (host, role), ready for the hot path.
+type resolved struct {
+	Policy                  // flattened: every field set, no Roles, durations ≥ 0
+	statuses      statusSet // FailureStatuses and NeutralStatuses as bitmaps
+}
+
+// policyTable is a compiled, immutable set of policies.
+type policyTable struct {
+	defaults Policy            // built-ins overlaid with Config.Defaults
+	exact    map[string]Policy // normalized host -> policy
+	wild     []wildPolicy      // longest suffix first
+	cache    sync.Map          // [2]string{host entry id, role} -> *resolved
+}
+
+type wildPolicy struct {
+	suffix string // ".example.org"
+	key    string // the key as written, for errors
+	policy Policy
+}
+
+// compilePolicies validates the policies of c and compiles them.
+func compilePolicies(c Config) (*policyTable, error) {
+	if err := checkPolicy("defaults", c.Defaults); err != nil {
+		return nil, err
+	}
+	pt := &policyTable{defaults: builtinPolicy(), exact: make(map[string]Policy)}
+	overlay(&pt.defaults, c.Defaults)
+	for _, key := range slices.Sorted(maps.Keys(c.Hosts)) {
+		p := c.Hosts[key]
+		prefix := "hosts." + quoteKey(key)
+		if err := checkPolicy(prefix, p); err != nil {
+			return nil, err
+		}
+		if rest, ok := strings.CutPrefix(key, "*."); ok {
+			suffix, err := normalizeHost("", rest)
+			if err != nil {
+				return nil, &ConfigError{Key: prefix, Msg: "invalid wildcard host: " + err.Error()}
+			}
+			pt.wild = append(pt.wild, wildPolicy{suffix: "." + suffix, key: key, policy: p})
+			continue
+		}
+		host, err := normalizeHost("", key)
+		if err != nil {
+			return nil, &ConfigError{Key: prefix, Msg: "invalid host: " + err.Error()}
+		}
+		if prev, dup := pt.exact[host]; dup {
+			_ = prev
+			return nil, &ConfigError{Key: prefix, Msg: "same host as another key after normalization: " + host}
+		}
+		pt.exact[host] = p
+	}
+	sort.SliceStable(pt.wild, func(i, j int) bool { return len(pt.wild[i].suffix) > len(pt.wild[j].suffix) })
+	// Check the effective combinations, where lists from different levels meet.
+	for _, role := range roleNames(pt.defaults, Policy{}) {
+		if _, err := pt.resolveWith(pt.defaults, Policy{}, role, "defaults"); err != nil {
+			return nil, err
+		}
+	}
+	for _, key := range slices.Sorted(maps.Keys(c.Hosts)) {
+		p := c.Hosts[key]
+		for _, role := range roleNames(pt.defaults, p) {
+			if _, err := pt.resolveWith(pt.defaults, p, role, "hosts."+quoteKey(key)); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return pt, nil
+}
+
+// checkPolicy validates p and its roles, reporting keys under prefix.
+func checkPolicy(prefix string, p Policy) error {
+	if err := checkFields(prefix+".", p); err != nil {
+		return err
+	}
+	for _, role := range slices.Sorted(maps.Keys(p.Roles)) {
+		rp := p.Roles[role]
+		if len(rp.Roles) > 0 {
+			return &ConfigError{Key: prefix + ".roles." + quoteKey(role) + ".roles", Msg: "roles cannot nest"}
+		}
+		if err := checkFields(prefix+".roles."+quoteKey(role)+".", rp); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// roleNames returns "" and every role named in defaults or host.
+func roleNames(defaults, host Policy) []string {
+	names := []string{""}
+	for r := range defaults.Roles {
+		names = append(names, r)
+	}
+	for r := range host.Roles {
+		if _, ok := defaults.Roles[r]; !ok {
+			names = append(names, r)
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+// hostPolicy returns the Hosts entry that applies to host, if any, and an
+// id of the entry ("" for none).
+func (pt *policyTable) hostPolicy(host string) (Policy, string) {
+	if p, ok := pt.exact[host]; ok {
+		return p, "=" + host
+	}
+	name := host
+	if i := strings.LastIndexByte(host, ':'); i >= 0 && !strings.HasSuffix(host, "]") {
+		name = host[:i]
+		if p, ok := pt.exact[name]; ok {
+			return p, "=" + name
+		}
+	}
+	for _, w := range pt.wild {
+		if strings.HasSuffix(name, w.suffix) {
+			return w.policy, "*" + w.suffix
+		}
+	}
+	return Policy{}, ""
+}
+
+// resolve returns the effective policy of (host, role). Hosts that match
+// the same Hosts entry (or none) share one *resolved per role.
+func (pt *policyTable) resolve(host, role string) (*resolved, error) {
+	hp, id := pt.hostPolicy(host)
+	ck := [2]string{id, role}
+	if r, ok := pt.cache.Load(ck); ok {
+		return r.(*resolved), nil
+	}
+	r, err := pt.resolveWith(pt.defaults, hp, role, "hosts."+quoteKey(host))
+	if err != nil {
+		return nil, err
+	}
+	v, _ := pt.cache.LoadOrStore(ck, r)
+	return v.(*resolved), nil
+}
+
+func (pt *policyTable) resolveWith(defaults, host Policy, role, where string) (*resolved, error) {
+	p := builtinPolicy()
+	overlay(&p, withoutRoles(defaults))
+	overlay(&p, defaults.Roles[role])
+	overlay(&p, withoutRoles(host))
+	overlay(&p, host.Roles[role])
+	for _, f := range p.FailureStatuses {
+		if slices.Contains(p.NeutralStatuses, f) {
+			key := where
+			if role != "" {
+				key += ".roles." + quoteKey(role)
+			}
+			return nil, &ConfigError{Key: key, Msg: fmt.Sprintf("status %d is both a failure and neutral", f)}
+		}
+	}
+	p.RetryAfterCap = max(p.RetryAfterCap, 0)
+	p.HalfOpenJitter = max(p.HalfOpenJitter, 0)
+	return &resolved{Policy: p, statuses: newStatusSet(p.FailureStatuses, p.NeutralStatuses)}, nil
+}
+
+func withoutRoles(p Policy) Policy {
+	p.Roles = nil
+	return p
+}
+
+// quoteKey returns k as a TOML key: bare when it can be, quoted otherwise.
+func quoteKey(k string) string {
+	return toml.Key{k}.String()
+}
+
+// withHost returns a copy of pt in which host's policy is p.
+func (pt *policyTable) withHost(host string, p Policy) *policyTable {
+	c := &policyTable{defaults: pt.defaults, exact: maps.Clone(pt.exact), wild: pt.wild}
+	c.exact[host] = p
+	return c
+}
+
+// ParseConfig parses a TOML configuration (see docs/config.md) and
+// validates it. Absent keys take the built-in defaults; an explicit zero is
+// a value, not "inherit". Errors are *ConfigError values that name the key
+// and its line; unknown keys are errors.
+func ParseConfig(data []byte) (Config, error) {
+	var tc tomlConfig
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&tc)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return Config{}, &ConfigError{Key: pe.LastKey, Line: pe.Position.Line, Msg: pe.Message}
+		}
+		return Config{}, &ConfigError{Msg: strings.TrimPrefix(err.Error(), "toml: ")}
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		k := und[0]
+		return Config{}, &ConfigError{Key: k.String(), Line: lineOf(data, k), Msg: "unknown key"}
+	}
+	c, err := tc.config()
+	if err == nil {
+		err = c.Validate()
+	}
+	if err != nil {
+		var ce *ConfigError
+		if errors.As(err, &ce) && ce.Line == 0 {
+			ce.Line = lineOf(data, splitKey(ce.Key))
+		}
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// LoadConfig reads and parses the TOML file at path (see ParseConfig).
+func LoadConfig(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("hostbreaker: load config: %w", err)
+	}
+	c, err := ParseConfig(data)
+	if err != nil {
+		var ce *ConfigError
+		if errors.As(err, &ce) {
+			return Config{}, fmt.Errorf("%s: %w", path, err)
+		}
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// duration is a TOML string parsed by time.ParseDuration.
+type duration time.Duration
+
+func (d *duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("invalid duration %q (want e.g. \"30s\", \"5m\")", b)
+	}
+	*d = duration(v)
+	return nil
+}
+
+type tomlPolicy struct {
+	FailMax          *int                   `toml:"fail_max"`
+	ResetTimeout     *duration              `toml:"reset_timeout"`
+	SuccessThreshold *int                   `toml:"success_threshold"`
+	TrialCalls       *int                   `toml:"trial_calls"`
+	RetryAfterCap    *duration              `toml:"retry_after_cap"`
+	HalfOpenJitter   *duration              `toml:"half_open_jitter"`
+	FailureStatuses  *[]int                 `toml:"failure_statuses"`
+	NeutralStatuses  *[]int                 `toml:"neutral_statuses"`
+	Roles            map[string]*tomlPolicy `toml:"roles"`
+}
+
+type tomlRolling struct {
+	Enabled           *bool     `toml:"enabled"`
+	ThresholdFailures *int      `toml:"threshold_failures"`
+	Window            *duration `toml:"window"`
+	Cooldown          *duration `toml:"cooldown"`
+}
+
+type tomlStore struct {
+	URL          *string   `toml:"url"`
+	ShareTrips   *bool     `toml:"share_trips"`
+	PollInterval *duration `toml:"poll_interval"`
+}
+
+type tomlConfig struct {
+	MaxHosts *int                   `toml:"max_hosts"`
+	Defaults *tomlPolicy            `toml:"defaults"`
+	Hosts    map[string]*tomlPolicy `toml:"hosts"`
+	Rolling  *tomlRolling           `toml:"rolling"`
+	Store    *tomlStore             `toml:"store"`
+}
+
+func (tc *tomlConfig) config() (Config, error) {
+	c := DefaultConfig()
+	if tc.MaxHosts != nil {
+		if *tc.MaxHosts < 1 {
+			return Config{}, &ConfigError{Key: "max_hosts", Msg: fmt.Sprintf("must be at least 1, got %d", *tc.MaxHosts)}
+		}
+		c.MaxHosts = *tc.MaxHosts
+	}
+	if tc.Defaults != nil {
+		p, err := tc.Defaults.policy("defaults")
+		if err != nil {
+			return Config{}, err
+		}
+		overlay(&c.Defaults, p)
+	}
+	if tc.Hosts != nil {
+		c.Hosts = make(map[string]Policy, len(tc.Hosts))
+		for key, tp := range tc.Hosts {
+			p, err := tp.policy("hosts." + quoteKey(key))
+			if err != nil {
+				return Config{}, err
+			}
+			c.Hosts[key] = p
+		}
+	}
+	if r := tc.Rolling; r != nil {
+		if r.Enabled != nil {
+			c.Rolling.Enabled = *r.Enabled
+		}
+		if r.ThresholdFailures != nil {
+			if *r.ThresholdFailures < 1 {
+				return Config{}, &ConfigError{Key: "rolling.threshold_failures", Msg: fmt.Sprintf("must be at least 1, got %d", *r.ThresholdFailures)}
+			}
+			c.Rolling.ThresholdFailures = *r.ThresholdFailures
+		}
+		var err error
+		if c.Rolling.Window, err = positive("rolling.window", r.Window); err != nil {
+			return Config{}, err
+		}
+		if c.Rolling.Cooldown, err = positive("rolling.cooldown", r.Cooldown); err != nil {
+			return Config{}, err
+		}
+	}
+	if s := tc.Store; s != nil {
+		if s.URL != nil {
+			c.Store.URL = *s.URL
+		}
+		if s.ShareTrips != nil {
+			c.Store.ShareTrips = *s.ShareTrips
+		}
+		var err error
+		if c.Store.PollInterval, err = positive("store.poll_interval", s.PollInterval); err != nil {
+			return Config{}, err
+		}
+	}
+	return c, nil
+}
+
+// positive returns *d, which must be > 0 when set; unset is 0.
+func positive(key string, d *duration) (time.Duration, error) {
+	if d == nil {
+		return 0, nil
+	}
+	if *d <= 0 {
+		return 0, &ConfigError{Key: key, Msg: "must be positive, got " + time.Duration(*d).String()}
+	}
+	return time.Duration(*d), nil
+}
+
+// policy converts a TOML policy; explicit zeros become values, not "inherit".
+func (tp *tomlPolicy) policy(prefix string) (Policy, error) {
+	var p Policy
+	if tp == nil {
+		return p, nil
+	}
+	count := func(key string, v *int, dst *int) error {
+		if v == nil {
+			return nil
+		}
+		if *v < 1 {
+			return &ConfigError{Key: prefix + "." + key, Msg: fmt.Sprintf("must be at least 1, got %d", *v)}
+		}
+		*dst = *v
+		return nil
+	}
+	// zeroable durations: "0s" is stored as -1 (explicit zero, see Policy).
+	zeroable := func(key string, v *duration, dst *time.Duration) error {
+		if v == nil {
+			return nil
+		}
+		switch {
+		case *v < 0:
+			return &ConfigError{Key: prefix + "." + key, Msg: "must not be negative, got " + time.Duration(*v).String()}
+		case *v == 0:
+			*dst = -1
+		default:
+			*dst = time.Duration(*v)
+		}
+		return nil
+	}
+	var err error
+	for _, step := range []func() error{
+		func() error { return count("fail_max", tp.FailMax, &p.FailMax) },
+		func() error {
+			p.ResetTimeout, err = positive(prefix+".reset_timeout", tp.ResetTimeout)
+			return err
+		},
+		func() error { return count("success_threshold", tp.SuccessThreshold, &p.SuccessThreshold) },
+		func() error { return count("trial_calls", tp.TrialCalls, &p.TrialCalls) },
+		func() error { return zeroable("retry_after_cap", tp.RetryAfterCap, &p.RetryAfterCap) },
+		func() error { return zeroable("half_open_jitter", tp.HalfOpenJitter, &p.HalfOpenJitter) },
+	} {
+		if err := step(); err != nil {
+			return Policy{}, err
+		}
+	}
+	if tp.FailureStatuses != nil {
+		p.FailureStatuses = append([]int{}, *tp.FailureStatuses...)
+	}
+	if tp.NeutralStatuses != nil {
+		p.NeutralStatuses = append([]int{}, *tp.NeutralStatuses...)
+	}
+	if tp.Roles != nil {
+		p.Roles = make(map[string]Policy, len(tp.Roles))
+		for name, rtp := range tp.Roles {
+			if rtp != nil && rtp.Roles != nil {
+				return Policy{}, &ConfigError{Key: prefix + ".roles." + quoteKey(name) + ".roles", Msg: "roles cannot nest"}
+			}
+			rp, err := rtp.policy(prefix + ".roles." + quoteKey(name))
+			if err != nil {
+				return Policy{}, err
+			}
+			p.Roles[name] = rp
+		}
+	}
+	return p, nil
+}
+
+// lineOf returns the 1-based line where key is set or its table begins in a
+// TOML document, or 0 when it cannot tell. It understands the common
+// layout (table headers and dotted keys) that the library documents; errors
+// from the TOML decoder itself carry their own position.
+func lineOf(data []byte, key toml.Key) int {
+	var table toml.Key
+	tableLine := 0
+	for i, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(stripComment(line))
+		if line == "" {
+			continue
+		}
+		if strings.HasPrefix(line, "[") {
+			inner := strings.Trim(line, "[]")
+			table = splitKey(inner)
+			if slices.Equal(table, key) {
+				tableLine = i + 1
+			}
+			continue
+		}
+		k, _, ok := strings.Cut(line, "=")
+		if !ok {
+			continue
+		}
+		full := append(slices.Clone(table), splitKey(k)...)
+		if slices.Equal(full, key) {
+			return i + 1
+		}
+		if tableLine == 0 && len(full) >= len(key) && slices.Equal(full[:len(key)], key) {
+			tableLine = i + 1 // key is a table defined by dotted keys
+		}
+	}
+	return tableLine
+}
+
+// stripComment removes a trailing # comment that is outside quotes.
+func stripComment(line string) string {
+	var quote byte
+	for i := 0; i < len(line); i++ {
+		c := line[i]
+		switch {
+		case quote != 0 && c == '\\' && quote == '"':
+			i++
+		case quote != 0 && c == quote:
+			quote = 0
+		case quote == 0 && (c == '"' || c == '\''):
+			quote = c
+		case quote == 0 && c == '#':
+			return line[:i]
+		}
+	}
+	return line
+}
+
+// splitKey splits a dotted TOML key (bare or quoted pieces) into its pieces.
+func splitKey(s string) toml.Key {
+	var key toml.Key
+	s = strings.TrimSpace(s)
+	for s != "" {
+		var piece string
+		switch s[0] {
+		case '"', '\'':
+			end := strings.IndexByte(s[1:], s[0])
+			if end < 0 {
+				return append(key, s)
+			}
+			piece = s[1 : end+1]
+			if s[0] == '"' {
+				if u, err := strconv.Unquote(s[:end+2]); err == nil {
+					piece = u
+				}
+			}
+			s = s[end+2:]
+		default:
+			end := strings.IndexByte(s, '.')
+			if end < 0 {
+				end = len(s)
+			}
+			piece = strings.TrimSpace(s[:end])
+			s = s[end:]
+		}
+		key = append(key, piece)
+		s = strings.TrimSpace(s)
+		s = strings.TrimPrefix(s, ".")
+		s = strings.TrimSpace(s)
+	}
+	return key
+}
