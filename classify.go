@@ -224,7 +224,8 @@ func splitHostPort(hp string) (host, port string, err error) {
 		if end < 0 {
 			return "", "", errors.New("missing ']'")
 		}
-		host, rest := hp[:end+1], hp[end+1:]
+		rest := hp[end+1:]
+		host = hp[:end+1]
 		if rest == "" {
 			return host, "", nil
 		}
