@@ -247,8 +247,8 @@ func overlay(dst *Policy, src Policy) {
 
 // resolved is the effective policy of one (host, role), ready for the hot path.
 type resolved struct {
-	Policy                  // flattened: every field set, no Roles, durations ≥ 0
-	statuses      statusSet // FailureStatuses and NeutralStatuses as bitmaps
+	Policy             // flattened: every field set, no Roles, durations ≥ 0
+	statuses statusSet // FailureStatuses and NeutralStatuses as bitmaps
 }
 
 // policyTable is a compiled, immutable set of policies.

@@ -1,0 +1,83 @@
+package hostbreaker_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"time"
+
+	"github.com/hostbreaker/hostbreaker"
+)
+
+func ExampleNewTransport() {
+	// A host that is down.
+	sick := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusBadGateway)
+	}))
+	defer sick.Close()
+
+	cfg := hostbreaker.DefaultConfig()
+	cfg.Defaults.FailMax = 2
+	tr, err := hostbreaker.NewTransport(nil, hostbreaker.WithConfig(cfg))
+	if err != nil {
+		panic(err)
+	}
+	defer tr.Close()
+	client := &http.Client{Transport: tr}
+
+	ctx := hostbreaker.WithRole(context.Background(), hostbreaker.RoleMetadata)
+	for range 3 {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, sick.URL, nil)
+		resp, err := client.Do(req)
+		var oe *hostbreaker.OpenError
+		switch {
+		case errors.As(err, &oe):
+			fmt.Println("rejected:", oe.Reason, "for role", oe.Role)
+		case err != nil:
+			fmt.Println("error:", err)
+		default:
+			resp.Body.Close()
+			fmt.Println("status:", resp.StatusCode)
+		}
+	}
+	// Output:
+	// status: 502
+	// status: 502
+	// rejected: breaker-open for role metadata
+}
+
+func ExampleParseConfig() {
+	cfg, err := hostbreaker.ParseConfig([]byte(`
+[defaults]
+fail_max = 5
+[defaults.roles.artifact]
+reset_timeout = "5m"
+[hosts."api.crossref.org"]
+fail_max = 0
+`))
+	fmt.Println(err)
+	cfg, err = hostbreaker.ParseConfig([]byte(`
+[defaults.roles.artifact]
+reset_timeout = "5m"
+`))
+	fmt.Println(err, cfg.Defaults.Roles["artifact"].ResetTimeout)
+	// Output:
+	// hostbreaker: config: line 7: hosts."api.crossref.org".fail_max: must be at least 1, got 0
+	// <nil> 5m0s
+}
+
+func ExampleTransport_Open() {
+	tr, _ := hostbreaker.NewTransport(nil)
+	defer tr.Close()
+	tr.Open("api.example.org", 10*time.Minute, "vendor maintenance")
+	for _, s := range tr.Snapshot() {
+		fmt.Println(s.Host, s.State, s.Reason, s.Note)
+	}
+	tr.Reset("api.example.org")
+	fmt.Println(len(tr.Snapshot()))
+	// Output:
+	// api.example.org open manual vendor maintenance
+	// 0
+}

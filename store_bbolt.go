@@ -1,0 +1,848 @@
+package hostbreaker
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// boltLockTimeout bounds how long one operation waits for the file lock of
+// a bbolt store. bbolt polls the lock every 50 ms and gives up once less
+// than 50 ms of the timeout is left, so 150 ms makes three attempts over
+// about 100 ms. It must never be zero: zero waits forever.
+const boltLockTimeout = 150 * time.Millisecond
+
+// boltFileMode is the permission of a bbolt store file that openBoltStore
+// creates.
+const boltFileMode = 0o600
+
+// The buckets of a bbolt store.
+var (
+	// boltCooldowns maps host + "\x00" + role to encodeRecord of a cooldown.
+	boltCooldowns = []byte("cooldowns")
+	// boltResets maps a host to encodeRecord of its reset marker.
+	boltResets = []byte("resets")
+	// boltStates maps a source to encodeStates of what it published.
+	boltStates = []byte("states")
+)
+
+// errBoltClosed is wrapped by every call made on a bbolt store after Close.
+var errBoltClosed = errors.New("store is closed")
+
+// boltStore is the [Store] kept in a bbolt file on one machine.
+//
+// It never keeps the file open: bbolt holds an exclusive lock for as long
+// as a read-write handle is open, so every operation opens the file, runs
+// one transaction and closes it, waiting at most boltLockTimeout for the
+// lock. Many processes, and many boltStores in one process, can thus share
+// one file. A lock that cannot be taken in time is an error that wraps
+// bbolt's ErrTimeout; the caller tries again later.
+//
+// Reads are cached: Records and States first read the transaction id from
+// the file's meta pages without taking the lock, and reuse the last full
+// read when it has not changed.
+type boltStore struct {
+	path string        // absolute path of the file
+	sem  chan struct{} // serializes this process's opens of path; see boltFileSem
+
+	closed atomic.Bool
+
+	mu   sync.Mutex    // guards snap
+	snap *boltSnapshot // the last full read, nil before the first
+
+	fullReads atomic.Int64 // number of full reads, for tests
+}
+
+// boltSnapshot is the decoded content of a bbolt store at one transaction.
+type boltSnapshot struct {
+	txid    uint64      // meta txid that the read transaction saw
+	file    os.FileInfo // identity of the file read, nil if unknown
+	records []Record    // cooldowns and reset markers, unexpired when read
+	states  []boltStatesEntry
+}
+
+// boltStatesEntry is what one source published, with its expiry.
+type boltStatesEntry struct {
+	expires time.Time
+	states  []PublishedState
+}
+
+// boltFileSems holds one semaphore per absolute path, shared by every
+// boltStore of the process; see boltFileSem.
+var boltFileSems struct {
+	sync.Mutex
+	m map[string]chan struct{}
+}
+
+// boltFileSem returns the semaphore that serializes this process's opens of
+// the file at path. flock excludes two handles of one process as it does
+// two processes, but bbolt only polls it every 50 ms; waiting on a channel
+// instead lets the goroutines and stores of one process take turns promptly
+// and keeps the lock timeout for contention with other processes.
+func boltFileSem(path string) chan struct{} {
+	boltFileSems.Lock()
+	defer boltFileSems.Unlock()
+	if boltFileSems.m == nil {
+		boltFileSems.m = make(map[string]chan struct{})
+	}
+	sem, ok := boltFileSems.m[path]
+	if !ok {
+		sem = make(chan struct{}, 1)
+		boltFileSems.m[path] = sem
+	}
+	return sem
+}
+
+// openBoltStore opens the bbolt store at path, creating the file and its
+// buckets if it is absent. The parent directory must exist. An existing file
+// must be a sound bbolt file: one that is not, or that is truncated, is an
+// error naming the path.
+func openBoltStore(path string) (Store, error) {
+	if path == "" {
+		return nil, errors.New("bbolt store: empty path")
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("bbolt store %s: %w", path, err)
+	}
+	dir := filepath.Dir(abs)
+	if st, err := os.Stat(dir); err != nil {
+		return nil, fmt.Errorf("bbolt store %s: parent directory: %w", abs, err)
+	} else if !st.IsDir() {
+		return nil, fmt.Errorf("bbolt store %s: parent %s is not a directory", abs, dir)
+	}
+	existed := false
+	if st, err := os.Stat(abs); err == nil {
+		if !st.Mode().IsRegular() {
+			return nil, fmt.Errorf("bbolt store %s: not a regular file", abs)
+		}
+		if st.Size() > 0 {
+			existed = true
+			if err := checkBoltPages(abs); errors.Is(err, fs.ErrPermission) {
+				return nil, fmt.Errorf("bbolt store %s: %w", abs, err)
+			} else if err != nil {
+				return nil, fmt.Errorf("bbolt store %s: not a valid bbolt file: %w", abs, err)
+			}
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("bbolt store %s: %w", abs, err)
+	}
+
+	s := &boltStore{path: abs, sem: boltFileSem(abs)}
+	ctx := context.Background()
+	if existed {
+		// Check the file under a shared lock, and write only if buckets
+		// are missing: a write would make every process read it again.
+		complete := false
+		err = s.run(ctx, true, func(tx *bolt.Tx) error {
+			complete = boltHasBuckets(tx)
+			return boltWalk(tx)
+		})
+		if err == nil && !complete {
+			err = s.run(ctx, false, boltInit)
+			if errors.Is(err, fs.ErrPermission) {
+				err = nil // read-only to this process; a writer adds them
+			}
+		}
+	} else {
+		err = s.run(ctx, false, boltInit)
+	}
+	switch {
+	case err == nil:
+	case errors.Is(err, berrors.ErrTimeout):
+		// Another process holds the lock. The meta pages checked above, or
+		// the ones that process has written since, vouch for the file;
+		// missing buckets are created by the first write.
+		if cerr := checkBoltPages(abs); cerr != nil {
+			return nil, fmt.Errorf("bbolt store %s: open: %w", abs, err)
+		}
+	case errors.Is(err, fs.ErrPermission):
+		return nil, fmt.Errorf("bbolt store %s: open: %w", abs, err)
+	case existed:
+		return nil, fmt.Errorf("bbolt store %s: not a valid bbolt file: %w", abs, err)
+	default:
+		return nil, fmt.Errorf("bbolt store %s: create: %w", abs, err)
+	}
+	return s, nil
+}
+
+// boltInit creates the buckets of a store that lacks them and reads every
+// entry, so that a corrupt file fails now rather than on first use.
+func boltInit(tx *bolt.Tx) error {
+	for _, name := range [][]byte{boltCooldowns, boltResets, boltStates} {
+		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+			return err
+		}
+	}
+	return boltWalk(tx)
+}
+
+// boltHasBuckets reports whether the store's buckets all exist.
+func boltHasBuckets(tx *bolt.Tx) bool {
+	for _, name := range [][]byte{boltCooldowns, boltResets, boltStates} {
+		if tx.Bucket(name) == nil {
+			return false
+		}
+	}
+	return true
+}
+
+// boltWalk reads every entry of the store's buckets, to find corruption.
+func boltWalk(tx *bolt.Tx) error {
+	for _, name := range [][]byte{boltCooldowns, boltResets, boltStates} {
+		if b := tx.Bucket(name); b != nil {
+			if err := b.ForEach(func(k, v []byte) error { return nil }); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// run opens the file, runs fn in one transaction (read-only when readOnly)
+// and closes the file. It waits for the lock at most boltLockTimeout, or
+// until ctx is done if that comes first.
+func (s *boltStore) run(ctx context.Context, readOnly bool, fn func(*bolt.Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	select {
+	case s.sem <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-s.sem }()
+	timeout := boltLockTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		d := time.Until(dl)
+		if d <= 0 {
+			return context.DeadlineExceeded
+		}
+		timeout = min(timeout, d)
+	}
+	return boltRun(s.path, readOnly, timeout, fn)
+}
+
+// boltRun opens the bbolt file at path, runs fn in one transaction and
+// closes it. A panic in bbolt, which a corrupt file can cause, including a
+// fault on the memory map of a truncated file, is returned as an error.
+//
+// A read-write open is preceded by checkBoltPages: bbolt reads the freelist
+// while it opens a file read-write, and a panic there, before bolt.Open
+// returns, would leave the file mapped with no handle to unmap it. On Linux
+// the mapping keeps the flock of its open file, so the file would stay
+// locked for the life of the process. A panic in a transaction is safe: the
+// DB is closed, which unlocks and unmaps.
+func boltRun(path string, readOnly bool, timeout time.Duration, fn func(*bolt.Tx) error) (err error) {
+	if !readOnly {
+		if err := checkBoltPages(path); err != nil {
+			return err
+		}
+	}
+	var (
+		file *os.File
+		db   *bolt.DB
+	)
+	// Turn faults on the memory map into panics that recover can catch.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		r := recover()
+		if r == nil {
+			return
+		}
+		err = fmt.Errorf("corrupt database (bbolt panicked: %v)", r)
+		if db == nil {
+			if file != nil {
+				_ = file.Close()
+			}
+			return
+		}
+		// bbolt's managed transactions roll back on a panic, so Close does
+		// not block; still, never wait for it forever.
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			defer func() { _ = recover() }()
+			_ = db.Close()
+		}()
+		select {
+		case <-done:
+		case <-time.After(time.Second):
+		}
+	}()
+	opts := &bolt.Options{
+		Timeout:      timeout,
+		ReadOnly:     readOnly,
+		NoStatistics: true,
+		OpenFile: func(name string, flag int, perm os.FileMode) (*os.File, error) {
+			f, err := os.OpenFile(name, flag, perm)
+			if err == nil {
+				file = f
+			}
+			return f, err
+		},
+	}
+	db, err = bolt.Open(path, boltFileMode, opts)
+	if err != nil {
+		return err
+	}
+	inner := fn
+	fn = func(tx *bolt.Tx) error {
+		// A file shorter than the pages in use would make bbolt read past
+		// its memory map, possibly into other memory, rather than fault.
+		if fi, err := file.Stat(); err != nil {
+			return err
+		} else if fi.Size() < tx.Size() {
+			return fmt.Errorf("truncated: %d bytes, but %d are in use", fi.Size(), tx.Size())
+		}
+		return inner(tx)
+	}
+	if readOnly {
+		err = db.View(fn)
+	} else {
+		err = db.Update(fn)
+	}
+	if cerr := db.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	return err
+}
+
+// check returns an error if the store is closed.
+func (s *boltStore) check(ctx context.Context, op string) error {
+	if s.closed.Load() {
+		return fmt.Errorf("bbolt store %s: %s: %w", s.path, op, errBoltClosed)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("bbolt store %s: %s: %w", s.path, op, err)
+	}
+	return nil
+}
+
+// Records returns the unexpired cooldowns and reset markers. When the file
+// has not changed since the last full read, it answers from that read
+// without taking the file lock.
+func (s *boltStore) Records(ctx context.Context) ([]Record, error) {
+	if err := s.check(ctx, "records"); err != nil {
+		return nil, err
+	}
+	snap, err := s.snapshot(ctx, "records")
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	out := make([]Record, 0, len(snap.records))
+	for _, r := range snap.records {
+		if r.Until.After(now) {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+// States returns the unexpired states published by every source. Like
+// Records, it answers from the last full read when the file has not changed.
+func (s *boltStore) States(ctx context.Context) ([]PublishedState, error) {
+	if err := s.check(ctx, "states"); err != nil {
+		return nil, err
+	}
+	snap, err := s.snapshot(ctx, "states")
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	var out []PublishedState
+	for _, e := range snap.states {
+		if e.expires.After(now) {
+			out = append(out, e.states...)
+		}
+	}
+	if out == nil {
+		out = []PublishedState{}
+	}
+	return out, nil
+}
+
+// snapshot returns the cached read if the file is unchanged, or reads it.
+// The result is shared and must not be modified.
+func (s *boltStore) snapshot(ctx context.Context, op string) (*boltSnapshot, error) {
+	if snap := s.cached(); snap != nil {
+		return snap, nil
+	}
+	return s.load(ctx, op)
+}
+
+// cached returns the last full read if the file is the same one and its
+// transaction id has not changed since, or nil. It reads the meta pages
+// with plain reads and takes no lock: bbolt writes the meta page last, so a
+// txid that has not moved means the content has not either.
+func (s *boltStore) cached() *boltSnapshot {
+	s.mu.Lock()
+	snap := s.snap
+	s.mu.Unlock()
+	if snap == nil || snap.file == nil {
+		return nil
+	}
+	f, err := os.Open(s.path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || !os.SameFile(fi, snap.file) {
+		return nil
+	}
+	m, err := readBoltMeta(f, fi.Size())
+	if err != nil || m.txid != snap.txid {
+		return nil
+	}
+	return snap
+}
+
+// load reads the whole store in one read-only transaction and caches it.
+func (s *boltStore) load(ctx context.Context, op string) (*boltSnapshot, error) {
+	s.fullReads.Add(1)
+	snap := &boltSnapshot{}
+	if fi, err := os.Stat(s.path); err == nil {
+		snap.file = fi
+	}
+	err := s.run(ctx, true, func(tx *bolt.Tx) error {
+		snap.txid = uint64(tx.ID())
+		now := time.Now()
+		for _, name := range [][]byte{boltCooldowns, boltResets} {
+			b := tx.Bucket(name)
+			if b == nil {
+				continue
+			}
+			_ = b.ForEach(func(k, v []byte) error {
+				if r, err := decodeRecord(v); err == nil && r.Until.After(now) {
+					snap.records = append(snap.records, r)
+				}
+				return nil
+			})
+		}
+		if b := tx.Bucket(boltStates); b != nil {
+			_ = b.ForEach(func(k, v []byte) error {
+				if _, states, expires, err := decodeStates(v); err == nil && expires.After(now) {
+					snap.states = append(snap.states, boltStatesEntry{expires: expires, states: states})
+				}
+				return nil
+			})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bbolt store %s: %s: %w", s.path, op, err)
+	}
+	s.mu.Lock()
+	if old := s.snap; old == nil || old.file == nil || snap.file == nil ||
+		!os.SameFile(old.file, snap.file) || snap.txid >= old.txid {
+		s.snap = snap
+	}
+	s.mu.Unlock()
+	return snap, nil
+}
+
+// validateBoltRecord returns an error if r cannot be stored as it is.
+func validateBoltRecord(r Record) error {
+	if h, err := normalizeHost("", r.Host); err != nil || h != r.Host {
+		return fmt.Errorf("invalid host %q: want a normalized host", r.Host)
+	}
+	if r.Until.IsZero() {
+		return fmt.Errorf("record for %s has no Until", r.Host)
+	}
+	if r.At.IsZero() {
+		return fmt.Errorf("record for %s has no At", r.Host)
+	}
+	if _, err := decodeRecord(encodeRecord(r)); err != nil {
+		return fmt.Errorf("record for %s cannot be stored: %w", r.Host, err)
+	}
+	return nil
+}
+
+// boltCooldownKey is the key of the cooldown of (host, role). A normalized
+// host holds no NUL byte, so the key is unambiguous.
+func boltCooldownKey(host, role string) []byte {
+	return []byte(host + "\x00" + role)
+}
+
+// Put writes r, merging it with the host's records as [Store] documents,
+// and prunes expired entries in the same transaction.
+//
+// A cooldown written at or before the At of the host's unexpired reset
+// marker is dropped, so that a reset wins over a cooldown written before
+// it even when that cooldown reaches the store after it. A cooldown whose
+// Until has passed is dropped as well; a reset whose Until has passed still
+// deletes cooldowns but leaves no marker.
+func (s *boltStore) Put(ctx context.Context, r Record) error {
+	if err := s.check(ctx, "put"); err != nil {
+		return err
+	}
+	if err := validateBoltRecord(r); err != nil {
+		return fmt.Errorf("bbolt store %s: put: %w", s.path, err)
+	}
+	value := encodeRecord(r)
+	err := s.run(ctx, false, func(tx *bolt.Tx) error {
+		now := time.Now()
+		cooldowns, resets, _, err := boltBuckets(tx)
+		if err != nil {
+			return err
+		}
+		if r.Reason == ReasonReset {
+			if err := boltReset(cooldowns, r); err != nil {
+				return err
+			}
+			if r.Until.After(now) {
+				old, err := decodeRecord(resets.Get([]byte(r.Host)))
+				if err != nil || !old.Until.After(now) || !old.At.After(r.At) {
+					if err := resets.Put([]byte(r.Host), value); err != nil {
+						return err
+					}
+				}
+			}
+			return boltPrune(tx, now)
+		}
+		if marker, err := decodeRecord(resets.Get([]byte(r.Host))); err == nil &&
+			marker.Until.After(now) && !r.At.After(marker.At) {
+			return boltPrune(tx, now) // written before the reset
+		}
+		if !r.Until.After(now) {
+			return boltPrune(tx, now) // already over
+		}
+		key := boltCooldownKey(r.Host, r.Role)
+		if r.Reason != ReasonManual {
+			if old, err := decodeRecord(cooldowns.Get(key)); err == nil &&
+				old.Until.After(now) && !r.Until.After(old.Until) {
+				return boltPrune(tx, now) // the stored one ends as late or later
+			}
+		}
+		if err := cooldowns.Put(key, value); err != nil {
+			return err
+		}
+		return boltPrune(tx, now)
+	})
+	if err != nil {
+		return fmt.Errorf("bbolt store %s: put %s: %w", s.path, r.Host, err)
+	}
+	return nil
+}
+
+// boltReset deletes every cooldown of r.Host written at or before r.At.
+func boltReset(cooldowns *bolt.Bucket, r Record) error {
+	prefix := []byte(r.Host + "\x00")
+	var del [][]byte
+	c := cooldowns.Cursor()
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		if old, err := decodeRecord(v); err == nil && !old.At.After(r.At) {
+			del = append(del, bytes.Clone(k))
+		}
+	}
+	for _, k := range del {
+		if err := cooldowns.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// boltBuckets returns the store's buckets in a writable transaction,
+// creating those that are missing.
+func boltBuckets(tx *bolt.Tx) (cooldowns, resets, states *bolt.Bucket, err error) {
+	if cooldowns, err = tx.CreateBucketIfNotExists(boltCooldowns); err != nil {
+		return
+	}
+	if resets, err = tx.CreateBucketIfNotExists(boltResets); err != nil {
+		return
+	}
+	states, err = tx.CreateBucketIfNotExists(boltStates)
+	return
+}
+
+// boltPrune deletes the expired records and states. An entry that does not
+// decode is kept, unless it still carries an "until" or "expires" time that
+// has passed: it may come from a newer version of this package.
+func boltPrune(tx *bolt.Tx, now time.Time) error {
+	expired := func(name []byte, isExpired func(v []byte) bool) error {
+		b := tx.Bucket(name)
+		if b == nil {
+			return nil
+		}
+		var del [][]byte
+		if err := b.ForEach(func(k, v []byte) error {
+			if v != nil && isExpired(v) {
+				del = append(del, bytes.Clone(k))
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		for _, k := range del {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	record := func(v []byte) bool {
+		if r, err := decodeRecord(v); err == nil {
+			return !r.Until.After(now)
+		}
+		return boltRawExpired(v, now)
+	}
+	states := func(v []byte) bool {
+		if _, _, expires, err := decodeStates(v); err == nil {
+			return !expires.After(now)
+		}
+		return boltRawExpired(v, now)
+	}
+	if err := expired(boltCooldowns, record); err != nil {
+		return err
+	}
+	if err := expired(boltResets, record); err != nil {
+		return err
+	}
+	return expired(boltStates, states)
+}
+
+// boltRawExpired reports whether v, which does not decode as a current
+// record or states, is a JSON object whose "until" or "expires" time, in
+// Unix nanoseconds, has passed.
+func boltRawExpired(v []byte, now time.Time) bool {
+	var j struct {
+		Until   int64 `json:"until"`
+		Expires int64 `json:"expires"`
+	}
+	if json.Unmarshal(v, &j) != nil {
+		return false
+	}
+	t := max(j.Until, j.Expires)
+	return t > 0 && t <= now.UnixNano()
+}
+
+// PublishStates replaces what source published with states, valid for ttl,
+// and prunes expired entries in the same transaction.
+func (s *boltStore) PublishStates(ctx context.Context, source string, states []PublishedState, ttl time.Duration) error {
+	if err := s.check(ctx, "publish states"); err != nil {
+		return err
+	}
+	if source == "" {
+		return fmt.Errorf("bbolt store %s: publish states: empty source", s.path)
+	}
+	if ttl <= 0 {
+		return fmt.Errorf("bbolt store %s: publish states of %s: ttl %v is not positive", s.path, source, ttl)
+	}
+	if _, _, _, err := decodeStates(encodeStates(source, states, time.Now().Add(ttl))); err != nil {
+		return fmt.Errorf("bbolt store %s: publish states of %s: %w", s.path, source, err)
+	}
+	err := s.run(ctx, false, func(tx *bolt.Tx) error {
+		now := time.Now()
+		_, _, b, err := boltBuckets(tx)
+		if err != nil {
+			return err
+		}
+		if err := b.Put([]byte(source), encodeStates(source, states, now.Add(ttl))); err != nil {
+			return err
+		}
+		return boltPrune(tx, now)
+	})
+	if err != nil {
+		return fmt.Errorf("bbolt store %s: publish states of %s: %w", s.path, source, err)
+	}
+	return nil
+}
+
+// Changes returns nil: a bbolt store is polled.
+func (s *boltStore) Changes() <-chan struct{} { return nil }
+
+// Close marks the store closed; later calls of its other methods return an
+// error. It holds no file open, so there is nothing else to release. Closing
+// twice is not an error.
+func (s *boltStore) Close() error {
+	s.closed.Store(true)
+	s.mu.Lock()
+	s.snap = nil
+	s.mu.Unlock()
+	return nil
+}
+
+// The layout of a bbolt meta page (go.etcd.io/bbolt/internal/common): a
+// 16-byte page header, then magic, version, pageSize, flags (uint32 each),
+// the root bucket (16 bytes), freelist, pgid, txid and checksum (uint64
+// each), in the machine's byte order. The checksum is FNV-1a 64 of the meta
+// up to the checksum.
+const (
+	boltMetaOff      = 16 // page header size
+	boltMetaLen      = 64
+	boltMagic        = 0xED0CDAED
+	boltVersion      = 2
+	boltMinPageSize  = 1 << 10
+	boltMaxPageSize  = 1 << 24
+	boltOffVersion   = 4
+	boltOffPageSize  = 8
+	boltOffFreelist  = 32
+	boltOffPgid      = 40
+	boltOffTxid      = 48
+	boltOffChecksum  = 56
+	boltMetaReadSize = boltMetaOff + boltMetaLen
+)
+
+// boltMeta is what readBoltMeta reads from a valid meta page.
+type boltMeta struct {
+	pageSize uint32
+	freelist uint64 // page of the freelist, boltNoFreelist if none
+	pgid     uint64 // high water mark: pages in use
+	txid     uint64
+}
+
+// parseBoltMeta parses the meta page at the start of buf, which holds
+// boltMetaReadSize bytes. ok is false unless the magic, version and
+// checksum are right.
+func parseBoltMeta(buf []byte) (m boltMeta, ok bool) {
+	meta := buf[boltMetaOff : boltMetaOff+boltMetaLen]
+	ne := binary.NativeEndian
+	if ne.Uint32(meta) != boltMagic || ne.Uint32(meta[boltOffVersion:]) != boltVersion {
+		return m, false
+	}
+	h := fnv.New64a()
+	h.Write(meta[:boltOffChecksum])
+	if h.Sum64() != ne.Uint64(meta[boltOffChecksum:]) {
+		return m, false
+	}
+	return boltMeta{
+		pageSize: ne.Uint32(meta[boltOffPageSize:]),
+		freelist: ne.Uint64(meta[boltOffFreelist:]),
+		pgid:     ne.Uint64(meta[boltOffPgid:]),
+		txid:     ne.Uint64(meta[boltOffTxid:]),
+	}, true
+}
+
+// readBoltMeta reads the two meta pages of a bbolt file of the given size
+// and returns the valid one with the higher txid, the one bbolt uses. Like
+// bbolt, it takes the page size from the first meta page, or tries the
+// possible page sizes when that page is invalid.
+func readBoltMeta(f io.ReaderAt, size int64) (boltMeta, error) {
+	var buf [boltMetaReadSize]byte
+	read := func(off int64) (boltMeta, bool) {
+		if off < 0 || off+boltMetaReadSize > size {
+			return boltMeta{}, false
+		}
+		if n, _ := f.ReadAt(buf[:], off); n != len(buf) {
+			return boltMeta{}, false
+		}
+		return parseBoltMeta(buf[:])
+	}
+	best, ok := read(0)
+	if ok && best.pageSize >= boltMetaReadSize && best.pageSize <= boltMaxPageSize {
+		if m1, ok1 := read(int64(best.pageSize)); ok1 && m1.pageSize == best.pageSize && m1.txid > best.txid {
+			best = m1
+		}
+		return best, nil
+	}
+	for ps := int64(boltMinPageSize); ps <= boltMaxPageSize; ps <<= 1 {
+		if m1, ok1 := read(ps); ok1 && int64(m1.pageSize) == ps {
+			return m1, nil
+		}
+	}
+	return boltMeta{}, errors.New("no valid bbolt meta page (not a bbolt file, or corrupt)")
+}
+
+// The page header fields that checkBoltPages reads, and bbolt's values.
+const (
+	boltPageHeaderSize = 16
+	boltOffPageFlags   = 8
+	boltOffPageCount   = 10
+	boltOffPageOver    = 12
+	boltFreelistFlag   = 0x10
+	boltNoFreelist     = ^uint64(0)
+)
+
+// checkBoltPages checks, with plain reads and without locking, what bbolt
+// reads when it opens a file read-write: a valid meta page, a file that
+// holds every page in use, and a sound freelist page header. An absent or
+// empty file passes: bbolt creates it.
+//
+// Another process may commit while the check reads, and may even reuse the
+// freelist page it is looking at; so a failure counts only when the meta
+// page has not changed meanwhile.
+func checkBoltPages(path string) error {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	defer f.Close()
+	for try := 0; ; try++ {
+		txid, err := checkBoltPagesOnce(f)
+		if err == nil || txid < 0 || try == 2 {
+			return err
+		}
+		fi, serr := f.Stat()
+		if serr != nil {
+			return err
+		}
+		if m, merr := readBoltMeta(f, fi.Size()); merr != nil || int64(m.txid) == txid {
+			return err
+		}
+	}
+}
+
+// checkBoltPagesOnce makes the checks of checkBoltPages once. It returns
+// the txid of the meta page it checked, -1 if it found none.
+func checkBoltPagesOnce(f *os.File) (txid int64, err error) {
+	fi, err := f.Stat()
+	if err != nil || fi.Size() == 0 {
+		return -1, err
+	}
+	m, err := readBoltMeta(f, fi.Size())
+	if err != nil {
+		return -1, err
+	}
+	// bbolt grows the file before it writes the meta page: stat it again
+	// now, after reading the meta page, to compare.
+	if fi, err = f.Stat(); err != nil {
+		return -1, err
+	}
+	if m.pgid < 2 || m.pgid > 1<<40 || fi.Size() < int64(m.pgid)*int64(m.pageSize) {
+		return int64(m.txid), fmt.Errorf("truncated: %d bytes, but %d pages of %d bytes are in use", fi.Size(), m.pgid, m.pageSize)
+	}
+	if m.freelist == boltNoFreelist {
+		return int64(m.txid), nil
+	}
+	if m.freelist < 2 || m.freelist >= m.pgid {
+		return int64(m.txid), fmt.Errorf("corrupt: freelist page %d outside pages 2..%d", m.freelist, m.pgid-1)
+	}
+	var hdr [boltPageHeaderSize + 8]byte
+	if _, err := f.ReadAt(hdr[:], int64(m.freelist)*int64(m.pageSize)); err != nil {
+		return int64(m.txid), fmt.Errorf("corrupt: freelist page %d: %w", m.freelist, err)
+	}
+	ne := binary.NativeEndian
+	if flags := ne.Uint16(hdr[boltOffPageFlags:]); flags != boltFreelistFlag {
+		return int64(m.txid), fmt.Errorf("corrupt: freelist page %d has flags %#x", m.freelist, flags)
+	}
+	pages := uint64(ne.Uint32(hdr[boltOffPageOver:])) + 1
+	n := uint64(ne.Uint16(hdr[boltOffPageCount:]))
+	if n == 0xFFFF { // the count is the first element
+		n = ne.Uint64(hdr[boltPageHeaderSize:]) + 1
+	}
+	if m.freelist+pages > m.pgid || n > pages*uint64(m.pageSize)/8 ||
+		boltPageHeaderSize+8*n > pages*uint64(m.pageSize) {
+		return int64(m.txid), fmt.Errorf("corrupt: freelist page %d overflows", m.freelist)
+	}
+	return int64(m.txid), nil
+}

@@ -1,0 +1,950 @@
+package hostbreaker
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// boltTestPath returns the path of a bbolt file in a fresh temporary directory.
+func boltTestPath(t testing.TB) string {
+	t.Helper()
+	return filepath.Join(t.TempDir(), "hostbreaker.db")
+}
+
+// boltTestOpen opens the store at path and closes it when the test ends.
+func boltTestOpen(t testing.TB, path string) *boltStore {
+	t.Helper()
+	st, err := openBoltStore(path)
+	if err != nil {
+		t.Fatalf("openBoltStore(%q): %v", path, err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	return st.(*boltStore)
+}
+
+// boltTestRec returns a record written now-ish.
+func boltTestRec(host, role string, reason Reason, until, at time.Time) Record {
+	return Record{Host: host, Role: role, Reason: reason, Until: until, At: at, Source: "test"}
+}
+
+// boltTestFind returns the record of (host, role, reason) in rs.
+func boltTestFind(rs []Record, host, role string, reason Reason) (Record, bool) {
+	for _, r := range rs {
+		if r.Host == host && r.Role == role && r.Reason == reason {
+			return r, true
+		}
+	}
+	return Record{}, false
+}
+
+// boltTestRecords returns s.Records or fails the test.
+func boltTestRecords(t testing.TB, s Store) []Record {
+	t.Helper()
+	rs, err := s.Records(context.Background())
+	if err != nil {
+		t.Fatalf("Records: %v", err)
+	}
+	return rs
+}
+
+// boltTestPut calls s.Put or fails the test.
+func boltTestPut(t testing.TB, s Store, r Record) {
+	t.Helper()
+	if err := s.Put(context.Background(), r); err != nil {
+		t.Fatalf("Put(%+v): %v", r, err)
+	}
+}
+
+// boltTestRaw runs fn in a read-write transaction on the file, bypassing the store.
+func boltTestRaw(t testing.TB, path string, fn func(tx *bolt.Tx) error) {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatalf("bolt.Open: %v", err)
+	}
+	defer db.Close()
+	if err := db.Update(fn); err != nil {
+		t.Fatalf("raw update: %v", err)
+	}
+}
+
+// boltTestKeys returns the keys of bucket in the file.
+func boltTestKeys(t testing.TB, path string, bucket []byte) []string {
+	t.Helper()
+	var keys []string
+	boltTestRaw(t, path, func(tx *bolt.Tx) error {
+		if b := tx.Bucket(bucket); b != nil {
+			return b.ForEach(func(k, _ []byte) error {
+				keys = append(keys, string(k))
+				return nil
+			})
+		}
+		return nil
+	})
+	return keys
+}
+
+func TestBoltCreateAndReopen(t *testing.T) {
+	path := boltTestPath(t)
+	s1, err := openBoltStore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path); err != nil {
+		t.Fatalf("file not created: %v", err)
+	}
+	now := time.Now()
+	want := Record{Host: "api.example.com:8443", Role: "write", Reason: ReasonManual,
+		Until: now.Add(time.Hour), At: now, Note: "maintenance", Source: "proc-1"}
+	boltTestPut(t, s1, want)
+	if err := s1.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, url := range []string{path, "bolt://" + path} {
+		s2, err := OpenStore(url)
+		if err != nil {
+			t.Fatalf("OpenStore(%q): %v", url, err)
+		}
+		rs := boltTestRecords(t, s2)
+		if len(rs) != 1 {
+			t.Fatalf("%s: got %d records, want 1: %+v", url, len(rs), rs)
+		}
+		got := rs[0]
+		if got.Host != want.Host || got.Role != want.Role || got.Reason != want.Reason || got.Note != want.Note ||
+			got.Source != want.Source || !got.Until.Equal(want.Until) || !got.At.Equal(want.At) {
+			t.Errorf("%s: got %+v, want %+v", url, got, want)
+		}
+		if s2.Changes() != nil {
+			t.Error("Changes() != nil")
+		}
+		_ = s2.Close()
+	}
+}
+
+func TestBoltOpenErrors(t *testing.T) {
+	if _, err := openBoltStore(""); err == nil {
+		t.Error("empty path: no error")
+	}
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "nope", "hb.db")
+	_, err := openBoltStore(missing)
+	if err == nil || !strings.Contains(err.Error(), missing) {
+		t.Errorf("missing parent: err = %v, want an error naming %s", err, missing)
+	}
+	file := filepath.Join(dir, "plain")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := openBoltStore(filepath.Join(file, "hb.db")); err == nil {
+		t.Error("parent is a file: no error")
+	}
+	if _, err := openBoltStore(dir); err == nil {
+		t.Error("path is a directory: no error")
+	}
+	// An existing empty file is a new database, as bbolt treats it.
+	empty := filepath.Join(dir, "empty.db")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := boltTestOpen(t, empty)
+	if rs := boltTestRecords(t, s); len(rs) != 0 {
+		t.Errorf("empty file: %d records", len(rs))
+	}
+}
+
+func TestBoltPutValidation(t *testing.T) {
+	s := boltTestOpen(t, boltTestPath(t))
+	now := time.Now()
+	good := boltTestRec("example.com", "", ReasonRetryAfter, now.Add(time.Minute), now)
+	bad := map[string]Record{}
+	for _, h := range []string{"", "Example.com", "example.com.", "a b", "example.com:0443", "ex\x00ample"} {
+		r := good
+		r.Host = h
+		bad["host "+strconv.Quote(h)] = r
+	}
+	r := good
+	r.Until = time.Time{}
+	bad["zero Until"] = r
+	r = good
+	r.At = time.Time{}
+	bad["zero At"] = r
+	r = good
+	r.Reason = "bogus"
+	bad["unknown reason"] = r
+	r = good
+	r.Reason = ""
+	bad["empty reason"] = r
+	for name, r := range bad {
+		if err := s.Put(context.Background(), r); err == nil {
+			t.Errorf("%s: Put accepted %+v", name, r)
+		}
+	}
+	if rs := boltTestRecords(t, s); len(rs) != 0 {
+		t.Errorf("invalid records stored: %+v", rs)
+	}
+	boltTestPut(t, s, good)
+	if rs := boltTestRecords(t, s); len(rs) != 1 {
+		t.Errorf("got %d records, want 1", len(rs))
+	}
+}
+
+func TestBoltMergeRules(t *testing.T) {
+	s := boltTestOpen(t, boltTestPath(t))
+	now := time.Now()
+	h := "api.example.com"
+	until := func(rs []Record, role string, reason Reason) time.Time {
+		t.Helper()
+		r, ok := boltTestFind(rs, h, role, reason)
+		if !ok {
+			t.Fatalf("no record (%s, %q, %s) in %+v", h, role, reason, rs)
+		}
+		return r.Until
+	}
+
+	// Automatic cooldowns: a later one wins, a shorter one does not shorten.
+	boltTestPut(t, s, boltTestRec(h, "", ReasonRetryAfter, now.Add(10*time.Minute), now))
+	boltTestPut(t, s, boltTestRec(h, "", ReasonRollingWindow, now.Add(20*time.Minute), now))
+	if got := until(boltTestRecords(t, s), "", ReasonRollingWindow); !got.Equal(now.Add(20 * time.Minute)) {
+		t.Errorf("later auto: until %v", got)
+	}
+	boltTestPut(t, s, boltTestRec(h, "", ReasonRetryAfter, now.Add(5*time.Minute), now.Add(time.Second)))
+	rs := boltTestRecords(t, s)
+	if got := until(rs, "", ReasonRollingWindow); !got.Equal(now.Add(20 * time.Minute)) {
+		t.Errorf("shorter auto shortened: until %v", got)
+	}
+	if len(rs) != 1 {
+		t.Errorf("want one cooldown per (host, role), got %+v", rs)
+	}
+
+	// Manual always replaces, even with a shorter cooldown.
+	boltTestPut(t, s, boltTestRec(h, "", ReasonManual, now.Add(time.Minute), now.Add(2*time.Second)))
+	if got := until(boltTestRecords(t, s), "", ReasonManual); !got.Equal(now.Add(time.Minute)) {
+		t.Errorf("manual: until %v", got)
+	}
+	// An automatic one replaces a manual one only when it ends later.
+	boltTestPut(t, s, boltTestRec(h, "", ReasonBreakerOpen, now.Add(30*time.Second), now.Add(3*time.Second)))
+	until(boltTestRecords(t, s), "", ReasonManual)
+	boltTestPut(t, s, boltTestRec(h, "", ReasonBreakerOpen, now.Add(2*time.Minute), now.Add(3*time.Second)))
+	until(boltTestRecords(t, s), "", ReasonBreakerOpen)
+
+	// Roles are separate cooldowns; other hosts are untouched by a reset.
+	boltTestPut(t, s, boltTestRec(h, "read", ReasonBreakerOpen, now.Add(time.Hour), now.Add(4*time.Second)))
+	boltTestPut(t, s, boltTestRec(h, "write", ReasonManual, now.Add(time.Hour), now.Add(4*time.Second)))
+	boltTestPut(t, s, boltTestRec(h+":8080", "", ReasonManual, now.Add(time.Hour), now.Add(4*time.Second)))
+	boltTestPut(t, s, boltTestRec("other.example.com", "read", ReasonManual, now.Add(time.Hour), now.Add(4*time.Second)))
+	// Written after the reset's At: survives it.
+	boltTestPut(t, s, boltTestRec(h, "late", ReasonBreakerOpen, now.Add(time.Hour), now.Add(6*time.Second)))
+	if n := len(boltTestRecords(t, s)); n != 6 {
+		t.Fatalf("got %d records before reset, want 6", n)
+	}
+
+	resetAt := now.Add(5 * time.Second)
+	boltTestPut(t, s, boltTestRec(h, "", ReasonReset, time.Now().Add(400*time.Millisecond), resetAt))
+	rs = boltTestRecords(t, s)
+	for _, role := range []string{"", "read", "write"} {
+		if r, ok := boltTestFind(rs, h, role, ReasonManual); ok {
+			t.Errorf("reset left %+v", r)
+		}
+		if r, ok := boltTestFind(rs, h, role, ReasonBreakerOpen); ok {
+			t.Errorf("reset left %+v", r)
+		}
+	}
+	if _, ok := boltTestFind(rs, h, "late", ReasonBreakerOpen); !ok {
+		t.Error("reset removed a cooldown written after it")
+	}
+	if _, ok := boltTestFind(rs, h+":8080", "", ReasonManual); !ok {
+		t.Error("reset removed another host (other port)")
+	}
+	if _, ok := boltTestFind(rs, "other.example.com", "read", ReasonManual); !ok {
+		t.Error("reset removed another host")
+	}
+	if _, ok := boltTestFind(rs, h, "", ReasonReset); !ok {
+		t.Error("reset marker not visible")
+	}
+	if len(rs) != 4 {
+		t.Errorf("after reset: %+v", rs)
+	}
+
+	// A cooldown written before the reset that arrives after it is dropped.
+	boltTestPut(t, s, boltTestRec(h, "read", ReasonManual, now.Add(time.Hour), resetAt))
+	if r, ok := boltTestFind(boltTestRecords(t, s), h, "read", ReasonManual); ok {
+		t.Errorf("stale cooldown accepted after reset: %+v", r)
+	}
+
+	// The marker vanishes at its Until.
+	time.Sleep(time.Until(now.Add(450 * time.Millisecond)))
+	if r, ok := boltTestFind(boltTestRecords(t, s), h, "", ReasonReset); ok {
+		t.Errorf("reset marker outlived its Until: %+v", r)
+	}
+	// ... and then stale cooldowns are accepted again (no marker to compare to).
+	boltTestPut(t, s, boltTestRec(h, "read", ReasonManual, now.Add(time.Hour), resetAt))
+	if _, ok := boltTestFind(boltTestRecords(t, s), h, "read", ReasonManual); !ok {
+		t.Error("cooldown refused after the marker expired")
+	}
+}
+
+func TestBoltExpiredIgnoredAndPruned(t *testing.T) {
+	path := boltTestPath(t)
+	s := boltTestOpen(t, path)
+	now := time.Now()
+	past := now.Add(-time.Minute)
+	boltTestRaw(t, path, func(tx *bolt.Tx) error {
+		cd, rs, st := tx.Bucket(boltCooldowns), tx.Bucket(boltResets), tx.Bucket(boltStates)
+		for _, err := range []error{
+			cd.Put(boltCooldownKey("old.example", ""), encodeRecord(boltTestRec("old.example", "", ReasonManual, past, past.Add(-time.Hour)))),
+			cd.Put(boltCooldownKey("live.example", ""), encodeRecord(boltTestRec("live.example", "", ReasonManual, now.Add(time.Hour), now))),
+			cd.Put([]byte("garbage\x00"), []byte("not json")),
+			cd.Put([]byte("future\x00"), []byte(`{"v":9,"until":1}`)),
+			cd.Put([]byte("future2\x00"), []byte(fmt.Sprintf(`{"v":9,"until":%d}`, now.Add(time.Hour).UnixNano()))),
+			rs.Put([]byte("old.example"), encodeRecord(boltTestRec("old.example", "", ReasonReset, past, past.Add(-time.Hour)))),
+			st.Put([]byte("gone"), encodeStates("gone", []PublishedState{{Host: "x.example", State: StateOpen}}, past)),
+			st.Put([]byte("bad"), []byte("{")),
+		} {
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	rs := boltTestRecords(t, s)
+	if len(rs) != 1 || rs[0].Host != "live.example" {
+		t.Errorf("Records = %+v, want only live.example", rs)
+	}
+	states, err := s.States(context.Background())
+	if err != nil || len(states) != 0 {
+		t.Errorf("States = %+v, %v; want none", states, err)
+	}
+
+	// Any write prunes: expired records, markers and states, and undecodable
+	// entries whose until has passed; other undecodable entries stay.
+	boltTestPut(t, s, boltTestRec("new.example", "", ReasonManual, now.Add(time.Hour), now))
+	got := boltTestKeys(t, path, boltCooldowns)
+	want := []string{"future2\x00", "garbage\x00", "live.example\x00", "new.example\x00"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("cooldown keys after prune = %q, want %q", got, want)
+	}
+	if got := boltTestKeys(t, path, boltResets); len(got) != 0 {
+		t.Errorf("reset keys after prune = %q", got)
+	}
+	if got := boltTestKeys(t, path, boltStates); len(got) != 1 || got[0] != "bad" {
+		t.Errorf("states keys after prune = %q, want [bad]", got)
+	}
+
+	// Already-expired writes are dropped.
+	boltTestPut(t, s, boltTestRec("late.example", "", ReasonRetryAfter, past, past))
+	if _, ok := boltTestFind(boltTestRecords(t, s), "late.example", "", ReasonRetryAfter); ok {
+		t.Error("expired record returned")
+	}
+}
+
+func TestBoltStates(t *testing.T) {
+	path := boltTestPath(t)
+	s := boltTestOpen(t, path)
+	ctx := context.Background()
+	now := time.Now()
+	a := []PublishedState{
+		{Host: "a.example", State: StateOpen, Until: now.Add(time.Minute), Reason: ReasonBreakerOpen},
+		{Host: "b.example", Role: "write", State: StateHalfOpen},
+	}
+	if err := s.PublishStates(ctx, "proc-a", a, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PublishStates(ctx, "proc-b", []PublishedState{{Host: "c.example", State: StateClosed}}, 300*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.States(ctx)
+	if err != nil || len(got) != 3 {
+		t.Fatalf("States = %+v, %v; want 3", got, err)
+	}
+	for _, st := range got {
+		switch st.Host {
+		case "a.example":
+			if st.Source != "proc-a" || st.State != StateOpen || !st.Until.Equal(a[0].Until) || st.Reason != ReasonBreakerOpen {
+				t.Errorf("a: %+v", st)
+			}
+		case "b.example":
+			if st.Source != "proc-a" || st.Role != "write" || st.State != StateHalfOpen || !st.Until.IsZero() {
+				t.Errorf("b: %+v", st)
+			}
+		case "c.example":
+			if st.Source != "proc-b" {
+				t.Errorf("c: %+v", st)
+			}
+		}
+	}
+
+	// Publishing again replaces the source's states.
+	if err := s.PublishStates(ctx, "proc-a", a[1:], time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = s.States(ctx)
+	if len(got) != 2 {
+		t.Errorf("after replace: %+v", got)
+	}
+
+	// proc-b's states expire after their ttl, without any write (cached read).
+	reads := s.fullReads.Load()
+	time.Sleep(350 * time.Millisecond)
+	got, _ = s.States(ctx)
+	if len(got) != 1 || got[0].Host != "b.example" {
+		t.Errorf("after ttl: %+v", got)
+	}
+	if s.fullReads.Load() != reads {
+		t.Error("unchanged file read again")
+	}
+	// Publishing an empty list clears a source; a write prunes proc-b.
+	if err := s.PublishStates(ctx, "proc-a", nil, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = s.States(ctx)
+	if len(got) != 0 {
+		t.Errorf("after empty publish: %+v", got)
+	}
+	if keys := boltTestKeys(t, path, boltStates); len(keys) != 1 || keys[0] != "proc-a" {
+		t.Errorf("states keys = %q, want [proc-a]", keys)
+	}
+
+	if err := s.PublishStates(ctx, "", a, time.Hour); err == nil {
+		t.Error("empty source accepted")
+	}
+	if err := s.PublishStates(ctx, "proc-a", a, 0); err == nil {
+		t.Error("zero ttl accepted")
+	}
+	if err := s.PublishStates(ctx, "proc-a", []PublishedState{{Host: "a.example", State: State(7)}}, time.Hour); err == nil {
+		t.Error("unknown state accepted")
+	}
+}
+
+func TestBoltTwoStoresAndCache(t *testing.T) {
+	path := boltTestPath(t)
+	s1, s2 := boltTestOpen(t, path), boltTestOpen(t, path)
+	ctx := context.Background()
+	now := time.Now()
+
+	if rs := boltTestRecords(t, s1); len(rs) != 0 {
+		t.Fatalf("new store has %+v", rs)
+	}
+	reads := s1.fullReads.Load()
+	for range 3 {
+		boltTestRecords(t, s1)
+		if _, err := s1.States(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := s1.fullReads.Load(); n != reads {
+		t.Errorf("unchanged file: %d full reads, want %d", n, reads)
+	}
+
+	boltTestPut(t, s2, boltTestRec("a.example", "", ReasonManual, now.Add(time.Hour), now))
+	rs := boltTestRecords(t, s1)
+	if _, ok := boltTestFind(rs, "a.example", "", ReasonManual); !ok {
+		t.Fatalf("s1 does not see s2's write: %+v", rs)
+	}
+	if n := s1.fullReads.Load(); n != reads+1 {
+		t.Errorf("changed file: %d full reads, want %d", n, reads+1)
+	}
+	if err := s2.PublishStates(ctx, "s2", []PublishedState{{Host: "a.example", State: StateOpen}}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := s1.States(ctx); err != nil || len(st) != 1 || st[0].Source != "s2" {
+		t.Errorf("s1.States = %+v, %v", st, err)
+	}
+	boltTestPut(t, s1, boltTestRec("b.example", "x", ReasonRetryAfter, now.Add(time.Hour), now))
+	if _, ok := boltTestFind(boltTestRecords(t, s2), "b.example", "x", ReasonRetryAfter); !ok {
+		t.Error("s2 does not see s1's write")
+	}
+
+	// A record that expires drops out of the cached result without a write.
+	boltTestPut(t, s2, boltTestRec("c.example", "", ReasonRetryAfter, time.Now().Add(200*time.Millisecond), now))
+	if _, ok := boltTestFind(boltTestRecords(t, s1), "c.example", "", ReasonRetryAfter); !ok {
+		t.Fatal("s1 does not see c.example")
+	}
+	reads = s1.fullReads.Load()
+	time.Sleep(250 * time.Millisecond)
+	if _, ok := boltTestFind(boltTestRecords(t, s1), "c.example", "", ReasonRetryAfter); ok {
+		t.Error("expired record returned from cache")
+	}
+	if s1.fullReads.Load() != reads {
+		t.Error("cache not used")
+	}
+
+	// Changing the result cannot change the cache.
+	rs = boltTestRecords(t, s1)
+	rs[0].Host = "mutated.example"
+	if _, ok := boltTestFind(boltTestRecords(t, s1), "mutated.example", "", rs[0].Reason); ok {
+		t.Error("cache shares memory with a result")
+	}
+
+	// The file replaced by another one, even with the same txid, is read again.
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+	reads = s1.fullReads.Load()
+	boltTestRecords(t, s1)
+	if s1.fullReads.Load() != reads+1 {
+		t.Error("replaced file not read again")
+	}
+}
+
+// TestBoltConcurrent writes from many goroutines through several stores on
+// one file. No retry is needed: the stores of one process take turns on a
+// per-file semaphore before bbolt's flock, so the lock timeout only applies
+// to other processes.
+func TestBoltConcurrent(t *testing.T) {
+	path := boltTestPath(t)
+	const stores, workers, puts = 3, 4, 6
+	ss := make([]*boltStore, stores)
+	for i := range ss {
+		ss[i] = boltTestOpen(t, path)
+	}
+	base := time.Now().Add(time.Hour)
+	var wg sync.WaitGroup
+	errs := make(chan error, stores*workers*puts*3)
+	for si, s := range ss {
+		for w := range workers {
+			wg.Go(func() {
+				ctx := context.Background()
+				own := fmt.Sprintf("h%d-%d.example", si, w)
+				for i := range puts {
+					at := time.Now()
+					if err := s.Put(ctx, boltTestRec(own, "", ReasonRetryAfter, base.Add(time.Duration(i)*time.Second), at)); err != nil {
+						errs <- err
+					}
+					until := base.Add(time.Duration((si*workers+w)*puts+i) * time.Millisecond)
+					if err := s.Put(ctx, boltTestRec("shared.example", "r", ReasonBreakerOpen, until, at)); err != nil {
+						errs <- err
+					}
+					if _, err := s.Records(ctx); err != nil {
+						errs <- err
+					}
+				}
+				if err := s.PublishStates(ctx, own, []PublishedState{{Host: own, State: StateOpen}}, time.Hour); err != nil {
+					errs <- err
+				}
+			})
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	fresh := boltTestOpen(t, path)
+	rs := boltTestRecords(t, fresh)
+	if len(rs) != stores*workers+1 {
+		t.Errorf("got %d records, want %d", len(rs), stores*workers+1)
+	}
+	for si := range stores {
+		for w := range workers {
+			r, ok := boltTestFind(rs, fmt.Sprintf("h%d-%d.example", si, w), "", ReasonRetryAfter)
+			if want := base.Add((puts - 1) * time.Second); !ok || !r.Until.Equal(want) {
+				t.Errorf("h%d-%d: %+v, want until %v", si, w, r, want)
+			}
+		}
+	}
+	r, _ := boltTestFind(rs, "shared.example", "r", ReasonBreakerOpen)
+	if want := base.Add((stores*workers*puts - 1) * time.Millisecond); !r.Until.Equal(want) {
+		t.Errorf("shared: until %v, want %v", r.Until, want)
+	}
+	if st, err := fresh.States(context.Background()); err != nil || len(st) != stores*workers {
+		t.Errorf("States: %d, %v", len(st), err)
+	}
+}
+
+// TestBoltHelperProcess is the child of TestBoltProcesses.
+func TestBoltHelperProcess(t *testing.T) {
+	path, id := os.Getenv("HOSTBREAKER_BOLT_HELPER"), os.Getenv("HOSTBREAKER_BOLT_ID")
+	if path == "" {
+		t.Skip("helper process only")
+	}
+	s, err := openBoltStore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	boltTestPutMany(t, s, "p"+id)
+}
+
+// boltTestPutMany writes 10 cooldowns of hosts prefix-N.example. Between
+// processes only flock arbitrates and a store waits for it ~100 ms by
+// design (a Transport tries again on its next poll), so a busy file is
+// retried here.
+func boltTestPutMany(t testing.TB, s Store, prefix string) {
+	until := time.Now().Add(time.Hour)
+	for i := range 10 {
+		r := boltTestRec(fmt.Sprintf("%s-%d.example", prefix, i), "", ReasonManual, until, time.Now())
+		for try := 0; ; try++ {
+			err := s.Put(context.Background(), r)
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, berrors.ErrTimeout) || try == 50 {
+				t.Fatalf("Put: %v", err)
+			}
+		}
+	}
+}
+
+func TestBoltProcesses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	path := boltTestPath(t)
+	s := boltTestOpen(t, path)
+	var cmds []*exec.Cmd
+	for i := range 2 {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestBoltHelperProcess$", "-test.count=1")
+		cmd.Env = append(os.Environ(), "HOSTBREAKER_BOLT_HELPER="+path, "HOSTBREAKER_BOLT_ID="+strconv.Itoa(i))
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("helper %d:\n%s", i, out.String())
+			}
+		})
+		cmds = append(cmds, cmd)
+	}
+	boltTestPutMany(t, s, "parent")
+	for i, cmd := range cmds {
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("helper %d: %v", i, err)
+		}
+	}
+	if rs := boltTestRecords(t, s); len(rs) != 30 {
+		t.Errorf("got %d records, want 30", len(rs))
+	}
+}
+
+func TestBoltLockedFile(t *testing.T) {
+	path := boltTestPath(t)
+	s := boltTestOpen(t, path)
+	ctx := context.Background()
+	now := time.Now()
+	boltTestPut(t, s, boltTestRec("a.example", "", ReasonManual, now.Add(time.Hour), now))
+	boltTestRecords(t, s) // fills the cache
+	fresh := boltTestOpen(t, path)
+
+	holder, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- s.Put(ctx, boltTestRec("b.example", "", ReasonManual, now.Add(time.Hour), now)) }()
+	select {
+	case err := <-done:
+		if err == nil || !errors.Is(err, berrors.ErrTimeout) {
+			t.Errorf("Put on a locked file: %v, want a timeout", err)
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Errorf("Put took %v", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Put blocked on a locked file")
+	}
+	if _, err := fresh.Records(ctx); !errors.Is(err, berrors.ErrTimeout) {
+		t.Errorf("full read on a locked file: %v, want a timeout", err)
+	}
+	// The cached poll takes no lock.
+	if rs, err := s.Records(ctx); err != nil || len(rs) != 1 {
+		t.Errorf("cached Records on a locked file: %+v, %v", rs, err)
+	}
+	// A context deadline shorter than the lock timeout is honoured.
+	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	start = time.Now()
+	if err := s.PublishStates(short, "x", nil, time.Hour); err == nil {
+		t.Error("PublishStates on a locked file succeeded")
+	}
+	cancel()
+	if d := time.Since(start); d > 100*time.Millisecond {
+		t.Errorf("PublishStates with a 20ms deadline took %v", d)
+	}
+	// Opening a valid file that another process holds succeeds.
+	third := boltTestOpen(t, path)
+
+	if err := holder.Close(); err != nil {
+		t.Fatal(err)
+	}
+	boltTestPut(t, s, boltTestRec("b.example", "", ReasonManual, now.Add(time.Hour), now))
+	if rs := boltTestRecords(t, third); len(rs) != 2 {
+		t.Errorf("after unlock: %+v", rs)
+	}
+}
+
+// boltTestValidFile writes a bbolt store with enough records to span many
+// pages and returns its bytes.
+func boltTestValidFile(t *testing.T) []byte {
+	t.Helper()
+	path := boltTestPath(t)
+	boltTestOpen(t, path)
+	now := time.Now()
+	boltTestRaw(t, path, func(tx *bolt.Tx) error {
+		b := tx.Bucket(boltCooldowns)
+		for i := range 300 {
+			r := boltTestRec(fmt.Sprintf("h%d.example", i), "", ReasonManual, now.Add(time.Hour), now)
+			r.Note = strings.Repeat("n", 200)
+			if err := b.Put(boltCooldownKey(r.Host, ""), encodeRecord(r)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+func TestBoltCorruptFiles(t *testing.T) {
+	valid := boltTestValidFile(t)
+	f := bytes.NewReader(valid)
+	m, err := readBoltMeta(f, int64(len(valid)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	used := int(m.pgid) * int(m.pageSize)
+	if used < 8*int(m.pageSize) {
+		t.Fatalf("valid file uses only %d pages", m.pgid)
+	}
+	random := make([]byte, 64<<10)
+	_, _ = rand.Read(random)
+	garbled := bytes.Clone(valid) // metas intact, every other page random
+	_, _ = rand.Read(garbled[2*m.pageSize:])
+	if m.freelist != m.pgid-1 {
+		t.Fatalf("freelist at page %d of %d", m.freelist, m.pgid)
+	}
+	garbledData := bytes.Clone(valid) // metas and freelist intact
+	_, _ = rand.Read(garbledData[2*m.pageSize : m.freelist*uint64(m.pageSize)])
+
+	cases := map[string][]byte{
+		"text":             []byte(strings.Repeat("this is not a bbolt file\n", 1000)),
+		"random":           random,
+		"truncated half":   valid[:used/2],
+		"truncated short":  valid[:100],
+		"truncated 1 page": valid[:m.pageSize],
+		"garbled pages":    garbled,
+		"garbled data":     garbledData,
+	}
+	for name, data := range cases {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "bad.db")
+			if err := os.WriteFile(path, data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			s, err := openBoltStore(path)
+			if err == nil {
+				_ = s.Close()
+				t.Fatalf("openBoltStore accepted a %s file", name)
+			}
+			if !strings.Contains(err.Error(), path) {
+				t.Errorf("error does not name the path: %v", err)
+			}
+			t.Log(err)
+		})
+	}
+}
+
+func TestBoltCorruptedAfterOpen(t *testing.T) {
+	valid := boltTestValidFile(t)
+	m, err := readBoltMeta(bytes.NewReader(valid), int64(len(valid)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"truncated", "garbled"} {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "hb.db")
+			if err := os.WriteFile(path, valid, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			s := boltTestOpen(t, path)
+			if rs := boltTestRecords(t, s); len(rs) != 300 {
+				t.Fatalf("got %d records", len(rs))
+			}
+			if name == "truncated" {
+				// Metas intact, data pages beyond the end of the file: bbolt
+				// faults on its memory map.
+				if err := os.Truncate(path, int64(2*m.pageSize)); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				garbled := bytes.Clone(valid)
+				_, _ = rand.Read(garbled[2*m.pageSize:])
+				if err := os.WriteFile(path, garbled, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			now := time.Now()
+			if err := s.Put(context.Background(), boltTestRec("a.example", "", ReasonManual, now.Add(time.Hour), now)); err == nil {
+				t.Error("Put on a corrupt file succeeded")
+			} else {
+				t.Log(err)
+			}
+			s.mu.Lock()
+			s.snap = nil
+			s.mu.Unlock()
+			if _, err := s.Records(context.Background()); err == nil {
+				t.Error("Records on a corrupt file succeeded")
+			} else {
+				t.Log(err)
+			}
+			// The failed operations released the lock. (A read-only open
+			// takes a shared lock and does not read the corrupt freelist.)
+			db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 500 * time.Millisecond, ReadOnly: true})
+			if err == nil {
+				_ = db.Close()
+			} else if errors.Is(err, berrors.ErrTimeout) {
+				t.Error("lock still held after a failed operation")
+			}
+		})
+	}
+}
+
+func TestBoltReadMeta(t *testing.T) {
+	path := boltTestPath(t)
+	s := boltTestOpen(t, path)
+	for i := range 3 {
+		now := time.Now()
+		boltTestPut(t, s, boltTestRec("a.example", strconv.Itoa(i), ReasonManual, now.Add(time.Hour), now))
+		var txid int
+		db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, ReadOnly: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = db.View(func(tx *bolt.Tx) error { txid = tx.ID(); return nil })
+		_ = db.Close()
+		data, _ := os.ReadFile(path)
+		m, err := readBoltMeta(bytes.NewReader(data), int64(len(data)))
+		if err != nil || m.txid != uint64(txid) {
+			t.Errorf("readBoltMeta = %+v, %v; want txid %d", m, err, txid)
+		}
+		// With the first meta page torn, the second is found by probing.
+		torn := bytes.Clone(data)
+		torn[boltMetaOff+boltOffTxid] ^= 0xff
+		m2, err := readBoltMeta(bytes.NewReader(torn), int64(len(torn)))
+		if err != nil || m2.pageSize != m.pageSize {
+			t.Errorf("torn meta 0: %+v, %v", m2, err)
+		}
+	}
+}
+
+func TestBoltClose(t *testing.T) {
+	s := boltTestOpen(t, boltTestPath(t))
+	ctx := context.Background()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	errs := []error{
+		s.Put(ctx, boltTestRec("a.example", "", ReasonManual, now.Add(time.Hour), now)),
+		s.PublishStates(ctx, "x", nil, time.Hour),
+	}
+	_, err := s.Records(ctx)
+	errs = append(errs, err)
+	_, err = s.States(ctx)
+	errs = append(errs, err)
+	for i, err := range errs {
+		if !errors.Is(err, errBoltClosed) {
+			t.Errorf("call %d after Close: %v", i, err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+}
+
+func BenchmarkBoltPut(b *testing.B) {
+	s := boltTestOpen(b, boltTestPath(b))
+	ctx := context.Background()
+	now := time.Now()
+	i := 0
+	for b.Loop() {
+		i++
+		r := boltTestRec("bench.example", "", ReasonRetryAfter, now.Add(time.Hour+time.Duration(i)), now)
+		if err := s.Put(ctx, r); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkBoltRecordsUnchanged(b *testing.B) {
+	s := boltTestOpen(b, boltTestPath(b))
+	ctx := context.Background()
+	now := time.Now()
+	for i := range 20 {
+		boltTestPut(b, s, boltTestRec(fmt.Sprintf("h%d.example", i), "", ReasonManual, now.Add(time.Hour), now))
+	}
+	boltTestRecords(b, s)
+	reads := s.fullReads.Load()
+	for b.Loop() {
+		if rs, err := s.Records(ctx); err != nil || len(rs) != 20 {
+			b.Fatal(len(rs), err)
+		}
+	}
+	if s.fullReads.Load() != reads {
+		b.Error("unchanged file read again")
+	}
+}
+
+// TestBoltFaultRecovered truncates the file in the middle of a transaction,
+// so that bbolt faults on its memory map: the fault is an error, and the
+// lock is released.
+func TestBoltFaultRecovered(t *testing.T) {
+	path := boltTestPath(t)
+	s := boltTestOpen(t, path)
+	now := time.Now()
+	for i := range 3 {
+		boltTestPut(t, s, boltTestRec(fmt.Sprintf("h%d.example", i), "", ReasonManual, now.Add(time.Hour), now))
+	}
+	valid, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := readBoltMeta(bytes.NewReader(valid), int64(len(valid)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = boltRun(path, true, time.Second, func(tx *bolt.Tx) error {
+		if err := os.Truncate(path, 2*int64(m.pageSize)); err != nil {
+			return err
+		}
+		return tx.Bucket(boltCooldowns).ForEach(func(k, v []byte) error { return nil })
+	})
+	if err == nil || !strings.Contains(err.Error(), "panicked") {
+		t.Fatalf("transaction on a file truncated under it: %v, want a recovered panic", err)
+	}
+	t.Log(err)
+	if err := os.WriteFile(path, valid, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Needs the exclusive lock, so the shared one was released.
+	boltTestPut(t, s, boltTestRec("after.example", "", ReasonManual, now.Add(time.Hour), now))
+	if rs := boltTestRecords(t, s); len(rs) != 4 {
+		t.Errorf("got %d records, want 4", len(rs))
+	}
+}

@@ -1,0 +1,946 @@
+package hostbreaker
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// testRedisAddr is the Redis server the tests share.
+const testRedisAddr = "127.0.0.1:6379"
+
+var testRedisSeq atomic.Int64
+
+// testRedisURL returns the URL of a store on the shared test Redis under a
+// prefix no other test uses, and deletes every key under that prefix when
+// the test ends. It skips the test (fails it when $CI is set) when Redis is
+// unreachable.
+func testRedisURL(t *testing.T) string {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: testRedisAddr, DialTimeout: 500 * time.Millisecond, MaxRetries: -1})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := c.Ping(ctx).Err(); err != nil {
+		_ = c.Close()
+		msg := fmt.Sprintf("!!! REDIS UNREACHABLE at %s: %v — Redis store tests NOT RUN !!!", testRedisAddr, err)
+		if os.Getenv("CI") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	prefix := fmt.Sprintf("hbtest:%d-%d-%d:", os.Getpid(), time.Now().UnixNano(), testRedisSeq.Add(1))
+	t.Cleanup(func() {
+		defer c.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		iter := c.Scan(ctx, 0, globEscape(prefix)+"*", 1000).Iterator()
+		for iter.Next(ctx) {
+			c.Del(ctx, iter.Val())
+		}
+		if err := iter.Err(); err != nil {
+			t.Errorf("cleanup of %s: %v", prefix, err)
+		}
+	})
+	return "redis://" + testRedisAddr + "/0?prefix=" + url.QueryEscape(prefix)
+}
+
+// prefixOf returns the prefix query parameter of a test URL.
+func prefixOf(t *testing.T, rawURL string) string {
+	t.Helper()
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u.Query().Get("prefix")
+}
+
+// withPrefix returns rawURL with its prefix replaced.
+func withPrefix(t *testing.T, rawURL, prefix string) string {
+	t.Helper()
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	q.Set("prefix", prefix)
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+// openTestRedis opens a store on rawURL and closes it when the test ends.
+func openTestRedis(t *testing.T, rawURL string) *redisStore {
+	t.Helper()
+	st, err := OpenStore(rawURL)
+	if err != nil {
+		t.Fatalf("OpenStore(%q): %v", rawURL, err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	return st.(*redisStore)
+}
+
+// rawClient returns a plain client on the shared test Redis.
+func rawClient(t *testing.T) *redis.Client {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: testRedisAddr})
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// waitChange waits up to d for a value on s.Changes and reports whether
+// one came.
+func waitChange(s Store, d time.Duration) bool {
+	select {
+	case <-s.Changes():
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// drain empties s.Changes.
+func drain(s Store) {
+	for {
+		select {
+		case <-s.Changes():
+		default:
+			return
+		}
+	}
+}
+
+func mustPut(t *testing.T, s Store, r Record) {
+	t.Helper()
+	if err := s.Put(context.Background(), r); err != nil {
+		t.Fatalf("Put(%+v): %v", r, err)
+	}
+}
+
+func mustRecords(t *testing.T, s Store) []Record {
+	t.Helper()
+	rs, err := s.Records(context.Background())
+	if err != nil {
+		t.Fatalf("Records: %v", err)
+	}
+	sort.Slice(rs, func(i, j int) bool {
+		if rs[i].Host != rs[j].Host {
+			return rs[i].Host < rs[j].Host
+		}
+		if rs[i].Reason != rs[j].Reason {
+			return rs[i].Reason < rs[j].Reason
+		}
+		return rs[i].Role < rs[j].Role
+	})
+	return rs
+}
+
+// find returns the cooldown of (host, role), or the marker of host when
+// reset is set.
+func find(rs []Record, host, role string, reset bool) (Record, bool) {
+	for _, r := range rs {
+		if r.Host == host && (r.Reason == ReasonReset) == reset && (reset || r.Role == role) {
+			return r, true
+		}
+	}
+	return Record{}, false
+}
+
+func sameRecord(a, b Record) bool {
+	return a.Host == b.Host && a.Role == b.Role && a.Reason == b.Reason && a.Until.Equal(b.Until) &&
+		a.At.Equal(b.At) && a.Note == b.Note && a.Source == b.Source
+}
+
+func TestRedisURLParsing(t *testing.T) {
+	cases := []struct {
+		url                  string
+		addr, user, pass     string
+		db                   int
+		prefix               string
+		tls                  bool
+		readTimeout, dialTmo time.Duration
+	}{
+		{url: "redis://127.0.0.1:6379/0", addr: "127.0.0.1:6379", prefix: "hostbreaker:", readTimeout: redisIOTimeout, dialTmo: redisDialTimeout},
+		{url: "redis://127.0.0.1:6390/3?prefix=app%2A:", addr: "127.0.0.1:6390", db: 3, prefix: "app*:", readTimeout: redisIOTimeout, dialTmo: redisDialTimeout},
+		{url: "redis://bob:s3cret@127.0.0.1/2?prefix=x:&read_timeout=2s", addr: "127.0.0.1:6379", user: "bob", pass: "s3cret", db: 2, prefix: "x:", readTimeout: 2 * time.Second, dialTmo: redisDialTimeout},
+		{url: "rediss://:pw@127.0.0.1:6380/1?dial_timeout=1s", addr: "127.0.0.1:6380", pass: "pw", db: 1, prefix: "hostbreaker:", tls: true, readTimeout: redisIOTimeout, dialTmo: time.Second},
+		{url: "REDIS://127.0.0.1:6379", addr: "127.0.0.1:6379", prefix: "hostbreaker:", readTimeout: redisIOTimeout, dialTmo: redisDialTimeout},
+	}
+	for _, c := range cases {
+		opt, prefix, err := parseRedisURL(c.url)
+		if err != nil {
+			t.Errorf("parseRedisURL(%q): %v", c.url, err)
+			continue
+		}
+		if opt.Addr != c.addr || opt.Username != c.user || opt.Password != c.pass || opt.DB != c.db ||
+			prefix != c.prefix || (opt.TLSConfig != nil) != c.tls || opt.ReadTimeout != c.readTimeout ||
+			opt.DialTimeout != c.dialTmo || opt.MaxRetries != redisMaxRetries {
+			t.Errorf("parseRedisURL(%q) = addr %q user %q pass %q db %d prefix %q tls %v read %v dial %v retries %d",
+				c.url, opt.Addr, opt.Username, opt.Password, opt.DB, prefix, opt.TLSConfig != nil,
+				opt.ReadTimeout, opt.DialTimeout, opt.MaxRetries)
+		}
+	}
+
+	bad := []string{
+		"redis://u:hunter2@127.0.0.1:notaport/0",
+		"redis://u:hunter2@127.0.0.1:6379/notadb",
+		"redis://u:hunter2@127.0.0.1:6379/0/1",
+		"redis://u:hunter2@127.0.0.1:6379/0?bogus=1",
+		"redis://u:hunter2@127.0.0.1:6379/0?prefix=",
+		"redis://u:hunter2@127.0.0.1:6379/0?prefix=a&prefix=b",
+		"redis://u:hunter2@127.0.0.1:6379/0?read_timeout=soon",
+		"redis://u:hun/ter2@127.0.0.1:6379/0",
+		"redis://u:hunter2@[::1/0",
+		"redis://u:hunter2@127.0.0.1:6379/0?prefix=%zz",
+	}
+	for _, raw := range bad {
+		st, err := OpenStore(raw)
+		if err == nil {
+			_ = st.Close()
+			t.Errorf("OpenStore(%q) succeeded", raw)
+			continue
+		}
+		msg := err.Error()
+		if strings.Contains(msg, "hunter2") || strings.Contains(msg, "hun/ter2") || strings.Contains(msg, "ter2@") {
+			t.Errorf("OpenStore(%q) error leaks the password: %s", raw, msg)
+		}
+		if !strings.Contains(msg, "u:xxxxx@127.0.0.1") && !strings.Contains(msg, "u:xxxxx@[::1") {
+			t.Errorf("OpenStore(%q) error does not name the redacted URL: %s", raw, msg)
+		}
+		t.Logf("%s", msg)
+	}
+	if _, err := openRedisStore("unix:///tmp/redis.sock"); err == nil {
+		t.Error("openRedisStore accepted a unix URL")
+	}
+}
+
+func TestRedisOpenUnreachable(t *testing.T) {
+	port := freePort(t)
+	start := time.Now()
+	st, err := OpenStore(fmt.Sprintf("redis://127.0.0.1:%d/0", port))
+	if err != nil {
+		t.Fatalf("OpenStore with Redis down: %v", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("OpenStore took %v with Redis down", d)
+	}
+	if _, err := st.Records(context.Background()); err == nil {
+		t.Error("Records succeeded with Redis down")
+	}
+	if err := st.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+}
+
+func TestRedisPutMerge(t *testing.T) {
+	u := testRedisURL(t)
+	s := openTestRedis(t, u)
+	now := time.Now()
+	host := "api.example.com"
+	auto := Record{Host: host, Role: "search", Reason: ReasonRetryAfter, Until: now.Add(10 * time.Second), At: now, Source: "p1"}
+
+	// Auto: the later Until wins, a shorter one never shortens.
+	mustPut(t, s, auto)
+	later := auto
+	later.Reason, later.Until, later.At, later.Source = ReasonRollingWindow, now.Add(20*time.Second), now.Add(time.Millisecond), "p2"
+	mustPut(t, s, later)
+	shorter := auto
+	shorter.Reason, shorter.Until, shorter.At = ReasonBreakerOpen, now.Add(5*time.Second), now.Add(2*time.Millisecond)
+	mustPut(t, s, shorter)
+	equal := later
+	equal.Source = "p3"
+	mustPut(t, s, equal)
+	rs := mustRecords(t, s)
+	if got, ok := find(rs, host, "search", false); !ok || !sameRecord(got, later) || len(rs) != 1 {
+		t.Fatalf("after auto puts: %+v, want only %+v", rs, later)
+	}
+
+	// Manual replaces, even with a shorter Until.
+	manual := Record{Host: host, Role: "search", Reason: ReasonManual, Until: now.Add(3 * time.Second), At: now.Add(3 * time.Millisecond), Note: "maintenance", Source: "ops"}
+	mustPut(t, s, manual)
+	if got, ok := find(mustRecords(t, s), host, "search", false); !ok || !sameRecord(got, manual) {
+		t.Fatalf("after manual put: %+v, want %+v", got, manual)
+	}
+	// A longer auto cooldown then replaces the manual one.
+	longer := auto
+	longer.Until, longer.At = now.Add(30*time.Second), now.Add(4*time.Millisecond)
+	mustPut(t, s, longer)
+	if got, _ := find(mustRecords(t, s), host, "search", false); !sameRecord(got, longer) {
+		t.Fatalf("after longer auto put: %+v, want %+v", got, longer)
+	}
+	// A manual cooldown that already ended clears the (host, role).
+	ended := manual
+	ended.Until, ended.At = now.Add(-time.Second), now.Add(5*time.Millisecond)
+	mustPut(t, s, ended)
+	if _, ok := find(mustRecords(t, s), host, "search", false); ok {
+		t.Fatal("expired manual put did not clear the cooldown")
+	}
+
+	// Roles are independent; "" is the whole host.
+	whole := Record{Host: host, Reason: ReasonBreakerOpen, Until: now.Add(8 * time.Second), At: now.Add(6 * time.Millisecond)}
+	other := whole
+	other.Role = "upload"
+	mustPut(t, s, whole)
+	mustPut(t, s, other)
+	rs = mustRecords(t, s)
+	if _, ok := find(rs, host, "", false); !ok || len(rs) != 2 {
+		t.Fatalf("roles: %+v", rs)
+	}
+}
+
+func TestRedisPutRejects(t *testing.T) {
+	s := openTestRedis(t, testRedisURL(t))
+	now := time.Now()
+	good := Record{Host: "example.com", Reason: ReasonRetryAfter, Until: now.Add(time.Minute), At: now}
+	for _, host := range []string{"", "Example.com", "example.com.", "evil*host", "a:b:c", "h:x", "host\nname", "bücher.de", "[::1", "a b"} {
+		r := good
+		r.Host = host
+		if err := s.Put(context.Background(), r); err == nil {
+			t.Errorf("Put accepted host %q", host)
+		} else if !strings.Contains(err.Error(), "redis store: put") {
+			t.Errorf("Put(%q) error %q does not say what failed", host, err)
+		}
+	}
+	for _, mod := range []func(*Record){
+		func(r *Record) { r.Reason = "" },
+		func(r *Record) { r.Reason = ReasonHalfOpenFull },
+		func(r *Record) { r.Reason = "bogus" },
+		func(r *Record) { r.Until = time.Time{} },
+		func(r *Record) { r.At = time.Time{} },
+		func(r *Record) { r.Until = time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC) },
+	} {
+		r := good
+		mod(&r)
+		if err := s.Put(context.Background(), r); err == nil {
+			t.Errorf("Put accepted %+v", r)
+		}
+	}
+	if rs := mustRecords(t, s); len(rs) != 0 {
+		t.Fatalf("rejected puts left records: %+v", rs)
+	}
+}
+
+func TestRedisReset(t *testing.T) {
+	u := testRedisURL(t)
+	s := openTestRedis(t, u)
+	other := openTestRedis(t, withPrefix(t, u, prefixOf(t, u)+"other:"))
+	now := time.Now()
+	cd := func(host, role string, at time.Duration) Record {
+		return Record{Host: host, Role: role, Reason: ReasonBreakerOpen, Until: now.Add(time.Minute), At: now.Add(at)}
+	}
+	for _, r := range []Record{cd("a.com", "", 0), cd("a.com", "r1", 0), cd("a.com", "r2", 5*time.Millisecond), cd("b.com", "", 0)} {
+		mustPut(t, s, r)
+	}
+	mustPut(t, other, cd("a.com", "", 0))
+
+	reset := Record{Host: "a.com", Reason: ReasonReset, Until: now.Add(400 * time.Millisecond), At: now.Add(2 * time.Millisecond), Source: "ops"}
+	mustPut(t, s, reset)
+	rs := mustRecords(t, s)
+	if _, ok := find(rs, "a.com", "", false); ok {
+		t.Error("reset left a.com role \"\"")
+	}
+	if _, ok := find(rs, "a.com", "r1", false); ok {
+		t.Error("reset left a.com role r1")
+	}
+	if _, ok := find(rs, "a.com", "r2", false); !ok {
+		t.Error("reset removed a cooldown written after it")
+	}
+	if _, ok := find(rs, "b.com", "", false); !ok {
+		t.Error("reset of a.com removed b.com")
+	}
+	if m, ok := find(rs, "a.com", "", true); !ok || !sameRecord(m, reset) {
+		t.Errorf("marker = %+v, %v; want %+v", m, ok, reset)
+	}
+	if _, ok := find(mustRecords(t, other), "a.com", "", false); !ok {
+		t.Error("reset under one prefix removed a record under another")
+	}
+
+	// A cooldown written at or before the marker arrives late: the reset
+	// already covers it.
+	mustPut(t, s, cd("a.com", "late", time.Millisecond))
+	if _, ok := find(mustRecords(t, s), "a.com", "late", false); ok {
+		t.Error("cooldown written before the reset survived it")
+	}
+	// An older reset does not replace the newer marker.
+	older := reset
+	older.At, older.Source = now.Add(time.Millisecond), "old"
+	mustPut(t, s, older)
+	if m, _ := find(mustRecords(t, s), "a.com", "", true); m.Source != "ops" {
+		t.Errorf("older reset replaced the marker: %+v", m)
+	}
+
+	// The marker is visible until its Until, then gone.
+	time.Sleep(time.Until(reset.Until) + 50*time.Millisecond)
+	rs = mustRecords(t, s)
+	if _, ok := find(rs, "a.com", "", true); ok {
+		t.Error("marker still visible after its Until")
+	}
+	if n, err := rawClient(t).Exists(context.Background(), s.key(redisKindReset, "a.com")).Result(); err != nil || n != 0 {
+		t.Errorf("marker key still exists: %d, %v", n, err)
+	}
+	// Once the marker is gone, an old cooldown is accepted again.
+	mustPut(t, s, cd("a.com", "late", time.Millisecond))
+	if _, ok := find(mustRecords(t, s), "a.com", "late", false); !ok {
+		t.Error("cooldown after marker expiry was dropped")
+	}
+}
+
+func TestRedisTTL(t *testing.T) {
+	s := openTestRedis(t, testRedisURL(t))
+	c := rawClient(t)
+	ctx := context.Background()
+	checkPTTL := func(key string, want time.Duration) {
+		t.Helper()
+		d, err := c.PTTL(ctx, key).Result()
+		if err != nil {
+			t.Fatalf("PTTL %s: %v", key, err)
+		}
+		if d > want+time.Millisecond || d < want-time.Second {
+			t.Errorf("PTTL %s = %v, want about %v", key, d, want)
+		}
+	}
+	now := time.Now()
+	hkey := s.key(redisKindCooldowns, "ttl.example")
+	mustPut(t, s, Record{Host: "ttl.example", Role: "a", Reason: ReasonRetryAfter, Until: now.Add(10 * time.Second), At: now})
+	checkPTTL(hkey, 10*time.Second)
+	mustPut(t, s, Record{Host: "ttl.example", Role: "b", Reason: ReasonRetryAfter, Until: now.Add(20 * time.Second), At: now})
+	checkPTTL(hkey, 20*time.Second)
+	mustPut(t, s, Record{Host: "ttl.example", Role: "b", Reason: ReasonManual, Until: now.Add(5 * time.Second), At: now})
+	checkPTTL(hkey, 10*time.Second) // the key lives as long as its last field, no longer
+
+	mustPut(t, s, Record{Host: "ttl.example", Reason: ReasonReset, Until: now.Add(3 * time.Second), At: now})
+	checkPTTL(s.key(redisKindReset, "ttl.example"), 3*time.Second)
+	if n, _ := c.Exists(ctx, hkey).Result(); n != 0 {
+		t.Error("reset covering every field left the hash")
+	}
+
+	if err := s.PublishStates(ctx, "proc-1", []PublishedState{{Host: "x.com", State: StateOpen}}, 7*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	checkPTTL(s.key(redisKindStates, "proc-1"), 7*time.Second)
+}
+
+func TestRedisExpiredIgnored(t *testing.T) {
+	s := openTestRedis(t, testRedisURL(t))
+	c := rawClient(t)
+	ctx := context.Background()
+	now := time.Now()
+	host := "old.example"
+	hkey := s.key(redisKindCooldowns, host)
+	expired := Record{Host: host, Role: "gone", Reason: ReasonRetryAfter, Until: now.Add(-time.Second), At: now.Add(-time.Minute)}
+	// Written behind the store's back, without a key TTL.
+	c.HSet(ctx, hkey, "gone", encodeRecord(expired), "junk", "not json")
+	c.Set(ctx, s.key(redisKindReset, host), encodeRecord(Record{Host: host, Reason: ReasonReset, Until: now.Add(-time.Second), At: now.Add(-time.Minute)}), 0)
+	if rs := mustRecords(t, s); len(rs) != 0 {
+		t.Fatalf("expired or junk records returned: %+v", rs)
+	}
+	// A Put of an already expired cooldown writes nothing.
+	mustPut(t, s, Record{Host: "never.example", Reason: ReasonRetryAfter, Until: now.Add(-time.Millisecond), At: now})
+	if n, _ := c.Exists(ctx, s.key(redisKindCooldowns, "never.example")).Result(); n != 0 {
+		t.Error("expired Put created a key")
+	}
+	// A Put on the host removes the expired and junk fields.
+	live := Record{Host: host, Role: "live", Reason: ReasonRetryAfter, Until: now.Add(time.Minute), At: now}
+	mustPut(t, s, live)
+	fields, err := c.HKeys(ctx, hkey).Result()
+	if err != nil || !slices.Equal(fields, []string{"live"}) {
+		t.Fatalf("fields after Put = %v, %v; want [live]", fields, err)
+	}
+	if rs := mustRecords(t, s); len(rs) != 1 || !sameRecord(rs[0], live) {
+		t.Fatalf("records = %+v", rs)
+	}
+}
+
+func TestRedisHostileNames(t *testing.T) {
+	u := testRedisURL(t)
+	base := prefixOf(t, u)
+	s := openTestRedis(t, u)
+	now := time.Now()
+	roles := []string{"*", "a:b", "line\nbreak", "h:evil.com", "[x]?\\", "%2A", "", " sp ace "}
+	for _, role := range roles {
+		// Hosts whose escaped form differs from the host itself.
+		// ("[::1]:8080" would be better, but see splitHostPort.)
+		for _, host := range []string{"[::1]", "example.com:8080"} {
+			mustPut(t, s, Record{Host: host, Role: role, Reason: ReasonBreakerOpen, Until: now.Add(time.Minute), At: now})
+		}
+	}
+	rs := mustRecords(t, s)
+	if len(rs) != 2*len(roles) {
+		t.Fatalf("got %d records, want %d: %+v", len(rs), len(roles), rs)
+	}
+	for _, role := range roles {
+		for _, host := range []string{"[::1]", "example.com:8080"} {
+			if _, ok := find(rs, host, role, false); !ok {
+				t.Errorf("(%s, %q) lost", host, role)
+			}
+		}
+	}
+	keys, _ := rawClient(t).Keys(context.Background(), globEscape(base)+"*").Result()
+	for _, k := range keys {
+		if strings.ContainsAny(k[len(base):], "*?[]\n ") || strings.Count(k[len(base):], ":") != 1 {
+			t.Errorf("key %q is not escaped", k)
+		}
+	}
+
+	// A prefix with a glob character does not match another prefix's keys.
+	star := openTestRedis(t, withPrefix(t, u, base+"*"))
+	plain := openTestRedis(t, withPrefix(t, u, base+"x"))
+	mustPut(t, plain, Record{Host: "plain.example", Reason: ReasonRetryAfter, Until: now.Add(time.Minute), At: now})
+	if err := plain.PublishStates(context.Background(), "src", []PublishedState{{Host: "plain.example"}}, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if rs := mustRecords(t, star); len(rs) != 0 {
+		t.Errorf("prefix %q sees records of %q: %+v", base+"*", base+"x", rs)
+	}
+	if st, err := star.States(context.Background()); err != nil || len(st) != 0 {
+		t.Errorf("prefix %q sees states of %q: %+v, %v", base+"*", base+"x", st, err)
+	}
+	// Nor does a prefix see the keys of a prefix that extends it.
+	nested := openTestRedis(t, withPrefix(t, u, base+"n:h:"))
+	outer := openTestRedis(t, withPrefix(t, u, base+"n:"))
+	mustPut(t, nested, Record{Host: "nested.example", Reason: ReasonRetryAfter, Until: now.Add(time.Minute), At: now})
+	mustPut(t, nested, Record{Host: "nested.example", Reason: ReasonReset, Until: now.Add(time.Minute), At: now})
+	if rs := mustRecords(t, outer); len(rs) != 0 {
+		t.Errorf("prefix n: sees records of prefix n:h: %+v", rs)
+	}
+	if rs := mustRecords(t, nested); len(rs) != 1 {
+		t.Errorf("nested store records: %+v", rs)
+	}
+}
+
+func TestRedisStates(t *testing.T) {
+	u := testRedisURL(t)
+	s := openTestRedis(t, u)
+	ctx := context.Background()
+	until := time.Unix(0, time.Now().Add(time.Minute).UnixNano())
+	a := []PublishedState{
+		{Host: "a.com", State: StateOpen, Until: until, Reason: ReasonBreakerOpen},
+		{Host: "a.com", Role: "r*1", State: StateHalfOpen},
+	}
+	if err := s.PublishStates(ctx, "proc:a", a, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PublishStates(ctx, "proc*b", []PublishedState{{Host: "b.com", State: StateClosed}}, 300*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.States(ctx)
+	if err != nil || len(got) != 3 {
+		t.Fatalf("States = %+v, %v", got, err)
+	}
+	for _, g := range got {
+		if g.Host == "a.com" && g.Role == "" && (g.Source != "proc:a" || !g.Until.Equal(until) || g.State != StateOpen) {
+			t.Errorf("state %+v", g)
+		}
+	}
+	// Replace: proc:a now publishes one state.
+	if err := s.PublishStates(ctx, "proc:a", a[1:], time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(400 * time.Millisecond)
+	got, err = s.States(ctx)
+	if err != nil || len(got) != 1 || got[0].Role != "r*1" || got[0].Source != "proc:a" {
+		t.Fatalf("after replace and expiry: %+v, %v", got, err)
+	}
+	// A stale value whose key has no TTL is still ignored.
+	rawClient(t).Set(ctx, s.key(redisKindStates, "stale"), encodeStates("stale", a, time.Now().Add(-time.Second)), 0)
+	if got, _ := s.States(ctx); len(got) != 1 {
+		t.Fatalf("stale states returned: %+v", got)
+	}
+	if err := s.PublishStates(ctx, "proc:a", nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.States(ctx); len(got) != 0 {
+		t.Fatalf("ttl 0 did not delete: %+v", got)
+	}
+}
+
+func TestRedisChanges(t *testing.T) {
+	u := testRedisURL(t)
+	a := openTestRedis(t, u)
+	b := openTestRedis(t, u)
+	other := openTestRedis(t, withPrefix(t, u, prefixOf(t, u)+"other:"))
+	for _, s := range []Store{a, b, other} {
+		if !waitChange(s, 3*time.Second) {
+			t.Fatal("no signal when the subscription was established")
+		}
+	}
+	now := time.Now()
+	r := Record{Host: "c.example", Reason: ReasonRetryAfter, Until: now.Add(time.Minute), At: now}
+	mustPut(t, a, r)
+	if !waitChange(b, 2*time.Second) {
+		t.Fatal("b saw no change after a's Put")
+	}
+	if !waitChange(a, 2*time.Second) {
+		t.Fatal("a saw no change after its own Put")
+	}
+	if waitChange(other, 200*time.Millisecond) {
+		t.Error("a store under another prefix was signalled")
+	}
+	// A Put that changes nothing does not signal.
+	mustPut(t, a, r)
+	if waitChange(b, 200*time.Millisecond) {
+		t.Error("a Put that changed nothing signalled")
+	}
+}
+
+func TestRedisPropagationLatency(t *testing.T) {
+	u := testRedisURL(t)
+	a := openTestRedis(t, u)
+	b := openTestRedis(t, u)
+	if !waitChange(b, 3*time.Second) {
+		t.Fatal("b not subscribed")
+	}
+	ctx := context.Background()
+	const n = 200
+	lat := make([]time.Duration, 0, n)
+	base := time.Now()
+	for i := range n {
+		drain(b)
+		r := Record{Host: fmt.Sprintf("h%d.example", i%20), Role: "r", Reason: ReasonRetryAfter,
+			Until: base.Add(time.Minute + time.Duration(i)*time.Millisecond), At: time.Now(), Source: strconv.Itoa(i)}
+		start := time.Now()
+		if err := a.Put(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			if !waitChange(b, 2*time.Second) {
+				t.Fatalf("round %d: no change signal", i)
+			}
+			rs, err := b.Records(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, ok := find(rs, r.Host, "r", false); ok && sameRecord(got, r) {
+				break
+			}
+		}
+		lat = append(lat, time.Since(start))
+	}
+	slices.Sort(lat)
+	p50, p99 := lat[n/2], lat[n*99/100-1]
+	t.Logf("propagation Put→Changes→Records over %d rounds: p50 %v, p99 %v, max %v", n, p50, p99, lat[n-1])
+	if p99 >= 100*time.Millisecond {
+		t.Errorf("p99 %v >= 100ms", p99)
+	}
+}
+
+func TestRedisConcurrentPut(t *testing.T) {
+	u := testRedisURL(t)
+	stores := []*redisStore{openTestRedis(t, u), openTestRedis(t, u)}
+	now := time.Now()
+	var wg sync.WaitGroup
+	var latest atomic.Int64
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(g), 1))
+			for range 50 {
+				until := now.Add(time.Minute + time.Duration(rng.IntN(1_000_000))*time.Microsecond)
+				for {
+					m := latest.Load()
+					if until.UnixNano() <= m || latest.CompareAndSwap(m, until.UnixNano()) {
+						break
+					}
+				}
+				r := Record{Host: "race.example", Role: "r", Reason: ReasonRollingWindow, Until: until, At: now}
+				if err := stores[g%2].Put(context.Background(), r); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	rs := mustRecords(t, stores[0])
+	if len(rs) != 1 || rs[0].Until.UnixNano() != latest.Load() {
+		t.Fatalf("after racing puts: %+v, want Until %v", rs, time.Unix(0, latest.Load()))
+	}
+}
+
+func TestRedisCloseStopsGoroutines(t *testing.T) {
+	u := testRedisURL(t)
+	before := runtime.NumGoroutine()
+	var stores []*redisStore
+	for range 3 {
+		st, err := OpenStore(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := st.(*redisStore)
+		stores = append(stores, s)
+		waitChange(s, 3*time.Second)
+		if _, err := s.Records(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, s := range stores {
+		if err := s.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+		select {
+		case <-s.done:
+		default:
+			t.Error("watch goroutine still running after Close")
+		}
+		if err := s.Close(); err != nil {
+			t.Errorf("second Close: %v", err)
+		}
+		if err := s.Put(context.Background(), Record{Host: "x.com", Reason: ReasonManual, Until: time.Now().Add(time.Minute), At: time.Now()}); err == nil {
+			t.Error("Put after Close succeeded")
+		}
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > before {
+		buf := make([]byte, 1<<16)
+		t.Errorf("%d goroutines before, %d after Close:\n%s", before, n, buf[:runtime.Stack(buf, true)])
+	}
+}
+
+// freePort returns a loopback TCP port that was free a moment ago.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// redisServer is a redis-server process a test starts and stops.
+type redisServer struct {
+	t    *testing.T
+	port int
+	dir  string
+	cmd  *exec.Cmd
+}
+
+// start runs redis-server on the server's port and waits until it answers.
+func (r *redisServer) start() {
+	r.t.Helper()
+	r.cmd = exec.Command("redis-server", "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", r.dir, "--loglevel", "warning")
+	if err := r.cmd.Start(); err != nil {
+		r.t.Fatalf("start redis-server: %v", err)
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(r.port)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("redis-server on %s did not come up: %v", addr, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stop kills the server and waits for it to exit.
+func (r *redisServer) stop() {
+	if r.cmd != nil && r.cmd.Process != nil {
+		_ = r.cmd.Process.Kill()
+		_ = r.cmd.Wait()
+		r.cmd = nil
+	}
+}
+
+func TestRedisDown(t *testing.T) {
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		msg := "!!! redis-server not on PATH — TestRedisDown NOT RUN !!!"
+		if os.Getenv("CI") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	srv := &redisServer{t: t, port: freePort(t), dir: t.TempDir()}
+	srv.start()
+	t.Cleanup(srv.stop)
+
+	s := openTestRedis(t, fmt.Sprintf("redis://127.0.0.1:%d/0?prefix=down:", srv.port))
+	if !waitChange(s, 3*time.Second) {
+		t.Fatal("no signal on first subscription")
+	}
+	ctx := context.Background()
+	rec := func() Record {
+		now := time.Now()
+		return Record{Host: "down.example", Reason: ReasonRetryAfter, Until: now.Add(time.Minute), At: now}
+	}
+	mustPut(t, s, rec())
+
+	srv.stop()
+	drain(s)
+	for i := range 3 {
+		start := time.Now()
+		err := s.Put(ctx, rec())
+		if d := time.Since(start); err == nil || d > 2*time.Second {
+			t.Errorf("Put %d with Redis down: err %v after %v", i, err, d)
+		} else if !strings.Contains(err.Error(), "redis store: put down.example") {
+			t.Errorf("Put error does not say what failed: %v", err)
+		}
+		start = time.Now()
+		_, err = s.Records(ctx)
+		if d := time.Since(start); err == nil || d > 2*time.Second {
+			t.Errorf("Records %d with Redis down: err %v after %v", i, err, d)
+		}
+		start = time.Now()
+		_, err = s.States(ctx)
+		if d := time.Since(start); err == nil || d > 2*time.Second {
+			t.Errorf("States %d with Redis down: err %v after %v", i, err, d)
+		}
+	}
+
+	srv.start() // empty: no persistence
+	if !waitChange(s, 5*time.Second) {
+		t.Fatal("no resync signal after Redis came back")
+	}
+	var err error
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if err = s.Put(ctx, rec()); err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("Put after Redis came back: %v", err)
+	}
+	if rs := mustRecords(t, s); len(rs) != 1 {
+		t.Fatalf("Records after Redis came back: %+v", rs)
+	}
+	// The new subscription delivers events again.
+	drain(s)
+	other := openTestRedis(t, fmt.Sprintf("redis://127.0.0.1:%d/0?prefix=down:", srv.port))
+	r := rec()
+	r.Host = "again.example"
+	mustPut(t, other, r)
+	if !waitChange(s, 2*time.Second) {
+		t.Fatal("no change signal after resubscription")
+	}
+	if _, err := s.Records(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// freezeProxy forwards loopback TCP connections to a target; freeze makes
+// the connections open so far swallow everything, like a peer that died
+// without a reset, while new connections work.
+type freezeProxy struct {
+	ln     net.Listener
+	target string
+	gen    atomic.Int64 // number of connections accepted
+	frozen atomic.Int64 // connections numbered up to this swallow data
+	mu     sync.Mutex
+	conns  []net.Conn
+	wg     sync.WaitGroup
+}
+
+func newFreezeProxy(t *testing.T, target string) *freezeProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &freezeProxy{ln: ln, target: target}
+	p.wg.Add(1)
+	go p.accept()
+	t.Cleanup(func() {
+		ln.Close()
+		p.mu.Lock()
+		for _, c := range p.conns {
+			c.Close()
+		}
+		p.mu.Unlock()
+		p.wg.Wait()
+	})
+	return p
+}
+
+func (p *freezeProxy) accept() {
+	defer p.wg.Done()
+	for {
+		a, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		b, err := net.Dial("tcp", p.target)
+		if err != nil {
+			a.Close()
+			continue
+		}
+		p.mu.Lock()
+		p.conns = append(p.conns, a, b)
+		p.mu.Unlock()
+		g := p.gen.Add(1)
+		p.wg.Add(2)
+		go p.pipe(a, b, g)
+		go p.pipe(b, a, g)
+	}
+}
+
+func (p *freezeProxy) pipe(src, dst net.Conn, g int64) {
+	defer p.wg.Done()
+	defer src.Close()
+	defer dst.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if err != nil {
+			return
+		}
+		if g <= p.frozen.Load() {
+			continue
+		}
+		if _, err := dst.Write(buf[:n]); err != nil {
+			return
+		}
+	}
+}
+
+func (p *freezeProxy) freeze() { p.frozen.Store(p.gen.Load()) }
+
+func TestRedisDeadSubscription(t *testing.T) {
+	u := testRedisURL(t)
+	proxy := newFreezeProxy(t, testRedisAddr)
+	s := openTestRedis(t, strings.Replace(u, testRedisAddr, proxy.ln.Addr().String(), 1))
+	direct := openTestRedis(t, u)
+	if !waitChange(s, 3*time.Second) {
+		t.Fatal("no signal on first subscription")
+	}
+	now := time.Now()
+	mustPut(t, direct, Record{Host: "a.example", Reason: ReasonRetryAfter, Until: now.Add(time.Minute), At: now})
+	if !waitChange(s, 2*time.Second) {
+		t.Fatal("no signal through the proxy")
+	}
+
+	proxy.freeze()
+	drain(s)
+	start := time.Now()
+	if !waitChange(s, 3*redisPingInterval+2*time.Second) {
+		t.Fatal("dead subscription not replaced")
+	}
+	t.Logf("dead subscription replaced after %v", time.Since(start))
+	mustPut(t, direct, Record{Host: "b.example", Reason: ReasonRetryAfter, Until: now.Add(time.Minute), At: now})
+	if !waitChange(s, 2*time.Second) {
+		t.Fatal("no signal on the new subscription")
+	}
+}
