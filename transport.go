@@ -32,6 +32,8 @@ type Transport struct {
 	mu       sync.Mutex // serializes policy updates
 	policies atomic.Pointer[policyTable]
 
+	sh *sharing // nil without a store
+
 	events    chan event
 	dropped   atomic.Uint64 // events dropped because the queue was full
 	done      chan struct{}
@@ -48,6 +50,7 @@ type options struct {
 	config    Config
 	hasConfig bool
 	logger    *slog.Logger
+	store     Store
 }
 
 type optionFunc func(*options)
@@ -102,18 +105,43 @@ func NewTransport(base http.RoundTripper, opts ...Option) (*Transport, error) {
 		rolling: o.config.Rolling.withDefaults(),
 	}
 	t.policies.Store(pt)
+	switch {
+	case o.store != nil:
+		t.sh = newSharing(o.store, false, o.config.Store)
+	case o.config.Store.URL != "":
+		s, err := OpenStore(o.config.Store.URL)
+		if err != nil {
+			return nil, err
+		}
+		t.sh = newSharing(s, true, o.config.Store)
+	}
+	if t.sh != nil {
+		// Start with what the store knows: a host still cooling down after a
+		// restart is rejected from the first request. A store that does not
+		// answer in time is read again by the background goroutine.
+		t.pull(context.Background())
+	}
 	t.wg.Add(1)
 	go t.loop()
 	return t, nil
 }
 
-// Close stops the Transport's background goroutines and waits for them.
-// Requests made after Close still work, under local protection. Close
-// does not close the base transport. It is safe to call more than once.
+// Close stops the Transport's background goroutines and waits for them,
+// after a last attempt to write pending changes to the store. It closes the
+// store only if the Transport opened it from Config.Store.URL. Requests made
+// after Close still work, under local protection. Close does not close the
+// base transport. It is safe to call more than once.
 func (t *Transport) Close() error {
-	t.closeOnce.Do(func() { close(t.done) })
+	var err error
+	t.closeOnce.Do(func() {
+		close(t.done)
+		t.wg.Wait()
+		if t.sh != nil && t.sh.owned {
+			err = t.sh.store.Close()
+		}
+	})
 	t.wg.Wait()
-	return nil
+	return err
 }
 
 // now returns the monotonic time since the Transport's epoch, in ns.
@@ -348,7 +376,7 @@ func (t *Transport) retryAfter(e *entry, p *resolved, resp *http.Response) {
 		return
 	}
 	d = min(d, p.RetryAfterCap)
-	t.setCooldown(e.host, t.now()+int64(d), ReasonRetryAfter, "", false)
+	t.setCooldown(e.host, t.now()+int64(d), ReasonRetryAfter, "", false, false)
 }
 
 // rollingFailure adds a failure to the host's rolling window and puts the
@@ -371,13 +399,14 @@ func (t *Transport) rollingFailure(h *hostState) {
 	}
 	h.mu.Unlock()
 	if trip {
-		t.setCooldown(h, now+int64(r.Cooldown), ReasonRollingWindow, "", false)
+		t.setCooldown(h, now+int64(r.Cooldown), ReasonRollingWindow, "", false, false)
 	}
 }
 
 // setCooldown puts h in cooldown until the deadline. An automatic cooldown
-// only ever extends the current one; a manual one replaces it.
-func (t *Transport) setCooldown(h *hostState, until int64, reason Reason, note string, manual bool) {
+// only ever extends the current one; a manual one replaces it. remote says
+// that it came from the store, and need not be shared again.
+func (t *Transport) setCooldown(h *hostState, until int64, reason Reason, note string, manual, remote bool) {
 	now := t.now()
 	h.mu.Lock()
 	cur := h.until.Load()
@@ -388,13 +417,14 @@ func (t *Transport) setCooldown(h *hostState, until int64, reason Reason, note s
 	}
 	h.mu.Unlock()
 	if apply {
-		t.emit(event{kind: evCooldown, host: h.name, reason: reason, until: until, note: note})
+		t.emit(event{kind: evCooldown, host: h.name, reason: reason, until: until, note: note, remote: remote})
 	}
 }
 
 // Open puts host (all roles) in a manual cooldown for d, with note for the
 // operators. It replaces any current cooldown of the host, even a longer
-// one. d <= 0 does nothing; host may be a name, host:port or a URL.
+// one. d <= 0 does nothing; host may be a name, host:port or a URL. With a
+// store, every Transport that shares it applies the cooldown too.
 func (t *Transport) Open(host string, d time.Duration, note string) {
 	name, err := hostArg(host)
 	if err != nil || d <= 0 {
@@ -405,20 +435,28 @@ func (t *Transport) Open(host string, d time.Duration, note string) {
 	// before it is cooling down.
 	t.reg.mu.Lock()
 	h := t.reg.hostLocked(t.reg.hash(name), name)
-	t.setCooldown(h, t.now()+int64(d), ReasonManual, note, true)
+	t.setCooldown(h, t.now()+int64(d), ReasonManual, note, true, false)
 	t.reg.mu.Unlock()
 }
 
 // Reset clears every cooldown of host, closes all its breakers and empties
-// its rolling window. Host may be a name, host:port or a URL.
+// its rolling window. Host may be a name, host:port or a URL. With a store,
+// every Transport that shares it resets the host too.
 func (t *Transport) Reset(host string) {
 	name, err := hostArg(host)
 	if err != nil {
 		t.log.Warn("hostbreaker: reset: ignored", "host", host, "err", err)
 		return
 	}
+	t.resetLocal(name, false)
+}
+
+// resetLocal resets a normalized host in this Transport; remote says that
+// the reset came from the store.
+func (t *Transport) resetLocal(name string, remote bool) {
 	h, entries := t.reg.hostEntries(name, false)
 	if h == nil {
+		t.emit(event{kind: evReset, host: name, remote: remote})
 		return
 	}
 	h.mu.Lock()
@@ -435,7 +473,7 @@ func (t *Transport) Reset(host string) {
 		e.st.Store(next(e.st.Load(), phaseClosed))
 		e.mu.Unlock()
 	}
-	t.emit(event{kind: evReset, host: name})
+	t.emit(event{kind: evReset, host: name, remote: remote})
 }
 
 // hostArg normalizes a host given by an operator: a name, host:port, or URL.
@@ -601,6 +639,7 @@ type event struct {
 	reason   Reason
 	until    int64 // ns since epoch
 	note     string
+	remote   bool // learnt from the store: not shared again
 }
 
 type eventKind uint8
@@ -611,9 +650,12 @@ const (
 	evReset                     // a host was reset
 )
 
-// emit queues ev without blocking; when the queue is full, the event is
-// dropped and counted (the state change itself has already happened).
+// emit shares ev with the store, if any, and queues it for logging
+// without blocking; when the log queue is full, the event is dropped from
+// the log and counted (the change itself has already happened, and store
+// writes are queued separately, never dropped).
 func (t *Transport) emit(ev event) {
+	t.share(ev)
 	select {
 	case t.events <- ev:
 	default:
@@ -621,15 +663,37 @@ func (t *Transport) emit(ev event) {
 	}
 }
 
-// loop is the Transport's background goroutine.
+// loop is the Transport's background goroutine: it logs events and, with
+// a store, writes local decisions to it, reads other processes' decisions
+// every poll interval or when the store signals a change, and publishes
+// the breaker states.
 func (t *Transport) loop() {
 	defer t.wg.Done()
+	var tick <-chan time.Time
+	var changes, kick <-chan struct{}
+	if t.sh != nil {
+		ticker := time.NewTicker(t.sh.poll)
+		defer ticker.Stop()
+		tick, changes, kick = ticker.C, t.sh.store.Changes(), t.sh.kick
+	}
+	ctx := context.Background()
 	for {
 		select {
 		case <-t.done:
+			if t.sh != nil {
+				t.flush(ctx)
+			}
 			return
 		case ev := <-t.events:
 			t.logEvent(ev)
+		case <-kick:
+			t.flush(ctx)
+		case <-changes:
+			t.pull(ctx)
+		case <-tick:
+			t.flush(ctx)
+			t.pull(ctx)
+			t.publish(ctx)
 		}
 	}
 }

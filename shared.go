@@ -1,0 +1,305 @@
+package hostbreaker
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// WithStore shares cooldowns, resets and (with share_trips) breaker trips
+// with every Transport that uses the same Store, and publishes this
+// Transport's breaker states for `breaker show`. It wins over the store URL
+// of the Config. The Transport does not close a Store given this way; it
+// closes one it opened from Config.Store.URL. A nil Store is ignored.
+func WithStore(s Store) Option {
+	return optionFunc(func(o *options) {
+		if s != nil {
+			o.store = s
+		}
+	})
+}
+
+// Sharing timings.
+const (
+	storeTimeout     = 2 * time.Second  // bound on one store operation
+	resetRetention   = 10 * time.Minute // how long a reset marker stays in the store
+	minStateTTL      = 5 * time.Second  // published states outlive a few polls
+	errorLogInterval = 30 * time.Second // store errors are logged at most this often
+)
+
+// sharing is a Transport's link to a Store. Its methods run on the
+// Transport's background goroutine, except queue, which the request path
+// and the operator methods call.
+type sharing struct {
+	store      Store
+	owned      bool // opened from the Config: closed with the Transport
+	source     string
+	shareTrips bool
+	poll       time.Duration
+
+	mu      sync.Mutex
+	pending map[[2]string]Record // writes not yet in the store; guarded by mu
+	kick    chan struct{}        // wakes the background goroutine to flush
+
+	// Owned by the background goroutine.
+	seen       map[[2]string]time.Time // newest At applied per (host, role or reset)
+	published  string                  // fingerprint of the last published states
+	pubAt      time.Time
+	lastErrLog time.Time
+	suppressed int
+
+	errors atomic.Uint64 // failed store operations
+}
+
+func newSharing(s Store, owned bool, c StoreConfig) *sharing {
+	host, _ := os.Hostname()
+	poll := c.PollInterval
+	if poll == 0 {
+		poll = defaultPollInterval
+	}
+	return &sharing{
+		store:      s,
+		owned:      owned,
+		source:     fmt.Sprintf("%s:%d:%04x", host, os.Getpid(), rand.Uint32N(1<<16)),
+		shareTrips: c.ShareTrips,
+		poll:       poll,
+		pending:    make(map[[2]string]Record),
+		kick:       make(chan struct{}, 1),
+		seen:       make(map[[2]string]time.Time),
+	}
+}
+
+// resetKey is the pending and seen key of a host's reset marker; roles
+// cannot contain NUL in practice, and a collision would only merge writes.
+const resetKey = "\x00reset"
+
+// queue records r for the store and wakes the background goroutine. It
+// never blocks on the store. A reset drops the host's pending cooldowns
+// written before it, as the store would.
+func (sh *sharing) queue(r Record) {
+	r.Source = sh.source
+	sh.mu.Lock()
+	if r.Reason == ReasonReset {
+		for k, p := range sh.pending {
+			if k[0] == r.Host && !p.At.After(r.At) {
+				delete(sh.pending, k)
+			}
+		}
+		sh.pending[[2]string{r.Host, resetKey}] = r
+	} else {
+		k := [2]string{r.Host, r.Role}
+		if p, ok := sh.pending[k]; !ok || r.Reason == ReasonManual || r.Until.After(p.Until) {
+			sh.pending[k] = r
+		}
+	}
+	sh.mu.Unlock()
+	select {
+	case sh.kick <- struct{}{}:
+	default:
+	}
+}
+
+// share hands a local decision to the store, if the Transport has one.
+func (t *Transport) share(ev event) {
+	sh := t.sh
+	if sh == nil || ev.remote {
+		return
+	}
+	wallNow := time.Now()
+	r := Record{Host: ev.host, At: wallNow}
+	switch {
+	case ev.kind == evCooldown:
+		r.Reason, r.Note = ev.reason, ev.note
+		r.Until = wallNow.Add(time.Duration(ev.until - t.now()))
+	case ev.kind == evReset:
+		r.Reason, r.Until = ReasonReset, wallNow.Add(resetRetention)
+	case ev.kind == evState && ev.to == StateOpen && sh.shareTrips:
+		r.Role, r.Reason = ev.role, ReasonBreakerOpen
+		r.Until = wallNow.Add(time.Duration(ev.until - t.now()))
+	default:
+		return
+	}
+	sh.queue(r)
+}
+
+// flush writes the pending records; those that fail stay pending (unless a
+// newer write for the same key replaced them meanwhile) and are retried.
+func (t *Transport) flush(ctx context.Context) {
+	sh := t.sh
+	sh.mu.Lock()
+	batch := sh.pending
+	sh.pending = make(map[[2]string]Record)
+	sh.mu.Unlock()
+	// Resets first, so that the store drops older cooldowns before newer
+	// ones arrive; the store's rules make the order safe either way.
+	keys := make([][2]string, 0, len(batch))
+	for k := range batch {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b [2]string) int {
+		ar, br := a[1] == resetKey, b[1] == resetKey
+		switch {
+		case ar && !br:
+			return -1
+		case br && !ar:
+			return 1
+		}
+		return strings.Compare(a[0]+"\x00"+a[1], b[0]+"\x00"+b[1])
+	})
+	now := time.Now()
+	for _, k := range keys {
+		r := batch[k]
+		if r.Reason != ReasonReset && !r.Until.After(now) {
+			continue // expired while queued
+		}
+		cctx, cancel := context.WithTimeout(ctx, storeTimeout)
+		err := sh.store.Put(cctx, r)
+		cancel()
+		if err != nil {
+			t.storeError("put", err)
+			sh.mu.Lock()
+			if _, newer := sh.pending[k]; !newer {
+				sh.pending[k] = r
+			}
+			sh.mu.Unlock()
+		}
+	}
+}
+
+// pull reads the store and applies what other processes wrote since the
+// last pull: resets first, then cooldowns and shared trips. Records this
+// Transport wrote itself are already applied.
+func (t *Transport) pull(ctx context.Context) {
+	sh := t.sh
+	cctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	recs, err := sh.store.Records(cctx)
+	cancel()
+	if err != nil {
+		t.storeError("read", err)
+		return
+	}
+	slices.SortFunc(recs, func(a, b Record) int {
+		if (a.Reason == ReasonReset) != (b.Reason == ReasonReset) {
+			if a.Reason == ReasonReset {
+				return -1
+			}
+			return 1
+		}
+		return a.At.Compare(b.At)
+	})
+	wallNow := time.Now()
+	for _, r := range recs {
+		if r.Source == sh.source {
+			continue
+		}
+		k := [2]string{r.Host, r.Role}
+		if r.Reason == ReasonReset {
+			k[1] = resetKey
+		}
+		if seen, ok := sh.seen[k]; ok && !r.At.After(seen) {
+			continue
+		}
+		sh.seen[k] = r.At
+		if r.Reason == ReasonReset {
+			t.resetLocal(r.Host, true)
+			continue
+		}
+		if !r.Until.After(wallNow) {
+			continue
+		}
+		until := t.now() + int64(r.Until.Sub(wallNow))
+		if r.Reason == ReasonBreakerOpen {
+			t.openBreaker(r.Host, r.Role, until)
+			continue
+		}
+		t.reg.mu.Lock()
+		h := t.reg.hostLocked(t.reg.hash(r.Host), r.Host)
+		t.setCooldown(h, until, r.Reason, r.Note, r.Reason == ReasonManual, true)
+		t.reg.mu.Unlock()
+	}
+	// Forget what the store no longer holds, so that seen stays bounded.
+	if len(sh.seen) > 2*len(recs)+64 {
+		live := make(map[[2]string]bool, len(recs))
+		for _, r := range recs {
+			k := [2]string{r.Host, r.Role}
+			if r.Reason == ReasonReset {
+				k[1] = resetKey
+			}
+			live[k] = true
+		}
+		for k := range sh.seen {
+			if !live[k] {
+				delete(sh.seen, k)
+			}
+		}
+	}
+}
+
+// openBreaker opens the (host, role) breaker until the deadline, as a trip
+// shared by another process. A later local deadline is kept.
+func (t *Transport) openBreaker(host, role string, until int64) {
+	e := t.reg.lookup(host, role)
+	if e == nil {
+		if e = t.reg.create(host, role, t.resolve, t.now()); e == nil {
+			return
+		}
+	}
+	e.mu.Lock()
+	if phaseOf(e.st.Load()) != phaseOpen || e.openUntil.Load() < until {
+		e.breaker().Open()
+		e.fails.Store(0)
+		e.openUntil.Store(until)
+		e.st.Store(next(e.st.Load(), phaseOpen))
+	}
+	e.mu.Unlock()
+	t.emit(event{kind: evState, host: host, role: role, to: StateOpen, until: until, remote: true})
+}
+
+// publish writes the states that are not closed to the store, when they
+// changed or before the last publication expires.
+func (t *Transport) publish(ctx context.Context) {
+	sh := t.sh
+	var states []PublishedState
+	var fp strings.Builder
+	for _, s := range t.Snapshot() {
+		if s.State == StateClosed {
+			continue
+		}
+		states = append(states, PublishedState{Source: sh.source, Host: s.Host, Role: s.Role, State: s.State, Until: s.Until, Reason: s.Reason})
+		fmt.Fprintf(&fp, "%s|%s|%d|%d|%s\n", s.Host, s.Role, s.State, s.Until.Unix(), s.Reason)
+	}
+	ttl := max(3*sh.poll, minStateTTL)
+	now := time.Now()
+	if fp.String() == sh.published && now.Sub(sh.pubAt) < ttl/2 {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	err := sh.store.PublishStates(cctx, sh.source, states, ttl)
+	cancel()
+	if err != nil {
+		t.storeError("publish states", err)
+		return
+	}
+	sh.published, sh.pubAt = fp.String(), now
+}
+
+// storeError counts a failed store operation and logs it, at most once
+// per errorLogInterval with the number of errors not logged.
+func (t *Transport) storeError(op string, err error) {
+	sh := t.sh
+	sh.errors.Add(1)
+	now := time.Now()
+	if !sh.lastErrLog.IsZero() && now.Sub(sh.lastErrLog) < errorLogInterval {
+		sh.suppressed++
+		return
+	}
+	t.log.Warn("hostbreaker: store unavailable; requests continue under local protection",
+		"op", op, "err", err, "suppressed", sh.suppressed)
+	sh.lastErrLog, sh.suppressed = now, 0
+}
