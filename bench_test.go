@@ -3,6 +3,8 @@ package hostbreaker
 import (
 	"context"
 	"fmt"
+	"net"
+	"path/filepath"
 	"net/http"
 	"runtime"
 	"sync/atomic"
@@ -31,19 +33,25 @@ func benchRequests(b *testing.B, hosts int) []*http.Request {
 }
 
 // BenchmarkRoundTrip compares the bare base transport with the same base
-// wrapped by hostbreaker, in the closed (healthy) state: the overhead per
-// request is the difference of the two in one run.
+// wrapped by hostbreaker, in the closed (healthy) state, without and with a
+// store attached: the overhead per request is the difference in one run.
 func BenchmarkRoundTrip(b *testing.B) {
 	for _, hosts := range []int{1, 10000} {
 		reqs := benchRequests(b, hosts)
-		for _, wrapped := range []bool{false, true} {
-			name := "base"
-			if wrapped {
-				name = "hostbreaker"
-			}
+		for _, variant := range []string{"base", "hostbreaker", "hostbreaker+bbolt", "hostbreaker+redis"} {
 			var rt http.RoundTripper = cannedBase(200)
-			if wrapped {
-				tr, err := NewTransport(rt, WithConfig(Config{MaxHosts: 2 * hosts}))
+			if variant != "base" {
+				cfg := Config{MaxHosts: 2 * hosts}
+				switch variant {
+				case "hostbreaker+bbolt":
+					cfg.Store.URL = filepath.Join(b.TempDir(), "hb.db")
+				case "hostbreaker+redis":
+					if cfg.Store.URL = benchRedisURL(); cfg.Store.URL == "" {
+						b.Log("no Redis at 127.0.0.1:6379: skipping the Redis variant")
+						continue
+					}
+				}
+				tr, err := NewTransport(rt, WithConfig(cfg))
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -53,7 +61,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 				}
 				rt = tr
 			}
-			b.Run(fmt.Sprintf("hosts=%d/%s/seq", hosts, name), func(b *testing.B) {
+			b.Run(fmt.Sprintf("hosts=%d/%s/seq", hosts, variant), func(b *testing.B) {
 				b.ReportAllocs()
 				i := 0
 				for b.Loop() {
@@ -65,7 +73,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 					}
 				}
 			})
-			b.Run(fmt.Sprintf("hosts=%d/%s/parallel", hosts, name), func(b *testing.B) {
+			b.Run(fmt.Sprintf("hosts=%d/%s/parallel", hosts, variant), func(b *testing.B) {
 				b.ReportAllocs()
 				var next atomic.Int64
 				b.RunParallel(func(pb *testing.PB) {
@@ -82,6 +90,17 @@ func BenchmarkRoundTrip(b *testing.B) {
 			})
 		}
 	}
+}
+
+// benchRedisURL returns a Redis store URL under a fresh prefix, or "" when
+// no Redis answers.
+func benchRedisURL() string {
+	c, err := net.DialTimeout("tcp", "127.0.0.1:6379", 200*time.Millisecond)
+	if err != nil {
+		return ""
+	}
+	c.Close()
+	return fmt.Sprintf("redis://127.0.0.1:6379/0?prefix=hbbench:%d:", time.Now().UnixNano())
 }
 
 // BenchmarkReject measures a rejection by an open breaker.

@@ -17,6 +17,10 @@ import (
 // Transport's breaker states for `breaker show`. It wins over the store URL
 // of the Config. The Transport does not close a Store given this way; it
 // closes one it opened from Config.Store.URL. A nil Store is ignored.
+//
+// NewTransport reads the store once before it returns, so that a host still
+// cooling down after a restart is rejected from the first request; it waits
+// at most 2s for a store that does not answer, and reads it again later.
 func WithStore(s Store) Option {
 	return optionFunc(func(o *options) {
 		if s != nil {

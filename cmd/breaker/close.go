@@ -1,0 +1,61 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/hostbreaker/hostbreaker"
+)
+
+const closeUsage = `Usage: breaker close [-store URL] HOST
+
+Resets HOST in every process that shares the store: its cooldowns are
+deleted, and each process clears them and closes the host's breakers within
+its poll interval. HOST is a host name with an optional port, or a URL.
+`
+
+// resetRetention is how long the reset marker stays in the store, as the
+// Transports write it: long enough for every process to see it.
+const resetRetention = 10 * time.Minute
+
+func runClose(ctx context.Context, args []string, stdout, _ io.Writer) (err error) {
+	c := newCommand("close", closeUsage)
+	pos, err := c.parse(args, stdout)
+	if errors.Is(err, errHelp) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	if pos == "" {
+		return usagef(c.fullUsage(), "close: missing HOST")
+	}
+	host, err := normalizeHost(pos)
+	if err != nil {
+		return err
+	}
+
+	store, err := c.openStore()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := store.Close(); err == nil && cerr != nil {
+			err = cerr
+		}
+	}()
+	at := now()
+	r := hostbreaker.Record{
+		Host: host, Reason: hostbreaker.ReasonReset, Until: at.Add(resetRetention), At: at,
+		Source: source(),
+	}
+	cctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	defer cancel()
+	if err := store.Put(cctx, r); err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(stdout, "closed %s: every process sharing the store resets it within its poll interval\n", host)
+	return err
+}

@@ -1,0 +1,265 @@
+// Command breaker shows, opens and closes hostbreaker breakers from a shell,
+// through the store that services share, while they run.
+//
+//	go run ./cmd/breaker show  [-store URL] [-host HOST] [-json]
+//	go run ./cmd/breaker open  [-store URL] HOST [-for 5m] [-reason TEXT]
+//	go run ./cmd/breaker close [-store URL] HOST
+//
+// Flags may come before or after HOST. -store defaults to
+// $HOSTBREAKER_STORE, else ./hostbreaker.db. Errors are printed as
+// "breaker: <message>"; the exit status is 1 for errors and 2 for usage
+// errors (unknown subcommand or flag, missing HOST, bad flag value).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hostbreaker/hostbreaker"
+	"golang.org/x/net/idna"
+)
+
+// now is the clock of every subcommand: the At and Until of written records
+// and the REMAINING of show. Tests replace it with a fixed clock (far enough
+// in the future that the stores, which expire records by the real clock,
+// keep what is written) to get stable output.
+var now = time.Now
+
+// hostname names this machine in the Source of written records; tests
+// replace it.
+var hostname = os.Hostname
+
+// storeTimeout bounds each store operation, so that an unreachable Redis
+// does not hang the command.
+const storeTimeout = 10 * time.Second
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err == nil {
+		return
+	}
+	fmt.Fprintf(os.Stderr, "breaker: %s\n", strings.TrimPrefix(err.Error(), "hostbreaker: "))
+	var ue *usageError
+	if errors.As(err, &ue) {
+		if ue.usage != "" {
+			fmt.Fprintf(os.Stderr, "\n%s", ue.usage)
+		}
+		os.Exit(2)
+	}
+	os.Exit(1)
+}
+
+// usageError is a mistake on the command line; main exits with status 2
+// and prints usage after the message.
+type usageError struct {
+	msg   string
+	usage string
+}
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(usage, format string, args ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, args...), usage: usage}
+}
+
+const mainUsage = `Usage: breaker <command> [flags] [HOST]
+
+Commands:
+  show   list open breakers and cooldowns
+  open   pause HOST for every process sharing the store
+  close  reset HOST in every process sharing the store
+
+Every command takes -store URL: a bbolt file path, bolt:///abs/path.db,
+redis://[user:pass@]host:port/db[?prefix=P] or rediss://... (default
+$HOSTBREAKER_STORE, else ./hostbreaker.db). Flags may come before or after
+HOST. Run "breaker <command> -h" for the command's flags.
+`
+
+// run executes the command line args (without the program name), writing
+// results to stdout. Help goes to stdout too; errors are returned, a
+// *usageError for command-line mistakes.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return usagef(mainUsage, "missing command")
+	}
+	switch cmd, rest := args[0], args[1:]; cmd {
+	case "show":
+		return runShow(ctx, rest, stdout, stderr)
+	case "open":
+		return runOpen(ctx, rest, stdout, stderr)
+	case "close":
+		return runClose(ctx, rest, stdout, stderr)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, mainUsage)
+		return nil
+	default:
+		return usagef(mainUsage, "unknown command %q", cmd)
+	}
+}
+
+// command is a subcommand's flag set with the flags they all share.
+type command struct {
+	fs    *flag.FlagSet
+	usage string
+	store *string
+}
+
+func newCommand(name, usage string) *command {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are returned, usage printed by main
+	def := os.Getenv("HOSTBREAKER_STORE")
+	if def == "" {
+		def = "./hostbreaker.db"
+	}
+	c := &command{fs: fs, usage: usage}
+	c.store = fs.String("store", def, "store URL: bbolt path, bolt:///abs/path.db, redis://... or rediss://...")
+	return c
+}
+
+// fullUsage is the command's usage text followed by its flags.
+func (c *command) fullUsage() string {
+	var b strings.Builder
+	b.WriteString(c.usage)
+	b.WriteString("\nFlags:\n")
+	c.fs.SetOutput(&b)
+	c.fs.PrintDefaults()
+	c.fs.SetOutput(io.Discard)
+	return b.String()
+}
+
+// parse parses args, which hold at most one positional argument, before,
+// after or between the flags. It returns the positional argument, "" if
+// none. errHelp is returned (after printing usage to stdout) for -h.
+func (c *command) parse(args []string, stdout io.Writer) (string, error) {
+	if err := c.fs.Parse(args); err != nil {
+		return "", c.flagError(err, stdout)
+	}
+	if c.fs.NArg() == 0 {
+		return "", nil
+	}
+	pos := c.fs.Arg(0)
+	if err := c.fs.Parse(c.fs.Args()[1:]); err != nil {
+		return "", c.flagError(err, stdout)
+	}
+	if c.fs.NArg() > 0 {
+		return "", usagef(c.fullUsage(), "%s: unexpected argument %q after %q", c.fs.Name(), c.fs.Arg(0), pos)
+	}
+	return pos, nil
+}
+
+// errHelp is returned by parse for -h; the subcommand returns nil.
+var errHelp = errors.New("help")
+
+func (c *command) flagError(err error, stdout io.Writer) error {
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(stdout, c.fullUsage())
+		return errHelp
+	}
+	return usagef(c.fullUsage(), "%s: %v", c.fs.Name(), err)
+}
+
+// openStore opens the store named by -store. The store's errors name the
+// URL (with any password redacted).
+func (c *command) openStore() (hostbreaker.Store, error) {
+	if *c.store == "" {
+		return nil, usagef(c.fullUsage(), "%s: -store is empty and $HOSTBREAKER_STORE is not set", c.fs.Name())
+	}
+	return hostbreaker.OpenStore(*c.store)
+}
+
+// source is the Source of the records the command writes.
+func source() string {
+	h, err := hostname()
+	if err != nil || h == "" {
+		h = "unknown"
+	}
+	return "breaker-cli@" + h
+}
+
+// normalizeHost puts a host as the user typed it in the form the stores
+// and Transports use: lower case, without a trailing dot, IDNA A-labels,
+// with its port. A URL ("https://Example.org:443/x") gives its host
+// without the scheme's default port. It does not validate what remains;
+// the store refuses a host that is not a valid normalized name.
+func normalizeHost(s string) (string, error) {
+	s = strings.TrimSpace(s)
+	if strings.Contains(s, "://") {
+		u, err := url.Parse(s)
+		if err != nil {
+			return "", fmt.Errorf("invalid host %q: %v", s, err)
+		}
+		if u.Host == "" {
+			return "", fmt.Errorf("invalid host %q: URL has no host", s)
+		}
+		h, port := splitHostPort(u.Host)
+		switch {
+		case port == "80" && strings.EqualFold(u.Scheme, "http"),
+			port == "443" && strings.EqualFold(u.Scheme, "https"):
+			port = ""
+		}
+		return joinHost(s, h, port)
+	}
+	h, port := splitHostPort(s)
+	return joinHost(s, h, port)
+}
+
+// splitHostPort splits host[:port]. A bracketed IPv6 literal keeps its
+// brackets; a bare one (more than one colon) gets them and has no port.
+func splitHostPort(s string) (host, port string) {
+	if strings.HasPrefix(s, "[") {
+		if end := strings.IndexByte(s, ']'); end >= 0 && strings.HasPrefix(s[end+1:], ":") {
+			return s[:end+1], s[end+2:]
+		}
+		return s, ""
+	}
+	if strings.Count(s, ":") > 1 {
+		return "[" + s + "]", ""
+	}
+	host, port, _ = strings.Cut(s, ":")
+	return host, port
+}
+
+func joinHost(orig, host, port string) (string, error) {
+	if !strings.HasPrefix(host, "[") {
+		host = strings.TrimSuffix(host, ".")
+		if !isASCII(host) {
+			a, err := idna.Lookup.ToASCII(host)
+			if err != nil {
+				return "", fmt.Errorf("invalid host %q: %v", orig, err)
+			}
+			host = a
+		}
+	}
+	host = strings.ToLower(host)
+	if host == "" {
+		return "", fmt.Errorf("invalid host %q: empty name", orig)
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err == nil {
+		port = strconv.FormatUint(n, 10) // "08080" is port 8080
+	}
+	if port != "" {
+		return host + ":" + port, nil
+	}
+	return host, nil
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}

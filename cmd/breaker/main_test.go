@@ -1,0 +1,436 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hostbreaker/hostbreaker"
+	"github.com/redis/go-redis/v9"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+// mainArgsEnv makes the test binary run main with the arguments it holds
+// (separated by \x1f) instead of the tests, to check exit statuses.
+const mainArgsEnv = "BREAKER_TEST_MAIN_ARGS"
+
+func TestMain(m *testing.M) {
+	if args, ok := os.LookupEnv(mainArgsEnv); ok {
+		os.Args = append([]string{"breaker"}, strings.Split(args, "\x1f")...)
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// fixed is the clock of the golden tests. It is in the future so that the
+// stores, which expire records by the real clock, keep what is written.
+var fixed = time.Date(2100, 1, 2, 3, 4, 5, 0, time.UTC)
+
+// useFixedClock makes the command's clock and host name deterministic for
+// the test. Tests that call it must not run in parallel.
+func useFixedClock(t *testing.T) {
+	t.Helper()
+	oldNow, oldHost := now, hostname
+	now = func() time.Time { return fixed }
+	hostname = func() (string, error) { return "testhost", nil }
+	t.Cleanup(func() { now, hostname = oldNow, oldHost })
+}
+
+// runCmd runs the command with args and returns its output.
+func runCmd(t *testing.T, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	err = run(context.Background(), args, &out, &errb)
+	return out.String(), errb.String(), err
+}
+
+// mustRun runs the command and fails the test if it returns an error.
+func mustRun(t *testing.T, args ...string) string {
+	t.Helper()
+	out, _, err := runCmd(t, args...)
+	if err != nil {
+		t.Fatalf("breaker %s: %v", strings.Join(args, " "), err)
+	}
+	return out
+}
+
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to create it)", err)
+	}
+	if got != string(want) {
+		t.Errorf("output differs from %s (go test -update rewrites it)\ngot:\n%s\nwant:\n%s", path, got, want)
+	}
+}
+
+// boltURL returns the path of a new bbolt store file.
+func boltURL(t *testing.T) string {
+	return filepath.Join(t.TempDir(), "hostbreaker.db")
+}
+
+var (
+	redisOnce   sync.Once
+	redisErr    error
+	redisPrefix atomic.Int64
+)
+
+// redisURL returns the URL of a Redis store under a prefix of its own,
+// whose keys are deleted when the test ends. It skips the test when Redis
+// is unreachable, unless $CI is set.
+func redisURL(t *testing.T) string {
+	t.Helper()
+	const addr = "127.0.0.1:6379"
+	redisOnce.Do(func() {
+		c := redis.NewClient(&redis.Options{Addr: addr})
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		redisErr = c.Ping(ctx).Err()
+		cancel()
+		c.Close()
+		if redisErr != nil {
+			fmt.Fprintf(os.Stderr, "\n*** breaker tests: Redis at %s unreachable (%v): Redis cases SKIPPED ***\n\n", addr, redisErr)
+		}
+	})
+	if redisErr != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("Redis at %s unreachable and $CI is set: %v", addr, redisErr)
+		}
+		t.Skipf("SKIPPED: Redis at %s unreachable: %v", addr, redisErr)
+	}
+	prefix := fmt.Sprintf("hbcli:%d-%d-%d:", os.Getpid(), time.Now().UnixNano(), redisPrefix.Add(1))
+	t.Cleanup(func() {
+		c := redis.NewClient(&redis.Options{Addr: addr})
+		defer c.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		iter := c.Scan(ctx, 0, prefix+"*", 100).Iterator()
+		for iter.Next(ctx) {
+			if err := c.Del(ctx, iter.Val()).Err(); err != nil {
+				t.Errorf("redis cleanup: %v", err)
+			}
+		}
+		if err := iter.Err(); err != nil {
+			t.Errorf("redis cleanup: %v", err)
+		}
+	})
+	return "redis://" + addr + "/0?prefix=" + prefix
+}
+
+// eachStore runs f against a new bbolt store and a new Redis store.
+func eachStore(t *testing.T, f func(t *testing.T, store string)) {
+	t.Run("bbolt", func(t *testing.T) { f(t, boltURL(t)) })
+	t.Run("redis", func(t *testing.T) { f(t, redisURL(t)) })
+}
+
+// publish publishes breaker states as a running process would.
+func publish(t *testing.T, storeURL string) {
+	t.Helper()
+	s, err := hostbreaker.OpenStore(storeURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	states := []hostbreaker.PublishedState{
+		{Host: "api.example.org", Role: hostbreaker.RoleMetadata, State: hostbreaker.StateOpen,
+			Until: fixed.Add(2 * time.Minute), Reason: hostbreaker.ReasonBreakerOpen},
+		{Host: "other.example.net", State: hostbreaker.StateHalfOpen},
+	}
+	if err := s.PublishStates(context.Background(), "worker-1:4242:beef", states, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestOpenShow(t *testing.T) {
+	useFixedClock(t)
+	eachStore(t, func(t *testing.T, store string) {
+		out := mustRun(t, "open", "-store", store, "-for", "30m", "-reason", "vendor maintenance", "API.Example.org.")
+		if want := "opened api.example.org for 30m0s until 2100-01-02T03:34:05Z\n"; out != want {
+			t.Errorf("open printed %q, want %q", out, want)
+		}
+		out = mustRun(t, "open", "-store", store, "-for", "90s", "https://Bücher.Example.:443/path")
+		if want := "opened xn--bcher-kva.example for 1m30s until 2100-01-02T03:05:35Z\n"; out != want {
+			t.Errorf("open printed %q, want %q", out, want)
+		}
+		publish(t, store)
+
+		golden(t, "show.golden", mustRun(t, "show", "-store", store))
+		golden(t, "show_json.golden", mustRun(t, "show", "-store", store, "-json"))
+		golden(t, "show_host.golden", mustRun(t, "show", "-store", store, "-host", "http://api.EXAMPLE.org:80/"))
+		if got, want := mustRun(t, "show", "api.example.org", "-store", store), mustRun(t, "show", "-host", "api.example.org", "-store", store); got != want {
+			t.Errorf("show HOST differs from show -host HOST:\n%s\n%s", got, want)
+		}
+
+		var rows []map[string]any
+		if err := json.Unmarshal([]byte(mustRun(t, "show", "-store", store, "-json")), &rows); err != nil {
+			t.Fatal(err)
+		}
+		if len(rows) != 4 {
+			t.Fatalf("show -json: %d rows, want 4", len(rows))
+		}
+		for _, r := range rows {
+			for _, k := range []string{"host", "role", "state", "reason", "source"} {
+				if _, ok := r[k]; !ok {
+					t.Errorf("row %v lacks key %q", r, k)
+				}
+			}
+		}
+	})
+}
+
+// TestFlagPositions checks that flags may come before, after or around HOST.
+func TestFlagPositions(t *testing.T) {
+	useFixedClock(t)
+	for _, args := range [][]string{
+		{"-for", "10m", "-reason", "before", "h.example"},
+		{"h.example", "-for", "10m", "-reason", "before"},
+		{"-for", "10m", "h.example", "-reason", "before"},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			store := boltURL(t)
+			mustRun(t, append([]string{"open", "-store", store}, args...)...)
+			var rows []row
+			if err := json.Unmarshal([]byte(mustRun(t, "show", "-json", "-store", store)), &rows); err != nil {
+				t.Fatal(err)
+			}
+			want := []row{{Host: "h.example", Role: "*", State: "open", Until: "2100-01-02T03:14:05Z",
+				Reason: "manual", Source: "breaker-cli@testhost", Note: "before"}}
+			if fmt.Sprint(rows) != fmt.Sprint(want) {
+				t.Errorf("show -json = %+v, want %+v", rows, want)
+			}
+		})
+	}
+	// The store flag after HOST as well.
+	store := boltURL(t)
+	mustRun(t, "close", "h.example", "-store", store)
+	if out := mustRun(t, "show", "-json", "-store", store); out != "[]\n" {
+		t.Errorf("show -json after close = %q", out)
+	}
+}
+
+func TestClose(t *testing.T) {
+	useFixedClock(t)
+	eachStore(t, func(t *testing.T, store string) {
+		mustRun(t, "open", "-store", store, "api.example.org")
+		mustRun(t, "open", "-store", store, "keep.example.org")
+		out := mustRun(t, "close", "-store", store, "API.example.org")
+		if want := "closed api.example.org: every process sharing the store resets it within its poll interval\n"; out != want {
+			t.Errorf("close printed %q, want %q", out, want)
+		}
+		if out := mustRun(t, "show", "-store", store, "-host", "api.example.org"); !strings.HasSuffix(out, "\nno open breakers or cooldowns\n") ||
+			!strings.HasPrefix(out, "HOST ") || strings.Count(out, "\n") != 2 {
+			t.Errorf("show after close:\n%s", out)
+		}
+		if out := mustRun(t, "show", "-store", store, "-host", "api.example.org", "-json"); out != "[]\n" {
+			t.Errorf("show -json after close = %q, want []", out)
+		}
+		if out := mustRun(t, "show", "-store", store); !strings.Contains(out, "keep.example.org") {
+			t.Errorf("close removed another host:\n%s", out)
+		}
+		mustRun(t, "close", "-store", store, "keep.example.org")
+		golden(t, "show_empty.golden", mustRun(t, "show", "-store", store))
+	})
+}
+
+// okTransport answers every request with 200.
+type okTransport struct{ calls atomic.Int64 }
+
+func (o *okTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	o.calls.Add(1)
+	return &http.Response{StatusCode: http.StatusOK, Status: "200 OK", Body: io.NopCloser(strings.NewReader("ok")),
+		Header: make(http.Header), Request: req, ProtoMajor: 1, ProtoMinor: 1}, nil
+}
+
+// TestTransport checks that a running Transport sharing the store obeys
+// open and close.
+func TestTransport(t *testing.T) {
+	eachStore(t, func(t *testing.T, store string) {
+		base := &okTransport{}
+		tr, err := hostbreaker.NewTransport(base, hostbreaker.WithConfig(hostbreaker.Config{
+			Store: hostbreaker.StoreConfig{URL: store, PollInterval: 50 * time.Millisecond},
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tr.Close()
+		client := &http.Client{Transport: tr}
+		get := func() error {
+			resp, err := client.Get("https://api.example.org/works")
+			if err != nil {
+				return err
+			}
+			io.Copy(io.Discard, resp.Body)
+			return resp.Body.Close()
+		}
+		// await polls until the transport's answer satisfies ok.
+		await := func(what string, ok func(error) bool) {
+			t.Helper()
+			deadline := time.Now().Add(2 * time.Second)
+			for {
+				err := get()
+				if ok(err) {
+					return
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("after 2s, %s: last error %v", what, err)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+		if err := get(); err != nil {
+			t.Fatalf("before open: %v", err)
+		}
+
+		mustRun(t, "open", "-store", store, "-for", "5m", "-reason", "test", "api.example.org")
+		await("the transport still accepts the opened host", func(err error) bool {
+			var oe *hostbreaker.OpenError
+			return errors.As(err, &oe) && oe.Reason == hostbreaker.ReasonManual && oe.Host == "api.example.org"
+		})
+		calls := base.calls.Load()
+		if err := get(); !errors.Is(err, hostbreaker.ErrOpen) {
+			t.Fatalf("open host: %v", err)
+		}
+		if base.calls.Load() != calls {
+			t.Error("a rejected request reached the base transport")
+		}
+
+		mustRun(t, "close", "-store", store, "api.example.org")
+		await("the transport still rejects the closed host", func(err error) bool { return err == nil })
+	})
+}
+
+func TestErrors(t *testing.T) {
+	store := boltURL(t)
+	for _, tc := range []struct {
+		args  []string
+		usage bool
+		want  string
+	}{
+		{nil, true, "missing command"},
+		{[]string{"bogus"}, true, `unknown command "bogus"`},
+		{[]string{"open", "-store", store}, true, "open: missing HOST"},
+		{[]string{"close", "-store", store}, true, "close: missing HOST"},
+		{[]string{"open", "-store", store, "h.example", "-for", "0s"}, true, "-for must be positive"},
+		{[]string{"open", "-store", store, "h.example", "-for", "-5m"}, true, "-for must be positive"},
+		{[]string{"open", "-store", store, "h.example", "-for", "banana"}, true, `invalid value "banana" for flag -for`},
+		{[]string{"open", "-store", store, "h.example", "-for", "100000h"}, true, "longer than"},
+		{[]string{"open", "-store", store, "h.example", "extra"}, true, `unexpected argument "extra"`},
+		{[]string{"show", "-nope"}, true, "flag provided but not defined: -nope"},
+		{[]string{"show", "-store", store, "-host", "a.example", "b.example"}, true, "give the host once"},
+		{[]string{"open", "-store", "", "h.example"}, true, "-store is empty"},
+		{[]string{"open", "-store", "nosuch://x", "h.example"}, false, `"nosuch://x"`},
+		{[]string{"show", "-store", "nosuch://x"}, false, `"nosuch://x"`},
+		{[]string{"close", "-store", "nosuch://x", "h.example"}, false, `"nosuch://x"`},
+		{[]string{"show", "-store", filepath.Join(t.TempDir(), "no", "dir", "x.db")}, false, filepath.Join("no", "dir", "x.db")},
+		{[]string{"open", "-store", store, "bad host!"}, false, `"bad host!"`},
+		{[]string{"close", "-store", store, "bad host!"}, false, `"bad host!"`},
+		{[]string{"open", "-store", store, "https:///nohost"}, false, "URL has no host"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			out, _, err := runCmd(t, tc.args...)
+			if err == nil {
+				t.Fatalf("no error; output %q", out)
+			}
+			var ue *usageError
+			if isUsage := errors.As(err, &ue); isUsage != tc.usage {
+				t.Errorf("usage error = %v, want %v (%v)", isUsage, tc.usage, err)
+			} else if isUsage && !strings.Contains(ue.usage, "Usage: breaker") {
+				t.Errorf("usage error without usage text: %q", ue.usage)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q does not contain %q", err, tc.want)
+			}
+		})
+	}
+	t.Run("redis bad host", func(t *testing.T) {
+		_, _, err := runCmd(t, "open", "-store", redisURL(t), "bad host!")
+		if err == nil || !strings.Contains(err.Error(), `"bad host!"`) {
+			t.Errorf("error %v does not name the host", err)
+		}
+	})
+}
+
+func TestHelp(t *testing.T) {
+	for _, args := range [][]string{{"help"}, {"-h"}, {"show", "-h"}, {"open", "-help"}, {"close", "-h"}} {
+		out, _, err := runCmd(t, args...)
+		if err != nil || !strings.Contains(out, "Usage: breaker") {
+			t.Errorf("breaker %v: %v, %q", args, err, out)
+		}
+		if len(args) > 1 && !strings.Contains(out, "-store") {
+			t.Errorf("breaker %v does not list -store:\n%s", args, out)
+		}
+	}
+}
+
+// TestExitStatus runs main in a child process.
+func TestExitStatus(t *testing.T) {
+	store := boltURL(t)
+	for _, tc := range []struct {
+		args   []string
+		status int
+		stderr string
+	}{
+		{[]string{"open", "-store", store, "h.example"}, 0, ""},
+		{[]string{"bogus"}, 2, "breaker: unknown command \"bogus\"\n\nUsage: breaker <command>"},
+		{[]string{"open", "-store", store}, 2, "breaker: open: missing HOST\n\nUsage: breaker open"},
+		{[]string{"show", "-store", "nosuch://x"}, 1, "breaker: open store \"nosuch://x\": unknown scheme"},
+	} {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), mainArgsEnv+"="+strings.Join(tc.args, "\x1f"))
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		status := 0
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			status = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if status != tc.status || !strings.HasPrefix(stderr.String(), tc.stderr) {
+			t.Errorf("breaker %v: status %d, stderr %q; want %d, %q…", tc.args, status, stderr.String(), tc.status, tc.stderr)
+		}
+	}
+}
+
+func TestNormalizeHost(t *testing.T) {
+	for in, want := range map[string]string{
+		"Example.ORG":                   "example.org",
+		"example.org.":                  "example.org",
+		"example.org:8443":              "example.org:8443",
+		"example.org.:08080":            "example.org:8080",
+		"Bücher.example":                "xn--bcher-kva.example",
+		"https://Example.org:443/x?y=1": "example.org",
+		"http://example.org:80":         "example.org",
+		"https://example.org:80/":       "example.org:80",
+		"http://example.org:8080/":      "example.org:8080",
+		"[2001:DB8::1]:443":             "[2001:db8::1]:443",
+		"2001:db8::1":                   "[2001:db8::1]",
+		"https://[::1]:443/":            "[::1]",
+	} {
+		if got, err := normalizeHost(in); err != nil || got != want {
+			t.Errorf("normalizeHost(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+}

@@ -1,0 +1,68 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/hostbreaker/hostbreaker"
+)
+
+const openUsage = `Usage: breaker open [-store URL] HOST [-for DURATION] [-reason TEXT]
+
+Pauses HOST (every role) in every process that shares the store: their
+Transports reject its requests with reason "manual" until the time is up or
+"breaker close HOST". HOST is a host name with an optional port, or a URL.
+`
+
+// maxFor bounds -for, so that the deadline stays representable.
+const maxFor = 10 * 365 * 24 * time.Hour
+
+func runOpen(ctx context.Context, args []string, stdout, _ io.Writer) (err error) {
+	c := newCommand("open", openUsage)
+	d := c.fs.Duration("for", 5*time.Minute, "how long to pause the host; > 0")
+	reason := c.fs.String("reason", "", "why, for whoever runs show (the record's note)")
+	pos, err := c.parse(args, stdout)
+	if errors.Is(err, errHelp) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	if pos == "" {
+		return usagef(c.fullUsage(), "open: missing HOST")
+	}
+	if *d <= 0 {
+		return usagef(c.fullUsage(), "open: -for must be positive, not %v", *d)
+	}
+	if *d > maxFor {
+		return usagef(c.fullUsage(), "open: -for %v is longer than %v", *d, maxFor)
+	}
+	host, err := normalizeHost(pos)
+	if err != nil {
+		return err
+	}
+
+	store, err := c.openStore()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := store.Close(); err == nil && cerr != nil {
+			err = cerr
+		}
+	}()
+	at := now()
+	r := hostbreaker.Record{
+		Host: host, Reason: hostbreaker.ReasonManual, Until: at.Add(*d), At: at,
+		Note: *reason, Source: source(),
+	}
+	cctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	defer cancel()
+	if err := store.Put(cctx, r); err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(stdout, "opened %s for %v until %s\n", host, *d, r.Until.UTC().Format(time.RFC3339))
+	return err
+}
