@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -280,8 +281,16 @@ func compilePolicies(c Config) (*policyTable, error) {
 		}
 		if rest, ok := strings.CutPrefix(key, "*."); ok {
 			suffix, err := normalizeHost("", rest)
+			if err == nil && strings.ContainsAny(suffix, ":[") {
+				err = errors.New("a wildcard matches names, without a port")
+			}
 			if err != nil {
 				return nil, &ConfigError{Key: prefix, Msg: "invalid wildcard host: " + err.Error()}
+			}
+			for _, w := range pt.wild {
+				if w.suffix == "."+suffix {
+					return nil, &ConfigError{Key: prefix, Msg: "same wildcard as key " + quoteKey(w.key) + " after normalization"}
+				}
 			}
 			pt.wild = append(pt.wild, wildPolicy{suffix: "." + suffix, key: key, policy: p})
 			continue
@@ -290,8 +299,7 @@ func compilePolicies(c Config) (*policyTable, error) {
 		if err != nil {
 			return nil, &ConfigError{Key: prefix, Msg: "invalid host: " + err.Error()}
 		}
-		if prev, dup := pt.exact[host]; dup {
-			_ = prev
+		if _, dup := pt.exact[host]; dup {
 			return nil, &ConfigError{Key: prefix, Msg: "same host as another key after normalization: " + host}
 		}
 		pt.exact[host] = p
@@ -432,6 +440,11 @@ func ParseConfig(data []byte) (Config, error) {
 		if errors.As(err, &pe) {
 			return Config{}, &ConfigError{Key: pe.LastKey, Line: pe.Position.Line, Msg: pe.Message}
 		}
+		// Type errors come as "toml: line N (last key "K"): message".
+		if m := tomlErrRE.FindStringSubmatch(err.Error()); m != nil {
+			line, _ := strconv.Atoi(m[1])
+			return Config{}, &ConfigError{Key: splitKey(m[2]).String(), Line: line, Msg: m[3]}
+		}
 		return Config{}, &ConfigError{Msg: strings.TrimPrefix(err.Error(), "toml: ")}
 	}
 	if und := md.Undecoded(); len(und) > 0 {
@@ -451,6 +464,8 @@ func ParseConfig(data []byte) (Config, error) {
 	}
 	return c, nil
 }
+
+var tomlErrRE = regexp.MustCompile(`^toml: line (\d+) \(last key "(.*?)"\): (.*)$`)
 
 // LoadConfig reads and parses the TOML file at path (see ParseConfig).
 func LoadConfig(path string) (Config, error) {
@@ -531,8 +546,8 @@ func (tc *tomlConfig) config() (Config, error) {
 	}
 	if tc.Hosts != nil {
 		c.Hosts = make(map[string]Policy, len(tc.Hosts))
-		for key, tp := range tc.Hosts {
-			p, err := tp.policy("hosts." + quoteKey(key))
+		for _, key := range slices.Sorted(maps.Keys(tc.Hosts)) {
+			p, err := tc.Hosts[key].policy("hosts." + quoteKey(key))
 			if err != nil {
 				return Config{}, err
 			}
@@ -658,17 +673,20 @@ func (tp *tomlPolicy) policy(prefix string) (Policy, error) {
 // from the TOML decoder itself carry their own position.
 func lineOf(data []byte, key toml.Key) int {
 	var table toml.Key
-	tableLine := 0
+	headerLine, firstLine := 0, 0 // key's own [header]; first line inside key
+	within := func(k toml.Key) bool { return len(k) >= len(key) && slices.Equal(k[:len(key)], key) }
 	for i, line := range strings.Split(string(data), "\n") {
 		line = strings.TrimSpace(stripComment(line))
 		if line == "" {
 			continue
 		}
 		if strings.HasPrefix(line, "[") {
-			inner := strings.Trim(line, "[]")
-			table = splitKey(inner)
-			if slices.Equal(table, key) {
-				tableLine = i + 1
+			table = splitKey(strings.Trim(line, "[]"))
+			if headerLine == 0 && slices.Equal(table, key) {
+				headerLine = i + 1
+			}
+			if firstLine == 0 && within(table) {
+				firstLine = i + 1 // a sub-table's header opens key
 			}
 			continue
 		}
@@ -680,11 +698,14 @@ func lineOf(data []byte, key toml.Key) int {
 		if slices.Equal(full, key) {
 			return i + 1
 		}
-		if tableLine == 0 && len(full) >= len(key) && slices.Equal(full[:len(key)], key) {
-			tableLine = i + 1 // key is a table defined by dotted keys
+		if firstLine == 0 && within(full) {
+			firstLine = i + 1 // key is a table defined by dotted keys
 		}
 	}
-	return tableLine
+	if headerLine != 0 {
+		return headerLine
+	}
+	return firstLine
 }
 
 // stripComment removes a trailing # comment that is outside quotes.

@@ -328,7 +328,7 @@ func TestHalfOpenJitter(t *testing.T) {
 	})
 }
 
-func TestRetryAfter(t *testing.T) {
+func TestRetryAfterCooldowns(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		code   int
