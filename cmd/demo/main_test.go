@@ -1,0 +1,93 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestRun runs a short demo (the sick periods scale with -duration) and
+// checks that hostbreaker spared the sick hosts without hurting the healthy one.
+func TestRun(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs for about 6 s")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var out, errOut bytes.Buffer
+	start := time.Now()
+	err := run(ctx, []string{"-duration", "3s", "-workers", "4", "-quiet"}, &out, &errOut)
+	t.Logf("run took %v; output:\n%s", time.Since(start).Round(time.Millisecond), out.String())
+	if err != nil {
+		t.Fatalf("run: %v (stderr: %s)", err, errOut.String())
+	}
+	if errOut.Len() > 0 {
+		t.Errorf("unexpected stderr: %s", errOut.String())
+	}
+
+	rows := summaryRows(t, out.String())
+	for _, name := range hostNames {
+		if _, ok := rows[name]; !ok {
+			t.Fatalf("summary does not name host %q", name)
+		}
+	}
+	for _, name := range []string{"flaky", "limited"} {
+		if r := rows[name]; r.hb >= r.plain {
+			t.Errorf("%s: hostbreaker sent %d requests, plain %d; want strictly fewer", name, r.hb, r.plain)
+		}
+	}
+	if r := rows["healthy"]; r.plain == 0 || r.hb*10 < r.plain*8 {
+		t.Errorf("healthy: hostbreaker sent %d requests, plain %d; want at least 80%%", r.hb, r.plain)
+	}
+	if !strings.Contains(out.String(), "Conclusion:") {
+		t.Error("no conclusion")
+	}
+}
+
+type hits struct{ plain, hb int64 }
+
+// summaryRows parses the rows of the summary table: host, role, sick for,
+// requests that reached the server without then with hostbreaker, ….
+func summaryRows(t *testing.T, out string) map[string]hits {
+	t.Helper()
+	_, table, ok := strings.Cut(out, "Summary:")
+	if !ok {
+		t.Fatal("no summary in the output")
+	}
+	rows := make(map[string]hits)
+	for line := range strings.Lines(table) {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		for _, name := range hostNames {
+			if f[0] != name {
+				continue
+			}
+			plain, err1 := strconv.ParseInt(f[3], 10, 64)
+			hb, err2 := strconv.ParseInt(f[4], 10, 64)
+			if err := errors.Join(err1, err2); err != nil {
+				t.Fatalf("summary row %q: %v", line, err)
+			}
+			rows[name] = hits{plain, hb}
+		}
+	}
+	return rows
+}
+
+func TestRunBadFlags(t *testing.T) {
+	for _, args := range [][]string{{"-workers", "0"}, {"-duration", "-1s"}, {"extra"}, {"-nope"}} {
+		var out, errOut bytes.Buffer
+		err := run(context.Background(), args, &out, &errOut)
+		if !errors.As(err, new(usageError)) {
+			t.Errorf("run(%q) = %v, want a usage error", args, err)
+		}
+		if errOut.Len() == 0 {
+			t.Errorf("run(%q) printed nothing on stderr", args)
+		}
+	}
+}
