@@ -51,9 +51,6 @@ func parseState(s string) (State, bool) {
 	return 0, false
 }
 
-// key identifies a breaker: a normalized host and a role.
-type key struct{ host, role string }
-
 // Breaker phases, packed with a generation number into entry.st.
 const (
 	phaseClosed   = uint64(StateClosed)
@@ -69,18 +66,21 @@ func next(st, phase uint64) uint64 { return (st>>2+1)<<2 | phase }
 
 // hostState is what a host's roles share: its cooldown and rolling window,
 // and the list of its breakers. The fields read on every request come first.
+//
+// Its first 64 bytes are all that a request reads, so that a lookup costs
+// one cache line here. It fits the 192-byte size class, whose objects are
+// 64-byte aligned; TestHotFieldsLayout keeps it so.
 type hostState struct {
-	hash  uint64       // maphash of name, with the registry's seed
-	until atomic.Int64 // cooldown deadline in ns since the Transport's epoch; 0 for none
+	hash    uint64           // maphash of name, with the registry's seed
+	until   atomic.Int64     // cooldown deadline in ns since the Transport's epoch; 0 for none
+	nameLen int              // len(name)
+	nameBuf [inlineName]byte // name, when it fits, so that matching it stays on this line
+
+	name string
 	// The host's entries, read without locks: the first few inline, the rest
 	// in a copy-on-write slice. Written under registry.mu.
 	roles [inlineRoles]atomic.Pointer[entry]
 	more  atomic.Pointer[[]*entry]
-	// The name, inline when short so that matching it does not touch
-	// another cache line.
-	nameLen int
-	nameBuf [inlineName]byte
-	name    string
 
 	mu     sync.Mutex
 	reason Reason  // why until is set; guarded by mu
@@ -91,8 +91,8 @@ type hostState struct {
 }
 
 const (
-	inlineRoles = 4
-	inlineName  = 48
+	inlineRoles = 2
+	inlineName  = 40
 )
 
 func newHostState(name string, hash uint64) *hostState {
@@ -119,13 +119,13 @@ func (h *hostState) find(role string) *entry {
 		if e == nil {
 			return nil
 		}
-		if e.key.role == role {
+		if e.role == role {
 			return e
 		}
 	}
 	if more := h.more.Load(); more != nil {
 		for _, e := range *more {
-			if e.key.role == role {
+			if e.role == role {
 				return e
 			}
 		}
@@ -172,18 +172,20 @@ func (h *hostState) coolingDown(now int64) bool {
 }
 
 // entry is the breaker of one (host, role). The closed, healthy path reads
-// st and host.until and adds to one counter, without locks or allocation.
+// st and host.until and adds to one counter, without locks or allocation;
+// the fields it touches fill the first 64 bytes, and entry fits the
+// 128-byte size class, whose objects are 64-byte aligned.
 type entry struct {
-	key  key
-	host *hostState
-	pol  atomic.Pointer[resolved]
-
 	st        atomic.Uint64 // generation<<2 | phase; changed only under mu
-	openUntil atomic.Int64  // end of the open phase (ns since epoch); set before st
-	fails     atomic.Int32  // failures recorded since the last recorded success, in closed
-	used      atomic.Bool   // requested since the last eviction sweep
+	successes atomic.Uint64
+	fails     atomic.Int32 // failures recorded since the last recorded success, in closed
+	used      atomic.Bool  // requested since the last eviction sweep
+	pol       atomic.Pointer[resolved]
+	host      *hostState
+	role      string
+	openUntil atomic.Int64 // end of the open phase (ns since epoch); set before st
 
-	successes, failures, neutral, rejected atomic.Uint64
+	failures, neutral, rejected atomic.Uint64
 
 	mu     sync.Mutex
 	cb     circuitbreaker.CircuitBreaker[any] // nil until the first failure; guarded by mu
@@ -302,7 +304,7 @@ func (r *registry) lookup(host, role string) *entry {
 	if s == nil {
 		return nil
 	}
-	if e := s.e0.Load(); e != nil && e.key.role == role {
+	if e := s.e0.Load(); e != nil && e.role == role {
 		return e
 	}
 	return s.h.Load().find(role)
@@ -375,7 +377,7 @@ func (r *registry) create(host, role string, pol func(host, role string) *resolv
 		role = strings.Clone(role)
 		r.roles[role] = role
 	}
-	e := &entry{key: key{h.name, role}, host: h}
+	e := &entry{role: role, host: h}
 	e.pol.Store(pol(h.name, role))
 	e.used.Store(true)
 	h.setEntries(append(h.entries(), e))
@@ -422,13 +424,27 @@ func (r *registry) evictLocked(now int64) bool {
 	return r.n < r.max
 }
 
-// all returns every entry, for snapshots and bulk updates.
-func (r *registry) all() []*entry {
+// each calls f, under the registry lock, for every entry with its host,
+// and once with a nil entry for every host that has none.
+func (r *registry) each(f func(*hostState, *entry)) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := make([]*entry, 0, r.n)
-	r.tab.Load().each(func(h *hostState) { out = append(out, h.entries()...) })
-	return out
+	r.tab.Load().each(func(h *hostState) {
+		if h.roles[0].Load() == nil {
+			f(h, nil)
+			return
+		}
+		for i := range h.roles {
+			if e := h.roles[i].Load(); e != nil {
+				f(h, e)
+			}
+		}
+		if more := h.more.Load(); more != nil {
+			for _, e := range *more {
+				f(h, e)
+			}
+		}
+	})
 }
 
 // hostEntries returns the state and entries of host (nil if unknown and
@@ -441,19 +457,6 @@ func (r *registry) hostEntries(host string, create bool) (*hostState, []*entry) 
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return h, h.entries()
-}
-
-// bareHosts returns the hosts with an active cooldown and no entry.
-func (r *registry) bareHosts(now int64) []*hostState {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var out []*hostState
-	r.tab.Load().each(func(h *hostState) {
-		if h.roles[0].Load() == nil && h.coolingDown(now) {
-			out = append(out, h)
-		}
-	})
-	return out
 }
 
 // Roles commonly used by harvesters. Any string is a valid role.

@@ -271,10 +271,7 @@ func (t *Transport) publish(ctx context.Context) {
 	sh := t.sh
 	var states []PublishedState
 	var fp strings.Builder
-	for _, s := range t.Snapshot() {
-		if s.State == StateClosed {
-			continue
-		}
+	for _, s := range t.statuses(true) {
 		states = append(states, PublishedState{Source: sh.source, Host: s.Host, Role: s.Role, State: s.State, Until: s.Until, Reason: s.Reason})
 		fmt.Fprintf(&fp, "%s|%s|%d|%d|%s\n", s.Host, s.Role, s.State, s.Until.Unix(), s.Reason)
 	}

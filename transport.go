@@ -239,12 +239,12 @@ func (t *Transport) admit(e *entry) (admission, *OpenError) {
 			return admission{st: st}, nil
 		case phaseOpen:
 			if ou := e.openUntil.Load(); now < ou {
-				return admission{}, &OpenError{Host: e.key.host, Role: e.key.role, Reason: ReasonBreakerOpen, Until: t.at(ou)}
+				return admission{}, &OpenError{Host: e.host.name, Role: e.role, Reason: ReasonBreakerOpen, Until: t.at(ou)}
 			}
 			e.mu.Lock()
 			if e.st.Load() == st {
 				e.toHalfOpenLocked()
-				t.emit(event{kind: evState, host: e.key.host, role: e.key.role, from: StateOpen, to: StateHalfOpen})
+				t.emit(event{kind: evState, host: e.host.name, role: e.role, from: StateOpen, to: StateHalfOpen})
 			}
 			e.mu.Unlock()
 		case phaseHalfOpen:
@@ -252,7 +252,7 @@ func (t *Transport) admit(e *entry) (admission, *OpenError) {
 			if e.st.Load() == st {
 				if e.probes >= e.pol.Load().TrialCalls {
 					e.mu.Unlock()
-					return admission{}, &OpenError{Host: e.key.host, Role: e.key.role, Reason: ReasonHalfOpenFull}
+					return admission{}, &OpenError{Host: e.host.name, Role: e.role, Reason: ReasonHalfOpenFull}
 				}
 				e.probes++
 				e.mu.Unlock()
@@ -269,7 +269,7 @@ func (t *Transport) hostRejection(e *entry, until int64) *OpenError {
 	h.mu.Lock()
 	reason := h.reason
 	h.mu.Unlock()
-	return &OpenError{Host: e.key.host, Role: e.key.role, Reason: reason, Until: t.at(until)}
+	return &OpenError{Host: e.host.name, Role: e.role, Reason: reason, Until: t.at(until)}
 }
 
 // toHalfOpenLocked moves e from open to half-open. Callers hold e.mu.
@@ -335,7 +335,7 @@ func (t *Transport) recordLocked(e *entry, adm admission, o outcome, p *resolved
 	case adm.probe && cb.IsClosed():
 		e.fails.Store(0)
 		e.st.Store(next(adm.st, phaseClosed))
-		t.emit(event{kind: evState, host: e.key.host, role: e.key.role, from: StateHalfOpen, to: StateClosed})
+		t.emit(event{kind: evState, host: e.host.name, role: e.role, from: StateHalfOpen, to: StateClosed})
 	case cb.IsOpen():
 		from := StateClosed
 		if adm.probe {
@@ -345,7 +345,7 @@ func (t *Transport) recordLocked(e *entry, adm admission, o outcome, p *resolved
 		e.openUntil.Store(until)
 		e.fails.Store(0)
 		e.st.Store(next(adm.st, phaseOpen))
-		t.emit(event{kind: evState, host: e.key.host, role: e.key.role, from: from, to: StateOpen, until: until})
+		t.emit(event{kind: evState, host: e.host.name, role: e.role, from: from, to: StateOpen, until: until})
 	}
 }
 
@@ -513,7 +513,7 @@ func (t *Transport) UpdateHostPolicy(host string, p Policy) error {
 	_, entries := t.reg.hostEntries(name, false)
 	roles := roleNames(npt.defaults, merged)
 	for _, e := range entries {
-		roles = append(roles, e.key.role)
+		roles = append(roles, e.role)
 	}
 	slices.Sort(roles)
 	for _, role := range slices.Compact(roles) {
@@ -523,7 +523,7 @@ func (t *Transport) UpdateHostPolicy(host string, p Policy) error {
 	}
 	t.policies.Store(npt)
 	for _, e := range entries {
-		np, _ := npt.resolve(name, e.key.role)
+		np, _ := npt.resolve(name, e.role)
 		e.setPolicy(np)
 	}
 	return nil
@@ -576,12 +576,27 @@ type Status struct {
 
 // Snapshot returns the status of every known (host, role), sorted by host
 // then role. A host in cooldown that has no breaker yet is listed with role "".
-func (t *Transport) Snapshot() []Status {
+func (t *Transport) Snapshot() []Status { return t.statuses(false) }
+
+// statuses returns the sorted statuses; with unhealthy, only those that are
+// not closed, which costs little when few are.
+func (t *Transport) statuses(unhealthy bool) []Status {
 	now := t.now()
 	var out []Status
-	for _, e := range t.reg.all() {
+	t.reg.each(func(h *hostState, e *entry) {
+		if e == nil { // a host in cooldown with no entry
+			if h.coolingDown(now) {
+				s := Status{Host: h.name}
+				t.hostStatus(h, now, &s, 0)
+				out = append(out, s)
+			}
+			return
+		}
+		if unhealthy && phaseOf(e.st.Load()) == phaseClosed && !h.coolingDown(now) {
+			return
+		}
 		s := Status{
-			Host: e.key.host, Role: e.key.role,
+			Host: e.host.name, Role: e.role,
 			Successes: e.successes.Load(), Failures: e.failures.Load(),
 			Neutral: e.neutral.Load(), Rejected: e.rejected.Load(),
 		}
@@ -597,14 +612,9 @@ func (t *Transport) Snapshot() []Status {
 		case phaseHalfOpen:
 			s.State = StateHalfOpen
 		}
-		t.hostStatus(e.host, now, &s, until)
+		t.hostStatus(h, now, &s, until)
 		out = append(out, s)
-	}
-	for _, h := range t.reg.bareHosts(now) {
-		s := Status{Host: h.name}
-		t.hostStatus(h, now, &s, 0)
-		out = append(out, s)
-	}
+	})
 	slices.SortFunc(out, func(a, b Status) int {
 		if c := strings.Compare(a.Host, b.Host); c != 0 {
 			return c

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+	"unsafe"
 )
 
 // fakeHosts is a base RoundTripper that answers for any host with what
@@ -902,4 +903,25 @@ func TestRollingWindowIsEmptiedWhenItTrips(t *testing.T) {
 		mustPass(t, do(t, c, "", "https://a.test/"), 500)
 		mustReject(t, do(t, c, "", "https://a.test/").err, ReasonRollingWindow)
 	})
+}
+
+// TestHotFieldsLayout pins the layout that keeps the healthy path to one
+// cache line of the host state and one of the entry.
+func TestHotFieldsLayout(t *testing.T) {
+	var e entry
+	var h hostState
+	if end := unsafe.Offsetof(e.openUntil) + unsafe.Sizeof(e.openUntil); end > 64 {
+		t.Errorf("entry's hot fields end at byte %d, past the first cache line", end)
+	}
+	if end := unsafe.Offsetof(h.nameBuf) + unsafe.Sizeof(h.nameBuf); end > 64 {
+		t.Errorf("hostState's hot fields end at byte %d, past the first cache line", end)
+	}
+	// The 128- and 192-byte size classes place objects on line boundaries
+	// (the next smaller classes, 112 and 176, do not hold them).
+	if s := unsafe.Sizeof(e); s <= 112 || s > 128 {
+		t.Errorf("sizeof(entry) = %d, want in (112, 128]", s)
+	}
+	if s := unsafe.Sizeof(h); s <= 176 || s > 192 {
+		t.Errorf("sizeof(hostState) = %d, want in (176, 192]", s)
+	}
 }
