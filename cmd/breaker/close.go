@@ -37,23 +37,12 @@ func runClose(ctx context.Context, args []string, stdout, _ io.Writer) (err erro
 		return err
 	}
 
-	store, err := c.openStore()
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if cerr := store.Close(); err == nil && cerr != nil {
-			err = cerr
-		}
-	}()
 	at := now()
 	r := hostbreaker.Record{
 		Host: host, Reason: hostbreaker.ReasonReset, Until: at.Add(resetRetention), At: at,
 		Source: source(),
 	}
-	cctx, cancel := context.WithTimeout(ctx, storeTimeout)
-	defer cancel()
-	if err := store.Put(cctx, r); err != nil {
+	if err := c.withStore(ctx, func(ctx context.Context, s hostbreaker.Store) error { return s.Put(ctx, r) }); err != nil {
 		return err
 	}
 	_, err = fmt.Fprintf(stdout, "closed %s: every process sharing the store resets it within its poll interval\n", host)

@@ -179,6 +179,23 @@ func (c *command) openStore() (hostbreaker.Store, error) {
 	return hostbreaker.OpenStore(*c.store)
 }
 
+// withStore opens the command's store, calls f with it and a context that
+// bounds the store's work, and closes the store.
+func (c *command) withStore(ctx context.Context, f func(context.Context, hostbreaker.Store) error) (err error) {
+	store, err := c.openStore()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := store.Close(); err == nil && cerr != nil {
+			err = cerr
+		}
+	}()
+	cctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	defer cancel()
+	return f(cctx, store)
+}
+
 // source is the Source of the records the command writes.
 func source() string {
 	h, err := hostname()

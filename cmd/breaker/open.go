@@ -44,23 +44,12 @@ func runOpen(ctx context.Context, args []string, stdout, _ io.Writer) (err error
 		return err
 	}
 
-	store, err := c.openStore()
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if cerr := store.Close(); err == nil && cerr != nil {
-			err = cerr
-		}
-	}()
 	at := now()
 	r := hostbreaker.Record{
 		Host: host, Reason: hostbreaker.ReasonManual, Until: at.Add(*d), At: at,
 		Note: *reason, Source: source(),
 	}
-	cctx, cancel := context.WithTimeout(ctx, storeTimeout)
-	defer cancel()
-	if err := store.Put(cctx, r); err != nil {
+	if err := c.withStore(ctx, func(ctx context.Context, s hostbreaker.Store) error { return s.Put(ctx, r) }); err != nil {
 		return err
 	}
 	_, err = fmt.Fprintf(stdout, "opened %s for %v until %s\n", host, *d, r.Until.UTC().Format(time.RFC3339))

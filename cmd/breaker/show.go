@@ -68,22 +68,15 @@ func runShow(ctx context.Context, args []string, stdout, _ io.Writer) (err error
 		}
 	}
 
-	store, err := c.openStore()
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if cerr := store.Close(); err == nil && cerr != nil {
-			err = cerr
+	var recs []hostbreaker.Record
+	var states []hostbreaker.PublishedState
+	err = c.withStore(ctx, func(ctx context.Context, s hostbreaker.Store) (err error) {
+		if recs, err = s.Records(ctx); err != nil {
+			return err
 		}
-	}()
-	cctx, cancel := context.WithTimeout(ctx, storeTimeout)
-	defer cancel()
-	recs, err := store.Records(cctx)
-	if err != nil {
+		states, err = s.States(ctx)
 		return err
-	}
-	states, err := store.States(cctx)
+	})
 	if err != nil {
 		return err
 	}
