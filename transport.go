@@ -165,16 +165,24 @@ func (t *Transport) RoundTrip(req *http.Request) (resp *http.Response, err error
 		closeBody(req)
 		return nil, fmt.Errorf("hostbreaker: request has no URL")
 	}
-	host, err := normalizeHost(req.URL.Scheme, req.URL.Host)
-	if err != nil {
-		closeBody(req)
-		return nil, fmt.Errorf("hostbreaker: %w", err)
-	}
 	role := RoleFromContext(req.Context())
-	e := t.reg.lookup(host, role)
+	// The registry holds canonical names only, so a host without a port
+	// that it finds as written needs no normalization.
+	host := req.URL.Host
+	var e *entry
+	if strings.IndexByte(host, ':') < 0 {
+		e = t.reg.lookup(host, role)
+	}
 	if e == nil {
-		if e = t.reg.create(host, role, t.resolve, t.now()); e == nil {
-			return t.base.RoundTrip(req) // registry full of protected hosts: untracked
+		var err error
+		if host, err = normalizeHost(req.URL.Scheme, host); err != nil {
+			closeBody(req)
+			return nil, fmt.Errorf("hostbreaker: %w", err)
+		}
+		if e = t.reg.lookup(host, role); e == nil {
+			if e = t.reg.create(host, role, t.resolve, t.now()); e == nil {
+				return t.base.RoundTrip(req) // registry full of protected hosts: untracked
+			}
 		}
 	}
 	if !e.used.Load() {

@@ -549,13 +549,15 @@ func TestHostNormalization(t *testing.T) {
 		get(t, c, "", "https://example.com./")
 		get(t, c, "", "https://example.com:443/")
 		mustReject(t, do(t, c, "", "https://Example.COM/").err, ReasonBreakerOpen)
-		// A non-default port is another host.
+		// A non-default port is another host, and 443 is not http's default.
 		mustPass(t, do(t, c, "", "https://example.com:8443/"), 500)
+		mustPass(t, do(t, c, "", "http://example.com:443/"), 500)
+		mustReject(t, do(t, c, "", "https://example.com:443/").err, ReasonBreakerOpen)
 		var hosts []string
 		for _, s := range tr.Snapshot() {
 			hosts = append(hosts, s.Host)
 		}
-		if got := strings.Join(hosts, ","); got != "example.com,example.com:8443" {
+		if got := strings.Join(hosts, ","); got != "example.com,example.com:443,example.com:8443" {
 			t.Errorf("hosts = %s", got)
 		}
 	})
