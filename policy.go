@@ -147,28 +147,34 @@ func (e *ConfigError) Error() string {
 // inheritance), host keys that do not normalize, and bad rolling or store
 // settings.
 func (c Config) Validate() error {
-	_, err := compilePolicies(c)
+	_, err := c.validate()
+	return err
+}
+
+// validate validates c and returns its compiled policies.
+func (c Config) validate() (*policyTable, error) {
+	pt, err := compilePolicies(c)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if c.MaxHosts < 0 {
-		return &ConfigError{Key: "max_hosts", Msg: fmt.Sprintf("must be at least 1, got %d", c.MaxHosts)}
+		return nil, &ConfigError{Key: "max_hosts", Msg: fmt.Sprintf("must be at least 1, got %d", c.MaxHosts)}
 	}
 	r := c.Rolling
 	switch {
 	case r.ThresholdFailures < 0:
-		return &ConfigError{Key: "rolling.threshold_failures", Msg: fmt.Sprintf("must be at least 1, got %d", r.ThresholdFailures)}
+		return nil, &ConfigError{Key: "rolling.threshold_failures", Msg: fmt.Sprintf("must be at least 1, got %d", r.ThresholdFailures)}
 	case r.Window < 0:
-		return &ConfigError{Key: "rolling.window", Msg: "must not be negative, got " + r.Window.String()}
+		return nil, &ConfigError{Key: "rolling.window", Msg: "must not be negative, got " + r.Window.String()}
 	case r.Cooldown < 0:
-		return &ConfigError{Key: "rolling.cooldown", Msg: "must not be negative, got " + r.Cooldown.String()}
+		return nil, &ConfigError{Key: "rolling.cooldown", Msg: "must not be negative, got " + r.Cooldown.String()}
 	case c.Store.PollInterval < 0:
-		return &ConfigError{Key: "store.poll_interval", Msg: "must not be negative, got " + c.Store.PollInterval.String()}
+		return nil, &ConfigError{Key: "store.poll_interval", Msg: "must not be negative, got " + c.Store.PollInterval.String()}
 	}
-	return nil
+	return pt, nil
 }
 
-// rolling returns r with defaults in its zero fields.
+// withDefaults returns r with defaults in its zero fields.
 func (r Rolling) withDefaults() Rolling {
 	if r.ThresholdFailures == 0 {
 		r.ThresholdFailures = defaultRollingThreshold

@@ -2,6 +2,7 @@ package hostbreaker
 
 import (
 	"context"
+	"fmt"
 	"hash/maphash"
 	"slices"
 	"strconv"
@@ -38,6 +39,16 @@ func (s State) String() string {
 
 // MarshalText encodes s as its String form.
 func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// UnmarshalText decodes the String form of a State.
+func (s *State) UnmarshalText(b []byte) error {
+	v, ok := parseState(string(b))
+	if !ok {
+		return fmt.Errorf("hostbreaker: unknown state %q", b)
+	}
+	*s = v
+	return nil
+}
 
 func parseState(s string) (State, bool) {
 	switch s {

@@ -47,10 +47,9 @@ var _ http.RoundTripper = (*Transport)(nil)
 type Option interface{ apply(*options) }
 
 type options struct {
-	config    Config
-	hasConfig bool
-	logger    *slog.Logger
-	store     Store
+	config Config
+	logger *slog.Logger
+	store  Store
 }
 
 type optionFunc func(*options)
@@ -59,7 +58,7 @@ func (f optionFunc) apply(o *options) { f(o) }
 
 // WithConfig sets the configuration. Without it, DefaultConfig is used.
 func WithConfig(c Config) Option {
-	return optionFunc(func(o *options) { o.config, o.hasConfig = c, true })
+	return optionFunc(func(o *options) { o.config = c })
 }
 
 // WithLogger sets the logger for state changes and background errors. A nil
@@ -78,10 +77,7 @@ func NewTransport(base http.RoundTripper, opts ...Option) (*Transport, error) {
 			opt.apply(&o)
 		}
 	}
-	if err := o.config.Validate(); err != nil {
-		return nil, err
-	}
-	pt, err := compilePolicies(o.config)
+	pt, err := o.config.validate()
 	if err != nil {
 		return nil, err
 	}
@@ -699,11 +695,18 @@ func (t *Transport) loop() {
 		select {
 		case <-t.done:
 			if t.sh != nil {
-				t.flush(ctx)
+				// One last attempt, bounded as a whole: Close must not hang
+				// on a store that is down.
+				fctx, cancel := context.WithTimeout(ctx, storeTimeout)
+				t.flush(fctx)
+				cancel()
 			}
 			return
 		case ev := <-t.events:
 			t.logEvent(ev)
+			if n := t.dropped.Swap(0); n > 0 {
+				t.log.Warn("hostbreaker: events not logged: the queue was full", "dropped", n)
+			}
 		case <-kick:
 			t.flush(ctx)
 		case <-changes:
