@@ -34,6 +34,7 @@ const (
 //
 // Until is when the host or breaker may accept requests again; it is the zero
 // time for ReasonHalfOpenFull, where the trial requests in flight decide.
+// Each rejection returns a new OpenError that nothing else refers to.
 type OpenError struct {
 	Host   string
 	Role   string

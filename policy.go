@@ -25,7 +25,9 @@ import (
 // are rejected there. A nil status list inherits; an empty non-nil list
 // means "no statuses".
 //
-// A Policy is plain data: it can be printed, stored and compared.
+// A Policy is plain data: it can be printed, stored and compared. A
+// Transport copies the policies it is given, so changing a Policy later
+// does not change a running Transport (use UpdateHostPolicy).
 type Policy struct {
 	FailMax          int           // consecutive failures that open the breaker (≥ 1)
 	ResetTimeout     time.Duration // open -> half-open (> 0)
@@ -67,6 +69,9 @@ type StoreConfig struct {
 // normalized name (with its port if it has one, then without), else the
 // longest matching wildcard "*.suffix" (any subdomain of suffix, not suffix
 // itself). Host keys are normalized like request hosts.
+//
+// A Config is plain data. NewTransport copies what it keeps, so a Config
+// may be reused or changed afterwards without affecting the Transport.
 type Config struct {
 	MaxHosts int // bound on tracked (host, role) entries; 0 means 10000
 	Defaults Policy
@@ -280,7 +285,8 @@ func compilePolicies(c Config) (*policyTable, error) {
 	pt := &policyTable{defaults: builtinPolicy(), exact: make(map[string]Policy)}
 	overlay(&pt.defaults, c.Defaults)
 	for _, key := range slices.Sorted(maps.Keys(c.Hosts)) {
-		p := c.Hosts[key]
+		var p Policy
+		overlay(&p, c.Hosts[key]) // a deep copy: the caller keeps its Config
 		prefix := "hosts." + quoteKey(key)
 		if err := checkPolicy(prefix, p); err != nil {
 			return nil, err

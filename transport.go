@@ -561,7 +561,8 @@ func (e *entry) setPolicy(p *resolved) {
 	e.cb = cb
 }
 
-// Status is the state of one (host, role) at the time of a Snapshot.
+// Status is the state of one (host, role) at the time of a Snapshot: a
+// value, detached from the Transport.
 type Status struct {
 	Host  string
 	Role  string

@@ -927,3 +927,19 @@ func TestHotFieldsLayout(t *testing.T) {
 		t.Errorf("sizeof(hostState) = %d, want in (176, 192]", s)
 	}
 }
+
+func TestTransportKeepsItsOwnCopyOfTheConfig(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		statuses := []int{500}
+		cfg := Config{Hosts: map[string]Policy{"a.test": {FailMax: 1, FailureStatuses: statuses,
+			Roles: map[string]Policy{RoleArtifact: {FailMax: 2}}}}}
+		c, _ := client(t, newFakeHosts(status(500)), cfg)
+		statuses[0] = 404 // the caller changes its Config afterwards
+		cfg.Hosts["a.test"].Roles[RoleArtifact] = Policy{FailMax: 10}
+		mustPass(t, do(t, c, "", "https://a.test/"), 500)
+		mustReject(t, do(t, c, "", "https://a.test/").err, ReasonBreakerOpen)
+		mustPass(t, do(t, c, RoleArtifact, "https://a.test/"), 500)
+		mustPass(t, do(t, c, RoleArtifact, "https://a.test/"), 500)
+		mustReject(t, do(t, c, RoleArtifact, "https://a.test/").err, ReasonBreakerOpen)
+	})
+}
