@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -428,4 +429,26 @@ func TestCrossProcessChild(t *testing.T) {
 			fmt.Println("x.test " + word)
 		}
 	}
+}
+
+// TestSharingInsideASyncTestBubble shows that Transports sharing a bbolt
+// store work on a fake clock: b honours a's cooldown after one poll
+// interval, and both forget it when it ends.
+func TestSharingInsideASyncTestBubble(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "hb.db")
+	synctest.Test(t, func(t *testing.T) {
+		base := newFakeHosts(status(200))
+		a := sharedTransport(t, path, time.Second, base, Config{})
+		b := sharedTransport(t, path, time.Second, base, Config{})
+		a.Open("bubble.test", time.Minute, "")
+		time.Sleep(time.Second + time.Millisecond)
+		synctest.Wait()
+		if v := verdict(b, "bubble.test", ""); v != ReasonManual {
+			t.Fatalf("after one poll: %q, want manual", v)
+		}
+		time.Sleep(time.Minute)
+		if v := verdict(b, "bubble.test", ""); v != "" {
+			t.Fatalf("after the cooldown: %q", v)
+		}
+	})
 }
