@@ -233,9 +233,12 @@ func (t *Transport) admit(e *entry) (admission, *OpenError) {
 	now := t.now()
 	if hu != 0 {
 		if now < hu {
-			return admission{}, t.hostRejection(e, hu)
+			if rej := t.hostRejection(e, now); rej != nil {
+				return admission{}, rej
+			}
+		} else {
+			e.host.until.CompareAndSwap(hu, 0) // expired
 		}
-		e.host.until.CompareAndSwap(hu, 0) // expired
 	}
 	for {
 		switch phaseOf(st) {
@@ -268,12 +271,17 @@ func (t *Transport) admit(e *entry) (admission, *OpenError) {
 	}
 }
 
-func (t *Transport) hostRejection(e *entry, until int64) *OpenError {
+// hostRejection returns the rejection for e's host cooldown, reading the
+// deadline and its reason together; nil if a reset ended it meanwhile.
+func (t *Transport) hostRejection(e *entry, now int64) *OpenError {
 	h := e.host
 	h.mu.Lock()
-	reason := h.reason
+	until, reason := h.until.Load(), h.reason
 	h.mu.Unlock()
-	return &OpenError{Host: e.host.name, Role: e.role, Reason: reason, Until: t.at(until)}
+	if until == 0 || now >= until {
+		return nil
+	}
+	return &OpenError{Host: h.name, Role: e.role, Reason: reason, Until: t.at(until)}
 }
 
 // toHalfOpenLocked moves e from open to half-open. Callers hold e.mu.
