@@ -125,6 +125,14 @@ func quick(failMax int, reset time.Duration) Config {
 	return Config{Defaults: Policy{FailMax: failMax, ResetTimeout: reset, HalfOpenJitter: -1}}
 }
 
+// mustState asserts the effective state of (host, role).
+func mustState(t *testing.T, tr *Transport, host, role string, want State) {
+	t.Helper()
+	if s := stateOf(t, tr, host, role); s.State != want {
+		t.Fatalf("state of (%s, %q) = %v, want %v", host, role, s.State, want)
+	}
+}
+
 func stateOf(t *testing.T, tr *Transport, host, role string) Status {
 	t.Helper()
 	for _, s := range tr.Snapshot() {
@@ -185,17 +193,13 @@ func TestHalfOpenProbeClosesOrReopens(t *testing.T) {
 		c, tr := client(t, base, quick(2, 10*time.Second))
 		get(t, c, "", "http://a.test/")
 		get(t, c, "", "http://a.test/")
-		if s := stateOf(t, tr, "a.test", ""); s.State != StateOpen {
-			t.Fatalf("state = %v, want open", s.State)
-		}
+		mustState(t, tr, "a.test", "", StateOpen)
 		time.Sleep(10*time.Second - time.Nanosecond)
 		_, err := get(t, c, "", "http://a.test/")
 		mustReject(t, err, ReasonBreakerOpen)
 		time.Sleep(time.Nanosecond)
 		// The delay has passed: Snapshot reports the effective state.
-		if s := stateOf(t, tr, "a.test", ""); s.State != StateHalfOpen {
-			t.Fatalf("state after delay = %v, want half-open", s.State)
-		}
+		mustState(t, tr, "a.test", "", StateHalfOpen)
 		// A failed probe reopens for another reset_timeout.
 		mustPass(t, do(t, c, "", "http://a.test/"), 503)
 		reopened := time.Now()
@@ -206,9 +210,7 @@ func TestHalfOpenProbeClosesOrReopens(t *testing.T) {
 		time.Sleep(10 * time.Second)
 		base.set(status(200))
 		mustPass(t, do(t, c, "", "http://a.test/"), 200) // probe succeeds: closed
-		if s := stateOf(t, tr, "a.test", ""); s.State != StateClosed {
-			t.Fatalf("state = %v, want closed", s.State)
-		}
+		mustState(t, tr, "a.test", "", StateClosed)
 		for range 5 {
 			mustPass(t, do(t, c, "", "http://a.test/"), 200)
 		}
@@ -237,9 +239,7 @@ func TestTrialCallsLimitConcurrentProbes(t *testing.T) {
 		mustReject(t, do(t, c, RoleArtifact, "https://a.test/").err, ReasonHalfOpenFull)
 		close(release)
 		wg.Wait()
-		if s := stateOf(t, tr, "a.test", RoleArtifact); s.State != StateClosed {
-			t.Fatalf("state = %v, want closed after two successful probes", s.State)
-		}
+		mustState(t, tr, "a.test", RoleArtifact, StateClosed)
 	})
 }
 
@@ -253,13 +253,9 @@ func TestSuccessThreshold(t *testing.T) {
 		time.Sleep(time.Second)
 		base.set(status(200))
 		mustPass(t, do(t, c, "", "https://a.test/"), 200)
-		if s := stateOf(t, tr, "a.test", ""); s.State != StateHalfOpen {
-			t.Fatalf("after one success: %v, want half-open", s.State)
-		}
+		mustState(t, tr, "a.test", "", StateHalfOpen)
 		mustPass(t, do(t, c, "", "https://a.test/"), 200)
-		if s := stateOf(t, tr, "a.test", ""); s.State != StateClosed {
-			t.Fatalf("after two successes: %v, want closed", s.State)
-		}
+		mustState(t, tr, "a.test", "", StateClosed)
 	})
 }
 
@@ -271,14 +267,10 @@ func TestNeutralProbeFreesItsSlot(t *testing.T) {
 		time.Sleep(time.Second)
 		base.set(status(404))
 		mustPass(t, do(t, c, "", "https://a.test/"), 404) // neutral: decides nothing
-		if s := stateOf(t, tr, "a.test", ""); s.State != StateHalfOpen {
-			t.Fatalf("state = %v, want half-open", s.State)
-		}
+		mustState(t, tr, "a.test", "", StateHalfOpen)
 		base.set(status(200))
 		mustPass(t, do(t, c, "", "https://a.test/"), 200) // the slot was given back
-		if s := stateOf(t, tr, "a.test", ""); s.State != StateClosed {
-			t.Fatalf("state = %v, want closed", s.State)
-		}
+		mustState(t, tr, "a.test", "", StateClosed)
 	})
 }
 
@@ -296,9 +288,7 @@ func TestPanickingProbeFreesItsSlot(t *testing.T) {
 		}()
 		base.set(status(200))
 		mustPass(t, do(t, c, "", "https://a.test/"), 200)
-		if s := stateOf(t, tr, "a.test", ""); s.State != StateClosed {
-			t.Fatalf("state = %v, want closed", s.State)
-		}
+		mustState(t, tr, "a.test", "", StateClosed)
 	})
 }
 
