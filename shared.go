@@ -217,7 +217,7 @@ func (t *Transport) pull(ctx context.Context) {
 		if !r.Until.After(wallNow) {
 			continue
 		}
-		until := t.now() + int64(r.Until.Sub(wallNow))
+		until := t.after(t.now(), r.Until.Sub(wallNow))
 		if r.Reason == ReasonBreakerOpen {
 			t.openBreaker(r.Host, r.Role, until)
 			continue

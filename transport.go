@@ -143,6 +143,17 @@ func (t *Transport) Close() error {
 // now returns the monotonic time since the Transport's epoch, in ns.
 func (t *Transport) now() int64 { return int64(time.Since(t.epoch)) }
 
+// maxWait bounds every deadline the Transport sets, so that no duration from
+// a configuration, a server or an operator can overflow the clock or a
+// store's timestamps. Nobody waits ten years for a host.
+const maxWait = 10 * 365 * 24 * time.Hour
+
+// after returns the deadline d after now (ns since the epoch), d capped at
+// maxWait.
+func (t *Transport) after(now int64, d time.Duration) int64 {
+	return now + int64(min(d, maxWait))
+}
+
 // at converts a time since the epoch to a time.Time.
 func (t *Transport) at(ns int64) time.Time { return t.epoch.Add(time.Duration(ns)) }
 
@@ -353,7 +364,7 @@ func (t *Transport) recordLocked(e *entry, adm admission, o outcome, p *resolved
 		if adm.probe {
 			from = StateHalfOpen
 		}
-		until := t.now() + int64(p.ResetTimeout+jitter(p.HalfOpenJitter))
+		until := t.after(t.now(), min(p.ResetTimeout, maxWait)+jitter(p.HalfOpenJitter))
 		e.openUntil.Store(until)
 		e.fails.Store(0)
 		e.st.Store(next(adm.st, phaseOpen))
@@ -374,7 +385,7 @@ func jitter(max time.Duration) time.Duration {
 	if max <= 0 {
 		return 0
 	}
-	return rand.N(max + 1)
+	return rand.N(min(max, maxWait) + 1)
 }
 
 // retryAfter applies a 429/503 response's Retry-After to the whole host.
@@ -388,7 +399,7 @@ func (t *Transport) retryAfter(e *entry, p *resolved, resp *http.Response) {
 		return
 	}
 	d = min(d, p.RetryAfterCap)
-	t.setCooldown(e.host, t.now()+int64(d), ReasonRetryAfter, "", false, false)
+	t.setCooldown(e.host, t.after(t.now(), d), ReasonRetryAfter, "", false, false)
 }
 
 // rollingFailure adds a failure to the host's rolling window and puts the
@@ -411,7 +422,7 @@ func (t *Transport) rollingFailure(h *hostState) {
 	}
 	h.mu.Unlock()
 	if trip {
-		t.setCooldown(h, now+int64(r.Cooldown), ReasonRollingWindow, "", false, false)
+		t.setCooldown(h, t.after(now, r.Cooldown), ReasonRollingWindow, "", false, false)
 	}
 }
 
@@ -435,8 +446,9 @@ func (t *Transport) setCooldown(h *hostState, until int64, reason Reason, note s
 
 // Open puts host (all roles) in a manual cooldown for d, with note for the
 // operators. It replaces any current cooldown of the host, even a longer
-// one. d <= 0 does nothing; host may be a name, host:port or a URL. With a
-// store, every Transport that shares it applies the cooldown too.
+// one. d <= 0 does nothing and d is capped at ten years; host may be a
+// name, host:port or a URL. With a store, every Transport that shares it
+// applies the cooldown too.
 func (t *Transport) Open(host string, d time.Duration, note string) {
 	name, err := hostArg(host)
 	if err != nil || d <= 0 {
@@ -447,7 +459,7 @@ func (t *Transport) Open(host string, d time.Duration, note string) {
 	// before it is cooling down.
 	t.reg.mu.Lock()
 	h := t.reg.hostLocked(t.reg.hash(name), name)
-	t.setCooldown(h, t.now()+int64(d), ReasonManual, note, true, false)
+	t.setCooldown(h, t.after(t.now(), d), ReasonManual, note, true, false)
 	t.reg.mu.Unlock()
 }
 
