@@ -18,6 +18,7 @@ import (
 func FuzzTransport(f *testing.F) {
 	f.Add([]byte{3, 1, 1, 0, 0, 5, 0, 0, 5, 0, 0, 5, 0, 0, 9, 0, 0})
 	f.Add([]byte{1, 2, 2, 1, 3, 1, 2, 0, 1, 200, 1, 0, 2, 0, 1, 7, 3, 3, 8, 1, 1})
+	f.Add([]byte{2, 1, 1, 0x40, 0, 0, 0, 0, 0, 0, 6, 0, 255, 5, 0, 30, 0, 0, 0})
 	f.Add([]byte("\x02\x01\x03\x01\xff\x00\x10\x20\x30\x40\x50\x60\x70\x80\x90\xa0"))
 	statuses := []int{200, 204, 301, 404, 408, 429, 500, 502, 503, 504, 400, 451, 0}
 	retryAfters := []string{"", "1", "0", "-3", "120", "99999999999999999999", "soon", "Wed, 21 Oct 2099 07:28:00 GMT", "Sun, 06 Nov 1994 08:49:37 GMT"}
@@ -41,6 +42,10 @@ func FuzzTransport(f *testing.F) {
 		}
 		if cfg.Defaults.RetryAfterCap == 0 {
 			cfg.Defaults.RetryAfterCap = -1
+		}
+		if data[3]&0x40 != 0 { // extremes: nothing may overflow
+			huge := time.Duration(1<<63 - 1)
+			cfg.Defaults.ResetTimeout, cfg.Defaults.HalfOpenJitter, cfg.Defaults.RetryAfterCap = huge, huge, huge
 		}
 		synctest.Test(t, func(t *testing.T) {
 			var next int
