@@ -43,7 +43,8 @@
 // # Cost
 //
 // The healthy path (closed breaker, no cooldown) takes no lock and allocates
-// nothing: it normalizes the host, finds the breaker in a lock-free table and
-// reads two atomic words. State changes are handed to a background goroutine,
+// nothing: it finds the breaker in a lock-free table (normalizing the host
+// only when it is not written canonically already) and reads two atomic
+// words. State changes are handed to a background goroutine,
 // which [Transport.Close] stops.
 package hostbreaker

@@ -321,18 +321,12 @@ func (r *registry) lookup(host, role string) *entry {
 	return s.h.Load().find(role)
 }
 
-// host returns the state of host, or nil; with create, it adds it.
-func (r *registry) host(host string, create bool) *hostState {
-	hash := r.hash(host)
-	if s := r.tab.Load().find(hash, host); s != nil || !create {
-		if s == nil {
-			return nil
-		}
+// host returns the state of host, or nil.
+func (r *registry) host(host string) *hostState {
+	if s := r.tab.Load().find(r.hash(host), host); s != nil {
 		return s.h.Load()
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.hostLocked(hash, host)
+	return nil
 }
 
 // hostLocked returns the state of host, adding it if absent. Callers hold mu.
@@ -458,10 +452,9 @@ func (r *registry) each(f func(*hostState, *entry)) {
 	})
 }
 
-// hostEntries returns the state and entries of host (nil if unknown and
-// not create).
-func (r *registry) hostEntries(host string, create bool) (*hostState, []*entry) {
-	h := r.host(host, create)
+// hostEntries returns the state and entries of host (nil if unknown).
+func (r *registry) hostEntries(host string) (*hostState, []*entry) {
+	h := r.host(host)
 	if h == nil {
 		return nil, nil
 	}

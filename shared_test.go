@@ -190,7 +190,7 @@ func TestPropagationLatency(t *testing.T) {
 				host := fmt.Sprintf("lat%d.test", i)
 				a.Open(host, time.Hour, "")
 				start := time.Now()
-				for b.reg.host(host, false) == nil || !b.reg.host(host, false).coolingDown(b.now()) {
+				for b.reg.host(host) == nil || !b.reg.host(host).coolingDown(b.now()) {
 					if time.Since(start) > bound(url, tc.poll) {
 						t.Fatalf("%s not shared within %v", host, bound(url, tc.poll))
 					}

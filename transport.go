@@ -478,7 +478,7 @@ func (t *Transport) Reset(host string) {
 // resetLocal resets a normalized host in this Transport; remote says that
 // the reset came from the store.
 func (t *Transport) resetLocal(name string, remote bool) {
-	h, entries := t.reg.hostEntries(name, false)
+	h, entries := t.reg.hostEntries(name)
 	if h == nil {
 		t.emit(event{kind: evReset, host: name, remote: remote})
 		return
@@ -534,7 +534,7 @@ func (t *Transport) UpdateHostPolicy(host string, p Policy) error {
 	merged, _ := pt.hostPolicy(name)
 	overlay(&merged, p)
 	npt := pt.withHost(name, merged)
-	_, entries := t.reg.hostEntries(name, false)
+	_, entries := t.reg.hostEntries(name)
 	roles := roleNames(npt.defaults, merged)
 	for _, e := range entries {
 		roles = append(roles, e.role)
