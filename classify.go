@@ -107,6 +107,28 @@ func isDigits(s string) bool {
 
 var errEmptyHost = errors.New("empty host")
 
+// NormalizeHost returns the name under which hostbreaker keys a host, as
+// Transports, stores and configuration keys use it: lower case, without a
+// trailing dot, IDNA names as A-labels, IPv6 literals in brackets, and the
+// port kept only when it is not the default port of the URL's scheme. s may
+// be a host name, host:port or a URL ("https://Example.org:443/x" gives
+// "example.org"). An empty or unparsable host is an error. It is safe for
+// concurrent use.
+func NormalizeHost(s string) (string, error) {
+	s = strings.TrimSpace(s)
+	scheme := ""
+	if i := strings.Index(s, "://"); i >= 0 {
+		scheme, s = strings.ToLower(s[:i]), s[i+3:]
+		if j := strings.IndexAny(s, "/?#"); j >= 0 {
+			s = s[:j]
+		}
+		if at := strings.LastIndexByte(s, '@'); at >= 0 {
+			s = s[at+1:] // userinfo
+		}
+	}
+	return normalizeHost(scheme, s)
+}
+
 // normalizeHost returns the canonical form of a URL host for scheme: lower
 // case, trailing dot removed, IDNA mapped to ASCII, and the port kept only
 // when it is not the scheme's default. When hostport is already canonical

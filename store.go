@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -74,31 +75,60 @@ type PublishedState struct {
 }
 
 // OpenStore opens the store that url names:
-//   - a plain path, or bolt:///abs/path.db, opens (creating if absent) a
-//     bbolt file; its parent directory must exist;
+//   - a plain file path, or bolt:///abs/path.db, opens (creating if absent)
+//     a bbolt file; its parent directory must exist. A plain path must not
+//     be empty nor hold a ':' before its first '/' (that is a URL, or a
+//     typo, not a file name);
 //   - redis://[user:pass@]host:port/db or rediss://… (TLS) opens Redis; the
 //     query parameter prefix sets the key prefix (default "hostbreaker:").
 //
 // Anything else is an error that names the URL.
 func OpenStore(rawURL string) (Store, error) {
+	path, err := StorePath(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	if path != "" {
+		return openBoltStore(path)
+	}
+	return openRedisStore(rawURL)
+}
+
+// StorePath returns the absolute path of the bbolt file that a store URL
+// names (see [OpenStore]), or "" when it names a Redis store. It checks
+// the URL's form without opening anything, and returns the error OpenStore
+// would return for a URL of the wrong form.
+func StorePath(rawURL string) (string, error) {
+	bad := func(msg string) error { return fmt.Errorf("hostbreaker: open store %q: %s", redactURL(rawURL), msg) }
 	if rawURL == "" {
-		return nil, errors.New("hostbreaker: open store: empty URL")
+		return "", errors.New("hostbreaker: open store: empty URL")
 	}
 	scheme, _, hasScheme := strings.Cut(rawURL, "://")
 	if !hasScheme {
-		return openBoltStore(rawURL)
+		slash := strings.IndexByte(rawURL, '/')
+		if c := strings.IndexByte(rawURL, ':'); c >= 0 && (slash < 0 || c < slash) {
+			return "", bad("not a file path (a ':' before any '/') nor a URL with a scheme (want a path, bolt://, redis:// or rediss://)")
+		}
+		abs, err := filepath.Abs(rawURL)
+		if err != nil {
+			return "", bad(err.Error())
+		}
+		return abs, nil
 	}
 	switch strings.ToLower(scheme) {
 	case "bolt", "bbolt":
 		u, err := url.Parse(rawURL)
-		if err != nil || u.Host != "" || u.Path == "" {
-			return nil, fmt.Errorf("hostbreaker: open store %q: want bolt:///absolute/path.db", rawURL)
+		if err != nil || u.Host != "" || u.Path == "" || u.RawQuery != "" {
+			return "", bad("want bolt:///absolute/path.db")
 		}
-		return openBoltStore(u.Path)
+		return u.Path, nil
 	case "redis", "rediss":
-		return openRedisStore(rawURL)
+		if _, _, err := parseRedisURL(rawURL); err != nil {
+			return "", err
+		}
+		return "", nil
 	default:
-		return nil, fmt.Errorf("hostbreaker: open store %q: unknown scheme %q (want a path, bolt://, redis:// or rediss://)", rawURL, scheme)
+		return "", bad(fmt.Sprintf("unknown scheme %q (want a path, bolt://, redis:// or rediss://)", scheme))
 	}
 }
 

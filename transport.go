@@ -450,7 +450,7 @@ func (t *Transport) setCooldown(h *hostState, until int64, reason Reason, note s
 // name, host:port or a URL. With a store, every Transport that shares it
 // applies the cooldown too.
 func (t *Transport) Open(host string, d time.Duration, note string) {
-	name, err := hostArg(host)
+	name, err := NormalizeHost(host)
 	if err != nil || d <= 0 {
 		t.log.Warn("hostbreaker: open: ignored", "host", host, "for", d, "err", err)
 		return
@@ -467,7 +467,7 @@ func (t *Transport) Open(host string, d time.Duration, note string) {
 // its rolling window. Host may be a name, host:port or a URL. With a store,
 // every Transport that shares it resets the host too.
 func (t *Transport) Reset(host string) {
-	name, err := hostArg(host)
+	name, err := NormalizeHost(host)
 	if err != nil {
 		t.log.Warn("hostbreaker: reset: ignored", "host", host, "err", err)
 		return
@@ -500,18 +500,6 @@ func (t *Transport) resetLocal(name string, remote bool) {
 	t.emit(event{kind: evReset, host: name, remote: remote})
 }
 
-// hostArg normalizes a host given by an operator: a name, host:port, or URL.
-func hostArg(s string) (string, error) {
-	scheme := ""
-	if i := strings.Index(s, "://"); i >= 0 {
-		scheme, s = strings.ToLower(s[:i]), s[i+3:]
-		if j := strings.IndexAny(s, "/?#"); j >= 0 {
-			s = s[:j]
-		}
-	}
-	return normalizeHost(scheme, s)
-}
-
 // UpdateHostPolicy changes the policy of host while the Transport runs: the
 // fields that p sets (non-zero, see Policy) and its roles are laid over the
 // host's current policy. New decisions use it at once. Breaker state is
@@ -520,7 +508,7 @@ func hostArg(s string) (string, error) {
 // than the new FailMax). An invalid result is rejected with a *ConfigError
 // and changes nothing.
 func (t *Transport) UpdateHostPolicy(host string, p Policy) error {
-	name, err := hostArg(host)
+	name, err := NormalizeHost(host)
 	if err != nil {
 		return fmt.Errorf("hostbreaker: update policy: %w", err)
 	}
