@@ -291,32 +291,25 @@ func compilePolicies(c Config) (*policyTable, error) {
 		if err := checkPolicy(prefix, p); err != nil {
 			return nil, err
 		}
-		if rest, ok := strings.CutPrefix(key, "*."); ok {
-			suffix, err := normalizeHost("", rest)
-			if err == nil && strings.ContainsAny(suffix, ":[") {
-				err = errors.New("a wildcard matches names, without a port")
-			}
-			if err != nil {
-				return nil, &ConfigError{Key: prefix, Msg: "invalid wildcard host: " + err.Error()}
-			}
+		host, suffix, err := parseHostKey(key)
+		if err != nil {
+			return nil, &ConfigError{Key: prefix, Msg: err.Error()}
+		}
+		if suffix != "" {
 			for _, w := range pt.wild {
-				if w.suffix == "."+suffix {
+				if w.suffix == suffix {
 					return nil, &ConfigError{Key: prefix, Msg: "same wildcard as key " + quoteKey(w.key) + " after normalization"}
 				}
 			}
-			pt.wild = append(pt.wild, wildPolicy{suffix: "." + suffix, key: key, policy: p})
+			pt.wild = append(pt.wild, wildPolicy{suffix: suffix, key: key, policy: p})
 			continue
-		}
-		host, err := normalizeHost("", key)
-		if err != nil {
-			return nil, &ConfigError{Key: prefix, Msg: "invalid host: " + err.Error()}
 		}
 		if _, dup := pt.exact[host]; dup {
 			return nil, &ConfigError{Key: prefix, Msg: "same host as another key after normalization: " + host}
 		}
 		pt.exact[host] = p
 	}
-	sort.SliceStable(pt.wild, func(i, j int) bool { return len(pt.wild[i].suffix) > len(pt.wild[j].suffix) })
+	sortWild(pt.wild)
 	// Check the effective combinations, where lists from different levels meet.
 	for _, role := range roleNames(pt.defaults, Policy{}) {
 		if _, err := pt.resolveWith(pt.defaults, Policy{}, role, "defaults"); err != nil {
@@ -388,10 +381,17 @@ func (pt *policyTable) hostPolicy(host string) (Policy, string) {
 }
 
 // resolve returns the effective policy of (host, role). Hosts that match
-// the same Hosts entry (or none) share one *resolved per role.
+// the same Hosts entry (or none) share one *resolved per role, and every
+// role that no table names shares the one of "no role table": the cache
+// is bounded by the configuration, whatever roles requests carry.
 func (pt *policyTable) resolve(host, role string) (*resolved, error) {
 	hp, id := pt.hostPolicy(host)
-	ck := [2]string{id, role}
+	ck := [2]string{id, unnamedRole}
+	if _, ok := pt.defaults.Roles[role]; ok {
+		ck[1] = role
+	} else if _, ok := hp.Roles[role]; ok {
+		ck[1] = role
+	}
 	if r, ok := pt.cache.Load(ck); ok {
 		return r.(*resolved), nil
 	}
@@ -402,6 +402,10 @@ func (pt *policyTable) resolve(host, role string) (*resolved, error) {
 	v, _ := pt.cache.LoadOrStore(ck, r)
 	return v.(*resolved), nil
 }
+
+// unnamedRole is the cache key of the roles that no role table names; a
+// role name cannot hold NUL in TOML.
+const unnamedRole = "\x00"
 
 func (pt *policyTable) resolveWith(defaults, host Policy, role, where string) (*resolved, error) {
 	p := builtinPolicy()
@@ -433,11 +437,76 @@ func quoteKey(k string) string {
 	return toml.Key{k}.String()
 }
 
-// withHost returns a copy of pt in which host's policy is p.
-func (pt *policyTable) withHost(host string, p Policy) *policyTable {
-	c := &policyTable{defaults: pt.defaults, exact: maps.Clone(pt.exact), wild: pt.wild}
-	c.exact[host] = p
-	return c
+// parseHostKey parses a Hosts key: an exact host, returned normalized, or
+// a wildcard "*.suffix", returned as its normalized suffix with the dot
+// (".example.org").
+func parseHostKey(key string) (host, suffix string, err error) {
+	if rest, ok := strings.CutPrefix(key, "*."); ok {
+		suffix, err := normalizeHost("", rest)
+		if err == nil && strings.ContainsAny(suffix, ":[") {
+			err = errors.New("a wildcard matches names, without a port")
+		}
+		if err != nil {
+			return "", "", errors.New("invalid wildcard host: " + err.Error())
+		}
+		return "", "." + suffix, nil
+	}
+	host, err = normalizeHost("", key)
+	if err != nil {
+		return "", "", errors.New("invalid host: " + err.Error())
+	}
+	return host, "", nil
+}
+
+// sortWild orders wildcards longest suffix first: the most specific wins.
+func sortWild(w []wildPolicy) {
+	sort.SliceStable(w, func(i, j int) bool { return len(w[i].suffix) > len(w[j].suffix) })
+}
+
+// withUpdate returns a copy of pt in which p is laid over the policy of
+// the Hosts key (an exact host or a wildcard), and the id that hostPolicy
+// returns for the hosts that key matches. The key's policy starts from what
+// applies to it now: its own entry, else for a host the entry that matches
+// it, for a wildcard the shorter wildcard that covers it.
+func (pt *policyTable) withUpdate(key string, p Policy) (*policyTable, string, error) {
+	host, suffix, err := parseHostKey(key)
+	if err != nil {
+		return nil, "", &ConfigError{Key: "hosts." + quoteKey(key), Msg: err.Error()}
+	}
+	c := &policyTable{defaults: pt.defaults, exact: maps.Clone(pt.exact), wild: slices.Clone(pt.wild)}
+	var merged Policy
+	var id, where string
+	if suffix == "" {
+		cur, _ := pt.hostPolicy(host)
+		overlay(&merged, cur)
+		overlay(&merged, p)
+		c.exact[host] = merged
+		id, where = "="+host, "hosts."+quoteKey(host)
+	} else {
+		i := slices.IndexFunc(c.wild, func(w wildPolicy) bool { return w.suffix == suffix })
+		if i < 0 {
+			for _, w := range pt.wild {
+				if strings.HasSuffix(suffix, w.suffix) {
+					overlay(&merged, w.policy)
+					break
+				}
+			}
+			c.wild = append(c.wild, wildPolicy{suffix: suffix, key: "*" + suffix})
+			i = len(c.wild) - 1
+		} else {
+			overlay(&merged, c.wild[i].policy)
+		}
+		overlay(&merged, p)
+		c.wild[i].policy = merged
+		sortWild(c.wild)
+		id, where = "*"+suffix, "hosts."+quoteKey("*"+suffix)
+	}
+	for _, role := range roleNames(c.defaults, merged) {
+		if _, err := c.resolveWith(c.defaults, merged, role, where); err != nil {
+			return nil, "", err
+		}
+	}
+	return c, id, nil
 }
 
 // ParseConfig parses a TOML configuration (see docs/config.md) and

@@ -9,8 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-
-	"github.com/failsafe-go/failsafe-go/circuitbreaker"
+	"time"
 )
 
 // State is the effective state of a (host, role) breaker. The zero value is
@@ -62,19 +61,6 @@ func parseState(s string) (State, bool) {
 	return 0, false
 }
 
-// Breaker phases, packed with a generation number into entry.st.
-const (
-	phaseClosed   = uint64(StateClosed)
-	phaseHalfOpen = uint64(StateHalfOpen)
-	phaseOpen     = uint64(StateOpen)
-	phaseMask     = 3
-)
-
-func phaseOf(st uint64) uint64 { return st & phaseMask }
-
-// next returns the packed state of the next generation in phase.
-func next(st, phase uint64) uint64 { return (st>>2+1)<<2 | phase }
-
 // hostState is what a host's roles share: its cooldown and rolling window,
 // and the list of its breakers. The fields read on every request come first.
 //
@@ -84,7 +70,7 @@ func next(st, phase uint64) uint64 { return (st>>2+1)<<2 | phase }
 type hostState struct {
 	hash    uint64           // maphash of name, with the registry's seed
 	until   atomic.Int64     // cooldown deadline in ns since the Transport's epoch; 0 for none
-	nameLen int              // len(name)
+	nameLen int              // len(name); -1 for the tombstone
 	nameBuf [inlineName]byte // name, when it fits, so that matching it stays on this line
 
 	name string
@@ -96,15 +82,21 @@ type hostState struct {
 	mu     sync.Mutex
 	reason Reason  // why until is set; guarded by mu
 	note   string  // operator's note for manual cooldowns; guarded by mu
+	setAt  int64   // wall-clock unix ns when the cooldown was decided; guarded by mu
 	window []int64 // rolling window: times of recent failures (ring); guarded by mu
-	wnext  int     // next slot of window; guarded by mu
-	wn     int     // slots in use; guarded by mu
+	wnext  int32   // next slot of window; guarded by mu
+	wn     int32   // slots in use; guarded by mu
+
+	detached atomic.Bool // removed from the registry; set under registry.mu
 }
 
 const (
 	inlineRoles = 2
 	inlineName  = 40
 )
+
+// tombstone marks a table slot whose host was removed; lookups probe past it.
+var tombstone = &hostState{nameLen: -1}
 
 func newHostState(name string, hash uint64) *hostState {
 	h := &hostState{hash: hash, name: strings.Clone(name), nameLen: len(name)}
@@ -144,19 +136,29 @@ func (h *hostState) find(role string) *entry {
 	return nil
 }
 
-// entries returns the host's entries. Callers hold registry.mu.
-func (h *hostState) entries() []*entry {
-	var out []*entry
+// each calls f for each of the host's entries. Callers hold registry.mu.
+func (h *hostState) each(f func(*entry)) {
 	for i := range h.roles {
 		if e := h.roles[i].Load(); e != nil {
-			out = append(out, e)
+			f(e)
 		}
 	}
 	if more := h.more.Load(); more != nil {
-		out = append(out, *more...)
+		for _, e := range *more {
+			f(e)
+		}
 	}
+}
+
+// entries returns the host's entries. Callers hold registry.mu.
+func (h *hostState) entries() []*entry {
+	var out []*entry
+	h.each(func(e *entry) { out = append(out, e) })
 	return out
 }
+
+// bare reports whether the host has no entry.
+func (h *hostState) bare() bool { return h.roles[0].Load() == nil }
 
 // setEntries replaces the host's entries. Callers hold registry.mu. A
 // concurrent reader may miss an entry while this runs; it then takes the
@@ -182,69 +184,69 @@ func (h *hostState) coolingDown(now int64) bool {
 	return u != 0 && now < u
 }
 
-// entry is the breaker of one (host, role). The closed, healthy path reads
-// st and host.until and adds to one counter, without locks or allocation;
-// the fields it touches fill the first 64 bytes, and entry fits the
-// 128-byte size class, whose objects are 64-byte aligned.
-type entry struct {
-	st        atomic.Uint64 // generation<<2 | phase; changed only under mu
-	successes atomic.Uint64
-	fails     atomic.Int32 // failures recorded since the last recorded success, in closed
-	used      atomic.Bool  // requested since the last eviction sweep
-	pol       atomic.Pointer[resolved]
-	host      *hostState
-	role      string
-	openUntil atomic.Int64 // end of the open phase (ns since epoch); set before st
-
-	failures, neutral, rejected atomic.Uint64
-
-	mu     sync.Mutex
-	cb     circuitbreaker.CircuitBreaker[any] // nil until the first failure; guarded by mu
-	probes int                                // half-open probes in flight; guarded by mu
+// cooldown is a host cooldown to apply.
+type cooldown struct {
+	until  int64 // ns since the Transport's epoch
+	reason Reason
+	note   string
+	manual bool  // replaces the current cooldown; any other only extends it
+	remote bool  // read from the store: not shared again
+	at     int64 // wall-clock unix ns when it was decided
 }
 
-// breaker returns the entry's failsafe-go breaker, building it on first use.
-// Callers hold e.mu.
-func (e *entry) breaker() circuitbreaker.CircuitBreaker[any] {
-	if e.cb == nil {
-		e.cb = newBreaker(e.pol.Load())
+// apply puts h in cooldown c, and reports whether it did: an automatic
+// cooldown only ever extends the current one; a manual one replaces it.
+func (h *hostState) apply(c cooldown, now int64) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	cur := h.until.Load()
+	if !c.manual && cur > now && c.until <= cur {
+		return false
 	}
-	return e.cb
-}
-
-// newBreaker builds a count-based breaker: FailMax failures in the last
-// FailMax outcomes (that is, FailMax consecutive failures) open it, and in
-// half-open SuccessThreshold successes close it and any failure reopens it.
-// The Transport never calls TryAcquirePermit: its own gate times the open
-// phase (with jitter, cooldowns and restored deadlines) and limits probes to
-// TrialCalls, which failsafe-go cannot do on the manual path.
-func newBreaker(p *resolved) circuitbreaker.CircuitBreaker[any] {
-	return circuitbreaker.NewBuilder[any]().
-		WithFailureThreshold(uint(p.FailMax)).
-		WithSuccessThreshold(uint(p.SuccessThreshold)).
-		WithDelay(p.ResetTimeout).
-		Build()
-}
-
-// idle reports whether e carries no protection worth keeping.
-func (e *entry) idle(now int64) bool {
-	return phaseOf(e.st.Load()) == phaseClosed && e.fails.Load() == 0 && !e.host.coolingDown(now)
+	h.reason, h.note, h.setAt = c.reason, c.note, c.at
+	h.until.Store(c.until)
+	return true
 }
 
 // registry is the bounded set of entries: an open-addressing table of hosts
 // that is read without locks, each host holding its few roles' entries.
-// Inserts, evictions and resizes happen under mu; a resize or eviction
-// builds a new table and publishes it atomically.
+// Inserts and removals happen under mu; a removed host leaves a tombstone,
+// and a resize builds a new table and publishes it atomically.
+//
+// Two bounds hold whatever requests, stores and operators send: at most max
+// entries, and at most maxBare hosts that have no entry, only a cooldown.
 type registry struct {
 	seed maphash.Seed
 	tab  atomic.Pointer[hostTable]
 
-	mu     sync.Mutex
-	nhosts int               // hosts in tab; guarded by mu
-	n      int               // entries; guarded by mu
-	max    int               // bound on n
-	roles  map[string]string // interned role names; guarded by mu
+	mu       sync.Mutex
+	nhosts   int                 // hosts in tab; guarded by mu
+	ntomb    int                 // tombstones in tab; guarded by mu
+	nbare    int                 // hosts in tab without an entry; guarded by mu
+	n        int                 // entries; guarded by mu
+	max      int                 // bound on n
+	maxBare  int                 // bound on nbare
+	roles    map[string]*roleRef // interned role names of the entries; guarded by mu
+	nextScan int64               // no eviction sweep before this time; guarded by mu
 }
+
+// roleRef is an interned role name and the number of entries that use it.
+type roleRef struct {
+	name string
+	n    int
+}
+
+// Bounds and pacing of the registry.
+const (
+	// bareHostsPerEntry and minBareHosts size the bound on hosts that
+	// only cool down: max(bareHostsPerEntry × max_hosts, minBareHosts).
+	bareHostsPerEntry = 2
+	minBareHosts      = 4096
+	// sweepBackoff is how long the registry waits after a sweep that could
+	// evict nothing before it sweeps again; new (host, role)s meanwhile go
+	// untracked at no cost.
+	sweepBackoff = time.Second
+)
 
 type hostTable struct {
 	slots []hostSlot
@@ -254,7 +256,8 @@ type hostTable struct {
 // hostSlot is a slot of a hostTable. The hash lets a probe skip other hosts
 // without touching their state, and e0, the host's first entry, lets a
 // lookup load the entry and the host state in parallel. A slot is written
-// once (hash, then e0 and h) and e0 again when the first entry is added.
+// under registry.mu: hash, then e0 and h; when a host is removed, h becomes
+// the tombstone and the slot may later hold another host.
 type hostSlot struct {
 	hash atomic.Uint64
 	h    atomic.Pointer[hostState]
@@ -279,11 +282,12 @@ func (t *hostTable) find(hash uint64, host string) *hostSlot {
 	}
 }
 
-// insert adds h, which must be absent. The table must have a free slot.
+// insert adds h, which must be absent, in the first free slot or
+// tombstone. The table must have a free slot.
 func (t *hostTable) insert(h *hostState) {
 	for i := h.hash & t.mask; ; i = (i + 1) & t.mask {
 		s := &t.slots[i]
-		if s.h.Load() == nil {
+		if old := s.h.Load(); old == nil || old == tombstone {
 			s.hash.Store(h.hash)
 			s.e0.Store(h.roles[0].Load())
 			s.h.Store(h)
@@ -295,14 +299,19 @@ func (t *hostTable) insert(h *hostState) {
 // each calls f for every host in the table.
 func (t *hostTable) each(f func(*hostState)) {
 	for i := range t.slots {
-		if h := t.slots[i].h.Load(); h != nil {
+		if h := t.slots[i].h.Load(); h != nil && h != tombstone {
 			f(h)
 		}
 	}
 }
 
-func newRegistry(max int) *registry {
-	r := &registry{seed: maphash.MakeSeed(), max: max, roles: make(map[string]string)}
+func newRegistry(maxEntries int) *registry {
+	r := &registry{
+		seed:    maphash.MakeSeed(),
+		max:     maxEntries,
+		maxBare: max(bareHostsPerEntry*maxEntries, minBareHosts),
+		roles:   make(map[string]*roleRef),
+	}
 	r.tab.Store(newHostTable(64))
 	return r
 }
@@ -315,10 +324,11 @@ func (r *registry) lookup(host, role string) *entry {
 	if s == nil {
 		return nil
 	}
-	if e := s.e0.Load(); e != nil && e.role == role {
+	h := s.h.Load()
+	if e := s.e0.Load(); e != nil && e.role == role && e.host == h {
 		return e
 	}
-	return s.h.Load().find(role)
+	return h.find(role)
 }
 
 // host returns the state of host, or nil.
@@ -329,14 +339,16 @@ func (r *registry) host(host string) *hostState {
 	return nil
 }
 
-// hostLocked returns the state of host, adding it if absent. Callers hold mu.
-func (r *registry) hostLocked(hash uint64, host string) *hostState {
+// addHostLocked adds the state of host, which must be absent, growing or
+// cleaning the table first when it is three quarters full. Callers hold mu.
+func (r *registry) addHostLocked(hash uint64, host string) *hostState {
 	t := r.tab.Load()
-	if s := t.find(hash, host); s != nil {
-		return s.h.Load()
-	}
-	if 4*(r.nhosts+1) > 3*len(t.slots) {
-		t = r.rebuildLocked(2*len(t.slots), nil)
+	if 4*(r.nhosts+r.ntomb+1) > 3*len(t.slots) {
+		size := len(t.slots)
+		if 4*(r.nhosts+1) > 3*size/2 { // still over half full without tombstones
+			size *= 2
+		}
+		t = r.rebuildLocked(size)
 	}
 	h := newHostState(host, hash)
 	t.insert(h)
@@ -344,47 +356,108 @@ func (r *registry) hostLocked(hash uint64, host string) *hostState {
 	return h
 }
 
-// rebuildLocked publishes a table of size slots holding the hosts for
-// which keep returns true (all when keep is nil). Callers hold mu.
-func (r *registry) rebuildLocked(size int, keep func(*hostState) bool) *hostTable {
+// removeHostLocked removes h from the table, leaving a tombstone. Callers
+// hold mu.
+func (r *registry) removeHostLocked(h *hostState) {
+	s := r.tab.Load().find(h.hash, h.name)
+	if s == nil || s.h.Load() != h {
+		return
+	}
+	s.e0.Store(nil)
+	s.h.Store(tombstone)
+	h.detached.Store(true)
+	r.nhosts--
+	r.ntomb++
+	if h.bare() {
+		r.nbare--
+	}
+}
+
+// rebuildLocked publishes a table of size slots holding the current hosts,
+// without tombstones. Callers hold mu.
+func (r *registry) rebuildLocked(size int) *hostTable {
 	nt := newHostTable(size)
-	n := 0
-	r.tab.Load().each(func(h *hostState) {
-		if keep == nil || keep(h) {
-			nt.insert(h)
-			n++
-		}
-	})
-	r.nhosts = n
+	r.tab.Load().each(nt.insert)
+	r.ntomb = 0
 	r.tab.Store(nt)
 	return nt
 }
 
+// bareHostLocked returns the state of host, adding it if absent, for a
+// cooldown that ends at until. A new host has no entry, and such hosts are
+// bounded by maxBare: past it, expired ones go first, then the cooldown
+// that ends soonest, which may be the new one (then h is nil). dropped
+// names the host whose cooldown was dropped, "" if none. Callers hold mu.
+func (r *registry) bareHostLocked(host string, until, now int64) (h *hostState, dropped string) {
+	hash := r.hash(host)
+	if s := r.tab.Load().find(hash, host); s != nil {
+		return s.h.Load(), ""
+	}
+	if r.nbare >= r.maxBare {
+		r.pruneBareLocked(now)
+	}
+	if r.nbare >= r.maxBare {
+		var soonest *hostState
+		r.tab.Load().each(func(h *hostState) {
+			if h.bare() && (soonest == nil || h.until.Load() < soonest.until.Load()) {
+				soonest = h
+			}
+		})
+		if soonest == nil || soonest.until.Load() >= until {
+			return nil, host
+		}
+		dropped = soonest.name
+		r.removeHostLocked(soonest)
+	}
+	h = r.addHostLocked(hash, host)
+	r.nbare++
+	return h, dropped
+}
+
+// pruneBareLocked removes the hosts that have no entry and no cooldown.
+// Callers hold mu.
+func (r *registry) pruneBareLocked(now int64) {
+	r.tab.Load().each(func(h *hostState) {
+		if h.bare() && !h.coolingDown(now) {
+			r.removeHostLocked(h)
+		}
+	})
+}
+
+// pruneBare removes the hosts that have no entry and no cooldown.
+func (r *registry) pruneBare(now int64) {
+	r.mu.Lock()
+	r.pruneBareLocked(now)
+	r.mu.Unlock()
+}
+
 // create returns the entry for (host, role), creating it with the policy
 // that pol returns when absent. It returns nil when the registry is full of
-// entries that must not be evicted (open, failing or cooling down).
+// entries that must not be evicted (open, half-open, failing recently or
+// cooling down). pol is called under mu, so that a policy update, which
+// takes mu too, sees every entry.
 func (r *registry) create(host, role string, pol func(host, role string) *resolved, now int64) *entry {
 	hash := r.hash(host)
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	var h *hostState
 	if s := r.tab.Load().find(hash, host); s != nil {
-		if e := s.h.Load().find(role); e != nil {
+		h = s.h.Load()
+		if e := h.find(role); e != nil {
 			return e
 		}
 	}
 	if r.n >= r.max && !r.evictLocked(now) {
 		return nil
 	}
-	h := r.hostLocked(hash, host)
-	if interned, ok := r.roles[role]; ok {
-		role = interned
-	} else {
-		role = strings.Clone(role)
-		r.roles[role] = role
+	if h == nil || h.detached.Load() { // the sweep may have removed it
+		h = r.addHostLocked(hash, host)
+	} else if h.bare() {
+		r.nbare--
 	}
-	e := &entry{role: role, host: h}
-	e.pol.Store(pol(h.name, role))
-	e.used.Store(true)
+	e := &entry{role: r.internLocked(role), host: h}
+	e.pol.Store(pol(h.name, e.role))
+	e.flags.Store(flagUsed)
 	h.setEntries(append(h.entries(), e))
 	if s := r.tab.Load().find(hash, host); s.e0.Load() == nil {
 		s.e0.Store(e)
@@ -393,39 +466,82 @@ func (r *registry) create(host, role string, pol func(host, role string) *resolv
 	return e
 }
 
-// evictLocked removes idle entries to make room: closed, with no failures
-// pending, on hosts not cooling down, preferring those not used since the
-// last sweep (a second chance). It frees an eighth of the capacity when it
-// can, so that its O(n) cost is amortized, drops hosts left with nothing,
-// and reports whether there is room for one more entry.
+// internLocked returns the interned copy of role and counts one more use.
+func (r *registry) internLocked(role string) string {
+	ref, ok := r.roles[role]
+	if !ok {
+		ref = &roleRef{name: strings.Clone(role)}
+		r.roles[ref.name] = ref
+	}
+	ref.n++
+	return ref.name
+}
+
+// releaseLocked counts one use less of an interned role.
+func (r *registry) releaseLocked(role string) {
+	if ref := r.roles[role]; ref != nil {
+		if ref.n--; ref.n == 0 {
+			delete(r.roles, role)
+		}
+	}
+}
+
+// evictLocked removes idle entries to make room (see entry.idle),
+// preferring those not used since the last sweep (a second chance). It
+// frees an eighth of the capacity when it can, so that its O(n) cost is
+// amortized; after a sweep that frees nothing it does not sweep again for
+// sweepBackoff. It removes hosts left with nothing, and reports whether
+// there is room for one more entry. It allocates only for hosts it changes.
 func (r *registry) evictLocked(now int64) bool {
+	if now < r.nextScan {
+		return false
+	}
 	want := max(1, r.max/8)
 	freed := 0
 	t := r.tab.Load()
 	for pass := 0; pass < 2 && freed < want; pass++ {
 		t.each(func(h *hostState) {
-			es := h.entries()
-			kept := es[:0:0]
-			for _, e := range es {
-				switch {
-				case freed >= want || !e.idle(now):
-					kept = append(kept, e)
-				case pass == 0 && e.used.Load():
-					e.used.Store(false)
-					kept = append(kept, e)
-				default:
+			var kept []*entry
+			changed := false
+			i := 0
+			h.each(func(e *entry) {
+				defer func() { i++ }()
+				// In the first pass an entry used since the last sweep
+				// is spared, and marked unused: its second chance.
+				if freed < want && e.idle(now) && !(pass == 0 && e.flags.And(^uint32(flagUsed))&flagUsed != 0) {
+					if !changed {
+						kept, changed = h.entries()[:i], true
+					}
+					e.flags.Or(flagEvicted)
+					r.releaseLocked(e.role)
 					freed++
+					return
 				}
+				if changed {
+					kept = append(kept, e)
+				}
+			})
+			if !changed {
+				return
 			}
-			if len(kept) != len(es) {
-				h.setEntries(kept)
+			h.setEntries(kept)
+			s := t.find(h.hash, h.name)
+			switch {
+			case len(kept) > 0:
+				s.e0.Store(kept[0])
+			case h.coolingDown(now):
+				r.nbare++
+				s.e0.Store(nil)
+			default:
+				r.nbare++
+				r.removeHostLocked(h)
 			}
 		})
 	}
 	r.n -= freed
-	r.rebuildLocked(len(t.slots), func(h *hostState) bool {
-		return h.roles[0].Load() != nil || h.coolingDown(now)
-	})
+	if freed == 0 {
+		r.nextScan = now + int64(sweepBackoff)
+	}
 	return r.n < r.max
 }
 
@@ -435,31 +551,23 @@ func (r *registry) each(f func(*hostState, *entry)) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.tab.Load().each(func(h *hostState) {
-		if h.roles[0].Load() == nil {
+		if h.bare() {
 			f(h, nil)
 			return
 		}
-		for i := range h.roles {
-			if e := h.roles[i].Load(); e != nil {
-				f(h, e)
-			}
-		}
-		if more := h.more.Load(); more != nil {
-			for _, e := range *more {
-				f(h, e)
-			}
-		}
+		h.each(func(e *entry) { f(h, e) })
 	})
 }
 
 // hostEntries returns the state and entries of host (nil if unknown).
 func (r *registry) hostEntries(host string) (*hostState, []*entry) {
-	h := r.host(host)
-	if h == nil {
-		return nil, nil
-	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	s := r.tab.Load().find(r.hash(host), host)
+	if s == nil {
+		return nil, nil
+	}
+	h := s.h.Load()
 	return h, h.entries()
 }
 

@@ -211,7 +211,7 @@ func (t *Transport) pull(ctx context.Context) {
 		}
 		sh.seen[k] = r.At
 		if r.Reason == ReasonReset {
-			t.resetLocal(r.Host, true)
+			t.resetLocal(r.Host, r.At.UnixNano(), true)
 			continue
 		}
 		if !r.Until.After(wallNow) {
@@ -222,10 +222,8 @@ func (t *Transport) pull(ctx context.Context) {
 			t.openBreaker(r.Host, r.Role, until)
 			continue
 		}
-		t.reg.mu.Lock()
-		h := t.reg.hostLocked(t.reg.hash(r.Host), r.Host)
-		t.setCooldown(h, until, r.Reason, r.Note, r.Reason == ReasonManual, true)
-		t.reg.mu.Unlock()
+		t.setCooldown(r.Host, cooldown{until: until, reason: r.Reason, note: r.Note,
+			manual: r.Reason == ReasonManual, remote: true, at: r.At.UnixNano()})
 	}
 	// Forget what the store no longer holds, so that seen stays bounded.
 	if len(sh.seen) > 2*len(recs)+64 {
@@ -254,15 +252,9 @@ func (t *Transport) openBreaker(host, role string, until int64) {
 			return
 		}
 	}
-	e.mu.Lock()
-	if phaseOf(e.st.Load()) != phaseOpen || e.openUntil.Load() < until {
-		e.breaker().Open()
-		e.fails.Store(0)
-		e.openUntil.Store(until)
-		e.st.Store(next(e.st.Load(), phaseOpen))
+	if e.restoreOpen(until) {
+		t.emit(event{kind: evState, host: host, role: role, to: StateOpen, until: until, remote: true})
 	}
-	e.mu.Unlock()
-	t.emit(event{kind: evState, host: host, role: role, to: StateOpen, until: until, remote: true})
 }
 
 // publish writes the states that are not closed to the store, when they

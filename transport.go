@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"slices"
 	"strings"
@@ -36,6 +35,10 @@ type Transport struct {
 
 	events    chan event
 	dropped   atomic.Uint64 // events dropped because the queue was full
+
+	untracked        atomic.Uint64 // requests sent without a breaker: the registry was full
+	untrackedLogged  atomic.Int64  // when that was last logged, ns since the epoch
+	cooldownsDropped atomic.Uint64 // cooldowns dropped past the bound on hosts without an entry
 	done      chan struct{}
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -157,17 +160,13 @@ func (t *Transport) after(now int64, d time.Duration) int64 {
 // at converts a time since the epoch to a time.Time.
 func (t *Transport) at(ns int64) time.Time { return t.epoch.Add(time.Duration(ns)) }
 
-// admission is what RoundTrip remembers about how it let a request in.
-type admission struct {
-	st    uint64 // the entry's st when admitted
-	probe bool   // a half-open trial request
-}
-
 // RoundTrip implements http.RoundTripper. It sends req through the base
 // transport unless the host is cooling down or the (host, role) breaker
 // rejects it; then it closes the request body and returns an *OpenError.
-// Responses are returned whatever their status; req is not modified.
-func (t *Transport) RoundTrip(req *http.Request) (resp *http.Response, err error) {
+// Responses are returned whatever their status; req is not modified. The
+// outcome is decided when the response headers arrive: reading the body
+// later, or failing to, does not count.
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if req.URL == nil {
 		closeBody(req)
 		return nil, fmt.Errorf("hostbreaker: request has no URL")
@@ -188,12 +187,12 @@ func (t *Transport) RoundTrip(req *http.Request) (resp *http.Response, err error
 		}
 		if e = t.reg.lookup(host, role); e == nil {
 			if e = t.reg.create(host, role, t.resolve, t.now()); e == nil {
-				return t.base.RoundTrip(req) // registry full of protected hosts: untracked
+				return t.roundTripUntracked(req, host, role)
 			}
 		}
 	}
-	if !e.used.Load() {
-		e.used.Store(true)
+	if e.flags.Load()&flagUsed == 0 {
+		e.flags.Or(flagUsed)
 	}
 	adm, rej := t.admit(e)
 	if rej != nil {
@@ -210,9 +209,46 @@ func (t *Transport) RoundTrip(req *http.Request) (resp *http.Response, err error
 			}
 		}()
 	}
-	resp, err = t.base.RoundTrip(req)
+	resp, err := t.base.RoundTrip(req)
 	recorded = true
+	if resp == nil && err == nil {
+		err = t.nilResponse()
+	}
 	t.record(e, adm, req, resp, err)
+	return resp, err
+}
+
+// nilResponse is the error for a base that returned neither a response nor
+// an error, which the RoundTripper contract forbids; such a request counts
+// neither way.
+func (t *Transport) nilResponse() error {
+	return fmt.Errorf("hostbreaker: %T returned a nil *Response with a nil error", t.base)
+}
+
+// roundTripUntracked sends req without a breaker, because the registry is
+// full of entries that must be kept. The host's cooldown still applies, a
+// Retry-After still cools the host, and the request is counted.
+func (t *Transport) roundTripUntracked(req *http.Request, host, role string) (*http.Response, error) {
+	now := t.now()
+	if h := t.reg.host(host); h != nil && h.coolingDown(now) {
+		if rej := t.hostRejection(h, role, now); rej != nil {
+			closeBody(req)
+			return nil, rej
+		}
+	}
+	n := t.untracked.Add(1)
+	if last := t.untrackedLogged.Load(); now-last >= int64(errorLogInterval) || last == 0 {
+		if t.untrackedLogged.CompareAndSwap(last, now) {
+			t.emit(event{kind: evUntracked, count: n})
+		}
+	}
+	resp, err := t.base.RoundTrip(req)
+	if resp == nil && err == nil {
+		return nil, t.nilResponse()
+	}
+	if resp != nil {
+		t.obeyRetryAfter(host, t.resolve(host, role), resp)
+	}
 	return resp, err
 }
 
@@ -234,172 +270,81 @@ func (t *Transport) resolve(host, role string) *resolved {
 	return p
 }
 
-// admit decides whether e may send now.
-func (t *Transport) admit(e *entry) (admission, *OpenError) {
-	hu := e.host.until.Load()
-	st := e.st.Load()
-	if hu == 0 && phaseOf(st) == phaseClosed {
-		return admission{st: st}, nil // the hot path
-	}
-	now := t.now()
-	if hu != 0 {
-		if now < hu {
-			if rej := t.hostRejection(e, now); rej != nil {
-				return admission{}, rej
-			}
-		} else {
-			e.host.until.CompareAndSwap(hu, 0) // expired
-		}
-	}
-	for {
-		switch phaseOf(st) {
-		case phaseClosed:
-			return admission{st: st}, nil
-		case phaseOpen:
-			if ou := e.openUntil.Load(); now < ou {
-				return admission{}, &OpenError{Host: e.host.name, Role: e.role, Reason: ReasonBreakerOpen, Until: t.at(ou)}
-			}
-			e.mu.Lock()
-			if e.st.Load() == st {
-				e.toHalfOpenLocked()
-				t.emit(event{kind: evState, host: e.host.name, role: e.role, from: StateOpen, to: StateHalfOpen})
-			}
-			e.mu.Unlock()
-		case phaseHalfOpen:
-			e.mu.Lock()
-			if e.st.Load() == st {
-				if e.probes >= e.pol.Load().TrialCalls {
-					e.mu.Unlock()
-					return admission{}, &OpenError{Host: e.host.name, Role: e.role, Reason: ReasonHalfOpenFull}
-				}
-				e.probes++
-				e.mu.Unlock()
-				return admission{st: st, probe: true}, nil
-			}
-			e.mu.Unlock()
-		}
-		st = e.st.Load()
-	}
-}
-
-// hostRejection returns the rejection for e's host cooldown, reading the
+// hostRejection returns the rejection for h's cooldown, reading the
 // deadline and its reason together; nil if a reset ended it meanwhile.
-func (t *Transport) hostRejection(e *entry, now int64) *OpenError {
-	h := e.host
+func (t *Transport) hostRejection(h *hostState, role string, now int64) *OpenError {
 	h.mu.Lock()
 	until, reason := h.until.Load(), h.reason
 	h.mu.Unlock()
 	if until == 0 || now >= until {
 		return nil
 	}
-	return &OpenError{Host: h.name, Role: e.role, Reason: reason, Until: t.at(until)}
+	return &OpenError{Host: h.name, Role: role, Reason: reason, Until: t.at(until)}
 }
 
-// toHalfOpenLocked moves e from open to half-open. Callers hold e.mu.
-func (e *entry) toHalfOpenLocked() {
-	e.breaker().HalfOpen()
-	e.probes = 0
-	e.st.Store(next(e.st.Load(), phaseHalfOpen))
-}
-
-// record counts the outcome of an admitted request and applies its effects.
+// record counts the outcome of an admitted request and applies its
+// effects: a usable Retry-After cools the host and counts neither way (the
+// server said when to come back), other outcomes go to the breaker and the
+// rolling window.
 func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *http.Response, err error) {
 	p := e.pol.Load()
-	o := classify(p, req, resp, err)
-	switch o {
-	case outcomeSuccess:
-		e.successes.Add(1)
-		// In closed, a success after a success changes nothing in a
-		// consecutive-failure breaker, so the common case skips the lock.
-		if adm.probe || e.fails.Load() != 0 {
-			t.recordLocked(e, adm, o, p)
-		}
-	case outcomeFailure:
-		e.failures.Add(1)
-		t.recordLocked(e, adm, o, p)
-		if t.rolling.Enabled {
-			t.rollingFailure(e.host)
-		}
-	case outcomeNeutral:
-		e.neutral.Add(1)
-		if adm.probe {
-			t.releaseProbe(e, adm)
+	o := outcomeNeutral
+	if resp != nil || err != nil {
+		o = classify(p, req, resp, err)
+	}
+	if resp != nil && err == nil && t.obeyRetryAfter(e.host.name, p, resp) {
+		o = outcomeNeutral
+	}
+	if e.evicted() {
+		// The entry was evicted while the request was in flight (it was
+		// idle then): what the request reports goes to the live one.
+		if e, adm = t.reattach(e); e == nil {
+			return
 		}
 	}
-	if resp != nil && (resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable) {
-		t.retryAfter(e, p, resp)
+	t.apply(e, adm, o)
+	if o == outcomeFailure && t.rolling.Enabled {
+		t.rollingFailure(e.host)
 	}
 }
 
-// recordLocked feeds a success or failure to the breaker. Outcomes of
-// requests admitted in an earlier generation (before a state change) are
-// dropped, so that a slow request cannot close or reopen a breaker whose
-// state it did not see.
-func (t *Transport) recordLocked(e *entry, adm admission, o outcome, p *resolved) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.st.Load() != adm.st {
-		return
-	}
-	cb := e.breaker()
-	if adm.probe {
-		e.probes--
-	}
-	if o == outcomeSuccess {
-		cb.RecordSuccess()
-		e.fails.Store(0)
-	} else {
-		cb.RecordFailure()
-		if !adm.probe {
-			e.fails.Add(1)
+// reattach returns the live entry of an evicted entry's (host, role), and
+// an admission in its current generation; nil when it cannot be tracked or
+// is not closed (an outcome from before it opened would be stale).
+func (t *Transport) reattach(old *entry) (*entry, admission) {
+	name := old.host.name
+	e := t.reg.lookup(name, old.role)
+	if e == nil {
+		if e = t.reg.create(name, old.role, t.resolve, t.now()); e == nil {
+			return nil, admission{}
 		}
 	}
-	switch {
-	case adm.probe && cb.IsClosed():
-		e.fails.Store(0)
-		e.st.Store(next(adm.st, phaseClosed))
-		t.emit(event{kind: evState, host: e.host.name, role: e.role, from: StateHalfOpen, to: StateClosed})
-	case cb.IsOpen():
-		from := StateClosed
-		if adm.probe {
-			from = StateHalfOpen
-		}
-		until := t.after(t.now(), min(p.ResetTimeout, maxWait)+jitter(p.HalfOpenJitter))
-		e.openUntil.Store(until)
-		e.fails.Store(0)
-		e.st.Store(next(adm.st, phaseOpen))
-		t.emit(event{kind: evState, host: e.host.name, role: e.role, from: from, to: StateOpen, until: until})
+	st := e.st.Load()
+	if phaseOf(st) != phaseClosed {
+		return nil, admission{}
 	}
+	return e, admission{st: st}
 }
 
-// releaseProbe gives back a half-open permit without an outcome.
-func (t *Transport) releaseProbe(e *entry, adm admission) {
-	e.mu.Lock()
-	if e.st.Load() == adm.st {
-		e.probes--
+// obeyRetryAfter applies the Retry-After of a 429 or 503 response to the
+// whole host, capped by the policy, and reports whether the header was
+// usable.
+func (t *Transport) obeyRetryAfter(host string, p *resolved, resp *http.Response) bool {
+	if resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode != http.StatusServiceUnavailable {
+		return false
 	}
-	e.mu.Unlock()
-}
-
-func jitter(max time.Duration) time.Duration {
-	if max <= 0 {
-		return 0
-	}
-	return rand.N(min(max, maxWait) + 1)
-}
-
-// retryAfter applies a 429/503 response's Retry-After to the whole host.
-func (t *Transport) retryAfter(e *entry, p *resolved, resp *http.Response) {
 	v := resp.Header.Get("Retry-After")
 	if v == "" || p.RetryAfterCap <= 0 {
-		return
+		return false
 	}
-	d, ok := retryAfter(v, time.Now())
+	wall := time.Now()
+	d, ok := retryAfter(v, wall)
 	if !ok {
-		return
+		return false
 	}
 	d = min(d, p.RetryAfterCap)
-	t.setCooldown(e.host, t.after(t.now(), d), ReasonRetryAfter, "", false, false)
+	t.setCooldown(host, cooldown{until: t.after(t.now(), d), reason: ReasonRetryAfter, at: wall.UnixNano()})
+	return true
 }
 
 // rollingFailure adds a failure to the host's rolling window and puts the
@@ -412,161 +357,150 @@ func (t *Transport) rollingFailure(h *hostState) {
 		h.window = make([]int64, r.ThresholdFailures)
 		h.wnext, h.wn = 0, 0
 	}
+	n := int32(len(h.window))
 	h.window[h.wnext] = now
-	h.wnext = (h.wnext + 1) % len(h.window)
-	h.wn = min(h.wn+1, len(h.window))
-	oldest := h.window[h.wnext%len(h.window)] // the slot to be overwritten next is the oldest
-	trip := h.wn == len(h.window) && now-oldest <= int64(r.Window)
+	h.wnext = (h.wnext + 1) % n
+	h.wn = min(h.wn+1, n)
+	oldest := h.window[h.wnext%n] // the slot to be overwritten next is the oldest
+	trip := h.wn == n && now-oldest <= int64(r.Window)
 	if trip {
 		h.wn = 0 // empty the window so that stale failures cannot trip it again
 	}
 	h.mu.Unlock()
 	if trip {
-		t.setCooldown(h, t.after(now, r.Cooldown), ReasonRollingWindow, "", false, false)
+		t.setCooldown(h.name, cooldown{until: t.after(now, r.Cooldown), reason: ReasonRollingWindow, at: time.Now().UnixNano()})
 	}
 }
 
-// setCooldown puts h in cooldown until the deadline. An automatic cooldown
-// only ever extends the current one; a manual one replaces it. remote says
-// that it came from the store, and need not be shared again.
-func (t *Transport) setCooldown(h *hostState, until int64, reason Reason, note string, manual, remote bool) {
+// setCooldown puts host in cooldown c (see hostState.apply) and reports
+// whether it did. A host that has no entry gets a state of its own, within
+// the registry's bound on such hosts; past it the cooldown that ends
+// soonest is dropped, counted and logged. It works under the registry
+// lock, so that an eviction cannot drop the host before it cools down.
+func (t *Transport) setCooldown(host string, c cooldown) bool {
 	now := t.now()
-	h.mu.Lock()
-	cur := h.until.Load()
-	apply := manual || cur == 0 || cur <= now || until > cur
-	if apply {
-		h.reason, h.note = reason, note
-		h.until.Store(until)
+	t.reg.mu.Lock()
+	h, dropped := t.reg.bareHostLocked(host, c.until, now)
+	applied := h != nil && h.apply(c, now)
+	t.reg.mu.Unlock()
+	if dropped != "" {
+		t.cooldownsDropped.Add(1)
+		t.emit(event{kind: evDropped, host: dropped, count: t.cooldownsDropped.Load()})
 	}
-	h.mu.Unlock()
-	if apply {
-		t.emit(event{kind: evCooldown, host: h.name, reason: reason, until: until, note: note, remote: remote})
+	if applied {
+		t.emit(event{kind: evCooldown, host: host, reason: c.reason, until: c.until, note: c.note, remote: c.remote})
 	}
+	return applied
 }
 
 // Open puts host (all roles) in a manual cooldown for d, with note for the
 // operators. It replaces any current cooldown of the host, even a longer
-// one. d <= 0 does nothing and d is capped at ten years; host may be a
-// name, host:port or a URL. With a store, every Transport that shares it
-// applies the cooldown too.
-func (t *Transport) Open(host string, d time.Duration, note string) {
-	name, err := NormalizeHost(host)
-	if err != nil || d <= 0 {
-		t.log.Warn("hostbreaker: open: ignored", "host", host, "for", d, "err", err)
-		return
-	}
-	// Under the registry lock, so that eviction cannot drop the new host
-	// before it is cooling down.
-	t.reg.mu.Lock()
-	h := t.reg.hostLocked(t.reg.hash(name), name)
-	t.setCooldown(h, t.after(t.now(), d), ReasonManual, note, true, false)
-	t.reg.mu.Unlock()
-}
-
-// Reset clears every cooldown of host, closes all its breakers and empties
-// its rolling window. Host may be a name, host:port or a URL. With a store,
-// every Transport that shares it resets the host too.
-func (t *Transport) Reset(host string) {
+// one; d is capped at ten years. host may be a name, host:port or a URL
+// (see NormalizeHost). With a store, every Transport that shares it applies
+// the cooldown too. It returns an error for a host that does not parse, a
+// d that is not positive, or when the registry's bound on hosts that only
+// cool down is reached and every one of them ends later.
+func (t *Transport) Open(host string, d time.Duration, note string) error {
 	name, err := NormalizeHost(host)
 	if err != nil {
-		t.log.Warn("hostbreaker: reset: ignored", "host", host, "err", err)
-		return
+		return fmt.Errorf("hostbreaker: open %q: %w", host, err)
 	}
-	t.resetLocal(name, false)
-}
-
-// resetLocal resets a normalized host in this Transport; remote says that
-// the reset came from the store.
-func (t *Transport) resetLocal(name string, remote bool) {
-	h, entries := t.reg.hostEntries(name)
-	if h == nil {
-		t.emit(event{kind: evReset, host: name, remote: remote})
-		return
+	if d <= 0 {
+		return fmt.Errorf("hostbreaker: open %s: duration %v is not positive", name, d)
 	}
-	h.mu.Lock()
-	h.until.Store(0)
-	h.reason, h.note = "", ""
-	h.wn = 0
-	h.mu.Unlock()
-	for _, e := range entries {
-		e.mu.Lock()
-		e.cb = nil
-		e.probes = 0
-		e.fails.Store(0)
-		e.openUntil.Store(0)
-		e.st.Store(next(e.st.Load(), phaseClosed))
-		e.mu.Unlock()
-	}
-	t.emit(event{kind: evReset, host: name, remote: remote})
-}
-
-// UpdateHostPolicy changes the policy of host while the Transport runs: the
-// fields that p sets (non-zero, see Policy) and its roles are laid over the
-// host's current policy. New decisions use it at once. Breaker state is
-// kept: an open breaker stays open until its current deadline, cooldowns
-// are kept, and a closed breaker keeps its failure count (up to one less
-// than the new FailMax). An invalid result is rejected with a *ConfigError
-// and changes nothing.
-func (t *Transport) UpdateHostPolicy(host string, p Policy) error {
-	name, err := NormalizeHost(host)
-	if err != nil {
-		return fmt.Errorf("hostbreaker: update policy: %w", err)
-	}
-	prefix := "hosts." + quoteKey(name)
-	if err := checkPolicy(prefix, p); err != nil {
-		return err
-	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	pt := t.policies.Load()
-	merged, _ := pt.hostPolicy(name)
-	overlay(&merged, p)
-	npt := pt.withHost(name, merged)
-	_, entries := t.reg.hostEntries(name)
-	roles := roleNames(npt.defaults, merged)
-	for _, e := range entries {
-		roles = append(roles, e.role)
-	}
-	slices.Sort(roles)
-	for _, role := range slices.Compact(roles) {
-		if _, err := npt.resolve(name, role); err != nil {
-			return err
-		}
-	}
-	t.policies.Store(npt)
-	for _, e := range entries {
-		np, _ := npt.resolve(name, e.role)
-		e.setPolicy(np)
+	c := cooldown{until: t.after(t.now(), d), reason: ReasonManual, note: note, manual: true, at: time.Now().UnixNano()}
+	if !t.setCooldown(name, c) {
+		return fmt.Errorf("hostbreaker: open %s: %d hosts cool down for longer already (the bound on hosts without a breaker)", name, t.reg.maxBare)
 	}
 	return nil
 }
 
-// setPolicy switches e to policy p, keeping its state.
-func (e *entry) setPolicy(p *resolved) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	old := e.pol.Load()
-	e.pol.Store(p)
-	if e.cb == nil || (old.FailMax == p.FailMax && old.SuccessThreshold == p.SuccessThreshold && old.ResetTimeout == p.ResetTimeout) {
-		return
+// Reset clears every cooldown of host, closes all its breakers and empties
+// its rolling window. host may be a name, host:port or a URL (see
+// NormalizeHost); one that does not parse is an error. With a store, every
+// Transport that shares it resets the host too.
+func (t *Transport) Reset(host string) error {
+	name, err := NormalizeHost(host)
+	if err != nil {
+		return fmt.Errorf("hostbreaker: reset %q: %w", host, err)
 	}
-	// failsafe-go breakers cannot be reconfigured: build a new one in the
-	// same state. The open deadline lives in openUntil and is kept.
-	cb := newBreaker(p)
-	switch phaseOf(e.st.Load()) {
-	case phaseClosed:
-		n := min(int(e.fails.Load()), p.FailMax-1)
-		for range n {
-			cb.RecordFailure()
+	t.resetLocal(name, time.Now().UnixNano(), false)
+	return nil
+}
+
+// resetLocal resets a normalized host in this Transport: its breakers, and
+// its cooldown if that was decided at or before at (wall-clock unix ns), so
+// that a reset read late from the store does not clear a newer cooldown.
+// remote says that the reset came from the store.
+func (t *Transport) resetLocal(name string, at int64, remote bool) {
+	h, entries := t.reg.hostEntries(name)
+	if h != nil {
+		h.mu.Lock()
+		if h.setAt <= at {
+			h.until.Store(0)
+			h.reason, h.note = "", ""
 		}
-		e.fails.Store(int32(n))
-	case phaseOpen:
-		cb.Open()
-	case phaseHalfOpen:
-		cb.Open()
-		cb.HalfOpen()
+		h.wn = 0
+		h.mu.Unlock()
+		for _, e := range entries {
+			e.reset()
+		}
 	}
-	e.cb = cb
+	t.emit(event{kind: evReset, host: name, remote: remote})
+}
+
+// CloseIdleConnections closes the idle connections of the base transport,
+// when it has such a method (as *http.Transport does).
+func (t *Transport) CloseIdleConnections() {
+	if c, ok := t.base.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
+// UpdateHostPolicy changes a policy while the Transport runs: the fields
+// that p sets (non-zero, see Policy) and its roles are laid over the policy
+// of the Hosts key host, which is written as in Config.Hosts: an exact host
+// (a name, host:port or URL) or a wildcard "*.example.org". It applies to
+// exactly the (host, role)s that the key matches (see Config), those that
+// exist and those created later: once it returns, every one of them uses
+// the new policy. Breaker state is kept: an open breaker stays open until
+// its current deadline, cooldowns are kept, and a closed breaker keeps its
+// failure count (up to one less than the new FailMax). An invalid key or
+// result is a *ConfigError and changes nothing.
+func (t *Transport) UpdateHostPolicy(host string, p Policy) error {
+	key := host
+	if !strings.HasPrefix(host, "*.") {
+		name, err := NormalizeHost(host)
+		if err != nil {
+			return &ConfigError{Key: "hosts." + quoteKey(host), Msg: "invalid host: " + err.Error()}
+		}
+		key = name
+	}
+	if err := checkPolicy("hosts."+quoteKey(key), p); err != nil {
+		return err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	npt, id, err := t.policies.Load().withUpdate(key, p)
+	if err != nil {
+		return err
+	}
+	// Entries are created under the registry lock with the policy table
+	// of that moment: publishing the table and updating the entries under
+	// the same lock leaves no entry behind.
+	t.reg.mu.Lock()
+	defer t.reg.mu.Unlock()
+	t.policies.Store(npt)
+	t.reg.tab.Load().each(func(h *hostState) {
+		if _, hid := npt.hostPolicy(h.name); hid != id {
+			return
+		}
+		h.each(func(e *entry) {
+			np, _ := npt.resolve(h.name, e.role)
+			e.setPolicy(np)
+		})
+	})
+	return nil
 }
 
 // Status is the state of one (host, role) at the time of a Snapshot: a
@@ -615,15 +549,8 @@ func (t *Transport) statuses(unhealthy bool) []Status {
 		}
 		s.Requests = s.Successes + s.Failures + s.Neutral + s.Rejected
 		var until int64
-		switch phaseOf(e.st.Load()) {
-		case phaseOpen:
-			if ou := e.openUntil.Load(); now < ou {
-				s.State, s.Reason, until = StateOpen, ReasonBreakerOpen, ou
-			} else {
-				s.State = StateHalfOpen
-			}
-		case phaseHalfOpen:
-			s.State = StateHalfOpen
+		if s.State, until = e.status(now); s.State == StateOpen {
+			s.Reason = ReasonBreakerOpen
 		}
 		t.hostStatus(h, now, &s, until)
 		out = append(out, s)
@@ -662,7 +589,8 @@ type event struct {
 	reason   Reason
 	until    int64 // ns since epoch
 	note     string
-	remote   bool // learnt from the store: not shared again
+	remote   bool   // learnt from the store: not shared again
+	count    uint64 // evUntracked, evDropped: the total so far
 }
 
 type eventKind uint8
@@ -671,6 +599,8 @@ const (
 	evState    eventKind = iota // a breaker changed state
 	evCooldown                  // a host cooldown was set or extended
 	evReset                     // a host was reset
+	evUntracked                 // requests went without a breaker (rate-limited)
+	evDropped                   // a cooldown was dropped: too many hosts without an entry
 )
 
 // emit shares ev with the store, if any, and queues it for logging
@@ -744,5 +674,11 @@ func (t *Transport) logEvent(ev event) {
 			slog.Time("until", t.at(ev.until)), slog.String("note", ev.note))
 	case evReset:
 		t.log.LogAttrs(ctx, slog.LevelInfo, "hostbreaker: host reset", slog.String("host", ev.host))
+	case evUntracked:
+		t.log.LogAttrs(ctx, slog.LevelWarn, "hostbreaker: registry full of protected entries; requests to new (host, role)s go without a breaker (host cooldowns still apply)",
+			slog.Int("max_hosts", t.reg.max), slog.Uint64("untracked_total", ev.count))
+	case evDropped:
+		t.log.LogAttrs(ctx, slog.LevelWarn, "hostbreaker: too many hosts cooling down without a breaker; dropped the cooldown that ends soonest",
+			slog.String("host", ev.host), slog.Int("bound", t.reg.maxBare), slog.Uint64("dropped_total", ev.count))
 	}
 }

@@ -381,12 +381,12 @@ func TestRetryAfterExtendsButNeverShortens(t *testing.T) {
 		// A shorter Retry-After from a request already in flight never shortens it.
 		tr.RoundTrip(mustRequest(t, "https://a.test/")) // rejected
 		e := tr.reg.lookup("a.test", "")
-		tr.retryAfter(e, e.pol.Load(), &http.Response{StatusCode: 429, Header: http.Header{"Retry-After": {"10"}}})
+		tr.obeyRetryAfter("a.test", e.pol.Load(), &http.Response{StatusCode: 429, Header: http.Header{"Retry-After": {"10"}}})
 		oe := mustReject(t, do(t, c, "", "https://a.test/").err, ReasonRetryAfter)
 		if !oe.Until.Equal(start.Add(60 * time.Second)) {
 			t.Errorf("until = %v, want start+60s", oe.Until.Sub(start))
 		}
-		tr.retryAfter(e, e.pol.Load(), &http.Response{StatusCode: 503, Header: http.Header{"Retry-After": {"300"}}})
+		tr.obeyRetryAfter("a.test", e.pol.Load(), &http.Response{StatusCode: 503, Header: http.Header{"Retry-After": {"300"}}})
 		oe = mustReject(t, do(t, c, "", "https://a.test/").err, ReasonRetryAfter)
 		if !oe.Until.Equal(start.Add(300 * time.Second)) {
 			t.Errorf("until = %v, want start+300s", oe.Until.Sub(start))
@@ -902,7 +902,7 @@ func TestRollingWindowIsEmptiedWhenItTrips(t *testing.T) {
 func TestHotFieldsLayout(t *testing.T) {
 	var e entry
 	var h hostState
-	if end := unsafe.Offsetof(e.openUntil) + unsafe.Sizeof(e.openUntil); end > 64 {
+	if end := unsafe.Offsetof(e.mark) + unsafe.Sizeof(e.mark); end > 64 {
 		t.Errorf("entry's hot fields end at byte %d, past the first cache line", end)
 	}
 	if end := unsafe.Offsetof(h.nameBuf) + unsafe.Sizeof(h.nameBuf); end > 64 {
