@@ -47,7 +47,7 @@ func next(st, phase uint64) uint64 { return (st>>2+1)<<2 | phase }
 type entry struct {
 	st        atomic.Uint64 // generation<<2 | phase; changed only under mu
 	successes atomic.Uint64
-	fails     atomic.Int32 // consecutive failures recorded in closed; changed only under mu
+	fails     atomic.Int32  // consecutive failures recorded in closed; changed only under mu
 	flags     atomic.Uint32 // flagUsed | flagEvicted
 	pol       atomic.Pointer[resolved]
 	host      *hostState

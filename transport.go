@@ -33,15 +33,15 @@ type Transport struct {
 
 	sh *sharing // nil without a store
 
-	events    chan event
-	dropped   atomic.Uint64 // events dropped because the queue was full
+	events  chan event
+	dropped atomic.Uint64 // events dropped because the queue was full
 
 	untracked        atomic.Uint64 // requests sent without a breaker: the registry was full
 	untrackedLogged  atomic.Int64  // when that was last logged, ns since the epoch
 	cooldownsDropped atomic.Uint64 // cooldowns dropped past the bound on hosts without an entry
-	done      chan struct{}
-	wg        sync.WaitGroup
-	closeOnce sync.Once
+	done             chan struct{}
+	wg               sync.WaitGroup
+	closeOnce        sync.Once
 }
 
 var _ http.RoundTripper = (*Transport)(nil)
@@ -596,11 +596,11 @@ type event struct {
 type eventKind uint8
 
 const (
-	evState    eventKind = iota // a breaker changed state
-	evCooldown                  // a host cooldown was set or extended
-	evReset                     // a host was reset
-	evUntracked                 // requests went without a breaker (rate-limited)
-	evDropped                   // a cooldown was dropped: too many hosts without an entry
+	evState     eventKind = iota // a breaker changed state
+	evCooldown                   // a host cooldown was set or extended
+	evReset                      // a host was reset
+	evUntracked                  // requests went without a breaker (rate-limited)
+	evDropped                    // a cooldown was dropped: too many hosts without an entry
 )
 
 // emit shares ev with the store, if any, and queues it for logging
