@@ -1,6 +1,7 @@
 package hostbreaker
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -21,15 +22,27 @@ const (
 )
 
 // classify returns the outcome of a base RoundTrip. A transport error is a
-// failure unless the request's own context is done (the caller gave up).
+// failure, timeouts included (a deadline of the request's context, which
+// http.Client.Timeout sets too, or an error whose Timeout() is true), unless
+// the caller canceled the request: its context was canceled before any
+// deadline passed. That is neutral.
 func classify(p *resolved, req *http.Request, resp *http.Response, err error) outcome {
 	if err != nil {
-		if req.Context().Err() != nil {
+		if canceledByCaller(req.Context()) {
 			return outcomeNeutral
 		}
 		return outcomeFailure
 	}
 	return p.statuses.classify(resp.StatusCode)
+}
+
+// canceledByCaller reports whether ctx was canceled and not by a deadline.
+func canceledByCaller(ctx context.Context) bool {
+	if !errors.Is(ctx.Err(), context.Canceled) {
+		return false
+	}
+	dl, ok := ctx.Deadline()
+	return !ok || time.Now().Before(dl)
 }
 
 // statusSet classifies the status codes 100–599 in two bitmaps.
@@ -148,12 +161,18 @@ func normalizeHost(scheme, hostport string) (string, error) {
 		port = ""
 	}
 	if strings.HasPrefix(host, "[") { // IPv6 literal, brackets kept
-		if strings.IndexFunc(host[1:len(host)-1], func(r rune) bool {
+		// An address may carry a zone, as in net/http: [fe80::1%eth0]. The
+		// address is folded to lower case, the zone is kept as written.
+		addr, zone, hasZone := strings.Cut(host[1:len(host)-1], "%")
+		if strings.IndexFunc(addr, func(r rune) bool {
 			return !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f' || r >= 'A' && r <= 'F' || r == ':' || r == '.')
-		}) >= 0 || len(host) < 4 {
+		}) >= 0 || len(addr) < 2 || !strings.Contains(addr, ":") {
 			return "", fmt.Errorf("host %q: invalid IPv6 literal", hostport)
 		}
-		host = strings.ToLower(host)
+		if hasZone && (zone == "" || strings.ContainsAny(zone, "%[]/ ") || !isASCII(zone)) {
+			return "", fmt.Errorf("host %q: invalid IPv6 zone", hostport)
+		}
+		host = "[" + strings.ToLower(addr) + host[1+len(addr):]
 	} else {
 		host = strings.TrimSuffix(host, ".")
 		if host == "" {

@@ -135,6 +135,8 @@ func TestNormalizeHost(t *testing.T) {
 		{"https", "[::1]", "[::1]"},
 		{"https", "::1", "[::1]"},
 		{"https", "[2001:DB8::1]", "[2001:db8::1]"},
+		{"http", "[FE80::1%eth0]:8080", "[fe80::1%eth0]:8080"},
+		{"https", "[fe80::1%Eth0]:443", "[fe80::1%Eth0]"},
 		{"https", "2001:DB8::1", "[2001:db8::1]"},
 		{"https", "bücher.example", "xn--bcher-kva.example"},
 		{"https", "BÜCHER.example.", "xn--bcher-kva.example"},
@@ -158,7 +160,7 @@ func TestNormalizeHost(t *testing.T) {
 		{"https", strings.Repeat("a.", 127) + "ab", ""}, // 256 bytes
 		{"https", "[::1", ""},
 		{"https", "[::1]x", ""},
-		{"https", "[::1%eth0]", ""},
+		{"https", "[::1]%eth0", ""},
 		{"https", "[]", ""},
 		{"https", "[g::1]", ""},
 	}

@@ -57,6 +57,10 @@ type StoreConfig struct {
 	URL          string        // see OpenStore; "" for none
 	ShareTrips   bool          // share local breaker trips with other processes
 	PollInterval time.Duration // how often to read the store; 0 means 1s
+	// Required makes NewTransport fail when the store cannot be opened or
+	// read. Without it, such a Transport runs under local protection, logs
+	// the error and reports it through StoreErr.
+	Required bool
 }
 
 // Config is the whole configuration of a [Transport]. The zero Config is
@@ -175,6 +179,13 @@ func (c Config) validate() (*policyTable, error) {
 		return nil, &ConfigError{Key: "rolling.cooldown", Msg: "must not be negative, got " + r.Cooldown.String()}
 	case c.Store.PollInterval < 0:
 		return nil, &ConfigError{Key: "store.poll_interval", Msg: "must not be negative, got " + c.Store.PollInterval.String()}
+	case r.ThresholdFailures > maxCount:
+		return nil, &ConfigError{Key: "rolling.threshold_failures", Msg: fmt.Sprintf("must be at most %d, got %d", maxCount, r.ThresholdFailures)}
+	}
+	if c.Store.URL != "" {
+		if _, err := StorePath(c.Store.URL); err != nil {
+			return nil, &ConfigError{Key: "store.url", Msg: strings.TrimPrefix(err.Error(), "hostbreaker: ")}
+		}
 	}
 	return pt, nil
 }
@@ -193,10 +204,24 @@ func (r Rolling) withDefaults() Rolling {
 	return r
 }
 
+// maxCount bounds fail_max, success_threshold, trial_calls and
+// threshold_failures: a failsafe-go breaker holds a bitset of fail_max
+// bits, and a Transport a ring of threshold_failures times per host.
+const maxCount = 1000
+
 // checkFields validates the fields p sets, reporting keys under prefix.
 func checkFields(prefix string, p Policy) error {
 	bad := func(key, msg string) error { return &ConfigError{Key: prefix + key, Msg: msg} }
+	tooBig := func(key string, n int) error {
+		return bad(key, fmt.Sprintf("must be at most %d, got %d", maxCount, n))
+	}
 	switch {
+	case p.FailMax > maxCount:
+		return tooBig("fail_max", p.FailMax)
+	case p.SuccessThreshold > maxCount:
+		return tooBig("success_threshold", p.SuccessThreshold)
+	case p.TrialCalls > maxCount:
+		return tooBig("trial_calls", p.TrialCalls)
 	case p.FailMax < 0:
 		return bad("fail_max", fmt.Sprintf("must be at least 1, got %d", p.FailMax))
 	case p.ResetTimeout < 0:
@@ -600,6 +625,7 @@ type tomlStore struct {
 	URL          *string   `toml:"url"`
 	ShareTrips   *bool     `toml:"share_trips"`
 	PollInterval *duration `toml:"poll_interval"`
+	Required     *bool     `toml:"required"`
 }
 
 type tomlConfig struct {
@@ -659,6 +685,9 @@ func (tc *tomlConfig) config() (Config, error) {
 		}
 		if s.ShareTrips != nil {
 			c.Store.ShareTrips = *s.ShareTrips
+		}
+		if s.Required != nil {
+			c.Store.Required = *s.Required
 		}
 		var err error
 		if c.Store.PollInterval, err = positive("store.poll_interval", s.PollInterval); err != nil {

@@ -246,6 +246,9 @@ const (
 	// evict nothing before it sweeps again; new (host, role)s meanwhile go
 	// untracked at no cost.
 	sweepBackoff = time.Second
+	// bareSweepInterval is how often a Transport drops the hosts whose
+	// cooldown has ended and that have no entry.
+	bareSweepInterval = time.Minute
 )
 
 type hostTable struct {

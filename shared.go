@@ -165,7 +165,9 @@ func (t *Transport) flush(ctx context.Context) {
 		cctx, cancel := context.WithTimeout(ctx, storeTimeout)
 		err := sh.store.Put(cctx, r)
 		cancel()
-		if err != nil {
+		if err == nil {
+			t.storeErr.Store(nil)
+		} else {
 			t.storeError("put", err)
 			sh.mu.Lock()
 			if _, newer := sh.pending[k]; !newer {
@@ -179,15 +181,16 @@ func (t *Transport) flush(ctx context.Context) {
 // pull reads the store and applies what other processes wrote since the
 // last pull: resets first, then cooldowns and shared trips. Records this
 // Transport wrote itself are already applied.
-func (t *Transport) pull(ctx context.Context) {
+func (t *Transport) pull(ctx context.Context) error {
 	sh := t.sh
 	cctx, cancel := context.WithTimeout(ctx, storeTimeout)
 	recs, err := sh.store.Records(cctx)
 	cancel()
 	if err != nil {
 		t.storeError("read", err)
-		return
+		return err
 	}
+	t.storeErr.Store(nil)
 	slices.SortFunc(recs, func(a, b Record) int {
 		if (a.Reason == ReasonReset) != (b.Reason == ReasonReset) {
 			if a.Reason == ReasonReset {
@@ -241,6 +244,7 @@ func (t *Transport) pull(ctx context.Context) {
 			}
 		}
 	}
+	return nil
 }
 
 // openBreaker opens the (host, role) breaker until the deadline, as a trip
@@ -279,6 +283,7 @@ func (t *Transport) publish(ctx context.Context) {
 		t.storeError("publish states", err)
 		return
 	}
+	t.storeErr.Store(nil)
 	sh.published, sh.pubAt = fp.String(), now
 }
 
@@ -287,6 +292,7 @@ func (t *Transport) publish(ctx context.Context) {
 func (t *Transport) storeError(op string, err error) {
 	sh := t.sh
 	sh.errors.Add(1)
+	t.storeErr.Store(&err)
 	now := time.Now()
 	if !sh.lastErrLog.IsZero() && now.Sub(sh.lastErrLog) < errorLogInterval {
 		sh.suppressed++

@@ -214,9 +214,10 @@ func TestWithStoreWinsOverConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	cfg := Config{Store: StoreConfig{URL: "nosuch://store"}}
-	if _, err := NewTransport(nil, WithConfig(cfg)); err == nil || !strings.Contains(err.Error(), "nosuch://store") {
-		t.Fatalf("bad store URL: %v", err)
+	missing := filepath.Join(t.TempDir(), "no-such-dir", "hb.db")
+	cfg := Config{Store: StoreConfig{URL: missing, Required: true}}
+	if _, err := NewTransport(nil, WithConfig(cfg)); err == nil || !strings.Contains(err.Error(), missing) {
+		t.Fatalf("store that cannot be opened: %v", err)
 	}
 	tr, err := NewTransport(newFakeHosts(status(200)), WithConfig(cfg), WithStore(s))
 	if err != nil {

@@ -36,9 +36,10 @@ type Transport struct {
 	events  chan event
 	dropped atomic.Uint64 // events dropped because the queue was full
 
-	untracked        atomic.Uint64 // requests sent without a breaker: the registry was full
-	untrackedLogged  atomic.Int64  // when that was last logged, ns since the epoch
-	cooldownsDropped atomic.Uint64 // cooldowns dropped past the bound on hosts without an entry
+	untracked        atomic.Uint64         // requests sent without a breaker: the registry was full
+	untrackedLogged  atomic.Int64          // when that was last logged, ns since the epoch
+	cooldownsDropped atomic.Uint64         // cooldowns dropped past the bound on hosts without an entry
+	storeErr         atomic.Pointer[error] // the last store exchange's error; nil if it succeeded
 	done             chan struct{}
 	wg               sync.WaitGroup
 	closeOnce        sync.Once
@@ -104,13 +105,20 @@ func NewTransport(base http.RoundTripper, opts ...Option) (*Transport, error) {
 		rolling: o.config.Rolling.withDefaults(),
 	}
 	t.policies.Store(pt)
+	required := o.config.Store.Required
 	switch {
 	case o.store != nil:
 		t.sh = newSharing(o.store, false, o.config.Store)
 	case o.config.Store.URL != "":
 		s, err := OpenStore(o.config.Store.URL)
 		if err != nil {
-			return nil, err
+			if required {
+				return nil, err
+			}
+			// Not required: run under local protection, and say why.
+			t.storeErr.Store(&err)
+			t.log.Warn("hostbreaker: store unavailable; running without it", "err", err)
+			break
 		}
 		t.sh = newSharing(s, true, o.config.Store)
 	}
@@ -118,11 +126,27 @@ func NewTransport(base http.RoundTripper, opts ...Option) (*Transport, error) {
 		// Start with what the store knows: a host still cooling down after a
 		// restart is rejected from the first request. A store that does not
 		// answer in time is read again by the background goroutine.
-		t.pull(context.Background())
+		if err := t.pull(context.Background()); err != nil && required {
+			if t.sh.owned {
+				t.sh.store.Close()
+			}
+			return nil, fmt.Errorf("hostbreaker: store required: %w", err)
+		}
 	}
 	t.wg.Add(1)
 	go t.loop()
 	return t, nil
+}
+
+// StoreErr returns the error of the Transport's last exchange with its
+// store, or nil when that exchange succeeded or there is no store. Store
+// errors never fail requests; this is how a program sees them without a
+// logger. It is safe for concurrent use.
+func (t *Transport) StoreErr() error {
+	if p := t.storeErr.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // Close stops the Transport's background goroutines and waits for them,
@@ -629,9 +653,13 @@ func (t *Transport) loop() {
 		defer ticker.Stop()
 		tick, changes, kick = ticker.C, t.sh.store.Changes(), t.sh.kick
 	}
+	sweep := time.NewTicker(bareSweepInterval)
+	defer sweep.Stop()
 	ctx := context.Background()
 	for {
 		select {
+		case <-sweep.C:
+			t.reg.pruneBare(t.now())
 		case <-t.done:
 			if t.sh != nil {
 				// One last attempt, bounded as a whole: Close must not hang

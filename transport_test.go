@@ -470,18 +470,21 @@ func TestClassification(t *testing.T) {
 		get(t, c, "", "https://b.test/")
 		get(t, c, "", "https://b.test/")
 		mustReject(t, do(t, c, "", "https://b.test/").err, ReasonBreakerOpen)
-		// ...unless the caller gave up: its own context is done.
+		// ...unless the caller gave up: it canceled its own context.
 		base.set(func(req *http.Request) (*http.Response, error) {
 			<-req.Context().Done()
 			return nil, req.Context().Err()
 		})
 		for range 5 {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			ctx, cancel := context.WithCancel(context.Background())
 			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://c.test/", nil)
-			if _, err := c.Do(req); !errors.Is(err, context.DeadlineExceeded) {
+			go func() {
+				synctest.Wait()
+				cancel()
+			}()
+			if _, err := c.Do(req); !errors.Is(err, context.Canceled) {
 				t.Fatalf("err = %v", err)
 			}
-			cancel()
 		}
 		if s := stateOf(t, tr, "c.test", ""); s.State != StateClosed || s.Neutral != 5 {
 			t.Fatalf("status = %+v", s)
