@@ -236,7 +236,8 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := t.base.RoundTrip(req)
 	recorded = true
 	if resp == nil && err == nil {
-		err = t.nilResponse()
+		t.apply(e, adm, outcomeNeutral) // gives a probe's slot back
+		return nil, t.nilResponse()
 	}
 	t.record(e, adm, req, resp, err)
 	return resp, err
@@ -260,17 +261,19 @@ func (t *Transport) roundTripUntracked(req *http.Request, host, role string) (*h
 			return nil, rej
 		}
 	}
-	n := t.untracked.Add(1)
-	if last := t.untrackedLogged.Load(); now-last >= int64(errorLogInterval) || last == 0 {
-		if t.untrackedLogged.CompareAndSwap(last, now) {
-			t.emit(event{kind: evUntracked, count: n})
+	t.untracked.Add(1)
+	// Logged at most once per errorLogInterval; untrackedLogged holds the
+	// time of the last log plus one, so that zero means never.
+	if last := t.untrackedLogged.Load(); last == 0 || now+1-last >= int64(errorLogInterval) {
+		if t.untrackedLogged.CompareAndSwap(last, now+1) {
+			t.emit(event{kind: evUntracked}) // wakes logCounters
 		}
 	}
 	resp, err := t.base.RoundTrip(req)
 	if resp == nil && err == nil {
 		return nil, t.nilResponse()
 	}
-	if resp != nil {
+	if resp != nil && err == nil && throttled(resp.StatusCode) {
 		t.obeyRetryAfter(host, t.resolve(host, role), resp)
 	}
 	return resp, err
@@ -312,16 +315,14 @@ func (t *Transport) hostRejection(h *hostState, role string, now int64) *OpenErr
 // rolling window.
 func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *http.Response, err error) {
 	p := e.pol.Load()
-	o := outcomeNeutral
-	if resp != nil || err != nil {
-		o = classify(p, req, resp, err)
-	}
+	o := classify(p, req, resp, err)
 	if resp != nil && err == nil && t.obeyRetryAfter(e.host.name, p, resp) {
 		o = outcomeNeutral
 	}
-	if e.evicted() {
+	if o == outcomeFailure && e.evicted() {
 		// The entry was evicted while the request was in flight (it was
-		// idle then): what the request reports goes to the live one.
+		// idle then): the failure goes to the live one. A success or a
+		// neutral outcome would change nothing in an idle entry.
 		if e, adm = t.reattach(e); e == nil {
 			return
 		}
@@ -354,7 +355,7 @@ func (t *Transport) reattach(old *entry) (*entry, admission) {
 // whole host, capped by the policy, and reports whether the header was
 // usable.
 func (t *Transport) obeyRetryAfter(host string, p *resolved, resp *http.Response) bool {
-	if resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode != http.StatusServiceUnavailable {
+	if !throttled(resp.StatusCode) {
 		return false
 	}
 	v := resp.Header.Get("Retry-After")
@@ -369,6 +370,12 @@ func (t *Transport) obeyRetryAfter(host string, p *resolved, resp *http.Response
 	d = min(d, p.RetryAfterCap)
 	t.setCooldown(host, cooldown{until: t.after(t.now(), d), reason: ReasonRetryAfter, at: wall.UnixNano()})
 	return true
+}
+
+// throttled reports whether a response with code may carry a Retry-After
+// that cools the host: 429 and 503.
+func throttled(code int) bool {
+	return code == http.StatusTooManyRequests || code == http.StatusServiceUnavailable
 }
 
 // rollingFailure adds a failure to the host's rolling window and puts the
@@ -409,7 +416,7 @@ func (t *Transport) setCooldown(host string, c cooldown) bool {
 	t.reg.mu.Unlock()
 	if dropped != "" {
 		t.cooldownsDropped.Add(1)
-		t.emit(event{kind: evDropped, host: dropped, count: t.cooldownsDropped.Load()})
+		t.emit(event{kind: evDropped, host: dropped})
 	}
 	if applied {
 		t.emit(event{kind: evCooldown, host: host, reason: c.reason, until: c.until, note: c.note, remote: c.remote})
@@ -613,8 +620,7 @@ type event struct {
 	reason   Reason
 	until    int64 // ns since epoch
 	note     string
-	remote   bool   // learnt from the store: not shared again
-	count    uint64 // evUntracked, evDropped: the total so far
+	remote   bool // learnt from the store: not shared again
 }
 
 type eventKind uint8
@@ -656,11 +662,17 @@ func (t *Transport) loop() {
 	sweep := time.NewTicker(bareSweepInterval)
 	defer sweep.Stop()
 	ctx := context.Background()
+	var logs counterLogs
 	for {
 		select {
 		case <-sweep.C:
 			t.reg.pruneBare(t.now())
+			t.logCounters(&logs)
 		case <-t.done:
+			for len(t.events) > 0 {
+				t.logEvent(<-t.events)
+			}
+			t.logCounters(&logs)
 			if t.sh != nil {
 				// One last attempt, bounded as a whole: Close must not hang
 				// on a store that is down.
@@ -671,9 +683,7 @@ func (t *Transport) loop() {
 			return
 		case ev := <-t.events:
 			t.logEvent(ev)
-			if n := t.dropped.Swap(0); n > 0 {
-				t.log.Warn("hostbreaker: events not logged: the queue was full", "dropped", n)
-			}
+			t.logCounters(&logs)
 		case <-kick:
 			t.flush(ctx)
 		case <-changes:
@@ -683,6 +693,43 @@ func (t *Transport) loop() {
 			t.pull(ctx)
 			t.publish(ctx)
 		}
+	}
+}
+
+// counterLogs is what the background goroutine last logged of the
+// counters that logCounters reports.
+type counterLogs struct {
+	dropped, untracked, cooldownsDropped counterLog
+}
+
+type counterLog struct {
+	n  uint64    // the total last logged
+	at time.Time // when; zero if never
+}
+
+// logCounters logs, at most once per errorLogInterval each, the counters of
+// rare trouble that grew since they were last logged: events the queue
+// dropped, requests sent untracked, cooldowns dropped past the bound. The
+// request path counts them and at most wakes this goroutine; it never logs.
+func (t *Transport) logCounters(l *counterLogs) {
+	now := time.Now()
+	due := func(c *counterLog, n uint64) bool {
+		if n == c.n || !c.at.IsZero() && now.Sub(c.at) < errorLogInterval {
+			return false
+		}
+		c.n, c.at = n, now
+		return true
+	}
+	if n := t.dropped.Load(); due(&l.dropped, n) {
+		t.log.Warn("hostbreaker: events not logged: the queue was full", "dropped_total", n)
+	}
+	if n := t.untracked.Load(); due(&l.untracked, n) {
+		t.log.Warn("hostbreaker: registry full of protected entries; requests to new (host, role)s go without a breaker (host cooldowns still apply)",
+			"max_hosts", t.reg.max, "untracked_total", n)
+	}
+	if n := t.cooldownsDropped.Load(); due(&l.cooldownsDropped, n) {
+		t.log.Warn("hostbreaker: too many hosts cooling down without a breaker; dropped the cooldowns that end soonest",
+			"bound", t.reg.maxBare, "dropped_total", n)
 	}
 }
 
@@ -702,11 +749,8 @@ func (t *Transport) logEvent(ev event) {
 			slog.Time("until", t.at(ev.until)), slog.String("note", ev.note))
 	case evReset:
 		t.log.LogAttrs(ctx, slog.LevelInfo, "hostbreaker: host reset", slog.String("host", ev.host))
-	case evUntracked:
-		t.log.LogAttrs(ctx, slog.LevelWarn, "hostbreaker: registry full of protected entries; requests to new (host, role)s go without a breaker (host cooldowns still apply)",
-			slog.Int("max_hosts", t.reg.max), slog.Uint64("untracked_total", ev.count))
 	case evDropped:
-		t.log.LogAttrs(ctx, slog.LevelWarn, "hostbreaker: too many hosts cooling down without a breaker; dropped the cooldown that ends soonest",
-			slog.String("host", ev.host), slog.Int("bound", t.reg.maxBare), slog.Uint64("dropped_total", ev.count))
+		t.log.LogAttrs(ctx, slog.LevelDebug, "hostbreaker: dropped a cooldown: too many hosts cooling down without a breaker",
+			slog.String("host", ev.host))
 	}
 }
