@@ -42,13 +42,14 @@ func next(st, phase uint64) uint64 { return (st>>2+1)<<2 | phase }
 
 // entry is the breaker of one (host, role). The closed, healthy path reads
 // st and host.until and adds to one counter, without locks or allocation;
-// the fields it touches fill the first 64 bytes, and entry fits the
-// 128-byte size class, whose objects are 64-byte aligned.
+// the fields it touches fill the first 64 bytes. The entry of a host's
+// first role is embedded in its hostState; others fit the 128-byte size
+// class, whose objects are 64-byte aligned.
 type entry struct {
 	st        atomic.Uint64 // generation<<2 | phase; changed only under mu
 	successes atomic.Uint64
 	fails     atomic.Int32  // consecutive failures recorded in closed; changed only under mu
-	flags     atomic.Uint32 // flagUsed | flagEvicted
+	flags     atomic.Uint32 // flagUsed | flagEvicted | flagLive
 	pol       atomic.Pointer[resolved]
 	host      *hostState
 	role      string
@@ -69,6 +70,7 @@ type entry struct {
 const (
 	flagUsed    = 1 << iota // requested since the last eviction sweep
 	flagEvicted             // removed from the registry: outcomes go to the live entry
+	flagLive                // handed out by the registry (set last, see registry.lookup)
 )
 
 func (e *entry) evicted() bool { return e.flags.Load()&flagEvicted != 0 }

@@ -28,21 +28,22 @@ const (
 // deadline passed. That is neutral.
 func classify(p *resolved, req *http.Request, resp *http.Response, err error) outcome {
 	if err != nil {
-		if canceledByCaller(req.Context()) {
-			return outcomeNeutral
-		}
-		return outcomeFailure
+		return classifyError(req.Context())
 	}
 	return p.statuses.classify(resp.StatusCode)
 }
 
-// canceledByCaller reports whether ctx was canceled and not by a deadline.
-func canceledByCaller(ctx context.Context) bool {
+// classifyError returns the outcome of a transport error of a request
+// whose context is ctx: neutral when the caller canceled ctx before any
+// deadline passed, a failure otherwise.
+func classifyError(ctx context.Context) outcome {
 	if !errors.Is(ctx.Err(), context.Canceled) {
-		return false
+		return outcomeFailure
 	}
-	dl, ok := ctx.Deadline()
-	return !ok || time.Now().Before(dl)
+	if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+		return outcomeFailure
+	}
+	return outcomeNeutral
 }
 
 // statusSet classifies the status codes 100–599 in two bitmaps.

@@ -62,16 +62,24 @@ func parseState(s string) (State, bool) {
 }
 
 // hostState is what a host's roles share: its cooldown and rolling window,
-// and the list of its breakers. The fields read on every request come first.
+// and the list of its breakers. It embeds the entry of its first role.
 //
-// Its first 64 bytes are all that a request reads, so that a lookup costs
-// one cache line here. It fits the 192-byte size class, whose objects are
-// 64-byte aligned; TestHotFieldsLayout keeps it so.
+// A request to the host's first role reads one 128-byte block: the host's
+// first line (its cooldown and its name, to match it) and the embedded
+// entry's first line (its state and counters). hostState fills the
+// 384-byte size class, whose objects are 128-byte aligned, so that the
+// block is an aligned pair of cache lines; TestHotFieldsLayout keeps it so.
 type hostState struct {
 	hash    uint64           // maphash of name, with the registry's seed
 	until   atomic.Int64     // cooldown deadline in ns since the Transport's epoch; 0 for none
 	nameLen int              // len(name); -1 for the tombstone
 	nameBuf [inlineName]byte // name, when it fits, so that matching it stays on this line
+
+	// first is the entry of the host's first role, live once flagLive is
+	// set in its flags. It is handed out at most once: after its eviction
+	// the host's next roles get entries of their own, so that a request
+	// still holding it never sees another role's state.
+	first entry
 
 	name string
 	// The host's entries, read without locks: the first few inline, the rest
@@ -87,7 +95,9 @@ type hostState struct {
 	wnext  int32   // next slot of window; guarded by mu
 	wn     int32   // slots in use; guarded by mu
 
-	detached atomic.Bool // removed from the registry; set under registry.mu
+	detached  atomic.Bool // removed from the registry; set under registry.mu
+	firstUsed bool        // first has been handed out; guarded by registry.mu
+	_         [75]byte    // to 384 bytes: see above
 }
 
 const (
@@ -257,14 +267,12 @@ type hostTable struct {
 }
 
 // hostSlot is a slot of a hostTable. The hash lets a probe skip other hosts
-// without touching their state, and e0, the host's first entry, lets a
-// lookup load the entry and the host state in parallel. A slot is written
-// under registry.mu: hash, then e0 and h; when a host is removed, h becomes
-// the tombstone and the slot may later hold another host.
+// without touching their state; four slots share a cache line. A slot is
+// written under registry.mu: hash, then h; when a host is removed, h
+// becomes the tombstone and the slot may later hold another host.
 type hostSlot struct {
 	hash atomic.Uint64
 	h    atomic.Pointer[hostState]
-	e0   atomic.Pointer[entry]
 }
 
 func newHostTable(size int) *hostTable {
@@ -292,7 +300,6 @@ func (t *hostTable) insert(h *hostState) {
 		s := &t.slots[i]
 		if old := s.h.Load(); old == nil || old == tombstone {
 			s.hash.Store(h.hash)
-			s.e0.Store(h.roles[0].Load())
 			s.h.Store(h)
 			return
 		}
@@ -328,7 +335,9 @@ func (r *registry) lookup(host, role string) *entry {
 		return nil
 	}
 	h := s.h.Load()
-	if e := s.e0.Load(); e != nil && e.role == role && e.host == h {
+	// The flags are set after the entry's other fields: loaded first, they
+	// make those safe to read.
+	if e := &h.first; e.flags.Load()&(flagLive|flagEvicted) == flagLive && e.role == role {
 		return e
 	}
 	return h.find(role)
@@ -366,7 +375,6 @@ func (r *registry) removeHostLocked(h *hostState) {
 	if s == nil || s.h.Load() != h {
 		return
 	}
-	s.e0.Store(nil)
 	s.h.Store(tombstone)
 	h.detached.Store(true)
 	r.nhosts--
@@ -458,13 +466,15 @@ func (r *registry) create(host, role string, pol func(host, role string) *resolv
 	} else if h.bare() {
 		r.nbare--
 	}
-	e := &entry{role: r.internLocked(role), host: h}
-	e.pol.Store(pol(h.name, e.role))
-	e.flags.Store(flagUsed)
-	h.setEntries(append(h.entries(), e))
-	if s := r.tab.Load().find(hash, host); s.e0.Load() == nil {
-		s.e0.Store(e)
+	e := &h.first
+	if h.firstUsed {
+		e = new(entry)
 	}
+	h.firstUsed = true
+	e.role, e.host = r.internLocked(role), h
+	e.pol.Store(pol(h.name, e.role))
+	e.flags.Store(flagLive | flagUsed) // publishes the fields above
+	h.setEntries(append(h.entries(), e))
 	r.n++
 	return e
 }
@@ -528,16 +538,11 @@ func (r *registry) evictLocked(now int64) bool {
 				return
 			}
 			h.setEntries(kept)
-			s := t.find(h.hash, h.name)
-			switch {
-			case len(kept) > 0:
-				s.e0.Store(kept[0])
-			case h.coolingDown(now):
+			if len(kept) == 0 {
 				r.nbare++
-				s.e0.Store(nil)
-			default:
-				r.nbare++
-				r.removeHostLocked(h)
+				if !h.coolingDown(now) {
+					r.removeHostLocked(h)
+				}
 			}
 		})
 	}

@@ -316,8 +316,12 @@ func (t *Transport) hostRejection(h *hostState, role string, now int64) *OpenErr
 func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *http.Response, err error) {
 	p := e.pol.Load()
 	o := classify(p, req, resp, err)
-	if resp != nil && err == nil && t.obeyRetryAfter(e.host.name, p, resp) {
+	if err == nil && throttled(resp.StatusCode) && t.obeyRetryAfter(e.host.name, p, resp) {
 		o = outcomeNeutral
+	}
+	if o == outcomeSuccess && !adm.probe && e.fails.Load() == 0 {
+		e.successes.Add(1) // the healthy path: nothing else to do
+		return
 	}
 	if o == outcomeFailure && e.evicted() {
 		// The entry was evicted while the request was in flight (it was

@@ -901,7 +901,7 @@ func TestRollingWindowIsEmptiedWhenItTrips(t *testing.T) {
 }
 
 // TestHotFieldsLayout pins the layout that keeps the healthy path to one
-// cache line of the host state and one of the entry.
+// 128-byte block: the host state's first line and its first entry's.
 func TestHotFieldsLayout(t *testing.T) {
 	var e entry
 	var h hostState
@@ -911,13 +911,16 @@ func TestHotFieldsLayout(t *testing.T) {
 	if end := unsafe.Offsetof(h.nameBuf) + unsafe.Sizeof(h.nameBuf); end > 64 {
 		t.Errorf("hostState's hot fields end at byte %d, past the first cache line", end)
 	}
-	// The 128- and 192-byte size classes place objects on line boundaries
-	// (the next smaller classes, 112 and 176, do not hold them).
+	if off := unsafe.Offsetof(h.first); off != 64 {
+		t.Errorf("hostState.first at byte %d, want 64", off)
+	}
+	// The 128- and 384-byte size classes place objects on 64- and 128-byte
+	// boundaries (the next smaller classes, 112 and 352, do not).
 	if s := unsafe.Sizeof(e); s <= 112 || s > 128 {
 		t.Errorf("sizeof(entry) = %d, want in (112, 128]", s)
 	}
-	if s := unsafe.Sizeof(h); s <= 176 || s > 192 {
-		t.Errorf("sizeof(hostState) = %d, want in (176, 192]", s)
+	if s := unsafe.Sizeof(h); s != 384 {
+		t.Errorf("sizeof(hostState) = %d, want 384", s)
 	}
 }
 
