@@ -32,7 +32,7 @@ func runClose(ctx context.Context, args []string, stdout, _ io.Writer) (err erro
 	if pos == "" {
 		return usagef(c.fullUsage(), "close: missing HOST")
 	}
-	host, err := normalizeHost(pos)
+	host, err := hostArg("close", pos)
 	if err != nil {
 		return err
 	}

@@ -17,16 +17,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
 	"os/signal"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/hostbreaker/hostbreaker"
-	"golang.org/x/net/idna"
 )
 
 // now is the clock of every subcommand: the At and Until of written records
@@ -205,78 +202,12 @@ func source() string {
 	return "breaker-cli@" + h
 }
 
-// normalizeHost puts a host as the user typed it in the form the stores
-// and Transports use: lower case, without a trailing dot, IDNA A-labels,
-// with its port. A URL ("https://Example.org:443/x") gives its host
-// without the scheme's default port. It does not validate what remains;
-// the store refuses a host that is not a valid normalized name.
-func normalizeHost(s string) (string, error) {
-	s = strings.TrimSpace(s)
-	if strings.Contains(s, "://") {
-		u, err := url.Parse(s)
-		if err != nil {
-			return "", fmt.Errorf("invalid host %q: %v", s, err)
-		}
-		if u.Host == "" {
-			return "", fmt.Errorf("invalid host %q: URL has no host", s)
-		}
-		h, port := splitHostPort(u.Host)
-		switch {
-		case port == "80" && strings.EqualFold(u.Scheme, "http"),
-			port == "443" && strings.EqualFold(u.Scheme, "https"):
-			port = ""
-		}
-		return joinHost(s, h, port)
+// hostArg returns the host that a command's HOST argument (or -host)
+// names, normalized by [hostbreaker.NormalizeHost] as the Transports key it.
+func hostArg(cmd, s string) (string, error) {
+	h, err := hostbreaker.NormalizeHost(s)
+	if err != nil {
+		return "", fmt.Errorf("%s: invalid host %q: %w", cmd, s, err)
 	}
-	h, port := splitHostPort(s)
-	return joinHost(s, h, port)
-}
-
-// splitHostPort splits host[:port]. A bracketed IPv6 literal keeps its
-// brackets; a bare one (more than one colon) gets them and has no port.
-func splitHostPort(s string) (host, port string) {
-	if strings.HasPrefix(s, "[") {
-		if end := strings.IndexByte(s, ']'); end >= 0 && strings.HasPrefix(s[end+1:], ":") {
-			return s[:end+1], s[end+2:]
-		}
-		return s, ""
-	}
-	if strings.Count(s, ":") > 1 {
-		return "[" + s + "]", ""
-	}
-	host, port, _ = strings.Cut(s, ":")
-	return host, port
-}
-
-func joinHost(orig, host, port string) (string, error) {
-	if !strings.HasPrefix(host, "[") {
-		host = strings.TrimSuffix(host, ".")
-		if !isASCII(host) {
-			a, err := idna.Lookup.ToASCII(host)
-			if err != nil {
-				return "", fmt.Errorf("invalid host %q: %v", orig, err)
-			}
-			host = a
-		}
-	}
-	host = strings.ToLower(host)
-	if host == "" {
-		return "", fmt.Errorf("invalid host %q: empty name", orig)
-	}
-	if n, err := strconv.ParseUint(port, 10, 16); err == nil {
-		port = strconv.FormatUint(n, 10) // "08080" is port 8080
-	}
-	if port != "" {
-		return host + ":" + port, nil
-	}
-	return host, nil
-}
-
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= 0x80 {
-			return false
-		}
-	}
-	return true
+	return h, nil
 }

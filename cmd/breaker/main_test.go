@@ -263,61 +263,77 @@ func (o *okTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // TestTransport checks that a running Transport sharing the store obeys
-// open and close.
+// open and close, however the operator spells the host.
 func TestTransport(t *testing.T) {
-	eachStore(t, func(t *testing.T, store string) {
-		base := &okTransport{}
-		tr, err := hostbreaker.NewTransport(base, hostbreaker.WithConfig(hostbreaker.Config{
-			Store: hostbreaker.StoreConfig{URL: store, PollInterval: 50 * time.Millisecond},
-		}))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer tr.Close()
-		client := &http.Client{Transport: tr}
-		get := func() error {
-			resp, err := client.Get("https://api.example.org/works")
-			if err != nil {
-				return err
-			}
-			io.Copy(io.Discard, resp.Body)
-			return resp.Body.Close()
-		}
-		// await polls until the transport's answer satisfies ok.
-		await := func(what string, ok func(error) bool) {
-			t.Helper()
-			deadline := time.Now().Add(2 * time.Second)
-			for {
-				err := get()
-				if ok(err) {
-					return
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("after 2s, %s: last error %v", what, err)
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
-		}
-		if err := get(); err != nil {
-			t.Fatalf("before open: %v", err)
-		}
-
-		mustRun(t, "open", "-store", store, "-for", "5m", "-reason", "test", "api.example.org")
-		await("the transport still accepts the opened host", func(err error) bool {
-			var oe *hostbreaker.OpenError
-			return errors.As(err, &oe) && oe.Reason == hostbreaker.ReasonManual && oe.Host == "api.example.org"
+	for _, spelling := range []string{
+		"api.example.org",
+		"API.Example.org.",
+		"https://api.example.org:0443/works?rows=1", // the scheme's default port, with a leading zero
+	} {
+		t.Run(spelling, func(t *testing.T) {
+			eachStore(t, func(t *testing.T, store string) { testTransport(t, store, spelling) })
 		})
-		calls := base.calls.Load()
-		if err := get(); !errors.Is(err, hostbreaker.ErrOpen) {
-			t.Fatalf("open host: %v", err)
-		}
-		if base.calls.Load() != calls {
-			t.Error("a rejected request reached the base transport")
-		}
+	}
+}
 
-		mustRun(t, "close", "-store", store, "api.example.org")
-		await("the transport still rejects the closed host", func(err error) bool { return err == nil })
+// testTransport runs "open" and "close" with host as the operator spelled
+// it and checks that a Transport requesting https://api.example.org obeys
+// them.
+func testTransport(t *testing.T, store, host string) {
+	base := &okTransport{}
+	tr, err := hostbreaker.NewTransport(base, hostbreaker.WithConfig(hostbreaker.Config{
+		Store: hostbreaker.StoreConfig{URL: store, PollInterval: 50 * time.Millisecond},
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	client := &http.Client{Transport: tr}
+	get := func() error {
+		resp, err := client.Get("https://api.example.org/works")
+		if err != nil {
+			return err
+		}
+		io.Copy(io.Discard, resp.Body)
+		return resp.Body.Close()
+	}
+	// await polls until the transport's answer satisfies ok.
+	await := func(what string, ok func(error) bool) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			err := get()
+			if ok(err) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("after 5s, %s: last error %v", what, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if err := get(); err != nil {
+		t.Fatalf("before open: %v", err)
+	}
+
+	out := mustRun(t, "open", "-store", store, "-for", "5m", "-reason", "test", host)
+	if !strings.HasPrefix(out, "opened api.example.org ") {
+		t.Errorf("open printed %q", out)
+	}
+	await("the transport still accepts the opened host", func(err error) bool {
+		var oe *hostbreaker.OpenError
+		return errors.As(err, &oe) && oe.Reason == hostbreaker.ReasonManual && oe.Host == "api.example.org"
 	})
+	calls := base.calls.Load()
+	if err := get(); !errors.Is(err, hostbreaker.ErrOpen) {
+		t.Fatalf("open host: %v", err)
+	}
+	if base.calls.Load() != calls {
+		t.Error("a rejected request reached the base transport")
+	}
+
+	mustRun(t, "close", "-store", store, host)
+	await("the transport still rejects the closed host", func(err error) bool { return err == nil })
 }
 
 func TestErrors(t *testing.T) {
@@ -345,7 +361,8 @@ func TestErrors(t *testing.T) {
 		{[]string{"show", "-store", filepath.Join(t.TempDir(), "no", "dir", "x.db")}, false, filepath.Join("no", "dir", "x.db")},
 		{[]string{"open", "-store", store, "bad host!"}, false, `"bad host!"`},
 		{[]string{"close", "-store", store, "bad host!"}, false, `"bad host!"`},
-		{[]string{"open", "-store", store, "https:///nohost"}, false, "URL has no host"},
+		{[]string{"open", "-store", store, "https:///nohost"}, false, `open: invalid host "https:///nohost"`},
+		{[]string{"show", "-store", store, "-host", "bad host!"}, false, `show: invalid host "bad host!"`},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			out, _, err := runCmd(t, tc.args...)
@@ -414,23 +431,41 @@ func TestExitStatus(t *testing.T) {
 	}
 }
 
-func TestNormalizeHost(t *testing.T) {
-	for in, want := range map[string]string{
-		"Example.ORG":                   "example.org",
-		"example.org.":                  "example.org",
-		"example.org:8443":              "example.org:8443",
-		"example.org.:08080":            "example.org:8080",
-		"Bücher.example":                "xn--bcher-kva.example",
-		"https://Example.org:443/x?y=1": "example.org",
-		"http://example.org:80":         "example.org",
-		"https://example.org:80/":       "example.org:80",
-		"http://example.org:8080/":      "example.org:8080",
-		"[2001:DB8::1]:443":             "[2001:db8::1]:443",
-		"2001:db8::1":                   "[2001:db8::1]",
-		"https://[::1]:443/":            "[::1]",
+// TestHostSpellings checks that open, show -host and close take HOST in
+// any spelling that hostbreaker.NormalizeHost accepts, and agree on the
+// host it names.
+func TestHostSpellings(t *testing.T) {
+	store := boltURL(t)
+	for _, tc := range []struct{ in, want string }{
+		{"Example.ORG", "example.org"},
+		{"example.org.", "example.org"},
+		{"example.org:8443", "example.org:8443"},
+		{"example.org.:08080", "example.org:8080"},
+		{"Bücher.example", "xn--bcher-kva.example"},
+		{"https://Example.org:443/x?y=1", "example.org"},
+		{"https://Example.org:0443/", "example.org"},
+		{"HTTP://user:pass@example.org:80", "example.org"},
+		{"https://example.org:80/", "example.org:80"},
+		{"http://example.org:8080/", "example.org:8080"},
+		{"[2001:DB8::1]:443", "[2001:db8::1]:443"},
+		{"2001:db8::1", "[2001:db8::1]"},
+		{"https://[::1]:443/", "[::1]"},
 	} {
-		if got, err := normalizeHost(in); err != nil || got != want {
-			t.Errorf("normalizeHost(%q) = %q, %v; want %q", in, got, err, want)
+		out := mustRun(t, "open", "-store", store, tc.in)
+		if !strings.HasPrefix(out, "opened "+tc.want+" for ") {
+			t.Errorf("open %q printed %q, want host %q", tc.in, out, tc.want)
+			continue
+		}
+		var rows []row
+		if err := json.Unmarshal([]byte(mustRun(t, "show", "-json", "-store", store, "-host", tc.in)), &rows); err != nil {
+			t.Fatal(err)
+		}
+		if len(rows) != 1 || rows[0].Host != tc.want {
+			t.Errorf("show -host %q = %+v, want the cooldown of %q", tc.in, rows, tc.want)
+		}
+		mustRun(t, "close", "-store", store, tc.in)
+		if out := mustRun(t, "show", "-json", "-store", store); out != "[]\n" {
+			t.Errorf("show after close %q = %q, want []", tc.in, out)
 		}
 	}
 }

@@ -39,7 +39,7 @@ func runOpen(ctx context.Context, args []string, stdout, _ io.Writer) (err error
 	if *d > maxFor {
 		return usagef(c.fullUsage(), "open: -for %v is longer than %v", *d, maxFor)
 	}
-	host, err := normalizeHost(pos)
+	host, err := hostArg("open", pos)
 	if err != nil {
 		return err
 	}

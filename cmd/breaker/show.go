@@ -63,7 +63,7 @@ func runShow(ctx context.Context, args []string, stdout, _ io.Writer) (err error
 		filter = pos
 	}
 	if filter != "" {
-		if filter, err = normalizeHost(filter); err != nil {
+		if filter, err = hostArg("show", filter); err != nil {
 			return err
 		}
 	}
