@@ -21,7 +21,7 @@ its poll interval. HOST is a host name with an optional port, or a URL.
 // Transports write it: long enough for every process to see it.
 const resetRetention = 10 * time.Minute
 
-func runClose(ctx context.Context, args []string, stdout, _ io.Writer) (err error) {
+func runClose(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
 	c := newCommand("close", closeUsage)
 	pos, err := c.parse(args, stdout)
 	if errors.Is(err, errHelp) {
@@ -42,7 +42,7 @@ func runClose(ctx context.Context, args []string, stdout, _ io.Writer) (err erro
 		Host: host, Reason: hostbreaker.ReasonReset, Until: at.Add(resetRetention), At: at,
 		Source: source(),
 	}
-	if err := c.withStore(ctx, func(ctx context.Context, s hostbreaker.Store) error { return s.Put(ctx, r) }); err != nil {
+	if err := c.withStore(ctx, stderr, true, func(ctx context.Context, s hostbreaker.Store) error { return s.Put(ctx, r) }); err != nil {
 		return err
 	}
 	_, err = fmt.Fprintf(stdout, "closed %s: every process sharing the store resets it within its poll interval\n", host)

@@ -6,9 +6,11 @@
 //	go run ./cmd/breaker close [-store URL] HOST
 //
 // Flags may come before or after HOST. -store defaults to
-// $HOSTBREAKER_STORE, else ./hostbreaker.db. Errors are printed as
-// "breaker: <message>"; the exit status is 1 for errors and 2 for usage
-// errors (unknown subcommand or flag, missing HOST, bad flag value).
+// $HOSTBREAKER_STORE, else ./hostbreaker.db. show refuses a bbolt file that
+// does not exist ("no store at PATH"); open and close create it and say so
+// on stderr. Errors are printed as "breaker: <message>"; the exit status is
+// 1 for errors and 2 for usage errors (unknown subcommand or flag, missing
+// HOST, bad flag value).
 package main
 
 import (
@@ -17,6 +19,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/signal"
 	"strings"
@@ -80,7 +83,8 @@ Commands:
 
 Every command takes -store URL: a bbolt file path, bolt:///abs/path.db,
 redis://[user:pass@]host:port/db[?prefix=P] or rediss://... (default
-$HOSTBREAKER_STORE, else ./hostbreaker.db). Flags may come before or after
+$HOSTBREAKER_STORE, else ./hostbreaker.db). show refuses a bbolt file that
+does not exist; open and close create it. Flags may come before or after
 HOST. Run "breaker <command> -h" for the command's flags.
 `
 
@@ -168,18 +172,38 @@ func (c *command) flagError(err error, stdout io.Writer) error {
 }
 
 // openStore opens the store named by -store. The store's errors name the
-// URL (with any password redacted).
-func (c *command) openStore() (hostbreaker.Store, error) {
+// URL (with any password redacted). A bbolt file that does not exist is
+// created when create is true, with a line on stderr that says so, and is
+// an error ("no store at PATH") otherwise, so that a mistyped path is not
+// shown as an empty store.
+func (c *command) openStore(stderr io.Writer, create bool) (hostbreaker.Store, error) {
 	if *c.store == "" {
 		return nil, usagef(c.fullUsage(), "%s: -store is empty and $HOSTBREAKER_STORE is not set", c.fs.Name())
 	}
-	return hostbreaker.OpenStore(*c.store)
+	path, err := hostbreaker.StorePath(*c.store)
+	if err != nil {
+		return nil, err
+	}
+	missing := false
+	if path != "" {
+		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+			if !create {
+				return nil, fmt.Errorf("no store at %s", path)
+			}
+			missing = true
+		} // other errors: OpenStore reports them
+	}
+	s, err := hostbreaker.OpenStore(*c.store)
+	if err == nil && missing {
+		fmt.Fprintf(stderr, "breaker: created store %s\n", path)
+	}
+	return s, err
 }
 
-// withStore opens the command's store, calls f with it and a context that
-// bounds the store's work, and closes the store.
-func (c *command) withStore(ctx context.Context, f func(context.Context, hostbreaker.Store) error) (err error) {
-	store, err := c.openStore()
+// withStore opens the command's store (see openStore), calls f with it and
+// a context that bounds the store's work, and closes the store.
+func (c *command) withStore(ctx context.Context, stderr io.Writer, create bool, f func(context.Context, hostbreaker.Store) error) (err error) {
+	store, err := c.openStore(stderr, create)
 	if err != nil {
 		return err
 	}

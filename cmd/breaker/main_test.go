@@ -403,6 +403,7 @@ func TestHelp(t *testing.T) {
 // TestExitStatus runs main in a child process.
 func TestExitStatus(t *testing.T) {
 	store := boltURL(t)
+	missing := filepath.Join(t.TempDir(), "missing.db")
 	for _, tc := range []struct {
 		args   []string
 		status int
@@ -412,6 +413,7 @@ func TestExitStatus(t *testing.T) {
 		{[]string{"bogus"}, 2, "breaker: unknown command \"bogus\"\n\nUsage: breaker <command>"},
 		{[]string{"open", "-store", store}, 2, "breaker: open: missing HOST\n\nUsage: breaker open"},
 		{[]string{"show", "-store", "nosuch://x"}, 1, "breaker: open store \"nosuch://x\": unknown scheme"},
+		{[]string{"show", "-store", missing}, 1, "breaker: no store at " + missing + "\n"},
 	} {
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
 		cmd.Env = append(os.Environ(), mainArgsEnv+"="+strings.Join(tc.args, "\x1f"))
@@ -428,6 +430,9 @@ func TestExitStatus(t *testing.T) {
 		if status != tc.status || !strings.HasPrefix(stderr.String(), tc.stderr) {
 			t.Errorf("breaker %v: status %d, stderr %q; want %d, %q…", tc.args, status, stderr.String(), tc.status, tc.stderr)
 		}
+	}
+	if _, err := os.Stat(missing); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("breaker show -store %s left a file behind (stat: %v)", missing, err)
 	}
 }
 
@@ -467,5 +472,64 @@ func TestHostSpellings(t *testing.T) {
 		if out := mustRun(t, "show", "-json", "-store", store); out != "[]\n" {
 			t.Errorf("show after close %q = %q, want []", tc.in, out)
 		}
+	}
+}
+
+// TestMissingStore checks that show refuses a bbolt file that does not
+// exist, without creating it, and that open and close create it and say so.
+func TestMissingStore(t *testing.T) {
+	useFixedClock(t)
+	dir := t.TempDir()
+	t.Chdir(dir) // a relative -store is named by its absolute path
+	abs := func(name string) string { return filepath.Join(dir, name) }
+	exists := func(path string) bool {
+		_, err := os.Stat(path)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
+		return err == nil
+	}
+
+	for _, store := range []string{"show.db", abs("show.db"), "bolt://" + abs("show.db")} {
+		out, stderr, err := runCmd(t, "show", "-store", store)
+		if want := "no store at " + abs("show.db"); err == nil || err.Error() != want {
+			t.Errorf("show -store %s: error %v, want %q", store, err, want)
+		}
+		var ue *usageError
+		if errors.As(err, &ue) {
+			t.Errorf("show -store %s: a usage error (exit status 2), want 1", store)
+		}
+		if out != "" || stderr != "" {
+			t.Errorf("show -store %s printed %q, %q", store, out, stderr)
+		}
+		if exists(abs("show.db")) {
+			t.Fatalf("show -store %s created the file", store)
+		}
+	}
+
+	for _, cmd := range []string{"open", "close"} {
+		name := cmd + ".db"
+		for _, want := range []string{"breaker: created store " + abs(name) + "\n", ""} {
+			_, stderr, err := runCmd(t, cmd, "-store", name, "h.example")
+			if err != nil {
+				t.Fatalf("%s -store %s: %v", cmd, name, err)
+			}
+			if stderr != want {
+				t.Errorf("%s -store %s: stderr %q, want %q", cmd, name, stderr, want)
+			}
+			if !exists(abs(name)) {
+				t.Fatalf("%s -store %s: no file", cmd, name)
+			}
+		}
+		if _, _, err := runCmd(t, "show", "-store", name); err != nil {
+			t.Errorf("show -store %s after %s: %v", name, cmd, err)
+		}
+	}
+
+	// A directory that does not exist: open fails, and does not claim to
+	// have created anything.
+	_, stderr, err := runCmd(t, "open", "-store", abs("no/dir/x.db"), "h.example")
+	if err == nil || stderr != "" {
+		t.Errorf("open in a missing directory: error %v, stderr %q", err, stderr)
 	}
 }

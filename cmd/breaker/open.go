@@ -20,7 +20,7 @@ Transports reject its requests with reason "manual" until the time is up or
 // maxFor bounds -for, so that the deadline stays representable.
 const maxFor = 10 * 365 * 24 * time.Hour
 
-func runOpen(ctx context.Context, args []string, stdout, _ io.Writer) (err error) {
+func runOpen(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
 	c := newCommand("open", openUsage)
 	d := c.fs.Duration("for", 5*time.Minute, "how long to pause the host; > 0")
 	reason := c.fs.String("reason", "", "why, for whoever runs show (the record's note)")
@@ -49,7 +49,7 @@ func runOpen(ctx context.Context, args []string, stdout, _ io.Writer) (err error
 		Host: host, Reason: hostbreaker.ReasonManual, Until: at.Add(*d), At: at,
 		Note: *reason, Source: source(),
 	}
-	if err := c.withStore(ctx, func(ctx context.Context, s hostbreaker.Store) error { return s.Put(ctx, r) }); err != nil {
+	if err := c.withStore(ctx, stderr, true, func(ctx context.Context, s hostbreaker.Store) error { return s.Put(ctx, r) }); err != nil {
 		return err
 	}
 	_, err = fmt.Fprintf(stdout, "opened %s for %v until %s\n", host, *d, r.Until.UTC().Format(time.RFC3339))
