@@ -27,6 +27,8 @@ import (
 	"time"
 
 	"github.com/hostbreaker/hostbreaker"
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/logging"
 )
 
 // now is the clock of every subcommand: the At and Until of written records
@@ -44,6 +46,11 @@ var hostname = os.Hostname
 const storeTimeout = 10 * time.Second
 
 func main() {
+	// go-redis logs every failed dial to stderr through a process-wide
+	// logger; the store's error says the same once, so a dead Redis gives
+	// one "breaker: ..." line.
+	redis.SetLogger(&logging.VoidLogger{})
+
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()

@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -400,6 +401,49 @@ func TestHelp(t *testing.T) {
 	}
 }
 
+// runMain runs main with args in a child process (the test binary, see
+// TestMain) and returns its exit status and stderr.
+func runMain(t *testing.T, args ...string) (status int, stderr string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), mainArgsEnv+"="+strings.Join(args, "\x1f"))
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && ctx.Err() == nil {
+		return ee.ExitCode(), errb.String()
+	} else if err != nil {
+		t.Fatalf("breaker %v: %v (stderr %q)", args, err, errb.String())
+	}
+	return 0, errb.String()
+}
+
+// TestDeadRedis checks that a Redis store nobody listens on gives one
+// clear error line, not go-redis's own log of every failed dial.
+func TestDeadRedis(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close() // nothing listens on addr now
+	store := "redis://" + addr + "/0?prefix=hbcli-dead:"
+	for _, args := range [][]string{
+		{"show", "-store", store},
+		{"open", "-store", store, "h.example"},
+		{"close", "-store", store, "h.example"},
+	} {
+		status, stderr := runMain(t, args...)
+		if status != 1 || !strings.HasPrefix(stderr, "breaker: ") || strings.Count(stderr, "\n") != 1 ||
+			!strings.HasSuffix(stderr, "\n") || !strings.Contains(stderr, addr) {
+			t.Errorf("breaker %v: status %d, stderr:\n%s\nwant status 1 and one line \"breaker: …%s…\"", args, status, stderr, addr)
+		}
+	}
+}
+
 // TestExitStatus runs main in a child process.
 func TestExitStatus(t *testing.T) {
 	store := boltURL(t)
@@ -415,20 +459,9 @@ func TestExitStatus(t *testing.T) {
 		{[]string{"show", "-store", "nosuch://x"}, 1, "breaker: open store \"nosuch://x\": unknown scheme"},
 		{[]string{"show", "-store", missing}, 1, "breaker: no store at " + missing + "\n"},
 	} {
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), mainArgsEnv+"="+strings.Join(tc.args, "\x1f"))
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		err := cmd.Run()
-		status := 0
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			status = ee.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		if status != tc.status || !strings.HasPrefix(stderr.String(), tc.stderr) {
-			t.Errorf("breaker %v: status %d, stderr %q; want %d, %q…", tc.args, status, stderr.String(), tc.status, tc.stderr)
+		status, stderr := runMain(t, tc.args...)
+		if status != tc.status || !strings.HasPrefix(stderr, tc.stderr) {
+			t.Errorf("breaker %v: status %d, stderr %q; want %d, %q…", tc.args, status, stderr, tc.status, tc.stderr)
 		}
 	}
 	if _, err := os.Stat(missing); !errors.Is(err, os.ErrNotExist) {
