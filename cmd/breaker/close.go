@@ -14,7 +14,11 @@ const closeUsage = `Usage: breaker close [-store URL] HOST
 
 Resets HOST in every process that shares the store: its cooldowns are
 deleted, and each process clears them and closes the host's breakers within
-its poll interval. HOST is a host name with an optional port, or a URL.
+its poll interval.
+
+HOST is a host name with an optional port, or a URL, normalized as the
+Transports key hosts: a URL's default port is dropped (https://h:443/ is h),
+a port given without a scheme is kept (h:443 is not h).
 `
 
 // resetRetention is how long the reset marker stays in the store, as the

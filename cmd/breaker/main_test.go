@@ -478,6 +478,7 @@ func TestHostSpellings(t *testing.T) {
 		{"Example.ORG", "example.org"},
 		{"example.org.", "example.org"},
 		{"example.org:8443", "example.org:8443"},
+		{"example.org:443", "example.org:443"}, // no scheme, no default port: kept, as the usage says
 		{"example.org.:08080", "example.org:8080"},
 		{"Bücher.example", "xn--bcher-kva.example"},
 		{"https://Example.org:443/x?y=1", "example.org"},

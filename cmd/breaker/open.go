@@ -14,7 +14,11 @@ const openUsage = `Usage: breaker open [-store URL] HOST [-for DURATION] [-reaso
 
 Pauses HOST (every role) in every process that shares the store: their
 Transports reject its requests with reason "manual" until the time is up or
-"breaker close HOST". HOST is a host name with an optional port, or a URL.
+"breaker close HOST".
+
+HOST is a host name with an optional port, or a URL, normalized as the
+Transports key hosts: a URL's default port is dropped (https://h:443/ is h),
+a port given without a scheme is kept (h:443 is not h).
 `
 
 // maxFor bounds -for, so that the deadline stays representable.
