@@ -14,14 +14,18 @@ const closeUsage = `Usage: breaker close [-store URL] HOST
 
 Resets HOST in every process that shares the store: its cooldowns are
 deleted, and each process clears them and closes the host's breakers within
-its poll interval. HOST is a host name with an optional port, or a URL.
+its poll interval.
+
+HOST is a host name with an optional port, or a URL, normalized as the
+Transports key hosts: a URL's default port is dropped (https://h:443/ is h),
+a port given without a scheme is kept (h:443 is not h).
 `
 
 // resetRetention is how long the reset marker stays in the store, as the
 // Transports write it: long enough for every process to see it.
 const resetRetention = 10 * time.Minute
 
-func runClose(ctx context.Context, args []string, stdout, _ io.Writer) (err error) {
+func runClose(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
 	c := newCommand("close", closeUsage)
 	pos, err := c.parse(args, stdout)
 	if errors.Is(err, errHelp) {
@@ -32,7 +36,7 @@ func runClose(ctx context.Context, args []string, stdout, _ io.Writer) (err erro
 	if pos == "" {
 		return usagef(c.fullUsage(), "close: missing HOST")
 	}
-	host, err := normalizeHost(pos)
+	host, err := hostArg("close", pos)
 	if err != nil {
 		return err
 	}
@@ -42,7 +46,7 @@ func runClose(ctx context.Context, args []string, stdout, _ io.Writer) (err erro
 		Host: host, Reason: hostbreaker.ReasonReset, Until: at.Add(resetRetention), At: at,
 		Source: source(),
 	}
-	if err := c.withStore(ctx, func(ctx context.Context, s hostbreaker.Store) error { return s.Put(ctx, r) }); err != nil {
+	if err := c.withStore(ctx, stderr, true, func(ctx context.Context, s hostbreaker.Store) error { return s.Put(ctx, r) }); err != nil {
 		return err
 	}
 	_, err = fmt.Fprintf(stdout, "closed %s: every process sharing the store resets it within its poll interval\n", host)

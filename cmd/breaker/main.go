@@ -6,9 +6,11 @@
 //	go run ./cmd/breaker close [-store URL] HOST
 //
 // Flags may come before or after HOST. -store defaults to
-// $HOSTBREAKER_STORE, else ./hostbreaker.db. Errors are printed as
-// "breaker: <message>"; the exit status is 1 for errors and 2 for usage
-// errors (unknown subcommand or flag, missing HOST, bad flag value).
+// $HOSTBREAKER_STORE, else ./hostbreaker.db. show refuses a bbolt file that
+// does not exist ("no store at PATH"); open and close create it and say so
+// on stderr. Errors are printed as "breaker: <message>"; the exit status is
+// 1 for errors and 2 for usage errors (unknown subcommand or flag, missing
+// HOST, bad flag value).
 package main
 
 import (
@@ -17,16 +19,16 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/url"
+	"io/fs"
 	"os"
 	"os/signal"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/hostbreaker/hostbreaker"
-	"golang.org/x/net/idna"
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/logging"
 )
 
 // now is the clock of every subcommand: the At and Until of written records
@@ -44,6 +46,11 @@ var hostname = os.Hostname
 const storeTimeout = 10 * time.Second
 
 func main() {
+	// go-redis logs every failed dial to stderr through a process-wide
+	// logger; the store's error says the same once, so a dead Redis gives
+	// one "breaker: ..." line.
+	redis.SetLogger(&logging.VoidLogger{})
+
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
@@ -83,7 +90,8 @@ Commands:
 
 Every command takes -store URL: a bbolt file path, bolt:///abs/path.db,
 redis://[user:pass@]host:port/db[?prefix=P] or rediss://... (default
-$HOSTBREAKER_STORE, else ./hostbreaker.db). Flags may come before or after
+$HOSTBREAKER_STORE, else ./hostbreaker.db). show refuses a bbolt file that
+does not exist; open and close create it. Flags may come before or after
 HOST. Run "breaker <command> -h" for the command's flags.
 `
 
@@ -171,18 +179,38 @@ func (c *command) flagError(err error, stdout io.Writer) error {
 }
 
 // openStore opens the store named by -store. The store's errors name the
-// URL (with any password redacted).
-func (c *command) openStore() (hostbreaker.Store, error) {
+// URL (with any password redacted). A bbolt file that does not exist is
+// created when create is true, with a line on stderr that says so, and is
+// an error ("no store at PATH") otherwise, so that a mistyped path is not
+// shown as an empty store.
+func (c *command) openStore(stderr io.Writer, create bool) (hostbreaker.Store, error) {
 	if *c.store == "" {
 		return nil, usagef(c.fullUsage(), "%s: -store is empty and $HOSTBREAKER_STORE is not set", c.fs.Name())
 	}
-	return hostbreaker.OpenStore(*c.store)
+	path, err := hostbreaker.StorePath(*c.store)
+	if err != nil {
+		return nil, err
+	}
+	missing := false
+	if path != "" {
+		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+			if !create {
+				return nil, fmt.Errorf("no store at %s", path)
+			}
+			missing = true
+		} // other errors: OpenStore reports them
+	}
+	s, err := hostbreaker.OpenStore(*c.store)
+	if err == nil && missing {
+		fmt.Fprintf(stderr, "breaker: created store %s\n", path)
+	}
+	return s, err
 }
 
-// withStore opens the command's store, calls f with it and a context that
-// bounds the store's work, and closes the store.
-func (c *command) withStore(ctx context.Context, f func(context.Context, hostbreaker.Store) error) (err error) {
-	store, err := c.openStore()
+// withStore opens the command's store (see openStore), calls f with it and
+// a context that bounds the store's work, and closes the store.
+func (c *command) withStore(ctx context.Context, stderr io.Writer, create bool, f func(context.Context, hostbreaker.Store) error) (err error) {
+	store, err := c.openStore(stderr, create)
 	if err != nil {
 		return err
 	}
@@ -205,78 +233,12 @@ func source() string {
 	return "breaker-cli@" + h
 }
 
-// normalizeHost puts a host as the user typed it in the form the stores
-// and Transports use: lower case, without a trailing dot, IDNA A-labels,
-// with its port. A URL ("https://Example.org:443/x") gives its host
-// without the scheme's default port. It does not validate what remains;
-// the store refuses a host that is not a valid normalized name.
-func normalizeHost(s string) (string, error) {
-	s = strings.TrimSpace(s)
-	if strings.Contains(s, "://") {
-		u, err := url.Parse(s)
-		if err != nil {
-			return "", fmt.Errorf("invalid host %q: %v", s, err)
-		}
-		if u.Host == "" {
-			return "", fmt.Errorf("invalid host %q: URL has no host", s)
-		}
-		h, port := splitHostPort(u.Host)
-		switch {
-		case port == "80" && strings.EqualFold(u.Scheme, "http"),
-			port == "443" && strings.EqualFold(u.Scheme, "https"):
-			port = ""
-		}
-		return joinHost(s, h, port)
+// hostArg returns the host that a command's HOST argument (or -host)
+// names, normalized by [hostbreaker.NormalizeHost] as the Transports key it.
+func hostArg(cmd, s string) (string, error) {
+	h, err := hostbreaker.NormalizeHost(s)
+	if err != nil {
+		return "", fmt.Errorf("%s: invalid host %q: %w", cmd, s, err)
 	}
-	h, port := splitHostPort(s)
-	return joinHost(s, h, port)
-}
-
-// splitHostPort splits host[:port]. A bracketed IPv6 literal keeps its
-// brackets; a bare one (more than one colon) gets them and has no port.
-func splitHostPort(s string) (host, port string) {
-	if strings.HasPrefix(s, "[") {
-		if end := strings.IndexByte(s, ']'); end >= 0 && strings.HasPrefix(s[end+1:], ":") {
-			return s[:end+1], s[end+2:]
-		}
-		return s, ""
-	}
-	if strings.Count(s, ":") > 1 {
-		return "[" + s + "]", ""
-	}
-	host, port, _ = strings.Cut(s, ":")
-	return host, port
-}
-
-func joinHost(orig, host, port string) (string, error) {
-	if !strings.HasPrefix(host, "[") {
-		host = strings.TrimSuffix(host, ".")
-		if !isASCII(host) {
-			a, err := idna.Lookup.ToASCII(host)
-			if err != nil {
-				return "", fmt.Errorf("invalid host %q: %v", orig, err)
-			}
-			host = a
-		}
-	}
-	host = strings.ToLower(host)
-	if host == "" {
-		return "", fmt.Errorf("invalid host %q: empty name", orig)
-	}
-	if n, err := strconv.ParseUint(port, 10, 16); err == nil {
-		port = strconv.FormatUint(n, 10) // "08080" is port 8080
-	}
-	if port != "" {
-		return host + ":" + port, nil
-	}
-	return host, nil
-}
-
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= 0x80 {
-			return false
-		}
-	}
-	return true
+	return h, nil
 }

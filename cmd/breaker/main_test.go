@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -263,61 +264,77 @@ func (o *okTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // TestTransport checks that a running Transport sharing the store obeys
-// open and close.
+// open and close, however the operator spells the host.
 func TestTransport(t *testing.T) {
-	eachStore(t, func(t *testing.T, store string) {
-		base := &okTransport{}
-		tr, err := hostbreaker.NewTransport(base, hostbreaker.WithConfig(hostbreaker.Config{
-			Store: hostbreaker.StoreConfig{URL: store, PollInterval: 50 * time.Millisecond},
-		}))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer tr.Close()
-		client := &http.Client{Transport: tr}
-		get := func() error {
-			resp, err := client.Get("https://api.example.org/works")
-			if err != nil {
-				return err
-			}
-			io.Copy(io.Discard, resp.Body)
-			return resp.Body.Close()
-		}
-		// await polls until the transport's answer satisfies ok.
-		await := func(what string, ok func(error) bool) {
-			t.Helper()
-			deadline := time.Now().Add(2 * time.Second)
-			for {
-				err := get()
-				if ok(err) {
-					return
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("after 2s, %s: last error %v", what, err)
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
-		}
-		if err := get(); err != nil {
-			t.Fatalf("before open: %v", err)
-		}
-
-		mustRun(t, "open", "-store", store, "-for", "5m", "-reason", "test", "api.example.org")
-		await("the transport still accepts the opened host", func(err error) bool {
-			var oe *hostbreaker.OpenError
-			return errors.As(err, &oe) && oe.Reason == hostbreaker.ReasonManual && oe.Host == "api.example.org"
+	for _, spelling := range []string{
+		"api.example.org",
+		"API.Example.org.",
+		"https://api.example.org:0443/works?rows=1", // the scheme's default port, with a leading zero
+	} {
+		t.Run(spelling, func(t *testing.T) {
+			eachStore(t, func(t *testing.T, store string) { testTransport(t, store, spelling) })
 		})
-		calls := base.calls.Load()
-		if err := get(); !errors.Is(err, hostbreaker.ErrOpen) {
-			t.Fatalf("open host: %v", err)
-		}
-		if base.calls.Load() != calls {
-			t.Error("a rejected request reached the base transport")
-		}
+	}
+}
 
-		mustRun(t, "close", "-store", store, "api.example.org")
-		await("the transport still rejects the closed host", func(err error) bool { return err == nil })
+// testTransport runs "open" and "close" with host as the operator spelled
+// it and checks that a Transport requesting https://api.example.org obeys
+// them.
+func testTransport(t *testing.T, store, host string) {
+	base := &okTransport{}
+	tr, err := hostbreaker.NewTransport(base, hostbreaker.WithConfig(hostbreaker.Config{
+		Store: hostbreaker.StoreConfig{URL: store, PollInterval: 50 * time.Millisecond},
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	client := &http.Client{Transport: tr}
+	get := func() error {
+		resp, err := client.Get("https://api.example.org/works")
+		if err != nil {
+			return err
+		}
+		io.Copy(io.Discard, resp.Body)
+		return resp.Body.Close()
+	}
+	// await polls until the transport's answer satisfies ok.
+	await := func(what string, ok func(error) bool) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			err := get()
+			if ok(err) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("after 5s, %s: last error %v", what, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if err := get(); err != nil {
+		t.Fatalf("before open: %v", err)
+	}
+
+	out := mustRun(t, "open", "-store", store, "-for", "5m", "-reason", "test", host)
+	if !strings.HasPrefix(out, "opened api.example.org ") {
+		t.Errorf("open printed %q", out)
+	}
+	await("the transport still accepts the opened host", func(err error) bool {
+		var oe *hostbreaker.OpenError
+		return errors.As(err, &oe) && oe.Reason == hostbreaker.ReasonManual && oe.Host == "api.example.org"
 	})
+	calls := base.calls.Load()
+	if err := get(); !errors.Is(err, hostbreaker.ErrOpen) {
+		t.Fatalf("open host: %v", err)
+	}
+	if base.calls.Load() != calls {
+		t.Error("a rejected request reached the base transport")
+	}
+
+	mustRun(t, "close", "-store", store, host)
+	await("the transport still rejects the closed host", func(err error) bool { return err == nil })
 }
 
 func TestErrors(t *testing.T) {
@@ -345,7 +362,8 @@ func TestErrors(t *testing.T) {
 		{[]string{"show", "-store", filepath.Join(t.TempDir(), "no", "dir", "x.db")}, false, filepath.Join("no", "dir", "x.db")},
 		{[]string{"open", "-store", store, "bad host!"}, false, `"bad host!"`},
 		{[]string{"close", "-store", store, "bad host!"}, false, `"bad host!"`},
-		{[]string{"open", "-store", store, "https:///nohost"}, false, "URL has no host"},
+		{[]string{"open", "-store", store, "https:///nohost"}, false, `open: invalid host "https:///nohost"`},
+		{[]string{"show", "-store", store, "-host", "bad host!"}, false, `show: invalid host "bad host!"`},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			out, _, err := runCmd(t, tc.args...)
@@ -383,9 +401,53 @@ func TestHelp(t *testing.T) {
 	}
 }
 
+// runMain runs main with args in a child process (the test binary, see
+// TestMain) and returns its exit status and stderr.
+func runMain(t *testing.T, args ...string) (status int, stderr string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), mainArgsEnv+"="+strings.Join(args, "\x1f"))
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && ctx.Err() == nil {
+		return ee.ExitCode(), errb.String()
+	} else if err != nil {
+		t.Fatalf("breaker %v: %v (stderr %q)", args, err, errb.String())
+	}
+	return 0, errb.String()
+}
+
+// TestDeadRedis checks that a Redis store nobody listens on gives one
+// clear error line, not go-redis's own log of every failed dial.
+func TestDeadRedis(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close() // nothing listens on addr now
+	store := "redis://" + addr + "/0?prefix=hbcli-dead:"
+	for _, args := range [][]string{
+		{"show", "-store", store},
+		{"open", "-store", store, "h.example"},
+		{"close", "-store", store, "h.example"},
+	} {
+		status, stderr := runMain(t, args...)
+		if status != 1 || !strings.HasPrefix(stderr, "breaker: ") || strings.Count(stderr, "\n") != 1 ||
+			!strings.HasSuffix(stderr, "\n") || !strings.Contains(stderr, addr) {
+			t.Errorf("breaker %v: status %d, stderr:\n%s\nwant status 1 and one line \"breaker: …%s…\"", args, status, stderr, addr)
+		}
+	}
+}
+
 // TestExitStatus runs main in a child process.
 func TestExitStatus(t *testing.T) {
 	store := boltURL(t)
+	missing := filepath.Join(t.TempDir(), "missing.db")
 	for _, tc := range []struct {
 		args   []string
 		status int
@@ -395,42 +457,113 @@ func TestExitStatus(t *testing.T) {
 		{[]string{"bogus"}, 2, "breaker: unknown command \"bogus\"\n\nUsage: breaker <command>"},
 		{[]string{"open", "-store", store}, 2, "breaker: open: missing HOST\n\nUsage: breaker open"},
 		{[]string{"show", "-store", "nosuch://x"}, 1, "breaker: open store \"nosuch://x\": unknown scheme"},
+		{[]string{"show", "-store", missing}, 1, "breaker: no store at " + missing + "\n"},
 	} {
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), mainArgsEnv+"="+strings.Join(tc.args, "\x1f"))
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		err := cmd.Run()
-		status := 0
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			status = ee.ExitCode()
-		} else if err != nil {
+		status, stderr := runMain(t, tc.args...)
+		if status != tc.status || !strings.HasPrefix(stderr, tc.stderr) {
+			t.Errorf("breaker %v: status %d, stderr %q; want %d, %q…", tc.args, status, stderr, tc.status, tc.stderr)
+		}
+	}
+	if _, err := os.Stat(missing); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("breaker show -store %s left a file behind (stat: %v)", missing, err)
+	}
+}
+
+// TestHostSpellings checks that open, show -host and close take HOST in
+// any spelling that hostbreaker.NormalizeHost accepts, and agree on the
+// host it names.
+func TestHostSpellings(t *testing.T) {
+	store := boltURL(t)
+	for _, tc := range []struct{ in, want string }{
+		{"Example.ORG", "example.org"},
+		{"example.org.", "example.org"},
+		{"example.org:8443", "example.org:8443"},
+		{"example.org:443", "example.org:443"}, // no scheme, no default port: kept, as the usage says
+		{"example.org.:08080", "example.org:8080"},
+		{"Bücher.example", "xn--bcher-kva.example"},
+		{"https://Example.org:443/x?y=1", "example.org"},
+		{"https://Example.org:0443/", "example.org"},
+		{"HTTP://user:pass@example.org:80", "example.org"},
+		{"https://example.org:80/", "example.org:80"},
+		{"http://example.org:8080/", "example.org:8080"},
+		{"[2001:DB8::1]:443", "[2001:db8::1]:443"},
+		{"2001:db8::1", "[2001:db8::1]"},
+		{"https://[::1]:443/", "[::1]"},
+	} {
+		out := mustRun(t, "open", "-store", store, tc.in)
+		if !strings.HasPrefix(out, "opened "+tc.want+" for ") {
+			t.Errorf("open %q printed %q, want host %q", tc.in, out, tc.want)
+			continue
+		}
+		var rows []row
+		if err := json.Unmarshal([]byte(mustRun(t, "show", "-json", "-store", store, "-host", tc.in)), &rows); err != nil {
 			t.Fatal(err)
 		}
-		if status != tc.status || !strings.HasPrefix(stderr.String(), tc.stderr) {
-			t.Errorf("breaker %v: status %d, stderr %q; want %d, %q…", tc.args, status, stderr.String(), tc.status, tc.stderr)
+		if len(rows) != 1 || rows[0].Host != tc.want {
+			t.Errorf("show -host %q = %+v, want the cooldown of %q", tc.in, rows, tc.want)
+		}
+		mustRun(t, "close", "-store", store, tc.in)
+		if out := mustRun(t, "show", "-json", "-store", store); out != "[]\n" {
+			t.Errorf("show after close %q = %q, want []", tc.in, out)
 		}
 	}
 }
 
-func TestNormalizeHost(t *testing.T) {
-	for in, want := range map[string]string{
-		"Example.ORG":                   "example.org",
-		"example.org.":                  "example.org",
-		"example.org:8443":              "example.org:8443",
-		"example.org.:08080":            "example.org:8080",
-		"Bücher.example":                "xn--bcher-kva.example",
-		"https://Example.org:443/x?y=1": "example.org",
-		"http://example.org:80":         "example.org",
-		"https://example.org:80/":       "example.org:80",
-		"http://example.org:8080/":      "example.org:8080",
-		"[2001:DB8::1]:443":             "[2001:db8::1]:443",
-		"2001:db8::1":                   "[2001:db8::1]",
-		"https://[::1]:443/":            "[::1]",
-	} {
-		if got, err := normalizeHost(in); err != nil || got != want {
-			t.Errorf("normalizeHost(%q) = %q, %v; want %q", in, got, err, want)
+// TestMissingStore checks that show refuses a bbolt file that does not
+// exist, without creating it, and that open and close create it and say so.
+func TestMissingStore(t *testing.T) {
+	useFixedClock(t)
+	dir := t.TempDir()
+	t.Chdir(dir) // a relative -store is named by its absolute path
+	abs := func(name string) string { return filepath.Join(dir, name) }
+	exists := func(path string) bool {
+		_, err := os.Stat(path)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
 		}
+		return err == nil
+	}
+
+	for _, store := range []string{"show.db", abs("show.db"), "bolt://" + abs("show.db")} {
+		out, stderr, err := runCmd(t, "show", "-store", store)
+		if want := "no store at " + abs("show.db"); err == nil || err.Error() != want {
+			t.Errorf("show -store %s: error %v, want %q", store, err, want)
+		}
+		var ue *usageError
+		if errors.As(err, &ue) {
+			t.Errorf("show -store %s: a usage error (exit status 2), want 1", store)
+		}
+		if out != "" || stderr != "" {
+			t.Errorf("show -store %s printed %q, %q", store, out, stderr)
+		}
+		if exists(abs("show.db")) {
+			t.Fatalf("show -store %s created the file", store)
+		}
+	}
+
+	for _, cmd := range []string{"open", "close"} {
+		name := cmd + ".db"
+		for _, want := range []string{"breaker: created store " + abs(name) + "\n", ""} {
+			_, stderr, err := runCmd(t, cmd, "-store", name, "h.example")
+			if err != nil {
+				t.Fatalf("%s -store %s: %v", cmd, name, err)
+			}
+			if stderr != want {
+				t.Errorf("%s -store %s: stderr %q, want %q", cmd, name, stderr, want)
+			}
+			if !exists(abs(name)) {
+				t.Fatalf("%s -store %s: no file", cmd, name)
+			}
+		}
+		if _, _, err := runCmd(t, "show", "-store", name); err != nil {
+			t.Errorf("show -store %s after %s: %v", name, cmd, err)
+		}
+	}
+
+	// A directory that does not exist: open fails, and does not claim to
+	// have created anything.
+	_, stderr, err := runCmd(t, "open", "-store", abs("no/dir/x.db"), "h.example")
+	if err == nil || stderr != "" {
+		t.Errorf("open in a missing directory: error %v, stderr %q", err, stderr)
 	}
 }

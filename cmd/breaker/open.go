@@ -14,13 +14,17 @@ const openUsage = `Usage: breaker open [-store URL] HOST [-for DURATION] [-reaso
 
 Pauses HOST (every role) in every process that shares the store: their
 Transports reject its requests with reason "manual" until the time is up or
-"breaker close HOST". HOST is a host name with an optional port, or a URL.
+"breaker close HOST".
+
+HOST is a host name with an optional port, or a URL, normalized as the
+Transports key hosts: a URL's default port is dropped (https://h:443/ is h),
+a port given without a scheme is kept (h:443 is not h).
 `
 
 // maxFor bounds -for, so that the deadline stays representable.
 const maxFor = 10 * 365 * 24 * time.Hour
 
-func runOpen(ctx context.Context, args []string, stdout, _ io.Writer) (err error) {
+func runOpen(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
 	c := newCommand("open", openUsage)
 	d := c.fs.Duration("for", 5*time.Minute, "how long to pause the host; > 0")
 	reason := c.fs.String("reason", "", "why, for whoever runs show (the record's note)")
@@ -39,7 +43,7 @@ func runOpen(ctx context.Context, args []string, stdout, _ io.Writer) (err error
 	if *d > maxFor {
 		return usagef(c.fullUsage(), "open: -for %v is longer than %v", *d, maxFor)
 	}
-	host, err := normalizeHost(pos)
+	host, err := hostArg("open", pos)
 	if err != nil {
 		return err
 	}
@@ -49,7 +53,7 @@ func runOpen(ctx context.Context, args []string, stdout, _ io.Writer) (err error
 		Host: host, Reason: hostbreaker.ReasonManual, Until: at.Add(*d), At: at,
 		Note: *reason, Source: source(),
 	}
-	if err := c.withStore(ctx, func(ctx context.Context, s hostbreaker.Store) error { return s.Put(ctx, r) }); err != nil {
+	if err := c.withStore(ctx, stderr, true, func(ctx context.Context, s hostbreaker.Store) error { return s.Put(ctx, r) }); err != nil {
 		return err
 	}
 	_, err = fmt.Fprintf(stdout, "opened %s for %v until %s\n", host, *d, r.Until.UTC().Format(time.RFC3339))

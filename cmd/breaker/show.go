@@ -45,7 +45,7 @@ type row struct {
 	until time.Time
 }
 
-func runShow(ctx context.Context, args []string, stdout, _ io.Writer) (err error) {
+func runShow(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
 	c := newCommand("show", showUsage)
 	hostFlag := c.fs.String("host", "", "list only this host (normalized like the services do)")
 	asJSON := c.fs.Bool("json", false, "print JSON instead of a table")
@@ -63,14 +63,14 @@ func runShow(ctx context.Context, args []string, stdout, _ io.Writer) (err error
 		filter = pos
 	}
 	if filter != "" {
-		if filter, err = normalizeHost(filter); err != nil {
+		if filter, err = hostArg("show", filter); err != nil {
 			return err
 		}
 	}
 
 	var recs []hostbreaker.Record
 	var states []hostbreaker.PublishedState
-	err = c.withStore(ctx, func(ctx context.Context, s hostbreaker.Store) (err error) {
+	err = c.withStore(ctx, stderr, false, func(ctx context.Context, s hostbreaker.Store) (err error) {
 		if recs, err = s.Records(ctx); err != nil {
 			return err
 		}

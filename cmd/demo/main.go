@@ -4,11 +4,15 @@
 // plain http.Transport, then through hostbreaker, and compares how many
 // requests reached each server.
 //
-//	go run ./cmd/demo [-duration 12s] [-workers 8] [-quiet]
+//	go run ./cmd/demo [-duration 7s] [-workers 8] [-quiet]
 //
 // The sick periods scale with -duration: the flaky host fails for the first
 // 2/3 of each phase, the limited host answers 429 for the first 7/12, with a
-// Retry-After of a quarter of the phase (3 s for the default 12 s).
+// Retry-After of a quarter of the phase, rounded (2 s for the default 7 s).
+//
+// On a terminal the demo redraws a live table each second; elsewhere (a
+// pipe, a file) it prints the hostbreaker phase's table once, at its end,
+// then the summary.
 package main
 
 import (
@@ -76,9 +80,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.DurationVar(&o.duration, "duration", 12*time.Second, "length of each of the two phases")
+	fs.DurationVar(&o.duration, "duration", 7*time.Second, "length of each of the two phases")
 	fs.IntVar(&o.workers, "workers", 8, "concurrent workers")
-	fs.BoolVar(&o.quiet, "quiet", false, "print no live progress, only the summary")
+	fs.BoolVar(&o.quiet, "quiet", false, "print no live table, only the summary")
 	fs.StringVar(&o.store, "store", "", "store `URL` shared by hostbreaker (a path or redis://…; default: a bbolt file in a new temp dir)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: demo [flags]\n\n"+
@@ -284,8 +288,8 @@ func request(ctx context.Context, client *http.Client, l *live, h int) {
 	}
 }
 
-// console writes progress blocks: on a terminal each block replaces the
-// previous one; elsewhere blocks follow each other.
+// console writes progress blocks; on a terminal each block replaces the
+// previous one. Elsewhere the phases write one block each, at their end.
 type console struct {
 	w     io.Writer
 	tty   bool
@@ -352,7 +356,7 @@ func runPlain(ctx context.Context, o options, c *console) phase {
 	defer cancel()
 	c.printf("Phase 1/2: plain http.Transport, %v, %d workers\n", o.duration, o.workers)
 	wait := func() {}
-	if !o.quiet {
+	if !o.quiet && c.tty {
 		wait = every(wctx, func() {
 			c.block(fmt.Sprintf("  %s/%v  reached the servers: healthy %d, flaky %d, limited %d\n",
 				elapsed(l), o.duration, l.hits[healthy].Load(), l.hits[flaky].Load(), l.hits[limited].Load()))
@@ -402,7 +406,7 @@ func runHostbreaker(ctx context.Context, o options, c *console) (phase, error) {
 	c.printf("Phase 2/2: hostbreaker (fail_max 3, reset_timeout 2s, half_open_jitter 200ms, trial_calls 1), %v, %d workers\n",
 		o.duration, o.workers)
 	wait := func() {}
-	if !o.quiet {
+	if !o.quiet && c.tty {
 		wait = every(wctx, func() { c.block(liveTable(o, l, tr, events, c.tty)) })
 	}
 	workload(wctx, o, l, client)
@@ -450,7 +454,7 @@ func liveTable(o options, l *live, tr *hostbreaker.Transport, events *eventLog, 
 	if tty {
 		lines = events.last(6) // a fixed-size window under the table
 	} else {
-		lines = events.unseen() // each event once
+		lines = events.all() // the one table, at the end: the whole story
 	}
 	if len(lines) > 0 {
 		b.WriteString("  events:\n")
@@ -478,7 +482,6 @@ type eventLog struct {
 
 	mu    sync.Mutex
 	lines []string
-	seen  int
 }
 
 func (e *eventLog) Enabled(context.Context, slog.Level) bool { return true }
@@ -525,12 +528,10 @@ func (e *eventLog) last(n int) []string {
 	return append([]string(nil), e.lines[max(0, len(e.lines)-n):]...)
 }
 
-func (e *eventLog) unseen() []string {
+func (e *eventLog) all() []string {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	s := append([]string(nil), e.lines[e.seen:]...)
-	e.seen = len(e.lines)
-	return s
+	return append([]string(nil), e.lines...)
 }
 
 // run is the whole demo; main only wires signals and the exit code.
@@ -544,7 +545,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		"  healthy  (metadata)  200 after 2 ms\n"+
 		"  flaky    (landing)   503 or a dropped connection for the first %v, then 200\n"+
 		"  limited  (artifact)  429 with Retry-After: %d for the first %v, then 200\n\n",
-		o.workers, o.interval, o.flakySick, o.retryAfter, o.limitedSick)
+		o.workers, o.interval, durOrDash(o.flakySick), o.retryAfter, durOrDash(o.limitedSick))
 
 	plain := runPlain(ctx, o, c)
 	hb := phase{name: "hostbreaker"}

@@ -10,8 +10,10 @@ import (
 	"time"
 )
 
-// TestRun runs a short demo (the sick periods scale with -duration) and
-// checks that hostbreaker spared the sick hosts without hurting the healthy one.
+// TestRun runs a short demo (the sick periods scale with -duration) into a
+// buffer, as into a pipe: it checks that the output has one table of the
+// hostbreaker phase, one summary and one conclusion, and that hostbreaker
+// spared the sick hosts without hurting the healthy one.
 func TestRun(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs for about 6 s")
@@ -20,13 +22,27 @@ func TestRun(t *testing.T) {
 	defer cancel()
 	var out, errOut bytes.Buffer
 	start := time.Now()
-	err := run(ctx, []string{"-duration", "3s", "-workers", "4", "-quiet"}, &out, &errOut)
+	err := run(ctx, []string{"-duration", "3s", "-workers", "4"}, &out, &errOut)
 	t.Logf("run took %v; output:\n%s", time.Since(start).Round(time.Millisecond), out.String())
 	if err != nil {
 		t.Fatalf("run: %v (stderr: %s)", err, errOut.String())
 	}
 	if errOut.Len() > 0 {
 		t.Errorf("unexpected stderr: %s", errOut.String())
+	}
+
+	// Progress blocks and the live table start with "… reached the
+	// servers: healthy N, …".
+	if n := strings.Count(out.String(), "reached the servers:"); n != 1 {
+		t.Errorf("%d progress blocks or tables, want the one table of the hostbreaker phase", n)
+	}
+	if n := countLines(out.String(), "host role state until reason requests ok failed rejected"); n != 1 {
+		t.Errorf("%d live table headers, want 1", n)
+	}
+	for _, s := range []string{"Summary:", "Conclusion:"} {
+		if n := strings.Count(out.String(), s); n != 1 {
+			t.Errorf("%q appears %d times, want once", s, n)
+		}
 	}
 
 	rows := summaryRows(t, out.String())
@@ -43,9 +59,32 @@ func TestRun(t *testing.T) {
 	if r := rows["healthy"]; r.plain == 0 || r.hb*10 < r.plain*8 {
 		t.Errorf("healthy: hostbreaker sent %d requests, plain %d; want at least 80%%", r.hb, r.plain)
 	}
-	if !strings.Contains(out.String(), "Conclusion:") {
-		t.Error("no conclusion")
+}
+
+// TestRunQuiet checks that -quiet prints no table but the summary's.
+func TestRunQuiet(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs for about 2 s")
 	}
+	var out, errOut bytes.Buffer
+	if err := run(context.Background(), []string{"-duration", "1s", "-workers", "2", "-quiet"}, &out, &errOut); err != nil {
+		t.Fatalf("run: %v (stderr: %s)", err, errOut.String())
+	}
+	if strings.Contains(out.String(), "reached the servers:") || strings.Count(out.String(), "Summary:") != 1 ||
+		strings.Count(out.String(), "Conclusion:") != 1 {
+		t.Errorf("-quiet output:\n%s", out.String())
+	}
+}
+
+// countLines returns how many lines of out have the words of line.
+func countLines(out, line string) int {
+	n := 0
+	for l := range strings.Lines(out) {
+		if strings.Join(strings.Fields(l), " ") == line {
+			n++
+		}
+	}
+	return n
 }
 
 type hits struct{ plain, hb int64 }
