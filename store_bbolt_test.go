@@ -892,6 +892,34 @@ func BenchmarkBoltPut(b *testing.B) {
 	}
 }
 
+// BenchmarkBoltPutManyRecords writes one host's cooldown into a file that
+// holds 10,000 live records of other hosts: the cost of a write should not
+// grow with the number of records.
+func BenchmarkBoltPutManyRecords(b *testing.B) {
+	path := boltTestPath(b)
+	s := boltTestOpen(b, path)
+	ctx := context.Background()
+	now := time.Now()
+	boltTestRaw(b, path, func(tx *bolt.Tx) error {
+		cd := tx.Bucket(boltCooldowns)
+		for i := range 10_000 {
+			r := boltTestRec(fmt.Sprintf("h%d.example", i), "", ReasonManual, now.Add(time.Hour), now)
+			if err := cd.Put([]byte(r.Host+"\x00c:"), encodeRecord(r)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	i := 0
+	for b.Loop() {
+		i++
+		r := boltTestRec("bench.example", "", ReasonRetryAfter, now.Add(time.Hour+time.Duration(i)), now)
+		if err := s.Put(ctx, r); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 func BenchmarkBoltRecordsUnchanged(b *testing.B) {
 	s := boltTestOpen(b, boltTestPath(b))
 	ctx := context.Background()
