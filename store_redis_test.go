@@ -159,11 +159,6 @@ func find(rs []Record, host, role string, reset bool) (Record, bool) {
 	return Record{}, false
 }
 
-func sameRecord(a, b Record) bool {
-	return a.Host == b.Host && a.Role == b.Role && a.Reason == b.Reason && a.Until.Equal(b.Until) &&
-		a.At.Equal(b.At) && a.Note == b.Note && a.Source == b.Source
-}
-
 func TestRedisURLParsing(t *testing.T) {
 	cases := []struct {
 		url                  string
