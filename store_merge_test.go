@@ -233,7 +233,7 @@ var mergeCases = []struct {
 			{reason: ReasonManual, until: 3 * time.Hour, at: 4 * time.Second, now: 30 * time.Minute, source: "early"},
 			{reason: ReasonManual, until: 3 * time.Hour, at: 4 * time.Second, now: 2 * time.Hour, source: "early", changed: true},
 		},
-		now: 2 * time.Hour,
+		now:  2 * time.Hour,
 		want: []mergeWant{{reason: ReasonManual, until: 3 * time.Hour, at: 4 * time.Second, source: "early"}},
 	},
 }
@@ -323,6 +323,7 @@ func TestMergeRules(t *testing.T) {
 		name string
 		open func(t *testing.T) Store
 	}{
+		{"bbolt", func(t *testing.T) Store { return boltTestOpen(t, boltTestPath(t)) }},
 	}
 	for _, st := range stores {
 		t.Run(st.name, func(t *testing.T) {
