@@ -296,6 +296,8 @@ type hostWrite struct {
 	marker    []byte            // the marker to write; nil to leave the stored one as it is
 	delMarker bool              // delete the stored marker (expired, junk or replaced by none)
 
+	markerUntil time.Time // the Until of marker, when it is not nil
+
 	entriesUntil time.Time // latest Until of the entries that remain; zero when none remain
 	until        time.Time // latest Until of everything that remains, marker included; zero when nothing does
 	changed      bool      // the merge changed the records or the marker: tell the other processes
@@ -339,7 +341,7 @@ func putStored(entries map[string][]byte, marker []byte, r Record, now time.Time
 	w.until = w.entriesUntil
 	if h.reset.Reason != "" {
 		if mv := encodeRecord(h.reset); !bytes.Equal(mv, marker) {
-			w.marker = mv
+			w.marker, w.markerUntil = mv, h.reset.Until
 		}
 		w.until = laterOf(w.until, h.reset.Until)
 	} else if marker != nil {

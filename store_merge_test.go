@@ -324,6 +324,7 @@ func TestMergeRules(t *testing.T) {
 		open func(t *testing.T) Store
 	}{
 		{"bbolt", func(t *testing.T) Store { return boltTestOpen(t, boltTestPath(t)) }},
+		{"redis", func(t *testing.T) Store { return openTestRedis(t, testRedisURL(t)) }},
 	}
 	for _, st := range stores {
 		t.Run(st.name, func(t *testing.T) {

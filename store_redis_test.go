@@ -2,6 +2,7 @@ package hostbreaker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -57,6 +58,20 @@ func testRedisURL(t *testing.T) string {
 		}
 	})
 	return "redis://" + testRedisAddr + "/0?prefix=" + url.QueryEscape(prefix)
+}
+
+// globEscape escapes the characters that are special in a Redis MATCH
+// pattern, so that s matches itself only.
+func globEscape(s string) string {
+	var b strings.Builder
+	for _, c := range []byte(s) {
+		switch c {
+		case '*', '?', '[', ']', '\\':
+			b.WriteByte('\\')
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
 }
 
 // prefixOf returns the prefix query parameter of a test URL.
@@ -240,62 +255,6 @@ func TestRedisOpenUnreachable(t *testing.T) {
 	}
 }
 
-func TestRedisPutMerge(t *testing.T) {
-	u := testRedisURL(t)
-	s := openTestRedis(t, u)
-	now := time.Now()
-	host := "api.example.com"
-	auto := Record{Host: host, Role: "search", Reason: ReasonRetryAfter, Until: now.Add(10 * time.Second), At: now, Source: "p1"}
-
-	// Auto: the later Until wins, a shorter one never shortens.
-	mustPut(t, s, auto)
-	later := auto
-	later.Reason, later.Until, later.At, later.Source = ReasonRollingWindow, now.Add(20*time.Second), now.Add(time.Millisecond), "p2"
-	mustPut(t, s, later)
-	shorter := auto
-	shorter.Reason, shorter.Until, shorter.At = ReasonBreakerOpen, now.Add(5*time.Second), now.Add(2*time.Millisecond)
-	mustPut(t, s, shorter)
-	equal := later
-	equal.Source = "p3"
-	mustPut(t, s, equal)
-	rs := mustRecords(t, s)
-	if got, ok := find(rs, host, "search", false); !ok || !sameRecord(got, later) || len(rs) != 1 {
-		t.Fatalf("after auto puts: %+v, want only %+v", rs, later)
-	}
-
-	// Manual replaces, even with a shorter Until.
-	manual := Record{Host: host, Role: "search", Reason: ReasonManual, Until: now.Add(3 * time.Second), At: now.Add(3 * time.Millisecond), Note: "maintenance", Source: "ops"}
-	mustPut(t, s, manual)
-	if got, ok := find(mustRecords(t, s), host, "search", false); !ok || !sameRecord(got, manual) {
-		t.Fatalf("after manual put: %+v, want %+v", got, manual)
-	}
-	// A longer auto cooldown then replaces the manual one.
-	longer := auto
-	longer.Until, longer.At = now.Add(30*time.Second), now.Add(4*time.Millisecond)
-	mustPut(t, s, longer)
-	if got, _ := find(mustRecords(t, s), host, "search", false); !sameRecord(got, longer) {
-		t.Fatalf("after longer auto put: %+v, want %+v", got, longer)
-	}
-	// A manual cooldown that already ended clears the (host, role).
-	ended := manual
-	ended.Until, ended.At = now.Add(-time.Second), now.Add(5*time.Millisecond)
-	mustPut(t, s, ended)
-	if _, ok := find(mustRecords(t, s), host, "search", false); ok {
-		t.Fatal("expired manual put did not clear the cooldown")
-	}
-
-	// Roles are independent; "" is the whole host.
-	whole := Record{Host: host, Reason: ReasonBreakerOpen, Until: now.Add(8 * time.Second), At: now.Add(6 * time.Millisecond)}
-	other := whole
-	other.Role = "upload"
-	mustPut(t, s, whole)
-	mustPut(t, s, other)
-	rs = mustRecords(t, s)
-	if _, ok := find(rs, host, "", false); !ok || len(rs) != 2 {
-		t.Fatalf("roles: %+v", rs)
-	}
-}
-
 func TestRedisPutRejects(t *testing.T) {
 	s := openTestRedis(t, testRedisURL(t))
 	now := time.Now()
@@ -451,8 +410,8 @@ func TestRedisExpiredIgnored(t *testing.T) {
 	live := Record{Host: host, Role: "live", Reason: ReasonRetryAfter, Until: now.Add(time.Minute), At: now}
 	mustPut(t, s, live)
 	fields, err := c.HKeys(ctx, hkey).Result()
-	if err != nil || !slices.Equal(fields, []string{"live"}) {
-		t.Fatalf("fields after Put = %v, %v; want [live]", fields, err)
+	if err != nil || !slices.Equal(fields, []string{"c:live"}) {
+		t.Fatalf("fields after Put = %v, %v; want [c:live]", fields, err)
 	}
 	if rs := mustRecords(t, s); len(rs) != 1 || !sameRecord(rs[0], live) {
 		t.Fatalf("records = %+v", rs)
@@ -937,5 +896,217 @@ func TestRedisDeadSubscription(t *testing.T) {
 	mustPut(t, direct, Record{Host: "b.example", Reason: ReasonRetryAfter, Until: now.Add(time.Minute), At: now})
 	if !waitChange(s, 2*time.Second) {
 		t.Fatal("no signal on the new subscription")
+	}
+}
+
+// testRedisDB returns the URL of a store in database db of the shared test
+// Redis, under a fresh prefix, and a plain client on that database. It
+// empties the database (FLUSHDB, that database only) now and when the test
+// ends: only a test that needs a database of its own uses it, each with its
+// own number.
+func testRedisDB(t *testing.T, db int) (string, *redis.Client) {
+	t.Helper()
+	u := testRedisURL(t) // skips when Redis is unreachable
+	c := redis.NewClient(&redis.Options{Addr: testRedisAddr, DB: db})
+	ctx := context.Background()
+	if err := c.FlushDB(ctx).Err(); err != nil {
+		t.Fatalf("FLUSHDB of db %d: %v", db, err)
+	}
+	t.Cleanup(func() {
+		if err := c.FlushDB(context.Background()).Err(); err != nil {
+			t.Errorf("FLUSHDB of db %d: %v", db, err)
+		}
+		_ = c.Close()
+	})
+	pu, err := url.Parse(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pu.Path = "/" + strconv.Itoa(db)
+	return pu.String(), c
+}
+
+// cmdCounter is a go-redis hook that records the names of the commands a
+// client sends, pipelined or not.
+type cmdCounter struct {
+	mu    sync.Mutex
+	names []string
+}
+
+func (h *cmdCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *cmdCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.add(cmd)
+		return next(ctx, cmd)
+	}
+}
+
+func (h *cmdCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.add(cmds...)
+		return next(ctx, cmds)
+	}
+}
+
+func (h *cmdCounter) add(cmds ...redis.Cmder) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, c := range cmds {
+		h.names = append(h.names, c.Name())
+	}
+}
+
+// take returns the names recorded since the last take, sorted.
+func (h *cmdCounter) take() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	names := h.names
+	h.names = nil
+	slices.Sort(names)
+	return names
+}
+
+// TestRedisPollIgnoresOtherKeys checks that Records and States read the
+// store's indexes, never the keyspace: with 200,000 unrelated keys in the
+// database, a poll sends the same commands as with none, and no SCAN or
+// KEYS. It uses database 9 of its own. The poll's time goes to the log.
+func TestRedisPollIgnoresOtherKeys(t *testing.T) {
+	u, raw := testRedisDB(t, 9)
+	s := openTestRedis(t, u)
+	ctx := context.Background()
+	now := time.Now()
+	const hosts = 20
+	for i := range hosts {
+		mustPut(t, s, Record{Host: fmt.Sprintf("h%d.example", i), Reason: ReasonRetryAfter, Until: now.Add(time.Hour), At: now})
+	}
+	mustPut(t, s, Record{Host: "h0.example", Role: "r", Reason: ReasonBreakerOpen, Until: now.Add(time.Hour), At: now})
+	mustPut(t, s, Record{Host: "reset.example", Reason: ReasonReset, Until: now.Add(time.Hour), At: now})
+	for _, src := range []string{"proc-a", "proc-b"} {
+		if err := s.PublishStates(ctx, src, []PublishedState{{Host: "h1.example", State: StateOpen}}, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var counter cmdCounter
+	s.client.AddHook(&counter)
+	poll := func() (cmds []string, records time.Duration) {
+		t.Helper()
+		counter.take()
+		const rounds = 21
+		var ds []time.Duration
+		for range rounds {
+			start := time.Now()
+			rs, err := s.Records(ctx)
+			ds = append(ds, time.Since(start))
+			if err != nil || len(rs) != hosts+2 {
+				t.Fatalf("Records = %d records, %v; want %d", len(rs), err, hosts+2)
+			}
+			if st, err := s.States(ctx); err != nil || len(st) != 2 {
+				t.Fatalf("States = %+v, %v", st, err)
+			}
+		}
+		all := counter.take()
+		slices.Sort(ds)
+		// One round's commands: the counts are multiples of rounds.
+		var one []string
+		for i := 0; i < len(all); i += rounds {
+			one = append(one, all[i])
+		}
+		return one, ds[rounds/2]
+	}
+	cmds0, d0 := poll()
+
+	// 200,000 unrelated keys: plain strings, and hashes that look like a
+	// store's under another prefix.
+	const unrelated = 200_000
+	for batch := 0; batch < unrelated; batch += 10_000 {
+		pipe := raw.Pipeline()
+		for i := batch; i < batch+10_000; i++ {
+			if i%2 == 0 {
+				pipe.Set(ctx, fmt.Sprintf("unrelated:%d", i), "x", time.Hour)
+			} else {
+				pipe.HSet(ctx, fmt.Sprintf("hostbreaker:h:h%d.example", i), "c:", "{}")
+			}
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := raw.DBSize(ctx).Result(); err != nil || n < unrelated {
+		t.Fatalf("DBSIZE = %d, %v", n, err)
+	}
+	cmds1, d1 := poll()
+
+	if !slices.Equal(cmds0, cmds1) {
+		t.Errorf("a poll sent %q with no other keys, %q with %d", cmds0, cmds1, unrelated)
+	}
+	for _, c := range cmds1 {
+		if c == "scan" || c == "keys" {
+			t.Errorf("a poll sent %s", c)
+		}
+	}
+	t.Logf("one poll sends %d commands: %q", len(cmds1), cmds1)
+	t.Logf("Records of %d hosts (median of 21): %v with 0 unrelated keys, %v with %d", hosts+1, d0, d1, unrelated)
+	// For comparison, the SCAN of the keyspace that Records did before.
+	start := time.Now()
+	iter := raw.Scan(ctx, 0, globEscape(prefixOf(t, u))+"[hr]:*", 500).Iterator()
+	for iter.Next(ctx) {
+	}
+	t.Logf("for comparison, one SCAN MATCH sweep (COUNT 500) of the %d keys, as Records did before: %v (%v)", unrelated, time.Since(start), iter.Err())
+}
+
+// TestRedisIndexes checks the scores of the hosts and sources indexes, and
+// that writes drop the members that expired.
+func TestRedisIndexes(t *testing.T) {
+	s := openTestRedis(t, testRedisURL(t))
+	c := rawClient(t)
+	ctx := context.Background()
+	hosts, sources := s.prefix+redisHostsIndex, s.prefix+redisSourcesIndex
+	score := func(key, member string) int64 {
+		t.Helper()
+		f, err := c.ZScore(ctx, key, member).Result()
+		if errors.Is(err, redis.Nil) {
+			return -1
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return int64(f)
+	}
+	now := time.Now()
+	later := now.Add(2*time.Minute + 500*time.Microsecond)
+	mustPut(t, s, Record{Host: "a.example", Reason: ReasonRetryAfter, Until: now.Add(time.Minute), At: now})
+	mustPut(t, s, Record{Host: "a.example", Role: "r", Reason: ReasonBreakerOpen, Until: later, At: now})
+	if got, want := score(hosts, "a.example"), ceilMilli(later); got != want {
+		t.Errorf("score = %d, want %d (the latest Until, rounded up)", got, want)
+	}
+	// A reset deletes both records; the marker keeps the host indexed.
+	mustPut(t, s, Record{Host: "a.example", Reason: ReasonReset, Until: now.Add(30 * time.Second), At: now.Add(time.Second)})
+	if got, want := score(hosts, "a.example"), ceilMilli(now.Add(30*time.Second)); got != want {
+		t.Errorf("score after reset = %d, want %d", got, want)
+	}
+	// A member that expired is not read, and the next write drops it.
+	c.ZAdd(ctx, hosts, redis.Z{Score: float64(now.Add(-time.Second).UnixMilli()), Member: "gone.example"})
+	c.HSet(ctx, s.key(redisKindCooldowns, "gone.example"), "c:", encodeRecord(Record{Host: "gone.example", Reason: ReasonManual, Until: now.Add(time.Hour), At: now}))
+	if _, ok := find(mustRecords(t, s), "gone.example", "", false); ok {
+		t.Error("Records read a host whose index member expired")
+	}
+	mustPut(t, s, Record{Host: "b.example", Reason: ReasonManual, Until: now.Add(time.Minute), At: now})
+	if score(hosts, "gone.example") != -1 {
+		t.Error("a write left an expired member in the hosts index")
+	}
+
+	// Sources.
+	if err := s.PublishStates(ctx, "proc-1", nil, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if got := score(sources, "proc-1"); got < now.Add(time.Minute).UnixMilli() || got > time.Now().Add(time.Minute).UnixMilli()+1 {
+		t.Errorf("source score = %d, want about %d", got, now.Add(time.Minute).UnixMilli())
+	}
+	c.ZAdd(ctx, sources, redis.Z{Score: 1, Member: "gone"})
+	if err := s.PublishStates(ctx, "proc-1", nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	if score(sources, "proc-1") != -1 || score(sources, "gone") != -1 {
+		t.Error("a ttl of 0 or an expired source left its member")
 	}
 }
