@@ -382,8 +382,15 @@ type PublishedState struct {
 //     a bbolt file; its parent directory must exist. A plain path must not
 //     be empty nor hold a ':' before its first '/' (that is a URL, or a
 //     typo, not a file name);
-//   - redis://[user:pass@]host:port/db or rediss://… (TLS) opens Redis; the
-//     query parameter prefix sets the key prefix (default "hostbreaker:").
+//   - redis://[user:pass@]host:port/db or rediss://… (TLS) opens Redis. The
+//     query parameter prefix sets the key prefix (default "hostbreaker:");
+//     a prefix that does not end in ':' gets one (prefix=app means
+//     "app:"). Every key of the store (records, markers, published states,
+//     the indexes of hosts and sources) and its change channel live under
+//     the prefix: stores with the same prefix in the same database are
+//     one store, and stores with different prefixes share nothing, even
+//     when one prefix extends the other. Other query parameters are
+//     go-redis options.
 //
 // Anything else is an error that names the URL.
 func OpenStore(rawURL string) (Store, error) {

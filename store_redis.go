@@ -160,6 +160,9 @@ func parseRedisURL(rawURL string) (*redis.Options, string, error) {
 			return nil, "", fail("query parameter prefix must be given once and not be empty")
 		}
 		prefix = ps[0]
+		if !strings.HasSuffix(prefix, ":") {
+			prefix += ":" // keeps prefixes apart; see redisStore
+		}
 		delete(q, "prefix")
 		u.RawQuery = q.Encode()
 	}

@@ -188,6 +188,9 @@ func TestRedisURLParsing(t *testing.T) {
 		{url: "redis://bob:s3cret@127.0.0.1/2?prefix=x:&read_timeout=2s", addr: "127.0.0.1:6379", user: "bob", pass: "s3cret", db: 2, prefix: "x:", readTimeout: 2 * time.Second, dialTmo: redisDialTimeout},
 		{url: "rediss://:pw@127.0.0.1:6380/1?dial_timeout=1s", addr: "127.0.0.1:6380", pass: "pw", db: 1, prefix: "hostbreaker:", tls: true, readTimeout: redisIOTimeout, dialTmo: time.Second},
 		{url: "REDIS://127.0.0.1:6379", addr: "127.0.0.1:6379", prefix: "hostbreaker:", readTimeout: redisIOTimeout, dialTmo: redisDialTimeout},
+		{url: "redis://127.0.0.1:6379/0?prefix=newcomer", addr: "127.0.0.1:6379", prefix: "newcomer:", readTimeout: redisIOTimeout, dialTmo: redisDialTimeout},
+		{url: "redis://127.0.0.1:6379/0?prefix=a:b", addr: "127.0.0.1:6379", prefix: "a:b:", readTimeout: redisIOTimeout, dialTmo: redisDialTimeout},
+		{url: "redis://127.0.0.1:6379/0?prefix=%3A", addr: "127.0.0.1:6379", prefix: ":", readTimeout: redisIOTimeout, dialTmo: redisDialTimeout},
 	}
 	for _, c := range cases {
 		opt, prefix, err := parseRedisURL(c.url)
@@ -1108,5 +1111,46 @@ func TestRedisIndexes(t *testing.T) {
 	}
 	if score(sources, "proc-1") != -1 || score(sources, "gone") != -1 {
 		t.Error("a ttl of 0 or an expired source left its member")
+	}
+}
+
+// TestRedisPrefix checks that a prefix without a final ':' gets one: every
+// key lives under prefix+":", a store opened with and one opened without
+// the ':' are the same store, and one whose prefix merely starts the same
+// is not.
+func TestRedisPrefix(t *testing.T) {
+	u := testRedisURL(t)
+	withColon := prefixOf(t, u)
+	bare := strings.TrimSuffix(withColon, ":")
+	s := openTestRedis(t, withPrefix(t, u, bare))
+	if s.prefix != withColon {
+		t.Fatalf("prefix %q became %q, want %q", bare, s.prefix, withColon)
+	}
+	same := openTestRedis(t, u)
+	longer := openTestRedis(t, withPrefix(t, u, bare+"x"))
+	ctx := context.Background()
+	now := time.Now()
+	r := Record{Host: "p.example", Reason: ReasonManual, Until: now.Add(time.Minute), At: now}
+	mustPut(t, s, r)
+	if err := s.PublishStates(ctx, "src", []PublishedState{{Host: "p.example", State: StateOpen}}, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := rawClient(t).Keys(ctx, globEscape(bare)+"*").Result()
+	if err != nil || len(keys) == 0 {
+		t.Fatalf("KEYS: %q, %v", keys, err)
+	}
+	for _, k := range keys {
+		if !strings.HasPrefix(k, withColon) {
+			t.Errorf("key %q is not under %q", k, withColon)
+		}
+	}
+	if rs := mustRecords(t, same); len(rs) != 1 || !sameRecord(rs[0], r) {
+		t.Errorf("the store with the ':' sees %+v", rs)
+	}
+	if st, err := same.States(ctx); err != nil || len(st) != 1 {
+		t.Errorf("the store with the ':' sees states %+v, %v", st, err)
+	}
+	if rs := mustRecords(t, longer); len(rs) != 0 {
+		t.Errorf("prefix %q sees the records of %q: %+v", bare+"x", bare, rs)
 	}
 }
