@@ -428,8 +428,11 @@ func StorePath(rawURL string) (string, error) {
 	switch strings.ToLower(scheme) {
 	case "bolt", "bbolt":
 		u, err := url.Parse(rawURL)
-		if err != nil || u.Host != "" || u.Path == "" || u.RawQuery != "" {
+		if err != nil || u.Host != "" || u.Path == "" {
 			return "", bad("want bolt:///absolute/path.db")
+		}
+		if u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.RawFragment != "" || strings.HasSuffix(rawURL, "#") {
+			return "", bad("a bbolt URL takes no query nor fragment (want bolt:///absolute/path.db)")
 		}
 		return u.Path, nil
 	case "redis", "rediss":

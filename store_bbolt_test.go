@@ -169,6 +169,74 @@ func TestBoltOpenErrors(t *testing.T) {
 	}
 }
 
+// TestStorePath checks which plain paths and bbolt URLs OpenStore and
+// StorePath accept, and that a refused one creates no file. It runs in an
+// empty working directory of its own.
+func TestStorePath(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	refused := []string{
+		"",
+		"::::not a url",
+		"c:store.db",
+		"host:6379",
+		"bolt://" + filepath.Join(dir, "q.db") + "?mode=ro",
+		"bolt://" + filepath.Join(dir, "q.db") + "?",
+		"bolt://" + filepath.Join(dir, "q.db") + "#frag",
+		"bolt://" + filepath.Join(dir, "q.db") + "#",
+		"bbolt://" + filepath.Join(dir, "q.db") + "?timeout=1s",
+		"bolt://host" + filepath.Join(dir, "h.db"),
+		"bolt://",
+		"nosuch://x",
+	}
+	for _, u := range refused {
+		if p, err := StorePath(u); err == nil {
+			t.Errorf("StorePath(%q) = %q, want an error", u, p)
+		}
+		s, err := OpenStore(u)
+		if err == nil {
+			s.Close()
+			t.Errorf("OpenStore(%q) succeeded", u)
+			continue
+		}
+		if u != "" && !strings.Contains(err.Error(), strings.TrimSuffix(u, "#")) {
+			t.Errorf("OpenStore(%q): error %q does not name the URL", u, err)
+		}
+	}
+	if entries, err := os.ReadDir(dir); err != nil || len(entries) != 0 {
+		t.Fatalf("refused URLs created files: %v, %v", entries, err)
+	}
+
+	abs := filepath.Join(dir, "abs.db")
+	for u, want := range map[string]string{
+		"./x.db":         filepath.Join(dir, "x.db"),
+		"x.db":           filepath.Join(dir, "x.db"),
+		"sub/../y.db":    filepath.Join(dir, "y.db"),
+		abs:              abs,
+		"bolt://" + abs:  abs,
+		"bbolt://" + abs: abs,
+		"./a:b.db":       filepath.Join(dir, "a:b.db"), // a ':' after a '/' is a file name
+	} {
+		p, err := StorePath(u)
+		if err != nil || p != want {
+			t.Errorf("StorePath(%q) = %q, %v; want %q", u, p, err, want)
+			continue
+		}
+		s, err := OpenStore(u)
+		if err != nil {
+			t.Errorf("OpenStore(%q): %v", u, err)
+			continue
+		}
+		s.Close()
+		if _, err := os.Stat(want); err != nil {
+			t.Errorf("OpenStore(%q) created no file at %s: %v", u, want, err)
+		}
+	}
+	if p, err := StorePath("redis://127.0.0.1:6379/0"); err != nil || p != "" {
+		t.Errorf("StorePath(redis URL) = %q, %v; want \"\", nil", p, err)
+	}
+}
+
 func TestBoltPutValidation(t *testing.T) {
 	s := boltTestOpen(t, boltTestPath(t))
 	now := time.Now()
