@@ -22,8 +22,8 @@ import (
 // [OpenStore] returns the two implementations, bbolt (one machine) and Redis
 // (a fleet). Implementations must be safe for concurrent use.
 type Store interface {
-	// Records returns every record that has not expired: cooldowns and
-	// reset markers, in no particular order.
+	// Records returns every record that has not expired: cooldowns,
+	// shared breaker trips and reset markers, in no particular order.
 	Records(ctx context.Context) ([]Record, error)
 
 	// Put writes r and merges it with what the store holds for its host.

@@ -604,8 +604,14 @@ func testBoltStates(t *testing.T, path string) {
 	}
 }
 
+// TestBoltTwoStoresAndCache runs on the fake clock of a synctest bubble, so
+// that a record expires exactly when the test says.
 func TestBoltTwoStoresAndCache(t *testing.T) {
 	path := boltTestPath(t)
+	synctest.Test(t, func(t *testing.T) { testBoltTwoStoresAndCache(t, path) })
+}
+
+func testBoltTwoStoresAndCache(t *testing.T, path string) {
 	s1, s2 := boltTestOpen(t, path), boltTestOpen(t, path)
 	ctx := context.Background()
 	now := time.Now()
@@ -644,12 +650,12 @@ func TestBoltTwoStoresAndCache(t *testing.T) {
 	}
 
 	// A record that expires drops out of the cached result without a write.
-	boltTestPut(t, s2, boltTestRec("c.example", "", ReasonRetryAfter, time.Now().Add(200*time.Millisecond), now))
+	boltTestPut(t, s2, boltTestRec("c.example", "", ReasonRetryAfter, now.Add(200*time.Millisecond), now))
 	if _, ok := boltTestFind(boltTestRecords(t, s1), "c.example", "", ReasonRetryAfter); !ok {
 		t.Fatal("s1 does not see c.example")
 	}
 	reads = s1.fullReads.Load()
-	time.Sleep(250 * time.Millisecond)
+	time.Sleep(200 * time.Millisecond)
 	if _, ok := boltTestFind(boltTestRecords(t, s1), "c.example", "", ReasonRetryAfter); ok {
 		t.Error("expired record returned from cache")
 	}

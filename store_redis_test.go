@@ -303,7 +303,8 @@ func TestRedisReset(t *testing.T) {
 	}
 	mustPut(t, other, cd("a.com", "", 0))
 
-	reset := Record{Host: "a.com", Reason: ReasonReset, Until: now.Add(400 * time.Millisecond), At: now.Add(2 * time.Millisecond), Source: "ops"}
+	// The marker lives 2s: long enough to be seen on a loaded machine.
+	reset := Record{Host: "a.com", Reason: ReasonReset, Until: now.Add(2 * time.Second), At: now.Add(2 * time.Millisecond), Source: "ops"}
 	mustPut(t, s, reset)
 	rs := mustRecords(t, s)
 	if _, ok := find(rs, "a.com", "", false); ok {
@@ -490,7 +491,8 @@ func TestRedisStates(t *testing.T) {
 	if err := s.PublishStates(ctx, "proc:a", a, time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.PublishStates(ctx, "proc*b", []PublishedState{{Host: "b.com", State: StateClosed}}, 300*time.Millisecond); err != nil {
+	// proc*b's states live 2s: long enough to be seen on a loaded machine.
+	if err := s.PublishStates(ctx, "proc*b", []PublishedState{{Host: "b.com", State: StateClosed}}, 2*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	got, err := s.States(ctx)
@@ -506,7 +508,7 @@ func TestRedisStates(t *testing.T) {
 	if err := s.PublishStates(ctx, "proc:a", a[1:], time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(400 * time.Millisecond)
+	time.Sleep(2*time.Second + 50*time.Millisecond)
 	got, err = s.States(ctx)
 	if err != nil || len(got) != 1 || got[0].Role != "r*1" || got[0].Source != "proc:a" {
 		t.Fatalf("after replace and expiry: %+v, %v", got, err)
