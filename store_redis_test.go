@@ -1157,3 +1157,45 @@ func TestRedisPrefix(t *testing.T) {
 		t.Errorf("prefix %q sees the records of %q: %+v", bare+"x", bare, rs)
 	}
 }
+
+// BenchmarkRedisPut writes a cooldown that ends later each time, so that
+// every Put changes the store, on one host of a store that holds 100.
+func BenchmarkRedisPut(b *testing.B) {
+	prefix := fmt.Sprintf("hbbench:%d-%d:", os.Getpid(), time.Now().UnixNano())
+	st, err := OpenStore("redis://" + testRedisAddr + "/0?prefix=" + url.QueryEscape(prefix))
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := redis.NewClient(&redis.Options{Addr: testRedisAddr})
+	b.Cleanup(func() {
+		_ = st.Close()
+		ctx := context.Background()
+		iter := c.Scan(ctx, 0, globEscape(prefix)+"*", 1000).Iterator()
+		for iter.Next(ctx) {
+			c.Del(ctx, iter.Val())
+		}
+		_ = c.Close()
+	})
+	ctx := context.Background()
+	now := time.Now()
+	if err := st.Put(ctx, Record{Host: "warm.example", Reason: ReasonManual, Until: now.Add(time.Hour), At: now}); err != nil {
+		b.Skipf("Redis unreachable: %v", err)
+	}
+	for i := range 100 {
+		if err := st.Put(ctx, Record{Host: fmt.Sprintf("h%d.example", i), Reason: ReasonManual, Until: now.Add(time.Hour), At: now}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	i := 0
+	for b.Loop() {
+		i++
+		r := Record{Host: "bench.example", Reason: ReasonRetryAfter, Until: now.Add(time.Hour + time.Duration(i)*time.Microsecond), At: now}
+		if err := st.Put(ctx, r); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	if rs, err := st.Records(ctx); err != nil || len(rs) != 102 {
+		b.Fatalf("Records: %d, %v", len(rs), err)
+	}
+}
