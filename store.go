@@ -225,26 +225,14 @@ func (h *hostRecords) empty(now time.Time) bool {
 
 // loadStored returns what a store holds for host at wall time now, given
 // the host's stored entries (name → encodeRecord, in a store's own naming)
-// and its stored marker (nil when none). The marker is taken when it
-// decodes as an unexpired reset of host; then the entries that decode as
-// unexpired records of host, other than resets, are merged in the order of
-// their At, so that a store that holds two records for one slot (written
-// under an older layout, say) yields the one that Put would have kept, and
-// one that the marker covers yields none. Other entries are foreign:
+// and its stored marker (nil when none): see loadRecords. The entries that
+// do not decode as records of host, other than resets, are foreign:
 // foreign returns, by name, those that keepForeign keeps and until when.
 func loadStored(host string, entries map[string][]byte, marker []byte, now time.Time) (h hostRecords, foreign map[string]time.Time) {
-	if marker != nil {
-		if m, err := decodeRecord(marker); err == nil && m.Host == host && m.Reason == ReasonReset && m.Until.After(now) {
-			h.reset = m
-		}
-	}
 	recs := make([]Record, 0, len(entries))
 	for name, v := range entries {
-		r, err := decodeRecord(v)
-		if err == nil && r.Host == host && r.Reason != ReasonReset {
-			if r.Until.After(now) {
-				recs = append(recs, r)
-			}
+		if r, ok := decodeHostRecord(host, v); ok {
+			recs = append(recs, r)
 			continue
 		}
 		if until, keep := keepForeign(v, now); keep {
@@ -253,6 +241,41 @@ func loadStored(host string, entries map[string][]byte, marker []byte, now time.
 			}
 			foreign[name] = until
 		}
+	}
+	return loadRecords(recs, decodeMarker(host, marker), now), foreign
+}
+
+// appendStored appends to dst the records and marker whose Until is after
+// now that a store holds for host, given the values of the host's entries
+// and its stored marker (nil when none), as loadStored reads them, in no
+// particular order. It is what Records uses: when there is no marker and
+// no two records share a slot, which is the common case, it appends the
+// live records without building a hostRecords.
+func appendStored(dst []Record, host string, values [][]byte, marker []byte, now time.Time) []Record {
+	start := len(dst)
+	for _, v := range values {
+		if r, ok := decodeHostRecord(host, v); ok && r.Until.After(now) {
+			dst = append(dst, r)
+		}
+	}
+	recs := dst[start:]
+	if marker == nil && distinctSlots(recs) {
+		return dst
+	}
+	h := loadRecords(slices.Clone(recs), decodeMarker(host, marker), now)
+	return h.appendTo(dst[:start], now)
+}
+
+// loadRecords returns the hostRecords of a store that holds recs and the
+// marker m (the zero Record when none) at wall time now: the marker is
+// taken if it has not expired, then the records are merged in the order of
+// their At (sorting recs), so that a store that holds two records for one
+// slot (written under an older layout, say) yields the one that Put would
+// have kept, and one that the marker covers yields none.
+func loadRecords(recs []Record, m Record, now time.Time) hostRecords {
+	var h hostRecords
+	if m.Reason == ReasonReset && m.Until.After(now) {
+		h.reset = m
 	}
 	slices.SortFunc(recs, func(a, b Record) int {
 		if c := a.At.Compare(b.At); c != 0 {
@@ -263,7 +286,38 @@ func loadStored(host string, entries map[string][]byte, marker []byte, now time.
 	for _, r := range recs {
 		h.merge(r, now)
 	}
-	return h, foreign
+	return h
+}
+
+// decodeHostRecord decodes v as a record of host other than a reset marker.
+func decodeHostRecord(host string, v []byte) (Record, bool) {
+	r, err := decodeRecord(v)
+	return r, err == nil && r.Host == host && r.Reason != ReasonReset
+}
+
+// decodeMarker decodes v as the reset marker of host, or returns the zero
+// Record.
+func decodeMarker(host string, v []byte) Record {
+	if v == nil {
+		return Record{}
+	}
+	if m, err := decodeRecord(v); err == nil && m.Host == host && m.Reason == ReasonReset {
+		return m
+	}
+	return Record{}
+}
+
+// distinctSlots reports whether no two of recs share a slot.
+func distinctSlots(recs []Record) bool {
+	for i := range recs {
+		for j := range i {
+			if recs[i].Role == recs[j].Role &&
+				(recs[i].Reason == ReasonBreakerOpen) == (recs[j].Reason == ReasonBreakerOpen) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // keepForeign reports whether a store keeps a value that does not decode

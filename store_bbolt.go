@@ -474,8 +474,8 @@ func (s *boltStore) load(ctx context.Context, op string) (*boltSnapshot, error) 
 }
 
 // boltReadRecords returns the records and reset markers of every host that
-// have not expired at now. Each host is read through loadStored, as Put
-// reads it.
+// have not expired at now. Each host is read as Put reads it (see
+// appendStored).
 func boltReadRecords(tx *bolt.Tx, now time.Time) []Record {
 	markers := make(map[string][]byte)
 	if b := tx.Bucket(boltResets); b != nil {
@@ -485,36 +485,35 @@ func boltReadRecords(tx *bolt.Tx, now time.Time) []Record {
 		})
 	}
 	var out []Record
-	add := func(host string, entries map[string][]byte) {
-		h, _ := loadStored(host, entries, markers[host], now)
-		delete(markers, host)
-		out = h.appendTo(out, now)
+	var host []byte
+	var values [][]byte
+	add := func() {
+		h := string(host)
+		out = appendStored(out, h, values, markers[h], now)
+		delete(markers, h)
 	}
 	if b := tx.Bucket(boltCooldowns); b != nil {
 		// Keys are sorted and no host holds a NUL, so each host's entries
 		// are contiguous.
-		var host string
-		var entries map[string][]byte
 		_ = b.ForEach(func(k, v []byte) error {
-			h, name, ok := bytes.Cut(k, []byte{0})
+			h, _, ok := bytes.Cut(k, []byte{0})
 			if !ok {
 				return nil // not a key this package writes
 			}
-			if entries == nil || string(h) != host {
-				if entries != nil {
-					add(host, entries)
-				}
-				host, entries = string(h), make(map[string][]byte)
+			if values != nil && !bytes.Equal(h, host) {
+				add()
+				values = values[:0]
 			}
-			entries[string(name)] = v
+			host = h
+			values = append(values, v)
 			return nil
 		})
-		if entries != nil {
-			add(host, entries)
+		if len(values) > 0 {
+			add()
 		}
 	}
-	for _, host := range slices.Sorted(maps.Keys(markers)) {
-		add(host, nil)
+	for _, h := range slices.Sorted(maps.Keys(markers)) {
+		out = appendStored(out, h, nil, markers[h], now)
 	}
 	return out
 }

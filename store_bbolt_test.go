@@ -466,14 +466,28 @@ func TestBoltOlderLayout(t *testing.T) {
 		if err := cd.Put([]byte("old.example\x00"), encodeRecord(ra)); err != nil {
 			return err
 		}
-		return cd.Put([]byte("old.example\x00r"), encodeRecord(trip))
+		if err := cd.Put([]byte("old.example\x00r"), encodeRecord(trip)); err != nil {
+			return err
+		}
+		// Two records for one slot: the one Put would have kept is read.
+		for i, r := range []Record{
+			boltTestRec("dup.example", "", ReasonRetryAfter, now.Add(2*time.Hour), now),
+			boltTestRec("dup.example", "", ReasonRollingWindow, now.Add(time.Hour), now.Add(time.Second)),
+		} {
+			if err := cd.Put([]byte(fmt.Sprintf("dup.example\x00%d", i)), encodeRecord(r)); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
-	checkRecords(t, boltTestRecords(t, s), []Record{ra, trip})
+	dup := boltTestRec("dup.example", "", ReasonRetryAfter, now.Add(2*time.Hour), now)
+	checkRecords(t, boltTestRecords(t, s), []Record{ra, trip, dup})
 	noRole := boltTestRec("old.example", "", ReasonBreakerOpen, now.Add(2*time.Hour), now)
 	boltTestPut(t, s, noRole)
-	checkRecords(t, boltTestRecords(t, s), []Record{ra, trip, noRole})
+	boltTestPut(t, s, boltTestRec("dup.example", "", ReasonRetryAfter, now.Add(time.Minute), now.Add(time.Minute)))
+	checkRecords(t, boltTestRecords(t, s), []Record{ra, trip, noRole, dup})
 	got := boltTestKeys(t, path, boltCooldowns)
-	if want := []string{"old.example\x00b:", "old.example\x00b:r", "old.example\x00c:"}; !slices.Equal(got, want) {
+	if want := []string{"dup.example\x00c:", "old.example\x00b:", "old.example\x00b:r", "old.example\x00c:"}; !slices.Equal(got, want) {
 		t.Errorf("keys = %q, want %q", got, want)
 	}
 }

@@ -388,3 +388,47 @@ func TestMergeChangedAndOrder(t *testing.T) {
 		t.Errorf("appendTo after the marker expired = %s", formatRecords(got))
 	}
 }
+
+// TestAppendStored checks that the read path of Records (appendStored)
+// agrees with the write path of Put (loadStored), with and without its
+// shortcut: distinct slots and no marker; two records in one slot; a
+// marker that covers a record; junk and records of another host.
+func TestAppendStored(t *testing.T) {
+	t0 := time.Date(2030, 1, 2, 3, 4, 5, 6, time.UTC)
+	rec := func(p mergePut) []byte { return encodeRecord(p.record(t0)) }
+	marker := rec(mergePut{reason: ReasonReset, until: time.Hour, at: 5 * time.Second})
+	for name, c := range map[string]struct {
+		entries map[string][]byte
+		marker  []byte
+	}{
+		"distinct slots": {entries: map[string][]byte{
+			"c:":  rec(mergePut{reason: ReasonRetryAfter, until: time.Hour, at: time.Second}),
+			"b:":  rec(mergePut{reason: ReasonBreakerOpen, until: time.Hour, at: time.Second}),
+			"b:r": rec(mergePut{reason: ReasonBreakerOpen, role: "r", until: time.Hour, at: time.Second}),
+		}},
+		"one slot twice": {entries: map[string][]byte{
+			"":   rec(mergePut{reason: ReasonRetryAfter, until: 2 * time.Hour, at: time.Second}),
+			"c:": rec(mergePut{reason: ReasonRollingWindow, until: time.Hour, at: 2 * time.Second}),
+		}},
+		"a marker": {marker: marker, entries: map[string][]byte{
+			"c:": rec(mergePut{reason: ReasonRetryAfter, until: time.Hour, at: time.Second}),
+			"b:": rec(mergePut{reason: ReasonBreakerOpen, until: time.Hour, at: 6 * time.Second}),
+		}},
+		"junk": {marker: []byte("junk"), entries: map[string][]byte{
+			"c:":  rec(mergePut{host: "other.example", reason: ReasonRetryAfter, until: time.Hour, at: time.Second}),
+			"x":   []byte("{"),
+			"r":   marker,
+			"b:":  rec(mergePut{reason: ReasonBreakerOpen, until: -time.Minute, at: time.Second}),
+			"b:r": rec(mergePut{reason: ReasonBreakerOpen, role: "r", until: time.Hour, at: time.Second}),
+		}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			h, _ := loadStored(mergeHost, c.entries, c.marker, t0)
+			var values [][]byte
+			for _, v := range c.entries {
+				values = append(values, v)
+			}
+			checkRecords(t, appendStored(nil, mergeHost, values, c.marker, t0), h.appendTo(nil, t0))
+		})
+	}
+}

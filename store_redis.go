@@ -259,8 +259,8 @@ func expiredMax(now time.Time) string {
 
 // Records returns the unexpired cooldowns, shared trips and reset markers
 // under the store's prefix. It reads the hosts index, then each live host's
-// hash and marker in one pipeline, and reads each host through loadStored,
-// as Put does. Values that do not decode, or that name another host than
+// hash and marker in one pipeline, and reads each host as Put does (see
+// appendStored). Values that do not decode, or that name another host than
 // the key that holds them, are skipped.
 func (s *redisStore) Records(ctx context.Context) ([]Record, error) {
 	hosts, err := s.client.ZRangeByScore(ctx, s.prefix+redisHostsIndex, liveRange(time.Now())).Result()
@@ -299,8 +299,11 @@ func (s *redisStore) Records(ctx context.Context) ([]Record, error) {
 		if err != nil {
 			marker = nil // none, or a key of another type
 		}
-		h, _ := loadStored(c.host, redisEntries(fields), marker, now)
-		out = h.appendTo(out, now)
+		values := make([][]byte, 0, len(fields))
+		for _, v := range fields {
+			values = append(values, []byte(v))
+		}
+		out = appendStored(out, c.host, values, marker, now)
 	}
 	return out, nil
 }
