@@ -1,12 +1,15 @@
 package hostbreaker
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -19,16 +22,24 @@ import (
 // [OpenStore] returns the two implementations, bbolt (one machine) and Redis
 // (a fleet). Implementations must be safe for concurrent use.
 type Store interface {
-	// Records returns every record that has not expired: cooldowns and
-	// reset markers, in no particular order.
+	// Records returns every record that has not expired: cooldowns,
+	// shared breaker trips and reset markers, in no particular order.
 	Records(ctx context.Context) ([]Record, error)
 
-	// Put writes r and merges it with what the store holds for its host:
-	//   - a reset (Reason == ReasonReset) deletes every cooldown of the host,
-	//     whatever its role, written at or before r.At, and keeps r as a
-	//     marker until r.Until so that every process sees it;
-	//   - a manual cooldown replaces the cooldown of (Host, Role);
-	//   - any other cooldown replaces it only when it ends later.
+	// Put writes r and merges it with what the store holds for its host.
+	// A store holds, per host, at most one record per slot (see [Record]:
+	// a cooldown of (Host, Role) and the shared trip of the (Host, Role)
+	// breaker are different slots, even with Role "") and one reset
+	// marker. Records whose Until has passed are dropped. Then:
+	//   - a reset (Reason == ReasonReset) deletes every record of the
+	//     host, whatever its slot, whose At is at or before r.At, and keeps
+	//     r as the marker until r.Until, so that every process sees it,
+	//     unless r.Until has passed or the marker has a later At;
+	//   - any other record is dropped when the marker has an At at or after
+	//     r.At (the reset covers it, whichever reached the store first), or
+	//     when r.Until has passed (an expired record changes nothing);
+	//   - otherwise a manual record (ReasonManual) replaces the record in
+	//     its slot, and any other replaces it only when it ends later.
 	Put(ctx context.Context, r Record) error
 
 	// PublishStates replaces the breaker states published by source with
@@ -51,16 +62,362 @@ type Store interface {
 // cooldowns and closes its breakers in every process that shares the store.
 const ReasonReset Reason = "reset"
 
-// Record is one cooldown or reset marker held in a [Store]. Times are wall
-// clock times, so a deadline means the same on every machine.
+// Record is one cooldown, shared breaker trip or reset marker held in a
+// [Store]. Times are wall clock times, so a deadline means the same on
+// every machine.
+//
+// A store holds at most one record per host and slot, and the Reason says
+// which slot a record takes:
+//   - ReasonBreakerOpen: the shared trip of the (Host, Role) breaker. Role
+//     "" is the breaker of the requests made without a role, not the
+//     whole host.
+//   - ReasonReset: the host's reset marker; Role is not used.
+//   - any other reason: a cooldown of (Host, Role). A Transport writes
+//     cooldowns with Role "", which is the whole host.
+//
+// So a trip of the no-role breaker and a host-wide cooldown, both with Role
+// "", never replace one another.
 type Record struct {
 	Host   string    // normalized host name, with a port when it is not the default
-	Role   string    // "" for the whole host; the role of a shared breaker trip
+	Role   string    // a breaker trip's role ("" for requests without one); "" for a host-wide cooldown
 	Reason Reason    // why; ReasonReset for a reset marker
-	Until  time.Time // end of the cooldown, or when a reset marker expires
+	Until  time.Time // end of the cooldown or trip, or when a reset marker expires
 	At     time.Time // when the record was written
 	Note   string    // operator's note, for manual cooldowns
 	Source string    // the process that wrote it
+}
+
+// The slots of a host's records: a slot is one of these kinds followed by
+// the record's role. The stores name a host's entries by slot (bbolt keys
+// host+"\x00"+slot, Redis hash fields), so a kind never changes.
+const (
+	slotCooldown = "c:" // a cooldown (Retry-After, rolling window, manual); role "" is the whole host
+	slotTrip     = "b:" // the shared trip of a (host, role) breaker; role "" is the no-role breaker
+)
+
+// recordSlot returns the slot of r among its host's records. It must not be
+// called on a reset marker, which has a place of its own.
+func recordSlot(r Record) string {
+	if r.Reason == ReasonBreakerOpen {
+		return slotTrip + r.Role
+	}
+	return slotCooldown + r.Role
+}
+
+// sameRecord reports whether a and b are the same record: equal fields,
+// and times that are the same instants.
+func sameRecord(a, b Record) bool {
+	return a.Host == b.Host && a.Role == b.Role && a.Reason == b.Reason && a.Note == b.Note &&
+		a.Source == b.Source && a.Until.Equal(b.Until) && a.At.Equal(b.At)
+}
+
+// hostRecords is what a store holds for one host: its records, at most one
+// per slot, and its reset marker. Its merge method is the one definition
+// of the rules of [Store.Put]: both stores read a host into a hostRecords
+// (loadStored), merge the record being written and write back the
+// difference (putStored). Without a store, a hostRecords per host
+// coalesces writes by the same rules, so that a queue of pending writes
+// drops and keeps exactly what the store would.
+//
+// The zero value holds nothing and is ready to use. A hostRecords is not
+// safe for concurrent use. It does not look at the records' Host: the
+// caller keeps one hostRecords per host. Records must have a known reason
+// and both times set, as a Store's Put requires.
+type hostRecords struct {
+	records map[string]Record // by recordSlot; never a reset marker; nil when empty
+	reset   Record            // the reset marker; the zero Record (Reason "") when none
+}
+
+// merge applies r, written at wall time now, as [Store.Put] documents, and
+// reports whether that changed the records or the marker; replacing a
+// record with an equal one (see sameRecord) changes nothing, nor does
+// dropping records that had expired. In order:
+//  1. the records and the marker whose Until is not after now are dropped;
+//  2. a reset (r.Reason == ReasonReset) deletes every record, whatever its
+//     slot, whose At is at or before r.At; it becomes the marker if
+//     r.Until is after now and the marker, if any, has no later At;
+//  3. any other record is dropped when there is a marker whose At is at or
+//     after r.At, or when r.Until is not after now; otherwise, in its
+//     slot (recordSlot), a manual record (ReasonManual) replaces whatever
+//     is there and any other record replaces a record only when r.Until
+//     is after that record's Until. An empty slot takes r.
+//
+// Whatever order two records are merged in, a reset and a record written
+// at or before it leave no record; two resets leave the marker with the
+// later At.
+func (h *hostRecords) merge(r Record, now time.Time) (changed bool) {
+	h.expire(now)
+	if r.Reason == ReasonReset {
+		for slot, old := range h.records {
+			if !old.At.After(r.At) {
+				delete(h.records, slot)
+				changed = true
+			}
+		}
+		if r.Until.After(now) && (h.reset.Reason == "" || !h.reset.At.After(r.At)) {
+			changed = changed || !sameRecord(h.reset, r)
+			h.reset = r
+		}
+		return changed
+	}
+	if h.reset.Reason != "" && !h.reset.At.Before(r.At) {
+		return false // written at or before the reset
+	}
+	if !r.Until.After(now) {
+		return false // already over
+	}
+	slot := recordSlot(r)
+	old, ok := h.records[slot]
+	if ok && r.Reason != ReasonManual && !r.Until.After(old.Until) {
+		return false // the stored one ends as late or later
+	}
+	if ok && sameRecord(old, r) {
+		return false
+	}
+	if h.records == nil {
+		h.records = make(map[string]Record)
+	}
+	h.records[slot] = r
+	return true
+}
+
+// expire drops the records and the marker whose Until is not after now.
+func (h *hostRecords) expire(now time.Time) {
+	for slot, r := range h.records {
+		if !r.Until.After(now) {
+			delete(h.records, slot)
+		}
+	}
+	if h.reset.Reason != "" && !h.reset.Until.After(now) {
+		h.reset = Record{}
+	}
+}
+
+// appendTo appends to dst the records and the marker whose Until is after
+// now, the marker first and then the records in the order of their slots,
+// and returns the extended slice. Writing them in that order to a store
+// (or merging them into another hostRecords) reproduces h.
+func (h *hostRecords) appendTo(dst []Record, now time.Time) []Record {
+	if h.reset.Reason != "" && h.reset.Until.After(now) {
+		dst = append(dst, h.reset)
+	}
+	for _, slot := range slices.Sorted(maps.Keys(h.records)) {
+		if r := h.records[slot]; r.Until.After(now) {
+			dst = append(dst, r)
+		}
+	}
+	return dst
+}
+
+// empty reports whether h holds no record and no marker whose Until is
+// after now.
+func (h *hostRecords) empty(now time.Time) bool {
+	if h.reset.Reason != "" && h.reset.Until.After(now) {
+		return false
+	}
+	for _, r := range h.records {
+		if r.Until.After(now) {
+			return false
+		}
+	}
+	return true
+}
+
+// loadStored returns what a store holds for host at wall time now, given
+// the host's stored entries (name → encodeRecord, in a store's own naming)
+// and its stored marker (nil when none): see loadRecords. The entries that
+// do not decode as records of host, other than resets, are foreign:
+// foreign returns, by name, those that keepForeign keeps and until when.
+func loadStored(host string, entries map[string][]byte, marker []byte, now time.Time) (h hostRecords, foreign map[string]time.Time) {
+	recs := make([]Record, 0, len(entries))
+	for name, v := range entries {
+		if r, ok := decodeHostRecord(host, v); ok {
+			recs = append(recs, r)
+			continue
+		}
+		if until, keep := keepForeign(v, now); keep {
+			if foreign == nil {
+				foreign = make(map[string]time.Time)
+			}
+			foreign[name] = until
+		}
+	}
+	return loadRecords(recs, decodeMarker(host, marker), now), foreign
+}
+
+// appendStored appends to dst the records and marker whose Until is after
+// now that a store holds for host, given the values of the host's entries
+// and its stored marker (nil when none), as loadStored reads them, in no
+// particular order. It is what Records uses: when there is no marker and
+// no two records share a slot, which is the common case, it appends the
+// live records without building a hostRecords.
+func appendStored(dst []Record, host string, values [][]byte, marker []byte, now time.Time) []Record {
+	start := len(dst)
+	for _, v := range values {
+		if r, ok := decodeHostRecord(host, v); ok && r.Until.After(now) {
+			dst = append(dst, r)
+		}
+	}
+	recs := dst[start:]
+	if marker == nil && distinctSlots(recs) {
+		return dst
+	}
+	h := loadRecords(slices.Clone(recs), decodeMarker(host, marker), now)
+	return h.appendTo(dst[:start], now)
+}
+
+// loadRecords returns the hostRecords of a store that holds recs and the
+// marker m (the zero Record when none) at wall time now: the marker is
+// taken if it has not expired, then the records are merged in the order of
+// their At (sorting recs), so that a store that holds two records for one
+// slot (written under an older layout, say) yields the one that Put would
+// have kept, and one that the marker covers yields none.
+func loadRecords(recs []Record, m Record, now time.Time) hostRecords {
+	var h hostRecords
+	if m.Reason == ReasonReset && m.Until.After(now) {
+		h.reset = m
+	}
+	slices.SortFunc(recs, func(a, b Record) int {
+		if c := a.At.Compare(b.At); c != 0 {
+			return c
+		}
+		return a.Until.Compare(b.Until)
+	})
+	for _, r := range recs {
+		h.merge(r, now)
+	}
+	return h
+}
+
+// decodeHostRecord decodes v as a record of host other than a reset marker.
+func decodeHostRecord(host string, v []byte) (Record, bool) {
+	r, err := decodeRecord(v)
+	return r, err == nil && r.Host == host && r.Reason != ReasonReset
+}
+
+// decodeMarker decodes v as the reset marker of host, or returns the zero
+// Record.
+func decodeMarker(host string, v []byte) Record {
+	if v == nil {
+		return Record{}
+	}
+	if m, err := decodeRecord(v); err == nil && m.Host == host && m.Reason == ReasonReset {
+		return m
+	}
+	return Record{}
+}
+
+// distinctSlots reports whether no two of recs share a slot.
+func distinctSlots(recs []Record) bool {
+	for i := range recs {
+		for j := range i {
+			if recs[i].Role == recs[j].Role &&
+				(recs[i].Reason == ReasonBreakerOpen) == (recs[j].Reason == ReasonBreakerOpen) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// keepForeign reports whether a store keeps a value that does not decode
+// as a current record or published states, and until when: it keeps a JSON
+// object of a newer encoding version ("v" above recordVersion), which a
+// newer version of this package may have written, until its "until" or
+// "expires" time (Unix nanoseconds) passes. Any other value is junk, which
+// a store deletes when it meets it.
+func keepForeign(v []byte, now time.Time) (until time.Time, keep bool) {
+	var j struct {
+		V       int   `json:"v"`
+		Until   int64 `json:"until"`
+		Expires int64 `json:"expires"`
+	}
+	if json.Unmarshal(v, &j) != nil || j.V <= recordVersion {
+		return time.Time{}, false
+	}
+	t := max(j.Until, j.Expires)
+	if t <= now.UnixNano() {
+		return time.Time{}, false
+	}
+	return time.Unix(0, t), true
+}
+
+// hostWrite is how a store brings the stored form of one host, as
+// loadStored reads it, to the result of a merge.
+type hostWrite struct {
+	put       map[string][]byte // entries to write, by name; nil when none
+	del       []string          // names of the entries to delete
+	marker    []byte            // the marker to write; nil to leave the stored one as it is
+	delMarker bool              // delete the stored marker (expired, junk or replaced by none)
+
+	markerUntil time.Time // the Until of marker, when it is not nil
+
+	entriesUntil time.Time // latest Until of the entries that remain; zero when none remain
+	until        time.Time // latest Until of everything that remains, marker included; zero when nothing does
+	changed      bool      // the merge changed the records or the marker: tell the other processes
+}
+
+// none reports whether w writes nothing.
+func (w *hostWrite) none() bool {
+	return len(w.put) == 0 && len(w.del) == 0 && w.marker == nil && !w.delMarker
+}
+
+// putStored merges r, written at wall time now, into the stored form of
+// r.Host: its entries by name and its marker (nil when none), as for
+// loadStored. It returns what to write so that the store holds the merged
+// records, each under its slot as name, the merged marker, and the foreign
+// entries that keepForeign keeps; expired records and junk are deleted.
+func putStored(entries map[string][]byte, marker []byte, r Record, now time.Time) hostWrite {
+	h, foreign := loadStored(r.Host, entries, marker, now)
+	w := hostWrite{changed: h.merge(r, now)}
+	want := make(map[string][]byte, len(h.records)+len(foreign))
+	for name, until := range foreign {
+		want[name] = entries[name]
+		w.entriesUntil = laterOf(w.entriesUntil, until)
+	}
+	for slot, rec := range h.records {
+		want[slot] = encodeRecord(rec)
+		w.entriesUntil = laterOf(w.entriesUntil, rec.Until)
+	}
+	for name, v := range entries {
+		if nv, ok := want[name]; !ok {
+			w.del = append(w.del, name)
+		} else if !bytes.Equal(nv, v) {
+			w.putEntry(name, nv)
+		}
+	}
+	for name, v := range want {
+		if _, ok := entries[name]; !ok {
+			w.putEntry(name, v)
+		}
+	}
+	slices.Sort(w.del)
+	w.until = w.entriesUntil
+	if h.reset.Reason != "" {
+		if mv := encodeRecord(h.reset); !bytes.Equal(mv, marker) {
+			w.marker, w.markerUntil = mv, h.reset.Until
+		}
+		w.until = laterOf(w.until, h.reset.Until)
+	} else if marker != nil {
+		w.delMarker = true
+	}
+	return w
+}
+
+// putEntry adds an entry to write.
+func (w *hostWrite) putEntry(name string, v []byte) {
+	if w.put == nil {
+		w.put = make(map[string][]byte)
+	}
+	w.put[name] = v
+}
+
+// laterOf returns the later of a and b.
+func laterOf(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // PublishedState is one (host, role) breaker state as a process published
@@ -79,8 +436,15 @@ type PublishedState struct {
 //     a bbolt file; its parent directory must exist. A plain path must not
 //     be empty nor hold a ':' before its first '/' (that is a URL, or a
 //     typo, not a file name);
-//   - redis://[user:pass@]host:port/db or rediss://… (TLS) opens Redis; the
-//     query parameter prefix sets the key prefix (default "hostbreaker:").
+//   - redis://[user:pass@]host:port/db or rediss://… (TLS) opens Redis. The
+//     query parameter prefix sets the key prefix (default "hostbreaker:");
+//     a prefix that does not end in ':' gets one (prefix=app means
+//     "app:"). Every key of the store (records, markers, published states,
+//     the indexes of hosts and sources) and its change channel live under
+//     the prefix: stores with the same prefix in the same database are
+//     one store, and stores with different prefixes share nothing, even
+//     when one prefix extends the other. Other query parameters are
+//     go-redis options.
 //
 // Anything else is an error that names the URL.
 func OpenStore(rawURL string) (Store, error) {
@@ -118,8 +482,11 @@ func StorePath(rawURL string) (string, error) {
 	switch strings.ToLower(scheme) {
 	case "bolt", "bbolt":
 		u, err := url.Parse(rawURL)
-		if err != nil || u.Host != "" || u.Path == "" || u.RawQuery != "" {
+		if err != nil || u.Host != "" || u.Path == "" {
 			return "", bad("want bolt:///absolute/path.db")
+		}
+		if u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.RawFragment != "" || strings.HasSuffix(rawURL, "#") {
+			return "", bad("a bbolt URL takes no query nor fragment (want bolt:///absolute/path.db)")
 		}
 		return u.Path, nil
 	case "redis", "rediss":

@@ -4,15 +4,16 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,9 +32,17 @@ const boltLockTimeout = 150 * time.Millisecond
 // creates.
 const boltFileMode = 0o600
 
+// boltPruneInterval is the least time between two prunes of a bbolt file
+// by one process: a write deletes the expired entries of the whole file
+// only when the process's last prune of that file is this old, so that a
+// write holds the file lock for the time of a write whatever the number of
+// records. Expired entries left in the file meanwhile are never returned.
+const boltPruneInterval = time.Second
+
 // The buckets of a bbolt store.
 var (
-	// boltCooldowns maps host + "\x00" + role to encodeRecord of a cooldown.
+	// boltCooldowns maps host + "\x00" + slot (see recordSlot) to
+	// encodeRecord of a cooldown or shared breaker trip.
 	boltCooldowns = []byte("cooldowns")
 	// boltResets maps a host to encodeRecord of its reset marker.
 	boltResets = []byte("resets")
@@ -56,9 +65,14 @@ var errBoltClosed = errors.New("store is closed")
 // Reads are cached: Records and States first read the transaction id from
 // the file's meta pages without taking the lock, and reuse the last full
 // read when it has not changed.
+//
+// Writes prune expired entries at most once per boltPruneInterval per
+// process and file (see boltFile); in between, a Put only tidies the host it
+// writes.
 type boltStore struct {
 	path string        // absolute path of the file
-	sem  chan struct{} // serializes this process's opens of path; see boltFileSem
+	file *boltFile     // this process's state of the file, shared with other boltStores of path
+	sem  chan struct{} // file.sem
 
 	closed atomic.Bool
 
@@ -66,6 +80,7 @@ type boltStore struct {
 	snap *boltSnapshot // the last full read, nil before the first
 
 	fullReads atomic.Int64 // number of full reads, for tests
+	prunes    atomic.Int64 // number of prunes of the whole file, for tests
 }
 
 // boltSnapshot is the decoded content of a bbolt store at one transaction.
@@ -82,30 +97,40 @@ type boltStatesEntry struct {
 	states  []PublishedState
 }
 
-// boltFileSems holds one semaphore per absolute path, shared by every
-// boltStore of the process; see boltFileSem.
-var boltFileSems struct {
-	sync.Mutex
-	m map[string]chan struct{}
+// boltFile is what the boltStores of one process share about one file.
+type boltFile struct {
+	// sem serializes this process's opens of the file. flock excludes two
+	// handles of one process as it does two processes, but bbolt only
+	// polls it every 50 ms; waiting on a channel instead lets the
+	// goroutines and stores of one process take turns promptly and keeps
+	// the lock timeout for contention with other processes.
+	sem chan struct{}
+	// lastPrune is the wall time, in Unix nanoseconds, of this process's
+	// last prune of the file; zero before the first. Written while sem is
+	// held.
+	lastPrune atomic.Int64
 }
 
-// boltFileSem returns the semaphore that serializes this process's opens of
-// the file at path. flock excludes two handles of one process as it does
-// two processes, but bbolt only polls it every 50 ms; waiting on a channel
-// instead lets the goroutines and stores of one process take turns promptly
-// and keeps the lock timeout for contention with other processes.
-func boltFileSem(path string) chan struct{} {
-	boltFileSems.Lock()
-	defer boltFileSems.Unlock()
-	if boltFileSems.m == nil {
-		boltFileSems.m = make(map[string]chan struct{})
+// boltFiles holds one boltFile per absolute path, shared by every
+// boltStore of the process; see boltFileOf.
+var boltFiles struct {
+	sync.Mutex
+	m map[string]*boltFile
+}
+
+// boltFileOf returns this process's boltFile of the file at path.
+func boltFileOf(path string) *boltFile {
+	boltFiles.Lock()
+	defer boltFiles.Unlock()
+	if boltFiles.m == nil {
+		boltFiles.m = make(map[string]*boltFile)
 	}
-	sem, ok := boltFileSems.m[path]
+	f, ok := boltFiles.m[path]
 	if !ok {
-		sem = make(chan struct{}, 1)
-		boltFileSems.m[path] = sem
+		f = &boltFile{sem: make(chan struct{}, 1)}
+		boltFiles.m[path] = f
 	}
-	return sem
+	return f
 }
 
 // openBoltStore opens the bbolt store at path, creating the file and its
@@ -143,7 +168,8 @@ func openBoltStore(path string) (Store, error) {
 		return nil, fmt.Errorf("bbolt store %s: %w", abs, err)
 	}
 
-	s := &boltStore{path: abs, sem: boltFileSem(abs)}
+	file := boltFileOf(abs)
+	s := &boltStore{path: abs, file: file, sem: file.sem}
 	ctx := context.Background()
 	if existed {
 		// Check the file under a shared lock, and write only if buckets
@@ -424,18 +450,7 @@ func (s *boltStore) load(ctx context.Context, op string) (*boltSnapshot, error) 
 	err := s.run(ctx, true, func(tx *bolt.Tx) error {
 		snap.txid = uint64(tx.ID())
 		now := time.Now()
-		for _, name := range [][]byte{boltCooldowns, boltResets} {
-			b := tx.Bucket(name)
-			if b == nil {
-				continue
-			}
-			_ = b.ForEach(func(k, v []byte) error {
-				if r, err := decodeRecord(v); err == nil && r.Until.After(now) {
-					snap.records = append(snap.records, r)
-				}
-				return nil
-			})
-		}
+		snap.records = boltReadRecords(tx, now)
 		if b := tx.Bucket(boltStates); b != nil {
 			_ = b.ForEach(func(k, v []byte) error {
 				if _, states, expires, err := decodeStates(v); err == nil && expires.After(now) {
@@ -458,6 +473,51 @@ func (s *boltStore) load(ctx context.Context, op string) (*boltSnapshot, error) 
 	return snap, nil
 }
 
+// boltReadRecords returns the records and reset markers of every host that
+// have not expired at now. Each host is read as Put reads it (see
+// appendStored).
+func boltReadRecords(tx *bolt.Tx, now time.Time) []Record {
+	markers := make(map[string][]byte)
+	if b := tx.Bucket(boltResets); b != nil {
+		_ = b.ForEach(func(k, v []byte) error {
+			markers[string(k)] = v
+			return nil
+		})
+	}
+	var out []Record
+	var host []byte
+	var values [][]byte
+	add := func() {
+		h := string(host)
+		out = appendStored(out, h, values, markers[h], now)
+		delete(markers, h)
+	}
+	if b := tx.Bucket(boltCooldowns); b != nil {
+		// Keys are sorted and no host holds a NUL, so each host's entries
+		// are contiguous.
+		_ = b.ForEach(func(k, v []byte) error {
+			h, _, ok := bytes.Cut(k, []byte{0})
+			if !ok {
+				return nil // not a key this package writes
+			}
+			if values != nil && !bytes.Equal(h, host) {
+				add()
+				values = values[:0]
+			}
+			host = h
+			values = append(values, v)
+			return nil
+		})
+		if len(values) > 0 {
+			add()
+		}
+	}
+	for _, h := range slices.Sorted(maps.Keys(markers)) {
+		out = appendStored(out, h, nil, markers[h], now)
+	}
+	return out
+}
+
 // validateBoltRecord returns an error if r cannot be stored as it is.
 func validateBoltRecord(r Record) error {
 	if h, err := normalizeHost("", r.Host); err != nil || h != r.Host {
@@ -475,20 +535,23 @@ func validateBoltRecord(r Record) error {
 	return nil
 }
 
-// boltCooldownKey is the key of the cooldown of (host, role). A normalized
-// host holds no NUL byte, so the key is unambiguous.
-func boltCooldownKey(host, role string) []byte {
-	return []byte(host + "\x00" + role)
+// boltHostPrefix is the prefix of the keys of host's entries in the
+// cooldowns bucket; an entry's name (its slot) follows. A normalized host
+// holds no NUL byte, so the prefix is unambiguous.
+func boltHostPrefix(host string) []byte {
+	return []byte(host + "\x00")
 }
 
-// Put writes r, merging it with the host's records as [Store] documents,
-// and prunes expired entries in the same transaction.
-//
-// A cooldown written at or before the At of the host's unexpired reset
-// marker is dropped, so that a reset wins over a cooldown written before
-// it even when that cooldown reaches the store after it. A cooldown whose
-// Until has passed is dropped as well; a reset whose Until has passed still
-// deletes cooldowns but leaves no marker.
+// errBoltNoWrite rolls back a write transaction that changed nothing, so
+// that the file, and the other processes' cached reads, stay as they are.
+var errBoltNoWrite = errors.New("nothing to write")
+
+// Put writes r, merging it with the host's records as [Store] documents
+// (the rules are putStored's): it reads the host's entries and marker,
+// merges r, and writes the difference, which also deletes the host's
+// expired records and junk. It prunes the whole file in the same
+// transaction when the last prune is boltPruneInterval old. A Put that
+// changes nothing rolls back: it writes nothing to the file.
 func (s *boltStore) Put(ctx context.Context, r Record) error {
 	if err := s.check(ctx, "put"); err != nil {
 		return err
@@ -496,68 +559,69 @@ func (s *boltStore) Put(ctx context.Context, r Record) error {
 	if err := validateBoltRecord(r); err != nil {
 		return fmt.Errorf("bbolt store %s: put: %w", s.path, err)
 	}
-	value := encodeRecord(r)
 	err := s.run(ctx, false, func(tx *bolt.Tx) error {
 		now := time.Now()
 		cooldowns, resets, _, err := boltBuckets(tx)
 		if err != nil {
 			return err
 		}
-		if r.Reason == ReasonReset {
-			if err := boltReset(cooldowns, r); err != nil {
+		prefix := boltHostPrefix(r.Host)
+		entries := make(map[string][]byte)
+		c := cooldowns.Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			entries[string(k[len(prefix):])] = v
+		}
+		// putStored reads every value before the first write below.
+		w := putStored(entries, resets.Get([]byte(r.Host)), r, now)
+		for _, name := range w.del {
+			if err := cooldowns.Delete(append(slices.Clip(prefix), name...)); err != nil {
 				return err
 			}
-			if r.Until.After(now) {
-				old, err := decodeRecord(resets.Get([]byte(r.Host)))
-				if err != nil || !old.Until.After(now) || !old.At.After(r.At) {
-					if err := resets.Put([]byte(r.Host), value); err != nil {
-						return err
-					}
-				}
-			}
-			return boltPrune(tx, now)
 		}
-		if marker, err := decodeRecord(resets.Get([]byte(r.Host))); err == nil &&
-			marker.Until.After(now) && !r.At.After(marker.At) {
-			return boltPrune(tx, now) // written before the reset
-		}
-		if !r.Until.After(now) {
-			return boltPrune(tx, now) // already over
-		}
-		key := boltCooldownKey(r.Host, r.Role)
-		if r.Reason != ReasonManual {
-			if old, err := decodeRecord(cooldowns.Get(key)); err == nil &&
-				old.Until.After(now) && !r.Until.After(old.Until) {
-				return boltPrune(tx, now) // the stored one ends as late or later
+		for name, v := range w.put {
+			if err := cooldowns.Put(append(slices.Clip(prefix), name...), v); err != nil {
+				return err
 			}
 		}
-		if err := cooldowns.Put(key, value); err != nil {
+		if w.marker != nil {
+			if err := resets.Put([]byte(r.Host), w.marker); err != nil {
+				return err
+			}
+		} else if w.delMarker {
+			if err := resets.Delete([]byte(r.Host)); err != nil {
+				return err
+			}
+		}
+		pruned, err := s.prune(tx, now)
+		if err != nil {
 			return err
 		}
-		return boltPrune(tx, now)
+		if w.none() && pruned == 0 {
+			return errBoltNoWrite
+		}
+		return nil
 	})
+	if errors.Is(err, errBoltNoWrite) {
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("bbolt store %s: put %s: %w", s.path, r.Host, err)
 	}
 	return nil
 }
 
-// boltReset deletes every cooldown of r.Host written at or before r.At.
-func boltReset(cooldowns *bolt.Bucket, r Record) error {
-	prefix := []byte(r.Host + "\x00")
-	var del [][]byte
-	c := cooldowns.Cursor()
-	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-		if old, err := decodeRecord(v); err == nil && !old.At.After(r.At) {
-			del = append(del, bytes.Clone(k))
-		}
+// prune deletes the expired entries of the file, as boltPrune does, when
+// this process's last prune of the file is at least boltPruneInterval
+// before now (or after it: the clock was set back). It returns the number
+// of entries deleted. It must run in a write transaction, under s.sem.
+func (s *boltStore) prune(tx *bolt.Tx, now time.Time) (int, error) {
+	last := s.file.lastPrune.Load()
+	if d := now.UnixNano() - last; last != 0 && d >= 0 && d < int64(boltPruneInterval) {
+		return 0, nil
 	}
-	for _, k := range del {
-		if err := cooldowns.Delete(k); err != nil {
-			return err
-		}
-	}
-	return nil
+	s.file.lastPrune.Store(now.UnixNano())
+	s.prunes.Add(1)
+	return boltPrune(tx, now)
 }
 
 // boltBuckets returns the store's buckets in a writable transaction,
@@ -573,10 +637,11 @@ func boltBuckets(tx *bolt.Tx) (cooldowns, resets, states *bolt.Bucket, err error
 	return
 }
 
-// boltPrune deletes the expired records and states. An entry that does not
-// decode is kept, unless it still carries an "until" or "expires" time that
-// has passed: it may come from a newer version of this package.
-func boltPrune(tx *bolt.Tx, now time.Time) error {
+// boltPrune deletes the expired records, markers and states of the whole
+// file, and the junk: entries that neither decode nor are kept by
+// keepForeign. It returns the number of entries deleted.
+func boltPrune(tx *bolt.Tx, now time.Time) (int, error) {
+	deleted := 0
 	expired := func(name []byte, isExpired func(v []byte) bool) error {
 		b := tx.Bucket(name)
 		if b == nil {
@@ -596,46 +661,36 @@ func boltPrune(tx *bolt.Tx, now time.Time) error {
 				return err
 			}
 		}
+		deleted += len(del)
 		return nil
 	}
 	record := func(v []byte) bool {
 		if r, err := decodeRecord(v); err == nil {
 			return !r.Until.After(now)
 		}
-		return boltRawExpired(v, now)
+		_, keep := keepForeign(v, now)
+		return !keep
 	}
 	states := func(v []byte) bool {
 		if _, _, expires, err := decodeStates(v); err == nil {
 			return !expires.After(now)
 		}
-		return boltRawExpired(v, now)
+		_, keep := keepForeign(v, now)
+		return !keep
 	}
 	if err := expired(boltCooldowns, record); err != nil {
-		return err
+		return deleted, err
 	}
 	if err := expired(boltResets, record); err != nil {
-		return err
+		return deleted, err
 	}
-	return expired(boltStates, states)
+	err := expired(boltStates, states)
+	return deleted, err
 }
 
-// boltRawExpired reports whether v, which does not decode as a current
-// record or states, is a JSON object whose "until" or "expires" time, in
-// Unix nanoseconds, has passed.
-func boltRawExpired(v []byte, now time.Time) bool {
-	var j struct {
-		Until   int64 `json:"until"`
-		Expires int64 `json:"expires"`
-	}
-	if json.Unmarshal(v, &j) != nil {
-		return false
-	}
-	t := max(j.Until, j.Expires)
-	return t > 0 && t <= now.UnixNano()
-}
-
-// PublishStates replaces what source published with states, valid for ttl,
-// and prunes expired entries in the same transaction.
+// PublishStates replaces what source published with states, valid for ttl.
+// Like Put, it prunes the whole file in the same transaction when the last
+// prune is boltPruneInterval old.
 func (s *boltStore) PublishStates(ctx context.Context, source string, states []PublishedState, ttl time.Duration) error {
 	if err := s.check(ctx, "publish states"); err != nil {
 		return err
@@ -658,7 +713,8 @@ func (s *boltStore) PublishStates(ctx context.Context, source string, states []P
 		if err := b.Put([]byte(source), encodeStates(source, states, now.Add(ttl))); err != nil {
 			return err
 		}
-		return boltPrune(tx, now)
+		_, err = s.prune(tx, now)
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("bbolt store %s: publish states of %s: %w", s.path, source, err)

@@ -9,10 +9,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -167,6 +169,74 @@ func TestBoltOpenErrors(t *testing.T) {
 	}
 }
 
+// TestStorePath checks which plain paths and bbolt URLs OpenStore and
+// StorePath accept, and that a refused one creates no file. It runs in an
+// empty working directory of its own.
+func TestStorePath(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	refused := []string{
+		"",
+		"::::not a url",
+		"c:store.db",
+		"host:6379",
+		"bolt://" + filepath.Join(dir, "q.db") + "?mode=ro",
+		"bolt://" + filepath.Join(dir, "q.db") + "?",
+		"bolt://" + filepath.Join(dir, "q.db") + "#frag",
+		"bolt://" + filepath.Join(dir, "q.db") + "#",
+		"bbolt://" + filepath.Join(dir, "q.db") + "?timeout=1s",
+		"bolt://host" + filepath.Join(dir, "h.db"),
+		"bolt://",
+		"nosuch://x",
+	}
+	for _, u := range refused {
+		if p, err := StorePath(u); err == nil {
+			t.Errorf("StorePath(%q) = %q, want an error", u, p)
+		}
+		s, err := OpenStore(u)
+		if err == nil {
+			s.Close()
+			t.Errorf("OpenStore(%q) succeeded", u)
+			continue
+		}
+		if u != "" && !strings.Contains(err.Error(), strings.TrimSuffix(u, "#")) {
+			t.Errorf("OpenStore(%q): error %q does not name the URL", u, err)
+		}
+	}
+	if entries, err := os.ReadDir(dir); err != nil || len(entries) != 0 {
+		t.Fatalf("refused URLs created files: %v, %v", entries, err)
+	}
+
+	abs := filepath.Join(dir, "abs.db")
+	for u, want := range map[string]string{
+		"./x.db":         filepath.Join(dir, "x.db"),
+		"x.db":           filepath.Join(dir, "x.db"),
+		"sub/../y.db":    filepath.Join(dir, "y.db"),
+		abs:              abs,
+		"bolt://" + abs:  abs,
+		"bbolt://" + abs: abs,
+		"./a:b.db":       filepath.Join(dir, "a:b.db"), // a ':' after a '/' is a file name
+	} {
+		p, err := StorePath(u)
+		if err != nil || p != want {
+			t.Errorf("StorePath(%q) = %q, %v; want %q", u, p, err, want)
+			continue
+		}
+		s, err := OpenStore(u)
+		if err != nil {
+			t.Errorf("OpenStore(%q): %v", u, err)
+			continue
+		}
+		s.Close()
+		if _, err := os.Stat(want); err != nil {
+			t.Errorf("OpenStore(%q) created no file at %s: %v", u, want, err)
+		}
+	}
+	if p, err := StorePath("redis://127.0.0.1:6379/0"); err != nil || p != "" {
+		t.Errorf("StorePath(redis URL) = %q, %v; want \"\", nil", p, err)
+	}
+}
+
 func TestBoltPutValidation(t *testing.T) {
 	s := boltTestOpen(t, boltTestPath(t))
 	now := time.Now()
@@ -203,99 +273,61 @@ func TestBoltPutValidation(t *testing.T) {
 	}
 }
 
+// boltTestKey is the key of r's entry in the cooldowns bucket.
+func boltTestKey(r Record) []byte {
+	return append(boltHostPrefix(r.Host), recordSlot(r)...)
+}
+
+// TestBoltMergeRules checks what the merge cases (TestMergeRules) cannot:
+// a reset marker that expires stops dropping records written before it,
+// and records and markers vanish at their Until without a write. It runs
+// on the fake clock of a synctest bubble, so that no fsync or scheduling
+// delay can move a deadline.
 func TestBoltMergeRules(t *testing.T) {
-	s := boltTestOpen(t, boltTestPath(t))
-	now := time.Now()
-	h := "api.example.com"
-	until := func(rs []Record, role string, reason Reason) time.Time {
-		t.Helper()
-		r, ok := boltTestFind(rs, h, role, reason)
-		if !ok {
-			t.Fatalf("no record (%s, %q, %s) in %+v", h, role, reason, rs)
+	path := boltTestPath(t)
+	synctest.Test(t, func(t *testing.T) {
+		s := boltTestOpen(t, path)
+		now := time.Now()
+		h := "api.example.com"
+		boltTestPut(t, s, boltTestRec(h, "", ReasonRetryAfter, now.Add(time.Hour), now))
+		boltTestPut(t, s, boltTestRec(h, "", ReasonBreakerOpen, now.Add(time.Minute), now))
+		boltTestPut(t, s, boltTestRec(h, "late", ReasonBreakerOpen, now.Add(time.Hour), now.Add(6*time.Second)))
+		boltTestPut(t, s, boltTestRec("other.example", "", ReasonManual, now.Add(30*time.Minute), now))
+		if rs := boltTestRecords(t, s); len(rs) != 4 {
+			t.Fatalf("before reset: %s", formatRecords(rs))
 		}
-		return r.Until
-	}
 
-	// Automatic cooldowns: a later one wins, a shorter one does not shorten.
-	boltTestPut(t, s, boltTestRec(h, "", ReasonRetryAfter, now.Add(10*time.Minute), now))
-	boltTestPut(t, s, boltTestRec(h, "", ReasonRollingWindow, now.Add(20*time.Minute), now))
-	if got := until(boltTestRecords(t, s), "", ReasonRollingWindow); !got.Equal(now.Add(20 * time.Minute)) {
-		t.Errorf("later auto: until %v", got)
-	}
-	boltTestPut(t, s, boltTestRec(h, "", ReasonRetryAfter, now.Add(5*time.Minute), now.Add(time.Second)))
-	rs := boltTestRecords(t, s)
-	if got := until(rs, "", ReasonRollingWindow); !got.Equal(now.Add(20 * time.Minute)) {
-		t.Errorf("shorter auto shortened: until %v", got)
-	}
-	if len(rs) != 1 {
-		t.Errorf("want one cooldown per (host, role), got %+v", rs)
-	}
-
-	// Manual always replaces, even with a shorter cooldown.
-	boltTestPut(t, s, boltTestRec(h, "", ReasonManual, now.Add(time.Minute), now.Add(2*time.Second)))
-	if got := until(boltTestRecords(t, s), "", ReasonManual); !got.Equal(now.Add(time.Minute)) {
-		t.Errorf("manual: until %v", got)
-	}
-	// An automatic one replaces a manual one only when it ends later.
-	boltTestPut(t, s, boltTestRec(h, "", ReasonBreakerOpen, now.Add(30*time.Second), now.Add(3*time.Second)))
-	until(boltTestRecords(t, s), "", ReasonManual)
-	boltTestPut(t, s, boltTestRec(h, "", ReasonBreakerOpen, now.Add(2*time.Minute), now.Add(3*time.Second)))
-	until(boltTestRecords(t, s), "", ReasonBreakerOpen)
-
-	// Roles are separate cooldowns; other hosts are untouched by a reset.
-	boltTestPut(t, s, boltTestRec(h, "read", ReasonBreakerOpen, now.Add(time.Hour), now.Add(4*time.Second)))
-	boltTestPut(t, s, boltTestRec(h, "write", ReasonManual, now.Add(time.Hour), now.Add(4*time.Second)))
-	boltTestPut(t, s, boltTestRec(h+":8080", "", ReasonManual, now.Add(time.Hour), now.Add(4*time.Second)))
-	boltTestPut(t, s, boltTestRec("other.example.com", "read", ReasonManual, now.Add(time.Hour), now.Add(4*time.Second)))
-	// Written after the reset's At: survives it.
-	boltTestPut(t, s, boltTestRec(h, "late", ReasonBreakerOpen, now.Add(time.Hour), now.Add(6*time.Second)))
-	if n := len(boltTestRecords(t, s)); n != 6 {
-		t.Fatalf("got %d records before reset, want 6", n)
-	}
-
-	resetAt := now.Add(5 * time.Second)
-	boltTestPut(t, s, boltTestRec(h, "", ReasonReset, time.Now().Add(400*time.Millisecond), resetAt))
-	rs = boltTestRecords(t, s)
-	for _, role := range []string{"", "read", "write"} {
-		if r, ok := boltTestFind(rs, h, role, ReasonManual); ok {
-			t.Errorf("reset left %+v", r)
+		resetAt := now.Add(5 * time.Second)
+		boltTestPut(t, s, boltTestRec(h, "", ReasonReset, now.Add(400*time.Millisecond), resetAt))
+		checkRecords(t, boltTestRecords(t, s), []Record{
+			boltTestRec(h, "", ReasonReset, now.Add(400*time.Millisecond), resetAt),
+			boltTestRec(h, "late", ReasonBreakerOpen, now.Add(time.Hour), now.Add(6*time.Second)),
+			boltTestRec("other.example", "", ReasonManual, now.Add(30*time.Minute), now),
+		})
+		// A record written before the reset that arrives after it is dropped.
+		stale := boltTestRec(h, "read", ReasonManual, now.Add(time.Hour), resetAt)
+		boltTestPut(t, s, stale)
+		if r, ok := boltTestFind(boltTestRecords(t, s), h, "read", ReasonManual); ok {
+			t.Errorf("stale record accepted after reset: %+v", r)
 		}
-		if r, ok := boltTestFind(rs, h, role, ReasonBreakerOpen); ok {
-			t.Errorf("reset left %+v", r)
+
+		// The marker vanishes at its Until, without a write ...
+		time.Sleep(400 * time.Millisecond)
+		if r, ok := boltTestFind(boltTestRecords(t, s), h, "", ReasonReset); ok {
+			t.Errorf("reset marker outlived its Until: %+v", r)
 		}
-	}
-	if _, ok := boltTestFind(rs, h, "late", ReasonBreakerOpen); !ok {
-		t.Error("reset removed a cooldown written after it")
-	}
-	if _, ok := boltTestFind(rs, h+":8080", "", ReasonManual); !ok {
-		t.Error("reset removed another host (other port)")
-	}
-	if _, ok := boltTestFind(rs, "other.example.com", "read", ReasonManual); !ok {
-		t.Error("reset removed another host")
-	}
-	if _, ok := boltTestFind(rs, h, "", ReasonReset); !ok {
-		t.Error("reset marker not visible")
-	}
-	if len(rs) != 4 {
-		t.Errorf("after reset: %+v", rs)
-	}
-
-	// A cooldown written before the reset that arrives after it is dropped.
-	boltTestPut(t, s, boltTestRec(h, "read", ReasonManual, now.Add(time.Hour), resetAt))
-	if r, ok := boltTestFind(boltTestRecords(t, s), h, "read", ReasonManual); ok {
-		t.Errorf("stale cooldown accepted after reset: %+v", r)
-	}
-
-	// The marker vanishes at its Until.
-	time.Sleep(time.Until(now.Add(450 * time.Millisecond)))
-	if r, ok := boltTestFind(boltTestRecords(t, s), h, "", ReasonReset); ok {
-		t.Errorf("reset marker outlived its Until: %+v", r)
-	}
-	// ... and then stale cooldowns are accepted again (no marker to compare to).
-	boltTestPut(t, s, boltTestRec(h, "read", ReasonManual, now.Add(time.Hour), resetAt))
-	if _, ok := boltTestFind(boltTestRecords(t, s), h, "read", ReasonManual); !ok {
-		t.Error("cooldown refused after the marker expired")
-	}
+		// ... and then stale records are accepted again (no marker to compare to).
+		boltTestPut(t, s, stale)
+		if _, ok := boltTestFind(boltTestRecords(t, s), h, "read", ReasonManual); !ok {
+			t.Error("record refused after the marker expired")
+		}
+		// A record vanishes at its Until.
+		time.Sleep(30*time.Minute - 400*time.Millisecond)
+		checkRecords(t, boltTestRecords(t, s), []Record{
+			boltTestRec(h, "late", ReasonBreakerOpen, now.Add(time.Hour), now.Add(6*time.Second)),
+			stale,
+		})
+	})
 }
 
 func TestBoltExpiredIgnoredAndPruned(t *testing.T) {
@@ -306,8 +338,8 @@ func TestBoltExpiredIgnoredAndPruned(t *testing.T) {
 	boltTestRaw(t, path, func(tx *bolt.Tx) error {
 		cd, rs, st := tx.Bucket(boltCooldowns), tx.Bucket(boltResets), tx.Bucket(boltStates)
 		for _, err := range []error{
-			cd.Put(boltCooldownKey("old.example", ""), encodeRecord(boltTestRec("old.example", "", ReasonManual, past, past.Add(-time.Hour)))),
-			cd.Put(boltCooldownKey("live.example", ""), encodeRecord(boltTestRec("live.example", "", ReasonManual, now.Add(time.Hour), now))),
+			cd.Put([]byte("old.example\x00c:"), encodeRecord(boltTestRec("old.example", "", ReasonManual, past, past.Add(-time.Hour)))),
+			cd.Put([]byte("live.example\x00c:"), encodeRecord(boltTestRec("live.example", "", ReasonManual, now.Add(time.Hour), now))),
 			cd.Put([]byte("garbage\x00"), []byte("not json")),
 			cd.Put([]byte("future\x00"), []byte(`{"v":9,"until":1}`)),
 			cd.Put([]byte("future2\x00"), []byte(fmt.Sprintf(`{"v":9,"until":%d}`, now.Add(time.Hour).UnixNano()))),
@@ -330,19 +362,20 @@ func TestBoltExpiredIgnoredAndPruned(t *testing.T) {
 		t.Errorf("States = %+v, %v; want none", states, err)
 	}
 
-	// Any write prunes: expired records, markers and states, and undecodable
-	// entries whose until has passed; other undecodable entries stay.
+	// The first write prunes: expired records, markers and states, and
+	// junk: entries that neither decode nor are of a newer version with an
+	// until that has not passed.
 	boltTestPut(t, s, boltTestRec("new.example", "", ReasonManual, now.Add(time.Hour), now))
 	got := boltTestKeys(t, path, boltCooldowns)
-	want := []string{"future2\x00", "garbage\x00", "live.example\x00", "new.example\x00"}
+	want := []string{"future2\x00", "live.example\x00c:", "new.example\x00c:"}
 	if strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Errorf("cooldown keys after prune = %q, want %q", got, want)
 	}
 	if got := boltTestKeys(t, path, boltResets); len(got) != 0 {
 		t.Errorf("reset keys after prune = %q", got)
 	}
-	if got := boltTestKeys(t, path, boltStates); len(got) != 1 || got[0] != "bad" {
-		t.Errorf("states keys after prune = %q, want [bad]", got)
+	if got := boltTestKeys(t, path, boltStates); len(got) != 0 {
+		t.Errorf("states keys after prune = %q, want none", got)
 	}
 
 	// Already-expired writes are dropped.
@@ -352,8 +385,161 @@ func TestBoltExpiredIgnoredAndPruned(t *testing.T) {
 	}
 }
 
+// TestBoltPruneInterval checks that writes prune the whole file at most
+// once per boltPruneInterval, and that expired records are never returned,
+// pruned or not. It runs on the fake clock of a synctest bubble: the Puts
+// below all happen at one instant, whatever the fsyncs cost.
+func TestBoltPruneInterval(t *testing.T) {
+	path := boltTestPath(t)
+	synctest.Test(t, func(t *testing.T) {
+		s := boltTestOpen(t, path)
+		now := time.Now()
+		const expired = 20_000
+		boltTestRaw(t, path, func(tx *bolt.Tx) error {
+			cd := tx.Bucket(boltCooldowns)
+			for i := range expired {
+				r := boltTestRec(fmt.Sprintf("gone%d.example", i), "", ReasonRetryAfter, now.Add(-time.Second), now.Add(-time.Minute))
+				if err := cd.Put(boltTestKey(r), encodeRecord(r)); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if rs := boltTestRecords(t, s); len(rs) != 0 {
+			t.Fatalf("Records returned %d expired records", len(rs))
+		}
+		const puts = 50
+		for i := range puts {
+			boltTestPut(t, s, boltTestRec(fmt.Sprintf("live%d.example", i), "", ReasonRetryAfter, now.Add(time.Minute), now))
+		}
+		if n := s.prunes.Load(); n != 1 {
+			t.Errorf("%d Puts at one instant pruned %d times, want 1", puts, n)
+		}
+		if n := len(boltTestKeys(t, path, boltCooldowns)); n != puts {
+			t.Errorf("after the prune: %d keys, want %d", n, puts)
+		}
+
+		// Records that expire between two prunes stay in the file, unseen.
+		short := boltTestRec("short.example", "", ReasonManual, now.Add(500*time.Millisecond), now)
+		boltTestPut(t, s, short)
+		time.Sleep(600 * time.Millisecond)
+		boltTestPut(t, s, boltTestRec("live0.example", "", ReasonManual, now.Add(time.Minute), time.Now()))
+		if n := s.prunes.Load(); n != 1 {
+			t.Errorf("a Put %v after the prune pruned again (%d prunes)", 600*time.Millisecond, n)
+		}
+		if !slices.Contains(boltTestKeys(t, path, boltCooldowns), string(boltTestKey(short))) {
+			t.Error("the expired record was deleted before the prune interval passed")
+		}
+		if rs := boltTestRecords(t, s); len(rs) != puts {
+			t.Errorf("Records returned %d records, want %d (no expired one)", len(rs), puts)
+		}
+		if st, err := s.States(context.Background()); err != nil || len(st) != 0 {
+			t.Errorf("States = %v, %v", st, err)
+		}
+
+		// Once the interval has passed, a write prunes again: a
+		// PublishStates as well as a Put.
+		time.Sleep(boltPruneInterval)
+		if err := s.PublishStates(context.Background(), "src", nil, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		if n := s.prunes.Load(); n != 2 {
+			t.Errorf("after the interval: %d prunes, want 2", n)
+		}
+		if slices.Contains(boltTestKeys(t, path, boltCooldowns), string(boltTestKey(short))) {
+			t.Error("the expired record survived the second prune")
+		}
+	})
+}
+
+// TestBoltOlderLayout reads a file whose cooldowns are keyed host+"\x00"+role,
+// as before slots: its records are returned, and the first Put on the host
+// moves them to their slots.
+func TestBoltOlderLayout(t *testing.T) {
+	path := boltTestPath(t)
+	s := boltTestOpen(t, path)
+	now := time.Now()
+	ra := boltTestRec("old.example", "", ReasonRetryAfter, now.Add(time.Hour), now)
+	trip := boltTestRec("old.example", "r", ReasonBreakerOpen, now.Add(time.Hour), now)
+	boltTestRaw(t, path, func(tx *bolt.Tx) error {
+		cd := tx.Bucket(boltCooldowns)
+		if err := cd.Put([]byte("old.example\x00"), encodeRecord(ra)); err != nil {
+			return err
+		}
+		if err := cd.Put([]byte("old.example\x00r"), encodeRecord(trip)); err != nil {
+			return err
+		}
+		// Two records for one slot: the one Put would have kept is read.
+		for i, r := range []Record{
+			boltTestRec("dup.example", "", ReasonRetryAfter, now.Add(2*time.Hour), now),
+			boltTestRec("dup.example", "", ReasonRollingWindow, now.Add(time.Hour), now.Add(time.Second)),
+		} {
+			if err := cd.Put([]byte(fmt.Sprintf("dup.example\x00%d", i)), encodeRecord(r)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	dup := boltTestRec("dup.example", "", ReasonRetryAfter, now.Add(2*time.Hour), now)
+	checkRecords(t, boltTestRecords(t, s), []Record{ra, trip, dup})
+	noRole := boltTestRec("old.example", "", ReasonBreakerOpen, now.Add(2*time.Hour), now)
+	boltTestPut(t, s, noRole)
+	boltTestPut(t, s, boltTestRec("dup.example", "", ReasonRetryAfter, now.Add(time.Minute), now.Add(time.Minute)))
+	checkRecords(t, boltTestRecords(t, s), []Record{ra, trip, noRole, dup})
+	got := boltTestKeys(t, path, boltCooldowns)
+	if want := []string{"dup.example\x00c:", "old.example\x00b:", "old.example\x00b:r", "old.example\x00c:"}; !slices.Equal(got, want) {
+		t.Errorf("keys = %q, want %q", got, want)
+	}
+}
+
+// TestBoltPutThatChangesNothing checks that a Put that changes nothing
+// writes nothing: the file's transaction id stays, so other processes keep
+// their cached reads.
+func TestBoltPutThatChangesNothing(t *testing.T) {
+	path := boltTestPath(t)
+	s1, s2 := boltTestOpen(t, path), boltTestOpen(t, path)
+	now := time.Now()
+	r := boltTestRec("same.example", "", ReasonRetryAfter, now.Add(time.Hour), now)
+	boltTestPut(t, s1, r)
+	boltTestRecords(t, s2)
+	reads := s2.fullReads.Load()
+	txid := func() uint64 {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := readBoltMeta(bytes.NewReader(data), int64(len(data)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m.txid
+	}
+	before := txid()
+	for _, r := range []Record{
+		r, // the same again
+		boltTestRec("same.example", "", ReasonRollingWindow, now.Add(time.Minute), now.Add(time.Second)), // ends sooner
+		boltTestRec("same.example", "", ReasonManual, now.Add(-time.Second), now.Add(time.Second)),       // expired
+		boltTestRec("none.example", "", ReasonReset, now.Add(-time.Second), now.Add(time.Second)),        // expired reset of nothing
+	} {
+		boltTestPut(t, s1, r)
+	}
+	if after := txid(); after != before {
+		t.Errorf("txid %d -> %d: a Put that changed nothing wrote", before, after)
+	}
+	checkRecords(t, boltTestRecords(t, s2), []Record{r})
+	if s2.fullReads.Load() != reads {
+		t.Error("another store read the file again")
+	}
+}
+
+// TestBoltStates runs on the fake clock of a synctest bubble: the ttls and
+// the prune interval are exact.
 func TestBoltStates(t *testing.T) {
 	path := boltTestPath(t)
+	synctest.Test(t, func(t *testing.T) { testBoltStates(t, path) })
+}
+
+func testBoltStates(t *testing.T, path string) {
 	s := boltTestOpen(t, path)
 	ctx := context.Background()
 	now := time.Now()
@@ -399,7 +585,7 @@ func TestBoltStates(t *testing.T) {
 
 	// proc-b's states expire after their ttl, without any write (cached read).
 	reads := s.fullReads.Load()
-	time.Sleep(350 * time.Millisecond)
+	time.Sleep(300 * time.Millisecond)
 	got, _ = s.States(ctx)
 	if len(got) != 1 || got[0].Host != "b.example" {
 		t.Errorf("after ttl: %+v", got)
@@ -407,7 +593,9 @@ func TestBoltStates(t *testing.T) {
 	if s.fullReads.Load() != reads {
 		t.Error("unchanged file read again")
 	}
-	// Publishing an empty list clears a source; a write prunes proc-b.
+	// Publishing an empty list clears a source; a write prunes proc-b, once
+	// the last prune is boltPruneInterval old.
+	time.Sleep(boltPruneInterval)
 	if err := s.PublishStates(ctx, "proc-a", nil, time.Hour); err != nil {
 		t.Fatal(err)
 	}
@@ -430,8 +618,14 @@ func TestBoltStates(t *testing.T) {
 	}
 }
 
+// TestBoltTwoStoresAndCache runs on the fake clock of a synctest bubble, so
+// that a record expires exactly when the test says.
 func TestBoltTwoStoresAndCache(t *testing.T) {
 	path := boltTestPath(t)
+	synctest.Test(t, func(t *testing.T) { testBoltTwoStoresAndCache(t, path) })
+}
+
+func testBoltTwoStoresAndCache(t *testing.T, path string) {
 	s1, s2 := boltTestOpen(t, path), boltTestOpen(t, path)
 	ctx := context.Background()
 	now := time.Now()
@@ -470,12 +664,12 @@ func TestBoltTwoStoresAndCache(t *testing.T) {
 	}
 
 	// A record that expires drops out of the cached result without a write.
-	boltTestPut(t, s2, boltTestRec("c.example", "", ReasonRetryAfter, time.Now().Add(200*time.Millisecond), now))
+	boltTestPut(t, s2, boltTestRec("c.example", "", ReasonRetryAfter, now.Add(200*time.Millisecond), now))
 	if _, ok := boltTestFind(boltTestRecords(t, s1), "c.example", "", ReasonRetryAfter); !ok {
 		t.Fatal("s1 does not see c.example")
 	}
 	reads = s1.fullReads.Load()
-	time.Sleep(250 * time.Millisecond)
+	time.Sleep(200 * time.Millisecond)
 	if _, ok := boltTestFind(boltTestRecords(t, s1), "c.example", "", ReasonRetryAfter); ok {
 		t.Error("expired record returned from cache")
 	}
@@ -708,7 +902,7 @@ func boltTestValidFile(t *testing.T) []byte {
 		for i := range 300 {
 			r := boltTestRec(fmt.Sprintf("h%d.example", i), "", ReasonManual, now.Add(time.Hour), now)
 			r.Note = strings.Repeat("n", 200)
-			if err := b.Put(boltCooldownKey(r.Host, ""), encodeRecord(r)); err != nil {
+			if err := b.Put(boltTestKey(r), encodeRecord(r)); err != nil {
 				return err
 			}
 		}
@@ -882,6 +1076,34 @@ func BenchmarkBoltPut(b *testing.B) {
 	s := boltTestOpen(b, boltTestPath(b))
 	ctx := context.Background()
 	now := time.Now()
+	i := 0
+	for b.Loop() {
+		i++
+		r := boltTestRec("bench.example", "", ReasonRetryAfter, now.Add(time.Hour+time.Duration(i)), now)
+		if err := s.Put(ctx, r); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkBoltPutManyRecords writes one host's cooldown into a file that
+// holds 10,000 live records of other hosts: the cost of a write should not
+// grow with the number of records.
+func BenchmarkBoltPutManyRecords(b *testing.B) {
+	path := boltTestPath(b)
+	s := boltTestOpen(b, path)
+	ctx := context.Background()
+	now := time.Now()
+	boltTestRaw(b, path, func(tx *bolt.Tx) error {
+		cd := tx.Bucket(boltCooldowns)
+		for i := range 10_000 {
+			r := boltTestRec(fmt.Sprintf("h%d.example", i), "", ReasonManual, now.Add(time.Hour), now)
+			if err := cd.Put([]byte(r.Host+"\x00c:"), encodeRecord(r)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 	i := 0
 	for b.Loop() {
 		i++

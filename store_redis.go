@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"math/rand/v2"
 	"net"
 	"net/url"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -37,17 +41,36 @@ const (
 	redisMaxBackoff   = time.Second
 )
 
-// redisScanCount is the COUNT hint of the SCANs that list a store's keys.
-const redisScanCount = 500
+// Put is an optimistic transaction: it gives up after redisPutAttempts
+// lost races, waiting up to redisPutBackoff (times the attempt number,
+// with jitter) between two.
+const (
+	redisPutAttempts = 20
+	redisPutBackoff  = time.Millisecond
+)
 
 // redisStore is the [Store] that a fleet of processes shares through Redis.
 //
-// Under its prefix P it keeps, for a host H and a source S escaped with
-// url.QueryEscape (so that neither can contain ':' or a glob character):
-//   - P+"h:"+H, a hash from escaped role to encodeRecord of the cooldown,
-//     expiring at the latest Until among its fields;
-//   - P+"r:"+H, the encodeRecord of the reset marker, expiring at its Until;
-//   - P+"s:"+S, the encodeStates of the states S published, expiring with them.
+// Under its prefix P, which ends in ':', it keeps, for a host H and a
+// source S escaped with url.QueryEscape (so that neither holds ':' or a
+// glob character):
+//   - P+"h:"+H, a hash from slot (see recordSlot) to encodeRecord of the
+//     host's cooldowns and shared trips, expiring at the latest Until among
+//     its fields;
+//   - P+"r:"+H, the encodeRecord of the host's reset marker, expiring at
+//     its Until;
+//   - P+"s:"+S, the encodeStates of the states S published, expiring with
+//     them;
+//   - P+"i:hosts", a sorted set of the hosts (not escaped) that have
+//     records or a marker, scored by the latest expiry among them in Unix
+//     milliseconds, and P+"i:sources", one of the sources that published
+//     states, scored by their expiry. Records and States read these
+//     indexes: they never SCAN, so their cost does not grow with the other
+//     keys of the database. Writes drop the members that expired.
+//
+// Every key is P, a kind of one letter and ':', then a name without ':'. As
+// P ends in ':', the keys of stores with different prefixes never meet,
+// even when one prefix extends the other.
 //
 // Put publishes the host on the channel P+"events" when it changes anything.
 type redisStore struct {
@@ -70,8 +93,9 @@ type redisStore struct {
 
 // openRedisStore opens the Redis store that rawURL names:
 // redis://[user:pass@]host:port/db or rediss://… (TLS). The query parameter
-// prefix sets the key prefix (default "hostbreaker:"); other query
-// parameters are go-redis options (see redis.ParseURL).
+// prefix sets the key prefix (default "hostbreaker:"; one that does not end
+// in ':' gets one); other query parameters are go-redis options (see
+// redis.ParseURL).
 //
 // Only the URL is validated: the store opens even when Redis is unreachable,
 // and connects when it comes back. Errors name the URL with its password
@@ -136,6 +160,9 @@ func parseRedisURL(rawURL string) (*redis.Options, string, error) {
 			return nil, "", fail("query parameter prefix must be given once and not be empty")
 		}
 		prefix = ps[0]
+		if !strings.HasSuffix(prefix, ":") {
+			prefix += ":" // keeps prefixes apart; see redisStore
+		}
 		delete(q, "prefix")
 		u.RawQuery = q.Encode()
 	}
@@ -195,11 +222,13 @@ func redactURL(rawURL string) string {
 	return scheme + "://" + user + ":xxxxx@" + rest[at+1:]
 }
 
-// Key kinds, each followed by an escaped host or source.
+// Key kinds, each followed by an escaped host or source, and the indexes.
 const (
 	redisKindCooldowns = "h:"
 	redisKindReset     = "r:"
 	redisKindStates    = "s:"
+	redisHostsIndex    = "i:hosts"
+	redisSourcesIndex  = "i:sources"
 )
 
 // key returns the key of kind for the host or source name.
@@ -207,191 +236,85 @@ func (s *redisStore) key(kind, name string) string {
 	return s.prefix + kind + url.QueryEscape(name)
 }
 
-// unescapeName returns the host, role or source that url.QueryEscape turned
-// into esc; ok is false when esc is not exactly such an escape, as for a key
-// of another store whose prefix extends this store's.
-func unescapeName(esc string) (name string, ok bool) {
-	name, err := url.QueryUnescape(esc)
-	if err != nil || url.QueryEscape(name) != esc {
-		return "", false
+// ceilMilli returns t in Unix milliseconds, rounded up, so that a key set to
+// expire then does not vanish before t.
+func ceilMilli(t time.Time) int64 {
+	ms := t.UnixMilli()
+	if time.UnixMilli(ms).Before(t) {
+		ms++
 	}
-	return name, true
+	return ms
 }
 
-// globEscape escapes the characters that are special in a Redis MATCH
-// pattern, so that s matches itself only.
-func globEscape(s string) string {
-	var b strings.Builder
-	for _, c := range []byte(s) {
-		switch c {
-		case '*', '?', '[', ']', '\\':
-			b.WriteByte('\\')
-		}
-		b.WriteByte(c)
-	}
-	return b.String()
+// liveRange is the score range of the index members that have not expired
+// at now.
+func liveRange(now time.Time) *redis.ZRangeBy {
+	return &redis.ZRangeBy{Min: "(" + strconv.FormatInt(now.UnixMilli(), 10), Max: "+inf"}
 }
 
-// redisPutScript merges one record into a host's cooldowns and reset marker
-// atomically and publishes a message when it changed anything.
-//
-// KEYS: 1 the host's cooldown hash, 2 its reset marker.
-// ARGV: 1 hash field (escaped role), 2 encodeRecord of the record,
-// 3 "reset", "manual" or "auto", 4 now (unix ns), 5 channel, 6 message.
-//
-// Times are read from the stored JSON as decimal strings and compared as
-// (seconds, nanoseconds) pairs: a Lua number cannot hold a unix time in
-// nanoseconds exactly. A value whose times cannot be read counts as expired.
-// A cooldown written at or before an unexpired reset marker is dropped: the
-// reset already deleted it, whatever order the two writes arrive in.
-var redisPutScript = redis.NewScript(`
-local function ts(s)
-  if s == nil or #s == 0 or #s > 19 then return nil end
-  s = string.rep('0', 19 - #s) .. s
-  return {tonumber(string.sub(s, 1, 10)), tonumber(string.sub(s, 11, 19)), s}
-end
-local function field(v, name)
-  if type(v) ~= 'string' then return nil end
-  return ts(string.match(v, '"' .. name .. '":(%d+)'))
-end
-local function lt(a, b)
-  return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2])
-end
-local function pxat(t)
-  local ms = tonumber(string.sub(t[3], 1, 13))
-  if tonumber(string.sub(t[3], 14, 19)) > 0 then ms = ms + 1 end
-  return string.format('%.0f', ms)
-end
+// expiredMax is the highest score of an index member that has expired at now.
+func expiredMax(now time.Time) string {
+	return strconv.FormatInt(now.UnixMilli(), 10)
+}
 
-local hkey, mkey = KEYS[1], KEYS[2]
-local f, val, kind = ARGV[1], ARGV[2], ARGV[3]
-local now = ts(ARGV[4])
-local nu, na = field(val, 'until'), field(val, 'at')
-if now == nil or nu == nil or na == nil then
-  return redis.error_reply('hostbreaker: bad arguments')
-end
-local live = lt(now, nu)
-local changed = false
-
--- tidy removes expired fields and sets the key to expire with its last one.
-local function tidy()
-  local all = redis.call('HGETALL', hkey)
-  local last = nil
-  for i = 1, #all, 2 do
-    local u = field(all[i + 1], 'until')
-    if u == nil or not lt(now, u) then
-      redis.call('HDEL', hkey, all[i])
-    elseif last == nil or lt(last, u) then
-      last = u
-    end
-  end
-  if last ~= nil then redis.call('PEXPIREAT', hkey, pxat(last)) end
-end
-
-if kind == 'reset' then
-  local all = redis.call('HGETALL', hkey)
-  for i = 1, #all, 2 do
-    local a = field(all[i + 1], 'at')
-    if a == nil or not lt(na, a) then
-      redis.call('HDEL', hkey, all[i])
-      changed = true
-    end
-  end
-  tidy()
-  if live then
-    local old = redis.call('GET', mkey)
-    local oa, ou = field(old, 'at'), field(old, 'until')
-    if oa == nil or ou == nil or not lt(now, ou) or not lt(na, oa) then
-      redis.call('SET', mkey, val, 'PXAT', pxat(nu))
-      changed = true
-    end
-  end
-else
-  local m = redis.call('GET', mkey)
-  local ma, mu = field(m, 'at'), field(m, 'until')
-  if ma ~= nil and mu ~= nil and lt(now, mu) and not lt(ma, na) then
-    return 0
-  end
-  local old = redis.call('HGET', hkey, f)
-  local ou = field(old, 'until')
-  local oldLive = ou ~= nil and lt(now, ou)
-  if kind == 'manual' or not oldLive or lt(ou, nu) then
-    if live then
-      redis.call('HSET', hkey, f, val)
-      changed = true
-    elseif old then
-      redis.call('HDEL', hkey, f)
-      changed = oldLive
-    end
-  end
-  tidy()
-end
-if changed then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
-if changed then return 1 end
-return 0
-`)
-
-// Records returns the unexpired cooldowns and reset markers under the
-// store's prefix. Values that do not decode, or do not match the key that
-// holds them, are skipped.
+// Records returns the unexpired cooldowns, shared trips and reset markers
+// under the store's prefix. It reads the hosts index, then each live host's
+// hash and marker in one pipeline, and reads each host as Put does (see
+// appendStored). Values that do not decode, or that name another host than
+// the key that holds them, are skipped.
 func (s *redisStore) Records(ctx context.Context) ([]Record, error) {
-	keys, err := s.scan(ctx, globEscape(s.prefix)+"[hr]:*")
+	hosts, err := s.client.ZRangeByScore(ctx, s.prefix+redisHostsIndex, liveRange(time.Now())).Result()
 	if err != nil {
 		return nil, fmt.Errorf("hostbreaker: redis store: records: %w", err)
 	}
-	if len(keys) == 0 {
-		return nil, nil
+	type hostCmds struct {
+		host   string
+		hash   *redis.MapStringStringCmd
+		marker *redis.StringCmd
 	}
+	cmds := make([]hostCmds, 0, len(hosts))
 	pipe := s.client.Pipeline()
-	hashes := make(map[string]*redis.MapStringStringCmd)
-	markers := make(map[string]*redis.StringCmd)
-	for _, k := range keys {
-		rest := k[len(s.prefix):]
-		host, ok := unescapeName(rest[2:])
-		if !ok {
-			continue
+	for _, host := range hosts {
+		if h, err := normalizeHost("", host); err != nil || h != host {
+			continue // not a member this package writes
 		}
-		switch rest[:2] {
-		case redisKindCooldowns:
-			hashes[host] = pipe.HGetAll(ctx, k)
-		case redisKindReset:
-			markers[host] = pipe.Get(ctx, k)
-		}
+		cmds = append(cmds, hostCmds{host,
+			pipe.HGetAll(ctx, s.key(redisKindCooldowns, host)),
+			pipe.Get(ctx, s.key(redisKindReset, host))})
+	}
+	if len(cmds) == 0 {
+		return nil, nil
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !isRedisReply(err) {
 		return nil, fmt.Errorf("hostbreaker: redis store: records: %w", err)
 	}
 	now := time.Now()
 	var out []Record
-	for host, cmd := range hashes {
-		fields, err := cmd.Result()
+	for _, c := range cmds {
+		fields, err := c.hash.Result()
 		if err != nil {
-			continue // a key of another type, or gone
+			fields = nil // a key of another type
 		}
-		for f, v := range fields {
-			role, ok := unescapeName(f)
-			if !ok {
-				continue
-			}
-			r, err := decodeRecord([]byte(v))
-			if err != nil || r.Host != host || r.Role != role || r.Reason == ReasonReset || !r.Until.After(now) {
-				continue
-			}
-			out = append(out, r)
-		}
-	}
-	for host, cmd := range markers {
-		v, err := cmd.Bytes()
+		marker, err := c.marker.Bytes()
 		if err != nil {
-			continue
+			marker = nil // none, or a key of another type
 		}
-		r, err := decodeRecord(v)
-		if err != nil || r.Host != host || r.Reason != ReasonReset || !r.Until.After(now) {
-			continue
+		values := make([][]byte, 0, len(fields))
+		for _, v := range fields {
+			values = append(values, []byte(v))
 		}
-		out = append(out, r)
+		out = appendStored(out, c.host, values, marker, now)
 	}
 	return out, nil
+}
+
+// redisEntries returns the fields of a host's hash as loadStored wants them.
+func redisEntries(fields map[string]string) map[string][]byte {
+	entries := make(map[string][]byte, len(fields))
+	for f, v := range fields {
+		entries[f] = []byte(v)
+	}
+	return entries
 }
 
 // isRedisReply reports whether err is an error reply of the server or
@@ -402,32 +325,16 @@ func isRedisReply(err error) bool {
 	return errors.Is(err, redis.Nil) || errors.As(err, &re) && !errors.Is(err, redis.ErrClosed)
 }
 
-// scan returns the keys that match the MATCH pattern, without duplicates.
-func (s *redisStore) scan(ctx context.Context, pattern string) ([]string, error) {
-	seen := make(map[string]struct{})
-	var keys []string
-	var cursor uint64
-	for {
-		page, next, err := s.client.Scan(ctx, cursor, pattern, redisScanCount).Result()
-		if err != nil {
-			return nil, err
-		}
-		for _, k := range page {
-			if _, dup := seen[k]; !dup && strings.HasPrefix(k, s.prefix) && len(k) >= len(s.prefix)+2 {
-				seen[k] = struct{}{}
-				keys = append(keys, k)
-			}
-		}
-		if next == 0 {
-			return keys, nil
-		}
-		cursor = next
-	}
-}
-
 // Put merges r into the store atomically, with the rules of [Store.Put],
 // and signals the other stores when that changed anything. r must have a
 // normalized host, a known reason and both times set.
+//
+// It is an optimistic transaction: it WATCHes the host's hash and marker,
+// reads them, merges r in Go (putStored, as the bbolt store does), and
+// writes the difference, the keys' expiry, the hosts index and the change
+// message in one MULTI/EXEC, which fails if another client wrote either key
+// meanwhile; then it starts again, at most redisPutAttempts times. A Put
+// that changes nothing writes nothing.
 func (s *redisStore) Put(ctx context.Context, r Record) error {
 	if h, err := normalizeHost("", r.Host); err != nil || h != r.Host {
 		return fmt.Errorf("hostbreaker: redis store: put %q: host is not normalized", r.Host)
@@ -435,24 +342,92 @@ func (s *redisStore) Put(ctx context.Context, r Record) error {
 	if !exactUnixNano(r.Until) || !exactUnixNano(r.At) {
 		return fmt.Errorf("hostbreaker: redis store: put %s: Until and At must be set (and after 1970)", r.Host)
 	}
-	val := encodeRecord(r)
-	if _, err := decodeRecord(val); err != nil {
+	if _, err := decodeRecord(encodeRecord(r)); err != nil {
 		return fmt.Errorf("hostbreaker: redis store: put %s: %w", r.Host, err)
 	}
-	kind := "auto"
-	switch r.Reason {
-	case ReasonReset:
-		kind = "reset"
-	case ReasonManual:
-		kind = "manual"
+	hkey, mkey := s.key(redisKindCooldowns, r.Host), s.key(redisKindReset, r.Host)
+	var err error
+	for attempt := 1; attempt <= redisPutAttempts; attempt++ {
+		err = s.client.Watch(ctx, func(tx *redis.Tx) error {
+			return s.putTx(ctx, tx, r, hkey, mkey)
+		}, hkey, mkey)
+		if !errors.Is(err, redis.TxFailedErr) || attempt == redisPutAttempts {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("hostbreaker: redis store: put %s: %w", r.Host, ctx.Err())
+		case <-time.After(rand.N(time.Duration(attempt) * redisPutBackoff)):
+		}
 	}
-	keys := []string{s.key(redisKindCooldowns, r.Host), s.key(redisKindReset, r.Host)}
-	err := redisPutScript.Run(ctx, s.client, keys,
-		url.QueryEscape(r.Role), val, kind, time.Now().UnixNano(), s.channel, r.Host).Err()
+	if errors.Is(err, redis.TxFailedErr) {
+		return fmt.Errorf("hostbreaker: redis store: put %s: lost %d races with concurrent writes: %w", r.Host, redisPutAttempts, err)
+	}
 	if err != nil {
 		return fmt.Errorf("hostbreaker: redis store: put %s: %w", r.Host, err)
 	}
 	return nil
+}
+
+// putTx runs one attempt of Put on tx, which watches hkey and mkey.
+func (s *redisStore) putTx(ctx context.Context, tx *redis.Tx, r Record, hkey, mkey string) error {
+	var hash *redis.MapStringStringCmd
+	var marker *redis.StringCmd
+	if _, err := tx.Pipelined(ctx, func(p redis.Pipeliner) error {
+		hash = p.HGetAll(ctx, hkey)
+		marker = p.Get(ctx, mkey)
+		return nil
+	}); err != nil && !errors.Is(err, redis.Nil) {
+		return err
+	}
+	fields, err := hash.Result()
+	if err != nil {
+		return err
+	}
+	mv, err := marker.Bytes()
+	if errors.Is(err, redis.Nil) {
+		mv = nil
+	} else if err != nil {
+		return err
+	}
+	now := time.Now()
+	w := putStored(redisEntries(fields), mv, r, now)
+	if w.none() {
+		return nil
+	}
+	index := s.prefix + redisHostsIndex
+	_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		if len(w.del) > 0 {
+			p.HDel(ctx, hkey, w.del...)
+		}
+		if len(w.put) > 0 {
+			args := make([]any, 0, 2*len(w.put))
+			for _, name := range slices.Sorted(maps.Keys(w.put)) {
+				args = append(args, name, w.put[name])
+			}
+			p.HSet(ctx, hkey, args...)
+		}
+		if (len(w.put) > 0 || len(w.del) > 0) && !w.entriesUntil.IsZero() {
+			p.PExpireAt(ctx, hkey, time.UnixMilli(ceilMilli(w.entriesUntil)))
+		}
+		if w.marker != nil {
+			p.Set(ctx, mkey, w.marker, 0)
+			p.PExpireAt(ctx, mkey, time.UnixMilli(ceilMilli(w.markerUntil)))
+		} else if w.delMarker {
+			p.Del(ctx, mkey)
+		}
+		if w.until.IsZero() {
+			p.ZRem(ctx, index, r.Host)
+		} else {
+			p.ZAdd(ctx, index, redis.Z{Score: float64(ceilMilli(w.until)), Member: r.Host})
+		}
+		p.ZRemRangeByScore(ctx, index, "-inf", expiredMax(now))
+		if w.changed {
+			p.Publish(ctx, s.channel, r.Host)
+		}
+		return nil
+	})
+	return err
 }
 
 // exactUnixNano reports whether t is after the Unix epoch and its
@@ -463,19 +438,27 @@ func exactUnixNano(t time.Time) bool {
 }
 
 // PublishStates replaces the states that source published with states,
-// until ttl from now. A ttl that is not positive deletes them.
+// until ttl from now, and indexes the source. A ttl that is not positive
+// deletes them.
 func (s *redisStore) PublishStates(ctx context.Context, source string, states []PublishedState, ttl time.Duration) error {
 	key := s.key(redisKindStates, source)
-	var err error
-	if ttl <= 0 {
-		err = s.client.Del(ctx, key).Err()
-	} else {
-		expires := time.Now().Add(ttl)
-		// Round up to the millisecond PX counts in, so the key does not
-		// vanish before the value says it expires.
-		px := (ttl + time.Millisecond - 1).Truncate(time.Millisecond)
-		err = s.client.Set(ctx, key, encodeStates(source, states, expires), px).Err()
-	}
+	index := s.prefix + redisSourcesIndex
+	now := time.Now()
+	_, err := s.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		if ttl <= 0 {
+			p.Del(ctx, key)
+			p.ZRem(ctx, index, source)
+		} else {
+			expires := now.Add(ttl)
+			// Round up to the millisecond PX counts in, so the key does not
+			// vanish before the value says it expires.
+			px := (ttl + time.Millisecond - 1).Truncate(time.Millisecond)
+			p.Set(ctx, key, encodeStates(source, states, expires), px)
+			p.ZAdd(ctx, index, redis.Z{Score: float64(ceilMilli(expires)), Member: source})
+		}
+		p.ZRemRangeByScore(ctx, index, "-inf", expiredMax(now))
+		return nil
+	})
 	if err != nil {
 		return fmt.Errorf("hostbreaker: redis store: publish states of %q: %w", source, err)
 	}
@@ -483,35 +466,33 @@ func (s *redisStore) PublishStates(ctx context.Context, source string, states []
 }
 
 // States returns the unexpired states that every source published under
-// the store's prefix.
+// the store's prefix. It reads the sources index, then each live source's
+// states in one pipeline.
 func (s *redisStore) States(ctx context.Context) ([]PublishedState, error) {
-	keys, err := s.scan(ctx, globEscape(s.prefix+redisKindStates)+"*")
+	sources, err := s.client.ZRangeByScore(ctx, s.prefix+redisSourcesIndex, liveRange(time.Now())).Result()
 	if err != nil {
 		return nil, fmt.Errorf("hostbreaker: redis store: states: %w", err)
 	}
-	if len(keys) == 0 {
+	if len(sources) == 0 {
 		return nil, nil
 	}
 	pipe := s.client.Pipeline()
-	cmds := make(map[string]*redis.StringCmd, len(keys))
-	for _, k := range keys {
-		source, ok := unescapeName(k[len(s.prefix)+len(redisKindStates):])
-		if ok {
-			cmds[source] = pipe.Get(ctx, k)
-		}
+	cmds := make([]*redis.StringCmd, len(sources))
+	for i, source := range sources {
+		cmds[i] = pipe.Get(ctx, s.key(redisKindStates, source))
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !isRedisReply(err) {
 		return nil, fmt.Errorf("hostbreaker: redis store: states: %w", err)
 	}
 	now := time.Now()
 	var out []PublishedState
-	for source, cmd := range cmds {
+	for i, cmd := range cmds {
 		v, err := cmd.Bytes()
 		if err != nil {
 			continue
 		}
 		src, states, expires, err := decodeStates(v)
-		if err != nil || src != source || !expires.After(now) {
+		if err != nil || src != sources[i] || !expires.After(now) {
 			continue
 		}
 		out = append(out, states...)
