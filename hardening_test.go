@@ -757,3 +757,51 @@ func TestStuckProbeFreesItsSlot(t *testing.T) {
 		mustState(t, tr, "a.test", "", StateClosed)
 	})
 }
+
+// Item 10: a shared trip of the no-role breaker and a host-wide
+// Retry-After cooldown are different records, through the queue and the
+// store, and both reach another process.
+func TestNoRoleTripKeepsHostCooldown(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "hb.db")
+	cfg := Config{Defaults: Policy{FailMax: 1, ResetTimeout: time.Hour},
+		Store: StoreConfig{URL: path, PollInterval: time.Hour, ShareTrips: true}}
+	t1, err := NewTransport(newFakeHosts(status(429, "Retry-After", "600")), WithConfig(cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t2, err := NewTransport(newFakeHosts(status(500)), WithConfig(cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustPass(t, do(t, &http.Client{Transport: t1}, "", "https://a.test/"), 429)
+	mustPass(t, do(t, &http.Client{Transport: t2}, "", "https://a.test/"), 500) // trips t2's "" breaker
+	t1.Close()
+	t2.Close() // both flush
+	s, err := OpenStore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	recs, err := s.Records(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cooldown, trip bool
+	for _, r := range recs {
+		cooldown = cooldown || r.Host == "a.test" && r.Role == "" && r.Reason == ReasonRetryAfter
+		trip = trip || r.Host == "a.test" && r.Role == "" && r.Reason == ReasonBreakerOpen
+	}
+	if !cooldown || !trip {
+		t.Fatalf("records = %+v, want the host's retry-after cooldown and the no-role trip", recs)
+	}
+	t3, err := NewTransport(newFakeHosts(status(200)), WithConfig(cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer t3.Close()
+	c3 := &http.Client{Transport: t3}
+	mustReject(t, do(t, c3, RoleArtifact, "https://a.test/").err, ReasonRetryAfter) // host-wide
+	if err := t3.Reset("a.test"); err != nil {
+		t.Fatal(err)
+	}
+}

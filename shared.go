@@ -3,6 +3,7 @@ package hostbreaker
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -47,12 +48,13 @@ type sharing struct {
 	shareTrips bool
 	poll       time.Duration
 
-	mu      sync.Mutex
-	pending map[[2]string]Record // writes not yet in the store; guarded by mu
-	kick    chan struct{}        // wakes the background goroutine to flush
+	mu         sync.Mutex
+	pending    map[string]*hostRecords // writes not yet in the store, by host; guarded by mu
+	maxPending int                     // bound on the hosts in pending
+	kick       chan struct{}           // wakes the background goroutine to flush
 
 	// Owned by the background goroutine.
-	seen       map[[2]string]time.Time // newest At applied per (host, role or reset)
+	seen       map[[2]string]time.Time // newest At applied per (host, slot or reset)
 	published  string                  // fingerprint of the last published states
 	pubAt      time.Time
 	lastErrLog time.Time
@@ -61,7 +63,7 @@ type sharing struct {
 	errors atomic.Uint64 // failed store operations
 }
 
-func newSharing(s Store, owned bool, c StoreConfig) *sharing {
+func newSharing(s Store, owned bool, c StoreConfig, maxPending int) *sharing {
 	host, _ := os.Hostname()
 	poll := c.PollInterval
 	if poll == 0 {
@@ -73,40 +75,65 @@ func newSharing(s Store, owned bool, c StoreConfig) *sharing {
 		source:     fmt.Sprintf("%s:%d:%04x", host, os.Getpid(), rand.Uint32N(1<<16)),
 		shareTrips: c.ShareTrips,
 		poll:       poll,
-		pending:    make(map[[2]string]Record),
+		pending:    make(map[string]*hostRecords),
+		maxPending: maxPending,
 		kick:       make(chan struct{}, 1),
 		seen:       make(map[[2]string]time.Time),
 	}
 }
 
-// resetKey is the pending and seen key of a host's reset marker; roles
-// cannot contain NUL in practice, and a collision would only merge writes.
+// resetKey is the seen key of a host's reset marker; no record slot
+// starts with NUL.
 const resetKey = "\x00reset"
 
 // queue records r for the store and wakes the background goroutine. It
-// never blocks on the store. A reset drops the host's pending cooldowns
-// written before it, as the store would.
+// never blocks on the store. Pending writes are merged per host by the
+// store's own rules (hostRecords.merge), so the queue keeps exactly what
+// the store would: a reset drops the host's writes from before it, a
+// later automatic deadline wins, a manual one replaces. While the store is
+// down the queue holds at most maxPending hosts; past it, the host whose
+// writes end soonest is dropped and counted as a failed write.
 func (sh *sharing) queue(r Record) {
 	r.Source = sh.source
+	now := time.Now()
 	sh.mu.Lock()
-	if r.Reason == ReasonReset {
-		for k, p := range sh.pending {
-			if k[0] == r.Host && !p.At.After(r.At) {
-				delete(sh.pending, k)
-			}
+	h := sh.pending[r.Host]
+	if h == nil {
+		if len(sh.pending) >= sh.maxPending {
+			sh.dropSoonestLocked(now)
 		}
-		sh.pending[[2]string{r.Host, resetKey}] = r
-	} else {
-		k := [2]string{r.Host, r.Role}
-		if p, ok := sh.pending[k]; !ok || r.Reason == ReasonManual || r.Until.After(p.Until) {
-			sh.pending[k] = r
-		}
+		h = new(hostRecords)
+		sh.pending[r.Host] = h
+	}
+	h.merge(r, now)
+	if h.empty(now) {
+		delete(sh.pending, r.Host)
 	}
 	sh.mu.Unlock()
 	select {
 	case sh.kick <- struct{}{}:
 	default:
 	}
+}
+
+// dropSoonestLocked drops the pending host whose writes end soonest.
+// Callers hold mu.
+func (sh *sharing) dropSoonestLocked(now time.Time) {
+	var victim string
+	var soonest time.Time
+	for host, h := range sh.pending {
+		var last time.Time
+		for _, r := range h.appendTo(nil, now) {
+			if r.Until.After(last) {
+				last = r.Until
+			}
+		}
+		if victim == "" || last.Before(soonest) {
+			victim, soonest = host, last
+		}
+	}
+	delete(sh.pending, victim)
+	sh.errors.Add(1)
 }
 
 // share hands a local decision to the store, if the Transport has one.
@@ -132,49 +159,40 @@ func (t *Transport) share(ev event) {
 	sh.queue(r)
 }
 
-// flush writes the pending records; those that fail stay pending (unless a
-// newer write for the same key replaced them meanwhile) and are retried.
+// flush writes the pending records, a host's reset marker before its
+// other records. Those that fail are queued again, under any write queued
+// for their host meanwhile, and retried.
 func (t *Transport) flush(ctx context.Context) {
 	sh := t.sh
 	sh.mu.Lock()
 	batch := sh.pending
-	sh.pending = make(map[[2]string]Record)
+	sh.pending = make(map[string]*hostRecords)
 	sh.mu.Unlock()
-	// Resets first, so that the store drops older cooldowns before newer
-	// ones arrive; the store's rules make the order safe either way.
-	keys := make([][2]string, 0, len(batch))
-	for k := range batch {
-		keys = append(keys, k)
-	}
-	slices.SortFunc(keys, func(a, b [2]string) int {
-		ar, br := a[1] == resetKey, b[1] == resetKey
-		switch {
-		case ar && !br:
-			return -1
-		case br && !ar:
-			return 1
-		}
-		return strings.Compare(a[0]+"\x00"+a[1], b[0]+"\x00"+b[1])
-	})
 	now := time.Now()
-	for _, k := range keys {
-		r := batch[k]
-		if r.Reason != ReasonReset && !r.Until.After(now) {
-			continue // expired while queued
-		}
-		cctx, cancel := context.WithTimeout(ctx, storeTimeout)
-		err := sh.store.Put(cctx, r)
-		cancel()
-		if err == nil {
-			t.storeErr.Store(nil)
-		} else {
-			t.storeError("put", err)
-			sh.mu.Lock()
-			if _, newer := sh.pending[k]; !newer {
-				sh.pending[k] = r
+	for _, host := range slices.Sorted(maps.Keys(batch)) {
+		var failed hostRecords
+		for _, r := range batch[host].appendTo(nil, now) {
+			cctx, cancel := context.WithTimeout(ctx, storeTimeout)
+			err := sh.store.Put(cctx, r)
+			cancel()
+			if err == nil {
+				t.storeErr.Store(nil)
+				continue
 			}
-			sh.mu.Unlock()
+			t.storeError("put", err)
+			failed.merge(r, now)
 		}
+		if failed.empty(now) {
+			continue
+		}
+		sh.mu.Lock()
+		if newer := sh.pending[host]; newer != nil {
+			for _, r := range newer.appendTo(nil, now) {
+				failed.merge(r, now)
+			}
+		}
+		sh.pending[host] = &failed
+		sh.mu.Unlock()
 	}
 }
 
@@ -205,10 +223,7 @@ func (t *Transport) pull(ctx context.Context) error {
 		if r.Source == sh.source {
 			continue
 		}
-		k := [2]string{r.Host, r.Role}
-		if r.Reason == ReasonReset {
-			k[1] = resetKey
-		}
+		k := seenKey(r)
 		if seen, ok := sh.seen[k]; ok && !r.At.After(seen) {
 			continue
 		}
@@ -232,11 +247,7 @@ func (t *Transport) pull(ctx context.Context) error {
 	if len(sh.seen) > 2*len(recs)+64 {
 		live := make(map[[2]string]bool, len(recs))
 		for _, r := range recs {
-			k := [2]string{r.Host, r.Role}
-			if r.Reason == ReasonReset {
-				k[1] = resetKey
-			}
-			live[k] = true
+			live[seenKey(r)] = true
 		}
 		for k := range sh.seen {
 			if !live[k] {
@@ -245,6 +256,14 @@ func (t *Transport) pull(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// seenKey is the key of r in sharing.seen: its host and slot.
+func seenKey(r Record) [2]string {
+	if r.Reason == ReasonReset {
+		return [2]string{r.Host, resetKey}
+	}
+	return [2]string{r.Host, recordSlot(r)}
 }
 
 // openBreaker opens the (host, role) breaker until the deadline, as a trip

@@ -108,7 +108,7 @@ func NewTransport(base http.RoundTripper, opts ...Option) (*Transport, error) {
 	required := o.config.Store.Required
 	switch {
 	case o.store != nil:
-		t.sh = newSharing(o.store, false, o.config.Store)
+		t.sh = newSharing(o.store, false, o.config.Store, t.reg.maxBare)
 	case o.config.Store.URL != "":
 		s, err := OpenStore(o.config.Store.URL)
 		if err != nil {
@@ -120,7 +120,7 @@ func NewTransport(base http.RoundTripper, opts ...Option) (*Transport, error) {
 			t.log.Warn("hostbreaker: store unavailable; running without it", "err", err)
 			break
 		}
-		t.sh = newSharing(s, true, o.config.Store)
+		t.sh = newSharing(s, true, o.config.Store, t.reg.maxBare)
 	}
 	if t.sh != nil {
 		// Start with what the store knows: a host still cooling down after a
