@@ -633,14 +633,14 @@ const (
 	evState     eventKind = iota // a breaker changed state
 	evCooldown                   // a host cooldown was set or extended
 	evReset                      // a host was reset
-	evUntracked                  // requests went without a breaker (rate-limited)
+	evUntracked                  // requests go without a breaker: wakes logCounters
 	evDropped                    // a cooldown was dropped: too many hosts without an entry
 )
 
 // emit shares ev with the store, if any, and queues it for logging
 // without blocking; when the log queue is full, the event is dropped from
 // the log and counted (the change itself has already happened, and store
-// writes are queued separately, never dropped).
+// writes are queued separately).
 func (t *Transport) emit(ev event) {
 	t.share(ev)
 	select {
