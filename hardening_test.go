@@ -127,28 +127,6 @@ func TestTimeoutsTripTheBreaker(t *testing.T) {
 		_, err = c.Get(srv.URL)
 		mustReject(t, err, ReasonBreakerOpen)
 	})
-	t.Run("caller cancellation stays neutral", func(t *testing.T) {
-		synctest.Test(t, func(t *testing.T) {
-			tr, err := NewTransport(newFakeHosts(hang), WithConfig(quick(1, time.Minute)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer tr.Close()
-			for range 3 {
-				// A deadline that has not passed does not make a
-				// cancellation a timeout.
-				ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
-				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://a.test/", nil)
-				go func() { synctest.Wait(); cancel() }()
-				if _, err := tr.RoundTrip(req); !errors.Is(err, context.Canceled) {
-					t.Fatalf("err = %v", err)
-				}
-			}
-			if s := stateOf(t, tr, "a.test", ""); s.State != StateClosed || s.Neutral != 3 {
-				t.Fatalf("status = %+v", s)
-			}
-		})
-	})
 }
 
 // Item 2: a base that returns (nil, nil) gives its half-open slot back and

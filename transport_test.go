@@ -470,13 +470,14 @@ func TestClassification(t *testing.T) {
 		get(t, c, "", "https://b.test/")
 		get(t, c, "", "https://b.test/")
 		mustReject(t, do(t, c, "", "https://b.test/").err, ReasonBreakerOpen)
-		// ...unless the caller gave up: it canceled its own context.
+		// ...unless the caller gave up: it canceled its own context (a
+		// deadline that has not passed does not make that a timeout).
 		base.set(func(req *http.Request) (*http.Response, error) {
 			<-req.Context().Done()
 			return nil, req.Context().Err()
 		})
 		for range 5 {
-			ctx, cancel := context.WithCancel(context.Background())
+			ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://c.test/", nil)
 			go func() {
 				synctest.Wait()
