@@ -783,3 +783,75 @@ func TestNoRoleTripKeepsHostCooldown(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// The registry's counts and bounds hold under concurrent traffic that
+// creates, evicts, cools and resets hosts, with policy updates alongside.
+func TestRegistryInvariantsUnderConcurrency(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var n atomic.Int64
+		base := roundTripperFunc(func(req *http.Request) (*http.Response, error) {
+			switch n.Add(1) % 7 {
+			case 0:
+				return nil, timeoutError{}
+			case 1:
+				return status(429, "Retry-After", "2")(req)
+			case 2, 3:
+				return status(500)(req)
+			}
+			return status(200)(req)
+		})
+		tr, err := NewTransport(base, WithConfig(Config{MaxHosts: 4,
+			Defaults: Policy{FailMax: 2, ResetTimeout: 3 * time.Second, TrialCalls: 2}}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tr.Close()
+		var wg sync.WaitGroup
+		for g := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range 300 {
+					host := fmt.Sprintf("h%d.test", (g*7+i)%20)
+					req := mustRequest(t, "https://"+host+"/")
+					req = req.WithContext(WithRole(req.Context(), fmt.Sprintf("r%d", i%3)))
+					tr.RoundTrip(req)
+					switch i % 50 {
+					case 10:
+						tr.Open(host, time.Second, "")
+					case 20:
+						tr.Reset(host)
+					case 30:
+						tr.UpdateHostPolicy(host, Policy{FailMax: 1 + i%3})
+					case 40:
+						tr.UpdateHostPolicy("*.test", Policy{TrialCalls: 1 + i%2})
+					}
+					time.Sleep(100 * time.Millisecond)
+				}
+			}()
+		}
+		wg.Wait()
+		r := tr.reg
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		hosts, bare, entries := 0, 0, 0
+		r.tab.Load().each(func(h *hostState) {
+			hosts++
+			if h.bare() {
+				bare++
+			}
+			h.each(func(e *entry) {
+				entries++
+				if e.evicted() || e.host != h {
+					t.Errorf("entry (%s, %q) listed but evicted or of another host", h.name, e.role)
+				}
+			})
+		})
+		if hosts != r.nhosts || bare != r.nbare || entries != r.n {
+			t.Fatalf("counted hosts %d, bare %d, entries %d; registry says %d, %d, %d", hosts, bare, entries, r.nhosts, r.nbare, r.n)
+		}
+		if r.n > r.max || r.nbare > r.maxBare || len(r.roles) > r.max {
+			t.Fatalf("bounds: %d entries (max %d), %d bare (max %d), %d roles", r.n, r.max, r.nbare, r.maxBare, len(r.roles))
+		}
+	})
+}
