@@ -71,13 +71,19 @@ reset_timeout = "5m"
 func ExampleTransport_Open() {
 	tr, _ := hostbreaker.NewTransport(nil)
 	defer tr.Close()
-	tr.Open("api.example.org", 10*time.Minute, "vendor maintenance")
+	if err := tr.Open("https://API.example.org:443/works", 10*time.Minute, "vendor maintenance"); err != nil {
+		fmt.Println(err)
+	}
 	for _, s := range tr.Snapshot() {
 		fmt.Println(s.Host, s.State, s.Reason, s.Note)
 	}
-	tr.Reset("api.example.org")
+	if err := tr.Reset("api.example.org"); err != nil {
+		fmt.Println(err)
+	}
 	fmt.Println(len(tr.Snapshot()))
+	fmt.Println(tr.Open("*.example.org", time.Minute, ""))
 	// Output:
 	// api.example.org open manual vendor maintenance
 	// 0
+	// hostbreaker: open "*.example.org": host "*.example.org": invalid name
 }
