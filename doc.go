@@ -22,7 +22,8 @@
 // jitter it lets TrialCalls probes through (half-open); SuccessThreshold
 // successful probes close it and a failed one reopens it. Which statuses are
 // failures, neutral or successes is part of the [Policy]; an error from the
-// base transport is a failure unless the request's own context is done.
+// base transport, a timeout included, is a failure unless the caller canceled
+// the request. A 429 or 503 with a usable Retry-After counts neither way.
 //
 // # Cooldowns per host
 //
@@ -37,7 +38,7 @@
 //
 // A [Config] (Go, or TOML through [ParseConfig] and [LoadConfig]) holds the
 // defaults, per-role and per-host policies (exact names and "*.suffix"
-// wildcards) and the bound on tracked hosts. [Transport.UpdateHostPolicy]
+// wildcards) and the bound on tracked (host, role) entries. [Transport.UpdateHostPolicy]
 // changes a host's policy while requests flow, keeping breaker state.
 //
 // # Cost
