@@ -60,10 +60,123 @@ type entry struct {
 	mark atomic.Int64
 
 	failures, neutral, rejected atomic.Uint64
+	more                        atomic.Pointer[entryStats] // nil until the first event off the healthy path
 
 	mu     sync.Mutex
 	cb     circuitbreaker.CircuitBreaker[any] // nil until the first failure; guarded by mu
 	probes int32                              // half-open probes in flight; guarded by mu
+}
+
+// The reasons a request is rejected for, as indexes of entryStats.rejected.
+var rejectReasons = [...]Reason{ReasonBreakerOpen, ReasonHalfOpenFull, ReasonRetryAfter, ReasonRollingWindow, ReasonManual}
+
+func reasonIndex(r Reason) int {
+	for i, x := range rejectReasons {
+		if x == r {
+			return i
+		}
+	}
+	return len(rejectReasons) - 1
+}
+
+// maxOutcomeRuns bounds the outcome runs an entry keeps between two
+// summaries; past it the runs are merged into the last one of their kind
+// and the summary says so by a run count that no longer matches.
+const maxOutcomeRuns = 256
+
+// entryStats are the counters of a (host, role) beyond those of the healthy
+// path, allocated on its first failure, rejection or state change. The
+// counters are cumulative and read without locks; the outcome runs are
+// taken by each summary.
+type entryStats struct {
+	rejected    [len(rejectReasons)]atomic.Uint64 // by reasonIndex
+	transitions [3]atomic.Uint64                  // by State entered
+	status429   atomic.Uint64
+	status5xx   atomic.Uint64
+	timeouts    atomic.Uint64
+	probesOK    atomic.Uint64
+	probesFail  atomic.Uint64
+
+	mu       sync.Mutex
+	run      uint64   // consecutive failures now; guarded by mu
+	longest  uint64   // longest failure run since the last summary; guarded by mu
+	outcomes Outcomes // runs since the last summary; guarded by mu
+	seenOK   uint64   // the successes counter when outcomes last grew; guarded by mu
+}
+
+// stats returns e's entryStats, allocating them on first use.
+func (e *entry) stats() *entryStats {
+	if s := e.more.Load(); s != nil {
+		return s
+	}
+	s := new(entryStats)
+	s.seenOK = e.successes.Load()
+	if e.more.CompareAndSwap(nil, s) {
+		return s
+	}
+	return e.more.Load()
+}
+
+// note adds an outcome to e's runs: the successes since the last one
+// first, as a run of their own, then k.
+func (e *entry) note(k OutcomeKind, at time.Time) {
+	s := e.stats()
+	ok := e.successes.Load()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n := ok - s.seenOK; n > 0 {
+		s.addRun(OutcomeSuccess, n, at)
+		s.run = 0
+	}
+	s.seenOK = ok
+	s.addRun(k, 1, at)
+	switch k {
+	case OutcomeFailure:
+		s.run++
+		s.longest = max(s.longest, s.run)
+	case OutcomeSuccess:
+		s.run = 0
+	}
+}
+
+// addRun appends n outcomes of kind k to the runs. Callers hold s.mu.
+func (s *entryStats) addRun(k OutcomeKind, n uint64, at time.Time) {
+	if l := len(s.outcomes); l > 0 && s.outcomes[l-1].Kind == k {
+		s.outcomes[l-1].Count += n
+		return
+	}
+	if len(s.outcomes) >= maxOutcomeRuns {
+		// Full: merge into the last run of the same kind.
+		for i := len(s.outcomes) - 1; i >= 0; i-- {
+			if s.outcomes[i].Kind == k {
+				s.outcomes[i].Count += n
+				return
+			}
+		}
+		return
+	}
+	s.outcomes = append(s.outcomes, OutcomeRun{Kind: k, Count: n, At: at})
+}
+
+// take returns the runs and the longest failure run since the last take,
+// with the successes since the last outcome as a final run, and starts
+// anew.
+func (e *entry) take(now time.Time) (Outcomes, uint64) {
+	s := e.more.Load()
+	if s == nil {
+		return nil, 0
+	}
+	ok := e.successes.Load()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n := ok - s.seenOK; n > 0 && len(s.outcomes) > 0 {
+		s.addRun(OutcomeSuccess, n, now)
+		s.run = 0
+	}
+	s.seenOK = ok
+	out, longest := s.outcomes, s.longest
+	s.outcomes, s.longest = nil, s.run
+	return out, longest
 }
 
 // Entry flags.
@@ -110,6 +223,7 @@ func newBreaker(p *resolved) circuitbreaker.CircuitBreaker[any] {
 // tripLocked opens e until the deadline: after a local trip, a trip shared
 // by another process, or a failed probe.
 func (e *entry) tripLocked(until int64) {
+	e.stats().transitions[StateOpen].Add(1)
 	e.breaker().Open()
 	e.fails.Store(0)
 	e.mark.Store(until)
@@ -119,6 +233,9 @@ func (e *entry) tripLocked(until int64) {
 // halfOpenLocked starts a half-open generation with every trial slot free.
 // From half-open it drops the outcomes of the probes in flight.
 func (e *entry) halfOpenLocked(now int64) {
+	if phaseOf(e.st.Load()) != phaseHalfOpen {
+		e.stats().transitions[StateHalfOpen].Add(1)
+	}
 	cb := e.breaker()
 	cb.Open() // from half-open, so that HalfOpen starts counting anew
 	cb.HalfOpen()
@@ -129,6 +246,9 @@ func (e *entry) halfOpenLocked(now int64) {
 
 // closeLocked closes e and forgets its failures.
 func (e *entry) closeLocked() {
+	if phaseOf(e.st.Load()) != phaseClosed {
+		e.stats().transitions[StateClosed].Add(1)
+	}
 	e.cb = nil // rebuilt on the next failure: a closed breaker holds no bitset
 	e.probes = 0
 	e.fails.Store(0)

@@ -77,11 +77,42 @@ type StoreConfig struct {
 // A Config is plain data. NewTransport copies what it keeps, so a Config
 // may be reused or changed afterwards without affecting the Transport.
 type Config struct {
-	MaxHosts int // bound on tracked (host, role) entries; 0 means 10000
-	Defaults Policy
-	Hosts    map[string]Policy
-	Rolling  Rolling
-	Store    StoreConfig
+	MaxHosts  int // bound on tracked (host, role) entries; 0 means 10000
+	Defaults  Policy
+	Hosts     map[string]Policy
+	Rolling   Rolling
+	Store     StoreConfig
+	Telemetry TelemetryConfig
+}
+
+// TelemetryConfig configures what a Transport reports through
+// OpenTelemetry, its event handler and the journal. The zero value means
+// the defaults.
+type TelemetryConfig struct {
+	// Process names this process in events and the journal; "" means
+	// "hostname:pid". Each Transport adds a suffix of its own.
+	Process string
+	// MaxHosts bounds the hosts named in metric attributes; the others
+	// share server.address="_other". 0 means 100.
+	MaxHosts int
+	// SummaryInterval is how often a summary event is emitted per (host,
+	// role) with activity; 0 means 1m.
+	SummaryInterval time.Duration
+	// NoJournal turns the journal off. Without it, events are appended to
+	// the store's journal, or kept in memory without a store.
+	NoJournal bool
+	// JournalRetention drops journal events older than this; 0 means 24h.
+	JournalRetention time.Duration
+	// JournalMaxEvents bounds the journal (per store, or in memory); the
+	// oldest events beyond it are dropped. 0 means 100000.
+	JournalMaxEvents int
+}
+
+// JournalLimits bounds a journal: events older than Retention, and the
+// oldest beyond MaxEvents, are dropped.
+type JournalLimits struct {
+	Retention time.Duration
+	MaxEvents int
 }
 
 // The built-in defaults.
@@ -97,6 +128,10 @@ const (
 	defaultRollingWindow    = 10 * time.Second
 	defaultRollingCooldown  = 30 * time.Second
 	defaultPollInterval     = time.Second
+	defaultTelemetryHosts   = 100
+	defaultSummaryInterval  = time.Minute
+	defaultJournalRetention = 24 * time.Hour
+	defaultJournalMax       = 100000
 )
 
 func defaultFailureStatuses() []int { return []int{408, 429, 500, 502, 503, 504} }
@@ -182,12 +217,39 @@ func (c Config) validate() (*policyTable, error) {
 	case r.ThresholdFailures > maxCount:
 		return nil, &ConfigError{Key: "rolling.threshold_failures", Msg: fmt.Sprintf("must be at most %d, got %d", maxCount, r.ThresholdFailures)}
 	}
+	switch tc := c.Telemetry; {
+	case tc.MaxHosts < 0:
+		return nil, &ConfigError{Key: "telemetry.max_hosts", Msg: fmt.Sprintf("must be at least 1, got %d", tc.MaxHosts)}
+	case tc.SummaryInterval < 0:
+		return nil, &ConfigError{Key: "telemetry.summary_interval", Msg: "must be positive, got " + tc.SummaryInterval.String()}
+	case tc.JournalRetention < 0:
+		return nil, &ConfigError{Key: "telemetry.journal_retention", Msg: "must be positive, got " + tc.JournalRetention.String()}
+	case tc.JournalMaxEvents < 0:
+		return nil, &ConfigError{Key: "telemetry.journal_max_events", Msg: fmt.Sprintf("must be at least 1, got %d", tc.JournalMaxEvents)}
+	}
 	if c.Store.URL != "" {
 		if _, err := StorePath(c.Store.URL); err != nil {
 			return nil, &ConfigError{Key: "store.url", Msg: strings.TrimPrefix(err.Error(), "hostbreaker: ")}
 		}
 	}
 	return pt, nil
+}
+
+// withDefaults returns c with defaults in its zero fields.
+func (c TelemetryConfig) withDefaults() TelemetryConfig {
+	if c.MaxHosts == 0 {
+		c.MaxHosts = defaultTelemetryHosts
+	}
+	if c.SummaryInterval == 0 {
+		c.SummaryInterval = defaultSummaryInterval
+	}
+	if c.JournalRetention == 0 {
+		c.JournalRetention = defaultJournalRetention
+	}
+	if c.JournalMaxEvents == 0 {
+		c.JournalMaxEvents = defaultJournalMax
+	}
+	return c
 }
 
 // withDefaults returns r with defaults in its zero fields.
@@ -628,12 +690,22 @@ type tomlStore struct {
 	Required     *bool     `toml:"required"`
 }
 
+type tomlTelemetry struct {
+	Process          *string   `toml:"process"`
+	MaxHosts         *int      `toml:"max_hosts"`
+	SummaryInterval  *duration `toml:"summary_interval"`
+	Journal          *bool     `toml:"journal"`
+	JournalRetention *duration `toml:"journal_retention"`
+	JournalMaxEvents *int      `toml:"journal_max_events"`
+}
+
 type tomlConfig struct {
-	MaxHosts *int                   `toml:"max_hosts"`
-	Defaults *tomlPolicy            `toml:"defaults"`
-	Hosts    map[string]*tomlPolicy `toml:"hosts"`
-	Rolling  *tomlRolling           `toml:"rolling"`
-	Store    *tomlStore             `toml:"store"`
+	MaxHosts  *int                   `toml:"max_hosts"`
+	Defaults  *tomlPolicy            `toml:"defaults"`
+	Hosts     map[string]*tomlPolicy `toml:"hosts"`
+	Rolling   *tomlRolling           `toml:"rolling"`
+	Store     *tomlStore             `toml:"store"`
+	Telemetry *tomlTelemetry         `toml:"telemetry"`
 }
 
 func (tc *tomlConfig) config() (Config, error) {
@@ -691,6 +763,34 @@ func (tc *tomlConfig) config() (Config, error) {
 		}
 		var err error
 		if c.Store.PollInterval, err = positive("store.poll_interval", s.PollInterval); err != nil {
+			return Config{}, err
+		}
+	}
+	if tt := tc.Telemetry; tt != nil {
+		if tt.Process != nil {
+			c.Telemetry.Process = *tt.Process
+		}
+		for _, n := range []struct {
+			key string
+			v   *int
+			dst *int
+		}{{"telemetry.max_hosts", tt.MaxHosts, &c.Telemetry.MaxHosts}, {"telemetry.journal_max_events", tt.JournalMaxEvents, &c.Telemetry.JournalMaxEvents}} {
+			if n.v == nil {
+				continue
+			}
+			if *n.v < 1 {
+				return Config{}, &ConfigError{Key: n.key, Msg: fmt.Sprintf("must be at least 1, got %d", *n.v)}
+			}
+			*n.dst = *n.v
+		}
+		if tt.Journal != nil {
+			c.Telemetry.NoJournal = !*tt.Journal
+		}
+		var err error
+		if c.Telemetry.SummaryInterval, err = positive("telemetry.summary_interval", tt.SummaryInterval); err != nil {
+			return Config{}, err
+		}
+		if c.Telemetry.JournalRetention, err = positive("telemetry.journal_retention", tt.JournalRetention); err != nil {
 			return Config{}, err
 		}
 	}

@@ -97,7 +97,7 @@ type hostState struct {
 
 	detached  atomic.Bool // removed from the registry; set under registry.mu
 	firstUsed bool        // first has been handed out; guarded by registry.mu
-	_         [75]byte    // to 384 bytes: see above
+	_         [67]byte    // to 384 bytes: see above
 }
 
 const (
@@ -558,6 +558,21 @@ func (r *registry) evictLocked(now int64) bool {
 func (r *registry) each(f func(*hostState, *entry)) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.tab.Load().each(func(h *hostState) {
+		if h.bare() {
+			f(h, nil)
+			return
+		}
+		h.each(func(e *entry) { f(h, e) })
+	})
+}
+
+// eachUnlocked calls f for every entry with its host, and once with a nil
+// entry for every host that has none, without the registry lock: it reads
+// the table and the entry lists as the request path does, so it may miss
+// an entry added or see one removed while it runs. For observers that must
+// not wait on the lock the request path takes (metrics collection).
+func (r *registry) eachUnlocked(f func(*hostState, *entry)) {
 	r.tab.Load().each(func(h *hostState) {
 		if h.bare() {
 			f(h, nil)

@@ -60,8 +60,23 @@ type sharing struct {
 	lastErrLog time.Time
 	suppressed int
 
-	errors atomic.Uint64 // failed store operations
+	errors atomic.Uint64                // failed store operations
+	errOps [len(storeOps)]atomic.Uint64 // failed store operations by storeOp
 }
+
+// storeOp is a kind of store operation, as errors are counted by.
+type storeOp int
+
+// The store operations.
+const (
+	opPut     storeOp = iota // writing a cooldown, trip or reset
+	opRead                   // reading the records
+	opPublish                // publishing the breaker states
+	opJournal                // appending events to the journal
+)
+
+// storeOps names the store operations, by storeOp.
+var storeOps = [...]string{"put", "read", "publish", "journal"}
 
 func newSharing(s Store, owned bool, c StoreConfig, maxPending int) *sharing {
 	host, _ := os.Hostname()
@@ -179,7 +194,7 @@ func (t *Transport) flush(ctx context.Context) {
 				t.storeErr.Store(nil)
 				continue
 			}
-			t.storeError("put", err)
+			t.storeError(opPut, err)
 			failed.merge(r, now)
 		}
 		if failed.empty(now) {
@@ -205,7 +220,7 @@ func (t *Transport) pull(ctx context.Context) error {
 	recs, err := sh.store.Records(cctx)
 	cancel()
 	if err != nil {
-		t.storeError("read", err)
+		t.storeError(opRead, err)
 		return err
 	}
 	t.storeErr.Store(nil)
@@ -299,7 +314,7 @@ func (t *Transport) publish(ctx context.Context) {
 	err := sh.store.PublishStates(cctx, sh.source, states, ttl)
 	cancel()
 	if err != nil {
-		t.storeError("publish states", err)
+		t.storeError(opPublish, err)
 		return
 	}
 	t.storeErr.Store(nil)
@@ -308,9 +323,10 @@ func (t *Transport) publish(ctx context.Context) {
 
 // storeError counts a failed store operation and logs it, at most once
 // per errorLogInterval with the number of errors not logged.
-func (t *Transport) storeError(op string, err error) {
+func (t *Transport) storeError(op storeOp, err error) {
 	sh := t.sh
 	sh.errors.Add(1)
+	sh.errOps[op].Add(1)
 	t.storeErr.Store(&err)
 	now := time.Now()
 	if !sh.lastErrLog.IsZero() && now.Sub(sh.lastErrLog) < errorLogInterval {
@@ -318,6 +334,6 @@ func (t *Transport) storeError(op string, err error) {
 		return
 	}
 	t.log.Warn("hostbreaker: store unavailable; requests continue under local protection",
-		"op", op, "err", err, "suppressed", sh.suppressed)
+		"op", storeOps[op], "err", err, "suppressed", sh.suppressed)
 	sh.lastErrLog, sh.suppressed = now, 0
 }

@@ -10,6 +10,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	otellog "go.opentelemetry.io/otel/log"
+	"go.opentelemetry.io/otel/metric"
 )
 
 // Transport is an http.RoundTripper that keeps a circuit breaker per
@@ -51,9 +54,12 @@ var _ http.RoundTripper = (*Transport)(nil)
 type Option interface{ apply(*options) }
 
 type options struct {
-	config Config
-	logger *slog.Logger
-	store  Store
+	config  Config
+	logger  *slog.Logger
+	store   Store
+	meters  metric.MeterProvider
+	loggers otellog.LoggerProvider
+	handler func(Event)
 }
 
 type optionFunc func(*options)
@@ -69,6 +75,33 @@ func WithConfig(c Config) Option {
 // logger, or none, discards them.
 func WithLogger(l *slog.Logger) Option {
 	return optionFunc(func(o *options) { o.logger = l })
+}
+
+// WithMeterProvider sets the OpenTelemetry meter provider the Transport
+// reports its metrics to (see docs/telemetry.md). Without it, or with nil,
+// the global provider at the time NewTransport runs: a no-op until the
+// program installs an SDK.
+func WithMeterProvider(mp metric.MeterProvider) Option {
+	return optionFunc(func(o *options) { o.meters = mp })
+}
+
+// WithLoggerProvider sets the OpenTelemetry logger provider the Transport
+// emits its events to, as log records with an event name. Without it, or
+// with nil, the global provider at the time NewTransport runs.
+func WithLoggerProvider(lp otellog.LoggerProvider) Option {
+	return optionFunc(func(o *options) { o.loggers = lp })
+}
+
+// WithEventHandler sets a function that receives every event of the
+// Transport, in order, on the Transport's background goroutine: never on a
+// request's goroutine, so it may block only at the cost of delaying later
+// events. A nil f is ignored.
+func WithEventHandler(f func(Event)) Option {
+	return optionFunc(func(o *options) {
+		if f != nil {
+			o.handler = f
+		}
+	})
 }
 
 // NewTransport returns a Transport in front of base; a nil base means

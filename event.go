@@ -1,0 +1,131 @@
+package hostbreaker
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// The names of the events a Transport emits: as OpenTelemetry log records
+// (with this event name), to the WithEventHandler callback, and to the
+// journal.
+const (
+	EventStateChange  = "hostbreaker.state_change"  // a (host, role) breaker changed state
+	EventCooldown     = "hostbreaker.cooldown"      // a host cooldown started or was extended
+	EventReset        = "hostbreaker.reset"         // a host was reset
+	EventPolicyChange = "hostbreaker.policy_change" // a policy was changed while running
+	EventSummary      = "hostbreaker.summary"       // a (host, role)'s activity over an interval
+)
+
+// Event is one thing that happened in a Transport, as it goes to the
+// OpenTelemetry logger, to the WithEventHandler callback and to the journal.
+// Which fields are set depends on Name; the others are zero. An Event is a
+// value: it refers to nothing inside the Transport.
+//
+// No event carries a URL path, a query, user information or a header value
+// other than Retry-After.
+type Event struct {
+	Name    string    `json:"name"`
+	Time    time.Time `json:"time"`
+	Process string    `json:"process"` // the emitting process (see [TelemetryConfig]) and Transport
+	Host    string    `json:"host"`
+	Role    string    `json:"role,omitempty"`
+
+	// State changes: the states, and for an opening the consecutive
+	// failures that tripped it and the last failure, as a status code or an
+	// error type ("timeout", or the error's Go type). Remote is true for a
+	// trip shared by another process through the store.
+	State         State  `json:"state,omitempty"`
+	PreviousState State  `json:"previous_state,omitempty"`
+	Failures      int    `json:"failures,omitempty"`
+	StatusCode    int    `json:"status_code,omitempty"` // also the response of a Retry-After cooldown
+	ErrorType     string `json:"error_type,omitempty"`
+	Remote        bool   `json:"remote,omitempty"` // learnt from the store
+
+	// Cooldowns and openings.
+	Reason     Reason        `json:"reason,omitempty"`
+	Until      time.Time     `json:"until,omitzero"`
+	Note       string        `json:"note,omitempty"`
+	RetryAfter time.Duration `json:"retry_after,omitempty"` // as the server sent it
+
+	// Policy changes: the changed keys as TOML, before and after.
+	PreviousPolicy string `json:"previous_policy,omitempty"`
+	Policy         string `json:"policy,omitempty"`
+
+	// Summaries.
+	Interval time.Duration `json:"interval,omitempty"`
+	Summary  *Summary      `json:"summary,omitempty"`
+}
+
+// Summary is the activity of one (host, role) over a summary interval.
+type Summary struct {
+	Requests   uint64 `json:"requests"`   // Successes + Failures + Neutral + Rejected
+	Successes  uint64 `json:"successes"`  // reached the base and succeeded
+	Failures   uint64 `json:"failures"`   // reached the base and failed (timeouts included)
+	Neutral    uint64 `json:"neutral"`    // reached the base and counted neither way
+	Rejected   uint64 `json:"rejected"`   // rejected without reaching the base
+	Status429  uint64 `json:"status_429"` // responses 429
+	Status5xx  uint64 `json:"status_5xx"` // responses 500–599
+	Timeouts   uint64 `json:"timeouts"`   // failures that were timeouts
+	ProbesOK   uint64 `json:"probes_ok"`  // half-open probes that succeeded
+	ProbesFail uint64 `json:"probes_failed"`
+	// LongestFailureRun is the longest run of consecutive failures that
+	// ended in the interval (or is still running at its end).
+	LongestFailureRun uint64 `json:"longest_failure_run"`
+	// Outcomes is the interval's outcome sequence, compactly; see
+	// [Outcomes]. Empty when nothing but successes happened.
+	Outcomes Outcomes `json:"outcomes,omitempty"`
+}
+
+// Outcomes is a (host, role)'s sequence of outcomes, as runs of equal
+// outcomes in order. It is what a replay of the breaker rules needs.
+type Outcomes []OutcomeRun
+
+// OutcomeRun is a run of Count equal outcomes, the first at At.
+type OutcomeRun struct {
+	Kind  OutcomeKind `json:"k"`
+	Count uint64      `json:"n"`
+	At    time.Time   `json:"t"`
+}
+
+// OutcomeKind is the kind of outcome in an [OutcomeRun].
+type OutcomeKind uint8
+
+// The outcome kinds. Neutral outcomes are not recorded: they change no
+// breaker.
+const (
+	OutcomeSuccess  OutcomeKind = iota + 1 // reached the base and succeeded
+	OutcomeFailure                         // reached the base and failed
+	OutcomeRejected                        // rejected: its outcome is unknown
+)
+
+// eventVersion is the version of the stored encoding of events.
+const eventVersion = 1
+
+type eventJSON struct {
+	V int `json:"v"`
+	Event
+}
+
+// encodeEvent returns the stored form of ev.
+func encodeEvent(ev Event) []byte {
+	b, _ := json.Marshal(eventJSON{V: eventVersion, Event: ev})
+	return b
+}
+
+// decodeEvent parses the stored form of an event. It never panics; data
+// that is not an event of a known version is an error.
+func decodeEvent(data []byte) (Event, error) {
+	var j eventJSON
+	if err := json.Unmarshal(data, &j); err != nil {
+		return Event{}, fmt.Errorf("hostbreaker: decode event: %w", err)
+	}
+	if j.V != eventVersion {
+		return Event{}, fmt.Errorf("hostbreaker: decode event: unknown version %d", j.V)
+	}
+	if j.Name == "" || j.Time.IsZero() {
+		return Event{}, errors.New("hostbreaker: decode event: missing name or time")
+	}
+	return j.Event, nil
+}
