@@ -314,19 +314,27 @@ func (t *Transport) admit(e *entry) (admission, *OpenError) {
 	}
 }
 
-// apply feeds the outcome of an admitted request to e's breaker.
-func (t *Transport) apply(e *entry, adm admission, o outcome) {
+// cause is what a failure was: a status code, or an error type.
+type cause struct {
+	status  int
+	errType string // "timeout", or the error's Go type
+}
+
+// apply feeds the outcome of an admitted request to e's breaker; c is the
+// cause of a failure.
+func (t *Transport) apply(e *entry, adm admission, o outcome, c cause) {
 	switch o {
 	case outcomeSuccess:
 		e.successes.Add(1)
 		// In closed, a success after a success changes nothing in a
 		// consecutive-failure breaker, so the common case skips the lock.
 		if adm.probe || e.fails.Load() != 0 {
-			t.applyLocked(e, adm, o)
+			t.applyLocked(e, adm, o, c)
 		}
 	case outcomeFailure:
 		e.failures.Add(1)
-		t.applyLocked(e, adm, o)
+		e.note(OutcomeFailure, time.Now())
+		t.applyLocked(e, adm, o, c)
 	case outcomeNeutral:
 		e.neutral.Add(1)
 		if adm.probe {
@@ -338,7 +346,7 @@ func (t *Transport) apply(e *entry, adm admission, o outcome) {
 // applyLocked records a success or failure in the breaker, under e.mu, and
 // makes the transition it causes. An outcome of an earlier generation is
 // dropped.
-func (t *Transport) applyLocked(e *entry, adm admission, o outcome) {
+func (t *Transport) applyLocked(e *entry, adm admission, o outcome, c cause) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.st.Load() != adm.st {
@@ -355,6 +363,7 @@ func (t *Transport) applyLocked(e *entry, adm admission, o outcome) {
 			return
 		}
 		e.probes--
+		e.stats().probesOK.Add(1)
 		cb := e.breaker()
 		cb.RecordSuccess()
 		if cb.IsClosed() {
@@ -367,6 +376,7 @@ func (t *Transport) applyLocked(e *entry, adm admission, o outcome) {
 	from := StateHalfOpen
 	if adm.probe {
 		e.probes--
+		e.stats().probesFail.Add(1)
 	} else {
 		from = StateClosed
 		// Failures age: one older than reset_timeout is forgotten, so that a
@@ -381,9 +391,14 @@ func (t *Transport) applyLocked(e *entry, adm admission, o outcome) {
 	cb := e.breaker()
 	cb.RecordFailure()
 	if cb.IsOpen() {
+		failures := 1
+		if !adm.probe {
+			failures = int(e.fails.Load())
+		}
 		until := t.after(now, min(p.ResetTimeout, maxWait)+jitter(p.HalfOpenJitter))
 		e.tripLocked(until)
-		t.emit(event{kind: evState, host: e.host.name, role: e.role, from: from, to: StateOpen, until: until})
+		t.emit(event{kind: evState, host: e.host.name, role: e.role, from: from, to: StateOpen, until: until,
+			failures: failures, status: c.status, errType: c.errType})
 	}
 }
 

@@ -33,6 +33,16 @@ func classify(p *resolved, req *http.Request, resp *http.Response, err error) ou
 	return p.statuses.classify(resp.StatusCode)
 }
 
+// isTimeout reports whether err, from a request whose context is ctx, is a
+// timeout: the context's deadline passed, or the error says so.
+func isTimeout(ctx context.Context, err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return true
+	}
+	var te interface{ Timeout() bool }
+	return errors.As(err, &te) && te.Timeout()
+}
+
 // classifyError returns the outcome of a transport error of a request
 // whose context is ctx: neutral when the caller canceled ctx before any
 // deadline passed, a failure otherwise.

@@ -524,6 +524,54 @@ func quoteKey(k string) string {
 	return toml.Key{k}.String()
 }
 
+// policyTOML renders, as TOML lines, the fields of p that keys sets
+// (non-zero; roles as roles.R.key), in a fixed order: what a policy change
+// changed, before or after.
+func policyTOML(p, keys Policy) string {
+	var b strings.Builder
+	writePolicyTOML(&b, "", p, keys)
+	return strings.TrimSuffix(b.String(), "\n")
+}
+
+func writePolicyTOML(b *strings.Builder, prefix string, p, keys Policy) {
+	line := func(key string, v any) { fmt.Fprintf(b, "%s%s = %s\n", prefix, key, v) }
+	dur := func(d time.Duration) string { return strconv.Quote(max(d, 0).String()) }
+	ints := func(l []int) string {
+		parts := make([]string, len(l))
+		for i, c := range l {
+			parts[i] = strconv.Itoa(c)
+		}
+		return "[" + strings.Join(parts, ", ") + "]"
+	}
+	if keys.FailMax != 0 {
+		line("fail_max", strconv.Itoa(p.FailMax))
+	}
+	if keys.ResetTimeout != 0 {
+		line("reset_timeout", dur(p.ResetTimeout))
+	}
+	if keys.SuccessThreshold != 0 {
+		line("success_threshold", strconv.Itoa(p.SuccessThreshold))
+	}
+	if keys.TrialCalls != 0 {
+		line("trial_calls", strconv.Itoa(p.TrialCalls))
+	}
+	if keys.RetryAfterCap != 0 {
+		line("retry_after_cap", dur(p.RetryAfterCap))
+	}
+	if keys.HalfOpenJitter != 0 {
+		line("half_open_jitter", dur(p.HalfOpenJitter))
+	}
+	if keys.FailureStatuses != nil {
+		line("failure_statuses", ints(p.FailureStatuses))
+	}
+	if keys.NeutralStatuses != nil {
+		line("neutral_statuses", ints(p.NeutralStatuses))
+	}
+	for _, role := range slices.Sorted(maps.Keys(keys.Roles)) {
+		writePolicyTOML(b, prefix+"roles."+quoteKey(role)+".", p.Roles[role], keys.Roles[role])
+	}
+}
+
 // parseHostKey parses a Hosts key: an exact host, returned normalized, or
 // a wildcard "*.suffix", returned as its normalized suffix with the dot
 // (".example.org").
@@ -970,4 +1018,25 @@ func splitKey(s string) toml.Key {
 		s = strings.TrimSpace(s)
 	}
 	return key
+}
+
+// keyPolicy returns the policy in force for a Hosts key: the built-in
+// defaults and Defaults, overlaid with the key's own entry or, for a host
+// without one, the entry that matches it.
+func (pt *policyTable) keyPolicy(key string) Policy {
+	p := builtinPolicy()
+	overlay(&p, pt.defaults)
+	var own Policy
+	if suffix, ok := strings.CutPrefix(key, "*"); ok {
+		for _, w := range pt.wild {
+			if strings.HasSuffix(suffix, w.suffix) {
+				own = w.policy
+				break
+			}
+		}
+	} else {
+		own, _ = pt.hostPolicy(key)
+	}
+	overlay(&p, own)
+	return p
 }

@@ -202,6 +202,9 @@ type cooldown struct {
 	manual bool  // replaces the current cooldown; any other only extends it
 	remote bool  // read from the store: not shared again
 	at     int64 // wall-clock unix ns when it was decided
+
+	status     int           // the response that asked for it (Retry-After)
+	retryAfter time.Duration // what it asked for, before the cap
 }
 
 // apply puts h in cooldown c, and reports whether it did: an automatic

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"math/rand/v2"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -78,8 +76,7 @@ const (
 // storeOps names the store operations, by storeOp.
 var storeOps = [...]string{"put", "read", "publish", "journal"}
 
-func newSharing(s Store, owned bool, c StoreConfig, maxPending int) *sharing {
-	host, _ := os.Hostname()
+func newSharing(s Store, owned bool, c StoreConfig, maxPending int, source string) *sharing {
 	poll := c.PollInterval
 	if poll == 0 {
 		poll = defaultPollInterval
@@ -87,7 +84,7 @@ func newSharing(s Store, owned bool, c StoreConfig, maxPending int) *sharing {
 	return &sharing{
 		store:      s,
 		owned:      owned,
-		source:     fmt.Sprintf("%s:%d:%04x", host, os.Getpid(), rand.Uint32N(1<<16)),
+		source:     source,
 		shareTrips: c.ShareTrips,
 		poll:       poll,
 		pending:    make(map[string]*hostRecords),

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"slices"
 	"strings"
@@ -38,6 +39,9 @@ type Transport struct {
 
 	events  chan event
 	dropped atomic.Uint64 // events dropped because the queue was full
+	sink    *eventSink    // owned by the background goroutine
+	queries chan func()   // run on the background goroutine (Events)
+	tel     *telemetry    // metrics; nil until wired
 
 	untracked        atomic.Uint64         // requests sent without a breaker: the registry was full
 	untrackedLogged  atomic.Int64          // when that was last logged, ns since the epoch
@@ -134,14 +138,18 @@ func NewTransport(base http.RoundTripper, opts ...Option) (*Transport, error) {
 		epoch:   time.Now(),
 		reg:     newRegistry(maxHosts),
 		events:  make(chan event, 1024),
+		queries: make(chan func()),
 		done:    make(chan struct{}),
 		rolling: o.config.Rolling.withDefaults(),
 	}
+	tc := o.config.Telemetry.withDefaults()
+	process := fmt.Sprintf("%s#%04x", processName(tc), rand.Uint32N(1<<16))
+	t.sink = newEventSink(process, tc, o.loggers, o.handler)
 	t.policies.Store(pt)
 	required := o.config.Store.Required
 	switch {
 	case o.store != nil:
-		t.sh = newSharing(o.store, false, o.config.Store, t.reg.maxBare)
+		t.sh = newSharing(o.store, false, o.config.Store, t.reg.maxBare, process)
 	case o.config.Store.URL != "":
 		s, err := OpenStore(o.config.Store.URL)
 		if err != nil {
@@ -153,7 +161,7 @@ func NewTransport(base http.RoundTripper, opts ...Option) (*Transport, error) {
 			t.log.Warn("hostbreaker: store unavailable; running without it", "err", err)
 			break
 		}
-		t.sh = newSharing(s, true, o.config.Store, t.reg.maxBare)
+		t.sh = newSharing(s, true, o.config.Store, t.reg.maxBare, process)
 	}
 	if t.sh != nil {
 		// Start with what the store knows: a host still cooling down after a
@@ -254,6 +262,8 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	adm, rej := t.admit(e)
 	if rej != nil {
 		e.rejected.Add(1)
+		e.stats().rejected[reasonIndex(rej.Reason)].Add(1)
+		e.note(OutcomeRejected, time.Now())
 		closeBody(req)
 		return nil, rej
 	}
@@ -269,7 +279,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := t.base.RoundTrip(req)
 	recorded = true
 	if resp == nil && err == nil {
-		t.apply(e, adm, outcomeNeutral) // gives a probe's slot back
+		t.apply(e, adm, outcomeNeutral, cause{}) // gives a probe's slot back
 		return nil, t.nilResponse()
 	}
 	t.record(e, adm, req, resp, err)
@@ -356,6 +366,24 @@ func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *htt
 		e.successes.Add(1) // the healthy path: nothing else to do
 		return
 	}
+	var c cause
+	switch {
+	case err != nil:
+		if isTimeout(req.Context(), err) {
+			e.stats().timeouts.Add(1)
+			c.errType = "timeout"
+		} else {
+			c.errType = fmt.Sprintf("%T", err)
+		}
+	case resp.StatusCode == http.StatusTooManyRequests:
+		e.stats().status429.Add(1)
+		c.status = resp.StatusCode
+	case resp.StatusCode >= 500 && resp.StatusCode <= 599:
+		e.stats().status5xx.Add(1)
+		c.status = resp.StatusCode
+	default:
+		c.status = resp.StatusCode
+	}
 	if o == outcomeFailure && e.evicted() {
 		// The entry was evicted while the request was in flight (it was
 		// idle then): the failure goes to the live one. A success or a
@@ -364,7 +392,7 @@ func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *htt
 			return
 		}
 	}
-	t.apply(e, adm, o)
+	t.apply(e, adm, o, c)
 	if o == outcomeFailure && t.rolling.Enabled {
 		t.rollingFailure(e.host)
 	}
@@ -404,8 +432,8 @@ func (t *Transport) obeyRetryAfter(host string, p *resolved, resp *http.Response
 	if !ok {
 		return false
 	}
-	d = min(d, p.RetryAfterCap)
-	t.setCooldown(host, cooldown{until: t.after(t.now(), d), reason: ReasonRetryAfter, at: wall.UnixNano()})
+	t.setCooldown(host, cooldown{until: t.after(t.now(), min(d, p.RetryAfterCap)), reason: ReasonRetryAfter,
+		at: wall.UnixNano(), status: resp.StatusCode, retryAfter: d})
 	return true
 }
 
@@ -456,7 +484,8 @@ func (t *Transport) setCooldown(host string, c cooldown) bool {
 		t.emit(event{kind: evDropped, host: dropped})
 	}
 	if applied {
-		t.emit(event{kind: evCooldown, host: host, reason: c.reason, until: c.until, note: c.note, remote: c.remote})
+		t.emit(event{kind: evCooldown, host: host, reason: c.reason, until: c.until, note: c.note, remote: c.remote,
+			status: c.status, retryAfter: c.retryAfter})
 	}
 	return applied
 }
@@ -549,10 +578,13 @@ func (t *Transport) UpdateHostPolicy(host string, p Policy) error {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	before := t.policies.Load().keyPolicy(key)
 	npt, id, err := t.policies.Load().withUpdate(key, p)
 	if err != nil {
 		return err
 	}
+	defer t.emit(event{kind: evPolicy, host: key, prevPolicy: policyTOML(before, p),
+		policy: policyTOML(npt.keyPolicy(key), p), note: "UpdateHostPolicy"})
 	// Entries are created under the registry lock with the policy table
 	// of that moment: publishing the table and updating the entries under
 	// the same lock leaves no entry behind.
@@ -650,14 +682,21 @@ func (t *Transport) hostStatus(h *hostState, now int64, s *Status, breakerUntil 
 // goroutine, which logs it (and, with a store, shares it). Events are rare:
 // the closed, healthy path emits none.
 type event struct {
-	kind     eventKind
-	host     string
-	role     string
-	from, to State
-	reason   Reason
-	until    int64 // ns since epoch
-	note     string
-	remote   bool // learnt from the store: not shared again
+	kind       eventKind
+	at         time.Time // when it happened; set by emit
+	host       string
+	role       string
+	from, to   State
+	reason     Reason
+	until      int64 // ns since epoch
+	note       string
+	remote     bool // learnt from the store: not shared again
+	failures   int  // evState to open: the consecutive failures that tripped it
+	status     int  // the last failure's status, or the Retry-After response's
+	errType    string
+	retryAfter time.Duration // evCooldown: as the server sent it
+
+	prevPolicy, policy string // evPolicy: the changed keys as TOML
 }
 
 type eventKind uint8
@@ -668,6 +707,7 @@ const (
 	evReset                      // a host was reset
 	evUntracked                  // requests go without a breaker: wakes logCounters
 	evDropped                    // a cooldown was dropped: too many hosts without an entry
+	evPolicy                     // a policy was changed
 )
 
 // emit shares ev with the store, if any, and queues it for logging
@@ -675,6 +715,9 @@ const (
 // the log and counted (the change itself has already happened, and store
 // writes are queued separately).
 func (t *Transport) emit(ev event) {
+	if ev.at.IsZero() {
+		ev.at = time.Now()
+	}
 	t.share(ev)
 	select {
 	case t.events <- ev:
@@ -698,6 +741,8 @@ func (t *Transport) loop() {
 	}
 	sweep := time.NewTicker(bareSweepInterval)
 	defer sweep.Stop()
+	summary := time.NewTicker(t.sink.cfg.SummaryInterval)
+	defer summary.Stop()
 	ctx := context.Background()
 	var logs counterLogs
 	for {
@@ -705,21 +750,27 @@ func (t *Transport) loop() {
 		case <-sweep.C:
 			t.reg.pruneBare(t.now())
 			t.logCounters(&logs)
+		case now := <-summary.C:
+			t.summarize(now)
+		case q := <-t.queries:
+			q()
 		case <-t.done:
 			for len(t.events) > 0 {
-				t.logEvent(<-t.events)
+				t.handle(<-t.events)
 			}
+			t.summarize(time.Now()) // the last, partial one
 			t.logCounters(&logs)
 			if t.sh != nil {
 				// One last attempt, bounded as a whole: Close must not hang
 				// on a store that is down.
 				fctx, cancel := context.WithTimeout(ctx, storeTimeout)
 				t.flush(fctx)
+				t.flushJournal(fctx)
 				cancel()
 			}
 			return
 		case ev := <-t.events:
-			t.logEvent(ev)
+			t.handle(ev)
 			t.logCounters(&logs)
 		case <-kick:
 			t.flush(ctx)
@@ -729,7 +780,21 @@ func (t *Transport) loop() {
 			t.flush(ctx)
 			t.pull(ctx)
 			t.publish(ctx)
+			t.flushJournal(ctx)
 		}
+	}
+}
+
+// handle logs an internal event and delivers it as an Event.
+func (t *Transport) handle(ev event) {
+	t.logEvent(ev)
+	switch ev.kind {
+	case evState, evCooldown, evReset, evPolicy:
+		e := t.toEvent(ev)
+		if e.Name == EventCooldown && e.RetryAfter > 0 && t.tel != nil {
+			t.tel.recordRetryAfter(context.Background(), e.Host, e.RetryAfter)
+		}
+		t.deliver(e)
 	}
 }
 

@@ -1,0 +1,242 @@
+package hostbreaker
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	otellog "go.opentelemetry.io/otel/log"
+	sdklog "go.opentelemetry.io/otel/sdk/log"
+)
+
+// memLogExporter keeps the log records exported to it.
+type memLogExporter struct {
+	mu      sync.Mutex
+	records []sdklog.Record
+}
+
+func (m *memLogExporter) Export(_ context.Context, rs []sdklog.Record) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, r := range rs {
+		m.records = append(m.records, r.Clone())
+	}
+	return nil
+}
+func (m *memLogExporter) Shutdown(context.Context) error   { return nil }
+func (m *memLogExporter) ForceFlush(context.Context) error { return nil }
+
+func (m *memLogExporter) all() []sdklog.Record {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]sdklog.Record(nil), m.records...)
+}
+
+func attrsOf(r sdklog.Record) map[string]string {
+	out := make(map[string]string)
+	r.WalkAttributes(func(kv attribute.KeyValue) bool {
+		out[string(kv.Key)] = kv.Value.Emit()
+		return true
+	})
+	return out
+}
+
+// eventLog collects the events a handler receives.
+type eventLog struct {
+	mu     sync.Mutex
+	events []Event
+}
+
+func (l *eventLog) add(ev Event) {
+	l.mu.Lock()
+	l.events = append(l.events, ev)
+	l.mu.Unlock()
+}
+
+func (l *eventLog) named(name string) []Event {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []Event
+	for _, ev := range l.events {
+		if ev.Name == name {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+func TestEventsFromTraffic(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		exp := &memLogExporter{}
+		lp := sdklog.NewLoggerProvider(sdklog.WithProcessor(sdklog.NewSimpleProcessor(exp)))
+		var got eventLog
+		base := newFakeHosts(func(req *http.Request) (*http.Response, error) {
+			switch req.URL.Host {
+			case "sick.test":
+				return status(500)(req)
+			case "slow.test":
+				return nil, timeoutError{}
+			case "busy.test":
+				return status(429, "Retry-After", "120")(req)
+			}
+			return status(200)(req)
+		})
+		cfg := Config{Defaults: Policy{FailMax: 3, ResetTimeout: time.Minute, HalfOpenJitter: -1},
+			Telemetry: TelemetryConfig{Process: "worker-1", SummaryInterval: 10 * time.Second}}
+		tr, err := NewTransport(base, WithConfig(cfg), WithLoggerProvider(lp), WithEventHandler(got.add))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := &http.Client{Transport: tr}
+		start := time.Now()
+		for range 4 {
+			do(t, c, RoleMetadata, "https://sick.test/works?secret=1")
+			do(t, c, "", "https://slow.test/")
+		}
+		do(t, c, "", "https://busy.test/private/path")
+		do(t, c, "", "https://ok.test/")
+		if err := tr.UpdateHostPolicy("ok.test", Policy{FailMax: 4, ResetTimeout: 30 * time.Second}); err != nil {
+			t.Fatal(err)
+		}
+		if err := tr.Reset("sick.test"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Second) // a summary
+		synctest.Wait()
+		do(t, c, "", "https://ok.test/")
+		tr.Close() // the last, partial summary
+
+		opens := got.named(EventStateChange)
+		var sick, slow *Event
+		for i, ev := range opens {
+			switch {
+			case ev.Host == "sick.test" && ev.State == StateOpen:
+				sick = &opens[i]
+			case ev.Host == "slow.test" && ev.State == StateOpen:
+				slow = &opens[i]
+			}
+		}
+		if sick == nil || sick.Role != RoleMetadata || sick.PreviousState != StateClosed || sick.Failures != 3 ||
+			sick.StatusCode != 500 || sick.Reason != ReasonBreakerOpen || !sick.Until.Equal(start.Add(time.Minute)) ||
+			!strings.HasPrefix(sick.Process, "worker-1#") {
+			t.Errorf("sick.test opening = %+v", sick)
+		}
+		if slow == nil || slow.ErrorType != "timeout" || slow.Failures != 3 {
+			t.Errorf("slow.test opening = %+v", slow)
+		}
+		cds := got.named(EventCooldown)
+		if len(cds) != 1 || cds[0].Host != "busy.test" || cds[0].Reason != ReasonRetryAfter || cds[0].StatusCode != 429 ||
+			cds[0].RetryAfter != 120*time.Second || !cds[0].Until.Equal(start.Add(120*time.Second)) {
+			t.Errorf("cooldowns = %+v", cds)
+		}
+		pcs := got.named(EventPolicyChange)
+		if len(pcs) != 1 || pcs[0].Host != "ok.test" || pcs[0].PreviousPolicy != "fail_max = 3\nreset_timeout = \"1m0s\"" ||
+			pcs[0].Policy != "fail_max = 4\nreset_timeout = \"30s\"" {
+			t.Errorf("policy changes = %+v", pcs)
+		}
+		if rs := got.named(EventReset); len(rs) != 1 || rs[0].Host != "sick.test" {
+			t.Errorf("resets = %+v", rs)
+		}
+		sums := got.named(EventSummary)
+		byKey := map[string][]Summary{}
+		for _, ev := range sums {
+			byKey[ev.Host+"/"+ev.Role] = append(byKey[ev.Host+"/"+ev.Role], *ev.Summary)
+		}
+		if s := byKey["sick.test/metadata"]; len(s) != 1 || s[0].Requests != 4 || s[0].Failures != 3 || s[0].Rejected != 1 ||
+			s[0].Status5xx != 3 || s[0].LongestFailureRun != 3 || s[0].Outcomes.String() == "" {
+			t.Errorf("sick.test summaries = %+v", s)
+		}
+		if s := byKey["slow.test/"]; len(s) != 1 || s[0].Timeouts != 3 || s[0].Rejected != 1 {
+			t.Errorf("slow.test summaries = %+v", s)
+		}
+		if s := byKey["busy.test/"]; len(s) != 1 || s[0].Status429 != 1 || s[0].Neutral != 1 {
+			t.Errorf("busy.test summaries = %+v", s)
+		}
+		if s := byKey["ok.test/"]; len(s) != 2 || s[0].Successes != 1 || s[1].Successes != 1 {
+			t.Errorf("ok.test summaries (one per interval with activity) = %+v", s)
+		}
+
+		// The same events, in the same order, went to the OTel logger.
+		recs := exp.all()
+		got.mu.Lock()
+		all := got.events
+		got.mu.Unlock()
+		if len(recs) != len(all) {
+			t.Fatalf("%d log records, %d events", len(recs), len(all))
+		}
+		for i, r := range recs {
+			a := attrsOf(r)
+			if r.EventName() != all[i].Name || a["server.address"] != all[i].Host {
+				t.Errorf("record %d = %s %v, event %s %s", i, r.EventName(), a, all[i].Name, all[i].Host)
+			}
+			want := otellog.SeverityInfo
+			if all[i].Name == EventCooldown || all[i].Name == EventStateChange && all[i].State == StateOpen {
+				want = otellog.SeverityWarn
+			}
+			if r.Severity() != want {
+				t.Errorf("record %d (%s) severity %v, want %v", i, r.EventName(), r.Severity(), want)
+			}
+			for k, v := range a {
+				if strings.Contains(v, "secret") || strings.Contains(v, "/private") || strings.Contains(v, "works") {
+					t.Errorf("record %d attribute %s = %q carries a path or query", i, k, v)
+				}
+			}
+		}
+		// The in-memory journal holds them too.
+		if evs := tr.Events(time.Time{}); len(evs) != len(all) {
+			t.Errorf("Events = %d, want %d", len(evs), len(all))
+		}
+		if evs := tr.Events(start.Add(5 * time.Second)); len(evs) == 0 || evs[0].Time.Before(start.Add(5*time.Second)) {
+			t.Errorf("Events(since) = %+v", evs)
+		}
+	})
+}
+
+func TestInMemoryJournalIsBounded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := Config{Telemetry: TelemetryConfig{JournalMaxEvents: 10, JournalRetention: time.Hour}}
+		_, tr := client(t, newFakeHosts(status(200)), cfg)
+		for i := range 30 {
+			if err := tr.Open("a.test", time.Duration(i+1)*time.Minute, ""); err != nil {
+				t.Fatal(err)
+			}
+		}
+		synctest.Wait()
+		if evs := tr.Events(time.Time{}); len(evs) != 10 || evs[9].Until.Sub(evs[0].Until) != 9*time.Minute {
+			t.Fatalf("journal = %d events", len(evs))
+		}
+		time.Sleep(2 * time.Hour)
+		if err := tr.Reset("a.test"); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		if evs := tr.Events(time.Time{}); len(evs) != 1 || evs[0].Name != EventReset {
+			t.Fatalf("after the retention, journal = %+v", evs)
+		}
+	})
+}
+
+func TestTelemetryConfig(t *testing.T) {
+	c, err := ParseConfig([]byte("[telemetry]\nprocess = \"harvester-3\"\nmax_hosts = 50\nsummary_interval = \"30s\"\njournal = false\njournal_retention = \"2h\"\njournal_max_events = 500\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := TelemetryConfig{Process: "harvester-3", MaxHosts: 50, SummaryInterval: 30 * time.Second, NoJournal: true,
+		JournalRetention: 2 * time.Hour, JournalMaxEvents: 500}
+	if c.Telemetry != want {
+		t.Fatalf("telemetry = %+v", c.Telemetry)
+	}
+	for _, bad := range []string{"max_hosts = 0", "summary_interval = \"0s\"", "journal_max_events = -1", "journal_retention = \"-1h\"", "nosuch = 1"} {
+		_, err := ParseConfig([]byte("[telemetry]\n" + bad + "\n"))
+		var ce *ConfigError
+		if !errors.As(err, &ce) || ce.Line != 2 || !strings.HasPrefix(ce.Key, "telemetry.") {
+			t.Errorf("%q: %v", bad, err)
+		}
+	}
+}

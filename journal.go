@@ -1,0 +1,348 @@
+package hostbreaker
+
+import (
+	"context"
+	"os"
+	"slices"
+	"strconv"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	otellog "go.opentelemetry.io/otel/log"
+	"go.opentelemetry.io/otel/log/global"
+)
+
+// This file turns the Transport's internal events into Events and delivers
+// them, on the background goroutine only: to the WithEventHandler callback,
+// to the OpenTelemetry logger, and to the journal (the store's, or an
+// in-memory one). It also builds the periodic summaries.
+
+// eventSink is the part of a Transport that delivers events. It is owned
+// by the background goroutine, except where a field says otherwise.
+type eventSink struct {
+	process string
+	cfg     TelemetryConfig // with defaults
+	handler func(Event)
+	logger  otellog.Logger
+
+	mem      []Event   // the in-memory journal, oldest first; bounded by cfg
+	pending  []Event   // events for the store's journal; bounded by maxPendingEvents
+	lost     uint64    // journal events dropped: pending full, or trimmed by the store's bounds
+	lastSumm time.Time // when the last summary was emitted
+	seen     map[*entry]Summary
+}
+
+// maxPendingEvents bounds the events waiting for the store's journal while
+// it is down; past it the oldest are dropped and counted.
+const maxPendingEvents = 10000
+
+// processName returns the name of this process in events and the journal.
+func processName(c TelemetryConfig) string {
+	if c.Process != "" {
+		return c.Process
+	}
+	host, _ := os.Hostname()
+	return host + ":" + strconv.Itoa(os.Getpid())
+}
+
+func newEventSink(process string, c TelemetryConfig, lp otellog.LoggerProvider, handler func(Event)) *eventSink {
+	if lp == nil {
+		lp = global.GetLoggerProvider()
+	}
+	return &eventSink{
+		process:  process,
+		cfg:      c,
+		handler:  handler,
+		logger:   lp.Logger(instrumentationName, otellog.WithInstrumentationVersion(instrumentationVersion)),
+		lastSumm: time.Now(),
+		seen:     make(map[*entry]Summary),
+	}
+}
+
+// instrumentationName and instrumentationVersion name this library to
+// OpenTelemetry, as otelhttp names itself.
+const (
+	instrumentationName    = "github.com/hostbreaker/hostbreaker"
+	instrumentationVersion = "0.3.0"
+)
+
+// toEvent turns an internal event into an Event.
+func (t *Transport) toEvent(ev event) Event {
+	e := Event{Time: ev.at, Process: t.sink.process, Host: ev.host, Role: ev.role, Remote: ev.remote}
+	switch ev.kind {
+	case evState:
+		e.Name, e.State, e.PreviousState = EventStateChange, ev.to, ev.from
+		if ev.to == StateOpen {
+			e.Reason, e.Until = ReasonBreakerOpen, t.at(ev.until)
+			e.Failures, e.StatusCode, e.ErrorType = ev.failures, ev.status, ev.errType
+		}
+	case evCooldown:
+		e.Name, e.Reason, e.Until, e.Note = EventCooldown, ev.reason, t.at(ev.until), ev.note
+		e.StatusCode, e.RetryAfter = ev.status, ev.retryAfter
+	case evReset:
+		e.Name = EventReset
+	case evPolicy:
+		e.Name, e.PreviousPolicy, e.Policy, e.Note = EventPolicyChange, ev.prevPolicy, ev.policy, ev.note
+	}
+	return e
+}
+
+// deliver hands an Event to the handler, the OpenTelemetry logger and the
+// journal.
+func (t *Transport) deliver(ev Event) {
+	s := t.sink
+	if s.handler != nil {
+		s.handler(ev)
+	}
+	s.emitLog(ev)
+	if s.cfg.NoJournal {
+		return
+	}
+	s.remember(ev, t.sh == nil)
+	if t.sh != nil {
+		if len(s.pending) >= maxPendingEvents {
+			s.pending = slices.Delete(s.pending, 0, len(s.pending)-maxPendingEvents+1)
+			s.lost++
+		}
+		s.pending = append(s.pending, ev)
+	}
+}
+
+// remember keeps ev in the in-memory journal, within its bounds. Without a
+// store that journal is the only one, and what it drops is counted.
+func (s *eventSink) remember(ev Event, only bool) {
+	s.mem = append(s.mem, ev)
+	cut := max(0, len(s.mem)-s.cfg.JournalMaxEvents)
+	oldest := ev.Time.Add(-s.cfg.JournalRetention)
+	for cut < len(s.mem) && s.mem[cut].Time.Before(oldest) {
+		cut++
+	}
+	if cut > 0 {
+		if only {
+			s.lost += uint64(cut)
+		}
+		s.mem = slices.Delete(s.mem, 0, cut)
+	}
+}
+
+// emitLog emits ev as an OpenTelemetry log record with its event name.
+// Severity: WARN for a breaker opening and a cooldown, INFO otherwise.
+func (s *eventSink) emitLog(ev Event) {
+	ctx := context.Background()
+	if !s.logger.Enabled(ctx, otellog.EnabledParameters{EventName: ev.Name, Severity: severityOf(ev)}) {
+		return
+	}
+	var r otellog.Record
+	r.SetEventName(ev.Name)
+	r.SetTimestamp(ev.Time)
+	r.SetObservedTimestamp(time.Now())
+	sev := severityOf(ev)
+	r.SetSeverity(sev)
+	r.SetSeverityText(sev.String())
+	r.SetBody(attribute.StringValue(ev.Name + " " + ev.Host))
+	r.AddAttributes(eventAttributes(ev)...)
+	s.logger.Emit(ctx, r)
+}
+
+func severityOf(ev Event) otellog.Severity {
+	if ev.Name == EventCooldown || ev.Name == EventStateChange && ev.State == StateOpen {
+		return otellog.SeverityWarn
+	}
+	return otellog.SeverityInfo
+}
+
+// eventAttributes returns the OpenTelemetry attributes of ev: semantic
+// conventions where they fit, the hostbreaker.* namespace for the rest.
+func eventAttributes(ev Event) []attribute.KeyValue {
+	kv := []attribute.KeyValue{
+		attribute.String("server.address", ev.Host),
+		attribute.String("hostbreaker.process", ev.Process),
+	}
+	str := func(k, v string) {
+		if v != "" {
+			kv = append(kv, attribute.String(k, v))
+		}
+	}
+	switch ev.Name {
+	case EventStateChange:
+		kv = append(kv, attribute.String("hostbreaker.role", ev.Role),
+			attribute.String("hostbreaker.state.previous", ev.PreviousState.String()),
+			attribute.String("hostbreaker.state", ev.State.String()))
+		str("hostbreaker.reason", string(ev.Reason))
+		if !ev.Until.IsZero() {
+			str("hostbreaker.until", ev.Until.UTC().Format(time.RFC3339Nano))
+		}
+		if ev.Failures > 0 {
+			kv = append(kv, attribute.Int("hostbreaker.failures", ev.Failures))
+		}
+		if ev.StatusCode != 0 {
+			kv = append(kv, attribute.Int("http.response.status_code", ev.StatusCode))
+		}
+		str("error.type", ev.ErrorType)
+	case EventCooldown:
+		str("hostbreaker.reason", string(ev.Reason))
+		str("hostbreaker.until", ev.Until.UTC().Format(time.RFC3339Nano))
+		str("hostbreaker.note", ev.Note)
+		if ev.StatusCode != 0 {
+			kv = append(kv, attribute.Int("http.response.status_code", ev.StatusCode))
+		}
+		if ev.RetryAfter > 0 {
+			kv = append(kv, attribute.Float64("hostbreaker.retry_after", ev.RetryAfter.Seconds()))
+		}
+	case EventPolicyChange:
+		kv = append(kv, attribute.String("hostbreaker.role", ev.Role))
+		str("hostbreaker.policy.previous", ev.PreviousPolicy)
+		str("hostbreaker.policy", ev.Policy)
+		str("hostbreaker.note", ev.Note)
+	case EventSummary:
+		kv = append(kv, attribute.String("hostbreaker.role", ev.Role),
+			attribute.Float64("hostbreaker.interval", ev.Interval.Seconds()))
+		if s := ev.Summary; s != nil {
+			for _, c := range []struct {
+				k string
+				v uint64
+			}{
+				{"hostbreaker.requests", s.Requests}, {"hostbreaker.successes", s.Successes},
+				{"hostbreaker.failures", s.Failures}, {"hostbreaker.neutral", s.Neutral},
+				{"hostbreaker.rejected", s.Rejected}, {"hostbreaker.responses_429", s.Status429},
+				{"hostbreaker.responses_5xx", s.Status5xx}, {"hostbreaker.timeouts", s.Timeouts},
+				{"hostbreaker.probes.succeeded", s.ProbesOK}, {"hostbreaker.probes.failed", s.ProbesFail},
+				{"hostbreaker.longest_failure_run", s.LongestFailureRun},
+			} {
+				kv = append(kv, attribute.Int64("hostbreaker."+c.k[len("hostbreaker."):], int64(c.v)))
+			}
+			if len(s.Outcomes) > 0 {
+				kv = append(kv, attribute.String("hostbreaker.outcomes", s.Outcomes.String()))
+			}
+		}
+	}
+	return kv
+}
+
+// String encodes o compactly, as the journal documents it: runs separated
+// by spaces, each KIND COUNT @ unix-ms of its first outcome, with KIND s
+// (success), f (failure) or r (rejected): "s12@1764300000000 f5@…".
+func (o Outcomes) String() string {
+	var b []byte
+	for i, r := range o {
+		if i > 0 {
+			b = append(b, ' ')
+		}
+		b = append(b, "?sfr"[min(int(r.Kind), 3)])
+		b = strconv.AppendUint(b, r.Count, 10)
+		b = append(b, '@')
+		b = strconv.AppendInt(b, r.At.UnixMilli(), 10)
+	}
+	return string(b)
+}
+
+// summarize emits a summary event for each (host, role) with activity since
+// the last summary.
+func (t *Transport) summarize(now time.Time) {
+	s := t.sink
+	interval := now.Sub(s.lastSumm)
+	s.lastSumm = now
+	live := make(map[*entry]bool)
+	t.reg.eachUnlocked(func(h *hostState, e *entry) {
+		if e != nil {
+			live[e] = true
+			t.summarizeEntry(e, now, interval)
+		}
+	})
+	for e := range s.seen {
+		if !live[e] {
+			t.summarizeEntry(e, now, interval) // evicted: its last activity
+			delete(s.seen, e)
+		}
+	}
+}
+
+// summarizeEntry emits the summary of e's activity since the last one, if
+// any.
+func (t *Transport) summarizeEntry(e *entry, now time.Time, interval time.Duration) {
+	s := t.sink
+	cur := Summary{
+		Successes: e.successes.Load(), Failures: e.failures.Load(),
+		Neutral: e.neutral.Load(), Rejected: e.rejected.Load(),
+	}
+	if st := e.more.Load(); st != nil {
+		cur.Status429, cur.Status5xx, cur.Timeouts = st.status429.Load(), st.status5xx.Load(), st.timeouts.Load()
+		cur.ProbesOK, cur.ProbesFail = st.probesOK.Load(), st.probesFail.Load()
+	}
+	prev := s.seen[e]
+	s.seen[e] = cur
+	d := Summary{
+		Successes: cur.Successes - prev.Successes, Failures: cur.Failures - prev.Failures,
+		Neutral: cur.Neutral - prev.Neutral, Rejected: cur.Rejected - prev.Rejected,
+		Status429: cur.Status429 - prev.Status429, Status5xx: cur.Status5xx - prev.Status5xx,
+		Timeouts: cur.Timeouts - prev.Timeouts, ProbesOK: cur.ProbesOK - prev.ProbesOK,
+		ProbesFail: cur.ProbesFail - prev.ProbesFail,
+	}
+	d.Requests = d.Successes + d.Failures + d.Neutral + d.Rejected
+	d.Outcomes, d.LongestFailureRun = e.take(now)
+	if d.Requests == 0 && len(d.Outcomes) == 0 {
+		return
+	}
+	t.deliver(Event{Name: EventSummary, Time: now, Process: s.process, Host: e.host.name, Role: e.role,
+		Interval: interval, Summary: &d})
+}
+
+// flushJournal appends the pending events to the store's journal.
+func (t *Transport) flushJournal(ctx context.Context) {
+	s := t.sink
+	if t.sh == nil || len(s.pending) == 0 {
+		return
+	}
+	js, ok := t.sh.store.(journalStore)
+	if !ok {
+		s.pending = s.pending[:0]
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	dropped, err := js.AppendEvents(cctx, s.pending, JournalLimits{Retention: s.cfg.JournalRetention, MaxEvents: s.cfg.JournalMaxEvents})
+	cancel()
+	if err != nil {
+		t.storeError(opJournal, err)
+		return // kept, bounded, for the next flush
+	}
+	s.lost += uint64(dropped)
+	s.pending = s.pending[:0]
+}
+
+// journalStore is the journal part of a Store.
+type journalStore interface {
+	AppendEvents(ctx context.Context, events []Event, limits JournalLimits) (dropped int, err error)
+}
+
+// Events returns this Transport's events at or after since, oldest first,
+// from its in-memory journal (bounded like the store's by [telemetry]
+// journal_retention and journal_max_events). With a store, [ReadJournal]
+// returns every process's events. It is safe for concurrent use.
+func (t *Transport) Events(since time.Time) []Event {
+	reply := make(chan []Event, 1)
+	select {
+	case t.queries <- func() { reply <- t.sink.since(since) }:
+		return <-reply
+	case <-t.done:
+		// Closed: once the background goroutine is gone, nothing else
+		// touches the sink.
+		t.wg.Wait()
+		return t.sink.since(since)
+	}
+}
+
+// since returns the in-memory journal's events at or after since.
+func (s *eventSink) since(since time.Time) []Event {
+	var out []Event
+	for _, ev := range s.mem {
+		if !ev.Time.Before(since) {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+// telemetry is the Transport's metrics (otel.go).
+type telemetry struct{}
+
+func (tel *telemetry) recordRetryAfter(ctx context.Context, host string, d time.Duration) {}
