@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"slices"
 	"strings"
@@ -143,7 +142,7 @@ func NewTransport(base http.RoundTripper, opts ...Option) (*Transport, error) {
 		rolling: o.config.Rolling.withDefaults(),
 	}
 	tc := o.config.Telemetry.withDefaults()
-	process := fmt.Sprintf("%s#%04x", processName(tc), rand.Uint32N(1<<16))
+	process := fmt.Sprintf("%s#%d", processName(tc), transportSeq.Add(1))
 	t.sink = newEventSink(process, tc, o.loggers, o.handler)
 	t.policies.Store(pt)
 	required := o.config.Store.Required
@@ -178,6 +177,10 @@ func NewTransport(base http.RoundTripper, opts ...Option) (*Transport, error) {
 	go t.loop()
 	return t, nil
 }
+
+// transportSeq numbers the Transports of this process, so that each has a
+// name of its own in events, the journal and the store.
+var transportSeq atomic.Uint64
 
 // StoreErr returns the error of the Transport's last exchange with its
 // store, or nil when that exchange succeeded or there is no store. Store
@@ -801,7 +804,7 @@ func (t *Transport) handle(ev event) {
 // counterLogs is what the background goroutine last logged of the
 // counters that logCounters reports.
 type counterLogs struct {
-	dropped, untracked, cooldownsDropped counterLog
+	dropped, untracked, cooldownsDropped, journalLost counterLog
 }
 
 type counterLog struct {
@@ -828,6 +831,9 @@ func (t *Transport) logCounters(l *counterLogs) {
 	if n := t.untracked.Load(); due(&l.untracked, n) {
 		t.log.Warn("hostbreaker: registry full of protected entries; requests to new (host, role)s go without a breaker (host cooldowns still apply)",
 			"max_hosts", t.reg.max, "untracked_total", n)
+	}
+	if n := t.sink.lost; due(&l.journalLost, n) {
+		t.log.Warn("hostbreaker: journal events dropped (its bounds, or the store was down too long)", "dropped_total", n)
 	}
 	if n := t.cooldownsDropped.Load(); due(&l.cooldownsDropped, n) {
 		t.log.Warn("hostbreaker: too many hosts cooling down without a breaker; dropped the cooldowns that end soonest",
