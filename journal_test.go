@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -696,6 +698,106 @@ func FuzzDecodeEvent(f *testing.F) {
 		}
 		if enc2 := encodeEvent(ev2); string(enc2) != string(enc) {
 			t.Fatalf("encoding not stable:\n  %s\n  %s", enc, enc2)
+		}
+	})
+}
+
+// journalBenchEvents returns n events of four processes, one a
+// millisecond from t0 on, a mix of the event kinds.
+func journalBenchEvents(t0 time.Time, n int) []Event {
+	evs := make([]Event, n)
+	for i := range evs {
+		evs[i] = journalTestEvent(fmt.Sprintf("bench-host:%d/t1", i%4), t0.Add(time.Duration(i)*time.Millisecond), i)
+	}
+	return evs
+}
+
+// journalBenchStores runs f against a new bbolt store and a new Redis store.
+func journalBenchStores(b *testing.B, f func(b *testing.B, s Store)) {
+	b.Run("bbolt", func(b *testing.B) {
+		s, err := openBoltStore(boltTestPath(b))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = s.Close() })
+		f(b, s)
+	})
+	b.Run("redis", func(b *testing.B) {
+		prefix := fmt.Sprintf("hbbench:%d-%d:", os.Getpid(), time.Now().UnixNano())
+		s, err := OpenStore("redis://" + testRedisAddr + "/0?prefix=" + url.QueryEscape(prefix))
+		if err != nil {
+			b.Fatal(err)
+		}
+		c := redis.NewClient(&redis.Options{Addr: testRedisAddr})
+		b.Cleanup(func() {
+			_ = s.Close()
+			ctx := context.Background()
+			iter := c.Scan(ctx, 0, globEscape(prefix)+"*", 1000).Iterator()
+			for iter.Next(ctx) {
+				c.Del(ctx, iter.Val())
+			}
+			_ = c.Close()
+		})
+		if err := c.Ping(context.Background()).Err(); err != nil {
+			b.Skipf("Redis unreachable: %v", err)
+		}
+		f(b, s)
+	})
+}
+
+// journalBenchFill appends n events from t0 on to s, in batches of 5,000.
+func journalBenchFill(b *testing.B, s Store, t0 time.Time, n int) {
+	for batch := range slices.Chunk(journalBenchEvents(t0, n), 5000) {
+		if _, err := s.AppendEvents(context.Background(), batch, JournalLimits{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkJournalAppend appends a batch of 100 events under the default
+// limits, to an empty journal and to a full one (100,000 events, so that
+// each batch drops the 100 oldest).
+func BenchmarkJournalAppend(b *testing.B) {
+	limits := JournalLimits{Retention: defaultJournalRetention, MaxEvents: defaultJournalMax}
+	for _, full := range []bool{false, true} {
+		name := "empty"
+		if full {
+			name = "full"
+		}
+		b.Run(name, func(b *testing.B) {
+			journalBenchStores(b, func(b *testing.B, s Store) {
+				t0 := time.Now().Add(-time.Hour)
+				if full {
+					journalBenchFill(b, s, t0, limits.MaxEvents)
+				}
+				batch := journalBenchEvents(time.Now(), 100)
+				b.ReportAllocs()
+				for b.Loop() {
+					if _, err := s.AppendEvents(context.Background(), batch, limits); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkJournalRead100k reads a journal of 100,000 events since the
+// start.
+func BenchmarkJournalRead100k(b *testing.B) {
+	journalBenchStores(b, func(b *testing.B, s Store) {
+		const n = 100_000
+		t0 := time.Now().Add(-time.Hour)
+		journalBenchFill(b, s, t0, n)
+		b.ReportAllocs()
+		for b.Loop() {
+			evs, err := s.Events(context.Background(), t0)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if len(evs) != n {
+				b.Fatalf("read %d events, want %d", len(evs), n)
+			}
 		}
 	})
 }
