@@ -666,6 +666,36 @@ func TestJournalRedisEmptyBatch(t *testing.T) {
 	}
 }
 
+// TestDecodeJournal checks decodeJournal on a read large enough to be
+// decoded on several goroutines: it keeps the events that decode and are
+// at or after since, in order, and puts an event out of place in time
+// order.
+func TestDecodeJournal(t *testing.T) {
+	t0 := time.Now()
+	n := 3*decodeJournalMin + 17
+	var values [][]byte
+	var want []Event
+	for i := range n {
+		ev := Event{Name: EventCooldown, Time: t0.Add(time.Duration(i) * time.Microsecond), Note: fmt.Sprint(i)}
+		switch {
+		case i%1000 == 999:
+			values = append(values, []byte("junk"))
+		case i < 100:
+			old := ev
+			old.Time = t0.Add(-time.Hour)
+			values = append(values, encodeEvent(old))
+		default:
+			values = append(values, encodeEvent(ev))
+			want = append(want, ev)
+		}
+	}
+	late := Event{Name: EventReset, Time: t0.Add(time.Duration(n/2) * time.Microsecond), Note: "late"}
+	values = append(values, encodeEvent(late))
+	want = slices.Insert(want, slices.IndexFunc(want, func(ev Event) bool { return ev.Time.After(late.Time) }), late)
+	got := decodeJournal(values, t0)
+	checkIDs(t, "decodeJournal", got, want)
+}
+
 func FuzzDecodeEvent(f *testing.F) {
 	t0 := time.Date(2025, 3, 1, 12, 0, 0, 123456789, time.UTC)
 	for i := range 5 {

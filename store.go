@@ -9,8 +9,10 @@ import (
 	"maps"
 	"net/url"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -89,6 +91,54 @@ func ReadJournal(ctx context.Context, s Store, since time.Time) ([]Event, error)
 	evs = slices.DeleteFunc(evs, func(ev Event) bool { return ev.Time.Before(since) })
 	slices.SortStableFunc(evs, compareEvents)
 	return evs, nil
+}
+
+// decodeJournalMin is the least number of stored events that
+// decodeJournal decodes on more than one goroutine.
+const decodeJournalMin = 4096
+
+// decodeJournal returns the events of values, stored forms of events in
+// time order as a journal returns them, that decode and whose Time is at
+// or after since, in the order of values and sorted by Time (stably: a
+// value written otherwise may be out of place). Decoding is most of the
+// cost of reading a journal, so a large read is decoded on up to
+// GOMAXPROCS goroutines, which have all returned when it returns.
+func decodeJournal(values [][]byte, since time.Time) []Event {
+	out := make([]Event, len(values))
+	// decode decodes values[lo:hi] into out[lo:], and returns how many
+	// events it kept.
+	decode := func(lo, hi int) int {
+		n := lo
+		for _, v := range values[lo:hi] {
+			if ev, err := decodeEvent(v); err == nil && !ev.Time.Before(since) {
+				out[n] = ev
+				n++
+			}
+		}
+		return n - lo
+	}
+	if parts := min(runtime.GOMAXPROCS(0), len(values)/decodeJournalMin); parts <= 1 {
+		out = out[:decode(0, len(values))]
+	} else {
+		kept := make([]int, parts)
+		var wg sync.WaitGroup
+		for i := range parts {
+			wg.Go(func() { kept[i] = decode(i*len(values)/parts, (i+1)*len(values)/parts) })
+		}
+		wg.Wait()
+		n := 0
+		for i, k := range kept {
+			lo := i * len(values) / parts
+			n += copy(out[n:], out[lo:lo+k])
+		}
+		clear(out[n:]) // drop the copies' references
+		out = out[:n]
+	}
+	byTime := func(a, b Event) int { return a.Time.Compare(b.Time) }
+	if !slices.IsSortedFunc(out, byTime) {
+		slices.SortStableFunc(out, byTime)
+	}
+	return out
 }
 
 // compareEvents orders events by Time, then Process, then Name.

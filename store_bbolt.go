@@ -735,6 +735,9 @@ func (s *boltStore) PublishStates(ctx context.Context, source string, states []P
 // boltJournalKeyLen is the length of a key of the journal bucket.
 const boltJournalKeyLen = 16
 
+// boltJournalChunk is the size of the buffers that Events copies entries to.
+const boltJournalChunk = 1 << 20
+
 // boltJournalKey returns the journal key of an event whose Time is ns Unix
 // nanoseconds and that the journal numbered seq: ns as 8 big-endian bytes
 // with the sign bit flipped, so that keys sort in time order (times before
@@ -887,50 +890,42 @@ func boltJournalRecount(b *bolt.Bucket) uint64 {
 // Events returns the journal's events whose Time is at or after since, in
 // time order (events of one nanosecond in the order they were appended).
 // It copies the entries from the key of since on in one read-only
-// transaction and decodes them after it ends, so that the file lock is
-// held for the time of a copy, not of the decoding. Entries that do not
-// decode, or whose key is not one AppendEvents writes, are skipped.
+// transaction and decodes them after it ends (see decodeJournal), so that
+// the file lock is held for the time of a copy, not of the decoding.
+// Entries that do not decode, or whose key is not one AppendEvents
+// writes, are skipped.
 func (s *boltStore) Events(ctx context.Context, since time.Time) ([]Event, error) {
 	if err := s.check(ctx, "events"); err != nil {
 		return nil, err
 	}
-	var (
-		buf  []byte
-		ends []int // ends[i] is the end in buf of the i-th value
-	)
+	var values [][]byte
 	err := s.run(ctx, true, func(tx *bolt.Tx) error {
+		values = values[:0]
 		b := tx.Bucket(boltJournal)
 		if b == nil {
 			return nil
 		}
+		// Values live in the memory map only until the transaction ends:
+		// copy them to chunks of boltJournalChunk bytes, which, unlike one
+		// growing buffer, are never copied again.
+		var chunk []byte
 		c := b.Cursor()
 		for k, v := c.Seek(boltJournalFrom(since)); k != nil; k, v = c.Next() {
 			if len(k) != boltJournalKeyLen || v == nil {
 				continue
 			}
-			buf = append(buf, v...)
-			ends = append(ends, len(buf))
+			if cap(chunk)-len(chunk) < len(v) {
+				chunk = make([]byte, 0, max(boltJournalChunk, len(v)))
+			}
+			chunk = append(chunk, v...)
+			values = append(values, chunk[len(chunk)-len(v):len(chunk):len(chunk)])
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bbolt store %s: events: %w", s.path, err)
 	}
-	out := make([]Event, 0, len(ends))
-	start := 0
-	for _, end := range ends {
-		ev, err := decodeEvent(buf[start:end:end])
-		start = end
-		if err != nil || ev.Time.Before(since) {
-			continue
-		}
-		out = append(out, ev)
-	}
-	// A key's time is its event's, unless an entry was written otherwise.
-	if !slices.IsSortedFunc(out, func(a, b Event) int { return a.Time.Compare(b.Time) }) {
-		slices.SortStableFunc(out, func(a, b Event) int { return a.Time.Compare(b.Time) })
-	}
-	return out, nil
+	return decodeJournal(values, since), nil
 }
 
 // Changes returns nil: a bbolt store is polled.

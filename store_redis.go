@@ -603,7 +603,7 @@ func (s *redisStore) AppendEvents(ctx context.Context, events []Event, limits Jo
 // Events returns the journal's events whose Time is at or after since, in
 // time order. It reads the members scored from since's millisecond on,
 // redisJournalPage at a time, and keeps those that decode and whose Time
-// is at or after since. The pages are not one snapshot: an event appended
+// is at or after since (see decodeJournal). The pages are not one snapshot: an event appended
 // or dropped while Events reads may or may not be returned.
 func (s *redisStore) Events(ctx context.Context, since time.Time) ([]Event, error) {
 	key := s.prefix + redisJournal
@@ -614,18 +614,12 @@ func (s *redisStore) Events(ctx context.Context, since time.Time) ([]Event, erro
 		}
 		minScore = strconv.FormatInt(redisFloorMilli(since.UnixNano()), 10)
 	}
-	var out []Event
+	var values [][]byte
 	add := func(members []redis.Z) {
 		for _, m := range members {
-			v, _ := m.Member.(string)
-			if len(v) <= redisJournalTagLen {
-				continue
+			if v, _ := m.Member.(string); len(v) > redisJournalTagLen {
+				values = append(values, []byte(v[redisJournalTagLen:]))
 			}
-			ev, err := decodeEvent([]byte(v[redisJournalTagLen:]))
-			if err != nil || ev.Time.Before(since) {
-				continue
-			}
-			out = append(out, ev)
 		}
 	}
 	for {
@@ -658,11 +652,9 @@ func (s *redisStore) Events(ctx context.Context, since time.Time) ([]Event, erro
 		minScore = "(" + lastScore
 	}
 	// Members of one millisecond sort by their tag, which starts with the
-	// nanoseconds; sort anyway, for members written otherwise.
-	if !slices.IsSortedFunc(out, func(a, b Event) int { return a.Time.Compare(b.Time) }) {
-		slices.SortStableFunc(out, func(a, b Event) int { return a.Time.Compare(b.Time) })
-	}
-	return out, nil
+	// nanoseconds: values are in time order, but for members written
+	// otherwise, which decodeJournal puts in place.
+	return decodeJournal(values, since), nil
 }
 
 // Changes returns a channel that receives a value when a Put of any store
