@@ -550,8 +550,8 @@ type PublishedState struct {
 //     query parameter prefix sets the key prefix (default "hostbreaker:");
 //     a prefix that does not end in ':' gets one (prefix=app means
 //     "app:"). Every key of the store (records, markers, published states,
-//     the indexes of hosts and sources) and its change channel live under
-//     the prefix: stores with the same prefix in the same database are
+//     the indexes of hosts and sources, the journal) and its change
+//     channel live under the prefix: stores with the same prefix in the same database are
 //     one store, and stores with different prefixes share nothing, even
 //     when one prefix extends the other. Other query parameters are
 //     go-redis options.

@@ -79,6 +79,11 @@ var errBoltClosed = errors.New("store is closed")
 // Writes prune expired entries at most once per boltPruneInterval per
 // process and file (see boltFile); in between, a Put only tidies the host it
 // writes.
+//
+// The journal has buckets of its own, which the cache and the prunes leave
+// alone: AppendEvents enforces its limits, and Events reads it afresh each
+// time. An append is a write like any other, though: the next Records or
+// States of every process reads the file again.
 type boltStore struct {
 	path string        // absolute path of the file
 	file *boltFile     // this process's state of the file, shared with other boltStores of path
