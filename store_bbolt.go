@@ -10,6 +10,7 @@ import (
 	"io"
 	"io/fs"
 	"maps"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -48,6 +49,15 @@ var (
 	boltResets = []byte("resets")
 	// boltStates maps a source to encodeStates of what it published.
 	boltStates = []byte("states")
+	// boltJournal maps boltJournalKey of an event to its encodeEvent. It
+	// is created by the first AppendEvents, and only AppendEvents writes
+	// it. Its sequence (NextSequence) numbers the events appended.
+	boltJournal = []byte("journal")
+	// boltJournalInfo holds, under boltJournalCount, the number of
+	// entries of boltJournal as 8 big-endian bytes, so that AppendEvents
+	// enforces MaxEvents without counting them.
+	boltJournalInfo  = []byte("journal-info")
+	boltJournalCount = []byte("count")
 )
 
 // errBoltClosed is wrapped by every call made on a bbolt store after Close.
@@ -69,6 +79,11 @@ var errBoltClosed = errors.New("store is closed")
 // Writes prune expired entries at most once per boltPruneInterval per
 // process and file (see boltFile); in between, a Put only tidies the host it
 // writes.
+//
+// The journal has buckets of its own, which the cache and the prunes leave
+// alone: AppendEvents enforces its limits, and Events reads it afresh each
+// time. An append is a write like any other, though: the next Records or
+// States of every process reads the file again.
 type boltStore struct {
 	path string        // absolute path of the file
 	file *boltFile     // this process's state of the file, shared with other boltStores of path
@@ -720,6 +735,202 @@ func (s *boltStore) PublishStates(ctx context.Context, source string, states []P
 		return fmt.Errorf("bbolt store %s: publish states of %s: %w", s.path, source, err)
 	}
 	return nil
+}
+
+// boltJournalKeyLen is the length of a key of the journal bucket.
+const boltJournalKeyLen = 16
+
+// boltJournalChunk is the size of the buffers that Events copies entries to.
+const boltJournalChunk = 1 << 20
+
+// boltJournalKey returns the journal key of an event whose Time is ns Unix
+// nanoseconds and that the journal numbered seq: ns as 8 big-endian bytes
+// with the sign bit flipped, so that keys sort in time order (times before
+// 1970 included), then seq as 8 big-endian bytes, which makes the key
+// unique among the events of one nanosecond.
+func boltJournalKey(ns int64, seq uint64) []byte {
+	k := make([]byte, boltJournalKeyLen)
+	binary.BigEndian.PutUint64(k, uint64(ns)^(1<<63))
+	binary.BigEndian.PutUint64(k[8:], seq)
+	return k
+}
+
+// boltJournalFrom returns the least journal key of the events whose Time is
+// at or after t.
+func boltJournalFrom(t time.Time) []byte {
+	switch {
+	case t.Before(time.Unix(0, math.MinInt64)):
+		return boltJournalKey(math.MinInt64, 0)
+	case t.After(time.Unix(0, math.MaxInt64)):
+		return bytes.Repeat([]byte{0xff}, boltJournalKeyLen+1) // after every key
+	}
+	return boltJournalKey(t.UnixNano(), 0)
+}
+
+// AppendEvents appends events to the journal bucket and enforces limits, as
+// [Store] documents, in one write transaction: it skips (and counts as
+// dropped) the events already older than limits.Retention, puts the
+// others under their boltJournalKey, deletes the entries whose key is
+// older than limits.Retention, then the first entries beyond
+// limits.MaxEvents, and updates the count in boltJournalInfo. Entries that
+// do not decode are dropped like the others, by their key. A batch that
+// neither adds nor drops anything rolls back.
+func (s *boltStore) AppendEvents(ctx context.Context, events []Event, limits JournalLimits) (int, error) {
+	if err := s.check(ctx, "append events"); err != nil {
+		return 0, err
+	}
+	if err := checkJournalEvents(events); err != nil {
+		return 0, fmt.Errorf("bbolt store %s: append events: %w", s.path, err)
+	}
+	values := make([][]byte, len(events))
+	for i, ev := range events {
+		values[i] = encodeEvent(ev)
+	}
+	dropped := 0
+	err := s.run(ctx, false, func(tx *bolt.Tx) error {
+		dropped = 0
+		now := time.Now()
+		b, err := tx.CreateBucketIfNotExists(boltJournal)
+		if err != nil {
+			return err
+		}
+		info, err := tx.CreateBucketIfNotExists(boltJournalInfo)
+		if err != nil {
+			return err
+		}
+		// Keys mostly arrive in order, at the end: fill the pages.
+		b.FillPercent = 0.9
+		count, ok := boltJournalCountOf(info)
+		if !ok {
+			count = boltJournalRecount(b)
+		}
+		var (
+			oldest time.Time // events before it are older than limits.Retention
+			cutoff []byte    // the keys of those events are before it
+		)
+		if limits.Retention > 0 {
+			oldest = now.Add(-limits.Retention)
+			cutoff = boltJournalFrom(oldest)
+		}
+		added := 0
+		for i, ev := range events {
+			if ev.Time.Before(oldest) {
+				dropped++
+				continue
+			}
+			seq, err := b.NextSequence()
+			if err != nil {
+				return err
+			}
+			if err := b.Put(boltJournalKey(ev.Time.UnixNano(), seq), values[i]); err != nil {
+				return err
+			}
+			added++
+		}
+		count += uint64(added)
+		// The entries to drop are the first ones, in key order: those
+		// before cutoff, then as many more as exceed MaxEvents.
+		var del, delBuckets [][]byte
+		c := b.Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			n := uint64(len(del) + len(delBuckets))
+			old := cutoff != nil && bytes.Compare(k, cutoff) < 0
+			over := limits.MaxEvents > 0 && count > n && count-n > uint64(limits.MaxEvents)
+			if !old && !over {
+				break
+			}
+			if v == nil { // a nested bucket: not written by this package
+				delBuckets = append(delBuckets, bytes.Clone(k))
+			} else {
+				del = append(del, bytes.Clone(k))
+			}
+		}
+		for _, k := range del {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		for _, k := range delBuckets {
+			if err := b.DeleteBucket(k); err != nil {
+				return err
+			}
+		}
+		n := len(del) + len(delBuckets)
+		dropped += n
+		count -= min(count, uint64(n))
+		if added == 0 && n == 0 {
+			return errBoltNoWrite
+		}
+		return info.Put(boltJournalCount, binary.BigEndian.AppendUint64(nil, count))
+	})
+	if errors.Is(err, errBoltNoWrite) {
+		return dropped, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("bbolt store %s: append events: %w", s.path, err)
+	}
+	return dropped, nil
+}
+
+// boltJournalCountOf returns the count of journal entries kept in info.
+func boltJournalCountOf(info *bolt.Bucket) (uint64, bool) {
+	v := info.Get(boltJournalCount)
+	if len(v) != 8 {
+		return 0, false
+	}
+	return binary.BigEndian.Uint64(v), true
+}
+
+// boltJournalRecount counts the entries of the journal bucket b, for a
+// file whose count is missing.
+func boltJournalRecount(b *bolt.Bucket) uint64 {
+	var n uint64
+	c := b.Cursor()
+	for k, _ := c.First(); k != nil; k, _ = c.Next() {
+		n++
+	}
+	return n
+}
+
+// Events returns the journal's events whose Time is at or after since, in
+// time order (events of one nanosecond in the order they were appended).
+// It copies the entries from the key of since on in one read-only
+// transaction and decodes them after it ends (see decodeJournal), so that
+// the file lock is held for the time of a copy, not of the decoding.
+// Entries that do not decode, or whose key is not one AppendEvents
+// writes, are skipped.
+func (s *boltStore) Events(ctx context.Context, since time.Time) ([]Event, error) {
+	if err := s.check(ctx, "events"); err != nil {
+		return nil, err
+	}
+	var values [][]byte
+	err := s.run(ctx, true, func(tx *bolt.Tx) error {
+		values = values[:0]
+		b := tx.Bucket(boltJournal)
+		if b == nil {
+			return nil
+		}
+		// Values live in the memory map only until the transaction ends:
+		// copy them to chunks of boltJournalChunk bytes, which, unlike one
+		// growing buffer, are never copied again.
+		var chunk []byte
+		c := b.Cursor()
+		for k, v := c.Seek(boltJournalFrom(since)); k != nil; k, v = c.Next() {
+			if len(k) != boltJournalKeyLen || v == nil {
+				continue
+			}
+			if cap(chunk)-len(chunk) < len(v) {
+				chunk = make([]byte, 0, max(boltJournalChunk, len(v)))
+			}
+			chunk = append(chunk, v...)
+			values = append(values, chunk[len(chunk)-len(v):len(chunk):len(chunk)])
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bbolt store %s: events: %w", s.path, err)
+	}
+	return decodeJournal(values, since), nil
 }
 
 // Changes returns nil: a bbolt store is polled.

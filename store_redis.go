@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/url"
@@ -12,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -61,6 +63,11 @@ const (
 //     its Until;
 //   - P+"s:"+S, the encodeStates of the states S published, expiring with
 //     them;
+//   - P+"j:events", the journal: a sorted set of events scored by their
+//     Time in Unix milliseconds (rounded down), each member a tag that
+//     makes it unique (see redisJournalMember) followed by its
+//     encodeEvent; it expires limits.Retention after the last
+//     AppendEvents that had one;
 //   - P+"i:hosts", a sorted set of the hosts (not escaped) that have
 //     records or a marker, scored by the latest expiry among them in Unix
 //     milliseconds, and P+"i:sources", one of the sources that published
@@ -86,6 +93,9 @@ type redisStore struct {
 	mu     sync.Mutex
 	ps     *redis.PubSub // current subscription; replaced by watch, closed by Close
 	closed bool
+
+	journalID  uint64        // random; tells this store's journal members from other stores'
+	journalSeq atomic.Uint64 // numbers this store's journal members
 
 	closeOnce sync.Once
 	closeErr  error
@@ -119,6 +129,8 @@ func openRedisStore(rawURL string) (Store, error) {
 		cancel:  cancel,
 		done:    make(chan struct{}),
 		ps:      client.Subscribe(ctx), // no channel yet: does not connect
+
+		journalID: rand.Uint64(),
 	}
 	// Warm the pool; an unreachable server is not an error here.
 	pctx, pcancel := context.WithTimeout(ctx, redisOpenPingTimeout)
@@ -229,6 +241,7 @@ const (
 	redisKindStates    = "s:"
 	redisHostsIndex    = "i:hosts"
 	redisSourcesIndex  = "i:sources"
+	redisJournal       = "j:events"
 )
 
 // key returns the key of kind for the host or source name.
@@ -498,6 +511,150 @@ func (s *redisStore) States(ctx context.Context) ([]PublishedState, error) {
 		out = append(out, states...)
 	}
 	return out, nil
+}
+
+// redisJournalTagLen is the length of the tag that starts every member of
+// the journal: the event's nanoseconds within its millisecond (6 decimal
+// digits), then the appending store's journalID and its number of the
+// event (16 hexadecimal digits each).
+const redisJournalTagLen = 6 + 16 + 16
+
+// redisJournalPage is the most members that Events reads in one command,
+// so that no reply of Redis is so large that it blocks the server, or
+// takes longer than the read timeout, however large the journal.
+const redisJournalPage = 10000
+
+// redisJournalMember returns the journal member of the event whose Time is
+// ns Unix nanoseconds and stored form is v, appended by the store id as its
+// event number seq. The tag makes members unique, so that equal events are
+// never one member; and as members of one score (one millisecond) sort by
+// their bytes, it sorts them by their nanoseconds.
+func redisJournalMember(ns int64, id, seq uint64, v []byte) string {
+	b := make([]byte, 0, redisJournalTagLen+len(v))
+	b = fmt.Appendf(b, "%06d%016x%016x", redisSubMilli(ns), id, seq)
+	return string(append(b, v...))
+}
+
+// redisFloorMilli returns ns Unix nanoseconds in Unix milliseconds, rounded
+// down (toward the past, before 1970 too).
+func redisFloorMilli(ns int64) int64 {
+	ms := ns / 1e6
+	if ns%1e6 < 0 {
+		ms--
+	}
+	return ms
+}
+
+// redisSubMilli returns the nanoseconds of ns past redisFloorMilli(ns).
+func redisSubMilli(ns int64) int64 {
+	return ns - redisFloorMilli(ns)*1e6
+}
+
+// AppendEvents adds events to the journal and enforces limits, as [Store]
+// documents, in one MULTI/EXEC: ZADD of the events, ZREMRANGEBYSCORE of
+// the events older than limits.Retention, ZREMRANGEBYRANK of the oldest
+// beyond limits.MaxEvents, and the key's expiry, limits.Retention from now.
+// Retention is enforced to the millisecond: events in the millisecond
+// that limits.Retention ago falls in are kept. Members that do not decode
+// are dropped like the others, by their score and rank.
+func (s *redisStore) AppendEvents(ctx context.Context, events []Event, limits JournalLimits) (int, error) {
+	if err := checkJournalEvents(events); err != nil {
+		return 0, fmt.Errorf("hostbreaker: redis store: append events: %w", err)
+	}
+	key := s.prefix + redisJournal
+	members := make([]redis.Z, len(events))
+	seq := s.journalSeq.Add(uint64(len(events))) - uint64(len(events))
+	for i, ev := range events {
+		ns := ev.Time.UnixNano()
+		members[i] = redis.Z{
+			Score:  float64(redisFloorMilli(ns)),
+			Member: redisJournalMember(ns, s.journalID, seq+uint64(i), encodeEvent(ev)),
+		}
+	}
+	var byAge, byRank *redis.IntCmd
+	_, err := s.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		if len(members) > 0 {
+			p.ZAdd(ctx, key, members...)
+		}
+		if limits.Retention > 0 {
+			oldest := redisFloorMilli(time.Now().Add(-limits.Retention).UnixNano())
+			byAge = p.ZRemRangeByScore(ctx, key, "-inf", "("+strconv.FormatInt(oldest, 10))
+		}
+		if limits.MaxEvents > 0 {
+			byRank = p.ZRemRangeByRank(ctx, key, 0, -int64(limits.MaxEvents)-1)
+		}
+		if limits.Retention > 0 && len(members) > 0 {
+			p.PExpire(ctx, key, (limits.Retention + time.Millisecond - 1).Truncate(time.Millisecond))
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("hostbreaker: redis store: append events: %w", err)
+	}
+	dropped := 0
+	for _, cmd := range []*redis.IntCmd{byAge, byRank} {
+		if cmd != nil {
+			dropped += int(cmd.Val())
+		}
+	}
+	return dropped, nil
+}
+
+// Events returns the journal's events whose Time is at or after since, in
+// time order. It reads the members scored from since's millisecond on,
+// redisJournalPage at a time, and keeps those that decode and whose Time
+// is at or after since (see decodeJournal). The pages are not one snapshot: an event appended
+// or dropped while Events reads may or may not be returned.
+func (s *redisStore) Events(ctx context.Context, since time.Time) ([]Event, error) {
+	key := s.prefix + redisJournal
+	minScore := "-inf"
+	if !since.Before(time.Unix(0, math.MinInt64)) {
+		if since.After(time.Unix(0, math.MaxInt64)) {
+			return nil, nil
+		}
+		minScore = strconv.FormatInt(redisFloorMilli(since.UnixNano()), 10)
+	}
+	var values [][]byte
+	add := func(members []redis.Z) {
+		for _, m := range members {
+			if v, _ := m.Member.(string); len(v) > redisJournalTagLen {
+				values = append(values, []byte(v[redisJournalTagLen:]))
+			}
+		}
+	}
+	for {
+		page, err := s.client.ZRangeByScoreWithScores(ctx, key, &redis.ZRangeBy{
+			Min: minScore, Max: "+inf", Count: redisJournalPage,
+		}).Result()
+		if err != nil {
+			return nil, fmt.Errorf("hostbreaker: redis store: events: %w", err)
+		}
+		if len(page) < redisJournalPage {
+			add(page)
+			break
+		}
+		// The page may end inside a millisecond: keep the members of the
+		// earlier ones, read the whole last one, and go on after it.
+		last := page[len(page)-1].Score
+		i := len(page)
+		for i > 0 && page[i-1].Score == last {
+			i--
+		}
+		add(page[:i])
+		lastScore := strconv.FormatFloat(last, 'f', -1, 64)
+		rest, err := s.client.ZRangeByScoreWithScores(ctx, key, &redis.ZRangeBy{
+			Min: lastScore, Max: lastScore,
+		}).Result()
+		if err != nil {
+			return nil, fmt.Errorf("hostbreaker: redis store: events: %w", err)
+		}
+		add(rest)
+		minScore = "(" + lastScore
+	}
+	// Members of one millisecond sort by their tag, which starts with the
+	// nanoseconds: values are in time order, but for members written
+	// otherwise, which decodeJournal puts in place.
+	return decodeJournal(values, since), nil
 }
 
 // Changes returns a channel that receives a value when a Put of any store
