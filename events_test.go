@@ -240,3 +240,54 @@ func TestTelemetryConfig(t *testing.T) {
 		}
 	}
 }
+
+// Two Transports of one process share a store: every event of both reaches
+// the store's journal, under names of their own, and ReadJournal returns
+// them in time order.
+func TestJournalThroughTheStore(t *testing.T) {
+	storeKinds(t, func(t *testing.T, url string) {
+		start := time.Now()
+		cfg := Config{Defaults: Policy{FailMax: 1, ResetTimeout: time.Hour},
+			Store:     StoreConfig{URL: url, PollInterval: time.Hour},
+			Telemetry: TelemetryConfig{Process: "harvester"}}
+		a, err := NewTransport(newFakeHosts(status(500)), WithConfig(cfg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := NewTransport(newFakeHosts(status(429, "Retry-After", "60")), WithConfig(cfg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		do(t, &http.Client{Transport: a}, RoleLanding, "https://down.test/")
+		do(t, &http.Client{Transport: b}, "", "https://busy.test/")
+		if err := a.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Close(); err != nil {
+			t.Fatal(err)
+		}
+		s, err := OpenStore(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		evs, err := ReadJournal(context.Background(), s, start)
+		if err != nil {
+			t.Fatal(err)
+		}
+		names := map[string]string{}
+		for i, ev := range evs {
+			if i > 0 && ev.Time.Before(evs[i-1].Time) {
+				t.Errorf("event %d out of order", i)
+			}
+			names[ev.Name+" "+ev.Host] = ev.Process
+		}
+		pa, pb := names[EventStateChange+" down.test"], names[EventCooldown+" busy.test"]
+		if pa == "" || pb == "" || pa == pb || !strings.HasPrefix(pa, "harvester#") || !strings.HasPrefix(pb, "harvester#") {
+			t.Fatalf("journal = %+v", evs)
+		}
+		if names[EventSummary+" down.test"] != pa || names[EventSummary+" busy.test"] != pb {
+			t.Errorf("the last summaries are missing from the journal: %v", names)
+		}
+	})
+}

@@ -293,13 +293,8 @@ func (t *Transport) flushJournal(ctx context.Context) {
 	if t.sh == nil || len(s.pending) == 0 {
 		return
 	}
-	js, ok := t.sh.store.(journalStore)
-	if !ok {
-		s.pending = s.pending[:0]
-		return
-	}
 	cctx, cancel := context.WithTimeout(ctx, storeTimeout)
-	dropped, err := js.AppendEvents(cctx, s.pending, JournalLimits{Retention: s.cfg.JournalRetention, MaxEvents: s.cfg.JournalMaxEvents})
+	dropped, err := t.sh.store.AppendEvents(cctx, s.pending, JournalLimits{Retention: s.cfg.JournalRetention, MaxEvents: s.cfg.JournalMaxEvents})
 	cancel()
 	if err != nil {
 		t.storeError(opJournal, err)
@@ -307,11 +302,6 @@ func (t *Transport) flushJournal(ctx context.Context) {
 	}
 	s.lost += uint64(dropped)
 	s.pending = s.pending[:0]
-}
-
-// journalStore is the journal part of a Store.
-type journalStore interface {
-	AppendEvents(ctx context.Context, events []Event, limits JournalLimits) (dropped int, err error)
 }
 
 // Events returns this Transport's events at or after since, oldest first,
