@@ -391,6 +391,14 @@ func TestDashboardQueriesAgainstPrometheus(t *testing.T) {
 				t.Errorf("panel %q, target %s: %v", p.Title, tg.RefID, err)
 				continue
 			}
+			if why, ok := quietPanels[p.Title]; ok {
+				samples, err := prom.query(q)
+				if err != nil {
+					t.Errorf("panel %q, target %s: %v", p.Title, tg.RefID, err)
+				}
+				t.Logf("panel %q, target %s: %d samples (may be empty: %s)", p.Title, tg.RefID, len(samples), why)
+				continue
+			}
 			pending = append(pending, panelTarget{p.Title, tg.RefID, q})
 		}
 	}
@@ -428,13 +436,19 @@ func TestDashboardQueriesAgainstPrometheus(t *testing.T) {
 		time.Since(start).Round(time.Millisecond))
 }
 
+// quietPanels are the panels, by title, that metricsSource may leave
+// without data, with why. Their queries must still run without an error.
+var quietPanels = map[string]string{}
+
 // metricsSource makes mp report hostbreaker's metrics, changing while the
 // test runs, until the test's cleanup. For now it is a hand-made meter with
-// the Transport's instruments (names, kinds, units and attributes as
-// docs/telemetry.md will have them) over three hosts: ok.test answers,
-// sick.test fails and its breaker is open, busy.test answers 429 with
-// Retry-After and cools down. Replace it with a Transport driven by traffic
-// against loopback servers once the Transport has its instruments.
+// the instruments the Transport is getting (the same names, kinds, units and
+// attributes; the histogram on the SDK's default buckets) over three hosts:
+// ok.test answers, sick.test fails and its breaker is open, busy.test
+// answers 429 with Retry-After and cools down. Replace it with a Transport
+// (WithMeterProvider(mp)) driven by traffic against loopback servers once
+// the Transport has its instruments; list in quietPanels what that traffic
+// cannot show.
 func metricsSource(t *testing.T, mp metric.MeterProvider) {
 	m := mp.Meter("github.com/hostbreaker/hostbreaker")
 	must := func(err error) {
