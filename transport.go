@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel"
 	otellog "go.opentelemetry.io/otel/log"
 	"go.opentelemetry.io/otel/metric"
 )
@@ -35,6 +36,9 @@ type Transport struct {
 	policies atomic.Pointer[policyTable]
 
 	sh *sharing // nil without a store
+
+	telemetryConfig TelemetryConfig // as configured
+	tel             *telemetry      // nil if the meter provider failed
 
 	events  chan event
 	dropped atomic.Uint64 // events dropped because the queue was full
@@ -136,6 +140,8 @@ func NewTransport(base http.RoundTripper, opts ...Option) (*Transport, error) {
 		events:  make(chan event, 1024),
 		done:    make(chan struct{}),
 		rolling: o.config.Rolling.withDefaults(),
+
+		telemetryConfig: o.config.Telemetry,
 	}
 	t.policies.Store(pt)
 	required := o.config.Store.Required
@@ -166,6 +172,13 @@ func NewTransport(base http.RoundTripper, opts ...Option) (*Transport, error) {
 			return nil, fmt.Errorf("hostbreaker: store required: %w", err)
 		}
 	}
+	mp := o.meters
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	if t.tel, err = newTelemetry(t, mp); err != nil {
+		t.log.Warn("hostbreaker: metrics unavailable", "err", err)
+	}
 	t.wg.Add(1)
 	go t.loop()
 	return t, nil
@@ -192,6 +205,7 @@ func (t *Transport) Close() error {
 	t.closeOnce.Do(func() {
 		close(t.done)
 		t.wg.Wait()
+		t.tel.close()
 		if t.sh != nil && t.sh.owned {
 			err = t.sh.store.Close()
 		}
@@ -254,6 +268,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	adm, rej := t.admit(e)
 	if rej != nil {
 		e.rejected.Add(1)
+		e.stats().rejected[reasonIndex(rej.Reason)].Add(1)
 		closeBody(req)
 		return nil, rej
 	}
@@ -404,6 +419,7 @@ func (t *Transport) obeyRetryAfter(host string, p *resolved, resp *http.Response
 	if !ok {
 		return false
 	}
+	t.emit(event{kind: evRetryAfter, host: host, retryAfter: d})
 	d = min(d, p.RetryAfterCap)
 	t.setCooldown(host, cooldown{until: t.after(t.now(), d), reason: ReasonRetryAfter, at: wall.UnixNano()})
 	return true
@@ -658,6 +674,8 @@ type event struct {
 	until    int64 // ns since epoch
 	note     string
 	remote   bool // learnt from the store: not shared again
+
+	retryAfter time.Duration // evRetryAfter: the Retry-After as received
 }
 
 type eventKind uint8
@@ -668,6 +686,8 @@ const (
 	evReset                      // a host was reset
 	evUntracked                  // requests go without a breaker: wakes logCounters
 	evDropped                    // a cooldown was dropped: too many hosts without an entry
+
+	evRetryAfter // a usable Retry-After was received: recorded in the metrics
 )
 
 // emit shares ev with the store, if any, and queues it for logging
@@ -789,5 +809,7 @@ func (t *Transport) logEvent(ev event) {
 	case evDropped:
 		t.log.LogAttrs(ctx, slog.LevelDebug, "hostbreaker: dropped a cooldown: too many hosts cooling down without a breaker",
 			slog.String("host", ev.host))
+	case evRetryAfter:
+		t.tel.recordRetryAfter(ctx, ev.host, ev.retryAfter)
 	}
 }
