@@ -448,19 +448,32 @@ func (tel *telemetry) host(h *hostState, es []*entry, now int64, breakers *[3]in
 		h.mu.Unlock()
 		cooling, ri = hu != 0 && now < hu, reasonIndex(reason)
 	}
-	if len(es) == 0 && !cooling {
+	bare := len(es) == 0
+	if bare && !cooling {
 		return
 	}
 
-	// The entries' tracks, and the host's name.
+	// The entries' tracks, and the host's name. A walk that races with a
+	// change of the host's entry list may see an entry twice: it counts
+	// once.
 	trs := tel.trs[:0]
+	n := 0
 	for _, e := range es {
 		tr := tel.tracks[e]
 		if tr == nil {
 			tr = new(entryTrack)
 			tel.tracks[e] = tr
+		} else if tr.seen == tel.gen {
+			continue
 		}
+		tr.seen = tel.gen
+		es[n] = e
+		n++
 		trs = append(trs, tr)
+	}
+	es = es[:n]
+	if !bare && n == 0 {
+		return
 	}
 	var nm *hostName
 	if len(trs) > 0 && trs[0].ver == tel.namesVer {
@@ -482,7 +495,7 @@ func (tel *telemetry) host(h *hostState, es []*entry, now int64, breakers *[3]in
 		}
 		target.cool[ri] = max(target.cool[ri], time.Duration(hu-now).Seconds())
 	}
-	if len(es) == 0 {
+	if bare {
 		// A host cooling down without an entry: listed as (host, "").
 		s := tel.seriesFor(target, "")
 		s.states[slotOpen+ri]++

@@ -646,6 +646,27 @@ func TestMetricsNoRegistryLock(t *testing.T) {
 	})
 }
 
+// TestMetricsEntrySeenTwice: a lock-free walk that races with a change of
+// a host's entry list may see an entry twice; it counts once.
+func TestMetricsEntrySeenTwice(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tr, _, c := metricTransport(t, newScripted(), Config{})
+		fetch(t, c, "ok.test", "")
+		fetch(t, c, "ok.test", "")
+		tel := tr.tel
+		h, es := tr.reg.hostEntries("ok.test")
+		tel.mu.Lock()
+		defer tel.mu.Unlock()
+		tel.gen++
+		var breakers [3]int64
+		tel.host(h, []*entry{es[0], es[0]}, tr.now(), &breakers)
+		s := tel.tracks[es[0]].s
+		if s.cur[cSuccess] != 2 || s.live != 1 || breakers[StateClosed] != 1 {
+			t.Errorf("successes %d, live %d, closed %d; want 2, 1, 1", s.cur[cSuccess], s.live, breakers[StateClosed])
+		}
+	})
+}
+
 // TestMetricsClose: a closed Transport reports nothing.
 func TestMetricsClose(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
