@@ -53,18 +53,11 @@ func newEventSink(process string, c TelemetryConfig, lp otellog.LoggerProvider, 
 		process:  process,
 		cfg:      c,
 		handler:  handler,
-		logger:   lp.Logger(instrumentationName, otellog.WithInstrumentationVersion(instrumentationVersion)),
+		logger:   lp.Logger(meterName, otellog.WithInstrumentationVersion(instrumentationVersion)),
 		lastSumm: time.Now(),
 		seen:     make(map[*entry]Summary),
 	}
 }
-
-// instrumentationName and instrumentationVersion name this library to
-// OpenTelemetry, as otelhttp names itself.
-const (
-	instrumentationName    = "github.com/hostbreaker/hostbreaker"
-	instrumentationVersion = "0.3.0"
-)
 
 // toEvent turns an internal event into an Event.
 func (t *Transport) toEvent(ev event) Event {
@@ -331,8 +324,3 @@ func (s *eventSink) since(since time.Time) []Event {
 	}
 	return out
 }
-
-// telemetry is the Transport's metrics (otel.go).
-type telemetry struct{}
-
-func (tel *telemetry) recordRetryAfter(ctx context.Context, host string, d time.Duration) {}

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel"
 	otellog "go.opentelemetry.io/otel/log"
 	"go.opentelemetry.io/otel/metric"
 )
@@ -36,11 +37,13 @@ type Transport struct {
 
 	sh *sharing // nil without a store
 
+	telemetryConfig TelemetryConfig // as configured
+	tel             *telemetry      // nil if the meter provider failed
+
 	events  chan event
 	dropped atomic.Uint64 // events dropped because the queue was full
 	sink    *eventSink    // owned by the background goroutine
 	queries chan func()   // run on the background goroutine (Events)
-	tel     *telemetry    // metrics; nil until wired
 
 	untracked        atomic.Uint64         // requests sent without a breaker: the registry was full
 	untrackedLogged  atomic.Int64          // when that was last logged, ns since the epoch
@@ -140,6 +143,8 @@ func NewTransport(base http.RoundTripper, opts ...Option) (*Transport, error) {
 		queries: make(chan func()),
 		done:    make(chan struct{}),
 		rolling: o.config.Rolling.withDefaults(),
+
+		telemetryConfig: o.config.Telemetry,
 	}
 	tc := o.config.Telemetry.withDefaults()
 	process := fmt.Sprintf("%s#%d", processName(tc), transportSeq.Add(1))
@@ -173,6 +178,13 @@ func NewTransport(base http.RoundTripper, opts ...Option) (*Transport, error) {
 			return nil, fmt.Errorf("hostbreaker: store required: %w", err)
 		}
 	}
+	mp := o.meters
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	if t.tel, err = newTelemetry(t, mp); err != nil {
+		t.log.Warn("hostbreaker: metrics unavailable", "err", err)
+	}
 	t.wg.Add(1)
 	go t.loop()
 	return t, nil
@@ -203,6 +215,7 @@ func (t *Transport) Close() error {
 	t.closeOnce.Do(func() {
 		close(t.done)
 		t.wg.Wait()
+		t.tel.close()
 		if t.sh != nil && t.sh.owned {
 			err = t.sh.store.Close()
 		}
@@ -435,6 +448,7 @@ func (t *Transport) obeyRetryAfter(host string, p *resolved, resp *http.Response
 	if !ok {
 		return false
 	}
+	t.emit(event{kind: evRetryAfter, host: host, retryAfter: d}) // every value received, for the histogram
 	t.setCooldown(host, cooldown{until: t.after(t.now(), min(d, p.RetryAfterCap)), reason: ReasonRetryAfter,
 		at: wall.UnixNano(), status: resp.StatusCode, retryAfter: d})
 	return true
@@ -697,7 +711,7 @@ type event struct {
 	failures   int  // evState to open: the consecutive failures that tripped it
 	status     int  // the last failure's status, or the Retry-After response's
 	errType    string
-	retryAfter time.Duration // evCooldown: as the server sent it
+	retryAfter time.Duration // evCooldown, evRetryAfter: as the server sent it
 
 	prevPolicy, policy string // evPolicy: the changed keys as TOML
 }
@@ -705,12 +719,13 @@ type event struct {
 type eventKind uint8
 
 const (
-	evState     eventKind = iota // a breaker changed state
-	evCooldown                   // a host cooldown was set or extended
-	evReset                      // a host was reset
-	evUntracked                  // requests go without a breaker: wakes logCounters
-	evDropped                    // a cooldown was dropped: too many hosts without an entry
-	evPolicy                     // a policy was changed
+	evState      eventKind = iota // a breaker changed state
+	evCooldown                    // a host cooldown was set or extended
+	evReset                       // a host was reset
+	evUntracked                   // requests go without a breaker: wakes logCounters
+	evDropped                     // a cooldown was dropped: too many hosts without an entry
+	evPolicy                      // a policy was changed
+	evRetryAfter                  // a usable Retry-After was received: recorded in the metrics
 )
 
 // emit shares ev with the store, if any, and queues it for logging
@@ -793,11 +808,7 @@ func (t *Transport) handle(ev event) {
 	t.logEvent(ev)
 	switch ev.kind {
 	case evState, evCooldown, evReset, evPolicy:
-		e := t.toEvent(ev)
-		if e.Name == EventCooldown && e.RetryAfter > 0 && t.tel != nil {
-			t.tel.recordRetryAfter(context.Background(), e.Host, e.RetryAfter)
-		}
-		t.deliver(e)
+		t.deliver(t.toEvent(ev))
 	}
 }
 
@@ -860,5 +871,7 @@ func (t *Transport) logEvent(ev event) {
 	case evDropped:
 		t.log.LogAttrs(ctx, slog.LevelDebug, "hostbreaker: dropped a cooldown: too many hosts cooling down without a breaker",
 			slog.String("host", ev.host))
+	case evRetryAfter:
+		t.tel.recordRetryAfter(ctx, ev.host, ev.retryAfter)
 	}
 }
