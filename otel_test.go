@@ -16,6 +16,7 @@ import (
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
+	sdklog "go.opentelemetry.io/otel/sdk/log"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 )
@@ -789,10 +790,29 @@ func BenchmarkCollect(b *testing.B) {
 // the request path does not touch OpenTelemetry.
 func BenchmarkRoundTripWithSDK(b *testing.B) {
 	reqs := benchRequests(b, 1)
-	for _, variant := range []string{"base", "hostbreaker"} {
+	for _, variant := range []string{"base", "hostbreaker", "hostbreaker+sdk"} {
 		var rt http.RoundTripper = cannedBase(200)
-		if variant == "hostbreaker" {
-			tr, reader, _ := metricTransport(b, rt, Config{})
+		switch variant {
+		case "hostbreaker":
+			tr, err := NewTransport(rt)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { tr.Close() })
+			rt = tr
+		case "hostbreaker+sdk":
+			// An SDK MeterProvider (a ManualReader) and an SDK
+			// LoggerProvider, both installed.
+			lp := sdklog.NewLoggerProvider(sdklog.WithProcessor(sdklog.NewSimpleProcessor(&memLogExporter{})))
+			b.Cleanup(func() { lp.Shutdown(context.Background()) })
+			reader := sdkmetric.NewManualReader()
+			mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+			b.Cleanup(func() { mp.Shutdown(context.Background()) })
+			tr, err := NewTransport(rt, WithMeterProvider(mp), WithLoggerProvider(lp))
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { tr.Close() })
 			rt = tr
 			rt.RoundTrip(reqs[0])
 			var rm metricdata.ResourceMetrics

@@ -146,6 +146,7 @@ func (sh *sharing) dropSoonestLocked(now time.Time) {
 	}
 	delete(sh.pending, victim)
 	sh.errors.Add(1)
+	sh.errOps[opPut].Add(1)
 }
 
 // share hands a local decision to the store, if the Transport has one.
