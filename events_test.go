@@ -3,6 +3,7 @@ package hostbreaker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -292,4 +293,39 @@ func TestJournalThroughTheStore(t *testing.T) {
 			t.Errorf("the last summaries are missing from the journal: %v", names)
 		}
 	})
+}
+
+// While the store is down, the events for its journal wait in a bounded
+// buffer: the oldest beyond it are dropped and counted, and no request
+// waits or fails.
+func TestJournalOutageIsBounded(t *testing.T) {
+	var logs logBuffer
+	cfg := Config{Store: StoreConfig{URL: "redis://127.0.0.1:1/0?prefix=dead", PollInterval: 50 * time.Millisecond}}
+	tr, err := NewTransport(newFakeHosts(status(200)), WithConfig(cfg), WithLogger(logs.logger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reply := make(chan struct{})
+	tr.queries <- func() { tr.sink.maxPending = 5; close(reply) }
+	<-reply
+	c := &http.Client{Transport: tr}
+	for i := range 20 {
+		if err := tr.Open(fmt.Sprintf("h%d.test", i), time.Hour, ""); err != nil {
+			t.Fatal(err)
+		}
+		mustPass(t, do(t, c, "", "https://ok.test/"), 200)
+	}
+	tr.Close()
+	if n := len(tr.sink.pending); n != 5 {
+		t.Errorf("pending = %d, want 5", n)
+	}
+	if tr.sink.lost < 15 {
+		t.Errorf("lost = %d, want at least 15", tr.sink.lost)
+	}
+	if logs.count("journal events dropped") != 1 {
+		t.Errorf("the drops were not logged once")
+	}
+	if last := tr.sink.pending[len(tr.sink.pending)-1]; last.Name != EventSummary {
+		t.Errorf("the newest events are kept: last = %+v", last)
+	}
 }

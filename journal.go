@@ -25,11 +25,12 @@ type eventSink struct {
 	handler func(Event)
 	logger  otellog.Logger
 
-	mem      []Event   // the in-memory journal, oldest first; bounded by cfg
-	pending  []Event   // events for the store's journal; bounded by maxPendingEvents
-	lost     uint64    // journal events dropped: pending full, or trimmed by the store's bounds
-	lastSumm time.Time // when the last summary was emitted
-	seen     map[*entry]Summary
+	mem        []Event // the in-memory journal, oldest first; bounded by cfg
+	pending    []Event // events for the store's journal; bounded by maxPending
+	maxPending int
+	lost       uint64    // journal events dropped: pending full, or trimmed by the store's bounds
+	lastSumm   time.Time // when the last summary was emitted
+	seen       map[*entry]Summary
 }
 
 // maxPendingEvents bounds the events waiting for the store's journal while
@@ -50,12 +51,13 @@ func newEventSink(process string, c TelemetryConfig, lp otellog.LoggerProvider, 
 		lp = global.GetLoggerProvider()
 	}
 	return &eventSink{
-		process:  process,
-		cfg:      c,
-		handler:  handler,
-		logger:   lp.Logger(meterName, otellog.WithInstrumentationVersion(instrumentationVersion)),
-		lastSumm: time.Now(),
-		seen:     make(map[*entry]Summary),
+		process:    process,
+		cfg:        c,
+		handler:    handler,
+		logger:     lp.Logger(meterName, otellog.WithInstrumentationVersion(instrumentationVersion)),
+		lastSumm:   time.Now(),
+		maxPending: maxPendingEvents,
+		seen:       make(map[*entry]Summary),
 	}
 }
 
@@ -93,9 +95,9 @@ func (t *Transport) deliver(ev Event) {
 	}
 	s.remember(ev, t.sh == nil)
 	if t.sh != nil {
-		if len(s.pending) >= maxPendingEvents {
-			s.pending = slices.Delete(s.pending, 0, len(s.pending)-maxPendingEvents+1)
-			s.lost++
+		if over := len(s.pending) - s.maxPending + 1; over > 0 {
+			s.pending = slices.Delete(s.pending, 0, over)
+			s.lost += uint64(over)
 		}
 		s.pending = append(s.pending, ev)
 	}
