@@ -117,25 +117,45 @@ func (e *entry) stats() *entryStats {
 	return e.more.Load()
 }
 
+// reject counts a rejection of a request for reason.
+func (e *entry) reject(reason Reason) {
+	e.rejected.Add(1)
+	e.stats().rejected[reasonIndex(reason)].Add(1)
+	e.note(OutcomeRejected)
+}
+
 // note adds an outcome to e's runs: the successes since the last one
-// first, as a run of their own, then k.
-func (e *entry) note(k OutcomeKind, at time.Time) {
+// first, as a run of their own, then k. It reads the clock only when a run
+// starts, so that a storm of rejections costs a counter and a lock each.
+func (e *entry) note(k OutcomeKind) {
 	s := e.stats()
 	ok := e.successes.Load()
 	s.mu.Lock()
+	if l := len(s.outcomes); ok == s.seenOK && l > 0 && s.outcomes[l-1].Kind == k {
+		s.outcomes[l-1].Count++
+		s.count(k)
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
+	at := time.Now()
+	s.mu.Lock()
 	defer s.mu.Unlock()
-	if n := ok - s.seenOK; n > 0 {
+	if n := ok - s.seenOK; n > 0 && ok > s.seenOK {
 		s.addRun(OutcomeSuccess, n, at)
 		s.run = 0
+		s.seenOK = ok
 	}
-	s.seenOK = ok
 	s.addRun(k, 1, at)
-	switch k {
-	case OutcomeFailure:
+	s.count(k)
+}
+
+// count updates the failure runs for one more outcome of kind k. Callers
+// hold s.mu.
+func (s *entryStats) count(k OutcomeKind) {
+	if k == OutcomeFailure {
 		s.run++
 		s.longest = max(s.longest, s.run)
-	case OutcomeSuccess:
-		s.run = 0
 	}
 }
 
@@ -333,7 +353,7 @@ func (t *Transport) apply(e *entry, adm admission, o outcome, c cause) {
 		}
 	case outcomeFailure:
 		e.failures.Add(1)
-		e.note(OutcomeFailure, time.Now())
+		e.note(OutcomeFailure)
 		t.applyLocked(e, adm, o, c)
 	case outcomeNeutral:
 		e.neutral.Add(1)

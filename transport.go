@@ -277,9 +277,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	adm, rej := t.admit(e)
 	if rej != nil {
-		e.rejected.Add(1)
-		e.stats().rejected[reasonIndex(rej.Reason)].Add(1)
-		e.note(OutcomeRejected, time.Now())
+		e.reject(rej.Reason)
 		closeBody(req)
 		return nil, rej
 	}
@@ -382,6 +380,12 @@ func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *htt
 		e.successes.Add(1) // the healthy path: nothing else to do
 		return
 	}
+	t.recordSlow(e, adm, req, resp, err, o)
+}
+
+// recordSlow is record past the healthy path: the cause of a failure, the
+// rare counters, and the breaker.
+func (t *Transport) recordSlow(e *entry, adm admission, req *http.Request, resp *http.Response, err error, o outcome) {
 	var c cause
 	switch {
 	case err != nil:
