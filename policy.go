@@ -83,6 +83,75 @@ type Config struct {
 	Rolling   Rolling
 	Store     StoreConfig
 	Telemetry TelemetryConfig
+	Tune      TuneBounds
+}
+
+// TuneBounds are the hard bounds within which Tune changes policies. A
+// zero field takes its default: FailMax [2, 10], ResetTimeout [15s, 10m],
+// SuccessThreshold [1, 3], TrialCalls [1, 3], RateStep 0.25 (a rate changes
+// by at most 25 % per tune, relative to the rate in force), MinRate 0.05.
+type TuneBounds struct {
+	FailMax          [2]int
+	ResetTimeout     [2]time.Duration
+	SuccessThreshold [2]int
+	TrialCalls       [2]int
+	RateStep         float64
+	MinRate          float64
+}
+
+// check validates the bounds that b sets.
+func (b TuneBounds) check() error {
+	ints := func(key string, r [2]int, lo, hi int) error {
+		if r == [2]int{} {
+			return nil
+		}
+		if r[0] < lo || r[1] > hi || r[0] > r[1] {
+			return &ConfigError{Key: "tune." + key, Msg: fmt.Sprintf("want [min, max] with %d ≤ min ≤ max ≤ %d, got [%d, %d]", lo, hi, r[0], r[1])}
+		}
+		return nil
+	}
+	if err := ints("fail_max", b.FailMax, 1, maxCount); err != nil {
+		return err
+	}
+	if err := ints("success_threshold", b.SuccessThreshold, 1, maxCount); err != nil {
+		return err
+	}
+	if err := ints("trial_calls", b.TrialCalls, 1, maxCount); err != nil {
+		return err
+	}
+	if r := b.ResetTimeout; r != [2]time.Duration{} && (r[0] <= 0 || r[0] > r[1]) {
+		return &ConfigError{Key: "tune.reset_timeout", Msg: fmt.Sprintf("want [min, max] with 0 < min ≤ max, got [%v, %v]", r[0], r[1])}
+	}
+	if b.RateStep < 0 || b.RateStep > 1 {
+		return &ConfigError{Key: "tune.rate_step", Msg: fmt.Sprintf("must be in (0, 1], got %v", b.RateStep)}
+	}
+	if b.MinRate < 0 {
+		return &ConfigError{Key: "tune.min_rate", Msg: fmt.Sprintf("must be positive, got %v", b.MinRate)}
+	}
+	return nil
+}
+
+// withDefaults returns b with defaults in its zero fields.
+func (b TuneBounds) withDefaults() TuneBounds {
+	if b.FailMax == [2]int{} {
+		b.FailMax = [2]int{2, 10}
+	}
+	if b.ResetTimeout == [2]time.Duration{} {
+		b.ResetTimeout = [2]time.Duration{15 * time.Second, 10 * time.Minute}
+	}
+	if b.SuccessThreshold == [2]int{} {
+		b.SuccessThreshold = [2]int{1, 3}
+	}
+	if b.TrialCalls == [2]int{} {
+		b.TrialCalls = [2]int{1, 3}
+	}
+	if b.RateStep == 0 {
+		b.RateStep = 0.25
+	}
+	if b.MinRate == 0 {
+		b.MinRate = 0.05
+	}
+	return b
 }
 
 // TelemetryConfig configures what a Transport reports through
@@ -226,6 +295,9 @@ func (c Config) validate() (*policyTable, error) {
 		return nil, &ConfigError{Key: "telemetry.journal_retention", Msg: "must be positive, got " + tc.JournalRetention.String()}
 	case tc.JournalMaxEvents < 0:
 		return nil, &ConfigError{Key: "telemetry.journal_max_events", Msg: fmt.Sprintf("must be at least 1, got %d", tc.JournalMaxEvents)}
+	}
+	if err := c.Tune.check(); err != nil {
+		return nil, err
 	}
 	if c.Store.URL != "" {
 		if _, err := StorePath(c.Store.URL); err != nil {
@@ -747,6 +819,15 @@ type tomlTelemetry struct {
 	JournalMaxEvents *int      `toml:"journal_max_events"`
 }
 
+type tomlTune struct {
+	FailMax          *[2]int      `toml:"fail_max"`
+	ResetTimeout     *[2]duration `toml:"reset_timeout"`
+	SuccessThreshold *[2]int      `toml:"success_threshold"`
+	TrialCalls       *[2]int      `toml:"trial_calls"`
+	RateStep         *float64     `toml:"rate_step"`
+	MinRate          *float64     `toml:"min_rate"`
+}
+
 type tomlConfig struct {
 	MaxHosts  *int                   `toml:"max_hosts"`
 	Defaults  *tomlPolicy            `toml:"defaults"`
@@ -754,6 +835,7 @@ type tomlConfig struct {
 	Rolling   *tomlRolling           `toml:"rolling"`
 	Store     *tomlStore             `toml:"store"`
 	Telemetry *tomlTelemetry         `toml:"telemetry"`
+	Tune      *tomlTune              `toml:"tune"`
 }
 
 func (tc *tomlConfig) config() (Config, error) {
@@ -840,6 +922,32 @@ func (tc *tomlConfig) config() (Config, error) {
 		}
 		if c.Telemetry.JournalRetention, err = positive("telemetry.journal_retention", tt.JournalRetention); err != nil {
 			return Config{}, err
+		}
+	}
+	if tu := tc.Tune; tu != nil {
+		if tu.FailMax != nil {
+			c.Tune.FailMax = *tu.FailMax
+		}
+		if tu.ResetTimeout != nil {
+			c.Tune.ResetTimeout = [2]time.Duration{time.Duration(tu.ResetTimeout[0]), time.Duration(tu.ResetTimeout[1])}
+		}
+		if tu.SuccessThreshold != nil {
+			c.Tune.SuccessThreshold = *tu.SuccessThreshold
+		}
+		if tu.TrialCalls != nil {
+			c.Tune.TrialCalls = *tu.TrialCalls
+		}
+		if tu.RateStep != nil {
+			if *tu.RateStep <= 0 {
+				return Config{}, &ConfigError{Key: "tune.rate_step", Msg: fmt.Sprintf("must be in (0, 1], got %v", *tu.RateStep)}
+			}
+			c.Tune.RateStep = *tu.RateStep
+		}
+		if tu.MinRate != nil {
+			if *tu.MinRate <= 0 {
+				return Config{}, &ConfigError{Key: "tune.min_rate", Msg: fmt.Sprintf("must be positive, got %v", *tu.MinRate)}
+			}
+			c.Tune.MinRate = *tu.MinRate
 		}
 	}
 	return c, nil
