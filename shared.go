@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -222,6 +223,9 @@ func (t *Transport) pull(ctx context.Context) error {
 		return err
 	}
 	t.storeErr.Store(nil)
+	if err := t.pullOverrides(ctx); err != nil {
+		return err
+	}
 	slices.SortFunc(recs, func(a, b Record) int {
 		if (a.Reason == ReasonReset) != (b.Reason == ReasonReset) {
 			if a.Reason == ReasonReset {
@@ -269,6 +273,60 @@ func (t *Transport) pull(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// pullOverrides reads the tuned overrides from the store and, when they
+// changed, applies them (see applyPolicies) and emits a policy change per
+// key that changed.
+func (t *Transport) pullOverrides(ctx context.Context) error {
+	os, ok := t.sh.store.(overrideStore)
+	if !ok {
+		return nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	ov, err := os.Overrides(cctx)
+	cancel()
+	if err != nil {
+		t.storeError(opRead, err)
+		return err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(ov) == 0 && len(t.overrides) == 0 || reflect.DeepEqual(ov, t.overrides) {
+		return nil
+	}
+	prev, before := t.overrides, t.policies.Load()
+	t.overrides = ov
+	t.applyPolicies()
+	after := t.policies.Load()
+	for _, key := range slices.Sorted(maps.Keys(mapUnion(prev, ov))) {
+		if reflect.DeepEqual(prev[key], ov[key]) {
+			continue
+		}
+		var fields Policy
+		overlay(&fields, prev[key])
+		overlay(&fields, ov[key])
+		t.emit(event{kind: evPolicy, host: key, prevPolicy: policyTOML(before.keyPolicy(key), fields),
+			policy: policyTOML(after.keyPolicy(key), fields), note: "tuned (read from the store)", remote: true})
+	}
+	return nil
+}
+
+// overrideStore is the tuned-overrides part of a Store.
+type overrideStore interface {
+	Overrides(ctx context.Context) (map[string]Policy, error)
+}
+
+// mapUnion returns a map with the keys of a and b.
+func mapUnion(a, b map[string]Policy) map[string]bool {
+	out := make(map[string]bool, len(a)+len(b))
+	for k := range a {
+		out[k] = true
+	}
+	for k := range b {
+		out[k] = true
+	}
+	return out
 }
 
 // seenKey is the key of r in sharing.seen: its host and slot.

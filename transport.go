@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -32,8 +33,10 @@ type Transport struct {
 	epoch   time.Time
 	reg     *registry
 
-	mu       sync.Mutex // serializes policy updates
-	policies atomic.Pointer[policyTable]
+	mu         sync.Mutex                  // serializes policy updates
+	configured *policyTable                // the configuration with UpdateHostPolicy's changes; guarded by mu
+	overrides  map[string]Policy           // tuned overrides read from the store, by Hosts key; guarded by mu
+	policies   atomic.Pointer[policyTable] // in force: configured with the overrides laid over it
 
 	sh *sharing // nil without a store
 
@@ -149,6 +152,7 @@ func NewTransport(base http.RoundTripper, opts ...Option) (*Transport, error) {
 	tc := o.config.Telemetry.withDefaults()
 	process := fmt.Sprintf("%s#%d", processName(tc), transportSeq.Add(1))
 	t.sink = newEventSink(process, tc, o.loggers, o.handler)
+	t.configured = pt
 	t.policies.Store(pt)
 	required := o.config.Store.Required
 	switch {
@@ -600,28 +604,64 @@ func (t *Transport) UpdateHostPolicy(host string, p Policy) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	before := t.policies.Load().keyPolicy(key)
-	npt, id, err := t.policies.Load().withUpdate(key, p)
+	configured, _, err := t.configured.withUpdate(key, p)
 	if err != nil {
 		return err
 	}
-	defer t.emit(event{kind: evPolicy, host: key, prevPolicy: policyTOML(before, p),
-		policy: policyTOML(npt.keyPolicy(key), p), note: "UpdateHostPolicy"})
-	// Entries are created under the registry lock with the policy table
-	// of that moment: publishing the table and updating the entries under
-	// the same lock leaves no entry behind.
+	t.configured = configured
+	t.applyPolicies()
+	t.emit(event{kind: evPolicy, host: key, prevPolicy: policyTOML(before, p),
+		policy: policyTOML(t.policies.Load().keyPolicy(key), p), note: "UpdateHostPolicy"})
+	return nil
+}
+
+// applyPolicies publishes the policy table in force, t.configured with the tuned
+// overrides laid over it, and switches every entry to it. Callers hold t.mu.
+//
+// Entries are created under the registry lock with the policy table of
+// that moment: publishing the table and updating the entries under the
+// same lock leaves no entry behind.
+func (t *Transport) applyPolicies() {
+	pt := t.configured
+	for _, key := range slices.Sorted(maps.Keys(t.overrides)) {
+		npt, _, err := pt.withUpdate(key, t.overrides[key])
+		if err != nil {
+			// Tune validated it against its bounds; a configuration that
+			// conflicts with it (a status list, say) keeps its values.
+			t.log.Warn("hostbreaker: tuned policy not applied", "key", key, "err", err)
+			continue
+		}
+		pt = npt
+	}
 	t.reg.mu.Lock()
 	defer t.reg.mu.Unlock()
-	t.policies.Store(npt)
+	t.policies.Store(pt)
 	t.reg.tab.Load().each(func(h *hostState) {
-		if _, hid := npt.hostPolicy(h.name); hid != id {
-			return
-		}
 		h.each(func(e *entry) {
-			np, _ := npt.resolve(h.name, e.role)
+			np, _ := pt.resolve(h.name, e.role)
 			e.setPolicy(np)
 		})
 	})
-	return nil
+}
+
+// Policy returns the effective policy of (host, role) now: every field
+// resolved, from the built-in defaults, the configuration, UpdateHostPolicy
+// and the tuned overrides read from the store, in that order. Its Roles is
+// nil. host may be a name, host:port or a URL. It is safe for concurrent
+// use.
+func (t *Transport) Policy(host, role string) (Policy, error) {
+	name, err := NormalizeHost(host)
+	if err != nil {
+		return Policy{}, fmt.Errorf("hostbreaker: policy of %q: %w", host, err)
+	}
+	p, err := t.policies.Load().resolve(name, role)
+	if err != nil {
+		return Policy{}, err
+	}
+	out := p.Policy
+	out.FailureStatuses = slices.Clone(out.FailureStatuses)
+	out.NeutralStatuses = slices.Clone(out.NeutralStatuses)
+	return out, nil
 }
 
 // Status is the state of one (host, role) at the time of a Snapshot: a
