@@ -70,9 +70,32 @@ type Store interface {
 	// fixes it.
 	Events(ctx context.Context, since time.Time) ([]Event, error)
 
+	// Overrides returns the tuned policies that Tune wrote, by Hosts key (an exact
+	// normalized host, or a wildcard "*.suffix"). Only the tunable fields are set:
+	// FailMax, ResetTimeout, SuccessThreshold, TrialCalls, at the top level and per role.
+	//
+	// The map is the caller's; it is empty, not nil, when there is no
+	// override. Stored values that do not decode as an override of the key
+	// that holds them are skipped.
+	Overrides(ctx context.Context) (map[string]Policy, error)
+
+	// PutOverride replaces the tuned policy of a Hosts key; a Policy with no tunable
+	// field set (at the top level or in any role) removes it. Every process sharing the
+	// store is signalled, as for Put (Redis: on the change channel).
+	//
+	// key must be normalized: an exact host as [NormalizeHost] returns it,
+	// or "*." and a normalized name. p may set only the tunable fields, each
+	// within what a configuration allows (counts 1 to 1000, a positive
+	// ResetTimeout), and only in roles with a non-empty name that do not
+	// nest; anything else is an error that writes nothing. Roles that set
+	// no field are dropped. A PutOverride that changes nothing writes
+	// nothing and signals nothing.
+	PutOverride(ctx context.Context, key string, p Policy) error
+
 	// Changes returns a channel that receives a value when another process
-	// may have changed the records, or nil when the store can only be
-	// polled. A Transport polls as well, so a lost signal only delays.
+	// may have changed the records or the overrides, or nil when the store
+	// can only be polled. A Transport polls as well, so a lost signal only
+	// delays.
 	Changes() <-chan struct{}
 
 	// Close releases the store. It does not close Transports that use it.
@@ -550,9 +573,9 @@ type PublishedState struct {
 //     query parameter prefix sets the key prefix (default "hostbreaker:");
 //     a prefix that does not end in ':' gets one (prefix=app means
 //     "app:"). Every key of the store (records, markers, published states,
-//     the indexes of hosts and sources, the journal) and its change
-//     channel live under the prefix: stores with the same prefix in the same database are
-//     one store, and stores with different prefixes share nothing, even
+//     the indexes of hosts and sources, the journal, the tuned overrides)
+//     and its change channel live under the prefix: stores with the same
+//     prefix in the same database are one store, and stores with different prefixes share nothing, even
 //     when one prefix extends the other. Other query parameters are
 //     go-redis options.
 //
@@ -713,4 +736,178 @@ func decodeStates(data []byte) (source string, states []PublishedState, expires 
 		states = append(states, ps)
 	}
 	return j.Source, states, time.Unix(0, j.Expires), nil
+}
+
+// overrideVersion is the version of the stored encoding of tuned overrides.
+const overrideVersion = 1
+
+// overrideFieldsJSON is the stored form of the tunable fields of a policy,
+// or of one of its roles; a zero field is not set. ResetTimeout is a Go
+// duration string ("45s").
+type overrideFieldsJSON struct {
+	FailMax          int    `json:"fail_max,omitempty"`
+	ResetTimeout     string `json:"reset_timeout,omitempty"`
+	SuccessThreshold int    `json:"success_threshold,omitempty"`
+	TrialCalls       int    `json:"trial_calls,omitempty"`
+}
+
+// overrideJSON is the stored form of the tuned override of a Hosts key. It
+// names its key, so that a value is only ever read as the override of the
+// key that holds it.
+type overrideJSON struct {
+	V   int    `json:"v"`
+	Key string `json:"key"`
+	overrideFieldsJSON
+	Roles map[string]overrideFieldsJSON `json:"roles,omitempty"`
+}
+
+// checkOverrideKey returns an error unless key is a Hosts key in the form
+// that parseHostKey returns it: a normalized host, or "*" followed by a
+// normalized suffix.
+func checkOverrideKey(key string) error {
+	host, suffix, err := parseHostKey(key)
+	switch {
+	case err != nil:
+		return fmt.Errorf("key %q: %w", key, err)
+	case suffix != "" && "*"+suffix != key:
+		return fmt.Errorf("key %q: wildcard is not normalized (want %q)", key, "*"+suffix)
+	case suffix == "" && host != key:
+		return fmt.Errorf("key %q: host is not normalized (want %q)", key, host)
+	}
+	return nil
+}
+
+// tunedPolicy returns the tunable fields of p (FailMax, ResetTimeout,
+// SuccessThreshold, TrialCalls, at the top level and per role) with the
+// roles that set none dropped, and Roles nil when no role remains. It is
+// an error for p to set any other field, to nest roles, to name a role ""
+// or with a NUL, or to set a count outside 1 to maxCount or a ResetTimeout
+// that is not positive.
+func tunedPolicy(p Policy) (Policy, error) {
+	fields := func(where string, p Policy) (Policy, error) {
+		if p.RetryAfterCap != 0 || p.HalfOpenJitter != 0 || p.FailureStatuses != nil || p.NeutralStatuses != nil {
+			return Policy{}, fmt.Errorf("%sonly fail_max, reset_timeout, success_threshold and trial_calls can be tuned", where)
+		}
+		for _, c := range []struct {
+			key string
+			n   int
+		}{{"fail_max", p.FailMax}, {"success_threshold", p.SuccessThreshold}, {"trial_calls", p.TrialCalls}} {
+			if c.n < 0 || c.n > maxCount {
+				return Policy{}, fmt.Errorf("%s%s: want 1 to %d, got %d", where, c.key, maxCount, c.n)
+			}
+		}
+		if p.ResetTimeout < 0 {
+			return Policy{}, fmt.Errorf("%sreset_timeout: must be positive, got %v", where, p.ResetTimeout)
+		}
+		return Policy{FailMax: p.FailMax, ResetTimeout: p.ResetTimeout, SuccessThreshold: p.SuccessThreshold, TrialCalls: p.TrialCalls}, nil
+	}
+	out, err := fields("", p)
+	if err != nil {
+		return Policy{}, err
+	}
+	for _, role := range slices.Sorted(maps.Keys(p.Roles)) {
+		where := "roles." + quoteKey(role) + "."
+		if role == "" || strings.ContainsRune(role, 0) {
+			return Policy{}, fmt.Errorf("invalid role name %q", role)
+		}
+		rp := p.Roles[role]
+		if len(rp.Roles) > 0 {
+			return Policy{}, fmt.Errorf("%sroles: roles cannot nest", where)
+		}
+		rp, err := fields(where, rp)
+		if err != nil {
+			return Policy{}, err
+		}
+		if emptyTuned(rp) {
+			continue
+		}
+		if out.Roles == nil {
+			out.Roles = make(map[string]Policy)
+		}
+		out.Roles[role] = rp
+	}
+	return out, nil
+}
+
+// emptyTuned reports whether p, as tunedPolicy returns it, sets nothing.
+func emptyTuned(p Policy) bool {
+	return p.FailMax == 0 && p.ResetTimeout == 0 && p.SuccessThreshold == 0 && p.TrialCalls == 0 && len(p.Roles) == 0
+}
+
+// cloneTuned returns a copy of p, as tunedPolicy returns it, that shares no
+// map with it.
+func cloneTuned(p Policy) Policy {
+	p.Roles = maps.Clone(p.Roles)
+	return p
+}
+
+// encodeOverride returns the stored form of the override p of key; p is
+// as tunedPolicy returns it.
+func encodeOverride(key string, p Policy) []byte {
+	fields := func(p Policy) overrideFieldsJSON {
+		f := overrideFieldsJSON{FailMax: p.FailMax, SuccessThreshold: p.SuccessThreshold, TrialCalls: p.TrialCalls}
+		if p.ResetTimeout != 0 {
+			f.ResetTimeout = p.ResetTimeout.String()
+		}
+		return f
+	}
+	j := overrideJSON{V: overrideVersion, Key: key, overrideFieldsJSON: fields(p)}
+	if len(p.Roles) > 0 {
+		j.Roles = make(map[string]overrideFieldsJSON, len(p.Roles))
+		for role, rp := range p.Roles {
+			j.Roles[role] = fields(rp)
+		}
+	}
+	b, _ := json.Marshal(j)
+	return b
+}
+
+// decodeOverride parses the stored form of an override and returns its key
+// and policy. It never panics; data that is not the override of a valid,
+// normalized key of a known version, setting at least one field, each
+// valid, is an error.
+func decodeOverride(data []byte) (string, Policy, error) {
+	var j overrideJSON
+	if err := json.Unmarshal(data, &j); err != nil {
+		return "", Policy{}, fmt.Errorf("hostbreaker: decode override: %w", err)
+	}
+	if j.V != overrideVersion {
+		return "", Policy{}, fmt.Errorf("hostbreaker: decode override: unknown version %d", j.V)
+	}
+	if err := checkOverrideKey(j.Key); err != nil {
+		return "", Policy{}, fmt.Errorf("hostbreaker: decode override: %w", err)
+	}
+	fields := func(f overrideFieldsJSON) (Policy, error) {
+		p := Policy{FailMax: f.FailMax, SuccessThreshold: f.SuccessThreshold, TrialCalls: f.TrialCalls}
+		if f.ResetTimeout != "" {
+			d, err := time.ParseDuration(f.ResetTimeout)
+			if err != nil {
+				return Policy{}, err
+			}
+			if d <= 0 {
+				return Policy{}, fmt.Errorf("reset_timeout %q is not positive", f.ResetTimeout)
+			}
+			p.ResetTimeout = d
+		}
+		return p, nil
+	}
+	p, err := fields(j.overrideFieldsJSON)
+	if err != nil {
+		return "", Policy{}, fmt.Errorf("hostbreaker: decode override of %s: %w", j.Key, err)
+	}
+	if len(j.Roles) > 0 {
+		p.Roles = make(map[string]Policy, len(j.Roles))
+		for role, f := range j.Roles {
+			if p.Roles[role], err = fields(f); err != nil {
+				return "", Policy{}, fmt.Errorf("hostbreaker: decode override of %s: role %q: %w", j.Key, role, err)
+			}
+		}
+	}
+	if p, err = tunedPolicy(p); err != nil {
+		return "", Policy{}, fmt.Errorf("hostbreaker: decode override of %s: %w", j.Key, err)
+	}
+	if emptyTuned(p) {
+		return "", Policy{}, fmt.Errorf("hostbreaker: decode override of %s: sets no field", j.Key)
+	}
+	return j.Key, p, nil
 }

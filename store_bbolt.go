@@ -58,6 +58,10 @@ var (
 	// enforces MaxEvents without counting them.
 	boltJournalInfo  = []byte("journal-info")
 	boltJournalCount = []byte("count")
+	// boltOverrides maps a Hosts key to encodeOverride of its tuned
+	// override. It is created by the first PutOverride, and only
+	// PutOverride writes it. Nothing in it expires.
+	boltOverrides = []byte("overrides")
 )
 
 // errBoltClosed is wrapped by every call made on a bbolt store after Close.
@@ -72,9 +76,9 @@ var errBoltClosed = errors.New("store is closed")
 // one file. A lock that cannot be taken in time is an error that wraps
 // bbolt's ErrTimeout; the caller tries again later.
 //
-// Reads are cached: Records and States first read the transaction id from
-// the file's meta pages without taking the lock, and reuse the last full
-// read when it has not changed.
+// Reads are cached: Records, States and Overrides first read the
+// transaction id from the file's meta pages without taking the lock, and
+// reuse the last full read when it has not changed.
 //
 // Writes prune expired entries at most once per boltPruneInterval per
 // process and file (see boltFile); in between, a Put only tidies the host it
@@ -104,6 +108,9 @@ type boltSnapshot struct {
 	file    os.FileInfo // identity of the file read, nil if unknown
 	records []Record    // cooldowns and reset markers, unexpired when read
 	states  []boltStatesEntry
+	// overrides holds the tuned overrides by Hosts key; never nil. Its
+	// policies are shared: Overrides returns copies.
+	overrides map[string]Policy
 }
 
 // boltStatesEntry is what one source published, with its expiry.
@@ -243,9 +250,10 @@ func boltHasBuckets(tx *bolt.Tx) bool {
 	return true
 }
 
-// boltWalk reads every entry of the store's buckets, to find corruption.
+// boltWalk reads every entry of the store's buckets and of the overrides,
+// to find corruption.
 func boltWalk(tx *bolt.Tx) error {
-	for _, name := range [][]byte{boltCooldowns, boltResets, boltStates} {
+	for _, name := range [][]byte{boltCooldowns, boltResets, boltStates, boltOverrides} {
 		if b := tx.Bucket(name); b != nil {
 			if err := b.ForEach(func(k, v []byte) error { return nil }); err != nil {
 				return err
@@ -458,7 +466,7 @@ func (s *boltStore) cached() *boltSnapshot {
 // load reads the whole store in one read-only transaction and caches it.
 func (s *boltStore) load(ctx context.Context, op string) (*boltSnapshot, error) {
 	s.fullReads.Add(1)
-	snap := &boltSnapshot{}
+	snap := &boltSnapshot{overrides: map[string]Policy{}}
 	if fi, err := os.Stat(s.path); err == nil {
 		snap.file = fi
 	}
@@ -466,6 +474,15 @@ func (s *boltStore) load(ctx context.Context, op string) (*boltSnapshot, error) 
 		snap.txid = uint64(tx.ID())
 		now := time.Now()
 		snap.records = boltReadRecords(tx, now)
+		clear(snap.overrides)
+		if b := tx.Bucket(boltOverrides); b != nil {
+			_ = b.ForEach(func(k, v []byte) error {
+				if key, p, err := decodeOverride(v); err == nil && key == string(k) {
+					snap.overrides[key] = p
+				}
+				return nil
+			})
+		}
 		if b := tx.Bucket(boltStates); b != nil {
 			_ = b.ForEach(func(k, v []byte) error {
 				if _, states, expires, err := decodeStates(v); err == nil && expires.After(now) {
@@ -931,6 +948,70 @@ func (s *boltStore) Events(ctx context.Context, since time.Time) ([]Event, error
 		return nil, fmt.Errorf("bbolt store %s: events: %w", s.path, err)
 	}
 	return decodeJournal(values, since), nil
+}
+
+// Overrides returns the tuned overrides. Like Records, it answers from the
+// last full read when the file has not changed. Entries that do not decode
+// as the override of their key are skipped.
+func (s *boltStore) Overrides(ctx context.Context) (map[string]Policy, error) {
+	if err := s.check(ctx, "overrides"); err != nil {
+		return nil, err
+	}
+	snap, err := s.snapshot(ctx, "overrides")
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]Policy, len(snap.overrides))
+	for key, p := range snap.overrides {
+		out[key] = cloneTuned(p)
+	}
+	return out, nil
+}
+
+// PutOverride replaces the override of key with p, or deletes it when p
+// sets no tunable field, as [Store] documents. A write changes the file's
+// transaction id, so the next read of every process that shares the file
+// reads it again; a PutOverride that changes nothing rolls back.
+func (s *boltStore) PutOverride(ctx context.Context, key string, p Policy) error {
+	if err := s.check(ctx, "put override"); err != nil {
+		return err
+	}
+	if err := checkOverrideKey(key); err != nil {
+		return fmt.Errorf("bbolt store %s: put override: %w", s.path, err)
+	}
+	p, err := tunedPolicy(p)
+	if err != nil {
+		return fmt.Errorf("bbolt store %s: put override of %s: %w", s.path, key, err)
+	}
+	var v []byte // nil: delete
+	if !emptyTuned(p) {
+		v = encodeOverride(key, p)
+	}
+	err = s.run(ctx, false, func(tx *bolt.Tx) error {
+		if v == nil && tx.Bucket(boltOverrides) == nil {
+			return errBoltNoWrite
+		}
+		b, err := tx.CreateBucketIfNotExists(boltOverrides)
+		if err != nil {
+			return err
+		}
+		old := b.Get([]byte(key))
+		switch {
+		case v == nil && old == nil, v != nil && bytes.Equal(old, v):
+			return errBoltNoWrite
+		case v == nil:
+			return b.Delete([]byte(key))
+		default:
+			return b.Put([]byte(key), v)
+		}
+	})
+	if errors.Is(err, errBoltNoWrite) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("bbolt store %s: put override of %s: %w", s.path, key, err)
+	}
+	return nil
 }
 
 // Changes returns nil: a bbolt store is polled.

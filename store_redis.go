@@ -73,13 +73,17 @@ const (
 //     milliseconds, and P+"i:sources", one of the sources that published
 //     states, scored by their expiry. Records and States read these
 //     indexes: they never SCAN, so their cost does not grow with the other
-//     keys of the database. Writes drop the members that expired.
+//     keys of the database. Writes drop the members that expired;
+//   - P+"o:overrides", a hash from a Hosts key, escaped, to encodeOverride
+//     of its tuned override. It never expires; Overrides reads it whole,
+//     with one HGETALL.
 //
 // Every key is P, a kind of one letter and ':', then a name without ':'. As
 // P ends in ':', the keys of stores with different prefixes never meet,
 // even when one prefix extends the other.
 //
-// Put publishes the host on the channel P+"events" when it changes anything.
+// Put publishes the host on the channel P+"events" when it changes anything,
+// and PutOverride publishes "o:" and the Hosts key.
 type redisStore struct {
 	client  *redis.Client
 	prefix  string
@@ -242,6 +246,8 @@ const (
 	redisHostsIndex    = "i:hosts"
 	redisSourcesIndex  = "i:sources"
 	redisJournal       = "j:events"
+	redisKindOverride  = "o:" // followed by a Hosts key: a PutOverride's message
+	redisOverrides     = redisKindOverride + "overrides"
 )
 
 // key returns the key of kind for the host or source name.
@@ -657,8 +663,93 @@ func (s *redisStore) Events(ctx context.Context, since time.Time) ([]Event, erro
 	return decodeJournal(values, since), nil
 }
 
-// Changes returns a channel that receives a value when a Put of any store
-// sharing the prefix changed the records, and whenever the subscription to
+// Overrides returns the tuned overrides under the store's prefix: the
+// fields of one hash, read with one HGETALL. Fields that do not unescape
+// to a key, and values that do not decode as the override of that key, are
+// skipped; so is a key of another type.
+func (s *redisStore) Overrides(ctx context.Context) (map[string]Policy, error) {
+	fields, err := s.client.HGetAll(ctx, s.prefix+redisOverrides).Result()
+	if err != nil && !isRedisReply(err) {
+		return nil, fmt.Errorf("hostbreaker: redis store: overrides: %w", err)
+	}
+	out := make(map[string]Policy, len(fields))
+	for field, v := range fields {
+		name, err := url.QueryUnescape(field)
+		if err != nil {
+			continue
+		}
+		if key, p, err := decodeOverride([]byte(v)); err == nil && key == name {
+			out[key] = p
+		}
+	}
+	return out, nil
+}
+
+// PutOverride replaces the override of key with p, or deletes it when p
+// sets no tunable field, as [Store] documents, and publishes "o:"+key on
+// the change channel when that changed the hash. Like Put, it is an
+// optimistic transaction: it WATCHes the hash, compares the stored value
+// with the new one, and writes and publishes in one MULTI/EXEC, starting
+// again at most redisPutAttempts times when another client wrote the hash
+// meanwhile.
+func (s *redisStore) PutOverride(ctx context.Context, key string, p Policy) error {
+	if err := checkOverrideKey(key); err != nil {
+		return fmt.Errorf("hostbreaker: redis store: put override: %w", err)
+	}
+	p, err := tunedPolicy(p)
+	if err != nil {
+		return fmt.Errorf("hostbreaker: redis store: put override of %s: %w", key, err)
+	}
+	var v []byte // nil: delete
+	if !emptyTuned(p) {
+		v = encodeOverride(key, p)
+	}
+	hkey, field := s.prefix+redisOverrides, url.QueryEscape(key)
+	try := func(tx *redis.Tx) error {
+		old, err := tx.HGet(ctx, hkey, field).Bytes()
+		switch {
+		case errors.Is(err, redis.Nil):
+			old = nil
+		case err != nil:
+			return err
+		}
+		if v == nil && old == nil || v != nil && string(old) == string(v) {
+			return nil
+		}
+		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			if v == nil {
+				p.HDel(ctx, hkey, field)
+			} else {
+				p.HSet(ctx, hkey, field, v)
+			}
+			p.Publish(ctx, s.channel, redisKindOverride+key)
+			return nil
+		})
+		return err
+	}
+	for attempt := 1; attempt <= redisPutAttempts; attempt++ {
+		err = s.client.Watch(ctx, try, hkey)
+		if !errors.Is(err, redis.TxFailedErr) || attempt == redisPutAttempts {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("hostbreaker: redis store: put override of %s: %w", key, ctx.Err())
+		case <-time.After(rand.N(time.Duration(attempt) * redisPutBackoff)):
+		}
+	}
+	if errors.Is(err, redis.TxFailedErr) {
+		return fmt.Errorf("hostbreaker: redis store: put override of %s: lost %d races with concurrent writes: %w", key, redisPutAttempts, err)
+	}
+	if err != nil {
+		return fmt.Errorf("hostbreaker: redis store: put override of %s: %w", key, err)
+	}
+	return nil
+}
+
+// Changes returns a channel that receives a value when a Put or a
+// PutOverride of any store sharing the prefix changed the records or the
+// overrides, and whenever the subscription to
 // those changes is (re)established, since messages sent while it was down
 // are lost. Values coalesce: the channel holds one at most.
 func (s *redisStore) Changes() <-chan struct{} { return s.changes }

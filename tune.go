@@ -1,0 +1,394 @@
+package hostbreaker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Tune applies advice to every process that shares s: it clamps each proposal to
+// cfg.Tune's bounds (withDefaults), writes the resulting overrides to the store
+// (merged into the key's existing override, per role), appends a
+// hostbreaker.policy_change event per change to the store's journal (so the audit
+// trail exists even when no Transport runs), and returns what it wrote (Proposed
+// as written; Reason extended with "clamped to [min, max]" when it was clamped).
+//
+// Each Advice sets one key of one Hosts key: Key is fail_max, reset_timeout,
+// success_threshold or trial_calls; Role "" is the key's top-level policy,
+// any other role its Roles[Role]; Host is normalized with [NormalizeHost]
+// unless it is a wildcard "*.suffix"; Proposed is a TOML value ("5",
+// "45s" or "\"45s\""). Advice that Tune cannot apply (the key "rate", which
+// has no policy field yet, an unknown key, a host or value that does not
+// parse) is an error that names every such advice by its index, host and
+// key, and nothing is written; so are invalid bounds in cfg.Tune. Advice is applied in order, so a later one
+// on the same key and role wins; one that proposes the value that the
+// override already holds changes nothing and is left out of the result.
+//
+// Each event has the Hosts key as Host, the advice's Role, the key's previous
+// value as PreviousPolicy ("fail_max = 5": the override's, or the advice's
+// Current when there was none), the new one as Policy ("fail_max = 3") and
+// note, a colon and the reason as Note. Events go to the journal within the
+// limits of cfg.Telemetry (24h and 100000 events by default), unless
+// cfg.Telemetry.NoJournal is set.
+//
+// The overrides of a key are read, merged and written back: two Tunes of the
+// same key at the same time may lose one of the changes. When a write
+// fails, Tune journals and returns what it wrote before, with the error.
+func Tune(ctx context.Context, s Store, advice []Advice, cfg Config, note string) ([]Advice, error) {
+	if len(advice) == 0 {
+		return nil, nil
+	}
+	if err := cfg.Tune.check(); err != nil {
+		return nil, fmt.Errorf("hostbreaker: tune: %w", err)
+	}
+	bounds := cfg.Tune.withDefaults()
+	changes := make([]tuneChange, 0, len(advice))
+	var errs []error
+	for i, a := range advice {
+		c, err := parseAdvice(a, bounds)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("advice %d (%s %s): %w", i, a.Host, a.Key, err))
+			continue
+		}
+		changes = append(changes, c)
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("hostbreaker: tune: nothing written: %w", errors.Join(errs...))
+	}
+
+	stored, err := s.Overrides(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("hostbreaker: tune: %w", err)
+	}
+	process := tuneProcess()
+	working := make(map[string]Policy) // the new overrides of the keys changed, by key
+	var keys []string                  // the keys changed, in the order of their first change
+	var done []tuneDone
+	for _, c := range changes {
+		p, ok := working[c.key]
+		if !ok {
+			p = cloneTuned(stored[c.key])
+		}
+		level := p
+		if c.advice.Role != "" {
+			level = p.Roles[c.advice.Role]
+		}
+		prev := c.current // without an override, the value in force, as the advice says
+		if setsField(level, c.value) {
+			prev = policyTOML(level, c.value)
+			if prev == policyTOML(c.value, c.value) {
+				continue // the override holds this value already
+			}
+		}
+		overlay(&level, c.value)
+		if c.advice.Role == "" {
+			level.Roles = p.Roles
+			p = level
+		} else {
+			if p.Roles == nil {
+				p.Roles = make(map[string]Policy)
+			}
+			p.Roles[c.advice.Role] = level
+		}
+		if !ok {
+			keys = append(keys, c.key)
+		}
+		working[c.key] = p
+		done = append(done, tuneDone{key: c.key, advice: c.advice, event: Event{
+			Name:           EventPolicyChange,
+			Time:           time.Now(),
+			Process:        process,
+			Host:           c.key,
+			Role:           c.advice.Role,
+			PreviousPolicy: prev,
+			Policy:         policyTOML(c.value, c.value),
+			Note:           joinNote(note, c.advice.Reason),
+		}})
+	}
+
+	written := make(map[string]bool, len(keys))
+	var werr error
+	for _, key := range keys {
+		if werr = s.PutOverride(ctx, key, working[key]); werr != nil {
+			werr = fmt.Errorf("hostbreaker: tune: %w", werr)
+			break
+		}
+		written[key] = true
+	}
+	var out []Advice
+	var events []Event
+	for _, d := range done {
+		if written[d.key] {
+			out = append(out, d.advice)
+			events = append(events, d.event)
+		}
+	}
+	if len(events) > 0 && !cfg.Telemetry.NoJournal {
+		tc := cfg.Telemetry.withDefaults()
+		limits := JournalLimits{Retention: tc.JournalRetention, MaxEvents: tc.JournalMaxEvents}
+		if _, err := s.AppendEvents(ctx, events, limits); err != nil {
+			werr = errors.Join(werr, fmt.Errorf("hostbreaker: tune: overrides written, but not journaled: %w", err))
+		}
+	}
+	return out, werr
+}
+
+// RevertTuning removes the tuned overrides of host (a Hosts key), or of every key
+// when host is "all", and journals a policy_change per removed key; afterwards the
+// configuration's values apply again everywhere.
+//
+// host is normalized like an Advice's Host. A key without an override is no
+// error, and journals nothing. Each event has the key as Host, the removed
+// override as PreviousPolicy (as TOML, roles as roles.NAME.key lines), an
+// empty Policy, and note, a colon and "tuning reverted" as Note. The
+// events are appended without limits (RevertTuning has no configuration to
+// take them from); the Transports sharing the journal enforce theirs at
+// their next append.
+func RevertTuning(ctx context.Context, s Store, host string, note string) error {
+	var key string
+	if host != "all" {
+		k, err := tuneKey(host)
+		if err != nil {
+			return fmt.Errorf("hostbreaker: revert tuning: %w", err)
+		}
+		key = k
+	}
+	stored, err := s.Overrides(ctx)
+	if err != nil {
+		return fmt.Errorf("hostbreaker: revert tuning: %w", err)
+	}
+	var keys []string
+	if host == "all" {
+		keys = slices.Sorted(maps.Keys(stored))
+	} else if _, ok := stored[key]; ok {
+		keys = []string{key}
+	}
+	process := tuneProcess()
+	var events []Event
+	var werr error
+	for _, key := range keys {
+		if werr = s.PutOverride(ctx, key, Policy{}); werr != nil {
+			werr = fmt.Errorf("hostbreaker: revert tuning: %w", werr)
+			break
+		}
+		p := stored[key]
+		events = append(events, Event{
+			Name:           EventPolicyChange,
+			Time:           time.Now(),
+			Process:        process,
+			Host:           key,
+			PreviousPolicy: policyTOML(p, p),
+			Note:           joinNote(note, "tuning reverted"),
+		})
+	}
+	if len(events) > 0 {
+		if _, err := s.AppendEvents(ctx, events, JournalLimits{}); err != nil {
+			werr = errors.Join(werr, fmt.Errorf("hostbreaker: revert tuning: overrides removed, but not journaled: %w", err))
+		}
+	}
+	return werr
+}
+
+// tuneChange is an Advice that Tune can apply.
+type tuneChange struct {
+	key     string // the Hosts key, normalized
+	value   Policy // the one field the advice sets, clamped
+	current string // the advice's Current as TOML, "" when it does not parse
+	advice  Advice // as Tune returns it
+}
+
+// tuneDone is a change that Tune made: what it returns, and the event.
+type tuneDone struct {
+	key    string
+	advice Advice
+	event  Event
+}
+
+// The keys that Tune changes.
+const (
+	tuneFailMax          = "fail_max"
+	tuneResetTimeout     = "reset_timeout"
+	tuneSuccessThreshold = "success_threshold"
+	tuneTrialCalls       = "trial_calls"
+	tuneRate             = "rate"
+)
+
+// parseAdvice returns the change that a applies within bounds: its Hosts
+// key, the field it sets, clamped, and a as written (Host normalized,
+// Proposed as the clamped value, Reason extended when it was clamped).
+func parseAdvice(a Advice, bounds TuneBounds) (tuneChange, error) {
+	switch a.Key {
+	case tuneFailMax, tuneResetTimeout, tuneSuccessThreshold, tuneTrialCalls:
+	case tuneRate:
+		return tuneChange{}, errors.New(`key "rate" cannot be tuned: no policy has a rate yet`)
+	default:
+		return tuneChange{}, fmt.Errorf("unknown key %q (want fail_max, reset_timeout, success_threshold or trial_calls)", a.Key)
+	}
+	key, err := tuneKey(a.Host)
+	if err != nil {
+		return tuneChange{}, err
+	}
+	if strings.ContainsRune(a.Role, 0) {
+		return tuneChange{}, fmt.Errorf("invalid role %q", a.Role)
+	}
+	value, err := parseTuneValue(a.Key, a.Proposed)
+	if err != nil {
+		return tuneChange{}, fmt.Errorf("proposed value: %w", err)
+	}
+	var lo, hi string
+	clamped := false
+	clampInt := func(n *int, r [2]int) {
+		lo, hi = strconv.Itoa(r[0]), strconv.Itoa(r[1])
+		if c := min(max(*n, r[0]), r[1]); c != *n {
+			*n, clamped = c, true
+		}
+	}
+	switch a.Key {
+	case tuneFailMax:
+		clampInt(&value.FailMax, bounds.FailMax)
+	case tuneSuccessThreshold:
+		clampInt(&value.SuccessThreshold, bounds.SuccessThreshold)
+	case tuneTrialCalls:
+		clampInt(&value.TrialCalls, bounds.TrialCalls)
+	case tuneResetTimeout:
+		r := bounds.ResetTimeout
+		lo, hi = r[0].String(), r[1].String()
+		if c := min(max(value.ResetTimeout, r[0]), r[1]); c != value.ResetTimeout {
+			value.ResetTimeout, clamped = c, true
+		}
+	}
+	a.Host = key
+	a.Proposed = tuneValueString(value)
+	if clamped {
+		a.Reason = joinReason(a.Reason, "clamped to ["+lo+", "+hi+"]")
+	}
+	c := tuneChange{key: key, value: value, advice: a}
+	if cur, err := parseTuneValue(a.Key, a.Current); err == nil {
+		c.current = policyTOML(cur, cur)
+	}
+	return c, nil
+}
+
+// tuneKey returns the Hosts key that host names: a wildcard "*.suffix" with
+// its suffix normalized, or the normalized host.
+func tuneKey(host string) (string, error) {
+	if strings.HasPrefix(host, "*.") {
+		_, suffix, err := parseHostKey(host)
+		if err != nil {
+			return "", err
+		}
+		return "*" + suffix, nil
+	}
+	key, err := NormalizeHost(host)
+	if err != nil {
+		return "", fmt.Errorf("invalid host %q: %w", host, err)
+	}
+	if err := checkOverrideKey(key); err != nil {
+		return "", err
+	}
+	return key, nil
+}
+
+// parseTuneValue parses s, a TOML value, as the value of key and returns
+// a Policy that sets only that field. A count is a TOML integer; a
+// duration is a TOML string, or the same unquoted ("45s"), that
+// time.ParseDuration reads. It does not check the range.
+func parseTuneValue(key, s string) (Policy, error) {
+	var v any
+	var doc struct {
+		V any `toml:"v"`
+	}
+	if md, err := toml.Decode("v = "+s, &doc); err == nil && len(md.Undecoded()) == 0 && !strings.ContainsAny(s, "\n\r") {
+		v = doc.V
+	} else {
+		v = strings.TrimSpace(s) // an unquoted duration, or junk
+	}
+	if key == tuneResetTimeout {
+		str, ok := v.(string)
+		if !ok {
+			return Policy{}, fmt.Errorf("%s = %s: want a duration such as \"45s\"", key, s)
+		}
+		d, err := time.ParseDuration(str)
+		if err != nil {
+			return Policy{}, fmt.Errorf("%s = %s: want a duration such as \"45s\"", key, s)
+		}
+		if d <= 0 {
+			d = -1 // not zero, which means inherit; the bounds clamp it
+		}
+		return Policy{ResetTimeout: d}, nil
+	}
+	n, ok := v.(int64)
+	if !ok {
+		return Policy{}, fmt.Errorf("%s = %s: want an integer", key, s)
+	}
+	n = min(max(n, -1), maxCount+1) // out of range either way; the bounds clamp it
+	if n == 0 {
+		n = -1 // not zero, which means inherit
+	}
+	switch key {
+	case tuneFailMax:
+		return Policy{FailMax: int(n)}, nil
+	case tuneSuccessThreshold:
+		return Policy{SuccessThreshold: int(n)}, nil
+	default:
+		return Policy{TrialCalls: int(n)}, nil
+	}
+}
+
+// setsField reports whether p sets the tunable field that keys sets.
+func setsField(p, keys Policy) bool {
+	return keys.FailMax != 0 && p.FailMax != 0 || keys.ResetTimeout != 0 && p.ResetTimeout != 0 ||
+		keys.SuccessThreshold != 0 && p.SuccessThreshold != 0 || keys.TrialCalls != 0 && p.TrialCalls != 0
+}
+
+// tuneValueString returns the one field that p sets as an Advice writes
+// it: "3", "45s".
+func tuneValueString(p Policy) string {
+	switch {
+	case p.FailMax != 0:
+		return strconv.Itoa(p.FailMax)
+	case p.SuccessThreshold != 0:
+		return strconv.Itoa(p.SuccessThreshold)
+	case p.TrialCalls != 0:
+		return strconv.Itoa(p.TrialCalls)
+	default:
+		return p.ResetTimeout.String()
+	}
+}
+
+// tuneProcess names the process that runs Tune in its events:
+// "tune:hostname:pid".
+func tuneProcess() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "unknown"
+	}
+	return "tune:" + host + ":" + strconv.Itoa(os.Getpid())
+}
+
+// joinNote returns note, ": " and reason, or whichever is not empty.
+func joinNote(note, reason string) string {
+	switch {
+	case note == "":
+		return reason
+	case reason == "":
+		return note
+	}
+	return note + ": " + reason
+}
+
+// joinReason returns reason extended with more: "reason; more".
+func joinReason(reason, more string) string {
+	if reason == "" {
+		return more
+	}
+	return reason + "; " + more
+}
