@@ -1,6 +1,8 @@
 package hostbreaker
 
 import (
+	"context"
+	"net/http"
 	"testing"
 	"time"
 )
@@ -30,4 +32,70 @@ func TestTransportPolicy(t *testing.T) {
 	if _, err := tr.Policy("", ""); err == nil {
 		t.Fatal("Policy of an empty host: no error")
 	}
+}
+
+// Tune's overrides reach a running Transport through the store: applied
+// live, breaker state kept, a policy change event, and a revert brings the
+// configuration's values back.
+func TestTunedOverridesApplyLive(t *testing.T) {
+	storeKinds(t, func(t *testing.T, url string) {
+		var got eventLog
+		cfg := Config{Defaults: Policy{FailMax: 2, ResetTimeout: time.Hour, HalfOpenJitter: -1},
+			Store: StoreConfig{URL: url, PollInterval: 50 * time.Millisecond}}
+		tr, err := NewTransport(newFakeHosts(status(500)), WithConfig(cfg), WithEventHandler(got.add))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tr.Close()
+		c := &http.Client{Transport: tr}
+		do(t, c, RoleLanding, "https://a.test/")
+		do(t, c, RoleLanding, "https://a.test/")
+		mustState(t, tr, "a.test", RoleLanding, StateOpen)
+
+		s, err := OpenStore(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		ctx := context.Background()
+		advice := []Advice{{Host: "a.test", Role: RoleLanding, Key: "reset_timeout", Current: "1h0m0s", Proposed: "2m", Reason: "test"},
+			{Host: "a.test", Key: "fail_max", Current: "2", Proposed: "4", Reason: "test"}}
+		if _, err := Tune(ctx, s, advice, cfg, "live"); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		waitPolicy := func(role string, ok func(Policy) bool) {
+			t.Helper()
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+				p, _ := tr.Policy("a.test", role)
+				if ok(p) {
+					return
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("policy of (a.test, %q) = %+v", role, p)
+				}
+			}
+		}
+		waitPolicy(RoleLanding, func(p Policy) bool { return p.ResetTimeout == 2*time.Minute && p.FailMax == 4 })
+		t.Logf("%s: a tuned override applied after %v", url[:5], time.Since(start))
+		mustState(t, tr, "a.test", RoleLanding, StateOpen) // state kept
+		if p, _ := tr.Policy("a.test", ""); p.ResetTimeout != time.Hour || p.FailMax != 4 {
+			t.Fatalf("the no-role policy = %+v", p)
+		}
+		if err := RevertTuning(ctx, s, "all", "back"); err != nil {
+			t.Fatal(err)
+		}
+		waitPolicy(RoleLanding, func(p Policy) bool { return p.ResetTimeout == time.Hour && p.FailMax == 2 })
+		mustState(t, tr, "a.test", RoleLanding, StateOpen)
+		tr.Close()
+		var applied int
+		for _, ev := range got.named(EventPolicyChange) {
+			if ev.Host == "a.test" && ev.Remote {
+				applied++
+			}
+		}
+		if applied != 2 { // the tune and the revert
+			t.Errorf("policy changes applied from the store = %d, want 2", applied)
+		}
+	})
 }

@@ -279,12 +279,8 @@ func (t *Transport) pull(ctx context.Context) error {
 // changed, applies them (see applyPolicies) and emits a policy change per
 // key that changed.
 func (t *Transport) pullOverrides(ctx context.Context) error {
-	os, ok := t.sh.store.(overrideStore)
-	if !ok {
-		return nil
-	}
 	cctx, cancel := context.WithTimeout(ctx, storeTimeout)
-	ov, err := os.Overrides(cctx)
+	ov, err := t.sh.store.Overrides(cctx)
 	cancel()
 	if err != nil {
 		t.storeError(opRead, err)
@@ -310,11 +306,6 @@ func (t *Transport) pullOverrides(ctx context.Context) error {
 			policy: policyTOML(after.keyPolicy(key), fields), note: "tuned (read from the store)", remote: true})
 	}
 	return nil
-}
-
-// overrideStore is the tuned-overrides part of a Store.
-type overrideStore interface {
-	Overrides(ctx context.Context) (map[string]Policy, error)
 }
 
 // mapUnion returns a map with the keys of a and b.
