@@ -310,13 +310,13 @@ func (p *pairEvidence) advise(k pairKey, h *hostEvidence, cur Policy, b TuneBoun
 	if p.opens > 0 && len(h.retryAfters) >= adviseMinRetryAfters {
 		m := medianDuration(h.retryAfters)
 		add(keyResetTimeout, int64(m), 0, "opened %s; the host sent %d Retry-After values, median %s",
-			times(p.opens), len(h.retryAfters), m)
+			times(p.opens), len(h.retryAfters), m.Round(time.Millisecond))
 	}
 	// Rule 3: open durations.
 	if p.trips >= adviseMinClosedTrips && len(p.durations) >= adviseMinClosedTrips {
 		m := medianDuration(p.durations)
 		add(keyResetTimeout, int64(m), 0, "tripped %d times; median time from open to closed %s over %d closed trips",
-			p.trips, m, len(p.durations))
+			p.trips, m.Round(time.Millisecond), len(p.durations))
 	}
 	// Rule 4: flapping.
 	if p.firstFailed >= adviseFlapTrips {
@@ -358,7 +358,7 @@ func (p *pairEvidence) advise(k pairKey, h *hostEvidence, cur Policy, b TuneBoun
 			}
 			why := pr.reason
 			if v != rounded {
-				why += ", " + formatValue(key, rounded) + " clamped to " + formatValue(key, v)
+				why += ", clamped to " + formatValue(key, v)
 			}
 			if reasons == nil || moreConservative(key, v, value) {
 				value = v

@@ -474,7 +474,7 @@ func TestAdviseConservativeMerge(t *testing.T) {
 func TestAdviseClampsToCustomBounds(t *testing.T) {
 	cfg := Config{Tune: TuneBounds{ResetTimeout: [2]time.Duration{20 * time.Second, 40 * time.Second}}}
 	a := findAdvice(t, Advise(journalRetryAfter(t), cfg), "api.example.org", "", "reset_timeout")
-	if a.Proposed != "40s" || !strings.HasSuffix(a.Reason, "median 45s, 45s clamped to 40s") {
+	if a.Proposed != "40s" || !strings.HasSuffix(a.Reason, "median 45s, clamped to 40s") {
 		t.Errorf("got %+v", a)
 	}
 
@@ -486,14 +486,27 @@ func TestAdviseClampsToCustomBounds(t *testing.T) {
 	j.trip(44)
 	j.summary(60, "s40@40 f5@40 r10@45", 0, 0, 0)
 	a = findAdvice(t, Advise(j.events, Config{}), "api.example.org", "", "reset_timeout")
-	if a.Proposed != "10m0s" || !strings.HasSuffix(a.Reason, "median 20m0s, 20m0s clamped to 10m0s") {
+	if a.Proposed != "10m0s" || !strings.HasSuffix(a.Reason, "median 20m0s, clamped to 10m0s") {
+		t.Errorf("got %+v", a)
+	}
+
+	// A sub-second median is shown to the millisecond; the proposal is
+	// the lower bound.
+	j = newJournal(t, "fast.example.org", "", "p#1")
+	j.trip(10, 11)
+	j.change(20, StateClosed, StateOpen)
+	j.change(20, StateOpen, StateHalfOpen).Time = sec(20).Add(1234567 * time.Microsecond)
+	j.change(20, StateHalfOpen, StateClosed).Time = sec(20).Add(1234567 * time.Microsecond)
+	j.summary(60, "s40@0 f5@5 r10@10 s10@11 f5@15 r10@20 s10@21", 0, 2, 0)
+	a = findAdvice(t, Advise(j.events, Config{}), "fast.example.org", "", "reset_timeout")
+	if a.Proposed != "15s" || a.Reason != "tripped 2 times; median time from open to closed 1.117s over 2 closed trips, clamped to 15s" {
 		t.Errorf("got %+v", a)
 	}
 
 	// fail_max 5 + 2 within [2, 6] is 6.
 	cfg = Config{Tune: TuneBounds{FailMax: [2]int{2, 6}}}
 	a = findAdvice(t, Advise(journalTransient(t), cfg), "burst.example.org", "feed", "fail_max")
-	if a.Proposed != "6" || !strings.HasSuffix(a.Reason, ", 7 clamped to 6") {
+	if a.Proposed != "6" || !strings.HasSuffix(a.Reason, ", clamped to 6") {
 		t.Errorf("got %+v", a)
 	}
 	// success_threshold within [1, 1]: rule 5 cannot raise it; trial_calls
