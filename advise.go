@@ -1,5 +1,21 @@
 package hostbreaker
 
+// This file holds Advise: the rules that read a journal and suggest policy
+// changes, and the replay that says what a suggestion would have done.
+// docs/advise.md describes every rule and its thresholds.
+
+import (
+	"bytes"
+	"cmp"
+	"fmt"
+	"maps"
+	"math/bits"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
 // Advice is one suggested policy change for a host, or a (host, role),
 // with the reason behind it and, for the breaker keys, what it would have
 // done on the recorded traffic. It is plain data: it can be printed,
@@ -23,4 +39,595 @@ type Replay struct {
 	FailuresSentProposed     int `json:"failures_sent_proposed"`     // …under the proposed one
 	SuccessesBlockedProposed int `json:"successes_blocked_proposed"` // successes the proposed policy would have rejected
 	Unknown                  int `json:"unknown"`                    // recorded rejections: their outcome is unknown
+}
+
+// The thresholds of Advise's rules, all in one place; docs/advise.md
+// explains each. Ratios are whole percentages so that no float decides a
+// rule. Rules 1 and 7 (the rate key) land with the rate limits.
+const (
+	// A host with fewer requests than this in the window gets no advice.
+	adviseMinRequests = 20
+
+	// Rule 2, Retry-After: the Retry-After values a host must have sent.
+	adviseMinRetryAfters = 3
+
+	// Rule 3, open durations: the closed trips needed for a median.
+	adviseMinClosedTrips = 2
+
+	// Rule 4, flapping: trips reopened by a failed probe, and the factor
+	// (num/den) applied to reset_timeout.
+	adviseFlapTrips = 3
+	adviseFlapNum   = 3
+	adviseFlapDen   = 2
+
+	// Rule 5, probes: at least this many probes, failing at least this
+	// share, ask for these values.
+	adviseMinProbes             = 2
+	adviseProbeFailPct          = 50
+	adviseProbeSuccessThreshold = 2
+	adviseProbeTrialCalls       = 1
+
+	// Rule 6, transient trips: at least this many trips closed by their
+	// first probe, at least this share of the trips; the failure runs that
+	// ended in a success, at this percentile, reach fail_max − 1; then
+	// fail_max grows by this step.
+	adviseMinTransient   = 2
+	adviseTransientPct   = 50
+	adviseBurstPct       = 95
+	adviseFailMaxStep    = 2
+	adviseMinOutageTrips = 2 // rule 6, long outages: every trip's first probe failed
+	adviseOutageFailMax  = 3 // …and fail_max above this comes down to it
+)
+
+// The TOML keys that Advise suggests.
+const (
+	keyFailMax          = "fail_max"
+	keyResetTimeout     = "reset_timeout"
+	keySuccessThreshold = "success_threshold"
+	keyTrialCalls       = "trial_calls"
+)
+
+// Advise reads events (from [ReadJournal] or [Transport.Events], any mix
+// of processes, in any order) and returns the policy changes it suggests
+// for the (host, role)s they show, given cfg, the configuration in force.
+// Each suggestion carries its reason with the numbers and, since every key
+// it suggests is a breaker key, a [Replay] of the recorded outcomes. The
+// proposed values are within cfg.Tune's bounds. The result is sorted by
+// host, role and key; it is nil when there is nothing to suggest or cfg is
+// invalid.
+//
+// Advise is a pure function: it reads no clock, does no I/O, and returns
+// the same advice for the same events whatever their order. The rules are
+// described in docs/advise.md.
+func Advise(events []Event, cfg Config) []Advice {
+	pt, err := cfg.validate()
+	if err != nil {
+		return nil
+	}
+	bounds := cfg.Tune.withDefaults()
+	j := readJournalForAdvice(events)
+	var out []Advice
+	for _, k := range slices.SortedFunc(maps.Keys(j.pairs), comparePairKeys) {
+		h := j.hosts[k.host]
+		if h.requests < adviseMinRequests || (h.failures == 0 && h.opens == 0) {
+			continue // too little evidence, or a healthy host
+		}
+		r, err := pt.resolve(k.host, k.role)
+		if err != nil {
+			continue
+		}
+		out = append(out, j.pairs[k].advise(k, h, r.Policy, bounds)...)
+	}
+	return out
+}
+
+// pairKey is a (host, role).
+type pairKey struct{ host, role string }
+
+func comparePairKeys(a, b pairKey) int {
+	return cmp.Or(strings.Compare(a.host, b.host), strings.Compare(a.role, b.role))
+}
+
+// adviceJournal is what Advise learns from the events.
+type adviceJournal struct {
+	hosts map[string]*hostEvidence
+	pairs map[pairKey]*pairEvidence
+}
+
+// hostEvidence is what the events say about a host, all roles together.
+type hostEvidence struct {
+	requests    uint64          // Summary.Requests, every role and process
+	failures    uint64          // Summary.Failures, likewise
+	opens       int             // local openings of any of its breakers
+	retryAfters []time.Duration // the Retry-After values it sent
+}
+
+// pairEvidence is what the events say about a (host, role).
+type pairEvidence struct {
+	probesOK, probesFail uint64
+	opens                int // local state changes to open, reopenings included
+	trips                int // local openings from closed
+	firstOK              int // trips closed by their first probe
+	firstFailed          int // trips whose first probe failed (reopened)
+	durations            []time.Duration
+	seqs                 map[string][]timedRun // the recorded outcomes, by process
+	episodes             map[string]*episode   // the trip in progress, by process
+}
+
+// episode is a trip in progress in one process: from the opening to the
+// closing that ends it.
+type episode struct {
+	start    time.Time
+	local    bool // opened by this process, not learnt from the store
+	reopened bool // a probe failed
+}
+
+// timedRun is a run of recorded outcomes with the span its outcomes are
+// spread over: from at to end.
+type timedRun struct {
+	kind    OutcomeKind
+	n       uint64
+	at, end time.Time
+}
+
+// readJournalForAdvice gathers the evidence, reading events in a fixed
+// order of its own.
+func readJournalForAdvice(events []Event) *adviceJournal {
+	evs := slices.Clone(events)
+	slices.SortFunc(evs, compareAdviceEvents)
+	j := &adviceJournal{hosts: make(map[string]*hostEvidence), pairs: make(map[pairKey]*pairEvidence)}
+	host := func(name string) *hostEvidence {
+		h := j.hosts[name]
+		if h == nil {
+			h = new(hostEvidence)
+			j.hosts[name] = h
+		}
+		return h
+	}
+	pair := func(ev Event) *pairEvidence {
+		k := pairKey{ev.Host, ev.Role}
+		p := j.pairs[k]
+		if p == nil {
+			p = &pairEvidence{seqs: make(map[string][]timedRun), episodes: make(map[string]*episode)}
+			j.pairs[k] = p
+		}
+		return p
+	}
+	for _, ev := range evs {
+		if ev.Host == "" {
+			continue
+		}
+		switch ev.Name {
+		case EventSummary:
+			if ev.Summary == nil {
+				continue
+			}
+			s := ev.Summary
+			h, p := host(ev.Host), pair(ev)
+			h.requests += s.Requests
+			h.failures += s.Failures
+			p.probesOK += s.ProbesOK
+			p.probesFail += s.ProbesFail
+			p.seqs[ev.Process] = appendRuns(p.seqs[ev.Process], s.Outcomes, ev.Time)
+		case EventStateChange:
+			p := pair(ev)
+			if p.stateChange(ev) {
+				host(ev.Host).opens++
+			}
+		case EventCooldown:
+			if ev.Reason == ReasonRetryAfter && ev.RetryAfter > 0 && !ev.Remote {
+				h := host(ev.Host)
+				h.retryAfters = append(h.retryAfters, ev.RetryAfter)
+			}
+		}
+	}
+	return j
+}
+
+// compareAdviceEvents orders events by time, then by every field, so that
+// Advise does not depend on the order it is given them in.
+func compareAdviceEvents(a, b Event) int {
+	if c := cmp.Or(compareEvents(a, b), strings.Compare(a.Host, b.Host), strings.Compare(a.Role, b.Role)); c != 0 {
+		return c
+	}
+	return bytes.Compare(encodeEvent(a), encodeEvent(b))
+}
+
+// appendRuns appends a summary's outcome runs to a process's sequence. A
+// run's outcomes are spread from its At to the next run's At, and the
+// summary's last run to the summary's time (end).
+func appendRuns(seq []timedRun, runs Outcomes, end time.Time) []timedRun {
+	for i, r := range runs {
+		if r.Count == 0 {
+			continue
+		}
+		next := end
+		if i+1 < len(runs) {
+			next = runs[i+1].At
+		}
+		seq = append(seq, timedRun{kind: r.Kind, n: r.Count, at: r.At, end: next})
+	}
+	return seq
+}
+
+// stateChange records a state change of the pair and reports whether it
+// was a local opening.
+func (p *pairEvidence) stateChange(ev Event) bool {
+	ep := p.episodes[ev.Process]
+	switch ev.State {
+	case StateOpen:
+		if ev.Remote {
+			// Another process's trip, echoed: not an opening here, but
+			// what follows in this process belongs to it.
+			if ep == nil {
+				p.episodes[ev.Process] = &episode{start: ev.Time}
+			}
+			return false
+		}
+		p.opens++
+		if ev.PreviousState == StateHalfOpen {
+			if ep != nil && ep.local && !ep.reopened {
+				p.firstFailed++
+			}
+			if ep != nil {
+				ep.reopened = true
+			}
+			return true
+		}
+		p.trips++
+		p.episodes[ev.Process] = &episode{start: ev.Time, local: true}
+		return true
+	case StateClosed:
+		if ep != nil && ep.local {
+			p.durations = append(p.durations, ev.Time.Sub(ep.start))
+			if !ep.reopened {
+				p.firstOK++
+			}
+		}
+		delete(p.episodes, ev.Process)
+	}
+	return false
+}
+
+// proposal is one rule's suggestion for a key.
+type proposal struct {
+	key    string
+	value  int64 // a count, or a duration in ns
+	dir    int   // +1: the rule only raises the value, -1: only lowers it, 0: sets it
+	reason string
+}
+
+// advise applies the rules to one (host, role) whose policy in force is
+// cur, and returns its advice sorted by key.
+func (p *pairEvidence) advise(k pairKey, h *hostEvidence, cur Policy, b TuneBounds) []Advice {
+	reset := int64(cur.ResetTimeout)
+	var props []proposal
+	add := func(key string, v int64, dir int, format string, args ...any) {
+		props = append(props, proposal{key: key, value: v, dir: dir, reason: fmt.Sprintf(format, args...)})
+	}
+
+	// Rule 2: Retry-After.
+	if p.opens > 0 && len(h.retryAfters) >= adviseMinRetryAfters {
+		m := medianDuration(h.retryAfters)
+		add(keyResetTimeout, int64(m), 0, "opened %s; the host sent %d Retry-After values, median %s",
+			times(p.opens), len(h.retryAfters), m.Round(time.Millisecond))
+	}
+	// Rule 3: open durations.
+	if p.trips >= adviseMinClosedTrips && len(p.durations) >= adviseMinClosedTrips {
+		m := medianDuration(p.durations)
+		add(keyResetTimeout, int64(m), 0, "tripped %d times; median time from open to closed %s over %d closed trips",
+			p.trips, m.Round(time.Millisecond), len(p.durations))
+	}
+	// Rule 4: flapping.
+	if p.firstFailed >= adviseFlapTrips {
+		add(keyResetTimeout, reset*adviseFlapNum/adviseFlapDen, +1, "tripped %d times, %d of them reopened by a failed probe; reset_timeout %s × %s",
+			p.trips, p.firstFailed, cur.ResetTimeout, strconv.FormatFloat(float64(adviseFlapNum)/adviseFlapDen, 'g', -1, 64))
+	}
+	// Rule 5: probes.
+	if probes := p.probesOK + p.probesFail; probes >= adviseMinProbes && p.probesFail*100 >= probes*adviseProbeFailPct {
+		why := fmt.Sprintf("half-open probes failed %d of %d times", p.probesFail, probes)
+		add(keySuccessThreshold, adviseProbeSuccessThreshold, +1, "%s", why)
+		add(keyTrialCalls, adviseProbeTrialCalls, -1, "%s", why)
+	}
+	// Rule 6: transient trips, long outages.
+	if p.firstOK >= adviseMinTransient && p.firstOK*100 >= p.trips*adviseTransientPct {
+		if q, ok := p.burstPercentile(adviseBurstPct); ok && q >= uint64(cur.FailMax-1) {
+			add(keyFailMax, int64(cur.FailMax+adviseFailMaxStep), +1,
+				"tripped %d times, %d closed by the first probe; failure runs that ended in a success reached %d at the %dth percentile (fail_max %d)",
+				p.trips, p.firstOK, q, adviseBurstPct, cur.FailMax)
+		}
+	}
+	if p.trips >= adviseMinOutageTrips && p.firstFailed == p.trips && cur.FailMax > adviseOutageFailMax {
+		add(keyFailMax, adviseOutageFailMax, -1, "tripped %d times, each a long outage whose first probe failed; fail_max %d > %d",
+			p.trips, cur.FailMax, adviseOutageFailMax)
+	}
+
+	var out []Advice
+	for _, key := range []string{keyFailMax, keyResetTimeout, keySuccessThreshold, keyTrialCalls} {
+		now := currentValue(cur, key)
+		var value int64
+		var reasons []string
+		for _, pr := range props {
+			if pr.key != key {
+				continue
+			}
+			rounded := roundValue(key, pr.value)
+			v := clampValue(key, rounded, b)
+			if pr.dir*cmp.Compare(v, now) < 0 {
+				continue // the bounds would turn it the other way
+			}
+			why := pr.reason
+			if v != rounded {
+				why += ", clamped to " + formatValue(key, v)
+			}
+			if reasons == nil || moreConservative(key, v, value) {
+				value = v
+			}
+			reasons = append(reasons, why)
+		}
+		if reasons == nil || value == now {
+			continue
+		}
+		proposed := cur
+		setValue(&proposed, key, value)
+		out = append(out, Advice{
+			Host: k.host, Role: k.role, Key: key,
+			Current: formatValue(key, now), Proposed: formatValue(key, value),
+			Reason: strings.Join(reasons, "; "),
+			Replay: p.replay(cur, proposed),
+		})
+	}
+	return out
+}
+
+// times returns "1 time" or "n times".
+func times(n int) string {
+	if n == 1 {
+		return "1 time"
+	}
+	return strconv.Itoa(n) + " times"
+}
+
+// currentValue returns the value of key in p.
+func currentValue(p Policy, key string) int64 {
+	switch key {
+	case keyFailMax:
+		return int64(p.FailMax)
+	case keyResetTimeout:
+		return int64(p.ResetTimeout)
+	case keySuccessThreshold:
+		return int64(p.SuccessThreshold)
+	default:
+		return int64(p.TrialCalls)
+	}
+}
+
+// setValue sets key in p.
+func setValue(p *Policy, key string, v int64) {
+	switch key {
+	case keyFailMax:
+		p.FailMax = int(v)
+	case keyResetTimeout:
+		p.ResetTimeout = time.Duration(v)
+	case keySuccessThreshold:
+		p.SuccessThreshold = int(v)
+	default:
+		p.TrialCalls = int(v)
+	}
+}
+
+// formatValue returns v as the TOML value of key: "5", or "1m30s".
+func formatValue(key string, v int64) string {
+	if key == keyResetTimeout {
+		return time.Duration(v).String()
+	}
+	return strconv.FormatInt(v, 10)
+}
+
+// roundValue rounds a proposed duration to the second; counts are whole
+// already.
+func roundValue(key string, v int64) int64 {
+	if key == keyResetTimeout {
+		return int64(time.Duration(v).Round(time.Second))
+	}
+	return v
+}
+
+// clampValue brings v within the bounds of key.
+func clampValue(key string, v int64, b TuneBounds) int64 {
+	ints := func(r [2]int) int64 { return min(max(v, int64(r[0])), int64(r[1])) }
+	switch key {
+	case keyFailMax:
+		return ints(b.FailMax)
+	case keyResetTimeout:
+		return min(max(v, int64(b.ResetTimeout[0])), int64(b.ResetTimeout[1]))
+	case keySuccessThreshold:
+		return ints(b.SuccessThreshold)
+	default:
+		return ints(b.TrialCalls)
+	}
+}
+
+// moreConservative reports whether v protects the host more than w does
+// for key: a longer reset_timeout, a lower fail_max, a higher
+// success_threshold, fewer trial_calls.
+func moreConservative(key string, v, w int64) bool {
+	switch key {
+	case keyResetTimeout, keySuccessThreshold:
+		return v > w
+	default:
+		return v < w
+	}
+}
+
+// medianDuration returns the median of ds (the mean of the middle two for
+// an even count). It sorts ds.
+func medianDuration(ds []time.Duration) time.Duration {
+	slices.Sort(ds)
+	n := len(ds)
+	if n%2 == 1 {
+		return ds[n/2]
+	}
+	return ds[n/2-1] + (ds[n/2]-ds[n/2-1])/2
+}
+
+// burstPercentile returns the pct-th percentile (nearest rank) of the
+// failure runs that ended in a success, in every process's sequence, and
+// whether there were any. Adjacent runs of one kind count as one.
+func (p *pairEvidence) burstPercentile(pct int) (uint64, bool) {
+	var bursts []uint64
+	for _, seq := range p.seqs {
+		var run uint64
+		for _, r := range seq {
+			switch r.kind {
+			case OutcomeFailure:
+				run += r.n
+			case OutcomeSuccess:
+				if run > 0 {
+					bursts = append(bursts, run)
+				}
+				run = 0
+			default:
+				run = 0
+			}
+		}
+	}
+	if len(bursts) == 0 {
+		return 0, false
+	}
+	slices.Sort(bursts)
+	rank := (len(bursts)*pct + 99) / 100 // ceil(n × pct / 100), at least 1
+	return bursts[max(rank, 1)-1], true
+}
+
+// replay simulates the breaker under cur and under proposed on every
+// process's recorded sequence, and adds up what they did.
+func (p *pairEvidence) replay(cur, proposed Policy) *Replay {
+	var r Replay
+	for _, proc := range slices.Sorted(maps.Keys(p.seqs)) {
+		c := simulateBreaker(p.seqs[proc], cur)
+		n := simulateBreaker(p.seqs[proc], proposed)
+		r.FailuresSentCurrent += c.failuresSent
+		r.FailuresSentProposed += n.failuresSent
+		r.SuccessesBlockedProposed += n.successesBlocked
+		r.Unknown += c.unknown
+	}
+	return &r
+}
+
+// simResult is what a simulated breaker did with a sequence.
+type simResult struct {
+	failuresSent     int // failures it let through
+	successesBlocked int // successes it rejected
+	unknown          int // recorded rejections, not replayed
+}
+
+// simulateBreaker replays the breaker rules of p on seq, without jitter
+// and with instant outcomes (docs/advise.md, "The replay"):
+//   - closed: fail_max consecutive failures open it;
+//   - open: outcomes before the opening's time + reset_timeout are
+//     blocked; the first one at or after it starts half-open;
+//   - half-open: the next trial_calls outcomes are probes, sent together
+//     and decided in order: success_threshold successes close the breaker,
+//     a failure reopens it from its time; the probes after the deciding
+//     one were sent all the same and change nothing. A wave of probes that
+//     decides nothing is followed by another.
+//
+// Recorded rejections have unknown outcomes: they are counted, not fed.
+func simulateBreaker(seq []timedRun, p Policy) simResult {
+	var s simResult
+	state := StateClosed
+	var fails, successes, wave, drain uint64 // wave: probes left in the wave; drain: probes sent after the decision
+	var until time.Time
+	for _, r := range seq {
+		if r.kind == OutcomeRejected {
+			s.unknown += int(r.n)
+			continue
+		}
+		for i := uint64(0); i < r.n; {
+			if drain > 0 {
+				k := min(drain, r.n-i)
+				if r.kind == OutcomeFailure {
+					s.failuresSent += int(k)
+				}
+				drain -= k
+				i += k
+				continue
+			}
+			switch state {
+			case StateClosed:
+				if r.kind == OutcomeSuccess {
+					fails, i = 0, r.n
+					continue
+				}
+				k := min(uint64(p.FailMax)-fails, r.n-i)
+				s.failuresSent += int(k)
+				fails += k
+				i += k
+				if fails >= uint64(p.FailMax) {
+					state, until, fails = StateOpen, r.timeOf(i-1).Add(p.ResetTimeout), 0
+				}
+			case StateOpen:
+				j := r.firstAtOrAfter(until, i)
+				if r.kind == OutcomeSuccess {
+					s.successesBlocked += int(j - i)
+				}
+				i = j
+				if i < r.n {
+					state, successes, wave = StateHalfOpen, 0, 0
+				}
+			case StateHalfOpen:
+				if wave == 0 {
+					wave = uint64(p.TrialCalls)
+				}
+				wave--
+				t := r.timeOf(i)
+				i++
+				if r.kind == OutcomeFailure {
+					s.failuresSent++
+					state, until = StateOpen, t.Add(p.ResetTimeout)
+					drain, wave = wave, 0
+					continue
+				}
+				successes++
+				if successes >= uint64(p.SuccessThreshold) {
+					state, fails = StateClosed, 0
+					drain, wave = wave, 0
+				}
+			}
+		}
+	}
+	return s
+}
+
+// timeOf returns the time of r's i-th outcome (from 0): the outcomes are
+// spread evenly from r.at to r.end.
+func (r timedRun) timeOf(i uint64) time.Time {
+	span := r.end.Sub(r.at)
+	if span <= 0 || i == 0 {
+		return r.at
+	}
+	hi, lo := bits.Mul64(uint64(span), i)
+	q, _ := bits.Div64(hi, lo, r.n) // i < n, so q < span
+	return r.at.Add(time.Duration(q))
+}
+
+// firstAtOrAfter returns the index of r's first outcome from index from on
+// whose time is at or after t, or r.n if there is none.
+func (r timedRun) firstAtOrAfter(t time.Time, from uint64) uint64 {
+	d := t.Sub(r.at)
+	if d <= 0 {
+		return from
+	}
+	span := r.end.Sub(r.at)
+	if span <= 0 || d > span {
+		return r.n
+	}
+	// The smallest i with floor(span × i / n) ≥ d is ceil(d × n / span).
+	hi, lo := bits.Mul64(uint64(d), r.n)
+	q, rem := bits.Div64(hi, lo, uint64(span)) // d ≤ span, so q ≤ n
+	if rem != 0 {
+		q++
+	}
+	return min(max(q, from), r.n)
 }

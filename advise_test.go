@@ -1,0 +1,742 @@
+package hostbreaker
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/advise")
+
+// adviseT0 is the start of every synthetic journal.
+var adviseT0 = time.Date(2025, 11, 28, 10, 0, 0, 0, time.UTC)
+
+// sec returns adviseT0 plus s seconds.
+func sec(s int) time.Time { return adviseT0.Add(time.Duration(s) * time.Second) }
+
+// parseRuns parses outcome runs written "s40@0 f5@40 r10@45": a kind (s,
+// f, r), a count, and the run's At in seconds after adviseT0.
+func parseRuns(t testing.TB, spec string) Outcomes {
+	t.Helper()
+	var out Outcomes
+	for _, f := range strings.Fields(spec) {
+		count, at, ok := strings.Cut(f[1:], "@")
+		n, err1 := strconv.ParseUint(count, 10, 64)
+		s, err2 := strconv.Atoi(at)
+		kind := OutcomeKind(strings.IndexByte("?sfr", f[0]))
+		if !ok || err1 != nil || err2 != nil || kind < OutcomeSuccess {
+			t.Fatalf("bad run %q", f)
+		}
+		out = append(out, OutcomeRun{Kind: kind, Count: n, At: sec(s)})
+	}
+	return out
+}
+
+// synthJournal builds synthetic events for one (host, role) of one process.
+type synthJournal struct {
+	t                   testing.TB
+	host, role, process string
+	events              []Event
+}
+
+func newJournal(t testing.TB, host, role, process string) *synthJournal {
+	return &synthJournal{t: t, host: host, role: role, process: process}
+}
+
+func (j *synthJournal) event(name string, at int) *Event {
+	j.events = append(j.events, Event{Name: name, Time: sec(at), Process: j.process, Host: j.host, Role: j.role})
+	return &j.events[len(j.events)-1]
+}
+
+// summary adds a summary ending at end with the outcome runs of spec; its
+// counts follow from the runs, plus neutral outcomes and the probes.
+func (j *synthJournal) summary(end int, spec string, neutral, probesOK, probesFail uint64) {
+	s := &Summary{Outcomes: parseRuns(j.t, spec), Neutral: neutral, ProbesOK: probesOK, ProbesFail: probesFail}
+	for _, r := range s.Outcomes {
+		switch r.Kind {
+		case OutcomeSuccess:
+			s.Successes += r.Count
+		case OutcomeFailure:
+			s.Failures += r.Count
+		case OutcomeRejected:
+			s.Rejected += r.Count
+		}
+	}
+	s.Requests = s.Successes + s.Failures + s.Neutral + s.Rejected
+	ev := j.event(EventSummary, end)
+	ev.Interval, ev.Summary = time.Minute, s
+}
+
+// healthy adds a summary of n successes and nothing else.
+func (j *synthJournal) healthy(end int, n uint64) {
+	ev := j.event(EventSummary, end)
+	ev.Interval, ev.Summary = time.Minute, &Summary{Requests: n, Successes: n}
+}
+
+// change adds a state change.
+func (j *synthJournal) change(at int, from, to State) *Event {
+	ev := j.event(EventStateChange, at)
+	ev.PreviousState, ev.State = from, to
+	if to == StateOpen {
+		ev.Reason = ReasonBreakerOpen
+	}
+	return ev
+}
+
+// trip adds an opening at open and then, for each probe, a half-open and
+// the probe's result: a negative time is a failed probe (the breaker
+// reopens), a positive one a probe that closes it.
+func (j *synthJournal) trip(open int, probes ...int) {
+	j.change(open, StateClosed, StateOpen).Failures = 5
+	for _, p := range probes {
+		if p < 0 {
+			j.change(-p, StateOpen, StateHalfOpen)
+			j.change(-p, StateHalfOpen, StateOpen).Failures = 1
+			continue
+		}
+		j.change(p, StateOpen, StateHalfOpen)
+		j.change(p, StateHalfOpen, StateClosed)
+	}
+}
+
+// retryAfter adds a Retry-After cooldown of the host.
+func (j *synthJournal) retryAfter(at int, d time.Duration) {
+	ev := j.event(EventCooldown, at)
+	ev.Role, ev.Reason, ev.StatusCode, ev.RetryAfter, ev.Until = "", ReasonRetryAfter, 429, d, sec(at).Add(d)
+}
+
+// The synthetic journals of the golden tests, one per rule.
+
+// journalRetryAfter: rule 2. One trip; the host sent three Retry-After
+// values, median 45s.
+func journalRetryAfter(t testing.TB) []Event {
+	j := newJournal(t, "api.example.org", "", "web-1:100#1")
+	j.retryAfter(40, 30*time.Second)
+	j.retryAfter(42, 2*time.Minute)
+	j.retryAfter(43, 45*time.Second)
+	j.trip(44, 104)
+	j.summary(60, "s40@40 f5@40 r10@45", 0, 0, 0)
+	j.summary(120, "r50@60 s30@120", 0, 1, 0)
+	return j.events
+}
+
+// journalOpenDurations: rule 3. Two trips, closed after 80s and 100s by
+// their first probe; the failure runs that ended in a success are short.
+func journalOpenDurations(t testing.TB) []Event {
+	j := newJournal(t, "slow.example.org", "", "web-1:100#1")
+	j.trip(24, 104)
+	j.trip(204, 304)
+	j.summary(360, "s100@10 f2@10 s50@20 f5@20 r30@25 s40@104 f5@200 r20@205 s60@304", 0, 2, 0)
+	return j.events
+}
+
+// journalFlapping: rules 3, 4, 5 and the long-outage half of 6. Three
+// trips, each reopened by a failed first probe and closed by the second,
+// 2m after opening.
+func journalFlapping(t testing.TB) []Event {
+	j := newJournal(t, "flaky.example.org", "", "web-1:100#1")
+	j.trip(4, -64, 124)
+	j.trip(304, -364, 424)
+	j.trip(604, -664, 724)
+	j.summary(300, "f5@0 r20@5 f1@64 r20@65 s10@124 s20@200", 0, 1, 1)
+	j.summary(600, "f5@300 r20@305 f1@364 r20@365 s10@424", 0, 1, 1)
+	j.summary(900, "f5@600 r20@605 f1@664 r20@665 s10@724", 0, 1, 1)
+	return j.events
+}
+
+// journalProbes: rule 5. One trip whose probes failed twice, then
+// succeeded; the host's policy has trial_calls 3.
+func journalProbes(t testing.TB) []Event {
+	j := newJournal(t, "probe.example.org", "search", "web-1:100#1")
+	j.trip(24, -84, -144, 204)
+	j.summary(240, "s100@20 f5@20 r30@25 f3@84 r30@85 f3@144 r30@145 s50@204", 3, 1, 2)
+	return j.events
+}
+
+// probesConfig is the configuration of journalProbes: trial_calls 3.
+func probesConfig() Config {
+	return Config{Hosts: map[string]Policy{"probe.example.org": {TrialCalls: 3}}}
+}
+
+// journalTransient: rule 6, transient trips. Bursts of 4 failures (fail_max
+// 5 − 1) end in successes; two trips, both closed by the first probe, 60s
+// after opening (which rule 3 finds equal to reset_timeout: no advice).
+func journalTransient(t testing.TB) []Event {
+	j := newJournal(t, "burst.example.org", "feed", "web-1:100#1")
+	j.trip(34, 94)
+	j.trip(104, 164)
+	j.summary(180, "s20@0 f4@0 s20@10 f4@10 s20@20 f4@20 s20@30 f5@30 r20@35 s20@94 f4@94 s20@100 f5@100 r20@105 s20@164 f4@164 s10@170", 0, 2, 0)
+	return j.events
+}
+
+// journalOutage: rule 6, long outages. Two trips whose first probe failed.
+func journalOutage(t testing.TB) []Event {
+	j := newJournal(t, "down.example.org", "", "web-1:100#1")
+	j.trip(4, -64, 124)
+	j.trip(304, -364, 424)
+	j.summary(300, "f5@0 r20@5 f1@64 r20@65 s10@124 s20@200", 0, 1, 1)
+	j.summary(600, "f5@300 r20@305 f1@364 r20@365 s10@424", 0, 1, 1)
+	return j.events
+}
+
+var adviseScenarios = []struct {
+	name    string
+	journal func(testing.TB) []Event
+	cfg     Config
+}{
+	{"retry_after", journalRetryAfter, Config{}},
+	{"open_durations", journalOpenDurations, Config{}},
+	{"flapping", journalFlapping, Config{}},
+	{"probes", journalProbes, probesConfig()},
+	{"transient", journalTransient, Config{}},
+	{"outage", journalOutage, Config{}},
+}
+
+// TestAdviseGolden checks Advise on each rule's synthetic journal against
+// testdata/advise/NAME.golden; -update rewrites them.
+func TestAdviseGolden(t *testing.T) {
+	for _, sc := range adviseScenarios {
+		t.Run(sc.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			enc := json.NewEncoder(&buf)
+			enc.SetEscapeHTML(false)
+			enc.SetIndent("", "  ")
+			if err := enc.Encode(Advise(sc.journal(t), sc.cfg)); err != nil {
+				t.Fatal(err)
+			}
+			got := buf.Bytes()
+			path := filepath.Join("testdata", "advise", sc.name+".golden")
+			if *update {
+				if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(path, got, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			want, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatalf("%v (go test -run TestAdviseGolden -update creates it)", err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Errorf("Advise differs from %s (-update rewrites it)\ngot:\n%s\nwant:\n%s", path, got, want)
+			}
+		})
+	}
+}
+
+// findAdvice returns the advice for key, failing the test without it.
+func findAdvice(t *testing.T, advice []Advice, host, role, key string) Advice {
+	t.Helper()
+	for _, a := range advice {
+		if a.Host == host && a.Role == role && a.Key == key {
+			return a
+		}
+	}
+	t.Fatalf("no advice for %s %q %s in %+v", host, role, key, advice)
+	return Advice{}
+}
+
+// adviceKeys returns the keys of advice, in order.
+func adviceKeys(advice []Advice) []string {
+	var ks []string
+	for _, a := range advice {
+		ks = append(ks, a.Host+" "+a.Role+" "+a.Key)
+	}
+	return ks
+}
+
+// TestAdviseRules checks each rule's proposal, reason and replay on its
+// journal: what the golden files hold, stated by hand.
+func TestAdviseRules(t *testing.T) {
+	t.Run("retry_after", func(t *testing.T) {
+		got := Advise(journalRetryAfter(t), Config{})
+		if len(got) != 1 {
+			t.Fatalf("got %v, want one advice", adviceKeys(got))
+		}
+		a := findAdvice(t, got, "api.example.org", "", "reset_timeout")
+		want := Advice{Host: "api.example.org", Key: "reset_timeout", Current: "1m0s", Proposed: "45s",
+			Reason: "opened 1 time; the host sent 3 Retry-After values, median 45s",
+			// The five failures at 40–44s trip both; the successes come at 120s, after either delay.
+			Replay: &Replay{FailuresSentCurrent: 5, FailuresSentProposed: 5, Unknown: 60}}
+		if !reflect.DeepEqual(a, want) {
+			t.Errorf("got %+v\nwant %+v", a, want)
+		}
+	})
+	t.Run("open_durations", func(t *testing.T) {
+		got := Advise(journalOpenDurations(t), Config{})
+		if len(got) != 1 {
+			t.Fatalf("got %v, want one advice", adviceKeys(got))
+		}
+		a := findAdvice(t, got, "slow.example.org", "", "reset_timeout")
+		want := Advice{Host: "slow.example.org", Key: "reset_timeout", Current: "1m0s", Proposed: "1m30s",
+			Reason: "tripped 2 times; median time from open to closed 1m30s over 2 closed trips",
+			// Failures 2 + 5 + 5 are sent under either. Opened at 24s for
+			// 90s, the breaker blocks the successes of s40@104 (spread
+			// 2.4s apart) until 114s: 104, 106.4, 108.8, 111.2, 113.6.
+			Replay: &Replay{FailuresSentCurrent: 12, FailuresSentProposed: 12, SuccessesBlockedProposed: 5, Unknown: 50}}
+		if !reflect.DeepEqual(a, want) {
+			t.Errorf("got %+v\nwant %+v", a, want)
+		}
+	})
+	t.Run("flapping", func(t *testing.T) {
+		got := Advise(journalFlapping(t), Config{})
+		if want := []string{"flaky.example.org  fail_max", "flaky.example.org  reset_timeout", "flaky.example.org  success_threshold"}; !reflect.DeepEqual(adviceKeys(got), want) {
+			t.Fatalf("got %v, want %v", adviceKeys(got), want)
+		}
+		a := findAdvice(t, got, "flaky.example.org", "", "reset_timeout")
+		if a.Proposed != "2m0s" || !strings.Contains(a.Reason, "× 1.5") {
+			t.Errorf("got %+v", a)
+		}
+		a = findAdvice(t, got, "flaky.example.org", "", "fail_max")
+		if a.Proposed != "3" || a.Reason != "tripped 3 times, each a long outage whose first probe failed; fail_max 5 > 3" {
+			t.Errorf("got %+v", a)
+		}
+	})
+	t.Run("probes", func(t *testing.T) {
+		got := Advise(journalProbes(t), probesConfig())
+		if want := []string{"probe.example.org search success_threshold", "probe.example.org search trial_calls"}; !reflect.DeepEqual(adviceKeys(got), want) {
+			t.Fatalf("got %v, want %v", adviceKeys(got), want)
+		}
+		st := findAdvice(t, got, "probe.example.org", "search", "success_threshold")
+		tc := findAdvice(t, got, "probe.example.org", "search", "trial_calls")
+		const reason = "half-open probes failed 2 of 3 times"
+		if st.Current != "1" || st.Proposed != "2" || st.Reason != reason || tc.Current != "3" || tc.Proposed != "1" || tc.Reason != reason {
+			t.Errorf("got %+v and %+v", st, tc)
+		}
+		// Current: 5 failures trip at 24s; each failed wave of 3 probes
+		// (84s, 144s) sends 3 failures: 11. Two successes close the
+		// breaker at 204s as one did. With one probe at a time, each
+		// failed probe is the only failure sent: 5 + 1 + 1.
+		if want := (Replay{FailuresSentCurrent: 11, FailuresSentProposed: 11, Unknown: 90}); *st.Replay != want {
+			t.Errorf("success_threshold replay %+v, want %+v", *st.Replay, want)
+		}
+		if want := (Replay{FailuresSentCurrent: 11, FailuresSentProposed: 7, Unknown: 90}); *tc.Replay != want {
+			t.Errorf("trial_calls replay %+v, want %+v", *tc.Replay, want)
+		}
+	})
+	t.Run("transient", func(t *testing.T) {
+		got := Advise(journalTransient(t), Config{})
+		if len(got) != 1 {
+			t.Fatalf("got %v, want one advice", adviceKeys(got))
+		}
+		a := findAdvice(t, got, "burst.example.org", "feed", "fail_max")
+		want := Advice{Host: "burst.example.org", Role: "feed", Key: "fail_max", Current: "5", Proposed: "7",
+			Reason: "tripped 2 times, 2 closed by the first probe; failure runs that ended in a success reached 4 at the 95th percentile (fail_max 5)",
+			// Bursts of 4 never trip either; the runs of 5 trip only
+			// fail_max 5, whose delays hold only recorded rejections.
+			Replay: &Replay{FailuresSentCurrent: 30, FailuresSentProposed: 30, Unknown: 40}}
+		if !reflect.DeepEqual(a, want) {
+			t.Errorf("got %+v\nwant %+v", a, want)
+		}
+	})
+	t.Run("outage", func(t *testing.T) {
+		got := Advise(journalOutage(t), Config{})
+		a := findAdvice(t, got, "down.example.org", "", "fail_max")
+		// fail_max 3 trips on the third failure of each run of 5, and the
+		// failed probes are sent under both: 3+1 per trip against 5+1.
+		if a.Proposed != "3" || *a.Replay != (Replay{FailuresSentCurrent: 12, FailuresSentProposed: 8, Unknown: 80}) {
+			t.Errorf("got %+v, replay %+v", a, *a.Replay)
+		}
+	})
+}
+
+// TestAdviseDeterministic: the same events in any order give the same
+// advice, sorted by host, role and key.
+func TestAdviseDeterministic(t *testing.T) {
+	var all []Event
+	cfg := probesConfig()
+	for _, sc := range adviseScenarios {
+		all = append(all, sc.journal(t)...)
+	}
+	want := Advise(all, cfg)
+	if len(want) < 8 {
+		t.Fatalf("got %d advice, want every scenario's", len(want))
+	}
+	for i := 1; i < len(want); i++ {
+		a, b := want[i-1], want[i]
+		if a.Host > b.Host || a.Host == b.Host && (a.Role > b.Role || a.Role == b.Role && a.Key >= b.Key) {
+			t.Errorf("not sorted: %v before %v", adviceKeys(want[i-1:i]), adviceKeys(want[i:i+1]))
+		}
+	}
+	before := append([]Event(nil), all...)
+	r := rand.New(rand.NewPCG(1, 2))
+	for range 20 {
+		shuffled := append([]Event(nil), all...)
+		r.Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
+		if got := Advise(shuffled, cfg); !reflect.DeepEqual(got, want) {
+			t.Fatalf("shuffled input gave\n%+v\nwant\n%+v", got, want)
+		}
+	}
+	if !reflect.DeepEqual(all, before) {
+		t.Error("Advise changed its input")
+	}
+}
+
+// TestAdviseTooLittleEvidence: a host with fewer than 20 requests in the
+// window gets no advice, however bad they were; 20 are enough.
+func TestAdviseTooLittleEvidence(t *testing.T) {
+	for _, n := range []uint64{19, 20} {
+		j := newJournal(t, "rare.example.org", "", "p#1")
+		j.trip(4, -64, 124)
+		j.trip(304, -364, 424)
+		j.trip(604, -664, 724)
+		j.summary(900, "f5@0 r1@5 f5@300 r1@305 f5@600 r1@605", n-18, 3, 3) // 18 outcomes, and neutral ones
+		got := Advise(j.events, Config{})
+		if n < adviseMinRequests && got != nil {
+			t.Errorf("%d requests: got %v, want none", n, adviceKeys(got))
+		}
+		if n >= adviseMinRequests && got == nil {
+			t.Errorf("%d requests: got no advice", n)
+		}
+	}
+}
+
+// TestAdviseHealthyHost: plenty of successes and nothing else.
+func TestAdviseHealthyHost(t *testing.T) {
+	j := newJournal(t, "fine.example.org", "", "p#1")
+	for i := range 10 {
+		j.healthy(60*(i+1), 1000)
+	}
+	// Even with Retry-After values (answers to requests that counted
+	// neither way), no breaker opened: nothing to say.
+	j.retryAfter(30, time.Minute)
+	j.retryAfter(90, time.Minute)
+	j.retryAfter(150, time.Minute)
+	if got := Advise(j.events, Config{}); got != nil {
+		t.Errorf("got %v, want none", adviceKeys(got))
+	}
+}
+
+// TestAdviseOnlyCancellations: a host whose only trouble was the caller's
+// own cancellations (neutral outcomes: not recorded as runs, not failures,
+// a cancelled probe counted neither way) gets no advice.
+func TestAdviseOnlyCancellations(t *testing.T) {
+	j := newJournal(t, "cancel.example.org", "", "p#1")
+	for i := range 5 {
+		j.summary(60*(i+1), "", 200, 0, 0)
+		j.healthy(60*(i+1)+1, 10)
+	}
+	if got := Advise(j.events, Config{}); got != nil {
+		t.Errorf("got %v, want none", adviceKeys(got))
+	}
+	var requests uint64
+	for _, ev := range j.events {
+		requests += ev.Summary.Requests
+	}
+	if requests < adviseMinRequests {
+		t.Fatalf("only %d requests: the test proves nothing", requests)
+	}
+}
+
+// TestAdviseConservativeMerge: rules 3 and 4 both propose reset_timeout
+// on the flapping journal; the longer wins and both reasons are kept, in
+// rule order.
+func TestAdviseConservativeMerge(t *testing.T) {
+	a := findAdvice(t, Advise(journalFlapping(t), Config{}), "flaky.example.org", "", "reset_timeout")
+	const want = "tripped 3 times; median time from open to closed 2m0s over 3 closed trips; " +
+		"tripped 3 times, 3 of them reopened by a failed probe; reset_timeout 1m0s × 1.5"
+	if a.Proposed != "2m0s" || a.Reason != want {
+		t.Errorf("got %q (%s), want %q (2m0s)", a.Reason, a.Proposed, want)
+	}
+	// With a current reset_timeout of 2m, rule 4's 3m wins over rule 3's 2m.
+	cfg := Config{Defaults: Policy{ResetTimeout: 2 * time.Minute}}
+	a = findAdvice(t, Advise(journalFlapping(t), cfg), "flaky.example.org", "", "reset_timeout")
+	if a.Current != "2m0s" || a.Proposed != "3m0s" || !strings.Contains(a.Reason, "median time from open to closed 2m0s") {
+		t.Errorf("got %+v", a)
+	}
+	// fail_max: rule 6's two halves never meet; success_threshold and
+	// trial_calls come from rule 5 alone. The conservative order itself:
+	for _, c := range []struct {
+		key  string
+		v, w int64
+		want bool
+	}{
+		{keyResetTimeout, 2, 1, true}, {keyFailMax, 2, 1, false}, {keySuccessThreshold, 2, 1, true}, {keyTrialCalls, 2, 1, false},
+	} {
+		if got := moreConservative(c.key, c.v, c.w); got != c.want {
+			t.Errorf("moreConservative(%s, %d, %d) = %v", c.key, c.v, c.w, got)
+		}
+	}
+}
+
+// TestAdviseClampsToCustomBounds: proposals stay within cfg.Tune, say so
+// in the reason, and a bound that would turn a rule around drops it.
+func TestAdviseClampsToCustomBounds(t *testing.T) {
+	cfg := Config{Tune: TuneBounds{ResetTimeout: [2]time.Duration{20 * time.Second, 40 * time.Second}}}
+	a := findAdvice(t, Advise(journalRetryAfter(t), cfg), "api.example.org", "", "reset_timeout")
+	if a.Proposed != "40s" || !strings.HasSuffix(a.Reason, "median 45s, clamped to 40s") {
+		t.Errorf("got %+v", a)
+	}
+
+	// The default bounds: a median Retry-After of 20m becomes 10m.
+	j := newJournal(t, "api.example.org", "", "p#1")
+	for i, d := range []time.Duration{15 * time.Minute, 20 * time.Minute, 30 * time.Minute} {
+		j.retryAfter(40+i, d)
+	}
+	j.trip(44)
+	j.summary(60, "s40@40 f5@40 r10@45", 0, 0, 0)
+	a = findAdvice(t, Advise(j.events, Config{}), "api.example.org", "", "reset_timeout")
+	if a.Proposed != "10m0s" || !strings.HasSuffix(a.Reason, "median 20m0s, clamped to 10m0s") {
+		t.Errorf("got %+v", a)
+	}
+
+	// A sub-second median is shown to the millisecond; the proposal is
+	// the lower bound.
+	j = newJournal(t, "fast.example.org", "", "p#1")
+	j.trip(10, 11)
+	j.change(20, StateClosed, StateOpen)
+	j.change(20, StateOpen, StateHalfOpen).Time = sec(20).Add(1234567 * time.Microsecond)
+	j.change(20, StateHalfOpen, StateClosed).Time = sec(20).Add(1234567 * time.Microsecond)
+	j.summary(60, "s40@0 f5@5 r10@10 s10@11 f5@15 r10@20 s10@21", 0, 2, 0)
+	a = findAdvice(t, Advise(j.events, Config{}), "fast.example.org", "", "reset_timeout")
+	if a.Proposed != "15s" || a.Reason != "tripped 2 times; median time from open to closed 1.117s over 2 closed trips, clamped to 15s" {
+		t.Errorf("got %+v", a)
+	}
+
+	// fail_max 5 + 2 within [2, 6] is 6.
+	cfg = Config{Tune: TuneBounds{FailMax: [2]int{2, 6}}}
+	a = findAdvice(t, Advise(journalTransient(t), cfg), "burst.example.org", "feed", "fail_max")
+	if a.Proposed != "6" || !strings.HasSuffix(a.Reason, ", clamped to 6") {
+		t.Errorf("got %+v", a)
+	}
+	// success_threshold within [1, 1]: rule 5 cannot raise it; trial_calls
+	// within [2, 3] cannot go below 2 (from 3).
+	cfg = probesConfig()
+	cfg.Tune = TuneBounds{SuccessThreshold: [2]int{1, 1}, TrialCalls: [2]int{2, 3}}
+	got := Advise(journalProbes(t), cfg)
+	if want := []string{"probe.example.org search trial_calls"}; !reflect.DeepEqual(adviceKeys(got), want) {
+		t.Fatalf("got %v, want %v", adviceKeys(got), want)
+	}
+	if got[0].Proposed != "2" {
+		t.Errorf("got %+v", got[0])
+	}
+	// A reset_timeout in force above the bounds: rule 4 would raise it,
+	// the bounds would lower it, so rule 4 says nothing rather than the
+	// opposite of itself; rule 3 sets a measured value, within the bounds.
+	cfg = Config{Defaults: Policy{ResetTimeout: 15 * time.Minute}}
+	a = findAdvice(t, Advise(journalFlapping(t), cfg), "flaky.example.org", "", "reset_timeout")
+	if a.Proposed != "2m0s" || strings.Contains(a.Reason, "1.5") {
+		t.Errorf("got %+v", a)
+	}
+}
+
+// TestAdviseInvalidConfig: no advice under a configuration the Transport
+// would refuse.
+func TestAdviseInvalidConfig(t *testing.T) {
+	for _, cfg := range []Config{
+		{Defaults: Policy{FailMax: -1}},
+		{Hosts: map[string]Policy{"bad host": {}}},
+		{Tune: TuneBounds{FailMax: [2]int{5, 3}}},
+		{Defaults: Policy{FailureStatuses: []int{404}}},
+	} {
+		if err := cfg.Validate(); err == nil {
+			t.Fatalf("%+v is valid", cfg)
+		}
+		if got := Advise(journalFlapping(t), cfg); got != nil {
+			t.Errorf("%+v: got %v", cfg, adviceKeys(got))
+		}
+	}
+}
+
+// TestAdvisePolicyInForce: Current is what the Transport resolves for the
+// (host, role): a host entry's role table over the defaults.
+func TestAdvisePolicyInForce(t *testing.T) {
+	cfg := Config{
+		Defaults: Policy{FailMax: 8, Roles: map[string]Policy{"feed": {FailMax: 4}}},
+		Hosts:    map[string]Policy{"*.example.org": {Roles: map[string]Policy{"feed": {ResetTimeout: 30 * time.Second}}}},
+	}
+	a := findAdvice(t, Advise(journalTransient(t), cfg), "burst.example.org", "feed", "fail_max")
+	if a.Current != "4" || a.Proposed != "6" {
+		t.Errorf("got %+v", a)
+	}
+	// Rule 3's median 1m0s now differs from the 30s in force.
+	a = findAdvice(t, Advise(journalTransient(t), cfg), "burst.example.org", "feed", "reset_timeout")
+	if a.Current != "30s" || a.Proposed != "1m0s" {
+		t.Errorf("got %+v", a)
+	}
+}
+
+// TestAdviseRemoteEchoes: a trip that another process shared through the
+// store shows in this process as a remote opening, then local half-open
+// and closed changes. None of it is an opening of this process's own.
+func TestAdviseRemoteEchoes(t *testing.T) {
+	a := newJournal(t, "echo.example.org", "", "a#1")
+	a.trip(4, 64)
+	a.summary(120, "f5@0 r20@5 s20@64", 0, 1, 0)
+	var events []Event
+	events = append(events, a.events...)
+	for i, proc := range []string{"b#1", "c#1", "d#1"} {
+		b := newJournal(t, "echo.example.org", "", proc)
+		b.change(5+i, StateClosed, StateOpen).Remote = true
+		b.change(100+i, StateOpen, StateHalfOpen)
+		b.change(100+i, StateHalfOpen, StateClosed)
+		b.summary(120, "r20@5 s20@100", 0, 1, 0)
+		events = append(events, b.events...)
+	}
+	// With the echoes counted as trips, rule 3 would see four, closed
+	// after 60s, 95s, 95s and 95s.
+	if got := Advise(events, Config{}); got != nil {
+		t.Errorf("got %v, want none", adviceKeys(got))
+	}
+	p := readJournalForAdvice(events).pairs[pairKey{"echo.example.org", ""}]
+	if p.opens != 1 || p.trips != 1 || p.firstOK != 1 || len(p.durations) != 1 {
+		t.Errorf("opens %d, trips %d, firstOK %d, durations %v", p.opens, p.trips, p.firstOK, p.durations)
+	}
+}
+
+// TestAdviseRetryAfterNeedsAnOpening: Retry-After values alone, on a host
+// with failures but no breaker opened, change nothing (rule 2).
+func TestAdviseRetryAfterNeedsAnOpening(t *testing.T) {
+	j := newJournal(t, "429.example.org", "", "p#1")
+	for i := range 5 {
+		j.retryAfter(10*i, time.Minute)
+	}
+	j.summary(60, "s50@0 f1@0 s10@10 f1@10 s10@20", 0, 0, 0)
+	if got := Advise(j.events, Config{}); got != nil {
+		t.Errorf("got %v, want none", adviceKeys(got))
+	}
+}
+
+func TestMedianAndPercentile(t *testing.T) {
+	ds := []time.Duration{4 * time.Second, time.Second, 3 * time.Second, 2 * time.Second}
+	if got := medianDuration(ds); got != 2500*time.Millisecond {
+		t.Errorf("median %v, want 2.5s", got)
+	}
+	if got := medianDuration([]time.Duration{3, 1, 2}); got != 2 {
+		t.Errorf("median %v, want 2", got)
+	}
+	// 20 bursts 1..20: the 95th percentile by nearest rank is the 19th.
+	var seq []timedRun
+	for i := range 20 {
+		seq = append(seq, timedRun{kind: OutcomeFailure, n: uint64(i + 1)}, timedRun{kind: OutcomeSuccess, n: 1})
+	}
+	// A failure run followed by a rejection did not end in a success.
+	seq = append(seq, timedRun{kind: OutcomeFailure, n: 99}, timedRun{kind: OutcomeRejected, n: 1}, timedRun{kind: OutcomeSuccess, n: 1})
+	p := &pairEvidence{seqs: map[string][]timedRun{"p": seq}}
+	if q, ok := p.burstPercentile(95); !ok || q != 19 {
+		t.Errorf("q95 %d %v, want 19", q, ok)
+	}
+	if _, ok := (&pairEvidence{}).burstPercentile(95); ok {
+		t.Error("a percentile of nothing")
+	}
+}
+
+// timedRuns parses runs as parseRuns does and spreads each to the next
+// run's At, the last one to end (seconds).
+func timedRuns(t *testing.T, spec string, end int) []timedRun {
+	return appendRuns(nil, parseRuns(t, spec), sec(end))
+}
+
+// TestSimulateBreaker checks the replay exactly on hand-computed
+// sequences. Outcomes are spread evenly over their run: "f5@0" ending at 5
+// is failures at 0, 1, 2, 3 and 4s.
+func TestSimulateBreaker(t *testing.T) {
+	pol := func(failMax int, reset time.Duration, success, trial int) Policy {
+		return Policy{FailMax: failMax, ResetTimeout: reset, SuccessThreshold: success, TrialCalls: trial}
+	}
+	for _, c := range []struct {
+		name string
+		spec string
+		end  int
+		p    Policy
+		want simResult
+	}{
+		// Failures at 0, 1, 2 trip it until 12: those at 3, 4 and the
+		// successes at 5–11 are blocked; at 12 a probe closes it.
+		{"fail_max 3", "f5@0 s10@5", 15, pol(3, 10*time.Second, 1, 1), simResult{failuresSent: 3, successesBlocked: 7}},
+		// All five sent, open from 4 to 14: successes at 5–13 blocked.
+		{"fail_max 5", "f5@0 s10@5", 15, pol(5, 10*time.Second, 1, 1), simResult{failuresSent: 5, successesBlocked: 9}},
+		{"fail_max 6", "f5@0 s10@5", 15, pol(6, 10*time.Second, 1, 1), simResult{failuresSent: 5}},
+		// Failures at 0 and 1 trip it until 11 (eight rejections
+		// recorded). The failure at 10 is blocked; at 11 a wave of three
+		// probes: the first fails and reopens until 21, the other two
+		// (12, 13) were sent all the same; 14, 15 blocked. The success at
+		// 20 is blocked; at 21 a wave closes on its first probe, the two
+		// others (22, 23) change nothing.
+		{"trial_calls 3", "f2@0 r8@2 f6@10 r5@16 s10@20", 30, pol(2, 10*time.Second, 1, 3), simResult{failuresSent: 5, successesBlocked: 1, unknown: 13}},
+		// One probe at a time: only the probe at 11 is sent.
+		{"trial_calls 1", "f2@0 r8@2 f6@10 r5@16 s10@20", 30, pol(2, 10*time.Second, 1, 1), simResult{failuresSent: 3, successesBlocked: 1, unknown: 13}},
+		// Trip at 1 until 11; the probe at 11 succeeds (1 of 2), the next
+		// wave's probe at 12 fails: open until 22, 13 and 14 blocked; the
+		// probes at 22 and 23 close it.
+		{"success_threshold 2", "f2@0 r9@2 s1@11 f3@12 r7@15 s10@22", 32, pol(2, 10*time.Second, 2, 1), simResult{failuresSent: 3, unknown: 16}},
+		// One success closes it at 11; the failures at 12 and 13 trip it
+		// until 23; 14 and the success at 22 are blocked; 23 closes it.
+		{"success_threshold 1", "f2@0 r9@2 s1@11 f3@12 r7@15 s10@22", 32, pol(2, 10*time.Second, 1, 1), simResult{failuresSent: 4, successesBlocked: 1, unknown: 16}},
+		// A run whose At is the next run's is all at that instant: the
+		// trip at 0 blocks what follows at 0.
+		{"instant runs", "f3@0 s5@0 f3@0", 0, pol(3, time.Second, 1, 1), simResult{failuresSent: 3, successesBlocked: 5}},
+		// The rest of a failed wave is the next recorded outcomes, past
+		// recorded rejections: trip at 1 until 3; the probe at 3 fails
+		// (until 5), 4 was in its wave; the rejections are skipped and
+		// the wave's third probe is the success at 10, sent; 11 closes.
+		{"wave past rejections", "f2@0 r1@2 f2@3 r4@5 s2@10", 12, pol(2, 2*time.Second, 1, 3), simResult{failuresSent: 4, unknown: 5}},
+		// Consecutive failures carry across runs and rejections.
+		{"across runs", "f1@0 r3@1 f1@2 f1@3 s1@4", 5, pol(3, time.Second, 1, 1), simResult{failuresSent: 3, unknown: 3}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if got := simulateBreaker(timedRuns(t, c.spec, c.end), c.p); got != c.want {
+				t.Errorf("got %+v, want %+v", got, c.want)
+			}
+		})
+	}
+}
+
+// TestTimedRunSpread: the times of a run's outcomes and the search for the
+// first one at or after a time agree, exactly, on awkward spans.
+func TestTimedRunSpread(t *testing.T) {
+	r := timedRun{kind: OutcomeSuccess, n: 3, at: sec(0), end: sec(10)}
+	for i, want := range []time.Duration{0, 3333333333, 6666666666} {
+		if got := r.timeOf(uint64(i)).Sub(sec(0)); got != want {
+			t.Errorf("timeOf(%d) = %v, want %v", i, got, want)
+		}
+	}
+	for _, c := range []struct {
+		t    time.Duration
+		from uint64
+		want uint64
+	}{
+		{-time.Second, 0, 0}, {0, 1, 1}, {time.Nanosecond, 0, 1}, {3333333333, 0, 1}, {3333333334, 0, 2},
+		{5 * time.Second, 0, 2}, {5 * time.Second, 3, 3}, {6666666667, 0, 3}, {time.Hour, 0, 3},
+	} {
+		if got := r.firstAtOrAfter(sec(0).Add(c.t), c.from); got != c.want {
+			t.Errorf("firstAtOrAfter(%v, %d) = %d, want %d", c.t, c.from, got, c.want)
+		}
+	}
+	// Brute force over runs of many sizes: the index found is the first
+	// whose time is at or after t.
+	for n := uint64(1); n < 40; n++ {
+		r := timedRun{n: n, at: sec(0), end: sec(0).Add(time.Duration(7*n+3) * 1e8)}
+		for d := time.Duration(-1); d <= r.end.Sub(r.at)+1; d += 1e7 + 1 {
+			tt := sec(0).Add(d)
+			want := n
+			for i := range n {
+				if !r.timeOf(i).Before(tt) {
+					want = i
+					break
+				}
+			}
+			if got := r.firstAtOrAfter(tt, 0); got != want {
+				t.Fatalf("n %d, t %v: got %d, want %d", n, d, got, want)
+			}
+		}
+	}
+	// Huge counts do not overflow.
+	big := timedRun{n: 1 << 62, at: sec(0), end: sec(3600)}
+	if got := big.timeOf(1 << 61).Sub(sec(0)); got != 1800*time.Second {
+		t.Errorf("timeOf half of a huge run = %v", got)
+	}
+	if got := big.firstAtOrAfter(sec(1800), 0); got != 1<<61 {
+		t.Errorf("firstAtOrAfter half of a huge run = %d", got)
+	}
+}
