@@ -54,7 +54,7 @@ const (
 	// Rule 3, open durations: the closed trips needed for a median.
 	adviseMinClosedTrips = 2
 
-	// Rule 4, flapping: trips reopened by a failed probe, and the factor
+	// Rule 4, flapping: openings by a failed probe, and the factor
 	// (num/den) applied to reset_timeout.
 	adviseFlapTrips = 3
 	adviseFlapNum   = 3
@@ -149,6 +149,7 @@ type pairEvidence struct {
 	trips                int // local openings from closed
 	firstOK              int // trips closed by their first probe
 	firstFailed          int // trips whose first probe failed (reopened)
+	reopens              int // openings by a failed probe
 	durations            []time.Duration
 	seqs                 map[string][]timedRun // the recorded outcomes, by process
 	episodes             map[string]*episode   // the trip in progress, by process
@@ -266,6 +267,7 @@ func (p *pairEvidence) stateChange(ev Event) bool {
 		}
 		p.opens++
 		if ev.PreviousState == StateHalfOpen {
+			p.reopens++
 			if ep != nil && ep.local && !ep.reopened {
 				p.firstFailed++
 			}
@@ -319,9 +321,9 @@ func (p *pairEvidence) advise(k pairKey, h *hostEvidence, cur Policy, b TuneBoun
 			p.trips, m.Round(time.Millisecond), len(p.durations))
 	}
 	// Rule 4: flapping.
-	if p.firstFailed >= adviseFlapTrips {
-		add(keyResetTimeout, reset*adviseFlapNum/adviseFlapDen, +1, "tripped %d times, %d of them reopened by a failed probe; reset_timeout %s × %s",
-			p.trips, p.firstFailed, cur.ResetTimeout, strconv.FormatFloat(float64(adviseFlapNum)/adviseFlapDen, 'g', -1, 64))
+	if p.reopens >= adviseFlapTrips {
+		add(keyResetTimeout, reset*adviseFlapNum/adviseFlapDen, +1, "opened %s, %d of them by a failed probe; reset_timeout %s × %s",
+			times(p.opens), p.reopens, cur.ResetTimeout, strconv.FormatFloat(float64(adviseFlapNum)/adviseFlapDen, 'g', -1, 64))
 	}
 	// Rule 5: probes.
 	if probes := p.probesOK + p.probesFail; probes >= adviseMinProbes && p.probesFail*100 >= probes*adviseProbeFailPct {

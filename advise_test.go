@@ -444,7 +444,7 @@ func TestAdviseOnlyCancellations(t *testing.T) {
 func TestAdviseConservativeMerge(t *testing.T) {
 	a := findAdvice(t, Advise(journalFlapping(t), Config{}), "flaky.example.org", "", "reset_timeout")
 	const want = "tripped 3 times; median time from open to closed 2m0s over 3 closed trips; " +
-		"tripped 3 times, 3 of them reopened by a failed probe; reset_timeout 1m0s × 1.5"
+		"opened 6 times, 3 of them by a failed probe; reset_timeout 1m0s × 1.5"
 	if a.Proposed != "2m0s" || a.Reason != want {
 		t.Errorf("got %q (%s), want %q (2m0s)", a.Reason, a.Proposed, want)
 	}

@@ -1,0 +1,346 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hostbreaker/hostbreaker"
+)
+
+// TestMain runs main when the test binary is re-executed as the command.
+func TestMain(m *testing.M) {
+	if os.Getenv("ADVISE_RUN_MAIN") == "1" {
+		main()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// runBinary runs the command as a separate process: this test binary,
+// re-executed to run main.
+func runBinary(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), "ADVISE_RUN_MAIN=1")
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code = 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return out.String(), errb.String(), code
+}
+
+func runInProcess(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code = run(context.Background(), args, &out, &errb)
+	return out.String(), errb.String(), code
+}
+
+// redisURL returns a Redis store URL under a fresh prefix, or skips (fails
+// under CI) when no Redis answers.
+func redisURL(t *testing.T) string {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", "127.0.0.1:6379", time.Second)
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("no Redis at 127.0.0.1:6379: %v", err)
+		}
+		t.Skipf("no Redis at 127.0.0.1:6379: %v", err)
+	}
+	c.Close()
+	return fmt.Sprintf("redis://127.0.0.1:6379/0?prefix=advisetest-%d-%d", os.Getpid(), time.Now().UnixNano())
+}
+
+// hosts are loopback servers with the behaviours the rules look for.
+type hosts struct {
+	throttled, flapping, transient, healthy string
+}
+
+func startHosts(t *testing.T) hosts {
+	t.Helper()
+	serve := func(h http.HandlerFunc) string {
+		srv := httptest.NewServer(h)
+		t.Cleanup(srv.Close)
+		return srv.URL
+	}
+	var nThrottled, nTransient atomic.Int64
+	return hosts{
+		// Asks for pauses with Retry-After three times, then fails
+		// (opening the breaker).
+		throttled: serve(func(w http.ResponseWriter, r *http.Request) {
+			if nThrottled.Add(1) <= 3 {
+				w.Header().Set("Retry-After", "1")
+				w.WriteHeader(http.StatusTooManyRequests)
+				return
+			}
+			w.WriteHeader(http.StatusInternalServerError)
+		}),
+		// Down for good: every probe fails, the breaker flaps.
+		flapping: serve(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusBadGateway) }),
+		// Short bursts of failures, healthy in between: mostly too short
+		// to trip (2 with fail_max 3), now and then one that trips.
+		transient: serve(func(w http.ResponseWriter, r *http.Request) {
+			switch nTransient.Add(1) % 20 {
+			case 1, 2, 11, 12, 13:
+				w.WriteHeader(http.StatusServiceUnavailable)
+			}
+		}),
+		healthy: serve(func(w http.ResponseWriter, r *http.Request) {}),
+	}
+}
+
+func hostOf(url string) string { return strings.TrimPrefix(url, "http://") }
+
+// drive sends traffic to every host through a Transport on the store for
+// about d, then closes it, which flushes its journal.
+// testConfig is the policy file of the test's Transports and of advise:
+// short open phases, so that a few seconds of traffic show every pattern,
+// and a role whose breakers stay open for long.
+const testConfig = `
+[defaults]
+fail_max = 3
+reset_timeout = "300ms"
+half_open_jitter = "0s"
+[defaults.roles.landing]
+reset_timeout = "1h"
+`
+
+// writeConfig writes testConfig to a file and returns its path and the
+// Config for a Transport on storeURL.
+func writeConfig(t *testing.T, storeURL string) (string, hostbreaker.Config) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "hostbreaker.toml")
+	if err := os.WriteFile(path, []byte(testConfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := hostbreaker.LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Store = hostbreaker.StoreConfig{URL: storeURL, PollInterval: 100 * time.Millisecond}
+	return path, cfg
+}
+
+func drive(t *testing.T, storeURL string, h hosts, d time.Duration) {
+	t.Helper()
+	_, cfg := writeConfig(t, storeURL)
+	tr, err := hostbreaker.NewTransport(nil, hostbreaker.WithConfig(cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		for _, u := range []string{h.throttled, h.flapping, h.transient, h.healthy} {
+			req, _ := http.NewRequestWithContext(hostbreaker.WithRole(context.Background(), hostbreaker.RoleMetadata), http.MethodGet, u+"/x", nil)
+			if resp, err := c.Do(req); err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}
+	}
+	if err := tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestAdviseEnforceHistoryRevert(t *testing.T) {
+	for _, kind := range []string{"bbolt", "redis"} {
+		t.Run(kind, func(t *testing.T) {
+			storeURL := filepath.Join(t.TempDir(), "hb.db")
+			if kind == "redis" {
+				storeURL = redisURL(t)
+			}
+			h := startHosts(t)
+			drive(t, storeURL, h, 5*time.Second)
+			configFile, cfg := writeConfig(t, storeURL)
+
+			out, errOut, code := runBinary(t, "-store", storeURL, "-config", configFile, "-json")
+			if code != 0 {
+				t.Fatalf("advise -json: exit %d: %s", code, errOut)
+			}
+			var advice []hostbreaker.Advice
+			if err := json.Unmarshal([]byte(out), &advice); err != nil {
+				t.Fatalf("stdout is not a JSON array of advice: %v\n%s", err, out)
+			}
+			byHost := map[string][]hostbreaker.Advice{}
+			for _, a := range advice {
+				byHost[a.Host] = append(byHost[a.Host], a)
+			}
+			t.Logf("advice: %s", out)
+			// The right keys, for the right reasons.
+			for _, want := range []struct{ url, key, why string }{
+				{h.throttled, "reset_timeout", "Retry-After"},
+				{h.flapping, "reset_timeout", "by a failed probe"},
+				{h.transient, "fail_max", "closed by the first probe"},
+			} {
+				found := false
+				for _, a := range byHost[hostOf(want.url)] {
+					found = found || a.Key == want.key && strings.Contains(a.Reason, want.why) && a.Replay != nil
+				}
+				if !found {
+					t.Errorf("%s: no %s advice that says %q: %+v", hostOf(want.url), want.key, want.why, byHost[hostOf(want.url)])
+				}
+			}
+			for _, u := range []string{h.throttled, h.flapping, h.transient} {
+				if len(byHost[hostOf(u)]) == 0 {
+					t.Errorf("no advice for %s; its journal:", hostOf(u))
+					s, _ := hostbreaker.OpenStore(storeURL)
+					evs, _ := hostbreaker.ReadJournal(context.Background(), s, time.Time{})
+					s.Close()
+					for _, ev := range evs {
+						if ev.Host == hostOf(u) && ev.Name != hostbreaker.EventSummary {
+							t.Logf("%s %s %s->%s %s ra=%v", ev.Name, ev.Role, ev.PreviousState, ev.State, ev.Reason, ev.RetryAfter)
+						} else if ev.Host == hostOf(u) {
+							t.Logf("summary %+v", *ev.Summary)
+						}
+					}
+				}
+			}
+			if a := byHost[hostOf(h.healthy)]; len(a) != 0 {
+				t.Errorf("advice for the healthy host: %+v", a)
+			}
+			// A Transport that runs now, in this process, with the same
+			// store: -enforce (another process) changes its policy live.
+			tr, err := hostbreaker.NewTransport(nil, hostbreaker.WithConfig(cfg))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tr.Close()
+			// An open breaker that the tune must leave open.
+			c := &http.Client{Transport: tr}
+			for range 3 {
+				req, _ := http.NewRequestWithContext(hostbreaker.WithRole(context.Background(), hostbreaker.RoleLanding), http.MethodGet, h.flapping, nil)
+				if resp, err := c.Do(req); err == nil {
+					resp.Body.Close()
+				}
+			}
+			landingOpen := func() bool {
+				for _, st := range tr.Snapshot() {
+					if st.Host == hostOf(h.flapping) && st.Role == hostbreaker.RoleLanding {
+						return st.State == hostbreaker.StateOpen
+					}
+				}
+				return false
+			}
+			if !landingOpen() {
+				t.Fatalf("the landing breaker did not open: %+v", tr.Snapshot())
+			}
+			target := advice[0]
+			before, _ := tr.Policy(target.Host, target.Role)
+			if _, errOut, code := runBinary(t, "-store", storeURL, "-config", configFile, "-enforce"); code != 0 {
+				t.Fatalf("advise -enforce: exit %d: %s", code, errOut)
+			}
+			bound := 100*time.Millisecond + 2*time.Second // poll + 1 s, generous
+			if kind == "redis" {
+				bound = 2 * time.Second
+			}
+			deadline := time.Now().Add(10 * bound)
+			for {
+				p, _ := tr.Policy(target.Host, target.Role)
+				if policyValue(p, target.Key) == target.Proposed {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%s %s: %s = %s, want %s after -enforce (before: %+v)", target.Host, target.Role, target.Key,
+						policyValue(p, target.Key), target.Proposed, before)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			if !landingOpen() {
+				t.Errorf("the tune closed an open breaker: %+v", tr.Snapshot())
+			}
+			out, _, code = runBinary(t, "-store", storeURL, "-history")
+			if code != 0 || !strings.Contains(out, target.Host) || !strings.Contains(out, target.Key) ||
+				!strings.Contains(out, "advise -enforce") {
+				t.Fatalf("advise -history (exit %d):\n%s", code, out)
+			}
+			if _, errOut, code := runBinary(t, "-store", storeURL, "-revert", "all"); code != 0 {
+				t.Fatalf("advise -revert all: exit %d: %s", code, errOut)
+			}
+			for deadline := time.Now().Add(10 * bound); ; time.Sleep(10 * time.Millisecond) {
+				p, _ := tr.Policy(target.Host, target.Role)
+				if policyValue(p, target.Key) == policyValue(before, target.Key) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("after -revert: %s = %s, want %s", target.Key, policyValue(p, target.Key), policyValue(before, target.Key))
+				}
+			}
+		})
+	}
+}
+
+// policyValue returns the TOML value of key in p.
+func policyValue(p hostbreaker.Policy, key string) string {
+	switch key {
+	case "fail_max":
+		return fmt.Sprint(p.FailMax)
+	case "reset_timeout":
+		return p.ResetTimeout.String()
+	case "success_threshold":
+		return fmt.Sprint(p.SuccessThreshold)
+	case "trial_calls":
+		return fmt.Sprint(p.TrialCalls)
+	}
+	return "?"
+}
+
+func TestErrors(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "nope.db")
+	if _, errOut, code := runInProcess(t, "-store", missing); code != 1 || !strings.Contains(errOut, "no store at "+missing) {
+		t.Errorf("missing store: exit %d, %q", code, errOut)
+	}
+	if _, err := os.Stat(missing); err == nil {
+		t.Error("a missing store was created")
+	}
+	bad := filepath.Join(dir, "bad.toml")
+	os.WriteFile(bad, []byte("[defaults]\nfail_max = 0\n"), 0o600)
+	if _, errOut, code := runInProcess(t, "-store", missing, "-config", bad); code != 1 || !strings.Contains(errOut, "line 2") {
+		t.Errorf("bad config: exit %d, %q", code, errOut)
+	}
+	if _, errOut, code := runInProcess(t, "-store", "redis://127.0.0.1:1/0"); code != 1 || strings.Count(errOut, "\n") != 1 {
+		t.Errorf("unreachable store: exit %d, %q", code, errOut)
+	}
+	if _, _, code := runInProcess(t, "-enforce", "-history"); code != 2 {
+		t.Errorf("exclusive flags: exit %d", code)
+	}
+	if _, _, code := runInProcess(t, "-nosuch"); code != 2 {
+		t.Errorf("unknown flag: exit %d", code)
+	}
+}
+
+func TestNoAdvice(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "hb.db")
+	s, err := hostbreaker.OpenStore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	out, _, code := runInProcess(t, "-store", path)
+	if code != 0 || out != "no advice: 0 hosts, 0 requests in the window\n" {
+		t.Errorf("exit %d, %q", code, out)
+	}
+	out, _, code = runInProcess(t, "-store", path, "-json")
+	if code != 0 || strings.TrimSpace(out) != "[]" {
+		t.Errorf("-json: exit %d, %q", code, out)
+	}
+}
