@@ -674,8 +674,10 @@ func (s *redisStore) Overrides(ctx context.Context) (map[string]Policy, error) {
 	}
 	out := make(map[string]Policy, len(fields))
 	for field, v := range fields {
+		// Only the exact escape of its key: a field written otherwise
+		// (by hand, say) could shadow the real one, in map order.
 		name, err := url.QueryUnescape(field)
-		if err != nil {
+		if err != nil || url.QueryEscape(name) != field {
 			continue
 		}
 		if key, p, err := decodeOverride([]byte(v)); err == nil && key == name {
