@@ -2,7 +2,9 @@ package hostbreaker
 
 import (
 	"context"
+	"errors"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -98,4 +100,27 @@ func TestTunedOverridesApplyLive(t *testing.T) {
 			t.Errorf("policy changes applied from the store = %d, want 2", applied)
 		}
 	})
+}
+
+func TestTuneConfig(t *testing.T) {
+	c, err := ParseConfig([]byte("[tune]\nfail_max = [3, 8]\nreset_timeout = [\"20s\", \"5m\"]\nsuccess_threshold = [1, 2]\ntrial_calls = [1, 2]\nrate_step = 0.1\nmin_rate = 0.5\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := TuneBounds{FailMax: [2]int{3, 8}, ResetTimeout: [2]time.Duration{20 * time.Second, 5 * time.Minute},
+		SuccessThreshold: [2]int{1, 2}, TrialCalls: [2]int{1, 2}, RateStep: 0.1, MinRate: 0.5}
+	if c.Tune != want {
+		t.Fatalf("tune = %+v", c.Tune)
+	}
+	if d := (TuneBounds{}).withDefaults(); d.FailMax != [2]int{2, 10} || d.ResetTimeout != [2]time.Duration{15 * time.Second, 10 * time.Minute} ||
+		d.SuccessThreshold != [2]int{1, 3} || d.TrialCalls != [2]int{1, 3} || d.RateStep != 0.25 || d.MinRate != 0.05 {
+		t.Fatalf("defaults = %+v", d)
+	}
+	for _, bad := range []string{"fail_max = [8, 3]", "fail_max = [0, 3]", "reset_timeout = [\"5m\", \"1m\"]", "rate_step = 0", "min_rate = -1", "trial_calls = [1, 2000]", "nosuch = 1"} {
+		_, err := ParseConfig([]byte("[tune]\n" + bad + "\n"))
+		var ce *ConfigError
+		if !errors.As(err, &ce) || ce.Line != 2 || !strings.HasPrefix(ce.Key, "tune.") {
+			t.Errorf("%q: %v", bad, err)
+		}
+	}
 }
