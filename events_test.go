@@ -42,7 +42,7 @@ func (m *memLogExporter) all() []sdklog.Record {
 func attrsOf(r sdklog.Record) map[string]string {
 	out := make(map[string]string)
 	r.WalkAttributes(func(kv attribute.KeyValue) bool {
-		out[string(kv.Key)] = kv.Value.Emit()
+		out[string(kv.Key)] = kv.Value.String()
 		return true
 	})
 	return out

@@ -7,9 +7,9 @@ import (
 	"strconv"
 	"time"
 
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	otellog "go.opentelemetry.io/otel/log"
-	"go.opentelemetry.io/otel/log/global"
 )
 
 // This file turns the Transport's internal events into Events and delivers
@@ -48,7 +48,7 @@ func processName(c TelemetryConfig) string {
 
 func newEventSink(process string, c TelemetryConfig, lp otellog.LoggerProvider, handler func(Event)) *eventSink {
 	if lp == nil {
-		lp = global.GetLoggerProvider()
+		lp = otel.GetLoggerProvider()
 	}
 	return &eventSink{
 		process:    process,

@@ -302,7 +302,7 @@ func TestHalfOpenJitter(t *testing.T) {
 			url := fmt.Sprintf("https://h%d.test/", i)
 			get(t, c, "", url)
 			oe := mustReject(t, do(t, c, "", url).err, ReasonBreakerOpen)
-			d := oe.Until.Sub(time.Now())
+			d := time.Until(oe.Until)
 			if d < 10*time.Second || d > 11*time.Second {
 				t.Fatalf("open for %v, want within [10s, 11s]", d)
 			}
