@@ -85,6 +85,7 @@ const (
 	keyResetTimeout     = "reset_timeout"
 	keySuccessThreshold = "success_threshold"
 	keyTrialCalls       = "trial_calls"
+	keyRate             = "rate" // of the rate limits, which do not exist yet
 )
 
 // Advise reads events (from [ReadJournal] or [Transport.Events], any mix
@@ -437,16 +438,21 @@ func roundValue(key string, v int64) int64 {
 
 // clampValue brings v within the bounds of key.
 func clampValue(key string, v int64, b TuneBounds) int64 {
-	ints := func(r [2]int) int64 { return min(max(v, int64(r[0])), int64(r[1])) }
+	lo, hi := boundsOf(key, b)
+	return min(max(v, lo), hi)
+}
+
+// boundsOf returns the tune bounds of key.
+func boundsOf(key string, b TuneBounds) (lo, hi int64) {
 	switch key {
 	case keyFailMax:
-		return ints(b.FailMax)
+		return int64(b.FailMax[0]), int64(b.FailMax[1])
 	case keyResetTimeout:
-		return min(max(v, int64(b.ResetTimeout[0])), int64(b.ResetTimeout[1]))
+		return int64(b.ResetTimeout[0]), int64(b.ResetTimeout[1])
 	case keySuccessThreshold:
-		return ints(b.SuccessThreshold)
+		return int64(b.SuccessThreshold[0]), int64(b.SuccessThreshold[1])
 	default:
-		return ints(b.TrialCalls)
+		return int64(b.TrialCalls[0]), int64(b.TrialCalls[1])
 	}
 }
 

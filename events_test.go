@@ -316,7 +316,7 @@ func TestJournalOutageIsBounded(t *testing.T) {
 		mustPass(t, do(t, c, "", "https://ok.test/"), 200)
 	}
 	tr.Close()
-	if n := len(tr.sink.pending); n != 5 {
+	if n := tr.sink.pending.len(); n != 5 {
 		t.Errorf("pending = %d, want 5", n)
 	}
 	if tr.sink.lost < 15 {
@@ -325,7 +325,35 @@ func TestJournalOutageIsBounded(t *testing.T) {
 	if logs.count("journal events dropped") != 1 {
 		t.Errorf("the drops were not logged once")
 	}
-	if last := tr.sink.pending[len(tr.sink.pending)-1]; last.Name != EventSummary {
+	if evs := tr.sink.pending.events(); evs[len(evs)-1].Name != EventSummary {
+		last := evs[len(evs)-1]
 		t.Errorf("the newest events are kept: last = %+v", last)
+	}
+}
+
+func TestEventQueue(t *testing.T) {
+	var q eventQueue
+	base := time.Unix(1e9, 0)
+	for i := range 1000 {
+		q.push(Event{Name: EventReset, Time: base.Add(time.Duration(i))})
+		if over := q.len() - 10; over > 0 {
+			q.drop(over)
+		}
+		if cap(q.buf) > 64 {
+			t.Fatalf("the buffer grew to %d for 10 events", cap(q.buf))
+		}
+	}
+	evs := q.events()
+	if len(evs) != 10 || !evs[0].Time.Equal(base.Add(990)) || !evs[9].Time.Equal(base.Add(999)) {
+		t.Fatalf("queue = %v", evs)
+	}
+	for _, ev := range q.buf[len(q.buf):cap(q.buf)] {
+		if ev.Name != "" {
+			t.Fatal("a dropped event is still referenced")
+		}
+	}
+	q.reset()
+	if q.len() != 0 {
+		t.Fatal("reset left events")
 	}
 }

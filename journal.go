@@ -3,7 +3,6 @@ package hostbreaker
 import (
 	"context"
 	"os"
-	"slices"
 	"strconv"
 	"time"
 
@@ -25,13 +24,17 @@ type eventSink struct {
 	handler func(Event)
 	logger  otellog.Logger
 
-	mem        []Event // the in-memory journal, oldest first; bounded by cfg
-	pending    []Event // events for the store's journal; bounded by maxPending
+	mem        eventQueue // the in-memory journal, oldest first; bounded by cfg
+	pending    eventQueue // events for the store's journal; bounded by maxPending
 	maxPending int
 	lost       uint64    // journal events dropped: pending full, or trimmed by the store's bounds
 	lastSumm   time.Time // when the last summary was emitted
 	seen       map[*entry]Summary
 }
+
+// maxMemoryEvents bounds the events a Transport with a store keeps in
+// memory for Events; the store's journal holds up to journal_max_events.
+const maxMemoryEvents = 10000
 
 // maxPendingEvents bounds the events waiting for the store's journal while
 // it is down; past it the oldest are dropped and counted.
@@ -95,28 +98,57 @@ func (t *Transport) deliver(ev Event) {
 	}
 	s.remember(ev, t.sh == nil)
 	if t.sh != nil {
-		if over := len(s.pending) - s.maxPending + 1; over > 0 {
-			s.pending = slices.Delete(s.pending, 0, over)
+		if over := s.pending.len() - s.maxPending + 1; over > 0 {
+			s.pending.drop(over)
 			s.lost += uint64(over)
 		}
-		s.pending = append(s.pending, ev)
+		s.pending.push(ev)
 	}
 }
 
 // remember keeps ev in the in-memory journal, within its bounds. Without a
 // store that journal is the only one, and what it drops is counted.
 func (s *eventSink) remember(ev Event, only bool) {
-	s.mem = append(s.mem, ev)
-	cut := max(0, len(s.mem)-s.cfg.JournalMaxEvents)
+	s.mem.push(ev)
+	evs := s.mem.events()
+	bound := s.cfg.JournalMaxEvents
+	if !only {
+		bound = min(bound, maxMemoryEvents) // the store keeps the rest
+	}
+	cut := max(0, len(evs)-bound)
 	oldest := ev.Time.Add(-s.cfg.JournalRetention)
-	for cut < len(s.mem) && s.mem[cut].Time.Before(oldest) {
+	for cut < len(evs) && evs[cut].Time.Before(oldest) {
 		cut++
 	}
 	if cut > 0 {
 		if only {
 			s.lost += uint64(cut)
 		}
-		s.mem = slices.Delete(s.mem, 0, cut)
+		s.mem.drop(cut)
+	}
+}
+
+// eventQueue is a FIFO of events whose oldest can be dropped in O(1)
+// amortized: the live events are buf[head:], and the buffer is compacted
+// when the dropped part grows past the live one.
+type eventQueue struct {
+	buf  []Event
+	head int
+}
+
+func (q *eventQueue) push(ev Event)   { q.buf = append(q.buf, ev) }
+func (q *eventQueue) len() int        { return len(q.buf) - q.head }
+func (q *eventQueue) events() []Event { return q.buf[q.head:] }
+func (q *eventQueue) reset()          { clear(q.buf); q.buf, q.head = q.buf[:0], 0 }
+
+// drop drops the n oldest events.
+func (q *eventQueue) drop(n int) {
+	clear(q.buf[q.head : q.head+n]) // let the GC have them
+	q.head += n
+	if q.head > len(q.buf)/2 {
+		n := copy(q.buf, q.buf[q.head:])
+		clear(q.buf[n:])
+		q.buf, q.head = q.buf[:n], 0
 	}
 }
 
@@ -285,24 +317,25 @@ func (t *Transport) summarizeEntry(e *entry, now time.Time, interval time.Durati
 // flushJournal appends the pending events to the store's journal.
 func (t *Transport) flushJournal(ctx context.Context) {
 	s := t.sink
-	if t.sh == nil || len(s.pending) == 0 {
+	if t.sh == nil || s.pending.len() == 0 {
 		return
 	}
 	cctx, cancel := context.WithTimeout(ctx, storeTimeout)
-	dropped, err := t.sh.store.AppendEvents(cctx, s.pending, JournalLimits{Retention: s.cfg.JournalRetention, MaxEvents: s.cfg.JournalMaxEvents})
+	dropped, err := t.sh.store.AppendEvents(cctx, s.pending.events(), JournalLimits{Retention: s.cfg.JournalRetention, MaxEvents: s.cfg.JournalMaxEvents})
 	cancel()
 	if err != nil {
 		t.storeError(opJournal, err)
 		return // kept, bounded, for the next flush
 	}
 	s.lost += uint64(dropped)
-	s.pending = s.pending[:0]
+	s.pending.reset()
 }
 
 // Events returns this Transport's events at or after since, oldest first,
-// from its in-memory journal (bounded like the store's by [telemetry]
-// journal_retention and journal_max_events). With a store, [ReadJournal]
-// returns every process's events. It is safe for concurrent use.
+// from its in-memory journal: without a store, the journal itself, bounded
+// by [telemetry] journal_retention and journal_max_events; with one, the
+// latest 10,000 of them at most, and [ReadJournal] returns every process's
+// events from the store. It is safe for concurrent use.
 func (t *Transport) Events(since time.Time) []Event {
 	reply := make(chan []Event, 1)
 	select {
@@ -319,7 +352,7 @@ func (t *Transport) Events(since time.Time) []Event {
 // since returns the in-memory journal's events at or after since.
 func (s *eventSink) since(since time.Time) []Event {
 	var out []Event
-	for _, ev := range s.mem {
+	for _, ev := range s.mem.events() {
 		if !ev.Time.Before(since) {
 			out = append(out, ev)
 		}

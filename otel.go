@@ -196,7 +196,7 @@ type candidate struct {
 // callback that observes them. It is called once per Transport, after the
 // registry and the store exist.
 func newTelemetry(t *Transport, mp metric.MeterProvider) (*telemetry, error) {
-	cfg := t.telemetryConfig.withDefaults()
+	cfg := t.telemetry
 	tel := &telemetry{
 		t:         t,
 		maxHosts:  cfg.MaxHosts,

@@ -665,6 +665,24 @@ func parseHostKey(key string) (host, suffix string, err error) {
 	return host, "", nil
 }
 
+// hostsKey returns the Hosts key that s names, as UpdateHostPolicy and
+// Tune take it: a wildcard "*.suffix" with its suffix normalized, or a
+// host (a name, host:port or URL) normalized.
+func hostsKey(s string) (string, error) {
+	if strings.HasPrefix(s, "*.") {
+		_, suffix, err := parseHostKey(s)
+		if err != nil {
+			return "", err
+		}
+		return "*" + suffix, nil
+	}
+	name, err := NormalizeHost(s)
+	if err != nil {
+		return "", errors.New("invalid host: " + err.Error())
+	}
+	return name, nil
+}
+
 // sortWild orders wildcards longest suffix first: the most specific wins.
 func sortWild(w []wildPolicy) {
 	sort.SliceStable(w, func(i, j int) bool { return len(w[i].suffix) > len(w[j].suffix) })

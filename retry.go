@@ -100,8 +100,10 @@ func (t *Transport) blocked(req *http.Request) (time.Duration, bool) {
 	if h := t.reg.host(host); h != nil && h.coolingDown(now) {
 		until = h.until.Load()
 	}
-	if e := t.reg.lookup(host, RoleFromContext(req.Context())); e != nil && phaseOf(e.st.Load()) == phaseOpen {
-		until = max(until, e.mark.Load())
+	if e := t.reg.lookup(host, RoleFromContext(req.Context())); e != nil {
+		if st, ou := e.status(now); st == StateOpen {
+			until = max(until, ou)
+		}
 	}
 	if until <= now {
 		return 0, false

@@ -40,8 +40,8 @@ type Transport struct {
 
 	sh *sharing // nil without a store
 
-	telemetryConfig TelemetryConfig // as configured
-	tel             *telemetry      // nil if the meter provider failed
+	telemetry TelemetryConfig // with defaults; immutable
+	tel       *telemetry      // nil if the meter provider failed
 
 	events  chan event
 	dropped atomic.Uint64 // events dropped because the queue was full
@@ -147,11 +147,10 @@ func NewTransport(base http.RoundTripper, opts ...Option) (*Transport, error) {
 		done:    make(chan struct{}),
 		rolling: o.config.Rolling.withDefaults(),
 
-		telemetryConfig: o.config.Telemetry,
+		telemetry: o.config.Telemetry.withDefaults(),
 	}
-	tc := o.config.Telemetry.withDefaults()
-	process := fmt.Sprintf("%s#%d", processName(tc), transportSeq.Add(1))
-	t.sink = newEventSink(process, tc, o.loggers, o.handler)
+	process := fmt.Sprintf("%s#%d", processName(t.telemetry), transportSeq.Add(1))
+	t.sink = newEventSink(process, t.telemetry, o.loggers, o.handler)
 	t.configured = pt
 	t.policies.Store(pt)
 	required := o.config.Store.Required
@@ -590,13 +589,9 @@ func (t *Transport) CloseIdleConnections() {
 // failure count (up to one less than the new FailMax). An invalid key or
 // result is a *ConfigError and changes nothing.
 func (t *Transport) UpdateHostPolicy(host string, p Policy) error {
-	key := host
-	if !strings.HasPrefix(host, "*.") {
-		name, err := NormalizeHost(host)
-		if err != nil {
-			return &ConfigError{Key: "hosts." + quoteKey(host), Msg: "invalid host: " + err.Error()}
-		}
-		key = name
+	key, err := hostsKey(host)
+	if err != nil {
+		return &ConfigError{Key: "hosts." + quoteKey(host), Msg: err.Error()}
 	}
 	if err := checkPolicy("hosts."+quoteKey(key), p); err != nil {
 		return err

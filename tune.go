@@ -212,22 +212,13 @@ type tuneDone struct {
 	event  Event
 }
 
-// The keys that Tune changes.
-const (
-	tuneFailMax          = "fail_max"
-	tuneResetTimeout     = "reset_timeout"
-	tuneSuccessThreshold = "success_threshold"
-	tuneTrialCalls       = "trial_calls"
-	tuneRate             = "rate"
-)
-
 // parseAdvice returns the change that a applies within bounds: its Hosts
 // key, the field it sets, clamped, and a as written (Host normalized,
 // Proposed as the clamped value, Reason extended when it was clamped).
 func parseAdvice(a Advice, bounds TuneBounds) (tuneChange, error) {
 	switch a.Key {
-	case tuneFailMax, tuneResetTimeout, tuneSuccessThreshold, tuneTrialCalls:
-	case tuneRate:
+	case keyFailMax, keyResetTimeout, keySuccessThreshold, keyTrialCalls:
+	case keyRate:
 		return tuneChange{}, errors.New(`key "rate" cannot be tuned: no policy has a rate yet`)
 	default:
 		return tuneChange{}, fmt.Errorf("unknown key %q (want fail_max, reset_timeout, success_threshold or trial_calls)", a.Key)
@@ -243,33 +234,16 @@ func parseAdvice(a Advice, bounds TuneBounds) (tuneChange, error) {
 	if err != nil {
 		return tuneChange{}, fmt.Errorf("proposed value: %w", err)
 	}
-	var lo, hi string
-	clamped := false
-	clampInt := func(n *int, r [2]int) {
-		lo, hi = strconv.Itoa(r[0]), strconv.Itoa(r[1])
-		if c := min(max(*n, r[0]), r[1]); c != *n {
-			*n, clamped = c, true
-		}
-	}
-	switch a.Key {
-	case tuneFailMax:
-		clampInt(&value.FailMax, bounds.FailMax)
-	case tuneSuccessThreshold:
-		clampInt(&value.SuccessThreshold, bounds.SuccessThreshold)
-	case tuneTrialCalls:
-		clampInt(&value.TrialCalls, bounds.TrialCalls)
-	case tuneResetTimeout:
-		r := bounds.ResetTimeout
-		lo, hi = r[0].String(), r[1].String()
-		if c := min(max(value.ResetTimeout, r[0]), r[1]); c != value.ResetTimeout {
-			value.ResetTimeout, clamped = c, true
-		}
+	v := currentValue(value, a.Key)
+	if c := clampValue(a.Key, v, bounds); c != v {
+		lo, hi := boundsOf(a.Key, bounds)
+		a.Reason = joinReason(a.Reason, "clamped to ["+formatValue(a.Key, lo)+", "+formatValue(a.Key, hi)+"]")
+		v = c
+		value = Policy{}
+		setValue(&value, a.Key, v)
 	}
 	a.Host = key
-	a.Proposed = tuneValueString(value)
-	if clamped {
-		a.Reason = joinReason(a.Reason, "clamped to ["+lo+", "+hi+"]")
-	}
+	a.Proposed = formatValue(a.Key, v)
 	c := tuneChange{key: key, value: value, advice: a}
 	if cur, err := parseTuneValue(a.Key, a.Current); err == nil {
 		c.current = policyTOML(cur, cur)
@@ -280,16 +254,9 @@ func parseAdvice(a Advice, bounds TuneBounds) (tuneChange, error) {
 // tuneKey returns the Hosts key that host names: a wildcard "*.suffix" with
 // its suffix normalized, or the normalized host.
 func tuneKey(host string) (string, error) {
-	if strings.HasPrefix(host, "*.") {
-		_, suffix, err := parseHostKey(host)
-		if err != nil {
-			return "", err
-		}
-		return "*" + suffix, nil
-	}
-	key, err := NormalizeHost(host)
+	key, err := hostsKey(host)
 	if err != nil {
-		return "", fmt.Errorf("invalid host %q: %w", host, err)
+		return "", fmt.Errorf("host %q: %w", host, err)
 	}
 	if err := checkOverrideKey(key); err != nil {
 		return "", err
@@ -311,7 +278,7 @@ func parseTuneValue(key, s string) (Policy, error) {
 	} else {
 		v = strings.TrimSpace(s) // an unquoted duration, or junk
 	}
-	if key == tuneResetTimeout {
+	if key == keyResetTimeout {
 		str, ok := v.(string)
 		if !ok {
 			return Policy{}, fmt.Errorf("%s = %s: want a duration such as \"45s\"", key, s)
@@ -333,35 +300,15 @@ func parseTuneValue(key, s string) (Policy, error) {
 	if n == 0 {
 		n = -1 // not zero, which means inherit
 	}
-	switch key {
-	case tuneFailMax:
-		return Policy{FailMax: int(n)}, nil
-	case tuneSuccessThreshold:
-		return Policy{SuccessThreshold: int(n)}, nil
-	default:
-		return Policy{TrialCalls: int(n)}, nil
-	}
+	var p Policy
+	setValue(&p, key, n)
+	return p, nil
 }
 
 // setsField reports whether p sets the tunable field that keys sets.
 func setsField(p, keys Policy) bool {
 	return keys.FailMax != 0 && p.FailMax != 0 || keys.ResetTimeout != 0 && p.ResetTimeout != 0 ||
 		keys.SuccessThreshold != 0 && p.SuccessThreshold != 0 || keys.TrialCalls != 0 && p.TrialCalls != 0
-}
-
-// tuneValueString returns the one field that p sets as an Advice writes
-// it: "3", "45s".
-func tuneValueString(p Policy) string {
-	switch {
-	case p.FailMax != 0:
-		return strconv.Itoa(p.FailMax)
-	case p.SuccessThreshold != 0:
-		return strconv.Itoa(p.SuccessThreshold)
-	case p.TrialCalls != 0:
-		return strconv.Itoa(p.TrialCalls)
-	default:
-		return p.ResetTimeout.String()
-	}
 }
 
 // tuneProcess names the process that runs Tune in its events:
