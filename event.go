@@ -15,6 +15,7 @@ const (
 	EventCooldown     = "hostbreaker.cooldown"      // a host cooldown started or was extended
 	EventReset        = "hostbreaker.reset"         // a host was reset
 	EventPolicyChange = "hostbreaker.policy_change" // a policy was changed while running
+	EventRateChange   = "hostbreaker.rate_change"   // a host's limiter changed its rate: learnt, adopted, configured or dropped
 	EventSummary      = "hostbreaker.summary"       // a (host, role)'s activity over an interval
 )
 
@@ -52,6 +53,19 @@ type Event struct {
 	// Policy changes: the changed keys as TOML, before and after.
 	PreviousPolicy string `json:"previous_policy,omitempty"`
 	Policy         string `json:"policy,omitempty"`
+
+	// Rate changes: the host's limiter rate in requests per second before and
+	// after (0: no limiter), and in Note why: "throttled" (a throttling
+	// response lowered it), "reanchored" (corrected to the rate the server
+	// accepted once the requests in flight at the throttle had returned),
+	// "fleet" (adopted from other processes through the store),
+	// "configured" (the policy's rate changed) or "expired" (no throttle
+	// for 15 minutes: the learnt limit was dropped). StatusCode is the
+	// throttling response's. LastMax is the rate the throttle was anchored
+	// on, the learnt limit that the rate grows back towards.
+	Rate         float64 `json:"rate,omitempty"`
+	PreviousRate float64 `json:"previous_rate,omitempty"`
+	LastMax      float64 `json:"last_max,omitempty"`
 
 	// Summaries.
 	Interval time.Duration `json:"interval,omitempty"`

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
+	"net/http"
 	"os"
 	"regexp"
 	"slices"
@@ -25,6 +27,13 @@ import (
 // are rejected there. A nil status list inherits; an empty non-nil list
 // means "no statuses".
 //
+// The rate-limit fields (Rate, Burst, MaxWait, Adaptive, MinRate,
+// ThrottleStatuses) are host-wide: every role of a host shares its limiter,
+// so they may be set at the top level of Defaults and Hosts entries, not in
+// Roles. Rate < 0 means "unlimited" (the default) and MaxWait < 0 means
+// "never wait"; Adaptive is a [Toggle], so that "off" can be written too.
+// In TOML write rate = 0 and max_wait = "0s". See docs/ratelimits.md.
+//
 // A Policy is plain data: it can be printed, stored and compared. A
 // Transport copies the policies it is given, so changing a Policy later
 // does not change a running Transport (use UpdateHostPolicy).
@@ -37,7 +46,38 @@ type Policy struct {
 	HalfOpenJitter   time.Duration // random extra open time in [0, jitter]
 	FailureStatuses  []int         // statuses that count as failures
 	NeutralStatuses  []int         // statuses that count neither way
-	Roles            map[string]Policy
+
+	Rate             float64       // requests per second to the host; the ceiling of a learned rate; < 0 unlimited (default)
+	Burst            int           // requests that may be sent at once at the limiter's rate (≥ 1; default 1)
+	MaxWait          time.Duration // longest a request waits for its turn (default 5s; < 0: never waits)
+	Adaptive         Toggle        // learn the host's rate from throttling responses (default on)
+	MinRate          float64       // lowest rate the limiter learns (> 0; default 0.5)
+	ThrottleStatuses []int         // responses that say "too fast" to the adaptive limiter (default [429])
+
+	Roles map[string]Policy
+}
+
+// Toggle is an on/off policy setting whose zero value inherits.
+type Toggle int8
+
+// The values of a Toggle.
+const (
+	ToggleInherit Toggle = iota // take the value of the level below
+	ToggleOn
+	ToggleOff
+)
+
+// String returns "inherit", "on" or "off".
+func (t Toggle) String() string {
+	switch t {
+	case ToggleOn:
+		return "on"
+	case ToggleOff:
+		return "off"
+	case ToggleInherit:
+		return "inherit"
+	}
+	return "Toggle(" + strconv.Itoa(int(t)) + ")"
 }
 
 // Rolling configures the rolling-window rule: ThresholdFailures failures of
@@ -192,6 +232,9 @@ const (
 	defaultTrialCalls       = 1
 	defaultRetryAfterCap    = 15 * time.Minute
 	defaultHalfOpenJitter   = 150 * time.Millisecond
+	defaultBurst            = 1
+	defaultMaxWaitTurn      = 5 * time.Second
+	defaultMinRate          = 0.5
 	defaultMaxHosts         = 10000
 	defaultRollingThreshold = 5
 	defaultRollingWindow    = 10 * time.Second
@@ -205,6 +248,7 @@ const (
 
 func defaultFailureStatuses() []int { return []int{408, 429, 500, 502, 503, 504} }
 func defaultNeutralStatuses() []int { return []int{400, 401, 403, 404, 410, 451} }
+func defaultThrottleStatuses() []int { return []int{http.StatusTooManyRequests} }
 
 func builtinPolicy() Policy {
 	return Policy{
@@ -216,14 +260,21 @@ func builtinPolicy() Policy {
 		HalfOpenJitter:   defaultHalfOpenJitter,
 		FailureStatuses:  defaultFailureStatuses(),
 		NeutralStatuses:  defaultNeutralStatuses(),
+		Rate:             -1,
+		Burst:            defaultBurst,
+		MaxWait:          defaultMaxWaitTurn,
+		Adaptive:         ToggleOn,
+		MinRate:          defaultMinRate,
+		ThrottleStatuses: defaultThrottleStatuses(),
 	}
 }
 
 // DefaultConfig returns the built-in configuration: fail_max 5,
 // reset_timeout 60s, success_threshold 1, trial_calls 1, retry_after_cap
 // 15m, half_open_jitter 150ms, failure statuses 408 429 500 502 503 504,
-// neutral statuses 400 401 403 404 410 451, no role or host overrides, the
-// rolling window disabled, max_hosts 10000, no store.
+// neutral statuses 400 401 403 404 410 451; no configured rate, burst 1,
+// max_wait 5s, adaptive on, min_rate 0.5, throttle statuses 429; no role or
+// host overrides, the rolling window disabled, max_hosts 10000, no store.
 func DefaultConfig() Config {
 	return Config{MaxHosts: defaultMaxHosts, Defaults: builtinPolicy()}
 }
@@ -338,6 +389,16 @@ func (r Rolling) withDefaults() Rolling {
 	return r
 }
 
+// maxRate bounds rate and min_rate, in requests per second: a rate above
+// it is no limit a host could mean, and the limiter's arithmetic in ns
+// stays exact below it.
+const maxRate = 1e6
+
+// formatRate formats a rate for TOML; a negative rate (unlimited) is 0.
+func formatRate(r float64) string {
+	return strconv.FormatFloat(max(r, 0), 'g', -1, 64)
+}
+
 // maxCount bounds fail_max, success_threshold, trial_calls and
 // threshold_failures: a failsafe-go breaker holds a bitset of fail_max
 // bits, and a Transport a ring of threshold_failures times per host.
@@ -364,11 +425,21 @@ func checkFields(prefix string, p Policy) error {
 		return bad("success_threshold", fmt.Sprintf("must be at least 1, got %d", p.SuccessThreshold))
 	case p.TrialCalls < 0:
 		return bad("trial_calls", fmt.Sprintf("must be at least 1, got %d", p.TrialCalls))
+	case math.IsNaN(p.Rate) || math.IsInf(p.Rate, 0) || p.Rate > maxRate:
+		return bad("rate", fmt.Sprintf("must be at most %v requests per second, got %v", maxRate, p.Rate))
+	case p.Burst < 0:
+		return bad("burst", fmt.Sprintf("must be at least 1, got %d", p.Burst))
+	case p.Burst > maxCount:
+		return tooBig("burst", p.Burst)
+	case math.IsNaN(p.MinRate) || p.MinRate < 0 || p.MinRate > maxRate:
+		return bad("min_rate", fmt.Sprintf("must be positive and at most %v, got %v", maxRate, p.MinRate))
+	case p.Adaptive < ToggleInherit || p.Adaptive > ToggleOff:
+		return bad("adaptive", "must be on, off or inherit, got "+p.Adaptive.String())
 	}
 	for _, list := range []struct {
 		key   string
 		codes []int
-	}{{"failure_statuses", p.FailureStatuses}, {"neutral_statuses", p.NeutralStatuses}} {
+	}{{"failure_statuses", p.FailureStatuses}, {"neutral_statuses", p.NeutralStatuses}, {"throttle_statuses", p.ThrottleStatuses}} {
 		for _, c := range list.codes {
 			if c < 100 || c > 599 {
 				return bad(list.key, fmt.Sprintf("status %d is outside 100–599", c))
@@ -404,6 +475,24 @@ func overlay(dst *Policy, src Policy) {
 	if src.NeutralStatuses != nil {
 		dst.NeutralStatuses = slices.Clone(src.NeutralStatuses)
 	}
+	if src.Rate != 0 {
+		dst.Rate = src.Rate
+	}
+	if src.Burst != 0 {
+		dst.Burst = src.Burst
+	}
+	if src.MaxWait != 0 {
+		dst.MaxWait = src.MaxWait
+	}
+	if src.Adaptive != ToggleInherit {
+		dst.Adaptive = src.Adaptive
+	}
+	if src.MinRate != 0 {
+		dst.MinRate = src.MinRate
+	}
+	if src.ThrottleStatuses != nil {
+		dst.ThrottleStatuses = slices.Clone(src.ThrottleStatuses)
+	}
 	if len(src.Roles) > 0 {
 		roles := make(map[string]Policy, len(dst.Roles)+len(src.Roles))
 		maps.Copy(roles, dst.Roles)
@@ -418,8 +507,15 @@ func overlay(dst *Policy, src Policy) {
 
 // resolved is the effective policy of one (host, role), ready for the hot path.
 type resolved struct {
-	Policy             // flattened: every field set, no Roles, durations ≥ 0
+	Policy             // flattened: every field set, no Roles, durations and Rate ≥ 0
 	statuses statusSet // FailureStatuses and NeutralStatuses as bitmaps
+	throttle statusSet // ThrottleStatuses, in the failure bitmap
+}
+
+// throttles reports whether a response with code tells the adaptive
+// limiter to slow down.
+func (r *resolved) throttles(code int) bool {
+	return r.Adaptive == ToggleOn && r.throttle.classify(code) == outcomeFailure
 }
 
 // policyTable is a compiled, immutable set of policies.
@@ -496,8 +592,12 @@ func checkPolicy(prefix string, p Policy) error {
 		if len(rp.Roles) > 0 {
 			return &ConfigError{Key: prefix + ".roles." + quoteKey(role) + ".roles", Msg: "roles cannot nest"}
 		}
-		if err := checkFields(prefix+".roles."+quoteKey(role)+".", rp); err != nil {
+		rprefix := prefix + ".roles." + quoteKey(role) + "."
+		if err := checkFields(rprefix, rp); err != nil {
 			return err
+		}
+		if key := hostLevelKey(rp); key != "" {
+			return &ConfigError{Key: rprefix + key, Msg: "a rate limit is host-wide: set it in the host's table, not in a role's"}
 		}
 	}
 	return nil
@@ -583,7 +683,33 @@ func (pt *policyTable) resolveWith(defaults, host Policy, role, where string) (*
 	}
 	p.RetryAfterCap = max(p.RetryAfterCap, 0)
 	p.HalfOpenJitter = max(p.HalfOpenJitter, 0)
-	return &resolved{Policy: p, statuses: newStatusSet(p.FailureStatuses, p.NeutralStatuses)}, nil
+	p.Rate = max(p.Rate, 0)
+	p.MaxWait = max(p.MaxWait, 0)
+	if p.MinRate > p.Rate && p.Rate > 0 {
+		p.MinRate = p.Rate // a ceiling under the floor wins
+	}
+	return &resolved{Policy: p, statuses: newStatusSet(p.FailureStatuses, p.NeutralStatuses),
+		throttle: newStatusSet(p.ThrottleStatuses, nil)}, nil
+}
+
+// hostLevelKey returns the TOML key of the first host-wide field (the rate
+// limit's) that p sets, or "".
+func hostLevelKey(p Policy) string {
+	switch {
+	case p.Rate != 0:
+		return "rate"
+	case p.Burst != 0:
+		return "burst"
+	case p.MaxWait != 0:
+		return "max_wait"
+	case p.Adaptive != ToggleInherit:
+		return "adaptive"
+	case p.MinRate != 0:
+		return "min_rate"
+	case p.ThrottleStatuses != nil:
+		return "throttle_statuses"
+	}
+	return ""
 }
 
 func withoutRoles(p Policy) Policy {
@@ -638,6 +764,24 @@ func writePolicyTOML(b *strings.Builder, prefix string, p, keys Policy) {
 	}
 	if keys.NeutralStatuses != nil {
 		line("neutral_statuses", ints(p.NeutralStatuses))
+	}
+	if keys.Rate != 0 {
+		line("rate", formatRate(p.Rate))
+	}
+	if keys.Burst != 0 {
+		line("burst", strconv.Itoa(p.Burst))
+	}
+	if keys.MaxWait != 0 {
+		line("max_wait", dur(p.MaxWait))
+	}
+	if keys.Adaptive != ToggleInherit {
+		line("adaptive", strconv.FormatBool(p.Adaptive != ToggleOff))
+	}
+	if keys.MinRate != 0 {
+		line("min_rate", formatRate(p.MinRate))
+	}
+	if keys.ThrottleStatuses != nil {
+		line("throttle_statuses", ints(p.ThrottleStatuses))
 	}
 	for _, role := range slices.Sorted(maps.Keys(keys.Roles)) {
 		writePolicyTOML(b, prefix+"roles."+quoteKey(role)+".", p.Roles[role], keys.Roles[role])
@@ -811,6 +955,12 @@ type tomlPolicy struct {
 	HalfOpenJitter   *duration              `toml:"half_open_jitter"`
 	FailureStatuses  *[]int                 `toml:"failure_statuses"`
 	NeutralStatuses  *[]int                 `toml:"neutral_statuses"`
+	Rate             *float64               `toml:"rate"`
+	Burst            *int                   `toml:"burst"`
+	MaxWait          *duration              `toml:"max_wait"`
+	Adaptive         *bool                  `toml:"adaptive"`
+	MinRate          *float64               `toml:"min_rate"`
+	ThrottleStatuses *[]int                 `toml:"throttle_statuses"`
 	Roles            map[string]*tomlPolicy `toml:"roles"`
 }
 
@@ -1024,6 +1174,29 @@ func (tp *tomlPolicy) policy(prefix string) (Policy, error) {
 		func() error { return count("trial_calls", tp.TrialCalls, &p.TrialCalls) },
 		func() error { return zeroable("retry_after_cap", tp.RetryAfterCap, &p.RetryAfterCap) },
 		func() error { return zeroable("half_open_jitter", tp.HalfOpenJitter, &p.HalfOpenJitter) },
+		func() error { return zeroable("max_wait", tp.MaxWait, &p.MaxWait) },
+		func() error { return count("burst", tp.Burst, &p.Burst) },
+		func() error {
+			switch {
+			case tp.Rate == nil:
+			case *tp.Rate < 0 || math.IsNaN(*tp.Rate):
+				return &ConfigError{Key: prefix + ".rate", Msg: fmt.Sprintf("must not be negative (0 is unlimited), got %v", *tp.Rate)}
+			case *tp.Rate == 0:
+				p.Rate = -1
+			default:
+				p.Rate = *tp.Rate
+			}
+			return nil
+		},
+		func() error {
+			if tp.MinRate != nil && !(*tp.MinRate > 0) {
+				return &ConfigError{Key: prefix + ".min_rate", Msg: fmt.Sprintf("must be positive, got %v", *tp.MinRate)}
+			}
+			if tp.MinRate != nil {
+				p.MinRate = *tp.MinRate
+			}
+			return nil
+		},
 	} {
 		if err := step(); err != nil {
 			return Policy{}, err
@@ -1034,6 +1207,15 @@ func (tp *tomlPolicy) policy(prefix string) (Policy, error) {
 	}
 	if tp.NeutralStatuses != nil {
 		p.NeutralStatuses = append([]int{}, *tp.NeutralStatuses...)
+	}
+	if tp.ThrottleStatuses != nil {
+		p.ThrottleStatuses = append([]int{}, *tp.ThrottleStatuses...)
+	}
+	if tp.Adaptive != nil {
+		p.Adaptive = ToggleOff
+		if *tp.Adaptive {
+			p.Adaptive = ToggleOn
+		}
 	}
 	if tp.Roles != nil {
 		p.Roles = make(map[string]Policy, len(tp.Roles))
