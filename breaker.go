@@ -68,7 +68,7 @@ type entry struct {
 }
 
 // The reasons a request is rejected for, as indexes of entryStats.rejected.
-var rejectReasons = [...]Reason{ReasonBreakerOpen, ReasonHalfOpenFull, ReasonRetryAfter, ReasonRollingWindow, ReasonManual}
+var rejectReasons = [...]Reason{ReasonBreakerOpen, ReasonHalfOpenFull, ReasonRetryAfter, ReasonRollingWindow, ReasonRateLimited, ReasonManual}
 
 func reasonIndex(r Reason) int {
 	for i, x := range rejectReasons {
@@ -212,6 +212,7 @@ func (e *entry) evicted() bool { return e.flags.Load()&flagEvicted != 0 }
 type admission struct {
 	st    uint64 // the entry's st when admitted
 	probe bool   // a half-open trial request
+	sent  int64  // when the host's limiter let it go; 0 without a limiter
 }
 
 // breaker returns the entry's failsafe-go breaker, building it on first use.

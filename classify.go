@@ -118,6 +118,35 @@ func retryAfter(value string, now time.Time) (d time.Duration, ok bool) {
 	return d, true
 }
 
+// rateLimitReset returns how long from now a RateLimit-Reset or
+// X-RateLimit-Reset value asks the client to wait: delta-seconds, as the
+// IETF draft and most APIs send, or, for a value of at least 10⁹ (after
+// 2001 as a Unix time, and more than 31 years as a delay), the Unix time
+// in seconds at which the quota resets, as GitHub and others send. ok is
+// false for a missing, unparsable, zero or past value.
+func rateLimitReset(value string, now time.Time) (d time.Duration, ok bool) {
+	value = strings.TrimSpace(value)
+	if !isDigits(value) {
+		return 0, false
+	}
+	secs, err := strconv.ParseUint(value, 10, 64)
+	if err != nil || secs > uint64(maxDuration/time.Second) {
+		return maxDuration, true // all digits: an overflow, capped by the caller
+	}
+	if secs >= unixResetMin {
+		d = time.Unix(int64(secs), 0).Sub(now)
+	} else {
+		d = time.Duration(secs) * time.Second
+	}
+	if d <= 0 {
+		return 0, false
+	}
+	return d, true
+}
+
+// unixResetMin is the least rate-limit reset value read as a Unix time.
+const unixResetMin = 1_000_000_000
+
 const maxDuration = time.Duration(1<<63 - 1)
 
 func isDigits(s string) bool {

@@ -27,6 +27,9 @@ const (
 	ReasonRollingWindow Reason = "rolling-window"
 	// ReasonManual: an operator opened the host.
 	ReasonManual Reason = "manual"
+	// ReasonRateLimited: the host's rate limiter would let the request go
+	// only after its MaxWait or its context's deadline; Until is its turn.
+	ReasonRateLimited Reason = "rate-limited"
 )
 
 // OpenError is the error a Transport returns, without calling its base

@@ -81,6 +81,9 @@ func (t *Transport) toEvent(ev event) Event {
 		e.Name = EventReset
 	case evPolicy:
 		e.Name, e.PreviousPolicy, e.Policy, e.Note = EventPolicyChange, ev.prevPolicy, ev.policy, ev.note
+	case evRate:
+		e.Name, e.Rate, e.PreviousRate, e.LastMax = EventRateChange, ev.rate, ev.prevRate, ev.lastMax
+		e.Note, e.StatusCode = ev.note, ev.status
 	}
 	return e
 }

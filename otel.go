@@ -121,6 +121,7 @@ type telemetry struct {
 	state       metric.Int64ObservableGauge
 	breakers    metric.Int64ObservableUpDownCounter
 	cooldown    metric.Float64ObservableGauge
+	rate        metric.Float64ObservableGauge
 	storeErrors metric.Int64ObservableCounter
 	untracked   metric.Int64ObservableCounter
 	retryAfter  metric.Float64Histogram
@@ -143,6 +144,13 @@ type telemetry struct {
 	trs     []*entryTrack
 	cands   []candidate
 	cooling []*hostName
+	rates   []hostRate
+}
+
+// hostRate is a named host's limiter rate in a collection.
+type hostRate struct {
+	name *hostName
+	rate float64
 }
 
 // hostName is a value of server.address: a named host or _other.
@@ -150,6 +158,7 @@ type hostName struct {
 	addr       attribute.KeyValue
 	cool       [len(rejectReasons)]float64 // this collection's remaining cooldown by reasonIndex, s; 0 for none
 	coolOpts   [len(rejectReasons)][]metric.ObserveOption
+	rateOpts   []metric.ObserveOption
 	recordOpts []metric.RecordOption
 }
 
@@ -241,6 +250,9 @@ func newTelemetry(t *Transport, mp metric.MeterProvider) (*telemetry, error) {
 	tel.cooldown, err = m.Float64ObservableGauge("hostbreaker.cooldown.remaining", metric.WithUnit("s"),
 		metric.WithDescription("Time until a host's cooldown ends, by reason; under _other, the longest."))
 	check(err)
+	tel.rate, err = m.Float64ObservableGauge("hostbreaker.rate", metric.WithUnit("{request}/s"),
+		metric.WithDescription("A host's rate limit: configured, or learnt from throttling responses; named hosts that have one only."))
+	check(err)
 	tel.retryAfter, err = m.Float64Histogram("hostbreaker.retry_after", metric.WithUnit("s"),
 		metric.WithDescription("Retry-After values received with 429 and 503 responses, as sent."),
 		metric.WithExplicitBucketBoundaries(retryAfterBuckets...))
@@ -253,7 +265,7 @@ func newTelemetry(t *Transport, mp metric.MeterProvider) (*telemetry, error) {
 	check(err)
 	if len(errs) == 0 {
 		tel.reg, err = m.RegisterCallback(tel.collect, tel.requests, tel.rejections, tel.transitions,
-			tel.state, tel.breakers, tel.cooldown, tel.storeErrors, tel.untracked)
+			tel.state, tel.breakers, tel.cooldown, tel.rate, tel.storeErrors, tel.untracked)
 		check(err)
 	}
 	if len(errs) > 0 {
@@ -370,6 +382,14 @@ func (tel *telemetry) collect(_ context.Context, o metric.Observer) error {
 	}
 	clear(tel.cooling)
 	tel.cooling = tel.cooling[:0]
+	for _, r := range tel.rates {
+		if r.name.rateOpts == nil {
+			r.name.rateOpts = observeOpts(r.name.addr)
+		}
+		o.ObserveFloat64(tel.rate, r.rate, r.name.rateOpts...)
+	}
+	clear(tel.rates)
+	tel.rates = tel.rates[:0]
 	for s, n := range breakers {
 		o.ObserveInt64(tel.breakers, n, tel.breakerOpts[s]...)
 	}
@@ -482,8 +502,12 @@ func (tel *telemetry) host(h *hostState, es []*entry, now int64, breakers *[3]in
 	} else {
 		nm = tel.names[h.name]
 	}
-	if nm == nil && tel.free() > 0 && (cooling || troubled(es)) {
+	lim := h.lim.Load()
+	if nm == nil && tel.free() > 0 && (cooling || lim != nil || troubled(es)) {
 		nm = tel.assign(h.name)
+	}
+	if lim != nil && nm != nil {
+		tel.rates = append(tel.rates, hostRate{nm, lim.status().rate})
 	}
 	target := nm
 	if target == nil {

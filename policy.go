@@ -246,8 +246,8 @@ const (
 	defaultJournalMax       = 100000
 )
 
-func defaultFailureStatuses() []int { return []int{408, 429, 500, 502, 503, 504} }
-func defaultNeutralStatuses() []int { return []int{400, 401, 403, 404, 410, 451} }
+func defaultFailureStatuses() []int  { return []int{408, 429, 500, 502, 503, 504} }
+func defaultNeutralStatuses() []int  { return []int{400, 401, 403, 404, 410, 451} }
 func defaultThrottleStatuses() []int { return []int{http.StatusTooManyRequests} }
 
 func builtinPolicy() Policy {

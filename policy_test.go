@@ -99,6 +99,7 @@ func TestParseConfigExample(t *testing.T) {
 			FailMax: 5, ResetTimeout: 60 * time.Second, SuccessThreshold: 1, TrialCalls: 1,
 			RetryAfterCap: 15 * time.Minute, HalfOpenJitter: 150 * time.Millisecond,
 			FailureStatuses: wantFailure, NeutralStatuses: wantNeutral,
+			Rate: -1, Burst: 1, MaxWait: 5 * time.Second, Adaptive: ToggleOn, MinRate: 0.5, ThrottleStatuses: []int{429},
 			Roles: map[string]Policy{"metadata": {FailMax: 3}},
 		},
 		Hosts: map[string]Policy{
@@ -158,6 +159,7 @@ func TestParseConfigAbsentAndExplicitZero(t *testing.T) {
 			if !reflect.DeepEqual(c.Defaults, want) {
 				t.Errorf("Defaults = %+v, want %+v", c.Defaults, want)
 			}
+			want.Rate = 0 // resolved: unlimited is 0
 			if !reflect.DeepEqual(r.Policy, want) {
 				t.Errorf("resolved = %+v, want %+v", r.Policy, want)
 			}

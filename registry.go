@@ -70,10 +70,11 @@ func parseState(s string) (State, bool) {
 // 384-byte size class, whose objects are 128-byte aligned, so that the
 // block is an aligned pair of cache lines; TestHotFieldsLayout keeps it so.
 type hostState struct {
-	hash    uint64           // maphash of name, with the registry's seed
-	until   atomic.Int64     // cooldown deadline in ns since the Transport's epoch; 0 for none
-	nameLen int              // len(name); -1 for the tombstone
-	nameBuf [inlineName]byte // name, when it fits, so that matching it stays on this line
+	hash    uint64                  // maphash of name, with the registry's seed
+	until   atomic.Int64            // cooldown deadline in ns since the Transport's epoch; 0 for none
+	lim     atomic.Pointer[limiter] // the host's rate limiter; nil for an unlimited host
+	nameLen int32                   // len(name); -1 for the tombstone
+	nameBuf [inlineName]byte        // name, when it fits, so that matching it stays on this line
 
 	// first is the entry of the host's first role, live once flagLive is
 	// set in its flags. It is handed out at most once: after its eviction
@@ -95,28 +96,29 @@ type hostState struct {
 	wnext  int32   // next slot of window; guarded by mu
 	wn     int32   // slots in use; guarded by mu
 
+	born      int64       // when the state was created, ns since the Transport's epoch
 	detached  atomic.Bool // removed from the registry; set under registry.mu
 	firstUsed bool        // first has been handed out; guarded by registry.mu
-	_         [67]byte    // to 384 bytes: see above
+	_         [59]byte    // to 384 bytes: see above
 }
 
 const (
 	inlineRoles = 2
-	inlineName  = 40
+	inlineName  = 36
 )
 
 // tombstone marks a table slot whose host was removed; lookups probe past it.
 var tombstone = &hostState{nameLen: -1}
 
 func newHostState(name string, hash uint64) *hostState {
-	h := &hostState{hash: hash, name: strings.Clone(name), nameLen: len(name)}
+	h := &hostState{hash: hash, name: strings.Clone(name), nameLen: int32(len(name))}
 	copy(h.nameBuf[:], name)
 	return h
 }
 
 // is reports whether h is the state of host, whose hash is hash.
 func (h *hostState) is(hash uint64, host string) bool {
-	if h.hash != hash || h.nameLen != len(host) {
+	if h.hash != hash || int(h.nameLen) != len(host) {
 		return false
 	}
 	if len(host) <= inlineName {
@@ -148,6 +150,21 @@ func (h *hostState) find(role string) *entry {
 
 // each calls f for each of the host's entries. Callers hold registry.mu.
 func (h *hostState) each(f func(*entry)) {
+	for i := range h.roles {
+		if e := h.roles[i].Load(); e != nil {
+			f(e)
+		}
+	}
+	if more := h.more.Load(); more != nil {
+		for _, e := range *more {
+			f(e)
+		}
+	}
+}
+
+// eachLive calls f for each of the host's entries, without locks, as find
+// reads them: an entry created meanwhile may be missed.
+func (h *hostState) eachLive(f func(*entry)) {
 	for i := range h.roles {
 		if e := h.roles[i].Load(); e != nil {
 			f(e)
@@ -231,6 +248,9 @@ func (h *hostState) apply(c cooldown, now int64) bool {
 type registry struct {
 	seed maphash.Seed
 	tab  atomic.Pointer[hostTable]
+	// limit gives a new entry's host its limiter, if its policy wants one
+	// (Transport.startLimiter); set before the registry is used.
+	limit func(h *hostState, p *resolved)
 
 	mu       sync.Mutex
 	nhosts   int                 // hosts in tab; guarded by mu
@@ -356,7 +376,7 @@ func (r *registry) host(host string) *hostState {
 
 // addHostLocked adds the state of host, which must be absent, growing or
 // cleaning the table first when it is three quarters full. Callers hold mu.
-func (r *registry) addHostLocked(hash uint64, host string) *hostState {
+func (r *registry) addHostLocked(hash uint64, host string, now int64) *hostState {
 	t := r.tab.Load()
 	if 4*(r.nhosts+r.ntomb+1) > 3*len(t.slots) {
 		size := len(t.slots)
@@ -366,6 +386,7 @@ func (r *registry) addHostLocked(hash uint64, host string) *hostState {
 		t = r.rebuildLocked(size)
 	}
 	h := newHostState(host, hash)
+	h.born = now
 	t.insert(h)
 	r.nhosts++
 	return h
@@ -423,7 +444,7 @@ func (r *registry) bareHostLocked(host string, until, now int64) (h *hostState, 
 		dropped = soonest.name
 		r.removeHostLocked(soonest)
 	}
-	h = r.addHostLocked(hash, host)
+	h = r.addHostLocked(hash, host, now)
 	r.nbare++
 	return h, dropped
 }
@@ -465,7 +486,7 @@ func (r *registry) create(host, role string, pol func(host, role string) *resolv
 		return nil
 	}
 	if h == nil || h.detached.Load() { // the sweep may have removed it
-		h = r.addHostLocked(hash, host)
+		h = r.addHostLocked(hash, host, now)
 	} else if h.bare() {
 		r.nbare--
 	}
@@ -476,6 +497,9 @@ func (r *registry) create(host, role string, pol func(host, role string) *resolv
 	h.firstUsed = true
 	e.role, e.host = r.internLocked(role), h
 	e.pol.Store(pol(h.name, e.role))
+	if r.limit != nil && h.lim.Load() == nil {
+		r.limit(h, e.pol.Load()) // before any request can reach the host unpaced
+	}
 	e.flags.Store(flagLive | flagUsed) // publishes the fields above
 	h.setEntries(append(h.entries(), e))
 	r.n++

@@ -226,6 +226,9 @@ func (t *Transport) pull(ctx context.Context) error {
 	if err := t.pullOverrides(ctx); err != nil {
 		return err
 	}
+	if err := t.pullFleetRates(ctx); err != nil {
+		return err
+	}
 	slices.SortFunc(recs, func(a, b Record) int {
 		if (a.Reason == ReasonReset) != (b.Reason == ReasonReset) {
 			if a.Reason == ReasonReset {
@@ -349,8 +352,21 @@ func (t *Transport) publish(ctx context.Context) {
 	var states []PublishedState
 	var fp strings.Builder
 	for _, s := range t.statuses(true) {
-		states = append(states, PublishedState{Source: sh.source, Host: s.Host, Role: s.Role, State: s.State, Until: s.Until, Reason: s.Reason})
-		fmt.Fprintf(&fp, "%s|%s|%d|%d|%s\n", s.Host, s.Role, s.State, s.Until.Unix(), s.Reason)
+		ps := PublishedState{Source: sh.source, Host: s.Host, Role: s.Role, State: s.State, Until: s.Until, Reason: s.Reason}
+		if h := t.reg.host(s.Host); h != nil {
+			if lim := h.lim.Load(); lim != nil {
+				ls := lim.status()
+				ps.Rate, ps.LastMax = ls.rate, ls.lastMax
+				if ls.throttled != 0 {
+					ps.Throttled = time.Unix(0, ls.throttled)
+				}
+			}
+		}
+		states = append(states, ps)
+		// Rates in the fingerprint to two digits: a learnt rate moves with
+		// every success, and the store needs its level, not each step.
+		fmt.Fprintf(&fp, "%s|%s|%d|%d|%s|%.2g|%.2g|%d\n", s.Host, s.Role, s.State, s.Until.Unix(), s.Reason,
+			ps.Rate, ps.LastMax, ps.Throttled.UnixNano())
 	}
 	ttl := max(3*sh.poll, minStateTTL)
 	now := time.Now()
@@ -383,4 +399,90 @@ func (t *Transport) storeError(op storeOp, err error) {
 	t.log.Warn("hostbreaker: store unavailable; requests continue under local protection",
 		"op", storeOps[op], "err", err, "suppressed", sh.suppressed)
 	sh.lastErrLog, sh.suppressed = now, 0
+}
+
+// fleetRate is what the processes sharing the store learnt of a host's
+// rate: the share of one process, and when the newest of them was
+// throttled (wall unix ns).
+type fleetRate struct {
+	rate      float64
+	throttled int64
+}
+
+// fleetRate returns what the fleet learnt of host's rate, as of the last
+// read of the store.
+func (t *Transport) fleetRate(host string) (fleetRate, bool) {
+	m := t.fleet.Load()
+	if m == nil {
+		return fleetRate{}, false
+	}
+	fr, ok := (*m)[host]
+	return fr, ok
+}
+
+// pullFleetRates reads the rates that other processes published (see
+// publish) and computes, per host that one of them learnt a rate for, the
+// fleet's share for one process: the sum of the rates of the processes
+// that published one for the host, this one's included, divided by their
+// number (this one counted even when it has no limiter yet). A host whose
+// newest throttle in the fleet is newer than this process's takes that
+// share at once; a host this process has not met yet takes it at its first
+// request.
+func (t *Transport) pullFleetRates(ctx context.Context) error {
+	sh := t.sh
+	cctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	states, err := sh.store.States(cctx)
+	cancel()
+	if err != nil {
+		t.storeError(opRead, err)
+		return err
+	}
+	type sum struct {
+		total     float64
+		sources   map[string]bool
+		throttled int64
+	}
+	sums := make(map[string]*sum)
+	for _, s := range states {
+		if s.Source == sh.source || s.Throttled.IsZero() || s.Rate <= 0 {
+			continue
+		}
+		x := sums[s.Host]
+		if x == nil {
+			x = &sum{sources: make(map[string]bool)}
+			sums[s.Host] = x
+		}
+		if x.sources[s.Source] {
+			continue // another role's row: the rate is host-wide
+		}
+		x.sources[s.Source] = true
+		x.total += s.Rate
+		x.throttled = max(x.throttled, s.Throttled.UnixNano())
+	}
+	fleet := make(map[string]fleetRate, len(sums))
+	now := t.now()
+	for host, x := range sums {
+		n := float64(len(x.sources) + 1)
+		h := t.reg.host(host)
+		var lim *limiter
+		if h != nil {
+			lim = h.lim.Load()
+		}
+		if lim != nil {
+			x.total += lim.status().rate
+		}
+		fr := fleetRate{rate: x.total / n, throttled: x.throttled}
+		fleet[host] = fr
+		switch {
+		case lim != nil:
+			if ch, ok := lim.adopt(fr.rate, now, fr.throttled); ok {
+				t.emitRate(host, ch)
+			}
+		case h != nil && !h.bare():
+			t.fleet.Store(&fleet) // startLimiter reads it
+			t.startLimiter(h, t.resolve(host, ""))
+		}
+	}
+	t.fleet.Store(&fleet)
+	return nil
 }

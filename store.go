@@ -562,6 +562,15 @@ type PublishedState struct {
 	State  State     // effective state when published
 	Until  time.Time // end of the open state or cooldown, zero if none
 	Reason Reason    // why it is not closed, "" if it is
+
+	// The host's rate limit in the source (host-wide: the same in each of
+	// the host's rows): Rate its limiter's rate in requests per second, 0
+	// for none; LastMax the rate it learnt at its last throttle and
+	// Throttled when that was, both zero when it learnt nothing (a
+	// configured rate only).
+	Rate      float64
+	LastMax   float64
+	Throttled time.Time
 }
 
 // OpenStore opens the store that url names:
@@ -688,6 +697,10 @@ type stateJSON struct {
 	State  string `json:"state"`
 	Until  int64  `json:"until,omitempty"`
 	Reason string `json:"reason,omitempty"`
+
+	Rate      float64 `json:"rate,omitempty"`
+	LastMax   float64 `json:"last_max,omitempty"`
+	Throttled int64   `json:"throttled,omitempty"` // unix ns
 }
 
 type statesJSON struct {
@@ -702,14 +715,21 @@ type statesJSON struct {
 func encodeStates(source string, states []PublishedState, expires time.Time) []byte {
 	j := statesJSON{V: recordVersion, Source: source, Expires: expires.UnixNano(), States: make([]stateJSON, len(states))}
 	for i, s := range states {
-		j.States[i] = stateJSON{Host: s.Host, Role: s.Role, State: s.State.String(), Reason: string(s.Reason)}
+		j.States[i] = stateJSON{Host: s.Host, Role: s.Role, State: s.State.String(), Reason: string(s.Reason),
+			Rate: s.Rate, LastMax: s.LastMax}
 		if !s.Until.IsZero() {
 			j.States[i].Until = s.Until.UnixNano()
+		}
+		if !s.Throttled.IsZero() {
+			j.States[i].Throttled = s.Throttled.UnixNano()
 		}
 	}
 	b, _ := json.Marshal(j)
 	return b
 }
+
+// validRate reports whether r is a rate a limiter can hold, or 0.
+func validRate(r float64) bool { return r >= 0 && r <= maxRate }
 
 // decodeStates parses what encodeStates wrote. It never panics.
 func decodeStates(data []byte) (source string, states []PublishedState, expires time.Time, err error) {
@@ -732,6 +752,12 @@ func decodeStates(data []byte) (source string, states []PublishedState, expires 
 		ps := PublishedState{Source: j.Source, Host: s.Host, Role: s.Role, State: st, Reason: Reason(s.Reason)}
 		if s.Until > 0 {
 			ps.Until = time.Unix(0, s.Until)
+		}
+		if validRate(s.Rate) && validRate(s.LastMax) {
+			ps.Rate, ps.LastMax = s.Rate, s.LastMax
+		}
+		if s.Throttled > 0 && ps.LastMax > 0 {
+			ps.Throttled = time.Unix(0, s.Throttled)
 		}
 		states = append(states, ps)
 	}

@@ -48,10 +48,11 @@ type Transport struct {
 	sink    *eventSink    // owned by the background goroutine
 	queries chan func()   // run on the background goroutine (Events)
 
-	untracked        atomic.Uint64         // requests sent without a breaker: the registry was full
-	untrackedLogged  atomic.Int64          // when that was last logged, ns since the epoch
-	cooldownsDropped atomic.Uint64         // cooldowns dropped past the bound on hosts without an entry
-	storeErr         atomic.Pointer[error] // the last store exchange's error; nil if it succeeded
+	untracked        atomic.Uint64                        // requests sent without a breaker: the registry was full
+	untrackedLogged  atomic.Int64                         // when that was last logged, ns since the epoch
+	cooldownsDropped atomic.Uint64                        // cooldowns dropped past the bound on hosts without an entry
+	storeErr         atomic.Pointer[error]                // the last store exchange's error; nil if it succeeded
+	fleet            atomic.Pointer[map[string]fleetRate] // rates other processes learnt, by host; nil without a store
 	done             chan struct{}
 	wg               sync.WaitGroup
 	closeOnce        sync.Once
@@ -140,7 +141,7 @@ func NewTransport(base http.RoundTripper, opts ...Option) (*Transport, error) {
 	t := &Transport{
 		base:    base,
 		log:     o.logger,
-		epoch:   time.Now(),
+		epoch:   time.Now().Add(-time.Second), // so that no time on the request path is 0, which means "none"
 		reg:     newRegistry(maxHosts),
 		events:  make(chan event, 1024),
 		queries: make(chan func()),
@@ -149,6 +150,7 @@ func NewTransport(base http.RoundTripper, opts ...Option) (*Transport, error) {
 
 		telemetry: o.config.Telemetry.withDefaults(),
 	}
+	t.reg.limit = t.startLimiter
 	process := fmt.Sprintf("%s#%d", processName(t.telemetry), transportSeq.Add(1))
 	t.sink = newEventSink(process, t.telemetry, o.loggers, o.handler)
 	t.configured = pt
@@ -278,12 +280,24 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if e.flags.Load()&flagUsed == 0 {
 		e.flags.Or(flagUsed)
 	}
+	var sent int64 // when the limiter let the request go; 0 without one
+	if lim := e.host.lim.Load(); lim != nil {
+		var err error
+		if sent, err = t.await(req, e, lim); err != nil {
+			closeBody(req)
+			return nil, err
+		}
+	}
 	adm, rej := t.admit(e)
 	if rej != nil {
+		if sent != 0 {
+			e.host.lim.Load().cancel() // a cooldown began while it waited
+		}
 		e.reject(rej.Reason)
 		closeBody(req)
 		return nil, rej
 	}
+	adm.sent = sent
 	recorded := false
 	if adm.probe {
 		// A half-open permit must be given back even if base panics.
@@ -376,12 +390,27 @@ func (t *Transport) hostRejection(h *hostState, role string, now int64) *OpenErr
 func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *http.Response, err error) {
 	p := e.pol.Load()
 	o := classify(p, req, resp, err)
-	if err == nil && throttled(resp.StatusCode) && t.obeyRetryAfter(e.host.name, p, resp) {
-		o = outcomeNeutral
+	if err == nil {
+		if resp.StatusCode >= 400 {
+			if throttled(resp.StatusCode) && t.obeyRetryAfter(e.host.name, p, resp) {
+				o = outcomeNeutral
+			}
+			if p.throttles(resp.StatusCode) {
+				t.throttle(e.host, p, adm.sent, resp.StatusCode)
+			}
+		}
+		if len(resp.Header) > 0 {
+			t.obeyRateLimitReset(e.host.name, p, resp)
+		}
 	}
-	if o == outcomeSuccess && !adm.probe && e.fails.Load() == 0 {
-		e.successes.Add(1) // the healthy path: nothing else to do
-		return
+	if o == outcomeSuccess {
+		if lim := e.host.lim.Load(); lim != nil {
+			t.limitSuccess(e.host.name, lim, adm.sent)
+		}
+		if !adm.probe && e.fails.Load() == 0 {
+			e.successes.Add(1) // the healthy path: nothing else to do
+			return
+		}
 	}
 	t.recordSlow(e, adm, req, resp, err, o)
 }
@@ -508,6 +537,9 @@ func (t *Transport) setCooldown(host string, c cooldown) bool {
 		t.emit(event{kind: evDropped, host: dropped})
 	}
 	if applied {
+		if lim := h.lim.Load(); lim != nil {
+			lim.hold(c.until, c.manual)
+		}
 		t.emit(event{kind: evCooldown, host: host, reason: c.reason, until: c.until, note: c.note, remote: c.remote,
 			status: c.status, retryAfter: c.retryAfter})
 	}
@@ -560,6 +592,9 @@ func (t *Transport) resetLocal(name string, at int64, remote bool) {
 		if h.setAt <= at {
 			h.until.Store(0)
 			h.reason, h.note = "", ""
+			if lim := h.lim.Load(); lim != nil {
+				lim.hold(t.now(), true) // the cooldown's hold ends with it
+			}
 		}
 		h.wn = 0
 		h.mu.Unlock()
@@ -636,6 +671,9 @@ func (t *Transport) applyPolicies() {
 			np, _ := pt.resolve(h.name, e.role)
 			e.setPolicy(np)
 		})
+		if hp, err := pt.resolve(h.name, ""); err == nil && !h.bare() {
+			t.syncLimiter(h, hp) // the rate limits are host-wide: any role's policy has them
+		}
 	})
 }
 
@@ -672,6 +710,12 @@ type Status struct {
 	Reason Reason
 	Note   string // the operator's note of a manual cooldown
 
+	// Rate is the host's rate limit now, in requests per second: the
+	// configured rate, or the rate its limiter learnt from throttling
+	// responses; 0 when the host is not limited. It is host-wide: every
+	// role of the host shows the same.
+	Rate float64
+
 	// Counters since the entry was created. Requests is the sum of the other
 	// four: requests that completed or were rejected.
 	Requests, Successes, Failures, Neutral, Rejected uint64
@@ -695,7 +739,7 @@ func (t *Transport) statuses(unhealthy bool) []Status {
 			}
 			return
 		}
-		if unhealthy && phaseOf(e.st.Load()) == phaseClosed && !h.coolingDown(now) {
+		if unhealthy && phaseOf(e.st.Load()) == phaseClosed && !h.coolingDown(now) && h.lim.Load() == nil {
 			return
 		}
 		s := Status{
@@ -732,6 +776,9 @@ func (t *Transport) hostStatus(h *hostState, now int64, s *Status, breakerUntil 
 	if breakerUntil > 0 {
 		s.Until = t.at(breakerUntil)
 	}
+	if lim := h.lim.Load(); lim != nil {
+		s.Rate = lim.status().rate
+	}
 }
 
 // event is a state change, handed from the request path to the background
@@ -752,6 +799,8 @@ type event struct {
 	errType    string
 	retryAfter time.Duration // evCooldown, evRetryAfter: as the server sent it
 
+	rate, prevRate, lastMax float64 // evRate: the limiter's rates
+
 	prevPolicy, policy string // evPolicy: the changed keys as TOML
 }
 
@@ -765,6 +814,7 @@ const (
 	evDropped                     // a cooldown was dropped: too many hosts without an entry
 	evPolicy                      // a policy was changed
 	evRetryAfter                  // a usable Retry-After was received: recorded in the metrics
+	evRate                        // a host's limiter changed its rate
 )
 
 // emit shares ev with the store, if any, and queues it for logging
@@ -806,6 +856,7 @@ func (t *Transport) loop() {
 		select {
 		case <-sweep.C:
 			t.reg.pruneBare(t.now())
+			t.expireLimiters()
 			t.logCounters(&logs)
 		case now := <-summary.C:
 			t.summarize(now)
@@ -846,7 +897,7 @@ func (t *Transport) loop() {
 func (t *Transport) handle(ev event) {
 	t.logEvent(ev)
 	switch ev.kind {
-	case evState, evCooldown, evReset, evPolicy:
+	case evState, evCooldown, evReset, evPolicy, evRate:
 		t.deliver(t.toEvent(ev))
 	}
 }
@@ -907,6 +958,9 @@ func (t *Transport) logEvent(ev event) {
 			slog.Time("until", t.at(ev.until)), slog.String("note", ev.note))
 	case evReset:
 		t.log.LogAttrs(ctx, slog.LevelInfo, "hostbreaker: host reset", slog.String("host", ev.host))
+	case evRate:
+		t.log.LogAttrs(ctx, slog.LevelInfo, "hostbreaker: host rate limit changed", slog.String("host", ev.host),
+			slog.Float64("rate", ev.rate), slog.Float64("previous_rate", ev.prevRate), slog.String("why", ev.note))
 	case evDropped:
 		t.log.LogAttrs(ctx, slog.LevelDebug, "hostbreaker: dropped a cooldown: too many hosts cooling down without a breaker",
 			slog.String("host", ev.host))

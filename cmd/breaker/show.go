@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -41,6 +42,9 @@ type row struct {
 	Reason string `json:"reason"`
 	Source string `json:"source"`
 	Note   string `json:"note,omitempty"`
+	// Rate is the host's rate limit in the source, requests per second; 0
+	// (omitted) when it is not limited.
+	Rate float64 `json:"rate,omitempty"`
 
 	until time.Time
 }
@@ -111,7 +115,7 @@ func collectRows(recs []hostbreaker.Record, states []hostbreaker.PublishedState,
 		}
 		rows = append(rows, row{
 			Host: s.Host, Role: s.Role, State: s.State.String(),
-			Reason: string(s.Reason), Source: s.Source, until: s.Until,
+			Reason: string(s.Reason), Source: s.Source, until: s.Until, Rate: s.Rate,
 		})
 	}
 	for i := range rows {
@@ -143,14 +147,18 @@ func writeJSON(w io.Writer, rows []row) error {
 
 func writeTable(w io.Writer, rows []row, at time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "HOST\tROLE\tSTATE\tREMAINING\tREASON\tSOURCE\tNOTE")
+	fmt.Fprintln(tw, "HOST\tROLE\tSTATE\tREMAINING\tREASON\tRATE\tSOURCE\tNOTE")
 	for _, r := range rows {
 		remaining := "-"
 		if !r.until.IsZero() {
 			remaining = max(r.until.Sub(at).Round(time.Second), 0).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
-			cell(r.Host), cell(r.Role), cell(r.State), remaining, cell(r.Reason), cell(r.Source), cell(r.Note))
+		rate := "-"
+		if r.Rate > 0 {
+			rate = strconv.FormatFloat(r.Rate, 'f', 2, 64) + "/s"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+			cell(r.Host), cell(r.Role), cell(r.State), remaining, cell(r.Reason), rate, cell(r.Source), cell(r.Note))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
