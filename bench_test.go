@@ -118,6 +118,54 @@ func benchRedisURL() string {
 	return fmt.Sprintf("redis://127.0.0.1:6379/0?prefix=hbbench:%d:", time.Now().UnixNano())
 }
 
+// BenchmarkRoundTripLimited measures rate-limited hosts against the same
+// hosts unlimited and the bare base, with 10,000 hosts in shuffled order:
+// "1pct-limited" gives 100 of them (every hundredth) a configured rate,
+// "all-limited" gives every host one. The rates (10,000 r/s per host) are
+// far above what one host gets here, so no request waits: what is
+// measured is the cost of a limiter's turn, not a wait.
+func BenchmarkRoundTripLimited(b *testing.B) {
+	const hosts = 10000
+	reqs := benchRequests(b, hosts)
+	rand.New(rand.NewPCG(1, 2)).Shuffle(len(reqs), func(i, j int) { reqs[i], reqs[j] = reqs[j], reqs[i] })
+	for _, variant := range []string{"base", "unlimited", "1pct-limited", "all-limited"} {
+		var rt http.RoundTripper = cannedBase(200)
+		if variant != "base" {
+			cfg := Config{MaxHosts: 2 * hosts}
+			switch variant {
+			case "1pct-limited":
+				cfg.Hosts = map[string]Policy{}
+				for i := 0; i < hosts; i += 100 {
+					cfg.Hosts[fmt.Sprintf("h%d.example.org", i)] = Policy{Rate: 10000}
+				}
+			case "all-limited":
+				cfg.Defaults.Rate = 10000
+			}
+			tr, err := NewTransport(rt, WithConfig(cfg))
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { tr.Close() })
+			for _, r := range reqs {
+				tr.RoundTrip(r)
+			}
+			rt = tr
+		}
+		b.Run("hosts=10000-shuffled/"+variant, func(b *testing.B) {
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				if _, err := rt.RoundTrip(reqs[i]); err != nil {
+					b.Fatal(err)
+				}
+				if i++; i == len(reqs) {
+					i = 0
+				}
+			}
+		})
+	}
+}
+
 // BenchmarkReject measures a rejection by an open breaker.
 func BenchmarkReject(b *testing.B) {
 	tr, err := NewTransport(cannedBase(500), WithConfig(Config{Defaults: Policy{FailMax: 1, ResetTimeout: time.Hour}}))
@@ -159,5 +207,37 @@ func BenchmarkEntryMemory(b *testing.B) {
 		runtime.KeepAlive(reqs)
 		tr.Close()
 		b.StartTimer()
+	}
+}
+
+// BenchmarkRoundTripHeaders is BenchmarkRoundTrip's one host with a
+// response that carries the headers a real one does (eight, none of them
+// a rate-limit header), which the Transport looks up on every response.
+func BenchmarkRoundTripHeaders(b *testing.B) {
+	h := http.Header{}
+	for _, k := range []string{"Content-Type", "Content-Length", "Date", "Server", "Cache-Control", "Etag", "Vary", "Connection"} {
+		h.Set(k, "x")
+	}
+	resp := &http.Response{StatusCode: 200, Body: http.NoBody, Header: h}
+	base := roundTripperFunc(func(*http.Request) (*http.Response, error) { return resp, nil })
+	req := benchRequests(b, 1)[0]
+	for _, variant := range []string{"base", "hostbreaker"} {
+		var rt http.RoundTripper = base
+		if variant != "base" {
+			tr, err := NewTransport(base)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { tr.Close() })
+			rt = tr
+		}
+		b.Run(variant, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := rt.RoundTrip(req); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

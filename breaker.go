@@ -204,6 +204,7 @@ const (
 	flagUsed    = 1 << iota // requested since the last eviction sweep
 	flagEvicted             // removed from the registry: outcomes go to the live entry
 	flagLive                // handed out by the registry (set last, see registry.lookup)
+	flagQuota               // its responses carry quota headers (RateLimit-Remaining): read them on each
 )
 
 func (e *entry) evicted() bool { return e.flags.Load()&flagEvicted != 0 }

@@ -553,11 +553,11 @@ func (t *Transport) expireLimiters() {
 	}
 }
 
-// obeyRateLimitReset applies the quota headers of a response: with
+// obeyRateLimitReset applies the quota headers of a response of e: with
 // RateLimit-Remaining: 0 (or X-RateLimit-Remaining: 0), the host cools down
 // until RateLimit-Reset (or X-RateLimit-Reset), capped like a Retry-After.
 // The header maps are read directly: their keys are canonical.
-func (t *Transport) obeyRateLimitReset(host string, p *resolved, resp *http.Response) {
+func (t *Transport) obeyRateLimitReset(e *entry, p *resolved, resp *http.Response) {
 	h := resp.Header
 	resetKey := "Ratelimit-Reset"
 	rem, ok := h["Ratelimit-Remaining"]
@@ -567,6 +567,10 @@ func (t *Transport) obeyRateLimitReset(host string, p *resolved, resp *http.Resp
 		}
 		resetKey = "X-Ratelimit-Reset"
 	}
+	if e.flags.Load()&flagQuota == 0 {
+		e.flags.Or(flagQuota) // it sends them: read them on every response
+	}
+	host := e.host.name
 	if len(rem) == 0 || strings.TrimSpace(rem[0]) != "0" || p.RetryAfterCap <= 0 {
 		return
 	}

@@ -390,30 +390,39 @@ func (t *Transport) hostRejection(h *hostState, role string, now int64) *OpenErr
 func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *http.Response, err error) {
 	p := e.pol.Load()
 	o := classify(p, req, resp, err)
-	if err == nil {
-		if resp.StatusCode >= 400 {
-			if throttled(resp.StatusCode) && t.obeyRetryAfter(e.host.name, p, resp) {
-				o = outcomeNeutral
-			}
-			if p.throttles(resp.StatusCode) {
-				t.throttle(e.host, p, adm.sent, resp.StatusCode)
-			}
+	if err == nil && resp.StatusCode >= 400 {
+		if throttled(resp.StatusCode) && t.obeyRetryAfter(e.host.name, p, resp) {
+			o = outcomeNeutral
 		}
-		if len(resp.Header) > 0 {
-			t.obeyRateLimitReset(e.host.name, p, resp)
+		if p.throttles(resp.StatusCode) {
+			t.throttle(e.host, p, adm.sent, resp.StatusCode)
 		}
+		t.obeyRateLimitReset(e, p, resp)
 	}
 	if o == outcomeSuccess {
 		if lim := e.host.lim.Load(); lim != nil {
 			t.limitSuccess(e.host.name, lim, adm.sent)
 		}
 		if !adm.probe && e.fails.Load() == 0 {
-			e.successes.Add(1) // the healthy path: nothing else to do
+			// The healthy path. The quota headers are read on every
+			// response of an entry that has sent them, and on its 1st,
+			// 17th, 33rd… to find out whether it does: two header lookups
+			// on every response would cost more than the rest of the path.
+			if n := e.successes.Add(1); (n&quotaProbeMask == 1 || e.flags.Load()&flagQuota != 0) && len(resp.Header) > 0 {
+				t.obeyRateLimitReset(e, p, resp)
+			}
 			return
 		}
 	}
+	if err == nil && resp.StatusCode < 400 {
+		t.obeyRateLimitReset(e, p, resp)
+	}
 	t.recordSlow(e, adm, req, resp, err, o)
 }
+
+// quotaProbeMask sets how often an entry that has not sent quota headers
+// is checked for them: when its success count & mask is 1.
+const quotaProbeMask = 15
 
 // recordSlow is record past the healthy path: the cause of a failure, the
 // rare counters, and the breaker.
