@@ -224,6 +224,16 @@ func eventAttributes(ev Event) []attribute.KeyValue {
 		str("hostbreaker.policy.previous", ev.PreviousPolicy)
 		str("hostbreaker.policy", ev.Policy)
 		str("hostbreaker.note", ev.Note)
+	case EventRateChange:
+		kv = append(kv, attribute.Float64("hostbreaker.rate", ev.Rate),
+			attribute.Float64("hostbreaker.rate.previous", ev.PreviousRate))
+		if ev.LastMax > 0 {
+			kv = append(kv, attribute.Float64("hostbreaker.rate.last_max", ev.LastMax))
+		}
+		if ev.StatusCode != 0 {
+			kv = append(kv, attribute.Int("http.response.status_code", ev.StatusCode))
+		}
+		str("hostbreaker.note", ev.Note)
 	case EventSummary:
 		kv = append(kv, attribute.String("hostbreaker.role", ev.Role),
 			attribute.Float64("hostbreaker.interval", ev.Interval.Seconds()))

@@ -157,6 +157,8 @@ func publish(t *testing.T, storeURL string) {
 		{Host: "api.example.org", Role: hostbreaker.RoleMetadata, State: hostbreaker.StateOpen,
 			Until: fixed.Add(2 * time.Minute), Reason: hostbreaker.ReasonBreakerOpen},
 		{Host: "other.example.net", State: hostbreaker.StateHalfOpen},
+		{Host: "paced.example.com", State: hostbreaker.StateClosed, Rate: 4.5, LastMax: 6,
+			Throttled: fixed.Add(-time.Minute)},
 	}
 	if err := s.PublishStates(context.Background(), "worker-1:4242:beef", states, time.Hour); err != nil {
 		t.Fatal(err)
@@ -187,8 +189,11 @@ func TestOpenShow(t *testing.T) {
 		if err := json.Unmarshal([]byte(mustRun(t, "show", "-store", store, "-json")), &rows); err != nil {
 			t.Fatal(err)
 		}
-		if len(rows) != 4 {
-			t.Fatalf("show -json: %d rows, want 4", len(rows))
+		if len(rows) != 5 {
+			t.Fatalf("show -json: %d rows, want 5", len(rows))
+		}
+		if r := rows[3]; r["host"] != "paced.example.com" || r["rate"] != 4.5 {
+			t.Errorf("the paced host's row: %v, want rate 4.5", r)
 		}
 		for _, r := range rows {
 			for _, k := range []string{"host", "role", "state", "reason", "source"} {

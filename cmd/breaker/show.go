@@ -25,11 +25,15 @@ the breaker states every running process published (SOURCE the process),
 sorted by host, role and source. REMAINING is the time left until the
 cooldown or open state ends, "-" when there is none. Reset markers written
 by "breaker close" are not listed. ROLE "-" is the default role (none set);
-NOTE is the operator's note of a manual cooldown.
+NOTE is the operator's note of a manual cooldown. RATE is the host's rate
+limit in the process that published the row (configured, or learnt from
+429s), "-" when the host is not limited there; a process publishes a row
+for each host it paces, even with its breakers closed.
 
 With -json it prints an array of objects with the keys host, role, state,
-until (RFC 3339, UTC; omitted when there is none), reason, source, and note
-(omitted when empty); [] when there is nothing to list. Role is "*" for a
+until (RFC 3339, UTC; omitted when there is none), reason, source, note
+(omitted when empty) and rate (requests per second; omitted when the host
+is not limited); [] when there is nothing to list. Role is "*" for a
 cooldown of the whole host and "" for the default role.
 `
 
