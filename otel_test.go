@@ -32,6 +32,7 @@ var wantInstruments = map[string]struct {
 	"hostbreaker.state":              {"{breaker}", false},
 	"hostbreaker.breakers":           {"{breaker}", false},
 	"hostbreaker.cooldown.remaining": {"s", false},
+	"hostbreaker.rate":               {"{request}/s", false},
 	"hostbreaker.retry_after":        {"s", false},
 	"hostbreaker.store.errors":       {"{error}", true},
 	"hostbreaker.untracked":          {"{request}", true},

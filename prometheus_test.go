@@ -50,6 +50,7 @@ var promFamilies = map[string]struct {
 	"hostbreaker_breakers":                   {"gauge", []string{"hostbreaker_state"}},
 	"hostbreaker_cooldown_remaining_seconds": {"gauge", []string{"server_address", "hostbreaker_reason"}},
 	"hostbreaker_retry_after_seconds":        {"histogram", []string{"server_address"}},
+	"hostbreaker_rate_per_second":            {"gauge", []string{"server_address"}},
 	"hostbreaker_store_errors_total":         {"counter", []string{"hostbreaker_store_operation"}},
 	"hostbreaker_untracked_total":            {"counter", nil},
 }

@@ -124,6 +124,31 @@ func TestRetryClientRejectionNotRetried(t *testing.T) {
 	}
 }
 
+// A request whose turn at the host's limiter is beyond max_wait is
+// rejected as rate-limited, and Do returns at once: no backoff, no retry.
+func TestRetryClientRateLimitedNotRetried(t *testing.T) {
+	srv := newHitServer(t, func(int, http.ResponseWriter) {})
+	_, c := newRetryTestClient(t, Config{Defaults: Policy{Rate: 0.1, MaxWait: -1}}, time.Second, time.Second, 4)
+	if resp, err := retryGet(t, c, srv.URL); err != nil {
+		t.Fatal(err)
+	} else {
+		resp.Body.Close()
+	}
+	start := time.Now()
+	_, err := retryGet(t, c, srv.URL)
+	elapsed := time.Since(start)
+	oe, ok := errors.AsType[*OpenError](err)
+	if !errors.Is(err, ErrOpen) || !ok || oe.Reason != ReasonRateLimited || oe.Until.Before(start.Add(9*time.Second)) {
+		t.Fatalf("second Do: %v, want rate-limited until about 10s from now", err)
+	}
+	if n := srv.hits.Load(); n != 1 {
+		t.Errorf("server hits = %d, want 1", n)
+	}
+	if elapsed > 500*time.Millisecond {
+		t.Errorf("Do took %v: it slept a backoff (≥ 1s)", elapsed)
+	}
+}
+
 // A 429 with Retry-After: 1 cools the host for a second; the client waits
 // exactly that (RetryWaitMax 2s allows it) and the next attempt succeeds.
 func TestRetryClientWaitsForRetryAfter(t *testing.T) {
