@@ -29,7 +29,7 @@ type client struct {
 type setup struct {
 	openFor  time.Duration                 // how long a breaker stays open
 	hosts    map[string]hostbreaker.Policy // hostbreaker's Config.Hosts (a rate below the server's)
-	storeURL string                        // hostbreaker's Config.Store.URL
+	storeURL string                        // hostbreaker's Config.Store.URL, shared by processes
 }
 
 var clients = []client{
@@ -118,8 +118,9 @@ func (g *gobreakerRT) RoundTrip(req *http.Request) (*http.Response, error) {
 // hostbreaker on its defaults (fail_max 5, reset_timeout 60s, no
 // configured rate), but for what the scenario sets: ResetTimeout when -open
 // is not 60s, Hosts entries (scenario 6: a rate under the server's), and a
-// store. The store is required, so that a store that cannot be opened fails
-// the run instead of measuring local protection under the store's name.
+// store shared by the processes of scenario 7. The store is required, so
+// that a store that cannot be opened fails the run instead of measuring
+// local protection under the store's name.
 func wrapHostbreaker(base http.RoundTripper, s setup) (http.RoundTripper, func(), error) {
 	cfg := hostbreaker.DefaultConfig()
 	if s.openFor != 60*time.Second {

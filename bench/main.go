@@ -27,6 +27,8 @@ type Result struct {
 	Scenario string `json:"scenario"`
 	Client   string `json:"client"`
 	Skipped  string `json:"skipped,omitempty"`
+	// Procs: client processes (scenario 7); 0 means this process.
+	Procs int `json:"procs,omitempty"`
 	// Reached: requests that reached the server (server-side count).
 	Reached int64 `json:"reached"`
 	// Wasted: requests that reached the server while it could not serve
@@ -37,7 +39,7 @@ type Result struct {
 	// InRetryAfter: requests that arrived inside a Retry-After window
 	// the server had announced on an earlier 429.
 	InRetryAfter *int64 `json:"in_retry_after,omitempty"`
-	// GoodputPct: nginx scenarios (4, 6), 200s served per second as a
+	// GoodputPct: nginx scenarios (4, 6, 7), 200s served per second as a
 	// percentage of the zone's rate; scenario 5, the share of requests to
 	// healthy hosts that got a 200.
 	GoodputPct *float64 `json:"goodput_pct,omitempty"`
@@ -50,12 +52,20 @@ type Result struct {
 
 type options struct {
 	each     time.Duration // scenarios 1, 2, 3, 5
-	duration time.Duration // the nginx scenarios 4, 6
-	workers  int
+	duration time.Duration // the nginx scenarios 4, 6, 7
+	workers  int           // per client (per process in scenario 7)
+	procs    int           // scenario 7
 	openFor  time.Duration
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == childFlag {
+		if err := runChild(os.Args[2:], os.Stdout); err != nil {
+			fmt.Fprintf(os.Stderr, "bench child: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		if !errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintf(os.Stderr, "bench: %v\n", err)
@@ -72,20 +82,21 @@ func run(args []string, stdout, stderr io.Writer) error {
 	var o options
 	var asJSON bool
 	var only string
-	fs.DurationVar(&o.duration, "duration", 30*time.Second, "length of the nginx scenarios 4 and 6")
+	fs.DurationVar(&o.duration, "duration", 30*time.Second, "length of the nginx scenarios 4, 6 and 7")
 	fs.DurationVar(&o.each, "each", 3*time.Second, "length of scenarios 1, 2, 3 and 5")
-	fs.IntVar(&o.workers, "workers", 8, "worker goroutines per client")
+	fs.IntVar(&o.workers, "workers", 8, "worker goroutines per client (per process in scenario 7)")
+	fs.IntVar(&o.procs, "procs", 3, "client processes in scenario 7")
 	fs.DurationVar(&o.openFor, "open", 60*time.Second, "how long a breaker stays open (all clients)")
 	fs.BoolVar(&asJSON, "json", false, "print JSON instead of a table")
-	fs.StringVar(&only, "scenarios", "1,2,3,4,5,6", "which scenarios to run, by number")
+	fs.StringVar(&only, "scenarios", "1,2,3,4,5,6,7", "which scenarios to run, by number")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
-	if o.workers < 1 || o.duration <= 0 || o.each <= 0 {
-		return errors.New("-workers must be at least 1, -duration and -each positive")
+	if o.workers < 1 || o.procs < 1 || o.duration <= 0 || o.each <= 0 {
+		return errors.New("-workers and -procs must be at least 1, -duration and -each positive")
 	}
 	selected := map[string]bool{}
 	for _, id := range strings.Split(only, ",") {
@@ -127,11 +138,12 @@ func run(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// A variant is a client as one scenario runs it.
+// A variant is a client as one scenario runs it: scenario 7 runs
+// hostbreaker without a store, then sharing a bbolt file, then Redis.
 type variant struct {
 	name  string // as printed
 	c     client
-	store string // the store its processes share, "" for none
+	store string // "", "bbolt" or "redis"
 }
 
 type scenario struct {
@@ -152,6 +164,7 @@ var scenarios = []scenario{
 	{id: "4", name: "4 nginx burst 5", run: byClient(runNginxBurst5)},
 	{id: "5", name: "5 1000 hosts/10 sick", run: byClient(runManyHosts)},
 	{id: "6", name: "6 nginx burst 0", run: byClient(runNginxBurst0)},
+	{id: "7", name: "7 nginx burst 5, procs", variants: procVariants(), run: runProcs},
 }
 
 func printTable(w io.Writer, rs []Result, o options) {
@@ -174,8 +187,8 @@ func printTable(w io.Writer, rs []Result, o options) {
 			num(r.Wasted), num(r.Got429), num(r.InRetryAfter), pct(r.GoodputPct), rec)
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "workers %d, scenarios 1-3,5 %s each, nginx scenarios 4,6 %s, breakers open after %d consecutive failures for %s\n",
-		o.workers, o.each, o.duration, failMax, o.openFor)
+	fmt.Fprintf(w, "workers %d, scenarios 1-3,5 %s each, nginx scenarios 4,6,7 %s (7: %d processes of %d workers), breakers open after %d consecutive failures for %s\n",
+		o.workers, o.each, o.duration, o.procs, o.workers, failMax, o.openFor)
 }
 
 // The targets for hostbreaker against nginx limit_req, stated over 30 s.
