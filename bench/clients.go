@@ -21,7 +21,15 @@ const failMax = 5
 type client struct {
 	name string
 	// wrap puts the protection in front of base; close releases it.
-	wrap func(base http.RoundTripper, openFor time.Duration) (rt http.RoundTripper, close func(), err error)
+	wrap func(base http.RoundTripper, s setup) (rt http.RoundTripper, close func(), err error)
+}
+
+// setup is what a scenario asks of the clients. Only hostbreaker reads
+// hosts and storeURL: the peers have no rate limiter nor shared state.
+type setup struct {
+	openFor  time.Duration                 // how long a breaker stays open
+	hosts    map[string]hostbreaker.Policy // hostbreaker's Config.Hosts (a rate below the server's)
+	storeURL string                        // hostbreaker's Config.Store.URL, shared by processes
 }
 
 var clients = []client{
@@ -31,7 +39,17 @@ var clients = []client{
 	{"hostbreaker", wrapHostbreaker},
 }
 
-func wrapBare(base http.RoundTripper, _ time.Duration) (http.RoundTripper, func(), error) {
+// clientNamed returns the client called name.
+func clientNamed(name string) (client, bool) {
+	for _, c := range clients {
+		if c.name == name {
+			return c, true
+		}
+	}
+	return client{}, false
+}
+
+func wrapBare(base http.RoundTripper, _ setup) (http.RoundTripper, func(), error) {
 	return base, func() {}, nil
 }
 
@@ -45,11 +63,11 @@ func failing(resp *http.Response, err error) bool {
 // failsafe-go: failsafehttp.NewRoundTripper with one count-based circuit
 // breaker, as its docs show it. It has one breaker for the whole
 // RoundTripper, not one per host.
-func wrapFailsafe(base http.RoundTripper, openFor time.Duration) (http.RoundTripper, func(), error) {
+func wrapFailsafe(base http.RoundTripper, s setup) (http.RoundTripper, func(), error) {
 	cb := circuitbreaker.NewBuilder[*http.Response]().
 		HandleIf(failing).
 		WithFailureThreshold(failMax).
-		WithDelay(openFor).
+		WithDelay(s.openFor).
 		Build()
 	return failsafehttp.NewRoundTripper(base, cb), func() {}, nil
 }
@@ -65,8 +83,8 @@ type statusError struct{ code int }
 
 func (e *statusError) Error() string { return fmt.Sprintf("status %d", e.code) }
 
-func wrapGobreaker(base http.RoundTripper, openFor time.Duration) (http.RoundTripper, func(), error) {
-	return &gobreakerRT{base: base, openFor: openFor}, func() {}, nil
+func wrapGobreaker(base http.RoundTripper, s setup) (http.RoundTripper, func(), error) {
+	return &gobreakerRT{base: base, openFor: s.openFor}, func() {}, nil
 }
 
 func (g *gobreakerRT) breaker(host string) *gobreaker.CircuitBreaker[*http.Response] {
@@ -97,16 +115,23 @@ func (g *gobreakerRT) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, err
 }
 
-// hostbreaker on its defaults: fail_max 5, reset_timeout 60s. -open does
-// not change it unless it differs from 60s, then it sets ResetTimeout.
-func wrapHostbreaker(base http.RoundTripper, openFor time.Duration) (http.RoundTripper, func(), error) {
-	var opts []hostbreaker.Option
-	if openFor != 60*time.Second {
-		cfg := hostbreaker.DefaultConfig()
-		cfg.Defaults.ResetTimeout = openFor
-		opts = append(opts, hostbreaker.WithConfig(cfg))
+// hostbreaker on its defaults (fail_max 5, reset_timeout 60s, no
+// configured rate), but for what the scenario sets: ResetTimeout when -open
+// is not 60s, Hosts entries (scenario 6: a rate under the server's), and a
+// store shared by the processes of scenario 7. The store is required, so
+// that a store that cannot be opened fails the run instead of measuring
+// local protection under the store's name.
+func wrapHostbreaker(base http.RoundTripper, s setup) (http.RoundTripper, func(), error) {
+	cfg := hostbreaker.DefaultConfig()
+	if s.openFor != 60*time.Second {
+		cfg.Defaults.ResetTimeout = s.openFor
 	}
-	t, err := hostbreaker.NewTransport(base, opts...)
+	cfg.Hosts = s.hosts
+	if s.storeURL != "" {
+		cfg.Store.URL = s.storeURL
+		cfg.Store.Required = true
+	}
+	t, err := hostbreaker.NewTransport(base, hostbreaker.WithConfig(cfg))
 	if err != nil {
 		return nil, nil, err
 	}

@@ -6,12 +6,14 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,6 +27,8 @@ type Result struct {
 	Scenario string `json:"scenario"`
 	Client   string `json:"client"`
 	Skipped  string `json:"skipped,omitempty"`
+	// Procs: client processes (scenario 7); 0 means this process.
+	Procs int `json:"procs,omitempty"`
 	// Reached: requests that reached the server (server-side count).
 	Reached int64 `json:"reached"`
 	// Wasted: requests that reached the server while it could not serve
@@ -35,8 +39,9 @@ type Result struct {
 	// InRetryAfter: requests that arrived inside a Retry-After window
 	// the server had announced on an earlier 429.
 	InRetryAfter *int64 `json:"in_retry_after,omitempty"`
-	// GoodputPct: scenario 4, served 200s per second / 5 r/s; scenario 5,
-	// the share of requests to healthy hosts that got a 200.
+	// GoodputPct: nginx scenarios (4, 6, 7), 200s served per second as a
+	// percentage of the zone's rate; scenario 5, the share of requests to
+	// healthy hosts that got a 200.
 	GoodputPct *float64 `json:"goodput_pct,omitempty"`
 	// RecoveryMs: from the server healing to the first 200 the client got;
 	// nil with Recovered false if none came before the scenario ended.
@@ -47,61 +52,120 @@ type Result struct {
 
 type options struct {
 	each     time.Duration // scenarios 1, 2, 3, 5
-	duration time.Duration // scenario 4 (nginx)
-	workers  int
+	duration time.Duration // the nginx scenarios 4, 6, 7
+	workers  int           // per client (per process in scenario 7)
+	procs    int           // scenario 7
 	openFor  time.Duration
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == childFlag {
+		if err := runChild(os.Args[2:], os.Stdout); err != nil {
+			fmt.Fprintf(os.Stderr, "bench child: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
+	err := run(os.Args[1:], os.Stdout, os.Stderr)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+	case err != nil:
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		os.Exit(2)
+	}
+}
+
+// run parses args, runs the scenarios they select and prints the results
+// to stdout, progress to stderr.
+func run(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	var o options
 	var asJSON bool
 	var only string
-	flag.DurationVar(&o.duration, "duration", 10*time.Second, "length of scenario 4 (nginx limit_req)")
-	flag.DurationVar(&o.each, "each", 3*time.Second, "length of scenarios 1, 2, 3 and 5")
-	flag.IntVar(&o.workers, "workers", 8, "worker goroutines per scenario")
-	flag.DurationVar(&o.openFor, "open", 60*time.Second, "how long a breaker stays open (all clients)")
-	flag.BoolVar(&asJSON, "json", false, "print JSON instead of a table")
-	flag.StringVar(&only, "scenarios", "1,2,3,4,5", "which scenarios to run")
-	flag.Parse()
+	fs.DurationVar(&o.duration, "duration", 30*time.Second, "length of the nginx scenarios 4, 6 and 7")
+	fs.DurationVar(&o.each, "each", 3*time.Second, "length of scenarios 1, 2, 3 and 5")
+	fs.IntVar(&o.workers, "workers", 8, "worker goroutines per client (per process in scenario 7)")
+	fs.IntVar(&o.procs, "procs", 3, "client processes in scenario 7")
+	fs.DurationVar(&o.openFor, "open", 60*time.Second, "how long a breaker stays open (all clients)")
+	fs.BoolVar(&asJSON, "json", false, "print JSON instead of a table")
+	fs.StringVar(&only, "scenarios", "1,2,3,4,5,6,7", "which scenarios to run, by number")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	if o.workers < 1 || o.procs < 1 || o.duration <= 0 || o.each <= 0 {
+		return errors.New("-workers and -procs must be at least 1, -duration and -each positive")
+	}
+	selected := map[string]bool{}
+	for _, id := range strings.Split(only, ",") {
+		id = strings.TrimSpace(id)
+		if !slices.ContainsFunc(scenarios, func(s scenario) bool { return s.id == id }) {
+			return fmt.Errorf("-scenarios: no scenario %q (want numbers 1 to %d)", id, len(scenarios))
+		}
+		selected[id] = true
+	}
 
 	var results []Result
 	for _, s := range scenarios {
-		if !strings.Contains(only, s.id) {
+		if !selected[s.id] {
 			continue
 		}
-		for _, c := range clients {
-			r, err := s.run(c, o)
+		vs := s.variants
+		if vs == nil {
+			for _, c := range clients {
+				vs = append(vs, variant{name: c.name, c: c})
+			}
+		}
+		for _, v := range vs {
+			r, err := s.run(v, o)
 			if err != nil {
-				fmt.Fprintf(os.Stderr, "bench: %s / %s: %v\n", s.name, c.name, err)
-				os.Exit(1)
+				return fmt.Errorf("%s / %s: %w", s.name, v.name, err)
 			}
-			r.Scenario, r.Client = s.name, c.name
+			r.Scenario, r.Client = s.name, v.name
 			results = append(results, r)
-			if !asJSON {
-				fmt.Fprintf(os.Stderr, "done: %s / %s\n", s.name, c.name)
-			}
+			fmt.Fprintf(stderr, "done: %s / %s\n", s.name, v.name)
 		}
 	}
 	if asJSON {
-		enc := json.NewEncoder(os.Stdout)
+		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		enc.Encode(results)
-		return
+		return enc.Encode(results)
 	}
-	printTable(os.Stdout, results, o)
+	printTable(stdout, results, o)
+	printTargets(stdout, results, o)
+	return nil
+}
+
+// A variant is a client as one scenario runs it: scenario 7 runs
+// hostbreaker without a store, then sharing a bbolt file, then Redis.
+type variant struct {
+	name  string // as printed
+	c     client
+	store string // "", "bbolt" or "redis"
 }
 
 type scenario struct {
 	id, name string
-	run      func(client, options) (Result, error)
+	variants []variant // nil: every client once
+	run      func(variant, options) (Result, error)
+}
+
+// byClient adapts a scenario that runs a client in this process.
+func byClient(f func(client, options) (Result, error)) func(variant, options) (Result, error) {
+	return func(v variant, o options) (Result, error) { return f(v.c, o) }
 }
 
 var scenarios = []scenario{
-	{"1", "1 outage heals", runOutage},
-	{"2", "2 429 storm", runStorm},
-	{"3", "3 slow host", runSlow},
-	{"4", "4 nginx limit_req", runNginx},
-	{"5", "5 1000 hosts/10 sick", runManyHosts},
+	{id: "1", name: "1 outage heals", run: byClient(runOutage)},
+	{id: "2", name: "2 429 storm", run: byClient(runStorm)},
+	{id: "3", name: "3 slow host", run: byClient(runSlow)},
+	{id: "4", name: "4 nginx burst 5", run: byClient(runNginxBurst5)},
+	{id: "5", name: "5 1000 hosts/10 sick", run: byClient(runManyHosts)},
+	{id: "6", name: "6 nginx burst 0", run: byClient(runNginxBurst0)},
+	{id: "7", name: "7 nginx burst 5, procs", variants: procVariants(), run: runProcs},
 }
 
 func printTable(w io.Writer, rs []Result, o options) {
@@ -124,8 +188,59 @@ func printTable(w io.Writer, rs []Result, o options) {
 			num(r.Wasted), num(r.Got429), num(r.InRetryAfter), pct(r.GoodputPct), rec)
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "workers %d, scenarios 1-3,5 %s each, scenario 4 %s, breakers open after %d consecutive failures for %s\n",
-		o.workers, o.each, o.duration, failMax, o.openFor)
+	fmt.Fprintf(w, "workers %d, scenarios 1-3,5 %s each, nginx scenarios 4,6,7 %s (7: %d processes of %d workers), breakers open after %d consecutive failures for %s\n",
+		o.workers, o.each, o.duration, o.procs, o.workers, failMax, o.openFor)
+}
+
+// The targets for hostbreaker against nginx limit_req, stated over 30 s.
+var targets = []struct {
+	scenario   string
+	minGoodput float64 // % of the zone's rate
+	max429Pct  float64 // % of the bare client's 429s
+	setup      string
+}{
+	{"4 nginx burst 5", 80, 1, "on its defaults"},
+	{"6 nginx burst 0", 85, 1, fmt.Sprintf("with rate %.1f, 10 %% under the limit", burst0Rate)},
+}
+
+// printTargets prints a MET or NOT MET line per target clause whose
+// scenario ran, with the numbers it was judged on.
+func printTargets(w io.Writer, rs []Result, o options) {
+	find := func(scenario, client string) *Result {
+		for i := range rs {
+			if rs[i].Scenario == scenario && rs[i].Client == client && rs[i].Skipped == "" {
+				return &rs[i]
+			}
+		}
+		return nil
+	}
+	verdict := func(ok bool) string {
+		if ok {
+			return "MET    "
+		}
+		return "NOT MET"
+	}
+	header := false
+	for _, t := range targets {
+		hb, bare := find(t.scenario, "hostbreaker"), find(t.scenario, "bare")
+		if hb == nil {
+			continue
+		}
+		if !header {
+			fmt.Fprintf(w, "\ntargets, stated over 30s (this run: %s):\n", o.duration)
+			header = true
+		}
+		g := *hb.GoodputPct
+		fmt.Fprintf(w, "  %s  %s, hostbreaker %s: goodput %.1f %% (want >= %.0f %%)\n",
+			verdict(g >= t.minGoodput), t.scenario, t.setup, g, t.minGoodput)
+		if bare == nil {
+			fmt.Fprintf(w, "  NOT MEASURED  %s: 429s need the bare client's run\n", t.scenario)
+			continue
+		}
+		limit := float64(*bare.Got429) * t.max429Pct / 100
+		fmt.Fprintf(w, "  %s  %s, hostbreaker %s: %d 429s (want <= %.0f %% of bare's %d = %.1f)\n",
+			verdict(float64(*hb.Got429) <= limit), t.scenario, t.setup, *hb.Got429, t.max429Pct, *bare.Got429, limit)
+	}
 }
 
 func num(p *int64) string {
@@ -261,7 +376,7 @@ func runOutage(c client, o options) (Result, error) {
 		return Result{}, err
 	}
 	defer stop()
-	rt, closeRT, err := c.wrap(newBase(addr, o.workers), o.openFor)
+	rt, closeRT, err := c.wrap(newBase(addr, o.workers), setup{openFor: o.openFor})
 	if err != nil {
 		return Result{}, err
 	}
@@ -323,7 +438,7 @@ func runStorm(c client, o options) (Result, error) {
 		return Result{}, err
 	}
 	defer stop()
-	rt, closeRT, err := c.wrap(newBase(addr, o.workers), o.openFor)
+	rt, closeRT, err := c.wrap(newBase(addr, o.workers), setup{openFor: o.openFor})
 	if err != nil {
 		return Result{}, err
 	}
@@ -355,7 +470,7 @@ func runSlow(c client, o options) (Result, error) {
 		return Result{}, err
 	}
 	defer stop()
-	rt, closeRT, err := c.wrap(newBase(addr, o.workers), o.openFor)
+	rt, closeRT, err := c.wrap(newBase(addr, o.workers), setup{openFor: o.openFor})
 	if err != nil {
 		return Result{}, err
 	}
@@ -388,7 +503,7 @@ func runManyHosts(c client, o options) (Result, error) {
 	}
 	defer stop()
 	base := newBase(addr, 2)
-	rt, closeRT, err := c.wrap(base, o.openFor)
+	rt, closeRT, err := c.wrap(base, setup{openFor: o.openFor})
 	if err != nil {
 		return Result{}, err
 	}

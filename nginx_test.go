@@ -1,0 +1,370 @@
+package hostbreaker
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// nginxLimit is the limit_req zone of a test nginx: every request from
+// 127.0.0.1 shares it.
+type nginxLimit struct {
+	Rate       int // requests per second (≥ 1): limit_req_zone rate=Rate r/s
+	Burst      int // 0: limit_req without burst (every request faster than the rate is refused); > 0: burst=Burst nodelay
+	RetryAfter int // seconds sent as Retry-After with each 429; 0 sends none
+}
+
+// nginxServer is a real nginx that startNginx runs for one test. Any path
+// under URL serves a small static file (200) through the limit_req zone,
+// or 429 when the zone refuses it.
+type nginxServer struct {
+	URL string // http://127.0.0.1:port
+
+	dir   string
+	sync  *http.Client // the marker requests of Requests, outside the zone
+	mu    sync.Mutex
+	nsync int
+}
+
+// nginxCounts are the responses nginx logged, marker requests left out.
+type nginxCounts struct {
+	OK, TooMany, Other int // 200s, 429s, any other status (499: the client went away)
+}
+
+// nginxRequest is one line of the access log.
+type nginxRequest struct {
+	At     time.Time // when nginx logged it (after sending the response)
+	Status int
+	URI    string // $request_uri: path and query as the client sent them
+}
+
+// The config of a test nginx: one process (master_process off), in the
+// foreground, everything under {{DIR}}. limit_req runs in the preaccess
+// phase, before try_files and the static handler; a `return` would run in
+// the rewrite phase and bypass it, hence a static file. The map adds
+// Retry-After to 429s only (add_header skips an empty value). Access log
+// lines are written unbuffered, as each request ends.
+const nginxTestConf = `daemon off;
+master_process off;
+worker_processes 1;
+pid {{DIR}}/nginx.pid;
+error_log {{DIR}}/error.log warn;
+events { worker_connections 1024; }
+http {
+  default_type text/plain;
+  log_format hb '$msec $status $request_uri';
+  access_log {{DIR}}/access.log hb;
+  client_body_temp_path {{DIR}}/body;
+  proxy_temp_path {{DIR}}/proxy;
+  fastcgi_temp_path {{DIR}}/fastcgi;
+  uwsgi_temp_path {{DIR}}/uwsgi;
+  scgi_temp_path {{DIR}}/scgi;
+  keepalive_requests 1000000;
+  limit_req_zone $binary_remote_addr zone=hb:1m rate={{RATE}}r/s;
+  map $status $hb_retry_after { 429 "{{RETRY_AFTER}}"; default ""; }
+  server {
+    listen 127.0.0.1:{{PORT}};
+    root {{DIR}}/www;
+    location / {
+      limit_req zone=hb{{BURST}};
+      limit_req_status 429;
+      add_header Retry-After $hb_retry_after always;
+      try_files /ok.txt =404;
+    }
+    location /__hostbreaker_sync/ {
+      return 204;
+    }
+  }
+}
+`
+
+// nginxPath returns the nginx binary: on PATH, else /usr/sbin/nginx (not
+// on a non-root user's PATH on Debian). Without one the test fails: CI
+// installs it, and a skipped requirement would go unnoticed.
+func nginxPath(t testing.TB) string {
+	t.Helper()
+	if p, err := exec.LookPath("nginx"); err == nil {
+		return p
+	}
+	if fi, err := os.Stat("/usr/sbin/nginx"); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
+		return "/usr/sbin/nginx"
+	}
+	t.Fatal("nginx is not on PATH nor at /usr/sbin/nginx: .ci/run installs it (apt-get install --no-install-recommends nginx)")
+	return ""
+}
+
+// startNginx runs nginx with the limit l as a child process on a free
+// 127.0.0.1 port, with its config, pid, logs and temp files in
+// t.TempDir(), and returns once the port accepts connections. It works as
+// root and as any other user. The server is stopped in t.Cleanup.
+func startNginx(t *testing.T, l nginxLimit) *nginxServer {
+	t.Helper()
+	if l.Rate < 1 || l.Burst < 0 || l.RetryAfter < 0 {
+		t.Fatalf("startNginx: invalid limit %+v", l)
+	}
+	bin := nginxPath(t)
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "www"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "www", "ok.txt"), []byte("ok\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	burst := ""
+	if l.Burst > 0 {
+		burst = fmt.Sprintf(" burst=%d nodelay", l.Burst)
+	}
+	retryAfter := ""
+	if l.RetryAfter > 0 {
+		retryAfter = strconv.Itoa(l.RetryAfter)
+	}
+	// The port is free when asked, but another process may take it before
+	// nginx binds it: then nginx exits, and another port is tried.
+	var lastErr error
+	for range 5 {
+		s, err := runNginx(t, bin, dir, func(port int) string {
+			return strings.NewReplacer("{{DIR}}", dir, "{{PORT}}", strconv.Itoa(port),
+				"{{RATE}}", strconv.Itoa(l.Rate), "{{BURST}}", burst,
+				"{{RETRY_AFTER}}", retryAfter).Replace(nginxTestConf)
+		})
+		if err == nil {
+			return s
+		}
+		lastErr = err
+		if !strings.Contains(err.Error(), "Address already in use") {
+			break
+		}
+	}
+	t.Fatalf("startNginx: %v", lastErr)
+	return nil
+}
+
+// runNginx starts one nginx on a free port with the config that conf
+// returns for it, waits for the port, and registers its stop.
+func runNginx(t *testing.T, bin, dir string, conf func(port int) string) (*nginxServer, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	confPath := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(confPath, []byte(conf(port)), 0o644); err != nil {
+		return nil, err
+	}
+	// -e: the error log before the config is read (the built-in path,
+	// /var/log/nginx/error.log, is not writable by other users than root).
+	cmd := exec.Command(bin, "-p", dir+"/", "-c", confPath, "-e", filepath.Join(dir, "error.log"))
+	stderr := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = stderr, stderr
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	exited := make(chan struct{})
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); close(exited) }()
+	failure := func(what string) error {
+		errLog, _ := os.ReadFile(filepath.Join(dir, "error.log"))
+		return fmt.Errorf("nginx %s (%v)\nstderr: %s\nerror.log: %s", what, waitErr, stderr, errLog)
+	}
+	stop := func() {
+		cmd.Process.Signal(syscall.SIGTERM) // fast shutdown
+		select {
+		case <-exited:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+		}
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			break
+		}
+		select {
+		case <-exited:
+			return nil, failure("exited before listening")
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			stop()
+			return nil, failure("did not listen on " + addr + " within 10s")
+		}
+	}
+	t.Cleanup(stop)
+	return &nginxServer{
+		URL:  "http://" + addr,
+		dir:  dir,
+		sync: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second},
+	}, nil
+}
+
+// Requests returns the requests nginx has logged, in log order, up to a
+// marker request that it sends and waits for: nginx runs in one process
+// and logs a request as soon as it has sent the response, before it
+// handles another event, so every response a client had received before
+// the call is in the log before the marker. Marker requests are left out.
+func (s *nginxServer) Requests(t testing.TB) []nginxRequest {
+	t.Helper()
+	s.mu.Lock()
+	s.nsync++
+	marker := fmt.Sprintf("/__hostbreaker_sync/%d", s.nsync)
+	s.mu.Unlock()
+	resp, err := s.sync.Get(s.URL + marker)
+	if err != nil {
+		t.Fatalf("nginx marker request: %v", err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		reqs, found, err := s.readLog(marker)
+		if err != nil {
+			t.Fatalf("nginx access log: %v", err)
+		}
+		if found {
+			return reqs
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nginx access log: no line for %s after 5s", marker)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Counts returns the statuses nginx has logged; see Requests.
+func (s *nginxServer) Counts(t testing.TB) nginxCounts {
+	t.Helper()
+	var c nginxCounts
+	for _, r := range s.Requests(t) {
+		switch r.Status {
+		case http.StatusOK:
+			c.OK++
+		case http.StatusTooManyRequests:
+			c.TooMany++
+		default:
+			c.Other++
+		}
+	}
+	return c
+}
+
+// readLog parses the access log up to marker, and says whether it found
+// it. The lines before the marker are whole: nginx wrote them before it.
+func (s *nginxServer) readLog(marker string) ([]nginxRequest, bool, error) {
+	f, err := os.Open(filepath.Join(s.dir, "access.log"))
+	if err != nil {
+		return nil, false, err
+	}
+	defer f.Close()
+	var reqs []nginxRequest
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) == 3 && fields[2] == marker {
+			return reqs, true, nil
+		}
+		if len(fields) != 3 {
+			continue // the last line, being written: not before the marker
+		}
+		if strings.HasPrefix(fields[2], "/__hostbreaker_sync/") {
+			continue
+		}
+		sec, err1 := strconv.ParseFloat(fields[0], 64)
+		status, err2 := strconv.Atoi(fields[1])
+		if err := errors.Join(err1, err2); err != nil {
+			return nil, false, fmt.Errorf("line %q: %w", sc.Text(), err)
+		}
+		reqs = append(reqs, nginxRequest{
+			At:     time.UnixMilli(int64(sec*1000 + 0.5)),
+			Status: status,
+			URI:    fields[2],
+		})
+	}
+	return nil, false, sc.Err()
+}
+
+// lockedBuffer is a bytes.Buffer that a child process writes while a test
+// may read it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// TestNginxHarness checks the harness with a bare client: sequential
+// requests for 1.5 s against 5 r/s without burst get 200s and 429s, each
+// 429 with Retry-After: 1 and no 200 with one, and nginx's log counts the
+// same responses as the client.
+func TestNginxHarness(t *testing.T) {
+	s := startNginx(t, nginxLimit{Rate: 5, Burst: 0, RetryAfter: 1})
+	c := &http.Client{Timeout: 5 * time.Second}
+	var client nginxCounts
+	badHeader := 0
+	start := time.Now()
+	for time.Since(start) < 1500*time.Millisecond {
+		resp, err := c.Get(s.URL + "/works")
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		ra := resp.Header.Get("Retry-After")
+		switch resp.StatusCode {
+		case http.StatusOK:
+			client.OK++
+			if ra != "" {
+				badHeader++
+				t.Logf("200 with Retry-After: %q", ra)
+			}
+		case http.StatusTooManyRequests:
+			client.TooMany++
+			if ra != "1" {
+				badHeader++
+				t.Logf("429 with Retry-After: %q, want \"1\"", ra)
+			}
+		default:
+			client.Other++
+		}
+	}
+	elapsed := time.Since(start)
+	server := s.Counts(t)
+	t.Logf("in %v: client %+v, server %+v", elapsed.Round(time.Millisecond), client, server)
+	if client.OK == 0 || client.TooMany == 0 {
+		t.Errorf("client got %+v, want both 200s and 429s", client)
+	}
+	if badHeader > 0 {
+		t.Errorf("%d responses had the wrong Retry-After (see the log above)", badHeader)
+	}
+	if client != server {
+		t.Errorf("client counted %+v, nginx logged %+v", client, server)
+	}
+	// 5 r/s: at most one 200 per 200 ms, plus a second's slack.
+	if limit := int(5*elapsed.Seconds()) + 5; server.OK > limit {
+		t.Errorf("nginx served %d in %v, want at most %d at 5 r/s", server.OK, elapsed, limit)
+	}
+}
