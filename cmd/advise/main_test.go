@@ -113,12 +113,15 @@ func hostOf(url string) string { return strings.TrimPrefix(url, "http://") }
 // about d, then closes it, which flushes its journal.
 // testConfig is the policy file of the test's Transports and of advise:
 // short open phases, so that a few seconds of traffic show every pattern,
-// and a role whose breakers stay open for long.
+// and a role whose breakers stay open for long. The adaptive limiter is
+// off: it would pace the throttled host (at min_rate, every request 429)
+// so that its breaker never opens, and rule 2 needs one that did.
 const testConfig = `
 [defaults]
 fail_max = 3
 reset_timeout = "300ms"
 half_open_jitter = "0s"
+adaptive = false
 [defaults.roles.landing]
 reset_timeout = "1h"
 `
