@@ -9,6 +9,7 @@ import (
 	"cmp"
 	"fmt"
 	"maps"
+	"math"
 	"math/bits"
 	"slices"
 	"strconv"
@@ -43,7 +44,7 @@ type Replay struct {
 
 // The thresholds of Advise's rules, all in one place; docs/advise.md
 // explains each. Ratios are whole percentages so that no float decides a
-// rule. Rules 1 and 7 (the rate key) land with the rate limits.
+// rule. Rules 1 and 7 (the rate key) are still to come.
 const (
 	// A host with fewer requests than this in the window gets no advice.
 	adviseMinRequests = 20
@@ -77,15 +78,33 @@ const (
 	adviseFailMaxStep    = 2
 	adviseMinOutageTrips = 2 // rule 6, long outages: every trip's first probe failed
 	adviseOutageFailMax  = 3 // …and fail_max above this comes down to it
+
 )
 
-// The TOML keys that Advise suggests.
+// The tunable keys: the TOML keys that Advise suggests and Tune writes.
+// tunableKeys and the functions at the end of this file (tunedFields,
+// setsKey, currentValue, setValue, formatValue, boundsOf,
+// moreConservative) are the one definition of what each key is; tune.go
+// and store.go use them.
 const (
 	keyFailMax          = "fail_max"
+	keyRate             = "rate" // host-wide: at the top level of a Hosts key, never in a role
 	keyResetTimeout     = "reset_timeout"
 	keySuccessThreshold = "success_threshold"
 	keyTrialCalls       = "trial_calls"
-	keyRate             = "rate" // of the rate limits, which do not exist yet
+)
+
+// tunableKeys are the tunable keys, sorted.
+var tunableKeys = []string{keyFailMax, keyRate, keyResetTimeout, keySuccessThreshold, keyTrialCalls}
+
+// A key's value is an int64: a count, a duration in ns, or a rate in
+// micro-requests per second (µr/s, rateUnit per request per second).
+// rateUnlimited is the value of no rate limit: above every rate, so that
+// a lower rate is the more conservative, as a lower fail_max is. Rates
+// are compared and bounded to the millionth of a request per second.
+const (
+	rateUnit      = 1e6
+	rateUnlimited = math.MaxInt64
 )
 
 // Advise reads events (from [ReadJournal] or [Transport.Events], any mix
@@ -120,6 +139,18 @@ func Advise(events []Event, cfg Config) []Advice {
 		out = append(out, j.pairs[k].advise(k, h, r.Policy, bounds)...)
 	}
 	return out
+}
+
+// withOverrides returns pt with the tuned overrides laid over it, key by
+// key in order, as a Transport lays them (Transport.applyPolicies): an
+// override that the configuration refuses is left out.
+func withOverrides(pt *policyTable, overrides map[string]Policy) *policyTable {
+	for _, key := range slices.Sorted(maps.Keys(overrides)) {
+		if npt, _, err := pt.withUpdate(key, overrides[key]); err == nil {
+			pt = npt
+		}
+	}
+	return pt
 }
 
 // pairKey is a (host, role).
@@ -348,27 +379,8 @@ func (p *pairEvidence) advise(k pairKey, h *hostEvidence, cur Policy, b TuneBoun
 	var out []Advice
 	for _, key := range []string{keyFailMax, keyResetTimeout, keySuccessThreshold, keyTrialCalls} {
 		now := currentValue(cur, key)
-		var value int64
-		var reasons []string
-		for _, pr := range props {
-			if pr.key != key {
-				continue
-			}
-			rounded := roundValue(key, pr.value)
-			v := clampValue(key, rounded, b)
-			if pr.dir*cmp.Compare(v, now) < 0 {
-				continue // the bounds would turn it the other way
-			}
-			why := pr.reason
-			if v != rounded {
-				why += ", clamped to " + formatValue(key, v)
-			}
-			if reasons == nil || moreConservative(key, v, value) {
-				value = v
-			}
-			reasons = append(reasons, why)
-		}
-		if reasons == nil || value == now {
+		value, reason, ok := decide(key, props, now, b)
+		if !ok {
 			continue
 		}
 		proposed := cur
@@ -376,11 +388,63 @@ func (p *pairEvidence) advise(k pairKey, h *hostEvidence, cur Policy, b TuneBoun
 		out = append(out, Advice{
 			Host: k.host, Role: k.role, Key: key,
 			Current: formatValue(key, now), Proposed: formatValue(key, value),
-			Reason: strings.Join(reasons, "; "),
-			Replay: p.replay(cur, proposed),
+			Reason: reason, Replay: p.replay(cur, proposed),
 		})
 	}
 	return out
+}
+
+// decide merges the proposals for key, now being the value in force: each
+// is rounded and clamped to the bounds (and dropped when the bounds would
+// turn it against its direction), the more conservative value wins, and
+// every reason is kept, in rule order. It reports false when no rule
+// proposes key, or when the value is now.
+func decide(key string, props []proposal, now int64, b TuneBounds) (value int64, reason string, ok bool) {
+	if lo, hi := boundsOf(key, now, b); lo > hi {
+		return 0, "", false // no value within the bounds
+	}
+	var reasons []string
+	for _, pr := range props {
+		if pr.key != key {
+			continue
+		}
+		rounded := roundValue(key, pr.value)
+		v := clampValue(key, rounded, now, b)
+		if pr.dir*cmp.Compare(v, now) < 0 {
+			continue // the bounds would turn it the other way
+		}
+		why := pr.reason
+		if v != rounded {
+			why += ", clamped to " + formatValue(key, v) + stepNote(key, v, now, b)
+		}
+		if reasons == nil || moreConservative(key, v, value) {
+			value = v
+		}
+		reasons = append(reasons, why)
+	}
+	if reasons == nil || value == now {
+		return 0, "", false
+	}
+	return value, strings.Join(reasons, "; "), true
+}
+
+// stepNote returns, when v is a rate clamped by the step from now rather
+// than by a fixed bound, what the step is: " (a step of at most 25 % from
+// 10)".
+func stepNote(key string, v, now int64, b TuneBounds) string {
+	if key != keyRate || now == rateUnlimited {
+		return ""
+	}
+	if lo, hi := boundsOf(key, rateUnlimited, b); v == lo || v == hi {
+		return ""
+	}
+	return " (a step of at most " + formatPercent(b.RateStep*100) + " from " + formatValue(key, now) + ")"
+}
+
+// formatPercent returns pct to a tenth at most, with a space and a
+// percent sign: "6 %", "5.5 %".
+func formatPercent(pct float64) string {
+	return strconv.FormatFloat(math.Round(pct*10)/10, 'f', -1, 64) + " %"
 }
 
 // times returns "1 time" or "n times".
@@ -391,11 +455,39 @@ func times(n int) string {
 	return strconv.Itoa(n) + " times"
 }
 
-// currentValue returns the value of key in p.
+// tunedFields returns the tunable fields of p, without its roles.
+func tunedFields(p Policy) Policy {
+	return Policy{FailMax: p.FailMax, ResetTimeout: p.ResetTimeout, SuccessThreshold: p.SuccessThreshold,
+		TrialCalls: p.TrialCalls, Rate: p.Rate}
+}
+
+// setsKey reports whether p sets the field of key.
+func setsKey(p Policy, key string) bool {
+	switch key {
+	case keyFailMax:
+		return p.FailMax != 0
+	case keyRate:
+		return p.Rate != 0
+	case keyResetTimeout:
+		return p.ResetTimeout != 0
+	case keySuccessThreshold:
+		return p.SuccessThreshold != 0
+	default:
+		return p.TrialCalls != 0
+	}
+}
+
+// currentValue returns the value of key in p. A rate ≤ 0 (unlimited, as
+// written or resolved) is rateUnlimited.
 func currentValue(p Policy, key string) int64 {
 	switch key {
 	case keyFailMax:
 		return int64(p.FailMax)
+	case keyRate:
+		if !(p.Rate > 0) {
+			return rateUnlimited
+		}
+		return rateMicros(p.Rate)
 	case keyResetTimeout:
 		return int64(p.ResetTimeout)
 	case keySuccessThreshold:
@@ -405,11 +497,16 @@ func currentValue(p Policy, key string) int64 {
 	}
 }
 
-// setValue sets key in p.
+// setValue sets key in p; rateUnlimited sets a rate of -1.
 func setValue(p *Policy, key string, v int64) {
 	switch key {
 	case keyFailMax:
 		p.FailMax = int(v)
+	case keyRate:
+		p.Rate = -1
+		if v != rateUnlimited {
+			p.Rate = float64(v) / rateUnit
+		}
 	case keyResetTimeout:
 		p.ResetTimeout = time.Duration(v)
 	case keySuccessThreshold:
@@ -419,16 +516,29 @@ func setValue(p *Policy, key string, v int64) {
 	}
 }
 
-// formatValue returns v as the TOML value of key: "5", or "1m30s".
+// rateMicros returns r requests per second (r ≥ 0) in µr/s, rounded;
+// rates beyond any bound are capped so as not to overflow.
+func rateMicros(r float64) int64 {
+	return int64(math.Round(min(r, 2*maxRate) * rateUnit))
+}
+
+// formatValue returns v as the TOML value of key: "5", "1m30s", "2.5", or
+// "0" for an unlimited rate.
 func formatValue(key string, v int64) string {
-	if key == keyResetTimeout {
+	switch key {
+	case keyResetTimeout:
 		return time.Duration(v).String()
+	case keyRate:
+		if v == rateUnlimited {
+			return "0"
+		}
+		return formatRate(float64(v) / rateUnit)
 	}
 	return strconv.FormatInt(v, 10)
 }
 
 // roundValue rounds a proposed duration to the second; counts are whole
-// already.
+// already, and rates are left as they are.
 func roundValue(key string, v int64) int64 {
 	if key == keyResetTimeout {
 		return int64(time.Duration(v).Round(time.Second))
@@ -436,17 +546,29 @@ func roundValue(key string, v int64) int64 {
 	return v
 }
 
-// clampValue brings v within the bounds of key.
-func clampValue(key string, v int64, b TuneBounds) int64 {
-	lo, hi := boundsOf(key, b)
+// clampValue brings v within the bounds of key, now being the value in
+// force.
+func clampValue(key string, v, now int64, b TuneBounds) int64 {
+	lo, hi := boundsOf(key, now, b)
 	return min(max(v, lo), hi)
 }
 
-// boundsOf returns the tune bounds of key.
-func boundsOf(key string, b TuneBounds) (lo, hi int64) {
+// boundsOf returns the tune bounds of key. For rate, they depend on now,
+// the rate in force: at least b.MinRate and at most maxRate, and, unless
+// now is unlimited, within b.RateStep of now. The bounds of a rate are
+// empty (lo > hi) when now is so far below b.MinRate that no step reaches
+// it.
+func boundsOf(key string, now int64, b TuneBounds) (lo, hi int64) {
 	switch key {
 	case keyFailMax:
 		return int64(b.FailMax[0]), int64(b.FailMax[1])
+	case keyRate:
+		lo, hi = max(rateMicros(b.MinRate), 1), rateMicros(maxRate)
+		if now != rateUnlimited {
+			lo = max(lo, int64(math.Round(float64(now)*(1-b.RateStep))))
+			hi = min(hi, int64(math.Round(float64(now)*(1+b.RateStep))))
+		}
+		return lo, hi
 	case keyResetTimeout:
 		return int64(b.ResetTimeout[0]), int64(b.ResetTimeout[1])
 	case keySuccessThreshold:
@@ -458,7 +580,7 @@ func boundsOf(key string, b TuneBounds) (lo, hi int64) {
 
 // moreConservative reports whether v protects the host more than w does
 // for key: a longer reset_timeout, a lower fail_max, a higher
-// success_threshold, fewer trial_calls.
+// success_threshold, fewer trial_calls, a lower rate.
 func moreConservative(key string, v, w int64) bool {
 	switch key {
 	case keyResetTimeout, keySuccessThreshold:

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net/url"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"slices"
 	"strings"
@@ -72,7 +73,8 @@ type Store interface {
 
 	// Overrides returns the tuned policies that Tune wrote, by Hosts key (an exact
 	// normalized host, or a wildcard "*.suffix"). Only the tunable fields are set:
-	// FailMax, ResetTimeout, SuccessThreshold, TrialCalls, at the top level and per role.
+	// FailMax, ResetTimeout, SuccessThreshold, TrialCalls, at the top level and per
+	// role, and Rate, host-wide, at the top level only.
 	//
 	// The map is the caller's; it is empty, not nil, when there is no
 	// override. Stored values that do not decode as an override of the key
@@ -86,10 +88,11 @@ type Store interface {
 	// key must be normalized: an exact host as [NormalizeHost] returns it,
 	// or "*." and a normalized name. p may set only the tunable fields, each
 	// within what a configuration allows (counts 1 to 1000, a positive
-	// ResetTimeout), and only in roles with a non-empty name that do not
-	// nest; anything else is an error that writes nothing. Roles that set
-	// no field are dropped. A PutOverride that changes nothing writes
-	// nothing and signals nothing.
+	// ResetTimeout, a Rate above 0 and at most 1e6 requests per second: a
+	// limit, never "unlimited"), Rate at the top level only, and the others
+	// also in roles with a non-empty name that do not nest; anything else is
+	// an error that writes nothing. Roles that set no field are dropped. A
+	// PutOverride that changes nothing writes nothing and signals nothing.
 	PutOverride(ctx context.Context, key string, p Policy) error
 
 	// Changes returns a channel that receives a value when another process
@@ -769,12 +772,16 @@ const overrideVersion = 1
 
 // overrideFieldsJSON is the stored form of the tunable fields of a policy,
 // or of one of its roles; a zero field is not set. ResetTimeout is a Go
-// duration string ("45s").
+// duration string ("45s"); Rate, in requests per second, is only ever set
+// at the top level. Rate came after the other fields, in the same version:
+// an override stored before it decodes as it did, and a process from before
+// it ignores it (an override that sets only a rate sets nothing there).
 type overrideFieldsJSON struct {
-	FailMax          int    `json:"fail_max,omitempty"`
-	ResetTimeout     string `json:"reset_timeout,omitempty"`
-	SuccessThreshold int    `json:"success_threshold,omitempty"`
-	TrialCalls       int    `json:"trial_calls,omitempty"`
+	FailMax          int     `json:"fail_max,omitempty"`
+	ResetTimeout     string  `json:"reset_timeout,omitempty"`
+	SuccessThreshold int     `json:"success_threshold,omitempty"`
+	TrialCalls       int     `json:"trial_calls,omitempty"`
+	Rate             float64 `json:"rate,omitempty"`
 }
 
 // overrideJSON is the stored form of the tuned override of a Hosts key. It
@@ -804,15 +811,22 @@ func checkOverrideKey(key string) error {
 }
 
 // tunedPolicy returns the tunable fields of p (FailMax, ResetTimeout,
-// SuccessThreshold, TrialCalls, at the top level and per role) with the
-// roles that set none dropped, and Roles nil when no role remains. It is
-// an error for p to set any other field, to nest roles, to name a role ""
-// or with a NUL, or to set a count outside 1 to maxCount or a ResetTimeout
-// that is not positive.
+// SuccessThreshold, TrialCalls, at the top level and per role; Rate at the
+// top level) with the roles that set none dropped, and Roles nil when no
+// role remains. It is an error for p to set any other field, to set Rate
+// in a role, to nest roles, to name a role "" or with a NUL, or to set a
+// count outside 1 to maxCount, a ResetTimeout that is not positive, or a
+// Rate outside (0, maxRate].
 func tunedPolicy(p Policy) (Policy, error) {
-	fields := func(where string, p Policy) (Policy, error) {
-		if p.RetryAfterCap != 0 || p.HalfOpenJitter != 0 || p.FailureStatuses != nil || p.NeutralStatuses != nil {
-			return Policy{}, fmt.Errorf("%sonly fail_max, reset_timeout, success_threshold and trial_calls can be tuned", where)
+	fields := func(where string, p Policy, role bool) (Policy, error) {
+		switch {
+		case p.Rate != 0 && role:
+			return Policy{}, fmt.Errorf("%srate: a rate limit is host-wide: tune it at the top level, not in a role", where)
+		case p.Rate != 0 && !(p.Rate > 0 && p.Rate <= maxRate):
+			return Policy{}, fmt.Errorf("%srate: want more than 0 and at most %v requests per second, got %v", where, maxRate, p.Rate)
+		}
+		if t := tunedFields(p); !reflect.DeepEqual(t, withoutRoles(p)) {
+			return Policy{}, fmt.Errorf("%sonly %s can be tuned", where, strings.Join(tunableKeys, ", "))
 		}
 		for _, c := range []struct {
 			key string
@@ -825,9 +839,9 @@ func tunedPolicy(p Policy) (Policy, error) {
 		if p.ResetTimeout < 0 {
 			return Policy{}, fmt.Errorf("%sreset_timeout: must be positive, got %v", where, p.ResetTimeout)
 		}
-		return Policy{FailMax: p.FailMax, ResetTimeout: p.ResetTimeout, SuccessThreshold: p.SuccessThreshold, TrialCalls: p.TrialCalls}, nil
+		return tunedFields(p), nil
 	}
-	out, err := fields("", p)
+	out, err := fields("", p, false)
 	if err != nil {
 		return Policy{}, err
 	}
@@ -840,7 +854,7 @@ func tunedPolicy(p Policy) (Policy, error) {
 		if len(rp.Roles) > 0 {
 			return Policy{}, fmt.Errorf("%sroles: roles cannot nest", where)
 		}
-		rp, err := fields(where, rp)
+		rp, err := fields(where, rp, true)
 		if err != nil {
 			return Policy{}, err
 		}
@@ -857,7 +871,7 @@ func tunedPolicy(p Policy) (Policy, error) {
 
 // emptyTuned reports whether p, as tunedPolicy returns it, sets nothing.
 func emptyTuned(p Policy) bool {
-	return p.FailMax == 0 && p.ResetTimeout == 0 && p.SuccessThreshold == 0 && p.TrialCalls == 0 && len(p.Roles) == 0
+	return len(p.Roles) == 0 && !slices.ContainsFunc(tunableKeys, func(k string) bool { return setsKey(p, k) })
 }
 
 // cloneTuned returns a copy of p, as tunedPolicy returns it, that shares no
@@ -871,7 +885,7 @@ func cloneTuned(p Policy) Policy {
 // as tunedPolicy returns it.
 func encodeOverride(key string, p Policy) []byte {
 	fields := func(p Policy) overrideFieldsJSON {
-		f := overrideFieldsJSON{FailMax: p.FailMax, SuccessThreshold: p.SuccessThreshold, TrialCalls: p.TrialCalls}
+		f := overrideFieldsJSON{FailMax: p.FailMax, SuccessThreshold: p.SuccessThreshold, TrialCalls: p.TrialCalls, Rate: p.Rate}
 		if p.ResetTimeout != 0 {
 			f.ResetTimeout = p.ResetTimeout.String()
 		}
@@ -904,7 +918,7 @@ func decodeOverride(data []byte) (string, Policy, error) {
 		return "", Policy{}, fmt.Errorf("hostbreaker: decode override: %w", err)
 	}
 	fields := func(f overrideFieldsJSON) (Policy, error) {
-		p := Policy{FailMax: f.FailMax, SuccessThreshold: f.SuccessThreshold, TrialCalls: f.TrialCalls}
+		p := Policy{FailMax: f.FailMax, SuccessThreshold: f.SuccessThreshold, TrialCalls: f.TrialCalls, Rate: f.Rate}
 		if f.ResetTimeout != "" {
 			d, err := time.ParseDuration(f.ResetTimeout)
 			if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"math"
 	"net/url"
 	"reflect"
 	"slices"
@@ -49,7 +50,7 @@ func checkOverrides(t *testing.T, got, want map[string]Policy) {
 
 func TestOverrideEncoding(t *testing.T) {
 	p := Policy{
-		FailMax: 3, ResetTimeout: 45 * time.Second,
+		FailMax: 3, ResetTimeout: 45 * time.Second, Rate: 2.5,
 		Roles: map[string]Policy{"pdf": {SuccessThreshold: 2, TrialCalls: 1}, "api": {ResetTimeout: time.Hour + time.Nanosecond}},
 	}
 	for _, key := range []string{"api.example.org", "*.example.org", "[::1]:8443", "xn--bcher-kva.example"} {
@@ -61,6 +62,25 @@ func TestOverrideEncoding(t *testing.T) {
 	}
 	if got := string(encodeOverride("a.example", Policy{ResetTimeout: 90 * time.Second})); got != `{"v":1,"key":"a.example","reset_timeout":"1m30s"}` {
 		t.Errorf("stored form = %s", got)
+	}
+	// A rate, alone or not, exactly as it was written.
+	for _, r := range []float64{0.05, 1.0 / 3, 7.5, 123456.789, maxRate} {
+		v := encodeOverride("a.example", Policy{Rate: r})
+		if _, got, err := decodeOverride(v); err != nil || got.Rate != r {
+			t.Errorf("rate %v: stored as %s, decoded %+v, %v", r, v, got, err)
+		}
+	}
+	if got := string(encodeOverride("a.example", Policy{FailMax: 3, Rate: 4})); got != `{"v":1,"key":"a.example","fail_max":3,"rate":4}` {
+		t.Errorf("stored form = %s", got)
+	}
+	// Overrides stored before the rate decode as they did.
+	for v, want := range map[string]Policy{
+		`{"v":1,"key":"a.example","fail_max":3,"roles":{"pdf":{"reset_timeout":"45s"}}}`: {FailMax: 3, Roles: map[string]Policy{"pdf": {ResetTimeout: 45 * time.Second}}},
+		`{"v":1,"key":"a.example","trial_calls":2}`:                                      {TrialCalls: 2},
+	} {
+		if _, got, err := decodeOverride([]byte(v)); err != nil || !reflect.DeepEqual(got, want) {
+			t.Errorf("decodeOverride(%s) = %+v, %v; want %+v", v, got, err, want)
+		}
 	}
 	bad := []string{
 		``, `null`, `[]`, `"x"`, `{`, `{}`,
@@ -87,6 +107,11 @@ func TestOverrideEncoding(t *testing.T) {
 		`{"v":1,"key":"a.example","roles":{"r":{"fail_max":0.5}}}`,        //
 		`{"v":1,"key":"a.example","roles":{"r":{"reset_timeout":"-1s"}}}`, //
 		`{"v":1,"key":"a.example","roles":[]}`,                            //
+		`{"v":1,"key":"a.example","rate":-1}`,                             // unlimited: not a tuned rate
+		`{"v":1,"key":"a.example","rate":1000001}`,                        // above maxRate
+		`{"v":1,"key":"a.example","rate":"5"}`,                            // a string
+		`{"v":1,"key":"a.example","roles":{"r":{"rate":5}}}`,              // host-wide, not in a role
+		`{"v":1,"key":"a.example","fail_max":3,"roles":{"r":{"rate":5}}}`, //
 	}
 	for _, v := range bad {
 		if key, p, err := decodeOverride([]byte(v)); err == nil {
@@ -94,7 +119,7 @@ func TestOverrideEncoding(t *testing.T) {
 		}
 	}
 	// Unknown fields are ignored; roles that set nothing are dropped.
-	key, got, err := decodeOverride([]byte(`{"v":1,"key":"a.example","trial_calls":2,"rate":5,"roles":{"r":{},"s":{"fail_max":4}}}`))
+	key, got, err := decodeOverride([]byte(`{"v":1,"key":"a.example","trial_calls":2,"burst":5,"roles":{"r":{},"s":{"fail_max":4}}}`))
 	if want := (Policy{TrialCalls: 2, Roles: map[string]Policy{"s": {FailMax: 4}}}); err != nil || key != "a.example" || !reflect.DeepEqual(got, want) {
 		t.Errorf("decodeOverride = %q, %+v, %v; want a.example, %+v", key, got, err, want)
 	}
@@ -105,6 +130,7 @@ func FuzzDecodeOverride(f *testing.F) {
 	f.Add([]byte(`{"v":1,"key":"*.example.org","trial_calls":2}`))
 	f.Add([]byte(`{"v":1,"key":"a.example","reset_timeout":"1h0m0.5s","success_threshold":1000}`))
 	f.Add(encodeOverride("[::1]:8443", Policy{FailMax: 2, Roles: map[string]Policy{"x": {TrialCalls: 3}}}))
+	f.Add([]byte(`{"v":1,"key":"a.example","rate":0.25,"roles":{"pdf":{"fail_max":2}}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		key, p, err := decodeOverride(data)
 		if err != nil {
@@ -133,7 +159,7 @@ func TestStoreOverrides(t *testing.T) {
 		other := s.open()
 		checkOverrides(t, mustOverrides(t, s), nil)
 
-		a := Policy{FailMax: 3, ResetTimeout: 45 * time.Second}
+		a := Policy{FailMax: 3, ResetTimeout: 45 * time.Second, Rate: 2.5}
 		w := Policy{TrialCalls: 2, Roles: map[string]Policy{"pdf": {SuccessThreshold: 2}}}
 		mustPutOverride(t, s, "api.example.org", a)
 		mustPutOverride(t, s, "*.example.net", w)
@@ -156,6 +182,16 @@ func TestStoreOverrides(t *testing.T) {
 		// Roles that set nothing are dropped.
 		mustPutOverride(t, s, "[::1]:8443", Policy{FailMax: 2, Roles: map[string]Policy{"none": {}}})
 		want["[::1]:8443"] = Policy{FailMax: 2}
+		checkOverrides(t, mustOverrides(t, other), want)
+
+		// A rate alone, and a rate replaced.
+		mustPutOverride(t, s, "*.rate.example", Policy{Rate: 0.05})
+		mustPutOverride(t, other, "api.example.org", Policy{Rate: 1.0 / 3, Roles: a2.Roles})
+		want["*.rate.example"] = Policy{Rate: 0.05}
+		want["api.example.org"] = Policy{Rate: 1.0 / 3, Roles: a2.Roles}
+		checkOverrides(t, mustOverrides(t, s), want)
+		mustPutOverride(t, s, "*.rate.example", Policy{})
+		delete(want, "*.rate.example")
 		checkOverrides(t, mustOverrides(t, other), want)
 
 		// Remove, with a zero Policy or one whose roles set nothing; removing
@@ -196,6 +232,16 @@ func TestStoreOverrides(t *testing.T) {
 			{"ok.example", Policy{Roles: map[string]Policy{"r": {FailMax: 3, Roles: map[string]Policy{"s": {FailMax: 2}}}}}},
 			{"ok.example", Policy{Roles: map[string]Policy{"r": {SuccessThreshold: maxCount + 1}}}},
 			{"ok.example", Policy{Roles: map[string]Policy{"r": {FailureStatuses: []int{500}}}}},
+			{"ok.example", Policy{Rate: -1}}, // unlimited
+			{"ok.example", Policy{Rate: maxRate * 2}},
+			{"ok.example", Policy{Rate: math.NaN()}},
+			{"ok.example", Policy{Rate: math.Inf(1)}},
+			{"ok.example", Policy{FailMax: 3, Roles: map[string]Policy{"r": {Rate: 5}}}}, // host-wide
+			{"ok.example", Policy{Rate: 5, Burst: 2}},
+			{"ok.example", Policy{Rate: 5, MinRate: 1}},
+			{"ok.example", Policy{Rate: 5, Adaptive: ToggleOff}},
+			{"ok.example", Policy{Rate: 5, MaxWait: time.Second}},
+			{"ok.example", Policy{Rate: 5, ThrottleStatuses: []int{503}}},
 		} {
 			if err := s.PutOverride(ctx, c.key, c.p); err == nil {
 				t.Errorf("PutOverride(%q, %+v) = nil; want an error", c.key, c.p)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"os"
 	"slices"
 	"strconv"
@@ -21,23 +22,31 @@ import (
 // trail exists even when no Transport runs), and returns what it wrote (Proposed
 // as written; Reason extended with "clamped to [min, max]" when it was clamped).
 //
-// Each Advice sets one key of one Hosts key: Key is fail_max, reset_timeout,
-// success_threshold or trial_calls; Role "" is the key's top-level policy,
-// any other role its Roles[Role]; Host is normalized with [NormalizeHost]
-// unless it is a wildcard "*.suffix"; Proposed is a TOML value ("5",
-// "45s" or "\"45s\""). Advice that Tune cannot apply (the key "rate", which
-// has no policy field yet, an unknown key, a host or value that does not
-// parse) is an error that names every such advice by its index, host and
-// key, and nothing is written; so are invalid bounds in cfg.Tune. Advice is applied in order, so a later one
-// on the same key and role wins; one that proposes the value that the
-// override already holds changes nothing and is left out of the result.
+// Each Advice sets one key of one Hosts key: Key is fail_max, rate,
+// reset_timeout, success_threshold or trial_calls; Role "" is the key's
+// top-level policy, any other role its Roles[Role] (rate is host-wide: its
+// Role must be ""); Host is normalized with [NormalizeHost] unless it is a
+// wildcard "*.suffix"; Proposed is a TOML value ("5", "45s" or "\"45s\"",
+// "2.5"). A rate is a limit: a positive number of requests per second; it
+// is clamped to at least cfg.Tune.MinRate and, unless the key has no rate
+// limit in force, to within cfg.Tune.RateStep of the rate in force, which
+// Tune resolves from cfg (the configuration, as for [Advise]) and the
+// stored overrides, as every Transport does. Advice that Tune cannot apply
+// (an unknown key, a host or value that does not parse, a rate of 0
+// (unlimited: revert the tuning instead) or in a role, a rate whose bounds
+// leave no value, or any rate advice when cfg is invalid) is an error that
+// names every such advice by its index, host and key, and nothing is
+// written; so are invalid bounds in cfg.Tune. Advice is applied in order,
+// so a later one on the same key and role wins; one that proposes the
+// value that the override already holds changes nothing and is left out of
+// the result.
 //
 // Each event has the Hosts key as Host, the advice's Role, the key's previous
-// value as PreviousPolicy ("fail_max = 5": the override's, or the advice's
-// Current when there was none), the new one as Policy ("fail_max = 3") and
-// note, a colon and the reason as Note. Events go to the journal within the
-// limits of cfg.Telemetry (24h and 100000 events by default), unless
-// cfg.Telemetry.NoJournal is set.
+// value as PreviousPolicy ("fail_max = 5": the override's, or else the advice's
+// Current; for rate, the rate in force, "rate = 0" when unlimited), the new one
+// as Policy ("fail_max = 3") and note, a colon and the reason as Note. Events go
+// to the journal within the limits of cfg.Telemetry (24h and 100000 events by
+// default), unless cfg.Telemetry.NoJournal is set.
 //
 // The overrides of a key are read, merged and written back: two Tunes of the
 // same key at the same time may lose one of the changes. When a write
@@ -53,7 +62,7 @@ func Tune(ctx context.Context, s Store, advice []Advice, cfg Config, note string
 	changes := make([]tuneChange, 0, len(advice))
 	var errs []error
 	for i, a := range advice {
-		c, err := parseAdvice(a, bounds)
+		c, err := parseAdvice(a)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("advice %d (%s %s): %w", i, a.Host, a.Key, err))
 			continue
@@ -67,6 +76,30 @@ func Tune(ctx context.Context, s Store, advice []Advice, cfg Config, note string
 	stored, err := s.Overrides(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("hostbreaker: tune: %w", err)
+	}
+	var inForce *policyTable // cfg with the stored overrides: the rates in force
+	for i := range changes {
+		c := &changes[i]
+		var now int64
+		if c.advice.Key == keyRate {
+			if inForce == nil {
+				pt, err := cfg.validate()
+				if err != nil {
+					return nil, fmt.Errorf("hostbreaker: tune: nothing written: rate advice needs a valid configuration: %w", err)
+				}
+				inForce = withOverrides(pt, stored)
+			}
+			now = currentValue(inForce.keyPolicy(c.key), keyRate)
+			var p Policy
+			setValue(&p, keyRate, now)
+			c.current = policyTOML(p, p)
+		}
+		if err := c.clamp(now, bounds); err != nil {
+			errs = append(errs, fmt.Errorf("advice %d (%s %s): %w", i, c.advice.Host, c.advice.Key, err))
+		}
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("hostbreaker: tune: nothing written: %w", errors.Join(errs...))
 	}
 	process := tuneProcess()
 	working := make(map[string]Policy) // the new overrides of the keys changed, by key
@@ -201,7 +234,7 @@ func RevertTuning(ctx context.Context, s Store, host string, note string) error 
 type tuneChange struct {
 	key     string // the Hosts key, normalized
 	value   Policy // the one field the advice sets, clamped
-	current string // the advice's Current as TOML, "" when it does not parse
+	current string // the value in force before, as TOML, "" when unknown
 	advice  Advice // as Tune returns it
 }
 
@@ -212,16 +245,11 @@ type tuneDone struct {
 	event  Event
 }
 
-// parseAdvice returns the change that a applies within bounds: its Hosts
-// key, the field it sets, clamped, and a as written (Host normalized,
-// Proposed as the clamped value, Reason extended when it was clamped).
-func parseAdvice(a Advice, bounds TuneBounds) (tuneChange, error) {
-	switch a.Key {
-	case keyFailMax, keyResetTimeout, keySuccessThreshold, keyTrialCalls:
-	case keyRate:
-		return tuneChange{}, errors.New(`key "rate" cannot be tuned: no policy has a rate yet`)
-	default:
-		return tuneChange{}, fmt.Errorf("unknown key %q (want fail_max, reset_timeout, success_threshold or trial_calls)", a.Key)
+// parseAdvice returns the change that a asks for: its Hosts key, the field
+// it sets, not yet clamped, and a with Host normalized.
+func parseAdvice(a Advice) (tuneChange, error) {
+	if !slices.Contains(tunableKeys, a.Key) {
+		return tuneChange{}, fmt.Errorf("unknown key %q (want %s)", a.Key, strings.Join(tunableKeys, ", "))
 	}
 	key, err := tuneKey(a.Host)
 	if err != nil {
@@ -230,25 +258,40 @@ func parseAdvice(a Advice, bounds TuneBounds) (tuneChange, error) {
 	if strings.ContainsRune(a.Role, 0) {
 		return tuneChange{}, fmt.Errorf("invalid role %q", a.Role)
 	}
+	if a.Key == keyRate && a.Role != "" {
+		return tuneChange{}, fmt.Errorf("rate is host-wide: want no role, got %q", a.Role)
+	}
 	value, err := parseTuneValue(a.Key, a.Proposed)
 	if err != nil {
 		return tuneChange{}, fmt.Errorf("proposed value: %w", err)
 	}
-	v := currentValue(value, a.Key)
-	if c := clampValue(a.Key, v, bounds); c != v {
-		lo, hi := boundsOf(a.Key, bounds)
-		a.Reason = joinReason(a.Reason, "clamped to ["+formatValue(a.Key, lo)+", "+formatValue(a.Key, hi)+"]")
-		v = c
-		value = Policy{}
-		setValue(&value, a.Key, v)
-	}
 	a.Host = key
-	a.Proposed = formatValue(a.Key, v)
 	c := tuneChange{key: key, value: value, advice: a}
 	if cur, err := parseTuneValue(a.Key, a.Current); err == nil {
 		c.current = policyTOML(cur, cur)
 	}
 	return c, nil
+}
+
+// clamp brings c's value within bounds, now being the value in force (it
+// matters for rate only), and sets Proposed to it; when it was clamped,
+// the Reason says so. It is an error for the bounds to leave no value.
+func (c *tuneChange) clamp(now int64, bounds TuneBounds) error {
+	k := c.advice.Key
+	lo, hi := boundsOf(k, now, bounds)
+	if lo > hi {
+		return fmt.Errorf("no %s within [%s, %s]: a step of at most %s from %s", k, formatValue(k, lo), formatValue(k, hi),
+			formatPercent(bounds.RateStep*100), formatValue(k, now))
+	}
+	v := currentValue(c.value, k)
+	if cv := min(max(v, lo), hi); cv != v {
+		c.advice.Reason = joinReason(c.advice.Reason, "clamped to ["+formatValue(k, lo)+", "+formatValue(k, hi)+"]")
+		v = cv
+	}
+	c.value = Policy{}
+	setValue(&c.value, k, v)
+	c.advice.Proposed = formatValue(k, v)
+	return nil
 }
 
 // tuneKey returns the Hosts key that host names: a wildcard "*.suffix" with
@@ -267,7 +310,8 @@ func tuneKey(host string) (string, error) {
 // parseTuneValue parses s, a TOML value, as the value of key and returns
 // a Policy that sets only that field. A count is a TOML integer; a
 // duration is a TOML string, or the same unquoted ("45s"), that
-// time.ParseDuration reads. It does not check the range.
+// time.ParseDuration reads; a rate is a TOML number, positive (0, which
+// means unlimited, is an error). It does not check the range.
 func parseTuneValue(key, s string) (Policy, error) {
 	var v any
 	var doc struct {
@@ -278,7 +322,8 @@ func parseTuneValue(key, s string) (Policy, error) {
 	} else {
 		v = strings.TrimSpace(s) // an unquoted duration, or junk
 	}
-	if key == keyResetTimeout {
+	switch key {
+	case keyResetTimeout:
 		str, ok := v.(string)
 		if !ok {
 			return Policy{}, fmt.Errorf("%s = %s: want a duration such as \"45s\"", key, s)
@@ -291,6 +336,20 @@ func parseTuneValue(key, s string) (Policy, error) {
 			d = -1 // not zero, which means inherit; the bounds clamp it
 		}
 		return Policy{ResetTimeout: d}, nil
+	case keyRate:
+		var r float64
+		switch n := v.(type) {
+		case int64:
+			r = float64(n)
+		case float64:
+			r = n
+		default:
+			return Policy{}, fmt.Errorf("%s = %s: want a number of requests per second", key, s)
+		}
+		if !(r > 0) || math.IsInf(r, 0) {
+			return Policy{}, fmt.Errorf("%s = %s: want a positive number of requests per second (0, unlimited, cannot be tuned: revert the tuning instead)", key, s)
+		}
+		return Policy{Rate: r}, nil
 	}
 	n, ok := v.(int64)
 	if !ok {
@@ -307,8 +366,7 @@ func parseTuneValue(key, s string) (Policy, error) {
 
 // setsField reports whether p sets the tunable field that keys sets.
 func setsField(p, keys Policy) bool {
-	return keys.FailMax != 0 && p.FailMax != 0 || keys.ResetTimeout != 0 && p.ResetTimeout != 0 ||
-		keys.SuccessThreshold != 0 && p.SuccessThreshold != 0 || keys.TrialCalls != 0 && p.TrialCalls != 0
+	return slices.ContainsFunc(tunableKeys, func(k string) bool { return setsKey(keys, k) && setsKey(p, k) })
 }
 
 // tuneProcess names the process that runs Tune in its events:

@@ -225,11 +225,15 @@ func TestTuneRefuses(t *testing.T) {
 			advice []Advice
 			want   []string // in the error
 		}{
-			{"rate", []Advice{valid, {Host: "ok.example", Key: "rate", Current: "10", Proposed: "8"}}, []string{`"rate"`, "advice 1"}},
+			{"unlimited rate", []Advice{valid, {Host: "ok.example", Key: "rate", Current: "10", Proposed: "0"}}, []string{"rate = 0", "unlimited", "advice 1"}},
+			{"negative rate", []Advice{valid, {Host: "ok.example", Key: "rate", Proposed: "-2"}}, []string{"rate = -2", "advice 1"}},
+			{"rate as a string", []Advice{valid, {Host: "ok.example", Key: "rate", Proposed: `"5"`}}, []string{"rate", "advice 1"}},
+			{"infinite rate", []Advice{valid, {Host: "ok.example", Key: "rate", Proposed: "inf"}}, []string{"rate", "advice 1"}},
+			{"rate in a role", []Advice{valid, {Host: "ok.example", Role: "pdf", Key: "rate", Proposed: "5"}}, []string{"host-wide", `"pdf"`, "advice 1"}},
 			{"unknown keys", []Advice{valid, {Host: "ok.example", Key: "bogus", Proposed: "1"}, {Host: "ok.example", Key: "retry_after_cap", Proposed: `"1m"`}},
 				[]string{`"bogus"`, `"retry_after_cap"`, "advice 1", "advice 2"}},
-			{"rate and unknown", []Advice{{Host: "ok.example", Key: "rate", Proposed: "8"}, valid, {Host: "ok.example", Key: "FAIL_MAX", Proposed: "3"}},
-				[]string{`"rate"`, `"FAIL_MAX"`}},
+			{"rate and unknown", []Advice{{Host: "ok.example", Role: "pdf", Key: "rate", Proposed: "8"}, valid, {Host: "ok.example", Key: "FAIL_MAX", Proposed: "3"}},
+				[]string{"advice 0", `"FAIL_MAX"`, "advice 2"}},
 			{"bad host", []Advice{valid, {Host: "a b", Key: "fail_max", Proposed: "3"}}, []string{"a b"}},
 			{"empty host", []Advice{valid, {Key: "fail_max", Proposed: "3"}}, []string{"advice 1"}},
 			{"bad wildcard", []Advice{valid, {Host: "*.example.org:443", Key: "fail_max", Proposed: "3"}}, []string{"wildcard"}},
@@ -257,6 +261,130 @@ func TestTuneRefuses(t *testing.T) {
 		}
 		checkOverrides(t, mustOverrides(t, s), nil)
 		checkTuneEvents(t, tuneJournal(t, s), nil)
+	})
+}
+
+// TestTuneRate checks that Tune writes a rate override to the Hosts key,
+// merged into its override, clamped to at least min_rate and, but for a
+// first limit on an unlimited key, to a step of at most rate_step from
+// the rate in force (the configuration's, under the stored overrides, a
+// wildcard's included), journals each change, and that RevertTuning
+// removes it.
+func TestTuneRate(t *testing.T) {
+	eachJournalStore(t, func(t *testing.T, s journalStore) {
+		ctx := context.Background()
+		cfg := Config{Hosts: map[string]Policy{"conf.example": {Rate: 10}, "*.wild.example": {FailMax: 4}}}
+		mustPutOverride(t, s, "merged.example", Policy{FailMax: 3, Roles: map[string]Policy{"pdf": {TrialCalls: 2}}})
+		mustPutOverride(t, s, "*.wild.example", Policy{Rate: 8})
+		other := s.open()
+
+		got, err := Tune(ctx, s, []Advice{
+			{Host: "https://A.example/x", Key: "rate", Current: "0", Proposed: "1.2", Reason: "12 of 200 requests (6 %) answered 429"},
+			{Host: "b.example", Key: "rate", Current: "0", Proposed: "0.01", Reason: "too slow"},
+			{Host: "conf.example", Key: "rate", Current: "10", Proposed: "20", Reason: "too fast"},
+			{Host: "conf.example", Key: "fail_max", Current: "5", Proposed: "3", Reason: "opens"},
+			{Host: "merged.example", Key: "rate", Current: "0", Proposed: "4", Reason: "first limit"},
+			{Host: "x.wild.example", Key: "rate", Current: "8", Proposed: "2", Reason: "under the wildcard's"},
+			{Host: "*.wild.example", Key: "rate", Current: "8", Proposed: "8.8", Reason: "recovery"},
+		}, cfg, "rates")
+		if err != nil {
+			t.Fatalf("Tune: %v", err)
+		}
+		var written []string
+		for _, a := range got {
+			written = append(written, a.Host+" "+a.Key+"="+a.Proposed+" ("+a.Reason+")")
+		}
+		if want := []string{
+			"a.example rate=1.2 (12 of 200 requests (6 %) answered 429)",
+			"b.example rate=0.05 (too slow; clamped to [0.05, 1e+06])",
+			"conf.example rate=12.5 (too fast; clamped to [7.5, 12.5])",
+			"conf.example fail_max=3 (opens)",
+			"merged.example rate=4 (first limit)",
+			"x.wild.example rate=6 (under the wildcard's; clamped to [6, 10])",
+			"*.wild.example rate=8.8 (recovery)",
+		}; !reflect.DeepEqual(written, want) {
+			t.Errorf("Tune wrote\n%q\nwant\n%q", written, want)
+		}
+		want := map[string]Policy{
+			"a.example":      {Rate: 1.2},
+			"b.example":      {Rate: 0.05},
+			"conf.example":   {Rate: 12.5, FailMax: 3},
+			"merged.example": {FailMax: 3, Rate: 4, Roles: map[string]Policy{"pdf": {TrialCalls: 2}}},
+			"x.wild.example": {Rate: 6},
+			"*.wild.example": {Rate: 8.8},
+		}
+		checkOverrides(t, mustOverrides(t, other), want)
+		checkTuneEvents(t, tuneJournal(t, s), []tuneEvent{
+			{"a.example", "", "rate = 0", "rate = 1.2", "rates: 12 of 200 requests (6 %) answered 429"},
+			{"b.example", "", "rate = 0", "rate = 0.05", "rates: too slow; clamped to [0.05, 1e+06]"},
+			{"conf.example", "", "rate = 10", "rate = 12.5", "rates: too fast; clamped to [7.5, 12.5]"},
+			{"conf.example", "", "fail_max = 5", "fail_max = 3", "rates: opens"},
+			{"merged.example", "", "rate = 0", "rate = 4", "rates: first limit"},
+			{"x.wild.example", "", "rate = 8", "rate = 6", "rates: under the wildcard's; clamped to [6, 10]"},
+			{"*.wild.example", "", "rate = 8", "rate = 8.8", "rates: recovery"},
+		})
+
+		// The step is from the rate in force, the override's now, with
+		// custom bounds; the value in place is no change.
+		cfg.Tune = TuneBounds{RateStep: 0.5, MinRate: 1}
+		got, err = Tune(ctx, s, []Advice{
+			{Host: "a.example", Key: "rate", Current: "1.2", Proposed: "0.1", Reason: "r"},
+			{Host: "merged.example", Key: "rate", Current: "4", Proposed: "4"},
+			{Host: "conf.example", Key: "rate", Current: "12.5", Proposed: "100", Reason: "r"},
+		}, cfg, "")
+		if err != nil {
+			t.Fatalf("Tune with custom bounds: %v", err)
+		}
+		if len(got) != 2 || got[0].Proposed != "1" || got[0].Reason != "r; clamped to [1, 1.8]" ||
+			got[1].Proposed != "18.75" || got[1].Reason != "r; clamped to [6.25, 18.75]" {
+			t.Errorf("custom bounds: got %+v", got)
+		}
+		evs := tuneJournal(t, s)
+		checkTuneEvents(t, evs[len(evs)-2:], []tuneEvent{
+			{"a.example", "", "rate = 1.2", "rate = 1", "r; clamped to [1, 1.8]"},
+			{"conf.example", "", "rate = 12.5", "rate = 18.75", "r; clamped to [6.25, 18.75]"},
+		})
+
+		// A rate in force below min_rate leaves no step within the bounds;
+		// rate advice needs a valid configuration. Neither writes anything.
+		mustPutOverride(t, s, "slow.example", Policy{Rate: 0.1})
+		for _, c := range []struct {
+			name string
+			cfg  Config
+			want string
+		}{
+			{"no value", Config{Tune: TuneBounds{MinRate: 0.5}}, "advice 1 (slow.example rate): no rate within [0.5, 0.125]: a step of at most 25 % from 0.1"},
+			{"invalid config", Config{Defaults: Policy{FailMax: -1}}, "rate advice needs a valid configuration"},
+		} {
+			got, err := Tune(ctx, s, []Advice{
+				{Host: "a.example", Key: "fail_max", Proposed: "4"},
+				{Host: "slow.example", Key: "rate", Proposed: "0.12"},
+			}, c.cfg, "")
+			if err == nil || got != nil || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("%s: Tune = %+v, %v; want an error that says %q", c.name, got, err, c.want)
+			}
+		}
+		checkOverrides(t, mustOverrides(t, other), map[string]Policy{
+			"a.example": {Rate: 1}, "b.example": {Rate: 0.05}, "conf.example": {Rate: 18.75, FailMax: 3},
+			"merged.example": want["merged.example"], "x.wild.example": {Rate: 6}, "*.wild.example": {Rate: 8.8},
+			"slow.example": {Rate: 0.1},
+		})
+
+		// RevertTuning removes the rate with the rest of the key's override.
+		n := len(tuneJournal(t, s))
+		if err := RevertTuning(ctx, s, "merged.example", "back"); err != nil {
+			t.Fatal(err)
+		}
+		if err := RevertTuning(ctx, s, "a.example", "back"); err != nil {
+			t.Fatal(err)
+		}
+		if o := mustOverrides(t, other); len(o) != 5 || !reflect.DeepEqual(o["conf.example"], Policy{Rate: 18.75, FailMax: 3}) {
+			t.Errorf("after the reverts: %+v", o)
+		}
+		checkTuneEvents(t, tuneJournal(t, s)[n:], []tuneEvent{
+			{"merged.example", "", "fail_max = 3\nrate = 4\nroles.pdf.trial_calls = 2", "", "back: tuning reverted"},
+			{"a.example", "", "rate = 1", "", "back: tuning reverted"},
+		})
 	})
 }
 
@@ -401,6 +529,19 @@ func TestParseTuneValue(t *testing.T) {
 		{"reset_timeout", "45", Policy{}, false},
 		{"reset_timeout", `"soon"`, Policy{}, false},
 		{"reset_timeout", "99999999999h", Policy{}, false},
+		{"rate", "5", Policy{Rate: 5}, true},
+		{"rate", "2.5", Policy{Rate: 2.5}, true},
+		{"rate", " 0.05 ", Policy{Rate: 0.05}, true},
+		{"rate", "1e7", Policy{Rate: 1e7}, true}, // out of range; the bounds clamp it
+		{"rate", "1_000", Policy{Rate: 1000}, true},
+		{"rate", "0", Policy{}, false}, // unlimited
+		{"rate", "0.0", Policy{}, false},
+		{"rate", "-1", Policy{}, false},
+		{"rate", "nan", Policy{}, false},
+		{"rate", "inf", Policy{}, false},
+		{"rate", `"5"`, Policy{}, false},
+		{"rate", "5/s", Policy{}, false},
+		{"rate", "", Policy{}, false},
 	} {
 		got, err := parseTuneValue(c.key, c.s)
 		if (err == nil) != c.ok || c.ok && !reflect.DeepEqual(got, c.want) {
