@@ -109,21 +109,24 @@ const (
 
 // Advise reads events (from [ReadJournal] or [Transport.Events], any mix
 // of processes, in any order) and returns the policy changes it suggests
-// for the (host, role)s they show, given cfg, the configuration in force.
-// Each suggestion carries its reason with the numbers and, since every key
-// it suggests is a breaker key, a [Replay] of the recorded outcomes. The
-// proposed values are within cfg.Tune's bounds. The result is sorted by
-// host, role and key; it is nil when there is nothing to suggest or cfg is
-// invalid.
+// for the (host, role)s they show, given cfg, the configuration, and
+// overrides, the tuned overrides that [Store.Overrides] returns (nil for
+// none). The policy in force is cfg with the overrides laid over it, as
+// every Transport lays them. Each suggestion carries its reason with the
+// numbers and, since every key it suggests is a breaker key, a [Replay] of
+// the recorded outcomes. The proposed values are within cfg.Tune's bounds.
+// The result is sorted by host, role and key; it is nil when there is
+// nothing to suggest or cfg is invalid.
 //
 // Advise is a pure function: it reads no clock, does no I/O, and returns
 // the same advice for the same events whatever their order. The rules are
 // described in docs/advise.md.
-func Advise(events []Event, cfg Config) []Advice {
-	pt, err := cfg.validate()
+func Advise(events []Event, cfg Config, overrides map[string]Policy) []Advice {
+	configured, err := cfg.validate()
 	if err != nil {
 		return nil
 	}
+	inForce := withOverrides(configured, overrides)
 	bounds := cfg.Tune.withDefaults()
 	j := readJournalForAdvice(events)
 	var out []Advice
@@ -132,7 +135,7 @@ func Advise(events []Event, cfg Config) []Advice {
 		if h.requests < adviseMinRequests || (h.failures == 0 && h.opens == 0) {
 			continue // too little evidence, or a healthy host
 		}
-		r, err := pt.resolve(k.host, k.role)
+		r, err := inForce.resolve(k.host, k.role)
 		if err != nil {
 			continue
 		}

@@ -209,7 +209,7 @@ func TestAdviseGolden(t *testing.T) {
 			enc := json.NewEncoder(&buf)
 			enc.SetEscapeHTML(false)
 			enc.SetIndent("", "  ")
-			if err := enc.Encode(Advise(sc.journal(t), sc.cfg)); err != nil {
+			if err := enc.Encode(Advise(sc.journal(t), sc.cfg, nil)); err != nil {
 				t.Fatal(err)
 			}
 			got := buf.Bytes()
@@ -259,7 +259,7 @@ func adviceKeys(advice []Advice) []string {
 // journal: what the golden files hold, stated by hand.
 func TestAdviseRules(t *testing.T) {
 	t.Run("retry_after", func(t *testing.T) {
-		got := Advise(journalRetryAfter(t), Config{})
+		got := Advise(journalRetryAfter(t), Config{}, nil)
 		if len(got) != 1 {
 			t.Fatalf("got %v, want one advice", adviceKeys(got))
 		}
@@ -273,7 +273,7 @@ func TestAdviseRules(t *testing.T) {
 		}
 	})
 	t.Run("open_durations", func(t *testing.T) {
-		got := Advise(journalOpenDurations(t), Config{})
+		got := Advise(journalOpenDurations(t), Config{}, nil)
 		if len(got) != 1 {
 			t.Fatalf("got %v, want one advice", adviceKeys(got))
 		}
@@ -289,7 +289,7 @@ func TestAdviseRules(t *testing.T) {
 		}
 	})
 	t.Run("flapping", func(t *testing.T) {
-		got := Advise(journalFlapping(t), Config{})
+		got := Advise(journalFlapping(t), Config{}, nil)
 		if want := []string{"flaky.example.org  fail_max", "flaky.example.org  reset_timeout", "flaky.example.org  success_threshold"}; !reflect.DeepEqual(adviceKeys(got), want) {
 			t.Fatalf("got %v, want %v", adviceKeys(got), want)
 		}
@@ -303,7 +303,7 @@ func TestAdviseRules(t *testing.T) {
 		}
 	})
 	t.Run("probes", func(t *testing.T) {
-		got := Advise(journalProbes(t), probesConfig())
+		got := Advise(journalProbes(t), probesConfig(), nil)
 		if want := []string{"probe.example.org search success_threshold", "probe.example.org search trial_calls"}; !reflect.DeepEqual(adviceKeys(got), want) {
 			t.Fatalf("got %v, want %v", adviceKeys(got), want)
 		}
@@ -325,7 +325,7 @@ func TestAdviseRules(t *testing.T) {
 		}
 	})
 	t.Run("transient", func(t *testing.T) {
-		got := Advise(journalTransient(t), Config{})
+		got := Advise(journalTransient(t), Config{}, nil)
 		if len(got) != 1 {
 			t.Fatalf("got %v, want one advice", adviceKeys(got))
 		}
@@ -340,7 +340,7 @@ func TestAdviseRules(t *testing.T) {
 		}
 	})
 	t.Run("outage", func(t *testing.T) {
-		got := Advise(journalOutage(t), Config{})
+		got := Advise(journalOutage(t), Config{}, nil)
 		a := findAdvice(t, got, "down.example.org", "", "fail_max")
 		// fail_max 3 trips on the third failure of each run of 5, and the
 		// failed probes are sent under both: 3+1 per trip against 5+1.
@@ -358,7 +358,7 @@ func TestAdviseDeterministic(t *testing.T) {
 	for _, sc := range adviseScenarios {
 		all = append(all, sc.journal(t)...)
 	}
-	want := Advise(all, cfg)
+	want := Advise(all, cfg, nil)
 	if len(want) < 8 {
 		t.Fatalf("got %d advice, want every scenario's", len(want))
 	}
@@ -373,7 +373,7 @@ func TestAdviseDeterministic(t *testing.T) {
 	for range 20 {
 		shuffled := append([]Event(nil), all...)
 		r.Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
-		if got := Advise(shuffled, cfg); !reflect.DeepEqual(got, want) {
+		if got := Advise(shuffled, cfg, nil); !reflect.DeepEqual(got, want) {
 			t.Fatalf("shuffled input gave\n%+v\nwant\n%+v", got, want)
 		}
 	}
@@ -391,7 +391,7 @@ func TestAdviseTooLittleEvidence(t *testing.T) {
 		j.trip(304, -364, 424)
 		j.trip(604, -664, 724)
 		j.summary(900, "f5@0 r1@5 f5@300 r1@305 f5@600 r1@605", n-18, 3, 3) // 18 outcomes, and neutral ones
-		got := Advise(j.events, Config{})
+		got := Advise(j.events, Config{}, nil)
 		if n < adviseMinRequests && got != nil {
 			t.Errorf("%d requests: got %v, want none", n, adviceKeys(got))
 		}
@@ -412,7 +412,7 @@ func TestAdviseHealthyHost(t *testing.T) {
 	j.retryAfter(30, time.Minute)
 	j.retryAfter(90, time.Minute)
 	j.retryAfter(150, time.Minute)
-	if got := Advise(j.events, Config{}); got != nil {
+	if got := Advise(j.events, Config{}, nil); got != nil {
 		t.Errorf("got %v, want none", adviceKeys(got))
 	}
 }
@@ -426,7 +426,7 @@ func TestAdviseOnlyCancellations(t *testing.T) {
 		j.summary(60*(i+1), "", 200, 0, 0)
 		j.healthy(60*(i+1)+1, 10)
 	}
-	if got := Advise(j.events, Config{}); got != nil {
+	if got := Advise(j.events, Config{}, nil); got != nil {
 		t.Errorf("got %v, want none", adviceKeys(got))
 	}
 	var requests uint64
@@ -442,7 +442,7 @@ func TestAdviseOnlyCancellations(t *testing.T) {
 // on the flapping journal; the longer wins and both reasons are kept, in
 // rule order.
 func TestAdviseConservativeMerge(t *testing.T) {
-	a := findAdvice(t, Advise(journalFlapping(t), Config{}), "flaky.example.org", "", "reset_timeout")
+	a := findAdvice(t, Advise(journalFlapping(t), Config{}, nil), "flaky.example.org", "", "reset_timeout")
 	const want = "tripped 3 times; median time from open to closed 2m0s over 3 closed trips; " +
 		"opened 6 times, 3 of them by a failed probe; reset_timeout 1m0s × 1.5"
 	if a.Proposed != "2m0s" || a.Reason != want {
@@ -450,7 +450,7 @@ func TestAdviseConservativeMerge(t *testing.T) {
 	}
 	// With a current reset_timeout of 2m, rule 4's 3m wins over rule 3's 2m.
 	cfg := Config{Defaults: Policy{ResetTimeout: 2 * time.Minute}}
-	a = findAdvice(t, Advise(journalFlapping(t), cfg), "flaky.example.org", "", "reset_timeout")
+	a = findAdvice(t, Advise(journalFlapping(t), cfg, nil), "flaky.example.org", "", "reset_timeout")
 	if a.Current != "2m0s" || a.Proposed != "3m0s" || !strings.Contains(a.Reason, "median time from open to closed 2m0s") {
 		t.Errorf("got %+v", a)
 	}
@@ -473,7 +473,7 @@ func TestAdviseConservativeMerge(t *testing.T) {
 // in the reason, and a bound that would turn a rule around drops it.
 func TestAdviseClampsToCustomBounds(t *testing.T) {
 	cfg := Config{Tune: TuneBounds{ResetTimeout: [2]time.Duration{20 * time.Second, 40 * time.Second}}}
-	a := findAdvice(t, Advise(journalRetryAfter(t), cfg), "api.example.org", "", "reset_timeout")
+	a := findAdvice(t, Advise(journalRetryAfter(t), cfg, nil), "api.example.org", "", "reset_timeout")
 	if a.Proposed != "40s" || !strings.HasSuffix(a.Reason, "median 45s, clamped to 40s") {
 		t.Errorf("got %+v", a)
 	}
@@ -485,7 +485,7 @@ func TestAdviseClampsToCustomBounds(t *testing.T) {
 	}
 	j.trip(44)
 	j.summary(60, "s40@40 f5@40 r10@45", 0, 0, 0)
-	a = findAdvice(t, Advise(j.events, Config{}), "api.example.org", "", "reset_timeout")
+	a = findAdvice(t, Advise(j.events, Config{}, nil), "api.example.org", "", "reset_timeout")
 	if a.Proposed != "10m0s" || !strings.HasSuffix(a.Reason, "median 20m0s, clamped to 10m0s") {
 		t.Errorf("got %+v", a)
 	}
@@ -498,14 +498,14 @@ func TestAdviseClampsToCustomBounds(t *testing.T) {
 	j.change(20, StateOpen, StateHalfOpen).Time = sec(20).Add(1234567 * time.Microsecond)
 	j.change(20, StateHalfOpen, StateClosed).Time = sec(20).Add(1234567 * time.Microsecond)
 	j.summary(60, "s40@0 f5@5 r10@10 s10@11 f5@15 r10@20 s10@21", 0, 2, 0)
-	a = findAdvice(t, Advise(j.events, Config{}), "fast.example.org", "", "reset_timeout")
+	a = findAdvice(t, Advise(j.events, Config{}, nil), "fast.example.org", "", "reset_timeout")
 	if a.Proposed != "15s" || a.Reason != "tripped 2 times; median time from open to closed 1.117s over 2 closed trips, clamped to 15s" {
 		t.Errorf("got %+v", a)
 	}
 
 	// fail_max 5 + 2 within [2, 6] is 6.
 	cfg = Config{Tune: TuneBounds{FailMax: [2]int{2, 6}}}
-	a = findAdvice(t, Advise(journalTransient(t), cfg), "burst.example.org", "feed", "fail_max")
+	a = findAdvice(t, Advise(journalTransient(t), cfg, nil), "burst.example.org", "feed", "fail_max")
 	if a.Proposed != "6" || !strings.HasSuffix(a.Reason, ", clamped to 6") {
 		t.Errorf("got %+v", a)
 	}
@@ -513,7 +513,7 @@ func TestAdviseClampsToCustomBounds(t *testing.T) {
 	// within [2, 3] cannot go below 2 (from 3).
 	cfg = probesConfig()
 	cfg.Tune = TuneBounds{SuccessThreshold: [2]int{1, 1}, TrialCalls: [2]int{2, 3}}
-	got := Advise(journalProbes(t), cfg)
+	got := Advise(journalProbes(t), cfg, nil)
 	if want := []string{"probe.example.org search trial_calls"}; !reflect.DeepEqual(adviceKeys(got), want) {
 		t.Fatalf("got %v, want %v", adviceKeys(got), want)
 	}
@@ -524,7 +524,7 @@ func TestAdviseClampsToCustomBounds(t *testing.T) {
 	// the bounds would lower it, so rule 4 says nothing rather than the
 	// opposite of itself; rule 3 sets a measured value, within the bounds.
 	cfg = Config{Defaults: Policy{ResetTimeout: 15 * time.Minute}}
-	a = findAdvice(t, Advise(journalFlapping(t), cfg), "flaky.example.org", "", "reset_timeout")
+	a = findAdvice(t, Advise(journalFlapping(t), cfg, nil), "flaky.example.org", "", "reset_timeout")
 	if a.Proposed != "2m0s" || strings.Contains(a.Reason, "1.5") {
 		t.Errorf("got %+v", a)
 	}
@@ -542,7 +542,7 @@ func TestAdviseInvalidConfig(t *testing.T) {
 		if err := cfg.Validate(); err == nil {
 			t.Fatalf("%+v is valid", cfg)
 		}
-		if got := Advise(journalFlapping(t), cfg); got != nil {
+		if got := Advise(journalFlapping(t), cfg, nil); got != nil {
 			t.Errorf("%+v: got %v", cfg, adviceKeys(got))
 		}
 	}
@@ -555,13 +555,24 @@ func TestAdvisePolicyInForce(t *testing.T) {
 		Defaults: Policy{FailMax: 8, Roles: map[string]Policy{"feed": {FailMax: 4}}},
 		Hosts:    map[string]Policy{"*.example.org": {Roles: map[string]Policy{"feed": {ResetTimeout: 30 * time.Second}}}},
 	}
-	a := findAdvice(t, Advise(journalTransient(t), cfg), "burst.example.org", "feed", "fail_max")
+	a := findAdvice(t, Advise(journalTransient(t), cfg, nil), "burst.example.org", "feed", "fail_max")
 	if a.Current != "4" || a.Proposed != "6" {
 		t.Errorf("got %+v", a)
 	}
 	// Rule 3's median 1m0s now differs from the 30s in force.
-	a = findAdvice(t, Advise(journalTransient(t), cfg), "burst.example.org", "feed", "reset_timeout")
+	a = findAdvice(t, Advise(journalTransient(t), cfg, nil), "burst.example.org", "feed", "reset_timeout")
 	if a.Current != "30s" || a.Proposed != "1m0s" {
+		t.Errorf("got %+v", a)
+	}
+}
+
+// TestAdviseOverridesInForce: the tuned overrides are laid over the
+// configuration, as a Transport lays them; one that the configuration
+// refuses is left out.
+func TestAdviseOverridesInForce(t *testing.T) {
+	ov := map[string]Policy{"burst.example.org": {Roles: map[string]Policy{"feed": {FailMax: 4}}}, "bad key": {FailMax: 2}}
+	a := findAdvice(t, Advise(journalTransient(t), Config{}, ov), "burst.example.org", "feed", "fail_max")
+	if a.Current != "4" || a.Proposed != "6" {
 		t.Errorf("got %+v", a)
 	}
 }
@@ -585,7 +596,7 @@ func TestAdviseRemoteEchoes(t *testing.T) {
 	}
 	// With the echoes counted as trips, rule 3 would see four, closed
 	// after 60s, 95s, 95s and 95s.
-	if got := Advise(events, Config{}); got != nil {
+	if got := Advise(events, Config{}, nil); got != nil {
 		t.Errorf("got %v, want none", adviceKeys(got))
 	}
 	p := readJournalForAdvice(events).pairs[pairKey{"echo.example.org", ""}]
@@ -602,7 +613,7 @@ func TestAdviseRetryAfterNeedsAnOpening(t *testing.T) {
 		j.retryAfter(10*i, time.Minute)
 	}
 	j.summary(60, "s50@0 f1@0 s10@10 f1@10 s10@20", 0, 0, 0)
-	if got := Advise(j.events, Config{}); got != nil {
+	if got := Advise(j.events, Config{}, nil); got != nil {
 		t.Errorf("got %v, want none", adviceKeys(got))
 	}
 }

@@ -151,13 +151,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		printHistory(stdout, events)
 		return 0
 	}
-	inForce, err := withOverrides(ctx, s, cfg)
+	overrides, err := s.Overrides(ctx)
 	if err != nil {
 		return fail(1, "%v", err)
 	}
-	advice := hostbreaker.Advise(events, inForce)
+	advice := hostbreaker.Advise(events, cfg, overrides)
 	if *enforce && len(advice) > 0 {
-		if advice, err = hostbreaker.Tune(ctx, s, advice, inForce, "advise -enforce"); err != nil {
+		if advice, err = hostbreaker.Tune(ctx, s, advice, cfg, "advise -enforce"); err != nil {
 			return fail(1, "%v", err)
 		}
 	}
@@ -192,50 +192,6 @@ func openStore(url string) (hostbreaker.Store, error) {
 		}
 	}
 	return hostbreaker.OpenStore(url)
-}
-
-// withOverrides returns cfg with the tuned overrides in the store laid
-// over its host policies: the policy in force in every process.
-func withOverrides(ctx context.Context, s hostbreaker.Store, cfg hostbreaker.Config) (hostbreaker.Config, error) {
-	ov, err := s.Overrides(ctx)
-	if err != nil {
-		return cfg, err
-	}
-	if len(ov) == 0 {
-		return cfg, nil
-	}
-	hosts := make(map[string]hostbreaker.Policy, len(cfg.Hosts)+len(ov))
-	maps.Copy(hosts, cfg.Hosts)
-	for key, p := range ov {
-		hosts[key] = layer(hosts[key], p)
-	}
-	cfg.Hosts = hosts
-	return cfg, nil
-}
-
-// layer returns base with the tunable fields that top sets laid over it,
-// role by role.
-func layer(base, top hostbreaker.Policy) hostbreaker.Policy {
-	set := func(dst *int, v int) {
-		if v != 0 {
-			*dst = v
-		}
-	}
-	set(&base.FailMax, top.FailMax)
-	set(&base.SuccessThreshold, top.SuccessThreshold)
-	set(&base.TrialCalls, top.TrialCalls)
-	if top.ResetTimeout != 0 {
-		base.ResetTimeout = top.ResetTimeout
-	}
-	if len(top.Roles) > 0 {
-		roles := make(map[string]hostbreaker.Policy, len(base.Roles)+len(top.Roles))
-		maps.Copy(roles, base.Roles)
-		for r, p := range top.Roles {
-			roles[r] = layer(roles[r], p)
-		}
-		base.Roles = roles
-	}
-	return base
 }
 
 // printAdvice prints the advice as a table, then the replay figures, or a
