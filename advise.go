@@ -44,10 +44,19 @@ type Replay struct {
 
 // The thresholds of Advise's rules, all in one place; docs/advise.md
 // explains each. Ratios are whole percentages so that no float decides a
-// rule. Rules 1 and 7 (the rate key) are still to come.
+// rule.
 const (
 	// A host with fewer requests than this in the window gets no advice.
 	adviseMinRequests = 20
+
+	// Rule 1, 429 share: at least this share of a host's requests
+	// answered 429 asks for a rate of num/den of its successful request
+	// rate, or of the rate its adaptive limiter learnt.
+	advise429Pct      = 5
+	adviseAcceptedNum = 4 // × 0.8 of the successful request rate
+	adviseAcceptedDen = 5
+	adviseLearntNum   = 9 // × 0.9 of the learnt rate
+	adviseLearntDen   = 10
 
 	// Rule 2, Retry-After: the Retry-After values a host must have sent.
 	adviseMinRetryAfters = 3
@@ -79,6 +88,14 @@ const (
 	adviseMinOutageTrips = 2 // rule 6, long outages: every trip's first probe failed
 	adviseOutageFailMax  = 3 // …and fail_max above this comes down to it
 
+	// Rule 7, recovery: a rate tuned down, on a host that answered no 429
+	// and no failure, grows by num/den, up to the configured rate.
+	adviseRecoveryNum = 11
+	adviseRecoveryDen = 10
+
+	// The rates that rules 1 and 7 compute are rounded to this many
+	// significant digits.
+	adviseRateDigits = 3
 )
 
 // The tunable keys: the TOML keys that Advise suggests and Tune writes.
@@ -109,14 +126,15 @@ const (
 
 // Advise reads events (from [ReadJournal] or [Transport.Events], any mix
 // of processes, in any order) and returns the policy changes it suggests
-// for the (host, role)s they show, given cfg, the configuration, and
-// overrides, the tuned overrides that [Store.Overrides] returns (nil for
-// none). The policy in force is cfg with the overrides laid over it, as
-// every Transport lays them. Each suggestion carries its reason with the
-// numbers and, since every key it suggests is a breaker key, a [Replay] of
-// the recorded outcomes. The proposed values are within cfg.Tune's bounds.
-// The result is sorted by host, role and key; it is nil when there is
-// nothing to suggest or cfg is invalid.
+// for the hosts and (host, role)s they show, given cfg, the configuration,
+// and overrides, the tuned overrides that [Store.Overrides] returns (nil
+// for none). The policy in force is cfg with the overrides laid over it,
+// as every Transport lays them; rule 7 also reads the configured rate,
+// without them. Each suggestion carries its reason with the numbers and,
+// for the breaker keys, a [Replay] of the recorded outcomes. The proposed
+// values are what [Tune] would write: within cfg.Tune's bounds, and for a
+// rate within its step. The result is sorted by host, role and key; it is
+// nil when there is nothing to suggest or cfg is invalid.
 //
 // Advise is a pure function: it reads no clock, does no I/O, and returns
 // the same advice for the same events whatever their order. The rules are
@@ -130,6 +148,20 @@ func Advise(events []Event, cfg Config, overrides map[string]Policy) []Advice {
 	bounds := cfg.Tune.withDefaults()
 	j := readJournalForAdvice(events)
 	var out []Advice
+	for _, name := range slices.Sorted(maps.Keys(j.hosts)) {
+		h := j.hosts[name]
+		if h.requests < adviseMinRequests {
+			continue
+		}
+		conf, err1 := configured.resolve(name, "")
+		now, err2 := inForce.resolve(name, "")
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		if a, ok := h.adviseRate(name, currentValue(conf.Policy, keyRate), currentValue(now.Policy, keyRate), bounds); ok {
+			out = append(out, a)
+		}
+	}
 	for _, k := range slices.SortedFunc(maps.Keys(j.pairs), comparePairKeys) {
 		h := j.hosts[k.host]
 		if h.requests < adviseMinRequests || (h.failures == 0 && h.opens == 0) {
@@ -141,6 +173,9 @@ func Advise(events []Event, cfg Config, overrides map[string]Policy) []Advice {
 		}
 		out = append(out, j.pairs[k].advise(k, h, r.Policy, bounds)...)
 	}
+	slices.SortStableFunc(out, func(a, b Advice) int {
+		return cmp.Or(strings.Compare(a.Host, b.Host), strings.Compare(a.Role, b.Role), strings.Compare(a.Key, b.Key))
+	})
 	return out
 }
 
@@ -154,6 +189,51 @@ func withOverrides(pt *policyTable, overrides map[string]Policy) *policyTable {
 		}
 	}
 	return pt
+}
+
+// adviseRate applies the rate rules, 1 and 7, to a host whose configured
+// rate is conf and rate in force now (rateUnlimited for none), and
+// returns its host-wide advice on rate, if any.
+func (h *hostEvidence) adviseRate(host string, conf, now int64, b TuneBounds) (Advice, bool) {
+	var props []proposal
+	add := func(v int64, dir int, format string, args ...any) {
+		props = append(props, proposal{key: keyRate, value: v, dir: dir, reason: fmt.Sprintf(format, args...)})
+	}
+	rate := func(r float64) string { return formatValue(keyRate, roundRate(rateMicros(r))) }
+
+	// Rule 1: 429 share.
+	if h.status429*100 >= h.requests*advise429Pct {
+		share := fmt.Sprintf("%d of %d requests (%s) answered 429", h.status429, h.requests,
+			formatPercent(float64(h.status429)*100/float64(h.requests)))
+		if h.learnt > 0 {
+			add(roundRate(rateMicros(h.learnt*adviseLearntNum/adviseLearntDen)), -1, "%s; the limiter learnt %s r/s, × %s",
+				share, rate(h.learnt), strconv.FormatFloat(float64(adviseLearntNum)/adviseLearntDen, 'g', -1, 64))
+		} else if d := h.covered(); d > 0 {
+			ok := float64(h.successes) / d.Seconds()
+			add(roundRate(rateMicros(ok*adviseAcceptedNum/adviseAcceptedDen)), -1, "%s; %d successes in %s of traffic, %s r/s, × %s",
+				share, h.successes, d.Round(time.Second), rate(ok), strconv.FormatFloat(float64(adviseAcceptedNum)/adviseAcceptedDen, 'g', -1, 64))
+		}
+	}
+	// Rule 7: recovery.
+	if now < conf && h.status429 == 0 && h.failures == 0 {
+		configured := "unlimited"
+		if conf != rateUnlimited {
+			configured = formatValue(keyRate, conf)
+		}
+		why := fmt.Sprintf("no 429 and no failure in %d requests; rate %s, configured %s: + %s",
+			h.requests, formatValue(keyRate, now), configured, formatPercent(float64(adviseRecoveryNum-adviseRecoveryDen)*100/adviseRecoveryDen))
+		v := roundRate(rateMicros(float64(now) / rateUnit * adviseRecoveryNum / adviseRecoveryDen))
+		if v >= conf {
+			v, why = conf, why+", capped at "+configured
+		}
+		add(v, +1, "%s", why)
+	}
+
+	value, reason, ok := decide(keyRate, props, now, b)
+	if !ok {
+		return Advice{}, false
+	}
+	return Advice{Host: host, Key: keyRate, Current: formatValue(keyRate, now), Proposed: formatValue(keyRate, value), Reason: reason}, true
 }
 
 // pairKey is a (host, role).
@@ -173,8 +253,41 @@ type adviceJournal struct {
 type hostEvidence struct {
 	requests    uint64          // Summary.Requests, every role and process
 	failures    uint64          // Summary.Failures, likewise
+	successes   uint64          // Summary.Successes, likewise
+	status429   uint64          // Summary.Status429, likewise
 	opens       int             // local openings of any of its breakers
 	retryAfters []time.Duration // the Retry-After values it sent
+	spans       map[string][]span
+	learnt      float64 // the latest rate_change's LastMax, or its Rate when LastMax is 0
+}
+
+// span is the time a summary covers: from its Time − Interval to its Time.
+type span struct{ from, to time.Time }
+
+// covered returns the time the host's summaries cover: per process, the
+// union of their spans (the summaries of its roles cover the same
+// intervals), added up over the processes.
+func (h *hostEvidence) covered() time.Duration {
+	var total time.Duration
+	for _, spans := range h.spans {
+		slices.SortFunc(spans, func(a, b span) int { return a.from.Compare(b.from) })
+		end := spans[0].from
+		for _, s := range spans {
+			if s.to.After(end) {
+				total += s.to.Sub(later(s.from, end))
+				end = s.to
+			}
+		}
+	}
+	return total
+}
+
+// later returns the later of a and b.
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // pairEvidence is what the events say about a (host, role).
@@ -242,6 +355,14 @@ func readJournalForAdvice(events []Event) *adviceJournal {
 			h, p := host(ev.Host), pair(ev)
 			h.requests += s.Requests
 			h.failures += s.Failures
+			h.successes += s.Successes
+			h.status429 += s.Status429
+			if ev.Interval > 0 {
+				if h.spans == nil {
+					h.spans = make(map[string][]span)
+				}
+				h.spans[ev.Process] = append(h.spans[ev.Process], span{ev.Time.Add(-ev.Interval), ev.Time})
+			}
 			p.probesOK += s.ProbesOK
 			p.probesFail += s.ProbesFail
 			p.seqs[ev.Process] = appendRuns(p.seqs[ev.Process], s.Outcomes, ev.Time)
@@ -254,6 +375,13 @@ func readJournalForAdvice(events []Event) *adviceJournal {
 			if ev.Reason == ReasonRetryAfter && ev.RetryAfter > 0 && !ev.Remote {
 				h := host(ev.Host)
 				h.retryAfters = append(h.retryAfters, ev.RetryAfter)
+			}
+		case EventRateChange:
+			// In time order: the last one read is the latest.
+			h := host(ev.Host)
+			h.learnt = ev.LastMax
+			if h.learnt == 0 {
+				h.learnt = ev.Rate
 			}
 		}
 	}
@@ -541,12 +669,28 @@ func formatValue(key string, v int64) string {
 }
 
 // roundValue rounds a proposed duration to the second; counts are whole
-// already, and rates are left as they are.
+// already, and the rules round the rates they measure themselves
+// (roundRate), as a rate they copy (a configured one) is kept as it is.
 func roundValue(key string, v int64) int64 {
 	if key == keyResetTimeout {
 		return int64(time.Duration(v).Round(time.Second))
 	}
 	return v
+}
+
+// roundRate rounds a rate in µr/s to adviseRateDigits significant digits.
+func roundRate(v int64) int64 {
+	if v == rateUnlimited {
+		return v
+	}
+	limit, unit := int64(1), int64(1)
+	for range adviseRateDigits {
+		limit *= 10
+	}
+	for x := v; x >= limit; x /= 10 {
+		unit *= 10
+	}
+	return (v + unit/2) / unit * unit
 }
 
 // clampValue brings v within the bounds of key, now being the value in

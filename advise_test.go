@@ -2,12 +2,15 @@ package hostbreaker
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"flag"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -113,6 +116,24 @@ func (j *synthJournal) retryAfter(at int, d time.Duration) {
 	ev.Role, ev.Reason, ev.StatusCode, ev.RetryAfter, ev.Until = "", ReasonRetryAfter, 429, d, sec(at).Add(d)
 }
 
+// counts adds a summary ending at end that covers interval, with these
+// counts and no outcome runs.
+func (j *synthJournal) counts(end int, interval time.Duration, requests, successes, failures, status429 uint64) {
+	ev := j.event(EventSummary, end)
+	ev.Interval = interval
+	ev.Summary = &Summary{Requests: requests, Successes: successes, Failures: failures, Status429: status429}
+}
+
+// rateChange adds a rate change of the host's limiter: the rate after and
+// before, the learnt limit, and why.
+func (j *synthJournal) rateChange(at int, rate, previous, lastMax float64, note string) {
+	ev := j.event(EventRateChange, at)
+	ev.Role, ev.Rate, ev.PreviousRate, ev.LastMax, ev.Note = "", rate, previous, lastMax, note
+	if note == "throttled" {
+		ev.StatusCode = 429
+	}
+}
+
 // The synthetic journals of the golden tests, one per rule.
 
 // journalRetryAfter: rule 2. One trip; the host sent three Retry-After
@@ -187,17 +208,101 @@ func journalOutage(t testing.TB) []Event {
 	return j.events
 }
 
+// journalRate429: rule 1 on the successful request rate. 12 of the 200
+// requests of busy.example.org answered 429, in two processes and two
+// roles: web-1's summaries cover 0–120s (both roles the same span), web-2's
+// 60–120s, 3m in all, with 180 successes: 1 r/s.
+func journalRate429(t testing.TB) []Event {
+	a := newJournal(t, "busy.example.org", "", "web-1:100#1")
+	a.counts(60, time.Minute, 60, 54, 6, 4)
+	a.counts(120, time.Minute, 60, 54, 6, 4)
+	s := newJournal(t, "busy.example.org", "search", "web-1:100#1")
+	s.counts(60, time.Minute, 20, 18, 2, 1)
+	s.counts(120, time.Minute, 20, 18, 2, 1)
+	b := newJournal(t, "busy.example.org", "", "web-2:200#1")
+	b.counts(120, time.Minute, 40, 36, 4, 2)
+	return slices.Concat(a.events, s.events, b.events)
+}
+
+// journalRateLearnt: rule 1 on the rate the limiter learnt. Three hosts
+// answered 10 % 429s and their limiters throttled: learnt.example.org's
+// latest limit is 5 r/s; capped.example.org, whose configured rate is 10,
+// learnt the same, and its step is at most 25 %; expired.example.org's
+// learnt limit expired, so its successful request rate counts, 1.5 r/s.
+func journalRateLearnt(t testing.TB) []Event {
+	var events []Event
+	for _, host := range []string{"learnt.example.org", "capped.example.org", "expired.example.org"} {
+		j := newJournal(t, host, "", "web-1:100#1")
+		j.counts(60, time.Minute, 100, 90, 10, 10)
+		j.rateChange(20, 2.1, 0, 3, "throttled")
+		j.rateChange(50, 3.5, 2.1, 5, "reanchored")
+		if host == "expired.example.org" {
+			j.rateChange(55, 0, 3.5, 0, "expired")
+		}
+		events = append(events, j.events...)
+	}
+	return events
+}
+
+// rateLearntConfig is the configuration of journalRateLearnt.
+func rateLearntConfig() Config {
+	return Config{Hosts: map[string]Policy{"capped.example.org": {Rate: 10}}}
+}
+
+// journalRateRecovery: rule 7. Five hosts whose rate is tuned down to 4
+// (near.example.org to 9.5) sent 200 requests each: calm, near and open
+// without a 429 or a failure, still429 with one 429 (0.5 %, too few for
+// rule 1), failing with one failure. The configured rate is 10, but for
+// open.example.org, unlimited.
+func journalRateRecovery(t testing.TB) []Event {
+	var events []Event
+	for _, host := range []string{"calm.example.org", "near.example.org", "open.example.org", "still429.example.org", "failing.example.org"} {
+		j := newJournal(t, host, "", "web-1:100#1")
+		j.healthy(60, 100)
+		switch host {
+		case "still429.example.org":
+			j.counts(120, time.Minute, 100, 99, 1, 1)
+		case "failing.example.org":
+			j.counts(120, time.Minute, 100, 99, 1, 0)
+		default:
+			j.healthy(120, 100)
+		}
+		events = append(events, j.events...)
+	}
+	return events
+}
+
+// rateRecoveryConfig and rateRecoveryOverrides are the configuration and
+// the tuned overrides of journalRateRecovery.
+func rateRecoveryConfig() Config {
+	return Config{Hosts: map[string]Policy{
+		"calm.example.org": {Rate: 10}, "near.example.org": {Rate: 10},
+		"still429.example.org": {Rate: 10}, "failing.example.org": {Rate: 10},
+	}}
+}
+
+func rateRecoveryOverrides() map[string]Policy {
+	return map[string]Policy{
+		"calm.example.org": {Rate: 4}, "near.example.org": {Rate: 9.5}, "open.example.org": {Rate: 4},
+		"still429.example.org": {Rate: 4}, "failing.example.org": {Rate: 4},
+	}
+}
+
 var adviseScenarios = []struct {
-	name    string
-	journal func(testing.TB) []Event
-	cfg     Config
+	name      string
+	journal   func(testing.TB) []Event
+	cfg       Config
+	overrides map[string]Policy
 }{
-	{"retry_after", journalRetryAfter, Config{}},
-	{"open_durations", journalOpenDurations, Config{}},
-	{"flapping", journalFlapping, Config{}},
-	{"probes", journalProbes, probesConfig()},
-	{"transient", journalTransient, Config{}},
-	{"outage", journalOutage, Config{}},
+	{"rate_429", journalRate429, Config{}, nil},
+	{"retry_after", journalRetryAfter, Config{}, nil},
+	{"open_durations", journalOpenDurations, Config{}, nil},
+	{"flapping", journalFlapping, Config{}, nil},
+	{"probes", journalProbes, probesConfig(), nil},
+	{"transient", journalTransient, Config{}, nil},
+	{"outage", journalOutage, Config{}, nil},
+	{"rate_learnt", journalRateLearnt, rateLearntConfig(), nil},
+	{"rate_recovery", journalRateRecovery, rateRecoveryConfig(), rateRecoveryOverrides()},
 }
 
 // TestAdviseGolden checks Advise on each rule's synthetic journal against
@@ -209,7 +314,7 @@ func TestAdviseGolden(t *testing.T) {
 			enc := json.NewEncoder(&buf)
 			enc.SetEscapeHTML(false)
 			enc.SetIndent("", "  ")
-			if err := enc.Encode(Advise(sc.journal(t), sc.cfg, nil)); err != nil {
+			if err := enc.Encode(Advise(sc.journal(t), sc.cfg, sc.overrides)); err != nil {
 				t.Fatal(err)
 			}
 			got := buf.Bytes()
@@ -350,15 +455,252 @@ func TestAdviseRules(t *testing.T) {
 	})
 }
 
+// TestAdviseRateRules checks rules 1 and 7 by hand, at their thresholds
+// and bounds: what the golden files hold, and what gives no advice.
+func TestAdviseRateRules(t *testing.T) {
+	one := func(t *testing.T, advice []Advice) Advice {
+		t.Helper()
+		if len(advice) != 1 || advice[0].Key != keyRate || advice[0].Role != "" || advice[0].Replay != nil {
+			t.Fatalf("got %+v, want one host-wide rate advice without a replay", advice)
+		}
+		return advice[0]
+	}
+	// throttled returns a journal of host with requests in one minute, of
+	// which s429 answered 429 and the rest succeeded.
+	throttled := func(host string, requests, s429 uint64) *synthJournal {
+		j := newJournal(t, host, "", "p#1")
+		j.counts(60, time.Minute, requests, requests-s429, s429, s429)
+		return j
+	}
+
+	t.Run("429 share", func(t *testing.T) {
+		a := one(t, Advise(journalRate429(t), Config{}, nil))
+		want := Advice{Host: "busy.example.org", Key: "rate", Current: "0", Proposed: "0.8",
+			Reason: "12 of 200 requests (6 %) answered 429; 180 successes in 3m0s of traffic, 1 r/s, × 0.8"}
+		if a != want {
+			t.Errorf("got %+v\nwant %+v", a, want)
+		}
+	})
+	t.Run("at least 20 requests", func(t *testing.T) {
+		if got := Advise(throttled("few.example.org", 19, 19).events, Config{}, nil); got != nil {
+			t.Errorf("19 requests, all 429: got %v, want none", adviceKeys(got))
+		}
+		// 20 requests, 1 answered 429 (5 %): 19 successes in 60s, × 0.8.
+		if a := one(t, Advise(throttled("few.example.org", 20, 1).events, Config{}, nil)); a.Proposed != "0.253" {
+			t.Errorf("20 requests: got %+v", a)
+		}
+	})
+	t.Run("at least 5 %", func(t *testing.T) {
+		if got := Advise(throttled("some.example.org", 200, 9).events, Config{}, nil); got != nil {
+			t.Errorf("4.5 %%: got %v, want none", adviceKeys(got))
+		}
+		a := one(t, Advise(throttled("some.example.org", 200, 10).events, Config{}, nil))
+		if a.Proposed != "2.53" || !strings.HasPrefix(a.Reason, "10 of 200 requests (5 %) answered 429; 190 successes in 1m0s of traffic, 3.17 r/s") {
+			t.Errorf("5 %%: got %+v", a)
+		}
+	})
+	t.Run("learnt", func(t *testing.T) {
+		got := Advise(journalRateLearnt(t), rateLearntConfig(), nil)
+		if want := []string{"capped.example.org  rate", "expired.example.org  rate", "learnt.example.org  rate"}; !reflect.DeepEqual(adviceKeys(got), want) {
+			t.Fatalf("got %v, want %v", adviceKeys(got), want)
+		}
+		for i, want := range []Advice{
+			{Host: "capped.example.org", Key: "rate", Current: "10", Proposed: "7.5",
+				Reason: "10 of 100 requests (10 %) answered 429; the limiter learnt 5 r/s, × 0.9, clamped to 7.5 (a step of at most 25 % from 10)"},
+			{Host: "expired.example.org", Key: "rate", Current: "0", Proposed: "1.2",
+				Reason: "10 of 100 requests (10 %) answered 429; 90 successes in 1m0s of traffic, 1.5 r/s, × 0.8"},
+			{Host: "learnt.example.org", Key: "rate", Current: "0", Proposed: "4.5",
+				Reason: "10 of 100 requests (10 %) answered 429; the limiter learnt 5 r/s, × 0.9"},
+		} {
+			if got[i] != want {
+				t.Errorf("got %+v\nwant %+v", got[i], want)
+			}
+		}
+		// A rate_change without LastMax: its Rate is the learnt one.
+		j := throttled("rate.example.org", 100, 10)
+		j.rateChange(30, 2, 0, 0, "fleet")
+		if a := one(t, Advise(j.events, Config{}, nil)); a.Proposed != "1.8" || !strings.Contains(a.Reason, "the limiter learnt 2 r/s") {
+			t.Errorf("Rate without LastMax: got %+v", a)
+		}
+	})
+	t.Run("bounds", func(t *testing.T) {
+		// No success at all: 0 r/s, clamped to min_rate.
+		a := one(t, Advise(throttled("none.example.org", 50, 50).events, Config{}, nil))
+		if a.Proposed != "0.05" || !strings.HasSuffix(a.Reason, "0 successes in 1m0s of traffic, 0 r/s, × 0.8, clamped to 0.05") {
+			t.Errorf("no success: got %+v", a)
+		}
+		// The step from a rate in force, tuned down by an override; with custom bounds.
+		cfg := Config{Tune: TuneBounds{RateStep: 0.1, MinRate: 1}}
+		ov := map[string]Policy{"learnt.example.org": {Rate: 10}}
+		got := Advise(journalRateLearnt(t), cfg, ov)
+		a = findAdvice(t, got, "learnt.example.org", "", "rate")
+		if a.Current != "10" || a.Proposed != "9" || !strings.HasSuffix(a.Reason, "× 0.9, clamped to 9 (a step of at most 10 % from 10)") {
+			t.Errorf("custom step: got %+v", a)
+		}
+		a = findAdvice(t, got, "expired.example.org", "", "rate")
+		if a.Proposed != "1.2" {
+			t.Errorf("min_rate 1: got %+v", a)
+		}
+		cfg.Tune.MinRate = 1.5
+		a = findAdvice(t, Advise(journalRateLearnt(t), cfg, nil), "expired.example.org", "", "rate")
+		if a.Proposed != "1.5" || !strings.HasSuffix(a.Reason, "× 0.8, clamped to 1.5") {
+			t.Errorf("min_rate 1.5: got %+v", a)
+		}
+	})
+	t.Run("only lower", func(t *testing.T) {
+		// 0.8 × 1.5 r/s = 1.2 is above the 1 in force: no advice; equal to
+		// it, no advice either.
+		for _, r := range []float64{1, 1.2} {
+			cfg := Config{Hosts: map[string]Policy{"expired.example.org": {Rate: r}}}
+			for _, a := range Advise(journalRateLearnt(t), cfg, nil) {
+				if a.Host == "expired.example.org" {
+					t.Errorf("rate %v in force: got %+v", r, a)
+				}
+			}
+		}
+	})
+	t.Run("recovery", func(t *testing.T) {
+		got := Advise(journalRateRecovery(t), rateRecoveryConfig(), rateRecoveryOverrides())
+		if want := []string{"calm.example.org  rate", "near.example.org  rate", "open.example.org  rate"}; !reflect.DeepEqual(adviceKeys(got), want) {
+			t.Fatalf("got %v, want %v (none after a 429 or a failure)", adviceKeys(got), want)
+		}
+		for i, want := range []Advice{
+			{Host: "calm.example.org", Key: "rate", Current: "4", Proposed: "4.4",
+				Reason: "no 429 and no failure in 200 requests; rate 4, configured 10: + 10 %"},
+			{Host: "near.example.org", Key: "rate", Current: "9.5", Proposed: "10",
+				Reason: "no 429 and no failure in 200 requests; rate 9.5, configured 10: + 10 %, capped at 10"},
+			{Host: "open.example.org", Key: "rate", Current: "4", Proposed: "4.4",
+				Reason: "no 429 and no failure in 200 requests; rate 4, configured unlimited: + 10 %"},
+		} {
+			if got[i] != want {
+				t.Errorf("got %+v\nwant %+v", got[i], want)
+			}
+		}
+		// No recovery for a rate that is not tuned down: no override of
+		// the host's rate, or one at or above the configured rate. Nor
+		// with fewer than 20 requests.
+		for name, c := range map[string]struct {
+			cfg Config
+			ov  map[string]Policy
+		}{
+			"not tuned":         {rateRecoveryConfig(), nil},
+			"tuned to conf":     {rateRecoveryConfig(), map[string]Policy{"calm.example.org": {Rate: 10}}},
+			"tuned up":          {rateRecoveryConfig(), map[string]Policy{"calm.example.org": {Rate: 12}}},
+			"configured lower":  {Config{Hosts: map[string]Policy{"calm.example.org": {Rate: 3}}}, map[string]Policy{"calm.example.org": {Rate: 4}}},
+			"another host":      {rateRecoveryConfig(), map[string]Policy{"other.example.org": {Rate: 4}}},
+			"breaker keys only": {rateRecoveryConfig(), map[string]Policy{"calm.example.org": {FailMax: 3}}},
+		} {
+			for _, a := range Advise(journalRateRecovery(t), c.cfg, c.ov) {
+				if a.Host == "calm.example.org" {
+					t.Errorf("%s: got %+v", name, a)
+				}
+			}
+		}
+		j := newJournal(t, "calm.example.org", "", "p#1")
+		j.healthy(60, 19)
+		if got := Advise(j.events, rateRecoveryConfig(), rateRecoveryOverrides()); got != nil {
+			t.Errorf("19 requests: got %v", adviceKeys(got))
+		}
+		// A wildcard's override applies to its hosts, and the step (at
+		// most 25 %) is from the rate in force: 0.1 × 1.1 rounds to 0.11.
+		ov := map[string]Policy{"*.example.org": {Rate: 0.1}}
+		a := findAdvice(t, Advise(journalRateRecovery(t), Config{}, ov), "calm.example.org", "", "rate")
+		if a.Current != "0.1" || a.Proposed != "0.11" || a.Reason != "no 429 and no failure in 200 requests; rate 0.1, configured unlimited: + 10 %" {
+			t.Errorf("wildcard override: got %+v", a)
+		}
+	})
+}
+
+// TestAdviseOverridesInForce: the tuned overrides are laid over the
+// configuration for every key, as a Transport lays them; one that the
+// configuration refuses is left out.
+func TestAdviseOverridesInForce(t *testing.T) {
+	ov := map[string]Policy{"burst.example.org": {Roles: map[string]Policy{"feed": {FailMax: 4}}}, "bad key": {FailMax: 2}}
+	a := findAdvice(t, Advise(journalTransient(t), Config{}, ov), "burst.example.org", "feed", "fail_max")
+	if a.Current != "4" || a.Proposed != "6" {
+		t.Errorf("got %+v", a)
+	}
+	// The override that Tune would write next is the one in force: no advice.
+	ov = map[string]Policy{"busy.example.org": {Rate: 0.8}}
+	if got := Advise(journalRate429(t), Config{}, ov); got != nil {
+		t.Errorf("rate in force: got %+v", got)
+	}
+}
+
+// TestAdviseTuneAgree checks that what Advise proposes is what Tune
+// writes: Tune, given the same configuration and the store's overrides,
+// clamps nothing, and Advise then proposes nothing more for those keys.
+func TestAdviseTuneAgree(t *testing.T) {
+	eachJournalStore(t, func(t *testing.T, s journalStore) {
+		ctx := context.Background()
+		cfg := Config{Hosts: map[string]Policy{}}
+		maps.Copy(cfg.Hosts, rateLearntConfig().Hosts)
+		maps.Copy(cfg.Hosts, rateRecoveryConfig().Hosts)
+		for key, p := range rateRecoveryOverrides() {
+			mustPutOverride(t, s, key, p)
+		}
+		events := slices.Concat(journalRate429(t), journalRateLearnt(t), journalRateRecovery(t), journalTransient(t))
+		advice := Advise(events, cfg, mustOverrides(t, s))
+		if len(advice) != 8 {
+			t.Fatalf("got %v", adviceKeys(advice))
+		}
+		got, err := Tune(ctx, s, advice, cfg, "agree")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got, advice) {
+			t.Errorf("Tune wrote\n%+v\nAdvise proposed\n%+v", got, advice)
+		}
+		ov := mustOverrides(t, s)
+		for _, a := range advice {
+			p, err := withOverrides(mustCompile(t, cfg), ov).resolve(a.Host, a.Role)
+			if err != nil || formatValue(a.Key, currentValue(p.Policy, a.Key)) != a.Proposed {
+				t.Errorf("%s %s: %s in force after Tune = %+v, %v; want %s", a.Host, a.Role, a.Key, p, err, a.Proposed)
+			}
+		}
+		// Advise on the same journal now starts from what Tune wrote.
+		for _, a := range Advise(events, cfg, ov) {
+			for _, b := range advice {
+				if a.Host == b.Host && a.Role == b.Role && a.Key == b.Key && a.Current != b.Proposed {
+					t.Errorf("%s %s: Current %s, want %s", a.Host, a.Key, a.Current, b.Proposed)
+				}
+			}
+		}
+	})
+}
+
+// TestRoundRate: three significant digits, in µr/s.
+func TestRoundRate(t *testing.T) {
+	for _, c := range []struct{ v, want int64 }{
+		{0, 0}, {1, 1}, {999, 999}, {1234, 1230}, {1235, 1240}, {2503333, 2500000}, {999600, 1000000},
+		{123456789, 123000000}, {rateUnlimited, rateUnlimited},
+	} {
+		if got := roundRate(c.v); got != c.want {
+			t.Errorf("roundRate(%d) = %d, want %d", c.v, got, c.want)
+		}
+	}
+	for _, c := range []struct {
+		v    int64
+		want string
+	}{{rateUnlimited, "0"}, {50000, "0.05"}, {2500000, "2.5"}, {10000000, "10"}, {1000000000000, "1e+06"}} {
+		if got := formatValue(keyRate, c.v); got != c.want {
+			t.Errorf("formatValue(rate, %d) = %q, want %q", c.v, got, c.want)
+		}
+	}
+}
+
 // TestAdviseDeterministic: the same events in any order give the same
 // advice, sorted by host, role and key.
 func TestAdviseDeterministic(t *testing.T) {
 	var all []Event
-	cfg := probesConfig()
+	cfg := Config{Hosts: map[string]Policy{}}
+	overrides := map[string]Policy{}
 	for _, sc := range adviseScenarios {
 		all = append(all, sc.journal(t)...)
+		maps.Copy(cfg.Hosts, sc.cfg.Hosts)
+		maps.Copy(overrides, sc.overrides)
 	}
-	want := Advise(all, cfg, nil)
+	want := Advise(all, cfg, overrides)
 	if len(want) < 8 {
 		t.Fatalf("got %d advice, want every scenario's", len(want))
 	}
@@ -373,7 +715,7 @@ func TestAdviseDeterministic(t *testing.T) {
 	for range 20 {
 		shuffled := append([]Event(nil), all...)
 		r.Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
-		if got := Advise(shuffled, cfg, nil); !reflect.DeepEqual(got, want) {
+		if got := Advise(shuffled, cfg, overrides); !reflect.DeepEqual(got, want) {
 			t.Fatalf("shuffled input gave\n%+v\nwant\n%+v", got, want)
 		}
 	}
@@ -562,17 +904,6 @@ func TestAdvisePolicyInForce(t *testing.T) {
 	// Rule 3's median 1m0s now differs from the 30s in force.
 	a = findAdvice(t, Advise(journalTransient(t), cfg, nil), "burst.example.org", "feed", "reset_timeout")
 	if a.Current != "30s" || a.Proposed != "1m0s" {
-		t.Errorf("got %+v", a)
-	}
-}
-
-// TestAdviseOverridesInForce: the tuned overrides are laid over the
-// configuration, as a Transport lays them; one that the configuration
-// refuses is left out.
-func TestAdviseOverridesInForce(t *testing.T) {
-	ov := map[string]Policy{"burst.example.org": {Roles: map[string]Policy{"feed": {FailMax: 4}}}, "bad key": {FailMax: 2}}
-	a := findAdvice(t, Advise(journalTransient(t), Config{}, ov), "burst.example.org", "feed", "fail_max")
-	if a.Current != "4" || a.Proposed != "6" {
 		t.Errorf("got %+v", a)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -71,7 +72,7 @@ func redisURL(t *testing.T) string {
 
 // hosts are loopback servers with the behaviours the rules look for.
 type hosts struct {
-	throttled, flapping, transient, healthy string
+	throttled, flapping, transient, healthy, limited string
 }
 
 func startHosts(t *testing.T) hosts {
@@ -81,7 +82,7 @@ func startHosts(t *testing.T) hosts {
 		t.Cleanup(srv.Close)
 		return srv.URL
 	}
-	var nThrottled, nTransient atomic.Int64
+	var nThrottled, nTransient, nLimited atomic.Int64
 	return hosts{
 		// Asks for pauses with Retry-After three times, then fails
 		// (opening the breaker).
@@ -104,6 +105,13 @@ func startHosts(t *testing.T) hosts {
 			}
 		}),
 		healthy: serve(func(w http.ResponseWriter, r *http.Request) {}),
+		// Answers one request in ten with a 429 (no Retry-After): too
+		// fast, never down.
+		limited: serve(func(w http.ResponseWriter, r *http.Request) {
+			if nLimited.Add(1)%10 == 0 {
+				w.WriteHeader(http.StatusTooManyRequests)
+			}
+		}),
 	}
 }
 
@@ -151,7 +159,7 @@ func drive(t *testing.T, storeURL string, h hosts, d time.Duration) {
 	}
 	c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
 	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
-		for _, u := range []string{h.throttled, h.flapping, h.transient, h.healthy} {
+		for _, u := range []string{h.throttled, h.flapping, h.transient, h.healthy, h.limited} {
 			req, _ := http.NewRequestWithContext(hostbreaker.WithRole(context.Background(), hostbreaker.RoleMetadata), http.MethodGet, u+"/x", nil)
 			if resp, err := c.Do(req); err == nil {
 				io.Copy(io.Discard, resp.Body)
@@ -193,16 +201,18 @@ func TestAdviseEnforceHistoryRevert(t *testing.T) {
 				{h.throttled, "reset_timeout", "Retry-After"},
 				{h.flapping, "reset_timeout", "by a failed probe"},
 				{h.transient, "fail_max", "closed by the first probe"},
+				{h.limited, "rate", "answered 429"},
 			} {
 				found := false
 				for _, a := range byHost[hostOf(want.url)] {
-					found = found || a.Key == want.key && strings.Contains(a.Reason, want.why) && a.Replay != nil
+					// A replay for the breaker keys, none for rate.
+					found = found || a.Key == want.key && strings.Contains(a.Reason, want.why) && (a.Replay != nil) == (a.Key != "rate")
 				}
 				if !found {
 					t.Errorf("%s: no %s advice that says %q: %+v", hostOf(want.url), want.key, want.why, byHost[hostOf(want.url)])
 				}
 			}
-			for _, u := range []string{h.throttled, h.flapping, h.transient} {
+			for _, u := range []string{h.throttled, h.flapping, h.transient, h.limited} {
 				if len(byHost[hostOf(u)]) == 0 {
 					t.Errorf("no advice for %s; its journal:", hostOf(u))
 					s, _ := hostbreaker.OpenStore(storeURL)
@@ -246,8 +256,17 @@ func TestAdviseEnforceHistoryRevert(t *testing.T) {
 			if !landingOpen() {
 				t.Fatalf("the landing breaker did not open: %+v", tr.Snapshot())
 			}
-			target := advice[0]
-			before, _ := tr.Policy(target.Host, target.Role)
+			// The first advice, and the limited host's rate.
+			targets := []hostbreaker.Advice{advice[0]}
+			for _, a := range byHost[hostOf(h.limited)] {
+				if a.Key == "rate" && a != advice[0] {
+					targets = append(targets, a)
+				}
+			}
+			before := make([]hostbreaker.Policy, len(targets))
+			for i, target := range targets {
+				before[i], _ = tr.Policy(target.Host, target.Role)
+			}
 			if _, errOut, code := runBinary(t, "-store", storeURL, "-config", configFile, "-enforce"); code != 0 {
 				t.Fatalf("advise -enforce: exit %d: %s", code, errOut)
 			}
@@ -256,35 +275,42 @@ func TestAdviseEnforceHistoryRevert(t *testing.T) {
 				bound = 2 * time.Second
 			}
 			deadline := time.Now().Add(10 * bound)
-			for {
-				p, _ := tr.Policy(target.Host, target.Role)
-				if policyValue(p, target.Key) == target.Proposed {
-					break
+			for i, target := range targets {
+				for {
+					p, _ := tr.Policy(target.Host, target.Role)
+					if policyValue(p, target.Key) == target.Proposed {
+						break
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("%s %s: %s = %s, want %s after -enforce (before: %+v)", target.Host, target.Role, target.Key,
+							policyValue(p, target.Key), target.Proposed, before[i])
+					}
+					time.Sleep(10 * time.Millisecond)
 				}
-				if time.Now().After(deadline) {
-					t.Fatalf("%s %s: %s = %s, want %s after -enforce (before: %+v)", target.Host, target.Role, target.Key,
-						policyValue(p, target.Key), target.Proposed, before)
-				}
-				time.Sleep(10 * time.Millisecond)
 			}
 			if !landingOpen() {
 				t.Errorf("the tune closed an open breaker: %+v", tr.Snapshot())
 			}
 			out, _, code = runBinary(t, "-store", storeURL, "-history")
-			if code != 0 || !strings.Contains(out, target.Host) || !strings.Contains(out, target.Key) ||
-				!strings.Contains(out, "advise -enforce") {
-				t.Fatalf("advise -history (exit %d):\n%s", code, out)
+			for _, target := range targets {
+				if code != 0 || !strings.Contains(out, target.Host) || !strings.Contains(out, target.Key) ||
+					!strings.Contains(out, "advise -enforce") {
+					t.Fatalf("advise -history (exit %d), no %s %s:\n%s", code, target.Host, target.Key, out)
+				}
 			}
 			if _, errOut, code := runBinary(t, "-store", storeURL, "-revert", "all"); code != 0 {
 				t.Fatalf("advise -revert all: exit %d: %s", code, errOut)
 			}
-			for deadline := time.Now().Add(10 * bound); ; time.Sleep(10 * time.Millisecond) {
-				p, _ := tr.Policy(target.Host, target.Role)
-				if policyValue(p, target.Key) == policyValue(before, target.Key) {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("after -revert: %s = %s, want %s", target.Key, policyValue(p, target.Key), policyValue(before, target.Key))
+			deadline = time.Now().Add(10 * bound)
+			for i, target := range targets {
+				for ; ; time.Sleep(10 * time.Millisecond) {
+					p, _ := tr.Policy(target.Host, target.Role)
+					if policyValue(p, target.Key) == policyValue(before[i], target.Key) {
+						break
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("after -revert: %s = %s, want %s", target.Key, policyValue(p, target.Key), policyValue(before[i], target.Key))
+					}
 				}
 			}
 		})
@@ -302,6 +328,8 @@ func policyValue(p hostbreaker.Policy, key string) string {
 		return fmt.Sprint(p.SuccessThreshold)
 	case "trial_calls":
 		return fmt.Sprint(p.TrialCalls)
+	case "rate":
+		return strconv.FormatFloat(p.Rate, 'g', -1, 64) // 0: unlimited, as in TOML
 	}
 	return "?"
 }
