@@ -57,7 +57,7 @@ func TestSmokeNginx(t *testing.T) {
 	if _, err := nginxBinary(); err != nil {
 		t.Fatal(err)
 	}
-	o := options{duration: time.Second, workers: 4, procs: 2, openFor: 60 * time.Second}
+	o := options{duration: time.Second, timeout: 2 * time.Second, workers: 4, procs: 2, openFor: 60 * time.Second}
 	for _, name := range []string{"bare", "hostbreaker"} {
 		c, _ := clientNamed(name)
 		r, err := runNginxBurst0(c, o)

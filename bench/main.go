@@ -53,6 +53,7 @@ type Result struct {
 type options struct {
 	each     time.Duration // scenarios 1, 2, 3, 5
 	duration time.Duration // the nginx scenarios 4, 6, 7
+	timeout  time.Duration // http.Client.Timeout in the nginx scenarios
 	workers  int           // per client (per process in scenario 7)
 	procs    int           // scenario 7
 	openFor  time.Duration
@@ -85,6 +86,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	var only string
 	fs.DurationVar(&o.duration, "duration", 30*time.Second, "length of the nginx scenarios 4, 6 and 7")
 	fs.DurationVar(&o.each, "each", 3*time.Second, "length of scenarios 1, 2, 3 and 5")
+	fs.DurationVar(&o.timeout, "timeout", 2*time.Second, "http.Client timeout in the nginx scenarios 4, 6 and 7 (it includes a request's wait for its turn)")
 	fs.IntVar(&o.workers, "workers", 8, "worker goroutines per client (per process in scenario 7)")
 	fs.IntVar(&o.procs, "procs", 3, "client processes in scenario 7")
 	fs.DurationVar(&o.openFor, "open", 60*time.Second, "how long a breaker stays open (all clients)")
@@ -96,8 +98,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
-	if o.workers < 1 || o.procs < 1 || o.duration <= 0 || o.each <= 0 {
-		return errors.New("-workers and -procs must be at least 1, -duration and -each positive")
+	if o.workers < 1 || o.procs < 1 || o.duration <= 0 || o.each <= 0 || o.timeout <= 0 {
+		return errors.New("-workers and -procs must be at least 1, -duration, -each and -timeout positive")
 	}
 	selected := map[string]bool{}
 	for _, id := range strings.Split(only, ",") {
@@ -188,8 +190,8 @@ func printTable(w io.Writer, rs []Result, o options) {
 			num(r.Wasted), num(r.Got429), num(r.InRetryAfter), pct(r.GoodputPct), rec)
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "workers %d, scenarios 1-3,5 %s each, nginx scenarios 4,6,7 %s (7: %d processes of %d workers), breakers open after %d consecutive failures for %s\n",
-		o.workers, o.each, o.duration, o.procs, o.workers, failMax, o.openFor)
+	fmt.Fprintf(w, "workers %d, scenarios 1-3,5 %s each, nginx scenarios 4,6,7 %s with a %s client timeout (7: %d processes of %d workers), breakers open after %d consecutive failures for %s\n",
+		o.workers, o.each, o.duration, o.timeout, o.procs, o.workers, failMax, o.openFor)
 }
 
 // The targets for hostbreaker against nginx limit_req, stated over 30 s.

@@ -305,7 +305,7 @@ func runNginxLimit(c client, o options, l nginxLimit, s setup) (Result, error) {
 	}
 	defer closeRT()
 	start := time.Now()
-	load(rt, srv.addr, o.workers, o.duration, 2*time.Second,
+	load(rt, srv.addr, o.workers, o.duration, o.timeout,
 		func(int64) string { return "http://" + limitedHost + "/ok.txt" }, nil)
 	elapsed := time.Since(start).Seconds()
 	n, err := srv.counts(l.retryAfter)
