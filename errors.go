@@ -28,7 +28,8 @@ const (
 	// ReasonManual: an operator opened the host.
 	ReasonManual Reason = "manual"
 	// ReasonRateLimited: the host's rate limiter would let the request go
-	// only after its MaxWait or its context's deadline; Until is its turn.
+	// only after its MaxWait, or more than half the time left before its
+	// context's deadline; Until is its turn.
 	ReasonRateLimited Reason = "rate-limited"
 )
 

@@ -443,8 +443,11 @@ func (t *Transport) syncLimiter(h *hostState, p *resolved) {
 }
 
 // await waits for the request's turn at the host's limiter, within the
-// policy's MaxWait and the request's deadline, and returns when it was
-// sent. A request whose turn is further away is rejected at once with
+// policy's MaxWait and half the time left before the request's deadline,
+// and returns when it was sent. (A request sent at its deadline would time
+// out, a timeout counts as the host's failure, and its turn would be
+// wasted; half leaves the round trip as much time as the wait took.) A
+// request whose turn is further away is rejected at once with
 // ReasonRateLimited and its turn as Until; one whose context ends while it
 // waits gives its turn back. A host that is cooling down gives no turns:
 // admit rejects the request (0, nil).
@@ -456,9 +459,9 @@ func (t *Transport) await(req *http.Request, e *entry, lim *limiter) (int64, err
 	ctx := req.Context()
 	var deadline int64
 	if d, ok := ctx.Deadline(); ok {
-		if deadline = now + int64(time.Until(d)); deadline <= now {
-			deadline = 0 // already past: the base reports it
-		}
+		if left := int64(time.Until(d)); left > 0 {
+			deadline = now + left/2
+		} // else already past: the base reports it
 	}
 	turn, ok, ch, changed := lim.reserve(now, deadline)
 	if changed {

@@ -215,15 +215,20 @@ func TestRateLimitedRejection(t *testing.T) {
 		if got := base.sent(); !equalDurations(got, []time.Duration{0, time.Second, 2 * time.Second}) {
 			t.Errorf("sent at %v", got)
 		}
-		// A deadline before the turn rejects at once; the turn stays free.
-		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		// A request may wait at most half the time left before its
+		// deadline: its turn is 1s away, so a 1.5s deadline rejects it at
+		// once, and the turn stays free; a 2s deadline lets it wait.
+		// Now is 2s (the third request went then); the next turn is 3s.
+		ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
 		defer cancel()
 		before := time.Now()
 		err := send(ctx, tr, "a.test")
 		if !errors.As(err, &oe) || oe.Reason != ReasonRateLimited || time.Since(before) != 0 {
-			t.Errorf("request with a deadline before its turn: %v after %v", err, time.Since(before))
+			t.Errorf("request whose turn is beyond half its deadline: %v after %v", err, time.Since(before))
 		}
-		if err := send(context.Background(), tr, "a.test"); err != nil || base.sent()[3] != 3*time.Second {
+		ctx2, cancel2 := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel2()
+		if err := send(ctx2, tr, "a.test"); err != nil || base.sent()[3] != 3*time.Second {
 			t.Errorf("the next request: %v, sent at %v; want at 3s", err, base.sent())
 		}
 		if s := tr.Snapshot(); s[0].Rejected != 2 {
