@@ -76,18 +76,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 			if shuffle {
 				rand.New(rand.NewPCG(1, 2)).Shuffle(len(reqs), func(i, j int) { reqs[i], reqs[j] = reqs[j], reqs[i] })
 			}
-			b.Run(fmt.Sprintf("hosts=%s/%s/seq", name, variant), func(b *testing.B) {
-				b.ReportAllocs()
-				i := 0
-				for b.Loop() {
-					if _, err := rt.RoundTrip(reqs[i]); err != nil {
-						b.Fatal(err)
-					}
-					if i++; i == len(reqs) {
-						i = 0
-					}
-				}
-			})
+			b.Run(fmt.Sprintf("hosts=%s/%s/seq", name, variant), func(b *testing.B) { roundTrips(b, rt, reqs) })
 			b.Run(fmt.Sprintf("hosts=%s/%s/parallel", name, variant), func(b *testing.B) {
 				b.ReportAllocs()
 				var next atomic.Int64
@@ -103,6 +92,20 @@ func BenchmarkRoundTrip(b *testing.B) {
 					}
 				})
 			})
+		}
+	}
+}
+
+// roundTrips sends reqs through rt in turn, b.N requests in all.
+func roundTrips(b *testing.B, rt http.RoundTripper, reqs []*http.Request) {
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if _, err := rt.RoundTrip(reqs[i]); err != nil {
+			b.Fatal(err)
+		}
+		if i++; i == len(reqs) {
+			i = 0
 		}
 	}
 }
@@ -151,18 +154,7 @@ func BenchmarkRoundTripLimited(b *testing.B) {
 			}
 			rt = tr
 		}
-		b.Run("hosts=10000-shuffled/"+variant, func(b *testing.B) {
-			b.ReportAllocs()
-			i := 0
-			for b.Loop() {
-				if _, err := rt.RoundTrip(reqs[i]); err != nil {
-					b.Fatal(err)
-				}
-				if i++; i == len(reqs) {
-					i = 0
-				}
-			}
-		})
+		b.Run("hosts=10000-shuffled/"+variant, func(b *testing.B) { roundTrips(b, rt, reqs) })
 	}
 }
 

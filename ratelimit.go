@@ -504,7 +504,7 @@ func (t *Transport) throttle(h *hostState, p *resolved, sent int64, status int) 
 // spread evenly over the host's life when it is older than that.
 func (t *Transport) learnLimiter(h *hostState, p *resolved, now int64) *limiter {
 	var n float64
-	h.eachLive(func(e *entry) { n += float64(e.successes.Load()) })
+	h.each(func(e *entry) { n += float64(e.successes.Load()) })
 	if age := now - h.born; age > acceptWindow {
 		n *= float64(acceptWindow) / float64(age)
 	}

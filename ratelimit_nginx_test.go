@@ -1,10 +1,7 @@
 package hostbreaker
 
 import (
-	"context"
-	"errors"
 	"net/http"
-	"sync"
 	"testing"
 	"time"
 )
@@ -19,28 +16,7 @@ import (
 func TestLimiterAgainstNginx(t *testing.T) {
 	const d, workers = 8 * time.Second, 8
 	run := func(rt http.RoundTripper, srv *nginxServer) nginxCounts {
-		ctx, cancel := context.WithTimeout(context.Background(), d)
-		defer cancel()
-		var wg sync.WaitGroup
-		for range workers {
-			wg.Go(func() {
-				for ctx.Err() == nil {
-					req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/x", nil)
-					resp, err := rt.RoundTrip(req)
-					if oe, ok := errors.AsType[*OpenError](err); ok {
-						select { // a crawler sleeps until the host takes requests again
-						case <-time.After(max(time.Until(oe.Until), time.Millisecond)):
-						case <-ctx.Done():
-						}
-						continue
-					}
-					if err == nil {
-						resp.Body.Close()
-					}
-				}
-			})
-		}
-		wg.Wait()
+		crawl(t, rt, srv.URL+"/x", workers, d)
 		return srv.Counts(t)
 	}
 	limit := nginxLimit{Rate: 5, Burst: 5, RetryAfter: 1}

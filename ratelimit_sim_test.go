@@ -53,9 +53,10 @@ func (b *leakyBucket) RoundTrip(req *http.Request) (*http.Response, error) {
 	return &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: http.NoBody, Request: req}, nil
 }
 
-// crawl runs workers that send to rt for d, as a crawler does: a rejection
-// makes the worker sleep until its Until (or 100 ms without one).
-func crawl(t *testing.T, rt http.RoundTripper, workers int, d time.Duration) {
+// crawl runs workers that send GET url through rt for d, as a crawler
+// does: a rejection makes the worker sleep until its Until (or 100 ms
+// without one).
+func crawl(t *testing.T, rt http.RoundTripper, url string, workers int, d time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
@@ -63,7 +64,7 @@ func crawl(t *testing.T, rt http.RoundTripper, workers int, d time.Duration) {
 	for range workers {
 		wg.Go(func() {
 			for ctx.Err() == nil {
-				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://limited.test/x", nil)
+				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 				resp, err := rt.RoundTrip(req)
 				var oe *OpenError
 				switch {
@@ -117,7 +118,7 @@ func TestSimulatedLimitReq(t *testing.T) {
 				}
 				defer tr.Close()
 				const d = 30 * time.Second
-				crawl(t, tr, 8, d)
+				crawl(t, tr, "http://limited.test/x", 8, d)
 				allowed := 5*d.Seconds() + tc.burst
 				share := float64(srv.served) / allowed
 				t.Logf("served %d (%.0f%% of %.0f allowed), 429s %d", srv.served, 100*share, allowed, srv.rejected)

@@ -148,23 +148,10 @@ func (h *hostState) find(role string) *entry {
 	return nil
 }
 
-// each calls f for each of the host's entries. Callers hold registry.mu.
+// each calls f for each of the host's entries. It reads them without
+// locks, as find does: with registry.mu held it sees them all; without,
+// an entry added meanwhile may be missed.
 func (h *hostState) each(f func(*entry)) {
-	for i := range h.roles {
-		if e := h.roles[i].Load(); e != nil {
-			f(e)
-		}
-	}
-	if more := h.more.Load(); more != nil {
-		for _, e := range *more {
-			f(e)
-		}
-	}
-}
-
-// eachLive calls f for each of the host's entries, without locks, as find
-// reads them: an entry created meanwhile may be missed.
-func (h *hostState) eachLive(f func(*entry)) {
 	for i := range h.roles {
 		if e := h.roles[i].Load(); e != nil {
 			f(e)
