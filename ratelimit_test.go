@@ -531,5 +531,18 @@ func TestFleetSharesLearntRate(t *testing.T) {
 		if want := max(learnt/2, 0.5); got < want*0.5 || got > want*1.5 {
 			t.Errorf("B starts at %.3f r/s, want about %.3f (A's %.3f shared by 2)", got, want, learnt)
 		}
+		// A is throttled again, later: B, which has a limiter now, takes
+		// the fleet's newer learning at a poll.
+		before := b.reg.host("api.test").lim.Load().status().throttled
+		time.Sleep(10 * time.Millisecond) // a later wall-clock throttle
+		send(context.Background(), a, "api.test")
+		for deadline := time.Now().Add(bound(url, 50*time.Millisecond)); ; time.Sleep(10 * time.Millisecond) {
+			if b.reg.host("api.test").lim.Load().status().throttled > before {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("B never adopted A's newer throttle")
+			}
+		}
 	})
 }

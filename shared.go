@@ -459,30 +459,32 @@ func (t *Transport) pullFleetRates(ctx context.Context) error {
 		x.total += s.Rate
 		x.throttled = max(x.throttled, s.Throttled.UnixNano())
 	}
+	// The fleet's shares first, published whole (requests read the map),
+	// then this process's limiters.
 	fleet := make(map[string]fleetRate, len(sums))
-	now := t.now()
+	hosts := make(map[string]*hostState, len(sums))
 	for host, x := range sums {
-		n := float64(len(x.sources) + 1)
 		h := t.reg.host(host)
-		var lim *limiter
 		if h != nil {
-			lim = h.lim.Load()
+			if lim := h.lim.Load(); lim != nil {
+				x.total += lim.status().rate
+			}
+			hosts[host] = h
 		}
-		if lim != nil {
-			x.total += lim.status().rate
-		}
-		fr := fleetRate{rate: x.total / n, throttled: x.throttled}
-		fleet[host] = fr
-		switch {
+		fleet[host] = fleetRate{rate: x.total / float64(len(x.sources)+1), throttled: x.throttled}
+	}
+	t.fleet.Store(&fleet)
+	now := t.now()
+	for host, h := range hosts {
+		fr := fleet[host]
+		switch lim := h.lim.Load(); {
 		case lim != nil:
 			if ch, ok := lim.adopt(fr.rate, now, fr.throttled); ok {
 				t.emitRate(host, ch)
 			}
-		case h != nil && !h.bare():
-			t.fleet.Store(&fleet) // startLimiter reads it
+		case !h.bare():
 			t.startLimiter(h, t.resolve(host, ""))
 		}
 	}
-	t.fleet.Store(&fleet)
 	return nil
 }
