@@ -226,9 +226,6 @@ func (t *Transport) pull(ctx context.Context) error {
 	if err := t.pullOverrides(ctx); err != nil {
 		return err
 	}
-	if err := t.pullFleetRates(ctx); err != nil {
-		return err
-	}
 	slices.SortFunc(recs, func(a, b Record) int {
 		if (a.Reason == ReasonReset) != (b.Reason == ReasonReset) {
 			if a.Reason == ReasonReset {
@@ -263,6 +260,9 @@ func (t *Transport) pull(ctx context.Context) error {
 		t.setCooldown(r.Host, cooldown{until: until, reason: r.Reason, note: r.Note,
 			manual: r.Reason == ReasonManual, remote: true, at: r.At.UnixNano()})
 	}
+	// The fleet's rates last: a failure to read them (counted and logged)
+	// must not hold back the cooldowns above.
+	t.pullFleetRates(ctx)
 	// Forget what the store no longer holds, so that seen stays bounded.
 	if len(sh.seen) > 2*len(recs)+64 {
 		live := make(map[[2]string]bool, len(recs))

@@ -281,7 +281,8 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		e.flags.Or(flagUsed)
 	}
 	var sent int64 // when the limiter let the request go; 0 without one
-	if lim := e.host.lim.Load(); lim != nil {
+	lim := e.host.lim.Load()
+	if lim != nil {
 		var err error
 		if sent, err = t.await(req, e, lim); err != nil {
 			closeBody(req)
@@ -291,7 +292,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	adm, rej := t.admit(e)
 	if rej != nil {
 		if sent != 0 {
-			e.host.lim.Load().cancel() // a cooldown began while it waited
+			lim.cancel() // a cooldown began while it waited: its turn is given back
 		}
 		e.reject(rej.Reason)
 		closeBody(req)
