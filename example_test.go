@@ -87,3 +87,38 @@ func ExampleTransport_Open() {
 	// 0
 	// hostbreaker: open "*.example.org": host "*.example.org": invalid name
 }
+
+// A host paced at 2 requests per second: a request that would wait for its
+// turn longer than MaxWait is rejected at once, with its turn as Until.
+func ExamplePolicy_rate() {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer srv.Close()
+
+	cfg := hostbreaker.Config{Defaults: hostbreaker.Policy{Rate: 2, MaxWait: -1}} // never wait
+	tr, err := hostbreaker.NewTransport(nil, hostbreaker.WithConfig(cfg))
+	if err != nil {
+		panic(err)
+	}
+	defer tr.Close()
+	client := &http.Client{Transport: tr}
+
+	start := time.Now()
+	for range 2 {
+		resp, err := client.Get(srv.URL)
+		if oe, ok := errors.AsType[*hostbreaker.OpenError](err); ok {
+			wait := oe.Until.Sub(start)
+			fmt.Printf("rejected: %s, its turn within 0.5s: %v\n", oe.Reason, wait > 0 && wait <= 500*time.Millisecond)
+			continue
+		}
+		if err != nil {
+			panic(err)
+		}
+		resp.Body.Close()
+		fmt.Println(resp.Status)
+	}
+	fmt.Println("rate:", tr.Snapshot()[0].Rate)
+	// Output:
+	// 200 OK
+	// rejected: rate-limited, its turn within 0.5s: true
+	// rate: 2
+}
