@@ -102,11 +102,10 @@ func ExamplePolicy_rate() {
 	defer tr.Close()
 	client := &http.Client{Transport: tr}
 
-	start := time.Now()
 	for range 2 {
 		resp, err := client.Get(srv.URL)
 		if oe, ok := errors.AsType[*hostbreaker.OpenError](err); ok {
-			wait := oe.Until.Sub(start)
+			wait := time.Until(oe.Until) // half a second after the first request, less the time since
 			fmt.Printf("rejected: %s, its turn within 0.5s: %v\n", oe.Reason, wait > 0 && wait <= 500*time.Millisecond)
 			continue
 		}
