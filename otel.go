@@ -503,7 +503,7 @@ func (tel *telemetry) host(h *hostState, es []*entry, now int64, breakers *[3]in
 		nm = tel.names[h.name]
 	}
 	lim := h.lim.Load()
-	if nm == nil && tel.free() > 0 && (cooling || lim != nil || troubled(es)) {
+	if nm == nil && tel.free() > 0 && (cooling || troubled(es) || lim != nil && lim.learning()) {
 		nm = tel.assign(h.name)
 	}
 	if lim != nil && nm != nil {

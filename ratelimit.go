@@ -378,6 +378,14 @@ func (l *limiter) expire(now int64) (drop bool, ch rateChange, changed bool) {
 	return false, rateChange{prev: prev, rate: l.fill, why: "expired"}, l.fill != prev
 }
 
+// learning reports whether the limiter has learnt a rate from throttles
+// (and not only paces at a configured one).
+func (l *limiter) learning() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.learnt
+}
+
 // limitStatus is what Status and the store show of a limiter.
 type limitStatus struct {
 	rate, lastMax float64

@@ -462,6 +462,11 @@ func TestUpdateHostPolicyStartsAndDropsLimiters(t *testing.T) {
 		if s := tr.Snapshot(); s[0].Rate != 2 {
 			t.Errorf("Rate %v after UpdateHostPolicy(rate 2)", s[0].Rate)
 		}
+		// A host paced only at its configured rate is not published
+		// (the configuration says it already); one that learnt a rate is.
+		if s := tr.statuses(true); len(s) != 0 {
+			t.Errorf("published %+v for a configured rate", s)
+		}
 		if err := tr.UpdateHostPolicy("a.test", Policy{Rate: -1}); err != nil {
 			t.Fatal(err)
 		}
@@ -512,6 +517,9 @@ func TestFleetSharesLearntRate(t *testing.T) {
 		learnt := a.Snapshot()[0].Rate
 		if learnt <= 0 {
 			t.Fatal("A learnt no rate")
+		}
+		if s := a.statuses(true); len(s) != 1 || s[0].Rate != learnt {
+			t.Fatalf("A publishes %+v, want its learnt rate", s)
 		}
 		b := sharedTransport(t, url, 50*time.Millisecond, newSendLog(), Config{})
 		deadline := time.Now().Add(bound(url, 50*time.Millisecond))

@@ -570,7 +570,8 @@ type PublishedState struct {
 	// the host's rows): Rate its limiter's rate in requests per second, 0
 	// for none; LastMax the rate it learnt at its last throttle and
 	// Throttled when that was, both zero when it learnt nothing (a
-	// configured rate only).
+	// configured rate only). A Transport publishes the rows of hosts whose
+	// rate it learnt, and of those that are not closed.
 	Rate      float64
 	LastMax   float64
 	Throttled time.Time

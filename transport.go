@@ -736,7 +736,8 @@ type Status struct {
 func (t *Transport) Snapshot() []Status { return t.statuses(false) }
 
 // statuses returns the sorted statuses; with unhealthy, only those that are
-// not closed, which costs little when few are.
+// not closed or whose host has a learnt rate, which costs little when few
+// are.
 func (t *Transport) statuses(unhealthy bool) []Status {
 	now := t.now()
 	var out []Status
@@ -749,7 +750,7 @@ func (t *Transport) statuses(unhealthy bool) []Status {
 			}
 			return
 		}
-		if unhealthy && phaseOf(e.st.Load()) == phaseClosed && !h.coolingDown(now) && h.lim.Load() == nil {
+		if unhealthy && phaseOf(e.st.Load()) == phaseClosed && !h.coolingDown(now) && !learning(h) {
 			return
 		}
 		s := Status{
@@ -772,6 +773,14 @@ func (t *Transport) statuses(unhealthy bool) []Status {
 		return strings.Compare(a.Role, b.Role)
 	})
 	return out
+}
+
+// learning reports whether h's limiter has learnt a rate from throttles:
+// such a host is listed among the unhealthy ones (and so published), a
+// host paced only at its configured rate is not.
+func learning(h *hostState) bool {
+	lim := h.lim.Load()
+	return lim != nil && lim.learning()
 }
 
 // hostStatus lays the host's cooldown over s when it ends later than the

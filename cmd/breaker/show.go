@@ -28,7 +28,8 @@ by "breaker close" are not listed. ROLE "-" is the default role (none set);
 NOTE is the operator's note of a manual cooldown. RATE is the host's rate
 limit in the process that published the row (configured, or learnt from
 429s), "-" when the host is not limited there; a process publishes a row
-for each host it paces, even with its breakers closed.
+for each host whose rate it learnt, even with its breakers closed (a host
+paced only at its configured rate is listed when it is not closed).
 
 With -json it prints an array of objects with the keys host, role, state,
 until (RFC 3339, UTC; omitted when there is none), reason, source, note
