@@ -180,7 +180,7 @@ func Advise(events []Event, cfg Config, overrides map[string]Policy) []Advice {
 }
 
 // withOverrides returns pt with the tuned overrides laid over it, key by
-// key in order, as a Transport lays them (Transport.applyPolicies): an
+// key in order, as a Transport lays them (Transport.applyPoliciesLocked): an
 // override that the configuration refuses is left out.
 func withOverrides(pt *policyTable, overrides map[string]Policy) *policyTable {
 	for _, key := range slices.Sorted(maps.Keys(overrides)) {

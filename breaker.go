@@ -1,31 +1,70 @@
 package hostbreaker
 
-// This file holds the breaker of one (host, role): the gate in front of a
-// failsafe-go circuit breaker, and every rule that moves it between closed,
-// open and half-open.
-//
-// Locking rules, for the whole package:
-//   - registry.mu guards the registry's structure: its table, the entry
-//     lists of hosts, its counts and interned roles. It may be held while
-//     taking a hostState.mu or an entry.mu, never taken while holding one.
-//   - hostState.mu guards a host's cooldown reason, note and time set, and
-//     its rolling window; hostState.until is an atomic written under it.
-//   - entry.mu guards cb and probes; st, fails and mark change only under
-//     it and are read without it.
-//   - No lock is held across base.RoundTrip, store I/O, logging or user
-//     code. Events are queued without blocking.
-//   - An outcome is applied only in the generation it was admitted in:
-//     every state change bumps the generation packed in entry.st, so a slow
-//     request cannot close or reopen a breaker whose state it did not see.
+// This file holds the breaker of one (host, role): its phases, the state
+// machine that admits requests and records their outcomes, and its
+// counters. It is pure: each step takes the time in (a clock, read only off
+// the closed path) and returns the transition it made, which the Transport
+// reports (transport.go). The host's cooldown, which every role shares, is
+// in cooldown.go; the lock order and the time rule are in doc.go.
 
 import (
-	"math/rand/v2"
+	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/failsafe-go/failsafe-go/circuitbreaker"
 )
+
+// State is the effective state of a (host, role) breaker. The zero value is
+// StateClosed.
+type State int
+
+// The breaker states.
+const (
+	StateClosed   State = iota // requests flow; consecutive failures are counted
+	StateHalfOpen              // a few trial requests decide whether to close
+	StateOpen                  // requests are rejected until a deadline
+)
+
+// String returns "closed", "half-open" or "open".
+func (s State) String() string {
+	switch s {
+	case StateClosed:
+		return "closed"
+	case StateHalfOpen:
+		return "half-open"
+	case StateOpen:
+		return "open"
+	}
+	return "State(" + strconv.Itoa(int(s)) + ")"
+}
+
+// MarshalText encodes s as its String form.
+func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// UnmarshalText decodes the String form of a State.
+func (s *State) UnmarshalText(b []byte) error {
+	v, ok := parseState(string(b))
+	if !ok {
+		return fmt.Errorf("hostbreaker: unknown state %q", b)
+	}
+	*s = v
+	return nil
+}
+
+func parseState(s string) (State, bool) {
+	switch s {
+	case "closed":
+		return StateClosed, true
+	case "half-open":
+		return StateHalfOpen, true
+	case "open":
+		return StateOpen, true
+	}
+	return 0, false
+}
 
 // Breaker phases, packed with a generation number into entry.st.
 const (
@@ -45,11 +84,15 @@ func next(st, phase uint64) uint64 { return (st>>2+1)<<2 | phase }
 // the fields it touches fill the first 64 bytes. The entry of a host's
 // first role is embedded in its hostState; others fit the 128-byte size
 // class, whose objects are 64-byte aligned.
+//
+// An outcome is applied only in the generation it was admitted in: every
+// state change bumps the generation packed in st, so a slow request cannot
+// close or reopen a breaker whose state it did not see.
 type entry struct {
 	st        atomic.Uint64 // generation<<2 | phase; changed only under mu
 	successes atomic.Uint64
 	fails     atomic.Int32  // consecutive failures recorded in closed; changed only under mu
-	flags     atomic.Uint32 // flagUsed | flagEvicted | flagLive
+	flags     atomic.Uint32 // flagUsed | flagEvicted | flagLive | flagQuota
 	pol       atomic.Pointer[resolved]
 	host      *hostState
 	role      string
@@ -60,7 +103,7 @@ type entry struct {
 	mark atomic.Int64
 
 	failures, neutral, rejected atomic.Uint64
-	more                        atomic.Pointer[entryStats] // nil until the first event off the healthy path
+	extra                       atomic.Pointer[entryStats] // nil until the first event off the healthy path
 
 	mu     sync.Mutex
 	cb     circuitbreaker.CircuitBreaker[any] // nil until the first failure; guarded by mu
@@ -106,15 +149,15 @@ type entryStats struct {
 
 // stats returns e's entryStats, allocating them on first use.
 func (e *entry) stats() *entryStats {
-	if s := e.more.Load(); s != nil {
+	if s := e.extra.Load(); s != nil {
 		return s
 	}
 	s := new(entryStats)
 	s.seenOK = e.successes.Load()
-	if e.more.CompareAndSwap(nil, s) {
+	if e.extra.CompareAndSwap(nil, s) {
 		return s
 	}
-	return e.more.Load()
+	return e.extra.Load()
 }
 
 // reject counts a rejection of a request for reason.
@@ -133,7 +176,7 @@ func (e *entry) note(k OutcomeKind) {
 	s.mu.Lock()
 	if l := len(s.outcomes); ok == s.seenOK && l > 0 && s.outcomes[l-1].Kind == k {
 		s.outcomes[l-1].Count++
-		s.count(k)
+		s.countLocked(k)
 		s.mu.Unlock()
 		return
 	}
@@ -142,25 +185,25 @@ func (e *entry) note(k OutcomeKind) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if n := ok - s.seenOK; n > 0 && ok > s.seenOK {
-		s.addRun(OutcomeSuccess, n, at)
+		s.addRunLocked(OutcomeSuccess, n, at)
 		s.run = 0
 		s.seenOK = ok
 	}
-	s.addRun(k, 1, at)
-	s.count(k)
+	s.addRunLocked(k, 1, at)
+	s.countLocked(k)
 }
 
-// count updates the failure runs for one more outcome of kind k. Callers
+// countLocked updates the failure runs for one more outcome of kind k. Callers
 // hold s.mu.
-func (s *entryStats) count(k OutcomeKind) {
+func (s *entryStats) countLocked(k OutcomeKind) {
 	if k == OutcomeFailure {
 		s.run++
 		s.longest = max(s.longest, s.run)
 	}
 }
 
-// addRun appends n outcomes of kind k to the runs. Callers hold s.mu.
-func (s *entryStats) addRun(k OutcomeKind, n uint64, at time.Time) {
+// addRunLocked appends n outcomes of kind k to the runs. Callers hold s.mu.
+func (s *entryStats) addRunLocked(k OutcomeKind, n uint64, at time.Time) {
 	if l := len(s.outcomes); l > 0 && s.outcomes[l-1].Kind == k {
 		s.outcomes[l-1].Count += n
 		return
@@ -182,7 +225,7 @@ func (s *entryStats) addRun(k OutcomeKind, n uint64, at time.Time) {
 // with the successes since the last outcome as a final run, and starts
 // anew.
 func (e *entry) take(now time.Time) (Outcomes, uint64) {
-	s := e.more.Load()
+	s := e.extra.Load()
 	if s == nil {
 		return nil, 0
 	}
@@ -190,7 +233,7 @@ func (e *entry) take(now time.Time) (Outcomes, uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if n := ok - s.seenOK; n > 0 && len(s.outcomes) > 0 {
-		s.addRun(OutcomeSuccess, n, now)
+		s.addRunLocked(OutcomeSuccess, n, now)
 		s.run = 0
 	}
 	s.seenOK = ok
@@ -209,16 +252,30 @@ const (
 
 func (e *entry) evicted() bool { return e.flags.Load()&flagEvicted != 0 }
 
-// admission is what RoundTrip remembers about how it let a request in.
+// admission is what a request carries from its admission to its outcome:
+// the breaker generation and phase it was let in under, and its turn at
+// the host's limiter. It names everything needed to record the outcome or
+// undo the admission.
 type admission struct {
 	st    uint64 // the entry's st when admitted
 	probe bool   // a half-open trial request
-	sent  int64  // when the host's limiter let it go; 0 without a limiter
+	turn  turn   // its turn at the limiter that paced it; the zero turn if none did
 }
 
-// breaker returns the entry's failsafe-go breaker, building it on first use.
-// Callers hold e.mu.
-func (e *entry) breaker() circuitbreaker.CircuitBreaker[any] {
+// transition is a change of a breaker's phase, returned by the state
+// machine for the Transport to report. The zero value is no change.
+type transition struct {
+	from, to State
+	until    int64 // to open: when the open phase ends, ns since the epoch
+	failures int   // to open: the consecutive failures that tripped it (1 for a failed probe)
+}
+
+// changed reports whether tr is a change of phase.
+func (tr transition) changed() bool { return tr.from != tr.to }
+
+// breakerLocked returns the entry's failsafe-go breaker, building it on
+// first use. Callers hold e.mu.
+func (e *entry) breakerLocked() circuitbreaker.CircuitBreaker[any] {
 	if e.cb == nil {
 		e.cb = newBreaker(e.pol.Load())
 	}
@@ -228,9 +285,9 @@ func (e *entry) breaker() circuitbreaker.CircuitBreaker[any] {
 // newBreaker builds a count-based breaker: FailMax failures in the last
 // FailMax outcomes (that is, FailMax consecutive failures) open it, and in
 // half-open SuccessThreshold successes close it and any failure reopens it.
-// The Transport never calls TryAcquirePermit: the gate times the open phase
-// (with jitter, cooldowns and restored deadlines) and limits probes to
-// TrialCalls, which failsafe-go cannot do on the manual path.
+// The entry never calls TryAcquirePermit: admit times the open phase (with
+// jitter and restored deadlines) and limits probes to TrialCalls, which
+// failsafe-go cannot do on the manual path.
 func newBreaker(p *resolved) circuitbreaker.CircuitBreaker[any] {
 	return circuitbreaker.NewBuilder[any]().
 		WithFailureThreshold(uint(p.FailMax)).
@@ -246,7 +303,7 @@ func newBreaker(p *resolved) circuitbreaker.CircuitBreaker[any] {
 // by another process, or a failed probe.
 func (e *entry) tripLocked(until int64) {
 	e.stats().transitions[StateOpen].Add(1)
-	e.breaker().Open()
+	e.breakerLocked().Open()
 	e.fails.Store(0)
 	e.mark.Store(until)
 	e.st.Store(next(e.st.Load(), phaseOpen))
@@ -258,7 +315,7 @@ func (e *entry) halfOpenLocked(now int64) {
 	if phaseOf(e.st.Load()) != phaseHalfOpen {
 		e.stats().transitions[StateHalfOpen].Add(1)
 	}
-	cb := e.breaker()
+	cb := e.breakerLocked()
 	cb.Open() // from half-open, so that HalfOpen starts counting anew
 	cb.HalfOpen()
 	e.probes = 0
@@ -278,57 +335,42 @@ func (e *entry) closeLocked() {
 	e.st.Store(next(e.st.Load(), phaseClosed))
 }
 
-// admit decides whether e may send now: the host's cooldown first, then
-// the breaker. The closed path takes no lock and reads no clock.
-func (t *Transport) admit(e *entry) (admission, *OpenError) {
-	hu := e.host.until.Load()
+// admit decides whether e's breaker lets a request in. The closed path is
+// one atomic load: it takes no lock and reads no clock. Off it, admit reads
+// c, moves an open breaker whose open phase has ended to half-open (the
+// transition it returns), and lets in at most TrialCalls probes at a time.
+// A rejection is returned as an *OpenError; the host's cooldown is not its
+// business (cooldown.go).
+func (e *entry) admit(c clock) (admission, transition, *OpenError) {
 	st := e.st.Load()
-	if hu == 0 && phaseOf(st) == phaseClosed {
-		return admission{st: st}, nil // the hot path
+	if phaseOf(st) == phaseClosed {
+		return admission{st: st}, transition{}, nil // the hot path
 	}
-	now := t.now()
-	if hu != 0 {
-		if now < hu {
-			if rej := t.hostRejection(e.host, e.role, now); rej != nil {
-				return admission{}, rej
-			}
-		} else {
-			e.host.until.CompareAndSwap(hu, 0) // expired
-		}
-	}
+	now := c.now()
+	var tr transition
 	for {
 		switch phaseOf(st) {
 		case phaseClosed:
-			return admission{st: st}, nil
+			return admission{st: st}, tr, nil
 		case phaseOpen:
 			if ou := e.mark.Load(); now < ou {
-				return admission{}, &OpenError{Host: e.host.name, Role: e.role, Reason: ReasonBreakerOpen, Until: t.at(ou)}
+				return admission{}, tr, &OpenError{Host: e.host.name, Role: e.role, Reason: ReasonBreakerOpen, Until: c.at(ou)}
 			}
 			e.mu.Lock()
 			if e.st.Load() == st {
 				e.halfOpenLocked(now)
-				t.emit(event{kind: evState, host: e.host.name, role: e.role, from: StateOpen, to: StateHalfOpen})
+				tr = transition{from: StateOpen, to: StateHalfOpen}
 			}
 			e.mu.Unlock()
 		case phaseHalfOpen:
 			e.mu.Lock()
 			if e.st.Load() == st {
-				p := e.pol.Load()
-				if e.probes >= int32(p.TrialCalls) {
-					if now-e.mark.Load() < int64(p.ResetTimeout) {
-						e.mu.Unlock()
-						return admission{}, &OpenError{Host: e.host.name, Role: e.role, Reason: ReasonHalfOpenFull}
-					}
-					// Every slot has been held for reset_timeout: the
-					// probes are stuck. A new generation frees their
-					// slots and drops their late outcomes.
-					e.halfOpenLocked(now)
-					st = e.st.Load()
-				}
-				e.probes++
-				e.mark.Store(now)
+				adm, ok := e.admitProbeLocked(now)
 				e.mu.Unlock()
-				return admission{st: st, probe: true}, nil
+				if !ok {
+					return admission{}, tr, &OpenError{Host: e.host.name, Role: e.role, Reason: ReasonHalfOpenFull}
+				}
+				return adm, tr, nil
 			}
 			e.mu.Unlock()
 		}
@@ -336,65 +378,86 @@ func (t *Transport) admit(e *entry) (admission, *OpenError) {
 	}
 }
 
-// cause is what a failure was: a status code, or an error type.
-type cause struct {
-	status  int
-	errType string // "timeout", or the error's Go type
+// admitProbeLocked takes a half-open trial slot, if one is free. Callers
+// hold e.mu and have checked that e is half-open.
+func (e *entry) admitProbeLocked(now int64) (admission, bool) {
+	p := e.pol.Load()
+	if e.probes >= int32(p.TrialCalls) {
+		if now-e.mark.Load() < int64(p.ResetTimeout) {
+			return admission{}, false
+		}
+		// Every slot has been held for reset_timeout: the probes are
+		// stuck. A new generation frees their slots and drops their late
+		// outcomes.
+		e.halfOpenLocked(now)
+	}
+	e.probes++
+	e.mark.Store(now)
+	return admission{st: e.st.Load(), probe: true}, true
 }
 
-// apply feeds the outcome of an admitted request to e's breaker; c is the
-// cause of a failure.
-func (t *Transport) apply(e *entry, adm admission, o outcome, c cause) {
+// record counts the outcome of a request that adm let in and feeds it to
+// e's breaker, and returns the transition it caused. A success in closed
+// with no failure counted is the hot path: one atomic add. An outcome of an
+// earlier generation is counted but changes nothing. c is read only when
+// a failure is recorded.
+func (e *entry) record(adm admission, o outcome, c clock) transition {
 	switch o {
 	case outcomeSuccess:
 		e.successes.Add(1)
 		// In closed, a success after a success changes nothing in a
 		// consecutive-failure breaker, so the common case skips the lock.
-		if adm.probe || e.fails.Load() != 0 {
-			t.applyLocked(e, adm, o, c)
+		if !adm.probe && e.fails.Load() == 0 {
+			return transition{}
 		}
 	case outcomeFailure:
 		e.failures.Add(1)
 		e.note(OutcomeFailure)
-		t.applyLocked(e, adm, o, c)
 	case outcomeNeutral:
 		e.neutral.Add(1)
 		if adm.probe {
-			t.releaseProbe(e, adm)
+			e.releaseProbe(adm)
 		}
+		return transition{}
 	}
-}
-
-// applyLocked records a success or failure in the breaker, under e.mu, and
-// makes the transition it causes. An outcome of an earlier generation is
-// dropped.
-func (t *Transport) applyLocked(e *entry, adm admission, o outcome, c cause) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.st.Load() != adm.st {
-		return
+		return transition{}
 	}
-	p := e.pol.Load()
 	if o == outcomeSuccess {
-		if !adm.probe {
-			// The consecutive failures end. The generation stays: the
-			// outcomes of requests in flight still count.
-			e.cb = nil
-			e.fails.Store(0)
-			e.mark.Store(0)
-			return
-		}
-		e.probes--
-		e.stats().probesOK.Add(1)
-		cb := e.breaker()
-		cb.RecordSuccess()
-		if cb.IsClosed() {
-			e.closeLocked()
-			t.emit(event{kind: evState, host: e.host.name, role: e.role, from: StateHalfOpen, to: StateClosed})
-		}
-		return
+		return e.successLocked(adm)
 	}
-	now := t.now()
+	return e.failureLocked(adm, c)
+}
+
+// successLocked records a success in the admission's generation. Callers
+// hold e.mu.
+func (e *entry) successLocked(adm admission) transition {
+	if !adm.probe {
+		// The consecutive failures end. The generation stays: the
+		// outcomes of requests in flight still count.
+		e.cb = nil
+		e.fails.Store(0)
+		e.mark.Store(0)
+		return transition{}
+	}
+	e.probes--
+	e.stats().probesOK.Add(1)
+	cb := e.breakerLocked()
+	cb.RecordSuccess()
+	if !cb.IsClosed() {
+		return transition{}
+	}
+	e.closeLocked()
+	return transition{from: StateHalfOpen, to: StateClosed}
+}
+
+// failureLocked records a failure in the admission's generation and trips
+// the breaker when it opens. Callers hold e.mu.
+func (e *entry) failureLocked(adm admission, c clock) transition {
+	p := e.pol.Load()
+	now := c.now()
 	from := StateHalfOpen
 	if adm.probe {
 		e.probes--
@@ -410,22 +473,23 @@ func (t *Transport) applyLocked(e *entry, adm admission, o outcome, c cause) {
 		e.fails.Add(1)
 		e.mark.Store(now)
 	}
-	cb := e.breaker()
+	cb := e.breakerLocked()
 	cb.RecordFailure()
-	if cb.IsOpen() {
-		failures := 1
-		if !adm.probe {
-			failures = int(e.fails.Load())
-		}
-		until := t.after(now, min(p.ResetTimeout, maxWait)+jitter(p.HalfOpenJitter))
-		e.tripLocked(until)
-		t.emit(event{kind: evState, host: e.host.name, role: e.role, from: from, to: StateOpen, until: until,
-			failures: failures, status: c.status, errType: c.errType})
+	if !cb.IsOpen() {
+		return transition{}
 	}
+	failures := 1
+	if !adm.probe {
+		failures = int(e.fails.Load())
+	}
+	until := c.after(now, min(p.ResetTimeout, maxWait)+jitter(p.HalfOpenJitter))
+	e.tripLocked(until)
+	return transition{from: from, to: StateOpen, until: until, failures: failures}
 }
 
-// releaseProbe gives back a half-open permit without an outcome.
-func (t *Transport) releaseProbe(e *entry, adm admission) {
+// releaseProbe gives back a half-open slot without an outcome: a request
+// that panicked, or whose base returned neither a response nor an error.
+func (e *entry) releaseProbe(adm admission) {
 	e.mu.Lock()
 	if e.st.Load() == adm.st {
 		e.probes--
@@ -502,11 +566,4 @@ func (e *entry) status(now int64) (State, int64) {
 		return StateHalfOpen, 0
 	}
 	return StateClosed, 0
-}
-
-func jitter(max time.Duration) time.Duration {
-	if max <= 0 {
-		return 0
-	}
-	return rand.N(min(max, maxWait) + 1)
 }

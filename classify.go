@@ -86,69 +86,6 @@ func (s *statusSet) classify(code int) outcome {
 	return outcomeSuccess
 }
 
-// retryAfter returns how long from now a Retry-After header value asks the
-// client to wait. It accepts delta-seconds and HTTP-dates (RFC 9110 §10.2.3).
-// ok is false for a missing, unparsable, zero, negative or past value. A
-// delta too large for a time.Duration is returned as the largest one, so
-// that the caller's cap applies to it like to any other large value.
-func retryAfter(value string, now time.Time) (d time.Duration, ok bool) {
-	value = strings.TrimSpace(value)
-	if value == "" {
-		return 0, false
-	}
-	if isDigits(value) {
-		secs, err := strconv.ParseUint(value, 10, 64)
-		if err != nil || secs > uint64(maxDuration/time.Second) {
-			// All digits, so the only possible error is overflow.
-			return maxDuration, true
-		}
-		if secs == 0 {
-			return 0, false
-		}
-		return time.Duration(secs) * time.Second, true
-	}
-	t, err := http.ParseTime(value)
-	if err != nil {
-		return 0, false
-	}
-	d = t.Sub(now)
-	if d <= 0 {
-		return 0, false
-	}
-	return d, true
-}
-
-// rateLimitReset returns how long from now a RateLimit-Reset or
-// X-RateLimit-Reset value asks the client to wait: delta-seconds, as the
-// IETF draft and most APIs send, or, for a value of at least 10⁹ (after
-// 2001 as a Unix time, and more than 31 years as a delay), the Unix time
-// in seconds at which the quota resets, as GitHub and others send. ok is
-// false for a missing, unparsable, zero or past value.
-func rateLimitReset(value string, now time.Time) (d time.Duration, ok bool) {
-	value = strings.TrimSpace(value)
-	if !isDigits(value) {
-		return 0, false
-	}
-	secs, err := strconv.ParseUint(value, 10, 64)
-	if err != nil || secs > uint64(maxDuration/time.Second) {
-		return maxDuration, true // all digits: an overflow, capped by the caller
-	}
-	if secs >= unixResetMin {
-		d = time.Unix(int64(secs), 0).Sub(now)
-	} else {
-		d = time.Duration(secs) * time.Second
-	}
-	if d <= 0 {
-		return 0, false
-	}
-	return d, true
-}
-
-// unixResetMin is the least rate-limit reset value read as a Unix time.
-const unixResetMin = 1_000_000_000
-
-const maxDuration = time.Duration(1<<63 - 1)
-
 func isDigits(s string) bool {
 	for i := 0; i < len(s); i++ {
 		if s[i] < '0' || s[i] > '9' {

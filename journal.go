@@ -2,6 +2,7 @@ package hostbreaker
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"strconv"
 	"time"
@@ -305,7 +306,7 @@ func (t *Transport) summarizeEntry(e *entry, now time.Time, interval time.Durati
 		Successes: e.successes.Load(), Failures: e.failures.Load(),
 		Neutral: e.neutral.Load(), Rejected: e.rejected.Load(),
 	}
-	if st := e.more.Load(); st != nil {
+	if st := e.extra.Load(); st != nil {
 		cur.Status429, cur.Status5xx, cur.Timeouts = st.status429.Load(), st.status5xx.Load(), st.timeouts.Load()
 		cur.ProbesOK, cur.ProbesFail = st.probesOK.Load(), st.probesFail.Load()
 	}
@@ -371,4 +372,83 @@ func (s *eventSink) since(since time.Time) []Event {
 		}
 	}
 	return out
+}
+
+// handle logs an internal event and delivers it as an Event.
+func (t *Transport) handle(ev event) {
+	t.logEvent(ev)
+	switch ev.kind {
+	case evState, evCooldown, evReset, evPolicy, evRate:
+		t.deliver(t.toEvent(ev))
+	}
+}
+
+// counterLogs is what the background goroutine last logged of the
+// counters that logCounters reports.
+type counterLogs struct {
+	dropped, untracked, cooldownsDropped, journalLost counterLog
+}
+
+type counterLog struct {
+	n  uint64    // the total last logged
+	at time.Time // when; zero if never
+}
+
+// logCounters logs, at most once per errorLogInterval each, the counters of
+// rare trouble that grew since they were last logged: events the queue
+// dropped, requests sent untracked, cooldowns dropped past the bound. The
+// request path counts them and at most wakes this goroutine; it never logs.
+func (t *Transport) logCounters(l *counterLogs) {
+	now := time.Now()
+	due := func(c *counterLog, n uint64) bool {
+		if n == c.n || !c.at.IsZero() && now.Sub(c.at) < errorLogInterval {
+			return false
+		}
+		c.n, c.at = n, now
+		return true
+	}
+	if n := t.dropped.Load(); due(&l.dropped, n) {
+		t.log.Warn("hostbreaker: events not logged: the queue was full", "dropped_total", n)
+	}
+	if n := t.untracked.Load(); due(&l.untracked, n) {
+		t.log.Warn("hostbreaker: registry full of protected entries; requests to new (host, role)s go without a breaker (host cooldowns still apply)",
+			"max_hosts", t.reg.max, "untracked_total", n)
+	}
+	if n := t.sink.lost; due(&l.journalLost, n) {
+		t.log.Warn("hostbreaker: journal events dropped (its bounds, or the store was down too long)", "dropped_total", n)
+	}
+	if n := t.cooldownsDropped.Load(); due(&l.cooldownsDropped, n) {
+		t.log.Warn("hostbreaker: too many hosts cooling down without a breaker; dropped the cooldowns that end soonest",
+			"bound", t.reg.maxBare, "dropped_total", n)
+	}
+}
+
+func (t *Transport) logEvent(ev event) {
+	ctx := context.Background()
+	switch ev.kind {
+	case evState:
+		attrs := []slog.Attr{slog.String("host", ev.host), slog.String("role", ev.role),
+			slog.String("from", ev.from.String()), slog.String("to", ev.to.String())}
+		if ev.until != 0 {
+			attrs = append(attrs, slog.Time("until", t.at(ev.until)))
+		}
+		t.log.LogAttrs(ctx, slog.LevelInfo, "hostbreaker: breaker state changed", attrs...)
+	case evCooldown:
+		t.log.LogAttrs(ctx, slog.LevelInfo, "hostbreaker: host cooling down",
+			slog.String("host", ev.host), slog.String("reason", string(ev.reason)),
+			slog.Time("until", t.at(ev.until)), slog.String("note", ev.note))
+	case evReset:
+		t.log.LogAttrs(ctx, slog.LevelInfo, "hostbreaker: host reset", slog.String("host", ev.host))
+	case evRate:
+		t.log.LogAttrs(ctx, slog.LevelInfo, "hostbreaker: host rate limit changed", slog.String("host", ev.host),
+			slog.Float64("rate", ev.rate), slog.Float64("previous_rate", ev.prevRate), slog.String("why", ev.note))
+	case evDropped:
+		t.log.LogAttrs(ctx, slog.LevelDebug, "hostbreaker: dropped a cooldown: too many hosts cooling down without a breaker",
+			slog.String("host", ev.host))
+	case evRetryAfter:
+		t.tel.recordRetryAfter(ctx, ev.host, ev.retryAfter)
+	case evResolveError:
+		t.log.LogAttrs(ctx, slog.LevelError, "hostbreaker: resolve policy; using the built-in defaults",
+			slog.String("host", ev.host), slog.String("role", ev.role), slog.String("err", ev.note))
+	}
 }

@@ -65,7 +65,7 @@ func readCounts(e *entry) counts {
 	v[cSuccess] = e.successes.Load()
 	v[cFailure] = e.failures.Load()
 	v[cNeutral] = e.neutral.Load()
-	if m := e.more.Load(); m != nil {
+	if m := e.extra.Load(); m != nil {
 		for i := range m.rejected {
 			v[cRejected+i] = m.rejected[i].Load()
 		}

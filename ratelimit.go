@@ -8,15 +8,13 @@ package hostbreaker
 //
 // A host gets a limiter when its policy sets a rate, or at its first
 // throttling response; hostState.lim stays nil otherwise, and a nil check
-// is all that an unlimited host costs on the request path. Times are ns
-// since the Transport's epoch, as everywhere on the request path.
+// is all that an unlimited host costs on the request path. The limiter is
+// pure: it takes the time in (ns since the Transport's epoch, see doc.go)
+// and returns its rate changes as values, which the Transport reports
+// (transport.go); waiting for a turn is the Transport's too.
 
 import (
-	"context"
-	"fmt"
 	"math"
-	"net/http"
-	"strings"
 	"sync"
 	"time"
 )
@@ -93,16 +91,16 @@ type rateChange struct {
 // Without a configured rate it starts at rate, which must be > 0.
 func newLimiter(p *resolved, now int64, rate float64) *limiter {
 	l := &limiter{bucket: now - now%sendBucket}
-	l.configure(p)
+	l.configureLocked(p)
 	if l.ceiling > 0 {
 		rate = l.ceiling
 	}
-	l.setRate(rate, now)
+	l.setRateLocked(rate, now)
 	return l
 }
 
 // configure takes the rate-limit fields of p. Callers hold mu or own l.
-func (l *limiter) configure(p *resolved) {
+func (l *limiter) configureLocked(p *resolved) {
 	l.ceiling, l.burst, l.maxWait = p.Rate, int64(max(p.Burst, 1)), int64(p.MaxWait)
 	l.minRate, l.adaptive = p.MinRate, p.Adaptive == ToggleOn
 	if l.minRate <= 0 {
@@ -116,15 +114,15 @@ func (l *limiter) reconfigure(p *resolved, now int64) (rateChange, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	prev := l.fill
-	l.configure(p)
+	l.configureLocked(p)
 	switch {
 	case !l.adaptive || !l.learnt:
 		l.learnt = false
 		if l.ceiling > 0 {
-			l.setRate(l.ceiling, now)
+			l.setRateLocked(l.ceiling, now)
 		}
 	default:
-		l.setRate(l.fill, now) // within the new floor and ceiling
+		l.setRateLocked(l.fill, now) // within the new floor and ceiling
 	}
 	return rateChange{prev: prev, rate: l.fill, lastMax: l.lastMax, why: "configured"}, l.fill != prev
 }
@@ -132,7 +130,7 @@ func (l *limiter) reconfigure(p *resolved, now int64) (rateChange, bool) {
 // setRate sets the rate to r, within the floor and the ceiling, and keeps
 // the queue of turns already given in order: the backlog is rescaled to
 // the new interval.
-func (l *limiter) setRate(r float64, now int64) {
+func (l *limiter) setRateLocked(r float64, now int64) {
 	if l.ceiling > 0 {
 		r = min(r, l.ceiling)
 	}
@@ -147,36 +145,48 @@ func (l *limiter) setRate(r float64, now int64) {
 	l.fill, l.interval = r, iv
 }
 
+// turn is a request's turn at a limiter, as a rate.Reservation: the
+// limiter that gave it, when the request may go, and what it took from the
+// bucket. The request finishes it or gives it back at that limiter,
+// whatever happened to the host's limiter meanwhile. The zero turn is none.
+type turn struct {
+	lim      *limiter
+	at       int64 // when the request may go, ns since the epoch
+	interval int64 // what it took from the bucket: the interval at the time
+}
+
 // reserve gives the request at now its turn: the earliest time at which
 // the bucket holds a token. It takes the turn and returns it when it is
 // at most maxWait away and not after deadline (0 for none); otherwise it
 // takes nothing and returns the turn with false. A reanchoring that was
 // due comes first; its change is returned.
-func (l *limiter) reserve(now, deadline int64) (turn int64, ok bool, ch rateChange, changed bool) {
+func (l *limiter) reserve(now, deadline int64) (tn turn, ok bool, ch rateChange, changed bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	ch, changed = l.reanchor(now)
+	ch, changed = l.reanchorLocked(now)
 	tat := max(l.tat, now) + l.interval
 	if l.held != 0 {
 		tat = max(tat, l.held+l.burst*l.interval) // one token at held, then one per interval
 	}
-	turn = max(now, tat-l.burst*l.interval)
+	tn = turn{lim: l, at: max(now, tat-l.burst*l.interval), interval: l.interval}
 	limit := now + l.maxWait
 	if deadline > 0 {
 		limit = min(limit, deadline)
 	}
-	if turn > limit {
-		return turn, false, ch, changed
+	if tn.at > limit {
+		return tn, false, ch, changed
 	}
 	l.tat = tat
-	l.countSend(turn)
-	return turn, true, ch, changed
+	l.countSendLocked(tn.at)
+	return tn, true, ch, changed
 }
 
-// cancel gives back a turn that reserve gave and that will not be used.
-func (l *limiter) cancel() {
+// cancel gives back a turn that reserve gave and that will not be used:
+// exactly the interval it took.
+func (tn turn) cancel() {
+	l := tn.lim
 	l.mu.Lock()
-	l.tat -= l.interval
+	l.tat -= tn.interval
 	l.sent = max(l.sent-1, 0)
 	l.mu.Unlock()
 }
@@ -201,12 +211,12 @@ func (l *limiter) hold(until int64, replace bool) {
 func (l *limiter) seed(n float64, at int64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.addSuccess(at - 1)
+	l.addSuccessLocked(at - 1)
 	l.okN[((at-1)/acceptSlot)%acceptSlots] += n - 1
 }
 
 // countSend counts a request sent at t in the measured send rate.
-func (l *limiter) countSend(t int64) {
+func (l *limiter) countSendLocked(t int64) {
 	if b := t - t%sendBucket; b > l.bucket {
 		cur := l.sent / (float64(b-l.bucket) / 1e9)
 		l.measured = cur*sendSmooth + l.measured*(1-sendSmooth)
@@ -216,7 +226,7 @@ func (l *limiter) countSend(t int64) {
 }
 
 // addSuccess counts a success of a request sent at t.
-func (l *limiter) addSuccess(t int64) {
+func (l *limiter) addSuccessLocked(t int64) {
 	slot := t - t%acceptSlot
 	i := (t / acceptSlot) % acceptSlots
 	if l.okAt[i] != slot {
@@ -230,7 +240,7 @@ func (l *limiter) addSuccess(t int64) {
 
 // accepted returns the rate at which the host served requests sent in the
 // window that ends at t, in requests per second.
-func (l *limiter) accepted(t int64) float64 {
+func (l *limiter) acceptedLocked(t int64) float64 {
 	var n float64
 	for i, at := range l.okAt {
 		if at >= t-acceptWindow && at < t {
@@ -254,23 +264,23 @@ func (l *limiter) success(sent, now int64) (rateChange, bool) {
 	if sent == 0 {
 		sent = max(l.throttleAt-1, 1) // before the limiter: in the first throttle's window
 	}
-	l.addSuccess(sent)
+	l.addSuccessLocked(sent)
 	if !l.learnt {
 		return rateChange{}, false
 	}
-	if ch, ok := l.reanchor(now); ok {
+	if ch, ok := l.reanchorLocked(now); ok {
 		return ch, true
 	}
-	r := l.cubic(now)
+	r := l.cubicLocked(now)
 	if l.tat <= now {
 		r = min(r, max(l.fill, 2*l.measured)) // no queue: the client may not need more
 	}
-	l.setRate(r, now)
+	l.setRateLocked(r, now)
 	return rateChange{}, false
 }
 
 // cubic returns the CUBIC rate at now.
-func (l *limiter) cubic(now int64) float64 {
+func (l *limiter) cubicLocked(now int64) float64 {
 	t := float64(now-l.throttleAt) / 1e9
 	return cubicScale*math.Pow(t-l.window, 3) + l.lastMax
 }
@@ -294,7 +304,7 @@ func (l *limiter) throttle(sent, now, cooldown, wall int64, status int) (rateCha
 		return rateChange{}, false
 	}
 	prev := l.fill
-	anchor := l.accepted(now)
+	anchor := l.acceptedLocked(now)
 	if anchor <= 0 || anchor > l.fill {
 		anchor = l.fill
 	}
@@ -302,8 +312,8 @@ func (l *limiter) throttle(sent, now, cooldown, wall int64, status int) (rateCha
 	l.lastCode = status
 	l.throttleAt, l.throttleNs = now, wall
 	l.reanchorAt = max(cooldown, now+reanchorDelay)
-	l.anchor(anchor)
-	l.setRate(cubicBeta*l.lastMax, now)
+	l.anchorLocked(anchor)
+	l.setRateLocked(cubicBeta*l.lastMax, now)
 	if cooldown > now {
 		l.held = max(l.held, cooldown)
 	}
@@ -312,7 +322,7 @@ func (l *limiter) throttle(sent, now, cooldown, wall int64, status int) (rateCha
 
 // anchor sets lastMax, within the floor and the ceiling, and the CUBIC
 // window K = ∛(lastMax·(1−β)/C) that goes with it.
-func (l *limiter) anchor(r float64) {
+func (l *limiter) anchorLocked(r float64) {
 	if l.ceiling > 0 {
 		r = min(r, l.ceiling)
 	}
@@ -323,21 +333,21 @@ func (l *limiter) anchor(r float64) {
 // reanchor anchors the last throttle again, once its reanchor time has
 // come: on the rate the host accepted in the 2 s before it, counting the
 // requests that were still in flight then. Callers hold mu.
-func (l *limiter) reanchor(now int64) (rateChange, bool) {
+func (l *limiter) reanchorLocked(now int64) (rateChange, bool) {
 	if l.reanchorAt == 0 || now < l.reanchorAt {
 		return rateChange{}, false
 	}
 	l.reanchorAt = 0
-	acc := l.accepted(l.throttleAt)
+	acc := l.acceptedLocked(l.throttleAt)
 	if acc <= 0 {
 		return rateChange{}, false
 	}
 	prev, prevMax := l.fill, l.lastMax
-	l.anchor(acc)
+	l.anchorLocked(acc)
 	if l.lastMax == prevMax {
 		return rateChange{}, false
 	}
-	l.setRate(l.cubic(now), now)
+	l.setRateLocked(l.cubicLocked(now), now)
 	return rateChange{prev: prev, rate: l.fill, lastMax: l.lastMax, why: "reanchored", status: l.lastCode}, true
 }
 
@@ -353,10 +363,10 @@ func (l *limiter) adopt(rate float64, now, wall int64) (rateChange, bool) {
 	prev := l.fill
 	l.learnt = true
 	l.throttleNs = wall
-	l.anchor(rate)
+	l.anchorLocked(rate)
 	l.throttleAt = now - int64(l.window*1e9) // at the plateau: the rate is lastMax
 	l.reanchorAt = 0
-	l.setRate(l.lastMax, now)
+	l.setRateLocked(l.lastMax, now)
 	return rateChange{prev: prev, rate: l.fill, lastMax: l.lastMax, why: "fleet"}, l.fill != prev
 }
 
@@ -374,7 +384,7 @@ func (l *limiter) expire(now int64) (drop bool, ch rateChange, changed bool) {
 	if l.ceiling == 0 {
 		return true, rateChange{prev: prev, why: "expired"}, true
 	}
-	l.setRate(l.ceiling, now)
+	l.setRateLocked(l.ceiling, now)
 	return false, rateChange{prev: prev, rate: l.fill, why: "expired"}, l.fill != prev
 }
 
@@ -402,115 +412,55 @@ func (l *limiter) status() limitStatus {
 	return s
 }
 
-// The Transport's side of the limiters.
+// The limiter's life on a host. Each function below changes hostState.lim
+// and returns the rate change it made, for the Transport to report.
 
 // startLimiter gives h a limiter, if it has none, when its policy p sets a
-// rate or when other processes sharing the store learnt one for it (see
-// fleetRates). Hosts that never throttled and have no configured rate
-// keep none.
-func (t *Transport) startLimiter(h *hostState, p *resolved) {
+// rate or when the processes sharing the store learnt one for it (fr, when
+// fleet). Hosts that never throttled and have no configured rate keep
+// none. It reports the change, if it started one.
+func (h *hostState) startLimiter(p *resolved, fr fleetRate, fleet bool, now int64) (rateChange, bool) {
 	if h.lim.Load() != nil {
-		return
+		return rateChange{}, false
 	}
-	fr, fleet := t.fleetRate(h.name)
 	fleet = fleet && p.Adaptive == ToggleOn
 	if p.Rate <= 0 && !fleet {
-		return
+		return rateChange{}, false
 	}
-	now := t.now()
 	l := newLimiter(p, now, max(fr.rate, p.MinRate))
 	ch := rateChange{rate: l.fill, why: "configured"}
 	if fleet {
 		ch, _ = l.adopt(fr.rate, now, fr.throttled)
 		ch.prev = 0
 	}
-	if h.lim.CompareAndSwap(nil, l) {
-		t.emitRate(h.name, ch)
-	}
+	return ch, h.lim.CompareAndSwap(nil, l)
 }
 
-// syncLimiter applies h's policy p to its limiter after a policy change:
-// it starts one for a rate that is now configured, and drops one that has
-// nothing left to do (no configured rate, and nothing learnt or learning
-// turned off). Callers hold registry.mu.
-func (t *Transport) syncLimiter(h *hostState, p *resolved) {
+// syncLimiter applies h's policy p to its limiter after a policy change: it
+// starts one for a rate that is now configured (see startLimiter), and
+// drops one that has nothing left to do (no configured rate, and nothing
+// learnt or learning turned off).
+func (h *hostState) syncLimiter(p *resolved, fr fleetRate, fleet bool, now int64) (rateChange, bool) {
 	lim := h.lim.Load()
 	if lim == nil {
-		t.startLimiter(h, p)
-		return
+		return h.startLimiter(p, fr, fleet, now)
 	}
-	ch, changed := lim.reconfigure(p, t.now())
+	ch, changed := lim.reconfigure(p, now)
 	if st := lim.status(); p.Rate <= 0 && st.throttled == 0 {
 		h.lim.Store(nil)
-		t.emitRate(h.name, rateChange{prev: ch.prev, why: "configured"})
-		return
+		return rateChange{prev: ch.prev, why: "configured"}, true
 	}
-	if changed {
-		t.emitRate(h.name, ch)
-	}
+	return ch, changed
 }
 
-// await waits for the request's turn at the host's limiter, within the
-// policy's MaxWait and half the time left before the request's deadline,
-// and returns when it was sent. (A request sent at its deadline would time
-// out, a timeout counts as the host's failure, and its turn would be
-// wasted; half leaves the round trip as much time as the wait took.) A
-// request whose turn is further away is rejected at once with
-// ReasonRateLimited and its turn as Until; one whose context ends while it
-// waits gives its turn back. A host that is cooling down gives no turns:
-// admit rejects the request (0, nil).
-func (t *Transport) await(req *http.Request, e *entry, lim *limiter) (int64, error) {
-	now := t.now()
-	if e.host.coolingDown(now) {
-		return 0, nil
+// learnLimiter returns h's limiter, giving h one at its first throttle,
+// seeded with an estimate of the successes of the last 2 s: the successes
+// of its entries, spread evenly over the host's life when it is older than
+// that.
+func (h *hostState) learnLimiter(p *resolved, now int64) *limiter {
+	if lim := h.lim.Load(); lim != nil {
+		return lim
 	}
-	ctx := req.Context()
-	var deadline int64
-	if d, ok := ctx.Deadline(); ok {
-		if left := int64(time.Until(d)); left > 0 {
-			deadline = now + left/2
-		} // else already past: the base reports it
-	}
-	turn, ok, ch, changed := lim.reserve(now, deadline)
-	if changed {
-		t.emitRate(e.host.name, ch)
-	}
-	if !ok {
-		e.reject(ReasonRateLimited)
-		return 0, &OpenError{Host: e.host.name, Role: e.role, Reason: ReasonRateLimited, Until: t.at(turn)}
-	}
-	if turn <= now {
-		return now, nil
-	}
-	timer := time.NewTimer(time.Duration(turn - now))
-	defer timer.Stop()
-	select {
-	case <-timer.C:
-		return turn, nil
-	case <-ctx.Done():
-		lim.cancel()
-		return 0, fmt.Errorf("hostbreaker: %s: waiting for a turn: %w", e.host.name, context.Cause(ctx))
-	}
-}
-
-// throttle applies a throttling response of status to h's limiter,
-// creating it at the host's first throttle. sent is when the limiter let
-// the request go (0 without one).
-func (t *Transport) throttle(h *hostState, p *resolved, sent int64, status int) {
-	now := t.now()
-	lim := h.lim.Load()
-	if lim == nil {
-		lim = t.learnLimiter(h, p, now)
-	}
-	if ch, ok := lim.throttle(sent, now, h.until.Load(), time.Now().UnixNano(), status); ok {
-		t.emitRate(h.name, ch)
-	}
-}
-
-// learnLimiter gives h its limiter at its first throttle, seeded with an
-// estimate of the successes of the last 2 s: the successes of its entries,
-// spread evenly over the host's life when it is older than that.
-func (t *Transport) learnLimiter(h *hostState, p *resolved, now int64) *limiter {
 	var n float64
 	h.each(func(e *entry) { n += float64(e.successes.Load()) })
 	if age := now - h.born; age > acceptWindow {
@@ -524,76 +474,26 @@ func (t *Transport) learnLimiter(h *hostState, p *resolved, now int64) *limiter 
 	return l
 }
 
-// limitSuccess counts a success of a request that lim let go at sent.
-func (t *Transport) limitSuccess(host string, lim *limiter, sent int64) {
-	if ch, ok := lim.success(sent, t.now()); ok {
-		t.emitRate(host, ch)
+// expireLimiter forgets h's limit if it was learnt more than limiterIdle
+// ago, and drops the limiter if it has nothing left to do.
+func (h *hostState) expireLimiter(now int64) (rateChange, bool) {
+	lim := h.lim.Load()
+	if lim == nil {
+		return rateChange{}, false
 	}
+	drop, ch, changed := lim.expire(now)
+	if drop {
+		h.lim.CompareAndSwap(lim, nil)
+	}
+	return ch, changed
 }
 
-// emitRate emits a rate change of host.
-func (t *Transport) emitRate(host string, ch rateChange) {
-	t.emit(event{kind: evRate, host: host, rate: ch.rate, prevRate: ch.prev, lastMax: ch.lastMax,
-		note: ch.why, status: ch.status})
-}
-
-// expireLimiters forgets the limits learnt more than 15 minutes ago, and
-// drops the limiters that have nothing left to do.
-func (t *Transport) expireLimiters() {
-	var hosts []*hostState
-	t.reg.mu.Lock()
-	t.reg.tab.Load().each(func(h *hostState) {
-		if h.lim.Load() != nil {
-			hosts = append(hosts, h)
-		}
-	})
-	t.reg.mu.Unlock()
-	now := t.now()
-	for _, h := range hosts {
-		lim := h.lim.Load()
-		if lim == nil {
-			continue
-		}
-		drop, ch, changed := lim.expire(now)
-		if drop {
-			h.lim.CompareAndSwap(lim, nil)
-		}
-		if changed {
-			t.emitRate(h.name, ch)
-		}
+// limiterOf returns the limiter that an outcome of a request admitted with
+// adm is recorded at: the one that gave its turn, else h's (a request sent
+// before h had a limiter).
+func (adm admission) limiterOf(h *hostState) *limiter {
+	if adm.turn.lim != nil {
+		return adm.turn.lim
 	}
-}
-
-// obeyRateLimitReset applies the quota headers of a response of e: with
-// RateLimit-Remaining: 0 (or X-RateLimit-Remaining: 0), the host cools down
-// until RateLimit-Reset (or X-RateLimit-Reset), capped like a Retry-After.
-// The header maps are read directly: their keys are canonical.
-func (t *Transport) obeyRateLimitReset(e *entry, p *resolved, resp *http.Response) {
-	h := resp.Header
-	resetKey := "Ratelimit-Reset"
-	rem, ok := h["Ratelimit-Remaining"]
-	if !ok {
-		if rem, ok = h["X-Ratelimit-Remaining"]; !ok {
-			return
-		}
-		resetKey = "X-Ratelimit-Reset"
-	}
-	if e.flags.Load()&flagQuota == 0 {
-		e.flags.Or(flagQuota) // it sends them: read them on every response
-	}
-	host := e.host.name
-	if len(rem) == 0 || strings.TrimSpace(rem[0]) != "0" || p.RetryAfterCap <= 0 {
-		return
-	}
-	reset := h[resetKey]
-	if len(reset) == 0 {
-		return
-	}
-	wall := time.Now()
-	d, ok := rateLimitReset(reset[0], wall)
-	if !ok || d <= 0 {
-		return
-	}
-	t.setCooldown(host, cooldown{until: t.after(t.now(), min(d, p.RetryAfterCap)), reason: ReasonRetryAfter,
-		at: wall.UnixNano(), status: resp.StatusCode, retryAfter: d, note: resetKey})
+	return h.lim.Load()
 }

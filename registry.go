@@ -2,64 +2,13 @@ package hostbreaker
 
 import (
 	"context"
-	"fmt"
 	"hash/maphash"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 )
-
-// State is the effective state of a (host, role) breaker. The zero value is
-// StateClosed.
-type State int
-
-// The breaker states.
-const (
-	StateClosed   State = iota // requests flow; consecutive failures are counted
-	StateHalfOpen              // a few trial requests decide whether to close
-	StateOpen                  // requests are rejected until a deadline
-)
-
-// String returns "closed", "half-open" or "open".
-func (s State) String() string {
-	switch s {
-	case StateClosed:
-		return "closed"
-	case StateHalfOpen:
-		return "half-open"
-	case StateOpen:
-		return "open"
-	}
-	return "State(" + strconv.Itoa(int(s)) + ")"
-}
-
-// MarshalText encodes s as its String form.
-func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
-
-// UnmarshalText decodes the String form of a State.
-func (s *State) UnmarshalText(b []byte) error {
-	v, ok := parseState(string(b))
-	if !ok {
-		return fmt.Errorf("hostbreaker: unknown state %q", b)
-	}
-	*s = v
-	return nil
-}
-
-func parseState(s string) (State, bool) {
-	switch s {
-	case "closed":
-		return StateClosed, true
-	case "half-open":
-		return StateHalfOpen, true
-	case "open":
-		return StateOpen, true
-	}
-	return 0, false
-}
 
 // hostState is what a host's roles share: its cooldown and rolling window,
 // and the list of its breakers. It embeds the entry of its first role.
@@ -85,16 +34,10 @@ type hostState struct {
 	name string
 	// The host's entries, read without locks: the first few inline, the rest
 	// in a copy-on-write slice. Written under registry.mu.
-	roles [inlineRoles]atomic.Pointer[entry]
-	more  atomic.Pointer[[]*entry]
+	roles    [inlineRoles]atomic.Pointer[entry]
+	overflow atomic.Pointer[[]*entry] // the entries past the inline ones
 
-	mu     sync.Mutex
-	reason Reason  // why until is set; guarded by mu
-	note   string  // operator's note for manual cooldowns; guarded by mu
-	setAt  int64   // wall-clock unix ns when the cooldown was decided; guarded by mu
-	window []int64 // rolling window: times of recent failures (ring); guarded by mu
-	wnext  int32   // next slot of window; guarded by mu
-	wn     int32   // slots in use; guarded by mu
+	hostCooldown // why and since when it cools down, its rolling window (cooldown.go)
 
 	born      int64       // when the state was created, ns since the Transport's epoch
 	detached  atomic.Bool // removed from the registry; set under registry.mu
@@ -138,7 +81,7 @@ func (h *hostState) find(role string) *entry {
 			return e
 		}
 	}
-	if more := h.more.Load(); more != nil {
+	if more := h.overflow.Load(); more != nil {
 		for _, e := range *more {
 			if e.role == role {
 				return e
@@ -157,15 +100,15 @@ func (h *hostState) each(f func(*entry)) {
 			f(e)
 		}
 	}
-	if more := h.more.Load(); more != nil {
+	if more := h.overflow.Load(); more != nil {
 		for _, e := range *more {
 			f(e)
 		}
 	}
 }
 
-// entries returns the host's entries. Callers hold registry.mu.
-func (h *hostState) entries() []*entry {
+// entriesLocked returns the host's entries. Callers hold registry.mu.
+func (h *hostState) entriesLocked() []*entry {
 	var out []*entry
 	h.each(func(e *entry) { out = append(out, e) })
 	return out
@@ -174,10 +117,10 @@ func (h *hostState) entries() []*entry {
 // bare reports whether the host has no entry.
 func (h *hostState) bare() bool { return h.roles[0].Load() == nil }
 
-// setEntries replaces the host's entries. Callers hold registry.mu. A
+// setEntriesLocked replaces the host's entries. Callers hold registry.mu. A
 // concurrent reader may miss an entry while this runs; it then takes the
 // locked path, which sees the final list.
-func (h *hostState) setEntries(es []*entry) {
+func (h *hostState) setEntriesLocked(es []*entry) {
 	for i := range h.roles {
 		var e *entry
 		if i < len(es) {
@@ -187,42 +130,10 @@ func (h *hostState) setEntries(es []*entry) {
 	}
 	if len(es) > inlineRoles {
 		more := slices.Clone(es[inlineRoles:])
-		h.more.Store(&more)
+		h.overflow.Store(&more)
 	} else {
-		h.more.Store(nil)
+		h.overflow.Store(nil)
 	}
-}
-
-func (h *hostState) coolingDown(now int64) bool {
-	u := h.until.Load()
-	return u != 0 && now < u
-}
-
-// cooldown is a host cooldown to apply.
-type cooldown struct {
-	until  int64 // ns since the Transport's epoch
-	reason Reason
-	note   string
-	manual bool  // replaces the current cooldown; any other only extends it
-	remote bool  // read from the store: not shared again
-	at     int64 // wall-clock unix ns when it was decided
-
-	status     int           // the response that asked for it (Retry-After)
-	retryAfter time.Duration // what it asked for, before the cap
-}
-
-// apply puts h in cooldown c, and reports whether it did: an automatic
-// cooldown only ever extends the current one; a manual one replaces it.
-func (h *hostState) apply(c cooldown, now int64) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	cur := h.until.Load()
-	if !c.manual && cur > now && c.until <= cur {
-		return false
-	}
-	h.reason, h.note, h.setAt = c.reason, c.note, c.at
-	h.until.Store(c.until)
-	return true
 }
 
 // registry is the bounded set of entries: an open-addressing table of hosts
@@ -488,7 +399,7 @@ func (r *registry) create(host, role string, pol func(host, role string) *resolv
 		r.limit(h, e.pol.Load()) // before any request can reach the host unpaced
 	}
 	e.flags.Store(flagLive | flagUsed) // publishes the fields above
-	h.setEntries(append(h.entries(), e))
+	h.setEntriesLocked(append(h.entriesLocked(), e))
 	r.n++
 	return e
 }
@@ -537,7 +448,7 @@ func (r *registry) evictLocked(now int64) bool {
 				// is spared, and marked unused: its second chance.
 				if freed < want && e.idle(now) && !(pass == 0 && e.flags.And(^uint32(flagUsed))&flagUsed != 0) {
 					if !changed {
-						kept, changed = h.entries()[:i], true
+						kept, changed = h.entriesLocked()[:i], true
 					}
 					e.flags.Or(flagEvicted)
 					r.releaseLocked(e.role)
@@ -551,7 +462,7 @@ func (r *registry) evictLocked(now int64) bool {
 			if !changed {
 				return
 			}
-			h.setEntries(kept)
+			h.setEntriesLocked(kept)
 			if len(kept) == 0 {
 				r.nbare++
 				if !h.coolingDown(now) {
@@ -605,7 +516,7 @@ func (r *registry) hostEntries(host string) (*hostState, []*entry) {
 		return nil, nil
 	}
 	h := s.h.Load()
-	return h, h.entries()
+	return h, h.entriesLocked()
 }
 
 // Roles commonly used by harvesters. Any string is a valid role.

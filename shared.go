@@ -279,7 +279,7 @@ func (t *Transport) pull(ctx context.Context) error {
 }
 
 // pullOverrides reads the tuned overrides from the store and, when they
-// changed, applies them (see applyPolicies) and emits a policy change per
+// changed, applies them (see applyPoliciesLocked) and emits a policy change per
 // key that changed.
 func (t *Transport) pullOverrides(ctx context.Context) error {
 	cctx, cancel := context.WithTimeout(ctx, storeTimeout)
@@ -290,13 +290,13 @@ func (t *Transport) pullOverrides(ctx context.Context) error {
 		return err
 	}
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	if len(ov) == 0 && len(t.overrides) == 0 || reflect.DeepEqual(ov, t.overrides) {
+		t.mu.Unlock()
 		return nil
 	}
 	prev, before := t.overrides, t.policies.Load()
 	t.overrides = ov
-	t.applyPolicies()
+	skipped := t.applyPoliciesLocked()
 	after := t.policies.Load()
 	for _, key := range slices.Sorted(maps.Keys(mapUnion(prev, ov))) {
 		if reflect.DeepEqual(prev[key], ov[key]) {
@@ -308,6 +308,8 @@ func (t *Transport) pullOverrides(ctx context.Context) error {
 		t.emit(event{kind: evPolicy, host: key, prevPolicy: policyTOML(before.keyPolicy(key), fields),
 			policy: policyTOML(after.keyPolicy(key), fields), note: "tuned (read from the store)", remote: true})
 	}
+	t.mu.Unlock()
+	t.logSkipped(skipped)
 	return nil
 }
 

@@ -29,8 +29,8 @@ import (
 type Transport struct {
 	base    http.RoundTripper
 	log     *slog.Logger
+	clock           // the time base of the request path: ns since its epoch
 	rolling Rolling // with defaults; Enabled false means off
-	epoch   time.Time
 	reg     *registry
 
 	mu         sync.Mutex                  // serializes policy updates
@@ -141,7 +141,7 @@ func NewTransport(base http.RoundTripper, opts ...Option) (*Transport, error) {
 	t := &Transport{
 		base:    base,
 		log:     o.logger,
-		epoch:   time.Now().Add(-time.Second), // so that no time on the request path is 0, which means "none"
+		clock:   clock{epoch: time.Now().Add(-time.Second)}, // so that no time on the request path is 0, which means "none"
 		reg:     newRegistry(maxHosts),
 		events:  make(chan event, 1024),
 		queries: make(chan func()),
@@ -229,23 +229,6 @@ func (t *Transport) Close() error {
 	return err
 }
 
-// now returns the monotonic time since the Transport's epoch, in ns.
-func (t *Transport) now() int64 { return int64(time.Since(t.epoch)) }
-
-// maxWait bounds every deadline the Transport sets, so that no duration from
-// a configuration, a server or an operator can overflow the clock or a
-// store's timestamps. Nobody waits ten years for a host.
-const maxWait = 10 * 365 * 24 * time.Hour
-
-// after returns the deadline d after now (ns since the epoch), d capped at
-// maxWait.
-func (t *Transport) after(now int64, d time.Duration) int64 {
-	return now + int64(min(d, maxWait))
-}
-
-// at converts a time since the epoch to a time.Time.
-func (t *Transport) at(ns int64) time.Time { return t.epoch.Add(time.Duration(ns)) }
-
 // RoundTrip implements http.RoundTripper. It sends req through the base
 // transport unless the host is cooling down or the (host, role) breaker
 // rejects it; then it closes the request body and returns an *OpenError.
@@ -280,42 +263,101 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if e.flags.Load()&flagUsed == 0 {
 		e.flags.Or(flagUsed)
 	}
-	var sent int64 // when the limiter let the request go; 0 without one
-	lim := e.host.lim.Load()
-	if lim != nil {
+	var tn turn // the request's turn at the host's limiter; none for an unlimited host
+	if lim := e.host.lim.Load(); lim != nil {
 		var err error
-		if sent, err = t.await(req, e, lim); err != nil {
+		if tn, err = t.wait(req, e, lim); err != nil {
 			closeBody(req)
 			return nil, err
 		}
 	}
 	adm, rej := t.admit(e)
 	if rej != nil {
-		if sent != 0 {
-			lim.cancel() // a cooldown began while it waited: its turn is given back
+		if tn.lim != nil {
+			tn.cancel() // a cooldown began while it waited: its turn is given back
 		}
 		e.reject(rej.Reason)
 		closeBody(req)
 		return nil, rej
 	}
-	adm.sent = sent
+	adm.turn = tn
 	recorded := false
 	if adm.probe {
 		// A half-open permit must be given back even if base panics.
 		defer func() {
 			if !recorded {
-				t.releaseProbe(e, adm)
+				e.releaseProbe(adm)
 			}
 		}()
 	}
 	resp, err := t.base.RoundTrip(req)
 	recorded = true
 	if resp == nil && err == nil {
-		t.apply(e, adm, outcomeNeutral, cause{}) // gives a probe's slot back
+		e.record(adm, outcomeNeutral, t.clock) // gives a probe's slot back
 		return nil, t.nilResponse()
 	}
 	t.record(e, adm, req, resp, err)
 	return resp, err
+}
+
+// admit lets a request to e in, or returns its rejection: the host's
+// cooldown first (cooldown.go), then the breaker (breaker.go), whose
+// transition it reports. The healthy path is two atomic loads.
+func (t *Transport) admit(e *entry) (admission, *OpenError) {
+	if hu := e.host.until.Load(); hu != 0 {
+		if rej := e.host.gate(hu, e.role, t.clock); rej != nil {
+			return admission{}, rej
+		}
+	}
+	adm, tr, rej := e.admit(t.clock)
+	if tr.changed() {
+		t.emitTransition(e, tr, cause{})
+	}
+	return adm, rej
+}
+
+// wait waits for the request's turn at the host's limiter, within the
+// policy's MaxWait and half the time left before the request's deadline,
+// and returns the turn. (A request sent at its deadline would time out, a
+// timeout counts as the host's failure, and its turn would be wasted; half
+// leaves the round trip as much time as the wait took.) A request whose
+// turn is further away is rejected at once with ReasonRateLimited and its
+// turn as Until; one whose context ends while it waits gives its turn
+// back. A host that is cooling down gives no turns: admit rejects the
+// request (the zero turn, nil).
+func (t *Transport) wait(req *http.Request, e *entry, lim *limiter) (turn, error) {
+	now := t.now()
+	if e.host.coolingDown(now) {
+		return turn{}, nil
+	}
+	ctx := req.Context()
+	var deadline int64
+	if d, ok := ctx.Deadline(); ok {
+		if left := int64(time.Until(d)); left > 0 {
+			deadline = now + left/2
+		} // else already past: the base reports it
+	}
+	tn, ok, ch, changed := lim.reserve(now, deadline)
+	if changed {
+		t.emitRate(e.host.name, ch)
+	}
+	if !ok {
+		e.reject(ReasonRateLimited)
+		return turn{}, &OpenError{Host: e.host.name, Role: e.role, Reason: ReasonRateLimited, Until: t.at(tn.at)}
+	}
+	if tn.at <= now {
+		tn.at = now
+		return tn, nil
+	}
+	timer := time.NewTimer(time.Duration(tn.at - now))
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return tn, nil
+	case <-ctx.Done():
+		tn.cancel()
+		return turn{}, fmt.Errorf("hostbreaker: %s: waiting for a turn: %w", e.host.name, context.Cause(ctx))
+	}
 }
 
 // nilResponse is the error for a base that returned neither a response nor
@@ -331,7 +373,7 @@ func (t *Transport) nilResponse() error {
 func (t *Transport) roundTripUntracked(req *http.Request, host, role string) (*http.Response, error) {
 	now := t.now()
 	if h := t.reg.host(host); h != nil && h.coolingDown(now) {
-		if rej := t.hostRejection(h, role, now); rej != nil {
+		if rej := h.rejection(role, t.clock, now); rej != nil {
 			closeBody(req)
 			return nil, rej
 		}
@@ -348,7 +390,7 @@ func (t *Transport) roundTripUntracked(req *http.Request, host, role string) (*h
 	if resp == nil && err == nil {
 		return nil, t.nilResponse()
 	}
-	if resp != nil && err == nil && throttled(resp.StatusCode) {
+	if resp != nil && err == nil && mayRetryAfter(resp.StatusCode) {
 		t.obeyRetryAfter(host, t.resolve(host, role), resp)
 	}
 	return resp, err
@@ -365,69 +407,92 @@ func (t *Transport) resolve(host, role string) *resolved {
 	p, err := t.policies.Load().resolve(host, role)
 	if err != nil {
 		// Validation checks every combination that can occur, so this is a
-		// bug; fall back to the defaults rather than fail requests.
-		t.log.Error("hostbreaker: resolve policy", "host", host, "role", role, "err", err)
+		// bug; fall back to the defaults rather than fail requests. The
+		// registry calls this under its lock: the loop logs it.
+		t.emit(event{kind: evResolveError, host: host, role: role, note: err.Error()})
 		p, _ = (&policyTable{defaults: builtinPolicy()}).resolve(host, role)
 	}
 	return p
 }
 
-// hostRejection returns the rejection for h's cooldown, reading the
-// deadline and its reason together; nil if a reset ended it meanwhile.
-func (t *Transport) hostRejection(h *hostState, role string, now int64) *OpenError {
-	h.mu.Lock()
-	until, reason := h.until.Load(), h.reason
-	h.mu.Unlock()
-	if until == 0 || now >= until {
-		return nil
-	}
-	return &OpenError{Host: h.name, Role: role, Reason: reason, Until: t.at(until)}
-}
-
 // record counts the outcome of an admitted request and applies its
-// effects: a usable Retry-After cools the host and counts neither way (the
-// server said when to come back), other outcomes go to the breaker and the
-// rolling window.
+// effects, in this order: the host's cooldown (a usable Retry-After cools
+// the host and counts neither way: the server said when to come back; quota
+// headers), the host's limiter (a throttle slows it down, a success lets it
+// grow back), then the breaker and the rolling window. It reports the
+// breaker's transition.
 func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *http.Response, err error) {
-	p := e.pol.Load()
+	h, p := e.host, e.pol.Load()
 	o := classify(p, req, resp, err)
-	if err == nil && resp.StatusCode >= 400 {
-		if throttled(resp.StatusCode) && t.obeyRetryAfter(e.host.name, p, resp) {
-			o = outcomeNeutral
+	// The healthy path: a success in closed with no failure counted, which
+	// changes nothing but a counter.
+	healthy := o == outcomeSuccess && !adm.probe && e.fails.Load() == 0
+	if err == nil {
+		if code := resp.StatusCode; code >= 400 {
+			if t.obeyRetryAfter(h.name, p, resp) {
+				o, healthy = outcomeNeutral, false
+			}
+			if p.throttles(code) {
+				t.slowDown(h, p, adm, code)
+			}
 		}
-		if p.throttles(resp.StatusCode) {
-			t.throttle(e.host, p, adm.sent, resp.StatusCode)
+		if t.quotaDue(e, resp, healthy) {
+			t.obeyQuota(e, p, resp)
 		}
-		t.obeyRateLimitReset(e, p, resp)
 	}
 	if o == outcomeSuccess {
-		if lim := e.host.lim.Load(); lim != nil {
-			t.limitSuccess(e.host.name, lim, adm.sent)
-		}
-		if !adm.probe && e.fails.Load() == 0 {
-			// The healthy path. The quota headers are read on every
-			// response of an entry that has sent them, and on its 1st,
-			// 17th, 33rd… to find out whether it does: two header lookups
-			// on every response would cost more than the rest of the path.
-			if n := e.successes.Add(1); (n&quotaProbeMask == 1 || e.flags.Load()&flagQuota != 0) && len(resp.Header) > 0 {
-				t.obeyRateLimitReset(e, p, resp)
+		if lim := adm.limiterOf(h); lim != nil {
+			if ch, ok := lim.success(adm.turn.at, t.now()); ok {
+				t.emitRate(h.name, ch)
 			}
+		}
+	}
+	if healthy {
+		e.record(adm, o, t.clock)
+		return
+	}
+	c := e.cause(req, resp, err)
+	if o == outcomeFailure && e.evicted() {
+		// The entry was evicted while the request was in flight (it was
+		// idle then): the failure goes to the live one. A success or a
+		// neutral outcome would change nothing in an idle entry.
+		if e, adm = t.reattach(e); e == nil {
 			return
 		}
 	}
-	if err == nil && resp.StatusCode < 400 {
-		t.obeyRateLimitReset(e, p, resp)
+	if tr := e.record(adm, o, t.clock); tr.changed() {
+		t.emitTransition(e, tr, c)
 	}
-	t.recordSlow(e, adm, req, resp, err, o)
+	if o == outcomeFailure && t.rolling.Enabled {
+		t.rollingFailure(e.host)
+	}
+}
+
+// quotaDue reports whether the quota headers of resp, a response of e,
+// are to be read: on every response off the healthy path and of an entry
+// that has sent them, and otherwise on its 1st, 17th, 33rd… success to find
+// out whether it does: two header lookups on every response would cost
+// more than the rest of the healthy path.
+func (t *Transport) quotaDue(e *entry, resp *http.Response, healthy bool) bool {
+	if !healthy {
+		return true
+	}
+	return len(resp.Header) > 0 && ((e.successes.Load()+1)&quotaProbeMask == 1 || e.flags.Load()&flagQuota != 0)
 }
 
 // quotaProbeMask sets how often an entry that has not sent quota headers
 // is checked for them: when its success count & mask is 1.
 const quotaProbeMask = 15
 
-// recordSlow is record past the healthy path: the cause of a failure, the
-// rare counters, and the breaker.
-func (t *Transport) recordSlow(e *entry, adm admission, req *http.Request, resp *http.Response, err error, o outcome) {
+// cause is what a failure was: a status code, or an error type.
+type cause struct {
+	status  int
+	errType string // "timeout", or the error's Go type
+}
+
+// cause returns the cause of an outcome off the healthy path, and counts
+// the rare ones (429s, 5xx, timeouts) in e's stats.
+func (e *entry) cause(req *http.Request, resp *http.Response, err error) cause {
 	var c cause
 	switch {
 	case err != nil:
@@ -446,18 +511,7 @@ func (t *Transport) recordSlow(e *entry, adm admission, req *http.Request, resp 
 	default:
 		c.status = resp.StatusCode
 	}
-	if o == outcomeFailure && e.evicted() {
-		// The entry was evicted while the request was in flight (it was
-		// idle then): the failure goes to the live one. A success or a
-		// neutral outcome would change nothing in an idle entry.
-		if e, adm = t.reattach(e); e == nil {
-			return
-		}
-	}
-	t.apply(e, adm, o, c)
-	if o == outcomeFailure && t.rolling.Enabled {
-		t.rollingFailure(e.host)
-	}
+	return c
 }
 
 // reattach returns the live entry of an evicted entry's (host, role), and
@@ -478,141 +532,72 @@ func (t *Transport) reattach(old *entry) (*entry, admission) {
 	return e, admission{st: st}
 }
 
-// obeyRetryAfter applies the Retry-After of a 429 or 503 response to the
-// whole host, capped by the policy, and reports whether the header was
-// usable.
-func (t *Transport) obeyRetryAfter(host string, p *resolved, resp *http.Response) bool {
-	if !throttled(resp.StatusCode) {
-		return false
-	}
-	v := resp.Header.Get("Retry-After")
-	if v == "" || p.RetryAfterCap <= 0 {
-		return false
-	}
-	wall := time.Now()
-	d, ok := retryAfter(v, wall)
-	if !ok {
-		return false
-	}
-	t.emit(event{kind: evRetryAfter, host: host, retryAfter: d}) // every value received, for the histogram
-	t.setCooldown(host, cooldown{until: t.after(t.now(), min(d, p.RetryAfterCap)), reason: ReasonRetryAfter,
-		at: wall.UnixNano(), status: resp.StatusCode, retryAfter: d})
-	return true
-}
-
-// throttled reports whether a response with code may carry a Retry-After
-// that cools the host: 429 and 503.
-func throttled(code int) bool {
-	return code == http.StatusTooManyRequests || code == http.StatusServiceUnavailable
-}
-
-// rollingFailure adds a failure to the host's rolling window and puts the
-// host in cooldown when the window holds ThresholdFailures failures.
-func (t *Transport) rollingFailure(h *hostState) {
-	r := t.rolling
+// slowDown applies a throttling response of status to the host's limiter:
+// the one that gave the request its turn, else h's, which it starts at the
+// host's first throttle.
+func (t *Transport) slowDown(h *hostState, p *resolved, adm admission, status int) {
 	now := t.now()
-	h.mu.Lock()
-	if len(h.window) != r.ThresholdFailures {
-		h.window = make([]int64, r.ThresholdFailures)
-		h.wnext, h.wn = 0, 0
+	lim := adm.limiterOf(h)
+	if lim == nil {
+		lim = h.learnLimiter(p, now)
 	}
-	n := int32(len(h.window))
-	h.window[h.wnext] = now
-	h.wnext = (h.wnext + 1) % n
-	h.wn = min(h.wn+1, n)
-	oldest := h.window[h.wnext%n] // the slot to be overwritten next is the oldest
-	trip := h.wn == n && now-oldest <= int64(r.Window)
-	if trip {
-		h.wn = 0 // empty the window so that stale failures cannot trip it again
-	}
-	h.mu.Unlock()
-	if trip {
-		t.setCooldown(h.name, cooldown{until: t.after(now, r.Cooldown), reason: ReasonRollingWindow, at: time.Now().UnixNano()})
+	if ch, ok := lim.throttle(adm.turn.at, now, h.until.Load(), time.Now().UnixNano(), status); ok {
+		t.emitRate(h.name, ch)
 	}
 }
 
-// setCooldown puts host in cooldown c (see hostState.apply) and reports
-// whether it did. A host that has no entry gets a state of its own, within
-// the registry's bound on such hosts; past it the cooldown that ends
-// soonest is dropped, counted and logged. It works under the registry
-// lock, so that an eviction cannot drop the host before it cools down.
-func (t *Transport) setCooldown(host string, c cooldown) bool {
-	now := t.now()
+// startLimiter gives h a limiter when its policy p or the fleet's learnt
+// rate wants one (see hostState.startLimiter). The registry calls it, under
+// its lock, before a new entry's first request.
+func (t *Transport) startLimiter(h *hostState, p *resolved) {
+	if h.lim.Load() != nil {
+		return
+	}
+	fr, fleet := t.fleetRate(h.name)
+	if ch, ok := h.startLimiter(p, fr, fleet, t.now()); ok {
+		t.emitRate(h.name, ch)
+	}
+}
+
+// syncLimiter applies h's policy p to its limiter after a policy change
+// (see hostState.syncLimiter). Callers hold registry.mu.
+func (t *Transport) syncLimiter(h *hostState, p *resolved) {
+	fr, fleet := t.fleetRate(h.name)
+	if ch, ok := h.syncLimiter(p, fr, fleet, t.now()); ok {
+		t.emitRate(h.name, ch)
+	}
+}
+
+// expireLimiters forgets the limits learnt more than 15 minutes ago, and
+// drops the limiters that have nothing left to do.
+func (t *Transport) expireLimiters() {
+	var hosts []*hostState
 	t.reg.mu.Lock()
-	h, dropped := t.reg.bareHostLocked(host, c.until, now)
-	applied := h != nil && h.apply(c, now)
+	t.reg.tab.Load().each(func(h *hostState) {
+		if h.lim.Load() != nil {
+			hosts = append(hosts, h)
+		}
+	})
 	t.reg.mu.Unlock()
-	if dropped != "" {
-		t.cooldownsDropped.Add(1)
-		t.emit(event{kind: evDropped, host: dropped})
-	}
-	if applied {
-		if lim := h.lim.Load(); lim != nil {
-			lim.hold(c.until, c.manual)
-		}
-		t.emit(event{kind: evCooldown, host: host, reason: c.reason, until: c.until, note: c.note, remote: c.remote,
-			status: c.status, retryAfter: c.retryAfter})
-	}
-	return applied
-}
-
-// Open puts host (all roles) in a manual cooldown for d, with note for the
-// operators. It replaces any current cooldown of the host, even a longer
-// one; d is capped at ten years. host may be a name, host:port or a URL
-// (see NormalizeHost). With a store, every Transport that shares it applies
-// the cooldown too. It returns an error for a host that does not parse, a
-// d that is not positive, or when the registry's bound on hosts that only
-// cool down is reached and every one of them ends later.
-func (t *Transport) Open(host string, d time.Duration, note string) error {
-	name, err := NormalizeHost(host)
-	if err != nil {
-		return fmt.Errorf("hostbreaker: open %q: %w", host, err)
-	}
-	if d <= 0 {
-		return fmt.Errorf("hostbreaker: open %s: duration %v is not positive", name, d)
-	}
-	c := cooldown{until: t.after(t.now(), d), reason: ReasonManual, note: note, manual: true, at: time.Now().UnixNano()}
-	if !t.setCooldown(name, c) {
-		return fmt.Errorf("hostbreaker: open %s: %d hosts cool down for longer already (the bound on hosts without a breaker)", name, t.reg.maxBare)
-	}
-	return nil
-}
-
-// Reset clears every cooldown of host, closes all its breakers and empties
-// its rolling window. host may be a name, host:port or a URL (see
-// NormalizeHost); one that does not parse is an error. With a store, every
-// Transport that shares it resets the host too.
-func (t *Transport) Reset(host string) error {
-	name, err := NormalizeHost(host)
-	if err != nil {
-		return fmt.Errorf("hostbreaker: reset %q: %w", host, err)
-	}
-	t.resetLocal(name, time.Now().UnixNano(), false)
-	return nil
-}
-
-// resetLocal resets a normalized host in this Transport: its breakers, and
-// its cooldown if that was decided at or before at (wall-clock unix ns), so
-// that a reset read late from the store does not clear a newer cooldown.
-// remote says that the reset came from the store.
-func (t *Transport) resetLocal(name string, at int64, remote bool) {
-	h, entries := t.reg.hostEntries(name)
-	if h != nil {
-		h.mu.Lock()
-		if h.setAt <= at {
-			h.until.Store(0)
-			h.reason, h.note = "", ""
-			if lim := h.lim.Load(); lim != nil {
-				lim.hold(t.now(), true) // the cooldown's hold ends with it
-			}
-		}
-		h.wn = 0
-		h.mu.Unlock()
-		for _, e := range entries {
-			e.reset()
+	now := t.now()
+	for _, h := range hosts {
+		if ch, ok := h.expireLimiter(now); ok {
+			t.emitRate(h.name, ch)
 		}
 	}
-	t.emit(event{kind: evReset, host: name, remote: remote})
+}
+
+// emitRate emits a rate change of host.
+func (t *Transport) emitRate(host string, ch rateChange) {
+	t.emit(event{kind: evRate, host: host, rate: ch.rate, prevRate: ch.prev, lastMax: ch.lastMax,
+		note: ch.why, status: ch.status})
+}
+
+// emitTransition emits a transition of e's breaker; c is the cause of the
+// failure that tripped it.
+func (t *Transport) emitTransition(e *entry, tr transition, c cause) {
+	t.emit(event{kind: evState, host: e.host.name, role: e.role, from: tr.from, to: tr.to, until: tr.until,
+		failures: tr.failures, status: c.status, errType: c.errType})
 }
 
 // CloseIdleConnections closes the idle connections of the base transport,
@@ -642,33 +627,37 @@ func (t *Transport) UpdateHostPolicy(host string, p Policy) error {
 		return err
 	}
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	before := t.policies.Load().keyPolicy(key)
 	configured, _, err := t.configured.withUpdate(key, p)
 	if err != nil {
+		t.mu.Unlock()
 		return err
 	}
 	t.configured = configured
-	t.applyPolicies()
+	skipped := t.applyPoliciesLocked()
 	t.emit(event{kind: evPolicy, host: key, prevPolicy: policyTOML(before, p),
 		policy: policyTOML(t.policies.Load().keyPolicy(key), p), note: "UpdateHostPolicy"})
+	t.mu.Unlock()
+	t.logSkipped(skipped)
 	return nil
 }
 
-// applyPolicies publishes the policy table in force, t.configured with the tuned
-// overrides laid over it, and switches every entry to it. Callers hold t.mu.
+// applyPoliciesLocked publishes the policy table in force, t.configured
+// with the tuned overrides laid over it, and switches every entry to it.
+// Callers hold t.mu. It returns the overrides it could not apply, for the
+// caller to log once it has released the lock.
 //
 // Entries are created under the registry lock with the policy table of
 // that moment: publishing the table and updating the entries under the
 // same lock leaves no entry behind.
-func (t *Transport) applyPolicies() {
+func (t *Transport) applyPoliciesLocked() (skipped []skippedOverride) {
 	pt := t.configured
 	for _, key := range slices.Sorted(maps.Keys(t.overrides)) {
 		npt, _, err := pt.withUpdate(key, t.overrides[key])
 		if err != nil {
 			// Tune validated it against its bounds; a configuration that
 			// conflicts with it (a status list, say) keeps its values.
-			t.log.Warn("hostbreaker: tuned policy not applied", "key", key, "err", err)
+			skipped = append(skipped, skippedOverride{key, err})
 			continue
 		}
 		pt = npt
@@ -685,6 +674,21 @@ func (t *Transport) applyPolicies() {
 			t.syncLimiter(h, hp) // the rate limits are host-wide: any role's policy has them
 		}
 	})
+	return skipped
+}
+
+// skippedOverride is a tuned override that applyPoliciesLocked could not
+// apply, and why.
+type skippedOverride struct {
+	key string
+	err error
+}
+
+// logSkipped logs the tuned overrides that were not applied.
+func (t *Transport) logSkipped(skipped []skippedOverride) {
+	for _, s := range skipped {
+		t.log.Warn("hostbreaker: tuned policy not applied", "key", s.key, "err", s.err)
+	}
 }
 
 // Policy returns the effective policy of (host, role) now: every field
@@ -705,99 +709,6 @@ func (t *Transport) Policy(host, role string) (Policy, error) {
 	out.FailureStatuses = slices.Clone(out.FailureStatuses)
 	out.NeutralStatuses = slices.Clone(out.NeutralStatuses)
 	return out, nil
-}
-
-// Status is the state of one (host, role) at the time of a Snapshot: a
-// value, detached from the Transport.
-type Status struct {
-	Host  string
-	Role  string
-	State State     // effective: an open breaker whose delay has passed is half-open
-	Until time.Time // when an open breaker or host cooldown ends; zero if none
-	// Reason is why State is not closed: the breaker (breaker-open) or the
-	// host's cooldown (retry-after, rolling-window, manual), whichever ends
-	// later. Empty when closed or half-open.
-	Reason Reason
-	Note   string // the operator's note of a manual cooldown
-
-	// Rate is the host's rate limit now, in requests per second: the
-	// configured rate, or the rate its limiter learnt from throttling
-	// responses; 0 when the host is not limited. It is host-wide: every
-	// role of the host shows the same.
-	Rate float64
-
-	// Counters since the entry was created. Requests is the sum of the other
-	// four: requests that completed or were rejected.
-	Requests, Successes, Failures, Neutral, Rejected uint64
-}
-
-// Snapshot returns the status of every known (host, role), sorted by host
-// then role. A host in cooldown that has no breaker yet is listed with role "".
-func (t *Transport) Snapshot() []Status { return t.statuses(false) }
-
-// statuses returns the sorted statuses; with unhealthy, only those that are
-// not closed or whose host has a learnt rate, which costs little when few
-// are.
-func (t *Transport) statuses(unhealthy bool) []Status {
-	now := t.now()
-	var out []Status
-	t.reg.each(func(h *hostState, e *entry) {
-		if e == nil { // a host in cooldown with no entry
-			if h.coolingDown(now) {
-				s := Status{Host: h.name}
-				t.hostStatus(h, now, &s, 0)
-				out = append(out, s)
-			}
-			return
-		}
-		if unhealthy && phaseOf(e.st.Load()) == phaseClosed && !h.coolingDown(now) && !learning(h) {
-			return
-		}
-		s := Status{
-			Host: e.host.name, Role: e.role,
-			Successes: e.successes.Load(), Failures: e.failures.Load(),
-			Neutral: e.neutral.Load(), Rejected: e.rejected.Load(),
-		}
-		s.Requests = s.Successes + s.Failures + s.Neutral + s.Rejected
-		var until int64
-		if s.State, until = e.status(now); s.State == StateOpen {
-			s.Reason = ReasonBreakerOpen
-		}
-		t.hostStatus(h, now, &s, until)
-		out = append(out, s)
-	})
-	slices.SortFunc(out, func(a, b Status) int {
-		if c := strings.Compare(a.Host, b.Host); c != 0 {
-			return c
-		}
-		return strings.Compare(a.Role, b.Role)
-	})
-	return out
-}
-
-// learning reports whether h's limiter has learnt a rate from throttles:
-// such a host is listed among the unhealthy ones (and so published), a
-// host paced only at its configured rate is not.
-func learning(h *hostState) bool {
-	lim := h.lim.Load()
-	return lim != nil && lim.learning()
-}
-
-// hostStatus lays the host's cooldown over s when it ends later than the
-// breaker's open deadline.
-func (t *Transport) hostStatus(h *hostState, now int64, s *Status, breakerUntil int64) {
-	h.mu.Lock()
-	hu, reason, note := h.until.Load(), h.reason, h.note
-	h.mu.Unlock()
-	if hu > now && hu > breakerUntil {
-		s.State, s.Reason, s.Note, breakerUntil = StateOpen, reason, note, hu
-	}
-	if breakerUntil > 0 {
-		s.Until = t.at(breakerUntil)
-	}
-	if lim := h.lim.Load(); lim != nil {
-		s.Rate = lim.status().rate
-	}
 }
 
 // event is a state change, handed from the request path to the background
@@ -826,14 +737,15 @@ type event struct {
 type eventKind uint8
 
 const (
-	evState      eventKind = iota // a breaker changed state
-	evCooldown                    // a host cooldown was set or extended
-	evReset                       // a host was reset
-	evUntracked                   // requests go without a breaker: wakes logCounters
-	evDropped                     // a cooldown was dropped: too many hosts without an entry
-	evPolicy                      // a policy was changed
-	evRetryAfter                  // a usable Retry-After was received: recorded in the metrics
-	evRate                        // a host's limiter changed its rate
+	evState        eventKind = iota // a breaker changed state
+	evCooldown                      // a host cooldown was set or extended
+	evReset                         // a host was reset
+	evUntracked                     // requests go without a breaker: wakes logCounters
+	evDropped                       // a cooldown was dropped: too many hosts without an entry
+	evPolicy                        // a policy was changed
+	evRetryAfter                    // a usable Retry-After was received: recorded in the metrics
+	evRate                          // a host's limiter changed its rate
+	evResolveError                  // a policy did not resolve (a bug): logged
 )
 
 // emit shares ev with the store, if any, and queues it for logging
@@ -909,81 +821,5 @@ func (t *Transport) loop() {
 			t.publish(ctx)
 			t.flushJournal(ctx)
 		}
-	}
-}
-
-// handle logs an internal event and delivers it as an Event.
-func (t *Transport) handle(ev event) {
-	t.logEvent(ev)
-	switch ev.kind {
-	case evState, evCooldown, evReset, evPolicy, evRate:
-		t.deliver(t.toEvent(ev))
-	}
-}
-
-// counterLogs is what the background goroutine last logged of the
-// counters that logCounters reports.
-type counterLogs struct {
-	dropped, untracked, cooldownsDropped, journalLost counterLog
-}
-
-type counterLog struct {
-	n  uint64    // the total last logged
-	at time.Time // when; zero if never
-}
-
-// logCounters logs, at most once per errorLogInterval each, the counters of
-// rare trouble that grew since they were last logged: events the queue
-// dropped, requests sent untracked, cooldowns dropped past the bound. The
-// request path counts them and at most wakes this goroutine; it never logs.
-func (t *Transport) logCounters(l *counterLogs) {
-	now := time.Now()
-	due := func(c *counterLog, n uint64) bool {
-		if n == c.n || !c.at.IsZero() && now.Sub(c.at) < errorLogInterval {
-			return false
-		}
-		c.n, c.at = n, now
-		return true
-	}
-	if n := t.dropped.Load(); due(&l.dropped, n) {
-		t.log.Warn("hostbreaker: events not logged: the queue was full", "dropped_total", n)
-	}
-	if n := t.untracked.Load(); due(&l.untracked, n) {
-		t.log.Warn("hostbreaker: registry full of protected entries; requests to new (host, role)s go without a breaker (host cooldowns still apply)",
-			"max_hosts", t.reg.max, "untracked_total", n)
-	}
-	if n := t.sink.lost; due(&l.journalLost, n) {
-		t.log.Warn("hostbreaker: journal events dropped (its bounds, or the store was down too long)", "dropped_total", n)
-	}
-	if n := t.cooldownsDropped.Load(); due(&l.cooldownsDropped, n) {
-		t.log.Warn("hostbreaker: too many hosts cooling down without a breaker; dropped the cooldowns that end soonest",
-			"bound", t.reg.maxBare, "dropped_total", n)
-	}
-}
-
-func (t *Transport) logEvent(ev event) {
-	ctx := context.Background()
-	switch ev.kind {
-	case evState:
-		attrs := []slog.Attr{slog.String("host", ev.host), slog.String("role", ev.role),
-			slog.String("from", ev.from.String()), slog.String("to", ev.to.String())}
-		if ev.until != 0 {
-			attrs = append(attrs, slog.Time("until", t.at(ev.until)))
-		}
-		t.log.LogAttrs(ctx, slog.LevelInfo, "hostbreaker: breaker state changed", attrs...)
-	case evCooldown:
-		t.log.LogAttrs(ctx, slog.LevelInfo, "hostbreaker: host cooling down",
-			slog.String("host", ev.host), slog.String("reason", string(ev.reason)),
-			slog.Time("until", t.at(ev.until)), slog.String("note", ev.note))
-	case evReset:
-		t.log.LogAttrs(ctx, slog.LevelInfo, "hostbreaker: host reset", slog.String("host", ev.host))
-	case evRate:
-		t.log.LogAttrs(ctx, slog.LevelInfo, "hostbreaker: host rate limit changed", slog.String("host", ev.host),
-			slog.Float64("rate", ev.rate), slog.Float64("previous_rate", ev.prevRate), slog.String("why", ev.note))
-	case evDropped:
-		t.log.LogAttrs(ctx, slog.LevelDebug, "hostbreaker: dropped a cooldown: too many hosts cooling down without a breaker",
-			slog.String("host", ev.host))
-	case evRetryAfter:
-		t.tel.recordRetryAfter(ctx, ev.host, ev.retryAfter)
 	}
 }
