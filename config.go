@@ -2,8 +2,8 @@ package hostbreaker
 
 // This file holds the configuration types (Config, Policy and their
 // parts), their built-in defaults and their validation. Resolution of a
-// (host, role)'s policy from a Config is in policy.go; the TOML form of a
-// Config in toml.go.
+// (host, role)'s policy is in policy.go, the TOML form in toml.go, and
+// TuneBounds, with the tunable keys, in tune.go.
 
 import (
 	"fmt"
@@ -121,74 +121,6 @@ type Config struct {
 	Store     StoreConfig
 	Telemetry TelemetryConfig
 	Tune      TuneBounds
-}
-
-// TuneBounds are the hard bounds within which Tune changes policies. A
-// zero field takes its default: FailMax [2, 10], ResetTimeout [15s, 10m],
-// SuccessThreshold [1, 3], TrialCalls [1, 3], RateStep 0.25 (a rate changes
-// by at most 25 % per tune, relative to the rate in force), MinRate 0.05.
-type TuneBounds struct {
-	FailMax          [2]int
-	ResetTimeout     [2]time.Duration
-	SuccessThreshold [2]int
-	TrialCalls       [2]int
-	RateStep         float64
-	MinRate          float64
-}
-
-// check validates the bounds that b sets.
-func (b TuneBounds) check() error {
-	ints := func(key string, r [2]int, lo, hi int) error {
-		if r == [2]int{} {
-			return nil
-		}
-		if r[0] < lo || r[1] > hi || r[0] > r[1] {
-			return &ConfigError{Key: "tune." + key, Msg: fmt.Sprintf("want [min, max] with %d ≤ min ≤ max ≤ %d, got [%d, %d]", lo, hi, r[0], r[1])}
-		}
-		return nil
-	}
-	if err := ints("fail_max", b.FailMax, 1, maxCount); err != nil {
-		return err
-	}
-	if err := ints("success_threshold", b.SuccessThreshold, 1, maxCount); err != nil {
-		return err
-	}
-	if err := ints("trial_calls", b.TrialCalls, 1, maxCount); err != nil {
-		return err
-	}
-	if r := b.ResetTimeout; r != [2]time.Duration{} && (r[0] <= 0 || r[0] > r[1]) {
-		return &ConfigError{Key: "tune.reset_timeout", Msg: fmt.Sprintf("want [min, max] with 0 < min ≤ max, got [%v, %v]", r[0], r[1])}
-	}
-	if b.RateStep < 0 || b.RateStep > 1 {
-		return &ConfigError{Key: "tune.rate_step", Msg: fmt.Sprintf("must be in (0, 1], got %v", b.RateStep)}
-	}
-	if b.MinRate < 0 {
-		return &ConfigError{Key: "tune.min_rate", Msg: fmt.Sprintf("must be positive, got %v", b.MinRate)}
-	}
-	return nil
-}
-
-// withDefaults returns b with defaults in its zero fields.
-func (b TuneBounds) withDefaults() TuneBounds {
-	if b.FailMax == [2]int{} {
-		b.FailMax = [2]int{2, 10}
-	}
-	if b.ResetTimeout == [2]time.Duration{} {
-		b.ResetTimeout = [2]time.Duration{15 * time.Second, 10 * time.Minute}
-	}
-	if b.SuccessThreshold == [2]int{} {
-		b.SuccessThreshold = [2]int{1, 3}
-	}
-	if b.TrialCalls == [2]int{} {
-		b.TrialCalls = [2]int{1, 3}
-	}
-	if b.RateStep == 0 {
-		b.RateStep = 0.25
-	}
-	if b.MinRate == 0 {
-		b.MinRate = 0.05
-	}
-	return b
 }
 
 // TelemetryConfig configures what a Transport reports through

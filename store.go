@@ -9,7 +9,6 @@ import (
 	"maps"
 	"net/url"
 	"path/filepath"
-	"reflect"
 	"runtime"
 	"slices"
 	"strings"
@@ -793,93 +792,6 @@ type overrideJSON struct {
 	Key string `json:"key"`
 	overrideFieldsJSON
 	Roles map[string]overrideFieldsJSON `json:"roles,omitempty"`
-}
-
-// checkOverrideKey returns an error unless key is a Hosts key in the form
-// that parseHostKey returns it: a normalized host, or "*" followed by a
-// normalized suffix.
-func checkOverrideKey(key string) error {
-	host, suffix, err := parseHostKey(key)
-	switch {
-	case err != nil:
-		return fmt.Errorf("key %q: %w", key, err)
-	case suffix != "" && "*"+suffix != key:
-		return fmt.Errorf("key %q: wildcard is not normalized (want %q)", key, "*"+suffix)
-	case suffix == "" && host != key:
-		return fmt.Errorf("key %q: host is not normalized (want %q)", key, host)
-	}
-	return nil
-}
-
-// tunedPolicy returns the tunable fields of p (FailMax, ResetTimeout,
-// SuccessThreshold, TrialCalls, at the top level and per role; Rate at the
-// top level) with the roles that set none dropped, and Roles nil when no
-// role remains. It is an error for p to set any other field, to set Rate
-// in a role, to nest roles, to name a role "" or with a NUL, or to set a
-// count outside 1 to maxCount, a ResetTimeout that is not positive, or a
-// Rate outside (0, maxRate].
-func tunedPolicy(p Policy) (Policy, error) {
-	fields := func(where string, p Policy, role bool) (Policy, error) {
-		switch {
-		case p.Rate != 0 && role:
-			return Policy{}, fmt.Errorf("%srate: a rate limit is host-wide: tune it at the top level, not in a role", where)
-		case p.Rate != 0 && !(p.Rate > 0 && p.Rate <= maxRate):
-			return Policy{}, fmt.Errorf("%srate: want more than 0 and at most %v requests per second, got %v", where, maxRate, p.Rate)
-		}
-		if t := tunedFields(p); !reflect.DeepEqual(t, withoutRoles(p)) {
-			return Policy{}, fmt.Errorf("%sonly %s can be tuned", where, strings.Join(tunableKeys, ", "))
-		}
-		for _, c := range []struct {
-			key string
-			n   int
-		}{{"fail_max", p.FailMax}, {"success_threshold", p.SuccessThreshold}, {"trial_calls", p.TrialCalls}} {
-			if c.n < 0 || c.n > maxCount {
-				return Policy{}, fmt.Errorf("%s%s: want 1 to %d, got %d", where, c.key, maxCount, c.n)
-			}
-		}
-		if p.ResetTimeout < 0 {
-			return Policy{}, fmt.Errorf("%sreset_timeout: must be positive, got %v", where, p.ResetTimeout)
-		}
-		return tunedFields(p), nil
-	}
-	out, err := fields("", p, false)
-	if err != nil {
-		return Policy{}, err
-	}
-	for _, role := range slices.Sorted(maps.Keys(p.Roles)) {
-		where := "roles." + quoteKey(role) + "."
-		if role == "" || strings.ContainsRune(role, 0) {
-			return Policy{}, fmt.Errorf("invalid role name %q", role)
-		}
-		rp := p.Roles[role]
-		if len(rp.Roles) > 0 {
-			return Policy{}, fmt.Errorf("%sroles: roles cannot nest", where)
-		}
-		rp, err := fields(where, rp, true)
-		if err != nil {
-			return Policy{}, err
-		}
-		if emptyTuned(rp) {
-			continue
-		}
-		if out.Roles == nil {
-			out.Roles = make(map[string]Policy)
-		}
-		out.Roles[role] = rp
-	}
-	return out, nil
-}
-
-// emptyTuned reports whether p, as tunedPolicy returns it, sets nothing.
-func emptyTuned(p Policy) bool {
-	return len(p.Roles) == 0 && !slices.ContainsFunc(tunableKeys, func(k string) bool { return setsKey(p, k) })
-}
-
-// cloneTuned returns a copy of p, as tunedPolicy returns it, that shares no
-// map with it.
-func cloneTuned(p Policy) Policy {
-	p.Roles = maps.Clone(p.Roles)
-	return p
 }
 
 // encodeOverride returns the stored form of the override p of key; p is
