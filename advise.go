@@ -249,20 +249,12 @@ func (h *hostEvidence) covered() time.Duration {
 		end := spans[0].from
 		for _, s := range spans {
 			if s.to.After(end) {
-				total += s.to.Sub(later(s.from, end))
+				total += s.to.Sub(laterOf(end, s.from))
 				end = s.to
 			}
 		}
 	}
 	return total
-}
-
-// later returns the later of a and b.
-func later(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
-	}
-	return b
 }
 
 // pairEvidence is what the events say about a (host, role).
