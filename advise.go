@@ -2,7 +2,8 @@ package hostbreaker
 
 // This file holds Advise: the rules that read a journal and suggest policy
 // changes, and the replay that says what a suggestion would have done.
-// docs/advise.md describes every rule and its thresholds.
+// docs/advise.md describes every rule and its thresholds; the tunable keys
+// and their values are defined in tune.go.
 
 import (
 	"bytes"
@@ -96,32 +97,6 @@ const (
 	// The rates that rules 1 and 7 compute are rounded to this many
 	// significant digits.
 	adviseRateDigits = 3
-)
-
-// The tunable keys: the TOML keys that Advise suggests and Tune writes.
-// tunableKeys and the functions at the end of this file (tunedFields,
-// setsKey, currentValue, setValue, formatValue, boundsOf,
-// moreConservative) are the one definition of what each key is; tune.go
-// and store.go use them.
-const (
-	keyFailMax          = "fail_max"
-	keyRate             = "rate" // host-wide: at the top level of a Hosts key, never in a role
-	keyResetTimeout     = "reset_timeout"
-	keySuccessThreshold = "success_threshold"
-	keyTrialCalls       = "trial_calls"
-)
-
-// tunableKeys are the tunable keys, sorted.
-var tunableKeys = []string{keyFailMax, keyRate, keyResetTimeout, keySuccessThreshold, keyTrialCalls}
-
-// A key's value is an int64: a count, a duration in ns, or a rate in
-// micro-requests per second (µr/s, rateUnit per request per second).
-// rateUnlimited is the value of no rate limit: above every rate, so that
-// a lower rate is the more conservative, as a lower fail_max is. Rates
-// are compared and bounded to the millionth of a request per second.
-const (
-	rateUnit      = 1e6
-	rateUnlimited = math.MaxInt64
 )
 
 // Advise reads events (from [ReadJournal] or [Transport.Events], any mix
@@ -274,20 +249,12 @@ func (h *hostEvidence) covered() time.Duration {
 		end := spans[0].from
 		for _, s := range spans {
 			if s.to.After(end) {
-				total += s.to.Sub(later(s.from, end))
+				total += s.to.Sub(laterOf(end, s.from))
 				end = s.to
 			}
 		}
 	}
 	return total
-}
-
-// later returns the later of a and b.
-func later(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
-	}
-	return b
 }
 
 // pairEvidence is what the events say about a (host, role).
@@ -586,98 +553,6 @@ func times(n int) string {
 	return strconv.Itoa(n) + " times"
 }
 
-// tunedFields returns the tunable fields of p, without its roles.
-func tunedFields(p Policy) Policy {
-	return Policy{FailMax: p.FailMax, ResetTimeout: p.ResetTimeout, SuccessThreshold: p.SuccessThreshold,
-		TrialCalls: p.TrialCalls, Rate: p.Rate}
-}
-
-// setsKey reports whether p sets the field of key.
-func setsKey(p Policy, key string) bool {
-	switch key {
-	case keyFailMax:
-		return p.FailMax != 0
-	case keyRate:
-		return p.Rate != 0
-	case keyResetTimeout:
-		return p.ResetTimeout != 0
-	case keySuccessThreshold:
-		return p.SuccessThreshold != 0
-	default:
-		return p.TrialCalls != 0
-	}
-}
-
-// currentValue returns the value of key in p. A rate ≤ 0 (unlimited, as
-// written or resolved) is rateUnlimited.
-func currentValue(p Policy, key string) int64 {
-	switch key {
-	case keyFailMax:
-		return int64(p.FailMax)
-	case keyRate:
-		if !(p.Rate > 0) {
-			return rateUnlimited
-		}
-		return rateMicros(p.Rate)
-	case keyResetTimeout:
-		return int64(p.ResetTimeout)
-	case keySuccessThreshold:
-		return int64(p.SuccessThreshold)
-	default:
-		return int64(p.TrialCalls)
-	}
-}
-
-// setValue sets key in p; rateUnlimited sets a rate of -1.
-func setValue(p *Policy, key string, v int64) {
-	switch key {
-	case keyFailMax:
-		p.FailMax = int(v)
-	case keyRate:
-		p.Rate = -1
-		if v != rateUnlimited {
-			p.Rate = float64(v) / rateUnit
-		}
-	case keyResetTimeout:
-		p.ResetTimeout = time.Duration(v)
-	case keySuccessThreshold:
-		p.SuccessThreshold = int(v)
-	default:
-		p.TrialCalls = int(v)
-	}
-}
-
-// rateMicros returns r requests per second (r ≥ 0) in µr/s, rounded;
-// rates beyond any bound are capped so as not to overflow.
-func rateMicros(r float64) int64 {
-	return int64(math.Round(min(r, 2*maxRate) * rateUnit))
-}
-
-// formatValue returns v as the TOML value of key: "5", "1m30s", "2.5", or
-// "0" for an unlimited rate.
-func formatValue(key string, v int64) string {
-	switch key {
-	case keyResetTimeout:
-		return time.Duration(v).String()
-	case keyRate:
-		if v == rateUnlimited {
-			return "0"
-		}
-		return formatRate(float64(v) / rateUnit)
-	}
-	return strconv.FormatInt(v, 10)
-}
-
-// roundValue rounds a proposed duration to the second; counts are whole
-// already, and the rules round the rates they measure themselves
-// (roundRate), as a rate they copy (a configured one) is kept as it is.
-func roundValue(key string, v int64) int64 {
-	if key == keyResetTimeout {
-		return int64(time.Duration(v).Round(time.Second))
-	}
-	return v
-}
-
 // roundRate rounds a rate in µr/s to adviseRateDigits significant digits.
 func roundRate(v int64) int64 {
 	if v == rateUnlimited {
@@ -691,50 +566,6 @@ func roundRate(v int64) int64 {
 		unit *= 10
 	}
 	return (v + unit/2) / unit * unit
-}
-
-// clampValue brings v within the bounds of key, now being the value in
-// force.
-func clampValue(key string, v, now int64, b TuneBounds) int64 {
-	lo, hi := boundsOf(key, now, b)
-	return min(max(v, lo), hi)
-}
-
-// boundsOf returns the tune bounds of key. For rate, they depend on now,
-// the rate in force: at least b.MinRate and at most maxRate, and, unless
-// now is unlimited, within b.RateStep of now. The bounds of a rate are
-// empty (lo > hi) when now is so far below b.MinRate that no step reaches
-// it.
-func boundsOf(key string, now int64, b TuneBounds) (lo, hi int64) {
-	switch key {
-	case keyFailMax:
-		return int64(b.FailMax[0]), int64(b.FailMax[1])
-	case keyRate:
-		lo, hi = max(rateMicros(b.MinRate), 1), rateMicros(maxRate)
-		if now != rateUnlimited {
-			lo = max(lo, int64(math.Round(float64(now)*(1-b.RateStep))))
-			hi = min(hi, int64(math.Round(float64(now)*(1+b.RateStep))))
-		}
-		return lo, hi
-	case keyResetTimeout:
-		return int64(b.ResetTimeout[0]), int64(b.ResetTimeout[1])
-	case keySuccessThreshold:
-		return int64(b.SuccessThreshold[0]), int64(b.SuccessThreshold[1])
-	default:
-		return int64(b.TrialCalls[0]), int64(b.TrialCalls[1])
-	}
-}
-
-// moreConservative reports whether v protects the host more than w does
-// for key: a longer reset_timeout, a lower fail_max, a higher
-// success_threshold, fewer trial_calls, a lower rate.
-func moreConservative(key string, v, w int64) bool {
-	switch key {
-	case keyResetTimeout, keySuccessThreshold:
-		return v > w
-	default:
-		return v < w
-	}
 }
 
 // medianDuration returns the median of ds (the mean of the middle two for

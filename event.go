@@ -1,9 +1,20 @@
 package hostbreaker
 
+// This file holds the Event type and its parts, their stored encoding, and
+// the reading of a journal (ReadJournal, decodeJournal). Events are built
+// and delivered in journal.go; the stores append and return them
+// (store_bbolt.go, store_redis.go).
+
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
 	"time"
 )
 
@@ -96,6 +107,23 @@ type Summary struct {
 // outcomes in order. It is what a replay of the breaker rules needs.
 type Outcomes []OutcomeRun
 
+// String encodes o compactly, as the journal documents it: runs separated
+// by spaces, each KIND COUNT @ unix-ms of its first outcome, with KIND s
+// (success), f (failure) or r (rejected): "s12@1764300000000 f5@…".
+func (o Outcomes) String() string {
+	var b []byte
+	for i, r := range o {
+		if i > 0 {
+			b = append(b, ' ')
+		}
+		b = append(b, "?sfr"[min(int(r.Kind), 3)])
+		b = strconv.AppendUint(b, r.Count, 10)
+		b = append(b, '@')
+		b = strconv.AppendInt(b, r.At.UnixMilli(), 10)
+	}
+	return string(b)
+}
+
 // OutcomeRun is a run of Count equal outcomes, the first at At.
 type OutcomeRun struct {
 	Kind  OutcomeKind `json:"k"`
@@ -142,4 +170,93 @@ func decodeEvent(data []byte) (Event, error) {
 		return Event{}, errors.New("hostbreaker: decode event: missing name or time")
 	}
 	return j.Event, nil
+}
+
+// ReadJournal returns the events of every process that s's journal holds
+// whose Time is at or after since, in time order: sorted by Time, then
+// Process, then Name, keeping the store's order among events equal in
+// all three. It returns the error of [Store.Events] as it is.
+func ReadJournal(ctx context.Context, s Store, since time.Time) ([]Event, error) {
+	evs, err := s.Events(ctx, since)
+	if err != nil {
+		return nil, err
+	}
+	evs = slices.DeleteFunc(evs, func(ev Event) bool { return ev.Time.Before(since) })
+	slices.SortStableFunc(evs, compareEvents)
+	return evs, nil
+}
+
+// compareEvents orders events by Time, then Process, then Name.
+func compareEvents(a, b Event) int {
+	if c := a.Time.Compare(b.Time); c != 0 {
+		return c
+	}
+	if c := strings.Compare(a.Process, b.Process); c != 0 {
+		return c
+	}
+	return strings.Compare(a.Name, b.Name)
+}
+
+// decodeJournalMin is the least number of stored events that
+// decodeJournal decodes on more than one goroutine.
+const decodeJournalMin = 4096
+
+// decodeJournal returns the events of values, stored forms of events in
+// time order as a journal returns them, that decode and whose Time is at
+// or after since, in the order of values and sorted by Time (stably: a
+// value written otherwise may be out of place). Decoding is most of the
+// cost of reading a journal, so a large read is decoded on up to
+// GOMAXPROCS goroutines, which have all returned when it returns.
+func decodeJournal(values [][]byte, since time.Time) []Event {
+	out := make([]Event, len(values))
+	// decode decodes values[lo:hi] into out[lo:], and returns how many
+	// events it kept.
+	decode := func(lo, hi int) int {
+		n := lo
+		for _, v := range values[lo:hi] {
+			if ev, err := decodeEvent(v); err == nil && !ev.Time.Before(since) {
+				out[n] = ev
+				n++
+			}
+		}
+		return n - lo
+	}
+	if parts := min(runtime.GOMAXPROCS(0), len(values)/decodeJournalMin); parts <= 1 {
+		out = out[:decode(0, len(values))]
+	} else {
+		kept := make([]int, parts)
+		var wg sync.WaitGroup
+		for i := range parts {
+			wg.Go(func() { kept[i] = decode(i*len(values)/parts, (i+1)*len(values)/parts) })
+		}
+		wg.Wait()
+		n := 0
+		for i, k := range kept {
+			lo := i * len(values) / parts
+			n += copy(out[n:], out[lo:lo+k])
+		}
+		clear(out[n:]) // drop the copies' references
+		out = out[:n]
+	}
+	byTime := func(a, b Event) int { return a.Time.Compare(b.Time) }
+	if !slices.IsSortedFunc(out, byTime) {
+		slices.SortStableFunc(out, byTime)
+	}
+	return out
+}
+
+// checkJournalEvents returns an error naming the first of events that a
+// journal cannot hold: one without a Name, or whose Time has no exact
+// UnixNano (the zero Time, or a year outside 1678 to 2262), which the
+// journals key and score events by.
+func checkJournalEvents(events []Event) error {
+	for i, ev := range events {
+		if ev.Name == "" {
+			return fmt.Errorf("event %d has no Name", i)
+		}
+		if ns := ev.Time.UnixNano(); !time.Unix(0, ns).Equal(ev.Time) {
+			return fmt.Errorf("event %d (%s) has a Time out of range: %v", i, ev.Name, ev.Time)
+		}
+	}
+	return nil
 }

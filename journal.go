@@ -260,23 +260,6 @@ func eventAttributes(ev Event) []attribute.KeyValue {
 	return kv
 }
 
-// String encodes o compactly, as the journal documents it: runs separated
-// by spaces, each KIND COUNT @ unix-ms of its first outcome, with KIND s
-// (success), f (failure) or r (rejected): "s12@1764300000000 f5@…".
-func (o Outcomes) String() string {
-	var b []byte
-	for i, r := range o {
-		if i > 0 {
-			b = append(b, ' ')
-		}
-		b = append(b, "?sfr"[min(int(r.Kind), 3)])
-		b = strconv.AppendUint(b, r.Count, 10)
-		b = append(b, '@')
-		b = strconv.AppendInt(b, r.At.UnixMilli(), 10)
-	}
-	return string(b)
-}
-
 // summarize emits a summary event for each (host, role) with activity since
 // the last summary.
 func (t *Transport) summarize(now time.Time) {

@@ -1,5 +1,10 @@
 package hostbreaker
 
+// This file holds the Store interface, the records it shares and the rules
+// that merge them (hostRecords), OpenStore, and the stored forms of
+// records, states and tuned overrides. The stores are in store_bbolt.go and
+// store_redis.go; the journal reader in event.go, the tunable keys in tune.go.
+
 import (
 	"bytes"
 	"context"
@@ -9,11 +14,8 @@ import (
 	"maps"
 	"net/url"
 	"path/filepath"
-	"reflect"
-	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -103,95 +105,6 @@ type Store interface {
 
 	// Close releases the store. It does not close Transports that use it.
 	Close() error
-}
-
-// ReadJournal returns the events of every process that s's journal holds
-// whose Time is at or after since, in time order: sorted by Time, then
-// Process, then Name, keeping the store's order among events equal in
-// all three. It returns the error of [Store.Events] as it is.
-func ReadJournal(ctx context.Context, s Store, since time.Time) ([]Event, error) {
-	evs, err := s.Events(ctx, since)
-	if err != nil {
-		return nil, err
-	}
-	evs = slices.DeleteFunc(evs, func(ev Event) bool { return ev.Time.Before(since) })
-	slices.SortStableFunc(evs, compareEvents)
-	return evs, nil
-}
-
-// decodeJournalMin is the least number of stored events that
-// decodeJournal decodes on more than one goroutine.
-const decodeJournalMin = 4096
-
-// decodeJournal returns the events of values, stored forms of events in
-// time order as a journal returns them, that decode and whose Time is at
-// or after since, in the order of values and sorted by Time (stably: a
-// value written otherwise may be out of place). Decoding is most of the
-// cost of reading a journal, so a large read is decoded on up to
-// GOMAXPROCS goroutines, which have all returned when it returns.
-func decodeJournal(values [][]byte, since time.Time) []Event {
-	out := make([]Event, len(values))
-	// decode decodes values[lo:hi] into out[lo:], and returns how many
-	// events it kept.
-	decode := func(lo, hi int) int {
-		n := lo
-		for _, v := range values[lo:hi] {
-			if ev, err := decodeEvent(v); err == nil && !ev.Time.Before(since) {
-				out[n] = ev
-				n++
-			}
-		}
-		return n - lo
-	}
-	if parts := min(runtime.GOMAXPROCS(0), len(values)/decodeJournalMin); parts <= 1 {
-		out = out[:decode(0, len(values))]
-	} else {
-		kept := make([]int, parts)
-		var wg sync.WaitGroup
-		for i := range parts {
-			wg.Go(func() { kept[i] = decode(i*len(values)/parts, (i+1)*len(values)/parts) })
-		}
-		wg.Wait()
-		n := 0
-		for i, k := range kept {
-			lo := i * len(values) / parts
-			n += copy(out[n:], out[lo:lo+k])
-		}
-		clear(out[n:]) // drop the copies' references
-		out = out[:n]
-	}
-	byTime := func(a, b Event) int { return a.Time.Compare(b.Time) }
-	if !slices.IsSortedFunc(out, byTime) {
-		slices.SortStableFunc(out, byTime)
-	}
-	return out
-}
-
-// compareEvents orders events by Time, then Process, then Name.
-func compareEvents(a, b Event) int {
-	if c := a.Time.Compare(b.Time); c != 0 {
-		return c
-	}
-	if c := strings.Compare(a.Process, b.Process); c != 0 {
-		return c
-	}
-	return strings.Compare(a.Name, b.Name)
-}
-
-// checkJournalEvents returns an error naming the first of events that a
-// journal cannot hold: one without a Name, or whose Time has no exact
-// UnixNano (the zero Time, or a year outside 1678 to 2262), which the
-// journals key and score events by.
-func checkJournalEvents(events []Event) error {
-	for i, ev := range events {
-		if ev.Name == "" {
-			return fmt.Errorf("event %d has no Name", i)
-		}
-		if ns := ev.Time.UnixNano(); !time.Unix(0, ns).Equal(ev.Time) {
-			return fmt.Errorf("event %d (%s) has a Time out of range: %v", i, ev.Name, ev.Time)
-		}
-	}
-	return nil
 }
 
 // ReasonReset marks a [Record] that resets a host: it clears the host's
@@ -793,93 +706,6 @@ type overrideJSON struct {
 	Key string `json:"key"`
 	overrideFieldsJSON
 	Roles map[string]overrideFieldsJSON `json:"roles,omitempty"`
-}
-
-// checkOverrideKey returns an error unless key is a Hosts key in the form
-// that parseHostKey returns it: a normalized host, or "*" followed by a
-// normalized suffix.
-func checkOverrideKey(key string) error {
-	host, suffix, err := parseHostKey(key)
-	switch {
-	case err != nil:
-		return fmt.Errorf("key %q: %w", key, err)
-	case suffix != "" && "*"+suffix != key:
-		return fmt.Errorf("key %q: wildcard is not normalized (want %q)", key, "*"+suffix)
-	case suffix == "" && host != key:
-		return fmt.Errorf("key %q: host is not normalized (want %q)", key, host)
-	}
-	return nil
-}
-
-// tunedPolicy returns the tunable fields of p (FailMax, ResetTimeout,
-// SuccessThreshold, TrialCalls, at the top level and per role; Rate at the
-// top level) with the roles that set none dropped, and Roles nil when no
-// role remains. It is an error for p to set any other field, to set Rate
-// in a role, to nest roles, to name a role "" or with a NUL, or to set a
-// count outside 1 to maxCount, a ResetTimeout that is not positive, or a
-// Rate outside (0, maxRate].
-func tunedPolicy(p Policy) (Policy, error) {
-	fields := func(where string, p Policy, role bool) (Policy, error) {
-		switch {
-		case p.Rate != 0 && role:
-			return Policy{}, fmt.Errorf("%srate: a rate limit is host-wide: tune it at the top level, not in a role", where)
-		case p.Rate != 0 && !(p.Rate > 0 && p.Rate <= maxRate):
-			return Policy{}, fmt.Errorf("%srate: want more than 0 and at most %v requests per second, got %v", where, maxRate, p.Rate)
-		}
-		if t := tunedFields(p); !reflect.DeepEqual(t, withoutRoles(p)) {
-			return Policy{}, fmt.Errorf("%sonly %s can be tuned", where, strings.Join(tunableKeys, ", "))
-		}
-		for _, c := range []struct {
-			key string
-			n   int
-		}{{"fail_max", p.FailMax}, {"success_threshold", p.SuccessThreshold}, {"trial_calls", p.TrialCalls}} {
-			if c.n < 0 || c.n > maxCount {
-				return Policy{}, fmt.Errorf("%s%s: want 1 to %d, got %d", where, c.key, maxCount, c.n)
-			}
-		}
-		if p.ResetTimeout < 0 {
-			return Policy{}, fmt.Errorf("%sreset_timeout: must be positive, got %v", where, p.ResetTimeout)
-		}
-		return tunedFields(p), nil
-	}
-	out, err := fields("", p, false)
-	if err != nil {
-		return Policy{}, err
-	}
-	for _, role := range slices.Sorted(maps.Keys(p.Roles)) {
-		where := "roles." + quoteKey(role) + "."
-		if role == "" || strings.ContainsRune(role, 0) {
-			return Policy{}, fmt.Errorf("invalid role name %q", role)
-		}
-		rp := p.Roles[role]
-		if len(rp.Roles) > 0 {
-			return Policy{}, fmt.Errorf("%sroles: roles cannot nest", where)
-		}
-		rp, err := fields(where, rp, true)
-		if err != nil {
-			return Policy{}, err
-		}
-		if emptyTuned(rp) {
-			continue
-		}
-		if out.Roles == nil {
-			out.Roles = make(map[string]Policy)
-		}
-		out.Roles[role] = rp
-	}
-	return out, nil
-}
-
-// emptyTuned reports whether p, as tunedPolicy returns it, sets nothing.
-func emptyTuned(p Policy) bool {
-	return len(p.Roles) == 0 && !slices.ContainsFunc(tunableKeys, func(k string) bool { return setsKey(p, k) })
-}
-
-// cloneTuned returns a copy of p, as tunedPolicy returns it, that shares no
-// map with it.
-func cloneTuned(p Policy) Policy {
-	p.Roles = maps.Clone(p.Roles)
-	return p
 }
 
 // encodeOverride returns the stored form of the override p of key; p is

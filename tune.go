@@ -1,5 +1,10 @@
 package hostbreaker
 
+// This file holds Tune and RevertTuning, which write advice to a store as
+// tuned overrides, and the vocabulary of the tunable keys: names, values,
+// bounds (TuneBounds), what an override may set. Advise, which proposes
+// the values, is in advise.go; the overrides' stored form in store.go.
+
 import (
 	"context"
 	"errors"
@@ -7,6 +12,7 @@ import (
 	"maps"
 	"math"
 	"os"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -364,11 +370,6 @@ func parseTuneValue(key, s string) (Policy, error) {
 	return p, nil
 }
 
-// setsField reports whether p sets the tunable field that keys sets.
-func setsField(p, keys Policy) bool {
-	return slices.ContainsFunc(tunableKeys, func(k string) bool { return setsKey(keys, k) && setsKey(p, k) })
-}
-
 // tuneProcess names the process that runs Tune in its events:
 // "tune:hostname:pid".
 func tuneProcess() string {
@@ -396,4 +397,326 @@ func joinReason(reason, more string) string {
 		return more
 	}
 	return reason + "; " + more
+}
+
+// The tunable keys: the TOML keys that Advise suggests and Tune writes.
+// tunableKeys, TuneBounds and the functions below (tunedFields, setsKey,
+// setsField, currentValue, setValue, formatValue, roundValue, boundsOf,
+// moreConservative, and tunedPolicy for an override) are the one
+// definition of what each key is; advise.go, Tune and store.go use them.
+const (
+	keyFailMax          = "fail_max"
+	keyRate             = "rate" // host-wide: at the top level of a Hosts key, never in a role
+	keyResetTimeout     = "reset_timeout"
+	keySuccessThreshold = "success_threshold"
+	keyTrialCalls       = "trial_calls"
+)
+
+// tunableKeys are the tunable keys, sorted.
+var tunableKeys = []string{keyFailMax, keyRate, keyResetTimeout, keySuccessThreshold, keyTrialCalls}
+
+// A key's value is an int64: a count, a duration in ns, or a rate in
+// micro-requests per second (µr/s, rateUnit per request per second).
+// rateUnlimited is the value of no rate limit: above every rate, so that
+// a lower rate is the more conservative, as a lower fail_max is. Rates
+// are compared and bounded to the millionth of a request per second.
+const (
+	rateUnit      = 1e6
+	rateUnlimited = math.MaxInt64
+)
+
+// TuneBounds are the hard bounds within which Tune changes policies. A
+// zero field takes its default: FailMax [2, 10], ResetTimeout [15s, 10m],
+// SuccessThreshold [1, 3], TrialCalls [1, 3], RateStep 0.25 (a rate changes
+// by at most 25 % per tune, relative to the rate in force), MinRate 0.05.
+type TuneBounds struct {
+	FailMax          [2]int
+	ResetTimeout     [2]time.Duration
+	SuccessThreshold [2]int
+	TrialCalls       [2]int
+	RateStep         float64
+	MinRate          float64
+}
+
+// check validates the bounds that b sets.
+func (b TuneBounds) check() error {
+	ints := func(key string, r [2]int, lo, hi int) error {
+		if r == [2]int{} {
+			return nil
+		}
+		if r[0] < lo || r[1] > hi || r[0] > r[1] {
+			return &ConfigError{Key: "tune." + key, Msg: fmt.Sprintf("want [min, max] with %d ≤ min ≤ max ≤ %d, got [%d, %d]", lo, hi, r[0], r[1])}
+		}
+		return nil
+	}
+	if err := ints("fail_max", b.FailMax, 1, maxCount); err != nil {
+		return err
+	}
+	if err := ints("success_threshold", b.SuccessThreshold, 1, maxCount); err != nil {
+		return err
+	}
+	if err := ints("trial_calls", b.TrialCalls, 1, maxCount); err != nil {
+		return err
+	}
+	if r := b.ResetTimeout; r != [2]time.Duration{} && (r[0] <= 0 || r[0] > r[1]) {
+		return &ConfigError{Key: "tune.reset_timeout", Msg: fmt.Sprintf("want [min, max] with 0 < min ≤ max, got [%v, %v]", r[0], r[1])}
+	}
+	if b.RateStep < 0 || b.RateStep > 1 {
+		return &ConfigError{Key: "tune.rate_step", Msg: fmt.Sprintf("must be in (0, 1], got %v", b.RateStep)}
+	}
+	if b.MinRate < 0 {
+		return &ConfigError{Key: "tune.min_rate", Msg: fmt.Sprintf("must be positive, got %v", b.MinRate)}
+	}
+	return nil
+}
+
+// withDefaults returns b with defaults in its zero fields.
+func (b TuneBounds) withDefaults() TuneBounds {
+	if b.FailMax == [2]int{} {
+		b.FailMax = [2]int{2, 10}
+	}
+	if b.ResetTimeout == [2]time.Duration{} {
+		b.ResetTimeout = [2]time.Duration{15 * time.Second, 10 * time.Minute}
+	}
+	if b.SuccessThreshold == [2]int{} {
+		b.SuccessThreshold = [2]int{1, 3}
+	}
+	if b.TrialCalls == [2]int{} {
+		b.TrialCalls = [2]int{1, 3}
+	}
+	if b.RateStep == 0 {
+		b.RateStep = 0.25
+	}
+	if b.MinRate == 0 {
+		b.MinRate = 0.05
+	}
+	return b
+}
+
+// tunedFields returns the tunable fields of p, without its roles.
+func tunedFields(p Policy) Policy {
+	return Policy{FailMax: p.FailMax, ResetTimeout: p.ResetTimeout, SuccessThreshold: p.SuccessThreshold,
+		TrialCalls: p.TrialCalls, Rate: p.Rate}
+}
+
+// setsKey reports whether p sets the field of key.
+func setsKey(p Policy, key string) bool {
+	switch key {
+	case keyFailMax:
+		return p.FailMax != 0
+	case keyRate:
+		return p.Rate != 0
+	case keyResetTimeout:
+		return p.ResetTimeout != 0
+	case keySuccessThreshold:
+		return p.SuccessThreshold != 0
+	default:
+		return p.TrialCalls != 0
+	}
+}
+
+// setsField reports whether p sets the tunable field that keys sets.
+func setsField(p, keys Policy) bool {
+	return slices.ContainsFunc(tunableKeys, func(k string) bool { return setsKey(keys, k) && setsKey(p, k) })
+}
+
+// currentValue returns the value of key in p. A rate ≤ 0 (unlimited, as
+// written or resolved) is rateUnlimited.
+func currentValue(p Policy, key string) int64 {
+	switch key {
+	case keyFailMax:
+		return int64(p.FailMax)
+	case keyRate:
+		if !(p.Rate > 0) {
+			return rateUnlimited
+		}
+		return rateMicros(p.Rate)
+	case keyResetTimeout:
+		return int64(p.ResetTimeout)
+	case keySuccessThreshold:
+		return int64(p.SuccessThreshold)
+	default:
+		return int64(p.TrialCalls)
+	}
+}
+
+// setValue sets key in p; rateUnlimited sets a rate of -1.
+func setValue(p *Policy, key string, v int64) {
+	switch key {
+	case keyFailMax:
+		p.FailMax = int(v)
+	case keyRate:
+		p.Rate = -1
+		if v != rateUnlimited {
+			p.Rate = float64(v) / rateUnit
+		}
+	case keyResetTimeout:
+		p.ResetTimeout = time.Duration(v)
+	case keySuccessThreshold:
+		p.SuccessThreshold = int(v)
+	default:
+		p.TrialCalls = int(v)
+	}
+}
+
+// rateMicros returns r requests per second (r ≥ 0) in µr/s, rounded;
+// rates beyond any bound are capped so as not to overflow.
+func rateMicros(r float64) int64 {
+	return int64(math.Round(min(r, 2*maxRate) * rateUnit))
+}
+
+// formatValue returns v as the TOML value of key: "5", "1m30s", "2.5", or
+// "0" for an unlimited rate.
+func formatValue(key string, v int64) string {
+	switch key {
+	case keyResetTimeout:
+		return time.Duration(v).String()
+	case keyRate:
+		if v == rateUnlimited {
+			return "0"
+		}
+		return formatRate(float64(v) / rateUnit)
+	}
+	return strconv.FormatInt(v, 10)
+}
+
+// roundValue rounds a proposed duration to the second; counts are whole
+// already, and the rules round the rates they measure themselves
+// (roundRate), as a rate they copy (a configured one) is kept as it is.
+func roundValue(key string, v int64) int64 {
+	if key == keyResetTimeout {
+		return int64(time.Duration(v).Round(time.Second))
+	}
+	return v
+}
+
+// clampValue brings v within the bounds of key, now being the value in
+// force.
+func clampValue(key string, v, now int64, b TuneBounds) int64 {
+	lo, hi := boundsOf(key, now, b)
+	return min(max(v, lo), hi)
+}
+
+// boundsOf returns the tune bounds of key. For rate, they depend on now,
+// the rate in force: at least b.MinRate and at most maxRate, and, unless
+// now is unlimited, within b.RateStep of now. The bounds of a rate are
+// empty (lo > hi) when now is so far below b.MinRate that no step reaches
+// it.
+func boundsOf(key string, now int64, b TuneBounds) (lo, hi int64) {
+	switch key {
+	case keyFailMax:
+		return int64(b.FailMax[0]), int64(b.FailMax[1])
+	case keyRate:
+		lo, hi = max(rateMicros(b.MinRate), 1), rateMicros(maxRate)
+		if now != rateUnlimited {
+			lo = max(lo, int64(math.Round(float64(now)*(1-b.RateStep))))
+			hi = min(hi, int64(math.Round(float64(now)*(1+b.RateStep))))
+		}
+		return lo, hi
+	case keyResetTimeout:
+		return int64(b.ResetTimeout[0]), int64(b.ResetTimeout[1])
+	case keySuccessThreshold:
+		return int64(b.SuccessThreshold[0]), int64(b.SuccessThreshold[1])
+	default:
+		return int64(b.TrialCalls[0]), int64(b.TrialCalls[1])
+	}
+}
+
+// moreConservative reports whether v protects the host more than w does
+// for key: a longer reset_timeout, a lower fail_max, a higher
+// success_threshold, fewer trial_calls, a lower rate.
+func moreConservative(key string, v, w int64) bool {
+	switch key {
+	case keyResetTimeout, keySuccessThreshold:
+		return v > w
+	default:
+		return v < w
+	}
+}
+
+// checkOverrideKey returns an error unless key is a Hosts key in the form
+// that parseHostKey returns it: a normalized host, or "*" followed by a
+// normalized suffix.
+func checkOverrideKey(key string) error {
+	host, suffix, err := parseHostKey(key)
+	switch {
+	case err != nil:
+		return fmt.Errorf("key %q: %w", key, err)
+	case suffix != "" && "*"+suffix != key:
+		return fmt.Errorf("key %q: wildcard is not normalized (want %q)", key, "*"+suffix)
+	case suffix == "" && host != key:
+		return fmt.Errorf("key %q: host is not normalized (want %q)", key, host)
+	}
+	return nil
+}
+
+// tunedPolicy returns the tunable fields of p (FailMax, ResetTimeout,
+// SuccessThreshold, TrialCalls, at the top level and per role; Rate at the
+// top level) with the roles that set none dropped, and Roles nil when no
+// role remains. It is an error for p to set any other field, to set Rate
+// in a role, to nest roles, to name a role "" or with a NUL, or to set a
+// count outside 1 to maxCount, a ResetTimeout that is not positive, or a
+// Rate outside (0, maxRate].
+func tunedPolicy(p Policy) (Policy, error) {
+	fields := func(where string, p Policy, role bool) (Policy, error) {
+		switch {
+		case p.Rate != 0 && role:
+			return Policy{}, fmt.Errorf("%srate: a rate limit is host-wide: tune it at the top level, not in a role", where)
+		case p.Rate != 0 && !(p.Rate > 0 && p.Rate <= maxRate):
+			return Policy{}, fmt.Errorf("%srate: want more than 0 and at most %v requests per second, got %v", where, maxRate, p.Rate)
+		}
+		if t := tunedFields(p); !reflect.DeepEqual(t, withoutRoles(p)) {
+			return Policy{}, fmt.Errorf("%sonly %s can be tuned", where, strings.Join(tunableKeys, ", "))
+		}
+		for _, c := range []struct {
+			key string
+			n   int
+		}{{"fail_max", p.FailMax}, {"success_threshold", p.SuccessThreshold}, {"trial_calls", p.TrialCalls}} {
+			if c.n < 0 || c.n > maxCount {
+				return Policy{}, fmt.Errorf("%s%s: want 1 to %d, got %d", where, c.key, maxCount, c.n)
+			}
+		}
+		if p.ResetTimeout < 0 {
+			return Policy{}, fmt.Errorf("%sreset_timeout: must be positive, got %v", where, p.ResetTimeout)
+		}
+		return tunedFields(p), nil
+	}
+	out, err := fields("", p, false)
+	if err != nil {
+		return Policy{}, err
+	}
+	for _, role := range slices.Sorted(maps.Keys(p.Roles)) {
+		where := "roles." + quoteKey(role) + "."
+		if role == "" || strings.ContainsRune(role, 0) {
+			return Policy{}, fmt.Errorf("invalid role name %q", role)
+		}
+		rp := p.Roles[role]
+		if len(rp.Roles) > 0 {
+			return Policy{}, fmt.Errorf("%sroles: roles cannot nest", where)
+		}
+		rp, err := fields(where, rp, true)
+		if err != nil {
+			return Policy{}, err
+		}
+		if emptyTuned(rp) {
+			continue
+		}
+		if out.Roles == nil {
+			out.Roles = make(map[string]Policy)
+		}
+		out.Roles[role] = rp
+	}
+	return out, nil
+}
+
+// emptyTuned reports whether p, as tunedPolicy returns it, sets nothing.
+func emptyTuned(p Policy) bool {
+	return len(p.Roles) == 0 && !slices.ContainsFunc(tunableKeys, func(k string) bool { return setsKey(p, k) })
+}
+
+// cloneTuned returns a copy of p, as tunedPolicy returns it, that shares no
+// map with it.
+func cloneTuned(p Policy) Policy {
+	p.Roles = maps.Clone(p.Roles)
+	return p
 }

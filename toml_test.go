@@ -1,0 +1,415 @@
+package hostbreaker
+
+import (
+	"bytes"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// exampleTOML is the full example configuration of the docs.
+const exampleTOML = `max_hosts = 10000
+[defaults]
+fail_max = 5
+reset_timeout = "60s"
+success_threshold = 1
+trial_calls = 1
+retry_after_cap = "15m"
+half_open_jitter = "150ms"
+failure_statuses = [408, 429, 500, 502, 503, 504]
+neutral_statuses = [400, 401, 403, 404, 410, 451]
+[defaults.roles.metadata]
+fail_max = 3
+[rolling]
+enabled = true
+threshold_failures = 3
+window = "10s"
+cooldown = "30s"
+[hosts."api.crossref.org"]
+fail_max = 6
+[hosts."api.crossref.org".roles.artifact]
+trial_calls = 2
+[hosts."*.example.org"]
+fail_max = 2
+[store]
+url = "/tmp/x.db"
+share_trips = true
+poll_interval = "2s"
+`
+
+func TestParseConfigExample(t *testing.T) {
+	c, err := ParseConfig([]byte(exampleTOML))
+	if err != nil {
+		t.Fatalf("ParseConfig(example): %v", err)
+	}
+	want := Config{
+		MaxHosts: 10000,
+		Defaults: Policy{
+			FailMax: 5, ResetTimeout: 60 * time.Second, SuccessThreshold: 1, TrialCalls: 1,
+			RetryAfterCap: 15 * time.Minute, HalfOpenJitter: 150 * time.Millisecond,
+			FailureStatuses: wantFailure, NeutralStatuses: wantNeutral,
+			Rate: -1, Burst: 1, MaxWait: 5 * time.Second, Adaptive: ToggleOn, MinRate: 0.5, ThrottleStatuses: []int{429},
+			Roles: map[string]Policy{"metadata": {FailMax: 3}},
+		},
+		Hosts: map[string]Policy{
+			"api.crossref.org": {FailMax: 6, Roles: map[string]Policy{"artifact": {TrialCalls: 2}}},
+			"*.example.org":    {FailMax: 2},
+		},
+		Rolling: Rolling{Enabled: true, ThresholdFailures: 3, Window: 10 * time.Second, Cooldown: 30 * time.Second},
+		Store:   StoreConfig{URL: "/tmp/x.db", ShareTrips: true, PollInterval: 2 * time.Second},
+	}
+	if !reflect.DeepEqual(c, want) {
+		t.Errorf("ParseConfig(example) =\n%+v\nwant\n%+v", c, want)
+	}
+	if err := c.Validate(); err != nil {
+		t.Errorf("Validate: %v", err)
+	}
+}
+
+func TestParseConfigEmpty(t *testing.T) {
+	for _, doc := range []string{"", "\n", "# only a comment\n"} {
+		c, err := ParseConfig([]byte(doc))
+		if err != nil {
+			t.Fatalf("ParseConfig(%q): %v", doc, err)
+		}
+		if want := DefaultConfig(); !reflect.DeepEqual(c, want) {
+			t.Errorf("ParseConfig(%q) = %+v, want DefaultConfig() %+v", doc, c, want)
+		}
+	}
+}
+
+func TestParseConfigAbsentAndExplicitZero(t *testing.T) {
+	tests := []struct {
+		name  string
+		doc   string
+		check func(t *testing.T, c Config, r *resolved)
+	}{
+		{"absent keys keep defaults", "[defaults]\nfail_max = 7\n", func(t *testing.T, c Config, r *resolved) {
+			want := builtinPolicy()
+			want.FailMax = 7
+			if !reflect.DeepEqual(c.Defaults, want) {
+				t.Errorf("Defaults = %+v, want %+v", c.Defaults, want)
+			}
+			want.Rate = 0 // resolved: unlimited is 0
+			if !reflect.DeepEqual(r.Policy, want) {
+				t.Errorf("resolved = %+v, want %+v", r.Policy, want)
+			}
+		}},
+		{"half_open_jitter 0s", "[defaults]\nhalf_open_jitter = \"0s\"\n", func(t *testing.T, c Config, r *resolved) {
+			if c.Defaults.HalfOpenJitter >= 0 {
+				t.Errorf("Defaults.HalfOpenJitter = %v, want negative (explicit zero)", c.Defaults.HalfOpenJitter)
+			}
+			if r.HalfOpenJitter != 0 {
+				t.Errorf("resolved HalfOpenJitter = %v, want 0", r.HalfOpenJitter)
+			}
+			if r.RetryAfterCap != defaultRetryAfterCap {
+				t.Errorf("resolved RetryAfterCap = %v, want default", r.RetryAfterCap)
+			}
+		}},
+		{"retry_after_cap 0s", "[defaults]\nretry_after_cap = \"0s\"\n", func(t *testing.T, c Config, r *resolved) {
+			if c.Defaults.RetryAfterCap >= 0 {
+				t.Errorf("Defaults.RetryAfterCap = %v, want negative (explicit zero)", c.Defaults.RetryAfterCap)
+			}
+			if r.RetryAfterCap != 0 {
+				t.Errorf("resolved RetryAfterCap = %v, want 0", r.RetryAfterCap)
+			}
+			if r.HalfOpenJitter != defaultHalfOpenJitter {
+				t.Errorf("resolved HalfOpenJitter = %v, want default", r.HalfOpenJitter)
+			}
+		}},
+		{"neutral_statuses empty", "[defaults]\nneutral_statuses = []\n", func(t *testing.T, c Config, r *resolved) {
+			if c.Defaults.NeutralStatuses == nil || len(c.Defaults.NeutralStatuses) != 0 {
+				t.Errorf("Defaults.NeutralStatuses = %#v, want empty non-nil", c.Defaults.NeutralStatuses)
+			}
+			if r.NeutralStatuses == nil || len(r.NeutralStatuses) != 0 {
+				t.Errorf("resolved NeutralStatuses = %#v, want empty non-nil", r.NeutralStatuses)
+			}
+			for _, code := range wantNeutral {
+				if got := r.statuses.classify(code); got != outcomeSuccess {
+					t.Errorf("classify(%d) = %v, want success", code, got)
+				}
+			}
+			if got := r.statuses.classify(503); got != outcomeFailure {
+				t.Errorf("classify(503) = %v, want failure", got)
+			}
+		}},
+		{"failure_statuses empty", "[defaults]\nfailure_statuses = []\n", func(t *testing.T, c Config, r *resolved) {
+			if c.Defaults.FailureStatuses == nil || len(c.Defaults.FailureStatuses) != 0 {
+				t.Errorf("Defaults.FailureStatuses = %#v, want empty non-nil", c.Defaults.FailureStatuses)
+			}
+			if got := r.statuses.classify(503); got != outcomeSuccess {
+				t.Errorf("classify(503) = %v, want success", got)
+			}
+		}},
+		{"host explicit zero jitter overrides default", "[hosts.\"a.com\"]\nhalf_open_jitter = \"0s\"\n", func(t *testing.T, c Config, r *resolved) {
+			if r.HalfOpenJitter != defaultHalfOpenJitter {
+				t.Errorf("other host HalfOpenJitter = %v, want default", r.HalfOpenJitter)
+			}
+			pt := mustCompile(t, c)
+			if got := mustResolve(t, pt, "a.com", "").HalfOpenJitter; got != 0 {
+				t.Errorf("a.com HalfOpenJitter = %v, want 0", got)
+			}
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := ParseConfig([]byte(tc.doc))
+			if err != nil {
+				t.Fatalf("ParseConfig: %v", err)
+			}
+			pt := mustCompile(t, c)
+			tc.check(t, c, mustResolve(t, pt, "other.example.net", ""))
+		})
+	}
+}
+
+// markedLine returns the 1-based line of doc that contains "#<", or 0.
+func markedLine(doc string) int {
+	for i, l := range strings.Split(doc, "\n") {
+		if strings.Contains(l, "#<") {
+			return i + 1
+		}
+	}
+	return 0
+}
+
+func TestParseConfigErrors(t *testing.T) {
+	// In each doc the expected line carries the comment "#<".
+	tests := []struct {
+		name string
+		doc  string
+		keys []string // Key must be one of these
+		// typeErr: the TOML decoder's own type error; Key/Line may be in the message only.
+		typeErr bool
+	}{
+		{"fail_max 0", "[defaults]\nreset_timeout = \"1s\"\nfail_max = 0 #<\n", []string{"defaults.fail_max"}, false},
+		{"trial_calls 0 host role", `[hosts."api.crossref.org"]
+fail_max = 6
+[hosts."api.crossref.org".roles.artifact]
+fail_max = 2
+trial_calls = 0 #<
+`, []string{`hosts."api.crossref.org".roles.artifact.trial_calls`}, false},
+		{"success_threshold -1", "[defaults]\nsuccess_threshold = -1 #<\n", []string{"defaults.success_threshold"}, false},
+		{"reset_timeout 0s", "\n[defaults]\n\nreset_timeout = \"0s\" #<\n", []string{"defaults.reset_timeout"}, false},
+		{"reset_timeout -5s", "[defaults]\nreset_timeout = \"-5s\" #<\n", []string{"defaults.reset_timeout"}, false},
+		{"half_open_jitter -1s", "[defaults]\nfail_max = 2\nhalf_open_jitter = \"-1s\" #<\n", []string{"defaults.half_open_jitter"}, false},
+		{"retry_after_cap -1s host", "[hosts.\"a.com\"]\nretry_after_cap = \"-1s\" #<\n", []string{`hosts."a.com".retry_after_cap`}, false},
+		{"reset_timeout banana", "[defaults]\nfail_max = 2\nreset_timeout = \"banana\" #<\n", []string{"defaults.reset_timeout"}, false},
+		{"reset_timeout banana host", "max_hosts = 3\n[hosts.\"api.crossref.org\"]\nreset_timeout = \"banana\" #<\n", []string{`hosts."api.crossref.org".reset_timeout`}, false},
+		{"fail_max string", "[defaults]\n\nfail_max = \"x\" #<\n", []string{"defaults.fail_max"}, false},
+		{"duplicate wildcard", "[hosts.\"*.Example.org\"]\nfail_max = 2\n[hosts.\"*.example.org.\"] #<\nfail_max = 3\n", []string{`hosts."*.example.org."`}, false},
+		{"wildcard with port", "[hosts.\"*.x.org:8443\"] #<\nfail_max = 2\n", []string{`hosts."*.x.org:8443"`}, false},
+		{"status 600", "[defaults]\nfailure_statuses = [500, 600] #<\n", []string{"defaults.failure_statuses"}, false},
+		{"status 99", "[defaults]\nneutral_statuses = [99, 404] #<\n", []string{"defaults.neutral_statuses"}, false},
+		{"status 600 host role", "[hosts.\"a.com\".roles.r]\nfailure_statuses = [600] #<\n", []string{`hosts."a.com".roles.r.failure_statuses`}, false},
+		{"overlap same level", "[defaults] #<\nfailure_statuses = [500]\nneutral_statuses = [500]\n", []string{"defaults"}, false},
+		{"overlap with built-in neutral", "[defaults] #<\nfailure_statuses = [404]\n", []string{"defaults"}, false},
+		{"overlap defaults role", "[defaults]\nfail_max = 2\n[defaults.roles.metadata] #<\nneutral_statuses = [503]\n", []string{"defaults.roles.metadata"}, false},
+		{"overlap across levels", `[defaults]
+failure_statuses = [404, 500]
+neutral_statuses = []
+[hosts."api.crossref.org"] #<
+neutral_statuses = [404]
+`, []string{`hosts."api.crossref.org"`}, false},
+		{"overlap across levels host role", `[defaults]
+neutral_statuses = [400]
+[hosts."api.crossref.org"]
+fail_max = 3
+[hosts."api.crossref.org".roles.artifact] #<
+failure_statuses = [400]
+`, []string{`hosts."api.crossref.org".roles.artifact`}, false},
+		{"unknown host key", "[hosts.\"api.crossref.org\"]\nfail_max = 2\nfail_maxx = 3 #<\n", []string{`hosts."api.crossref.org".fail_maxx`}, false},
+		{"unknown top-level table", "max_hosts = 5\n[bogus] #<\nx = 1\n", []string{"bogus"}, false},
+		{"unknown top-level key", "max_hosts = 5\nmaxhosts = 5 #<\n", []string{"maxhosts"}, false},
+		{"unknown defaults key", "[defaults]\nfail_max = 2\nfailmax = 3 #<\n", []string{"defaults.failmax"}, false},
+		{"max_hosts 0", "\nmax_hosts = 0 #<\n", []string{"max_hosts"}, false},
+		{"rolling threshold 0", "[rolling]\nenabled = true\nthreshold_failures = 0 #<\n", []string{"rolling.threshold_failures"}, false},
+		{"rolling window 0s", "[rolling]\nenabled = true\nwindow = \"0s\" #<\n", []string{"rolling.window"}, false},
+		{"rolling cooldown -1s", "[rolling]\ncooldown = \"-1s\" #<\n", []string{"rolling.cooldown"}, false},
+		{"store poll -1s", "[store]\nurl = \"/tmp/x.db\"\npoll_interval = \"-1s\" #<\n", []string{"store.poll_interval"}, false},
+		{"bad host key", "[defaults]\nfail_max = 2\n[hosts.\"bad host!\"] #<\nfail_max = 3\n", []string{`hosts."bad host!"`}, false},
+		{"bad host key roles only", "[hosts.\"bad host!\".roles.r] #<\nfail_max = 3\n", []string{`hosts."bad host!"`}, false},
+		{"bad wildcard", "[hosts.\"*.\"] #<\nfail_max = 3\n", []string{`hosts."*."`}, false},
+		{"duplicate normalized hosts", "[hosts.\"Example.com\"] #<\nfail_max = 2\n[hosts.\"example.com.\"] #<\nfail_max = 3\n", []string{`hosts."Example.com"`, `hosts."example.com."`}, false},
+		{"nested roles dotted", "[defaults.roles.metadata]\nfail_max = 3\nroles.inner.fail_max = 2 #<\n", []string{"defaults.roles.metadata.roles"}, false},
+		{"nested roles table", "[defaults.roles.metadata]\nfail_max = 3\n[defaults.roles.metadata.roles] #<\ninner = {fail_max = 2}\n", []string{"defaults.roles.metadata.roles"}, false},
+		{"nested roles sub-table", "[defaults.roles.metadata]\nfail_max = 3\n[defaults.roles.metadata.roles.inner] #<\nfail_max = 2\n", []string{"defaults.roles.metadata.roles"}, false},
+		{"nested roles empty sub-table", "[defaults.roles.metadata]\nfail_max = 3\n[defaults.roles.metadata.roles.inner] #<\n", []string{"defaults.roles.metadata.roles"}, false},
+		{"syntax error", "[defaults]\nfail_max = = 3 #<\n", nil, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseConfig([]byte(tc.doc))
+			if err == nil {
+				t.Fatalf("ParseConfig succeeded, want error")
+			}
+			var ce *ConfigError
+			if !errors.As(err, &ce) {
+				t.Fatalf("error %T %v is not a *ConfigError", err, err)
+			}
+			msg := err.Error()
+			if tc.typeErr {
+				want := markedLine(tc.doc)
+				if ce.Line != want && !strings.Contains(msg, "line "+strconv.Itoa(want)) {
+					t.Errorf("error %q (Line %d): want line %d", msg, ce.Line, want)
+				}
+				if !strings.Contains(msg, tc.keys[0]) {
+					t.Errorf("error %q does not name key %s", msg, tc.keys[0])
+				}
+				return
+			}
+			if tc.keys != nil {
+				i := slices.Index(tc.keys, ce.Key)
+				if i < 0 {
+					t.Fatalf("Key = %q, want one of %q (error %q)", ce.Key, tc.keys, msg)
+				}
+				if !strings.Contains(msg, ce.Key) {
+					t.Errorf("error %q does not contain its key %s", msg, ce.Key)
+				}
+			}
+			// The expected line: the marked line, or for several marks (either
+			// key accepted) the one that goes with the key reported.
+			var lines []int
+			for i, l := range strings.Split(tc.doc, "\n") {
+				if strings.Contains(l, "#<") {
+					lines = append(lines, i+1)
+				}
+			}
+			want := lines[0]
+			if len(lines) > 1 {
+				want = lines[slices.Index(tc.keys, ce.Key)]
+			}
+			if ce.Line != want {
+				t.Errorf("Line = %d, want %d (error %q)", ce.Line, want, msg)
+			}
+			if !strings.Contains(msg, "line "+strconv.Itoa(want)) {
+				t.Errorf("error %q does not contain \"line %d\"", msg, want)
+			}
+		})
+	}
+}
+
+func TestLoadConfig(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "breaker.toml")
+	if err := os.WriteFile(good, []byte(exampleTOML), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := LoadConfig(good)
+	if err != nil {
+		t.Fatalf("LoadConfig: %v", err)
+	}
+	want, err := ParseConfig([]byte(exampleTOML))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(c, want) {
+		t.Errorf("LoadConfig = %+v, want %+v", c, want)
+	}
+
+	bad := filepath.Join(dir, "bad.toml")
+	if err := os.WriteFile(bad, []byte("[defaults]\nfail_max = 0\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = LoadConfig(bad)
+	var ce *ConfigError
+	if !errors.As(err, &ce) || ce.Key != "defaults.fail_max" || ce.Line != 2 {
+		t.Errorf("LoadConfig(bad) = %v, want *ConfigError at line 2", err)
+	}
+	if err != nil && !strings.Contains(err.Error(), bad) {
+		t.Errorf("LoadConfig(bad) = %q, want the path in it", err)
+	}
+
+	_, err = LoadConfig(filepath.Join(dir, "missing.toml"))
+	if err == nil || !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("LoadConfig(missing) = %v, want an error wrapping fs.ErrNotExist", err)
+	}
+}
+
+var fuzzConfigSeeds = []string{
+	exampleTOML,
+	"",
+	"[defaults]\nfail_max = 0\n",
+	"[defaults]\nreset_timeout = \"banana\"\n",
+	"[defaults]\nfail_max = \"x\"\n",
+	"[defaults]\nfailure_statuses = [404]\n",
+	"[defaults]\nhalf_open_jitter = \"0s\"\nretry_after_cap = \"0s\"\nneutral_statuses = []\n",
+	"[hosts.\"bad host!\"]\nfail_max = 1\n",
+	"[hosts.\"*.\"]\n",
+	"[hosts.\"Example.com\"]\n[hosts.\"example.com.\"]\n",
+	"[hosts.\"*.a.b\"]\nfail_max=2\n[hosts.\"x.a.b:8443\"]\nroles.r.trial_calls=3\n",
+	"[defaults.roles.m.roles.x]\nfail_max = 1\n",
+	"[rolling]\nwindow = \"0s\"\n",
+	"[store]\npoll_interval = \"-1s\"\n",
+	"max_hosts = 0\n",
+	"max_hosts = 99999999999999999999\n",
+	"[[defaults]]\n",
+	"hosts = 3\n",
+	"[bogus]\n",
+	"= =\n[",
+}
+
+// FuzzParseConfig: ParseConfig never panics, fails only with *ConfigError,
+// and what it accepts validates, compiles and resolves to sane policies.
+func FuzzParseConfig(f *testing.F) {
+	for _, s := range fuzzConfigSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := ParseConfig(data)
+		if err != nil {
+			var ce *ConfigError
+			if !errors.As(err, &ce) {
+				t.Fatalf("error %T %v is not a *ConfigError", err, err)
+			}
+			if n := bytes.Count(data, []byte("\n")) + 1; ce.Line < 0 || ce.Line > n {
+				t.Fatalf("Line %d outside the document's %d lines: %v", ce.Line, n, err)
+			}
+			return
+		}
+		if err := c.Validate(); err != nil {
+			t.Fatalf("ParseConfig succeeded but Validate() = %v", err)
+		}
+		pt, err := compilePolicies(c)
+		if err != nil {
+			t.Fatalf("ParseConfig succeeded but compilePolicies = %v", err)
+		}
+		if c.MaxHosts < 1 {
+			t.Fatalf("MaxHosts = %d", c.MaxHosts)
+		}
+		hosts := []string{"example.com", "a.b.example.org:8443"}
+		for k := range c.Hosts {
+			k = strings.TrimPrefix(k, "*.")
+			h, err := normalizeHost("", k)
+			if err != nil {
+				t.Fatalf("host key %q accepted but does not normalize: %v", k, err)
+			}
+			hosts = append(hosts, h, "x."+h)
+		}
+		roles := []string{"", "zz"}
+		for r := range c.Defaults.Roles {
+			roles = append(roles, r)
+		}
+		for _, p := range c.Hosts {
+			for r := range p.Roles {
+				roles = append(roles, r)
+			}
+		}
+		for _, h := range hosts {
+			for _, role := range roles {
+				r, err := pt.resolve(h, role)
+				if err != nil {
+					t.Fatalf("resolve(%q, %q): %v", h, role, err)
+				}
+				checkResolved(t, h, role, r)
+			}
+		}
+	})
+}
