@@ -144,7 +144,7 @@ type entryStats struct {
 	run      uint64   // consecutive failures now; guarded by mu
 	longest  uint64   // longest failure run since the last summary; guarded by mu
 	outcomes Outcomes // runs since the last summary; guarded by mu
-	seenOK   uint64   // the successes counter when outcomes last grew; guarded by mu
+	okNoted  uint64   // the successes counter when outcomes last grew; guarded by mu
 }
 
 // stats returns e's entryStats, allocating them on first use.
@@ -153,7 +153,7 @@ func (e *entry) stats() *entryStats {
 		return s
 	}
 	s := new(entryStats)
-	s.seenOK = e.successes.Load()
+	s.okNoted = e.successes.Load()
 	if e.extra.CompareAndSwap(nil, s) {
 		return s
 	}
@@ -174,7 +174,7 @@ func (e *entry) note(k OutcomeKind) {
 	s := e.stats()
 	ok := e.successes.Load()
 	s.mu.Lock()
-	if l := len(s.outcomes); ok == s.seenOK && l > 0 && s.outcomes[l-1].Kind == k {
+	if l := len(s.outcomes); ok == s.okNoted && l > 0 && s.outcomes[l-1].Kind == k {
 		s.outcomes[l-1].Count++
 		s.countLocked(k)
 		s.mu.Unlock()
@@ -184,10 +184,10 @@ func (e *entry) note(k OutcomeKind) {
 	at := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if n := ok - s.seenOK; n > 0 && ok > s.seenOK {
+	if n := ok - s.okNoted; n > 0 && ok > s.okNoted {
 		s.addRunLocked(OutcomeSuccess, n, at)
 		s.run = 0
-		s.seenOK = ok
+		s.okNoted = ok
 	}
 	s.addRunLocked(k, 1, at)
 	s.countLocked(k)
@@ -232,11 +232,11 @@ func (e *entry) take(now time.Time) (Outcomes, uint64) {
 	ok := e.successes.Load()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if n := ok - s.seenOK; n > 0 && len(s.outcomes) > 0 {
+	if n := ok - s.okNoted; n > 0 && len(s.outcomes) > 0 {
 		s.addRunLocked(OutcomeSuccess, n, now)
 		s.run = 0
 	}
-	s.seenOK = ok
+	s.okNoted = ok
 	out, longest := s.outcomes, s.longest
 	s.outcomes, s.longest = nil, s.run
 	return out, longest

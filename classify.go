@@ -1,5 +1,10 @@
 package hostbreaker
 
+// This file holds the classification of a request's outcome (success,
+// failure or neutral, from the policy's status lists and the transport
+// error) and host-name normalization (NormalizeHost). What an outcome does
+// to the breaker is in breaker.go; to the host's cooldown, in cooldown.go.
+
 import (
 	"context"
 	"errors"

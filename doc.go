@@ -49,3 +49,44 @@
 // words. State changes are handed to a background goroutine,
 // which [Transport.Close] stops.
 package hostbreaker
+
+// Invariants of the package, stated once for every file.
+//
+// Times. On the request path a time is an int64 of nanoseconds since the
+// Transport's epoch, read from the monotonic clock (clock.go); 0 means
+// "none", which the epoch, 1 s before the Transport's creation, keeps
+// unambiguous. The breaker and the limiter take such times (or the clock)
+// in and never read the wall clock. Stores, records and events hold
+// wall-clock times (time.Time, or Unix nanoseconds where a field says so),
+// converted to and from epoch times where they cross (sharing.go, and
+// journal.go for events).
+//
+// Locks. Each mutex, with the locks that may be taken while it is held
+// (its nesting, outermost first). A lock never waits for one above it; a
+// leaf takes no other lock. No lock is held across base.RoundTrip, store
+// I/O, logging or a user's callback: events are queued (emit) under a lock
+// at most, and logged by the background goroutine.
+//   - Transport.mu serializes policy changes (UpdateHostPolicy, tuned
+//     overrides) → registry.mu.
+//   - registry.mu guards the registry's structure (its table, the hosts'
+//     entry lists, its counts, interned roles) → hostState.mu (a cooldown
+//     set while the host is found or added), entry.mu (a policy switched),
+//     limiter.mu (a limiter started or reconfigured).
+//   - telemetry.mu (otel.go) guards the metric series and host names of a
+//     collection → hostState.mu, limiter.mu (reading a cooldown or a rate).
+//   - hostState.mu (hostCooldown.mu) guards a host's cooldown reason, note
+//     and time set, and its rolling window; hostState.until is an atomic
+//     written under it → limiter.mu (a reset releases the limiter's hold).
+//   - entry.mu guards a breaker's failsafe-go breaker and its probes; st,
+//     fails and mark change only under it and are read without it → the
+//     failsafe-go breaker's own lock. Transitions are returned, and
+//     reported after it is released.
+//   - Leaves: limiter.mu (a limiter's every field), entryStats.mu (an
+//     entry's outcome runs), sharing.mu (the writes queued for the store),
+//     and the stores' own: boltStore.mu, boltFiles, redisStore.mu, never
+//     held with any lock above.
+//
+// Generations. An outcome is applied only in the breaker generation it was
+// admitted in (entry.st packs the generation with the phase; an admission
+// carries it), so a slow request cannot close or reopen a breaker whose
+// state it did not see.

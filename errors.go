@@ -1,5 +1,9 @@
 package hostbreaker
 
+// This file holds the errors a Transport returns for the requests it
+// rejects: ErrOpen, OpenError and the Reasons. Configuration errors
+// (ConfigError) are in config.go.
+
 import (
 	"errors"
 	"fmt"

@@ -306,7 +306,7 @@ func TestJournalOutageIsBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	reply := make(chan struct{})
-	tr.queries <- func() { tr.sink.maxPending = 5; close(reply) }
+	tr.queries <- func() { tr.sink.maxOutbox = 5; close(reply) }
 	<-reply
 	c := &http.Client{Transport: tr}
 	for i := range 20 {
@@ -316,7 +316,7 @@ func TestJournalOutageIsBounded(t *testing.T) {
 		mustPass(t, do(t, c, "", "https://ok.test/"), 200)
 	}
 	tr.Close()
-	if n := tr.sink.pending.len(); n != 5 {
+	if n := tr.sink.outbox.len(); n != 5 {
 		t.Errorf("pending = %d, want 5", n)
 	}
 	if tr.sink.lost < 15 {
@@ -325,7 +325,7 @@ func TestJournalOutageIsBounded(t *testing.T) {
 	if logs.count("journal events dropped") != 1 {
 		t.Errorf("the drops were not logged once")
 	}
-	if evs := tr.sink.pending.events(); evs[len(evs)-1].Name != EventSummary {
+	if evs := tr.sink.outbox.events(); evs[len(evs)-1].Name != EventSummary {
 		last := evs[len(evs)-1]
 		t.Errorf("the newest events are kept: last = %+v", last)
 	}

@@ -1,5 +1,10 @@
 package hostbreaker
 
+// This file holds the Transport's background goroutine's side of events:
+// turning internal events into Events, delivering them (handler, OTel
+// logger, journal), the periodic summaries, and the log lines. The Event
+// type and the journal's stored form are in event.go.
+
 import (
 	"context"
 	"log/slog"
@@ -26,20 +31,20 @@ type eventSink struct {
 	logger  otellog.Logger
 
 	mem        eventQueue // the in-memory journal, oldest first; bounded by cfg
-	pending    eventQueue // events for the store's journal; bounded by maxPending
-	maxPending int
+	outbox     eventQueue // events waiting for the store's journal; bounded by maxOutbox
+	maxOutbox  int
 	lost       uint64    // journal events dropped: pending full, or trimmed by the store's bounds
 	lastSumm   time.Time // when the last summary was emitted
-	seen       map[*entry]Summary
+	summarized map[*entry]Summary
 }
 
 // maxMemoryEvents bounds the events a Transport with a store keeps in
 // memory for Events; the store's journal holds up to journal_max_events.
 const maxMemoryEvents = 10000
 
-// maxPendingEvents bounds the events waiting for the store's journal while
+// maxOutboxEvents bounds the events waiting for the store's journal while
 // it is down; past it the oldest are dropped and counted.
-const maxPendingEvents = 10000
+const maxOutboxEvents = 10000
 
 // processName returns the name of this process in events and the journal.
 func processName(c TelemetryConfig) string {
@@ -60,8 +65,8 @@ func newEventSink(process string, c TelemetryConfig, lp otellog.LoggerProvider, 
 		handler:    handler,
 		logger:     lp.Logger(meterName, otellog.WithInstrumentationVersion(instrumentationVersion)),
 		lastSumm:   time.Now(),
-		maxPending: maxPendingEvents,
-		seen:       make(map[*entry]Summary),
+		maxOutbox:  maxOutboxEvents,
+		summarized: make(map[*entry]Summary),
 	}
 }
 
@@ -102,11 +107,11 @@ func (t *Transport) deliver(ev Event) {
 	}
 	s.remember(ev, t.sh == nil)
 	if t.sh != nil {
-		if over := s.pending.len() - s.maxPending + 1; over > 0 {
-			s.pending.drop(over)
+		if over := s.outbox.len() - s.maxOutbox + 1; over > 0 {
+			s.outbox.drop(over)
 			s.lost += uint64(over)
 		}
-		s.pending.push(ev)
+		s.outbox.push(ev)
 	}
 }
 
@@ -273,10 +278,10 @@ func (t *Transport) summarize(now time.Time) {
 			t.summarizeEntry(e, now, interval)
 		}
 	})
-	for e := range s.seen {
+	for e := range s.summarized {
 		if !live[e] {
 			t.summarizeEntry(e, now, interval) // evicted: its last activity
-			delete(s.seen, e)
+			delete(s.summarized, e)
 		}
 	}
 }
@@ -293,8 +298,8 @@ func (t *Transport) summarizeEntry(e *entry, now time.Time, interval time.Durati
 		cur.Status429, cur.Status5xx, cur.Timeouts = st.status429.Load(), st.status5xx.Load(), st.timeouts.Load()
 		cur.ProbesOK, cur.ProbesFail = st.probesOK.Load(), st.probesFail.Load()
 	}
-	prev := s.seen[e]
-	s.seen[e] = cur
+	prev := s.summarized[e]
+	s.summarized[e] = cur
 	d := Summary{
 		Successes: cur.Successes - prev.Successes, Failures: cur.Failures - prev.Failures,
 		Neutral: cur.Neutral - prev.Neutral, Rejected: cur.Rejected - prev.Rejected,
@@ -314,18 +319,18 @@ func (t *Transport) summarizeEntry(e *entry, now time.Time, interval time.Durati
 // flushJournal appends the pending events to the store's journal.
 func (t *Transport) flushJournal(ctx context.Context) {
 	s := t.sink
-	if t.sh == nil || s.pending.len() == 0 {
+	if t.sh == nil || s.outbox.len() == 0 {
 		return
 	}
 	cctx, cancel := context.WithTimeout(ctx, storeTimeout)
-	dropped, err := t.sh.store.AppendEvents(cctx, s.pending.events(), JournalLimits{Retention: s.cfg.JournalRetention, MaxEvents: s.cfg.JournalMaxEvents})
+	dropped, err := t.sh.store.AppendEvents(cctx, s.outbox.events(), JournalLimits{Retention: s.cfg.JournalRetention, MaxEvents: s.cfg.JournalMaxEvents})
 	cancel()
 	if err != nil {
 		t.storeError(opJournal, err)
 		return // kept, bounded, for the next flush
 	}
 	s.lost += uint64(dropped)
-	s.pending.reset()
+	s.outbox.reset()
 }
 
 // Events returns this Transport's events at or after since, oldest first,

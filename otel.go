@@ -189,11 +189,11 @@ type seriesOpts struct {
 
 // entryTrack is what the collector remembers of an entry.
 type entryTrack struct {
-	seen uint64    // the last collection that saw it in the registry
-	s    *series   // the series it is attributed to
-	base *counts   // the counts attributed to an earlier series; nil for none
-	name *hostName // its host's name, nil for none, as of namesVer ver
-	ver  uint64
+	collected uint64    // the last collection that saw it in the registry
+	s         *series   // the series it is attributed to
+	base      *counts   // the counts attributed to an earlier series; nil for none
+	name      *hostName // its host's name, nil for none, as of namesVer ver
+	ver       uint64
 }
 
 type candidate struct {
@@ -484,10 +484,10 @@ func (tel *telemetry) host(h *hostState, es []*entry, now int64, breakers *[3]in
 		if tr == nil {
 			tr = new(entryTrack)
 			tel.tracks[e] = tr
-		} else if tr.seen == tel.gen {
+		} else if tr.collected == tel.gen {
 			continue
 		}
-		tr.seen = tel.gen
+		tr.collected = tel.gen
 		es[n] = e
 		n++
 		trs = append(trs, tr)
@@ -529,7 +529,7 @@ func (tel *telemetry) host(h *hostState, es []*entry, now int64, breakers *[3]in
 	}
 	for i, e := range es {
 		tr := trs[i]
-		tr.name, tr.ver, tr.seen = nm, tel.namesVer, tel.gen
+		tr.name, tr.ver, tr.collected = nm, tel.namesVer, tel.gen
 		s := tr.s
 		if s == nil || s.key.name != target {
 			s = tel.seriesFor(target, e.role)
@@ -607,7 +607,7 @@ func (tel *telemetry) seriesFor(name *hostName, role string) *series {
 // counts as usual. Callers hold mu.
 func (tel *telemetry) sweep() {
 	for e, tr := range tel.tracks {
-		if tr.seen == tel.gen {
+		if tr.collected == tel.gen {
 			continue
 		}
 		v := readCounts(e)

@@ -1,9 +1,10 @@
 package hostbreaker
 
 // This file holds the resolution of policies: a Config's policies compiled
-// into a policyTable, and the effective policy of a (host, role) laid from
-// its levels (overlay). The configuration types, defaults and validation
-// are in config.go; the TOML form in toml.go.
+// into a policyTable, the effective policy of a (host, role) laid from its
+// levels (overlay), and the Transport's live changes to them
+// (UpdateHostPolicy, tuned overrides) and its Policy. The configuration
+// types, defaults and validation are in config.go; the TOML form in toml.go.
 
 import (
 	"errors"
@@ -78,9 +79,9 @@ type resolved struct {
 	throttle statusSet // ThrottleStatuses, in the failure bitmap
 }
 
-// throttles reports whether a response with code tells the adaptive
+// isThrottle reports whether a response with code tells the adaptive
 // limiter to slow down.
-func (r *resolved) throttles(code int) bool {
+func (r *resolved) isThrottle(code int) bool {
 	return r.Adaptive == ToggleOn && r.throttle.classify(code) == outcomeFailure
 }
 
@@ -351,4 +352,120 @@ func (pt *policyTable) keyPolicy(key string) Policy {
 	}
 	overlay(&p, own)
 	return p
+}
+
+// resolve returns the current effective policy of (host, role).
+func (t *Transport) resolve(host, role string) *resolved {
+	p, err := t.policies.Load().resolve(host, role)
+	if err != nil {
+		// Validation checks every combination that can occur, so this is a
+		// bug; fall back to the defaults rather than fail requests. The
+		// registry calls this under its lock: the loop logs it.
+		t.emit(event{kind: evResolveError, host: host, role: role, note: err.Error()})
+		p, _ = (&policyTable{defaults: builtinPolicy()}).resolve(host, role)
+	}
+	return p
+}
+
+// UpdateHostPolicy changes a policy while the Transport runs: the fields
+// that p sets (non-zero, see Policy) and its roles are laid over the policy
+// of the Hosts key host, which is written as in Config.Hosts: an exact host
+// (a name, host:port or URL) or a wildcard "*.example.org". It applies to
+// exactly the (host, role)s that the key matches (see Config), those that
+// exist and those created later: once it returns, every one of them uses
+// the new policy. Breaker state is kept: an open breaker stays open until
+// its current deadline, cooldowns are kept, and a closed breaker keeps its
+// failure count (up to one less than the new FailMax). An invalid key or
+// result is a *ConfigError and changes nothing.
+func (t *Transport) UpdateHostPolicy(host string, p Policy) error {
+	key, err := hostsKey(host)
+	if err != nil {
+		return &ConfigError{Key: "hosts." + quoteKey(host), Msg: err.Error()}
+	}
+	if err := checkPolicy("hosts."+quoteKey(key), p); err != nil {
+		return err
+	}
+	t.mu.Lock()
+	before := t.policies.Load().keyPolicy(key)
+	configured, _, err := t.configured.withUpdate(key, p)
+	if err != nil {
+		t.mu.Unlock()
+		return err
+	}
+	t.configured = configured
+	skipped := t.applyPoliciesLocked()
+	t.emit(event{kind: evPolicy, host: key, prevPolicy: policyTOML(before, p),
+		policy: policyTOML(t.policies.Load().keyPolicy(key), p), note: "UpdateHostPolicy"})
+	t.mu.Unlock()
+	t.logSkipped(skipped)
+	return nil
+}
+
+// applyPoliciesLocked publishes the policy table in force, t.configured
+// with the tuned overrides laid over it, and switches every entry to it.
+// Callers hold t.mu. It returns the overrides it could not apply, for the
+// caller to log once it has released the lock.
+//
+// Entries are created under the registry lock with the policy table of
+// that moment: publishing the table and updating the entries under the
+// same lock leaves no entry behind.
+func (t *Transport) applyPoliciesLocked() (skipped []skippedOverride) {
+	pt := t.configured
+	for _, key := range slices.Sorted(maps.Keys(t.overrides)) {
+		npt, _, err := pt.withUpdate(key, t.overrides[key])
+		if err != nil {
+			// Tune validated it against its bounds; a configuration that
+			// conflicts with it (a status list, say) keeps its values.
+			skipped = append(skipped, skippedOverride{key, err})
+			continue
+		}
+		pt = npt
+	}
+	t.reg.mu.Lock()
+	defer t.reg.mu.Unlock()
+	t.policies.Store(pt)
+	t.reg.tab.Load().each(func(h *hostState) {
+		h.each(func(e *entry) {
+			np, _ := pt.resolve(h.name, e.role)
+			e.setPolicy(np)
+		})
+		if hp, err := pt.resolve(h.name, ""); err == nil && !h.bare() {
+			t.syncLimiter(h, hp) // the rate limits are host-wide: any role's policy has them
+		}
+	})
+	return skipped
+}
+
+// skippedOverride is a tuned override that applyPoliciesLocked could not
+// apply, and why.
+type skippedOverride struct {
+	key string
+	err error
+}
+
+// logSkipped logs the tuned overrides that were not applied.
+func (t *Transport) logSkipped(skipped []skippedOverride) {
+	for _, s := range skipped {
+		t.log.Warn("hostbreaker: tuned policy not applied", "key", s.key, "err", s.err)
+	}
+}
+
+// Policy returns the effective policy of (host, role) now: every field
+// resolved, from the built-in defaults, the configuration, UpdateHostPolicy
+// and the tuned overrides read from the store, in that order. Its Roles is
+// nil. host may be a name, host:port or a URL. It is safe for concurrent
+// use.
+func (t *Transport) Policy(host, role string) (Policy, error) {
+	name, err := NormalizeHost(host)
+	if err != nil {
+		return Policy{}, fmt.Errorf("hostbreaker: policy of %q: %w", host, err)
+	}
+	p, err := t.policies.Load().resolve(name, role)
+	if err != nil {
+		return Policy{}, err
+	}
+	out := p.Policy
+	out.FailureStatuses = slices.Clone(out.FailureStatuses)
+	out.NeutralStatuses = slices.Clone(out.NeutralStatuses)
+	return out, nil
 }

@@ -116,10 +116,10 @@ max_wait = "0s"
 	}
 	d := mustResolve(t, pt, "other.example.org", "metadata")
 	if d.Rate != 20 || d.Burst != 3 || d.MaxWait != 2*time.Second || d.MinRate != 0.1 || d.Adaptive != ToggleOn ||
-		!d.throttles(420) || d.throttles(503) {
+		!d.isThrottle(420) || d.isThrottle(503) {
 		t.Errorf("defaults resolved to %+v", d.Policy)
 	}
-	if a := mustResolve(t, pt, "api.example.org", ""); a.Rate != 4.5 || a.Adaptive != ToggleOff || a.throttles(429) {
+	if a := mustResolve(t, pt, "api.example.org", ""); a.Rate != 4.5 || a.Adaptive != ToggleOff || a.isThrottle(429) {
 		t.Errorf("api.example.org resolved to rate %v adaptive %v", a.Rate, a.Adaptive)
 	}
 	if f := mustResolve(t, pt, "free.example.org", ""); f.Rate != 0 || f.MaxWait != 0 {

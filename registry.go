@@ -1,5 +1,11 @@
 package hostbreaker
 
+// This file holds the registry: the bounded, lock-free table of host states
+// (hostState) and their (host, role) entries, with eviction, and the role
+// carried by a request's context. What an entry decides is in breaker.go;
+// what a host shares (its cooldown) in cooldown.go, its limiter in
+// ratelimit.go.
+
 import (
 	"context"
 	"hash/maphash"

@@ -1,5 +1,10 @@
 package hostbreaker
 
+// This file holds the retry client: go-retryablehttp with hostbreaker
+// inside it (NewRetryClient) and the hooks that make retries respect the
+// breakers and cooldowns (RetryPolicy, Backoff). The Transport is in
+// transport.go.
+
 import (
 	"context"
 	"errors"

@@ -1,5 +1,10 @@
 package hostbreaker
 
+// This file holds the bbolt Store: one file shared by the processes of a
+// machine, opened only for short transactions by a background goroutine.
+// The lock-free check of whether the file changed is in store_bbolt_meta.go;
+// the Store contract and merge rules in store.go.
+
 import (
 	"bytes"
 	"context"

@@ -1,5 +1,9 @@
 package hostbreaker
 
+// This file holds the Redis Store: records in per-host hashes with
+// indexes and a change channel, shared by a fleet. The Store contract and
+// merge rules are in store.go.
+
 import (
 	"context"
 	"errors"

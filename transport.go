@@ -1,12 +1,16 @@
 package hostbreaker
 
+// This file holds the Transport: its type, options and construction,
+// RoundTrip (admission, the base, recording) and the background loop. The
+// breaker of a (host, role) is in breaker.go, the host cooldown in
+// cooldown.go, the limiter in ratelimit.go, policies in policy.go, what
+// the loop does with events in journal.go and with a store in sharing.go.
+
 import (
 	"context"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net/http"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -402,19 +406,6 @@ func closeBody(req *http.Request) {
 	}
 }
 
-// resolve returns the current effective policy of (host, role).
-func (t *Transport) resolve(host, role string) *resolved {
-	p, err := t.policies.Load().resolve(host, role)
-	if err != nil {
-		// Validation checks every combination that can occur, so this is a
-		// bug; fall back to the defaults rather than fail requests. The
-		// registry calls this under its lock: the loop logs it.
-		t.emit(event{kind: evResolveError, host: host, role: role, note: err.Error()})
-		p, _ = (&policyTable{defaults: builtinPolicy()}).resolve(host, role)
-	}
-	return p
-}
-
 // record counts the outcome of an admitted request and applies its
 // effects, in this order: the host's cooldown (a usable Retry-After cools
 // the host and counts neither way: the server said when to come back; quota
@@ -432,7 +423,7 @@ func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *htt
 			if t.obeyRetryAfter(h.name, p, resp) {
 				o, healthy = outcomeNeutral, false
 			}
-			if p.throttles(code) {
+			if p.isThrottle(code) {
 				t.slowDown(h, p, adm, code)
 			}
 		}
@@ -608,109 +599,6 @@ func (t *Transport) CloseIdleConnections() {
 	}
 }
 
-// UpdateHostPolicy changes a policy while the Transport runs: the fields
-// that p sets (non-zero, see Policy) and its roles are laid over the policy
-// of the Hosts key host, which is written as in Config.Hosts: an exact host
-// (a name, host:port or URL) or a wildcard "*.example.org". It applies to
-// exactly the (host, role)s that the key matches (see Config), those that
-// exist and those created later: once it returns, every one of them uses
-// the new policy. Breaker state is kept: an open breaker stays open until
-// its current deadline, cooldowns are kept, and a closed breaker keeps its
-// failure count (up to one less than the new FailMax). An invalid key or
-// result is a *ConfigError and changes nothing.
-func (t *Transport) UpdateHostPolicy(host string, p Policy) error {
-	key, err := hostsKey(host)
-	if err != nil {
-		return &ConfigError{Key: "hosts." + quoteKey(host), Msg: err.Error()}
-	}
-	if err := checkPolicy("hosts."+quoteKey(key), p); err != nil {
-		return err
-	}
-	t.mu.Lock()
-	before := t.policies.Load().keyPolicy(key)
-	configured, _, err := t.configured.withUpdate(key, p)
-	if err != nil {
-		t.mu.Unlock()
-		return err
-	}
-	t.configured = configured
-	skipped := t.applyPoliciesLocked()
-	t.emit(event{kind: evPolicy, host: key, prevPolicy: policyTOML(before, p),
-		policy: policyTOML(t.policies.Load().keyPolicy(key), p), note: "UpdateHostPolicy"})
-	t.mu.Unlock()
-	t.logSkipped(skipped)
-	return nil
-}
-
-// applyPoliciesLocked publishes the policy table in force, t.configured
-// with the tuned overrides laid over it, and switches every entry to it.
-// Callers hold t.mu. It returns the overrides it could not apply, for the
-// caller to log once it has released the lock.
-//
-// Entries are created under the registry lock with the policy table of
-// that moment: publishing the table and updating the entries under the
-// same lock leaves no entry behind.
-func (t *Transport) applyPoliciesLocked() (skipped []skippedOverride) {
-	pt := t.configured
-	for _, key := range slices.Sorted(maps.Keys(t.overrides)) {
-		npt, _, err := pt.withUpdate(key, t.overrides[key])
-		if err != nil {
-			// Tune validated it against its bounds; a configuration that
-			// conflicts with it (a status list, say) keeps its values.
-			skipped = append(skipped, skippedOverride{key, err})
-			continue
-		}
-		pt = npt
-	}
-	t.reg.mu.Lock()
-	defer t.reg.mu.Unlock()
-	t.policies.Store(pt)
-	t.reg.tab.Load().each(func(h *hostState) {
-		h.each(func(e *entry) {
-			np, _ := pt.resolve(h.name, e.role)
-			e.setPolicy(np)
-		})
-		if hp, err := pt.resolve(h.name, ""); err == nil && !h.bare() {
-			t.syncLimiter(h, hp) // the rate limits are host-wide: any role's policy has them
-		}
-	})
-	return skipped
-}
-
-// skippedOverride is a tuned override that applyPoliciesLocked could not
-// apply, and why.
-type skippedOverride struct {
-	key string
-	err error
-}
-
-// logSkipped logs the tuned overrides that were not applied.
-func (t *Transport) logSkipped(skipped []skippedOverride) {
-	for _, s := range skipped {
-		t.log.Warn("hostbreaker: tuned policy not applied", "key", s.key, "err", s.err)
-	}
-}
-
-// Policy returns the effective policy of (host, role) now: every field
-// resolved, from the built-in defaults, the configuration, UpdateHostPolicy
-// and the tuned overrides read from the store, in that order. Its Roles is
-// nil. host may be a name, host:port or a URL. It is safe for concurrent
-// use.
-func (t *Transport) Policy(host, role string) (Policy, error) {
-	name, err := NormalizeHost(host)
-	if err != nil {
-		return Policy{}, fmt.Errorf("hostbreaker: policy of %q: %w", host, err)
-	}
-	p, err := t.policies.Load().resolve(name, role)
-	if err != nil {
-		return Policy{}, err
-	}
-	out := p.Policy
-	out.FailureStatuses = slices.Clone(out.FailureStatuses)
-	out.NeutralStatuses = slices.Clone(out.NeutralStatuses)
-	return out, nil
-}
-
 // event is a state change, handed from the request path to the background
 // goroutine, which logs it (and, with a store, shares it). Events are rare:
 // the closed, healthy path emits none.
@@ -822,4 +710,21 @@ func (t *Transport) loop() {
 			t.flushJournal(ctx)
 		}
 	}
+}
+
+// WithStore shares cooldowns, resets and (with share_trips) breaker trips
+// with every Transport that uses the same Store, and publishes this
+// Transport's breaker states for `breaker show`. It wins over the store URL
+// of the Config. The Transport does not close a Store given this way; it
+// closes one it opened from Config.Store.URL. A nil Store is ignored.
+//
+// NewTransport reads the store once before it returns, so that a host still
+// cooling down after a restart is rejected from the first request; it waits
+// at most 2s for a store that does not answer, and reads it again later.
+func WithStore(s Store) Option {
+	return optionFunc(func(o *options) {
+		if s != nil {
+			o.store = s
+		}
+	})
 }

@@ -1,5 +1,11 @@
 package hostbreaker
 
+// This file holds the Transport's side of a store: queueing local
+// decisions (cooldowns, resets, shared trips) for it, reading other
+// processes' decisions and tuned overrides from it, publishing states, and
+// the fleet's learnt rates. The Store interface and its records are in
+// store.go; the background loop that drives this is in transport.go.
+
 import (
 	"context"
 	"fmt"
@@ -11,23 +17,6 @@ import (
 	"sync/atomic"
 	"time"
 )
-
-// WithStore shares cooldowns, resets and (with share_trips) breaker trips
-// with every Transport that uses the same Store, and publishes this
-// Transport's breaker states for `breaker show`. It wins over the store URL
-// of the Config. The Transport does not close a Store given this way; it
-// closes one it opened from Config.Store.URL. A nil Store is ignored.
-//
-// NewTransport reads the store once before it returns, so that a host still
-// cooling down after a restart is rejected from the first request; it waits
-// at most 2s for a store that does not answer, and reads it again later.
-func WithStore(s Store) Option {
-	return optionFunc(func(o *options) {
-		if s != nil {
-			o.store = s
-		}
-	})
-}
 
 // Sharing timings.
 const (
@@ -53,7 +42,7 @@ type sharing struct {
 	kick       chan struct{}           // wakes the background goroutine to flush
 
 	// Owned by the background goroutine.
-	seen       map[[2]string]time.Time // newest At applied per (host, slot or reset)
+	applied    map[[2]string]time.Time // newest At applied per (host, slot or reset)
 	published  string                  // fingerprint of the last published states
 	pubAt      time.Time
 	lastErrLog time.Time
@@ -91,11 +80,11 @@ func newSharing(s Store, owned bool, c StoreConfig, maxPending int, source strin
 		pending:    make(map[string]*hostRecords),
 		maxPending: maxPending,
 		kick:       make(chan struct{}, 1),
-		seen:       make(map[[2]string]time.Time),
+		applied:    make(map[[2]string]time.Time),
 	}
 }
 
-// resetKey is the seen key of a host's reset marker; no record slot
+// resetKey is the applied key of a host's reset marker; no record slot
 // starts with NUL.
 const resetKey = "\x00reset"
 
@@ -240,11 +229,11 @@ func (t *Transport) pull(ctx context.Context) error {
 		if r.Source == sh.source {
 			continue
 		}
-		k := seenKey(r)
-		if seen, ok := sh.seen[k]; ok && !r.At.After(seen) {
+		k := appliedKey(r)
+		if at, ok := sh.applied[k]; ok && !r.At.After(at) {
 			continue
 		}
-		sh.seen[k] = r.At
+		sh.applied[k] = r.At
 		if r.Reason == ReasonReset {
 			t.resetLocal(r.Host, r.At.UnixNano(), true)
 			continue
@@ -263,15 +252,15 @@ func (t *Transport) pull(ctx context.Context) error {
 	// The fleet's rates last: a failure to read them (counted and logged)
 	// must not hold back the cooldowns above.
 	t.pullFleetRates(ctx)
-	// Forget what the store no longer holds, so that seen stays bounded.
-	if len(sh.seen) > 2*len(recs)+64 {
+	// Forget what the store no longer holds, so that applied stays bounded.
+	if len(sh.applied) > 2*len(recs)+64 {
 		live := make(map[[2]string]bool, len(recs))
 		for _, r := range recs {
-			live[seenKey(r)] = true
+			live[appliedKey(r)] = true
 		}
-		for k := range sh.seen {
+		for k := range sh.applied {
 			if !live[k] {
-				delete(sh.seen, k)
+				delete(sh.applied, k)
 			}
 		}
 	}
@@ -325,8 +314,8 @@ func mapUnion(a, b map[string]Policy) map[string]bool {
 	return out
 }
 
-// seenKey is the key of r in sharing.seen: its host and slot.
-func seenKey(r Record) [2]string {
+// appliedKey is the key of r in sharing.applied: its host and slot.
+func appliedKey(r Record) [2]string {
 	if r.Reason == ReasonReset {
 		return [2]string{r.Host, resetKey}
 	}
