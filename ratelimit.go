@@ -146,13 +146,12 @@ func (l *limiter) setRateLocked(r float64, now int64) {
 }
 
 // turn is a request's turn at a limiter, as a rate.Reservation: the
-// limiter that gave it, when the request may go, and what it took from the
-// bucket. The request finishes it or gives it back at that limiter,
-// whatever happened to the host's limiter meanwhile. The zero turn is none.
+// limiter that gave it and when the request may go. The request finishes
+// it or gives it back at that limiter, whatever happened to the host's
+// limiter meanwhile. The zero turn is none.
 type turn struct {
-	lim      *limiter
-	at       int64 // when the request may go, ns since the epoch
-	interval int64 // what it took from the bucket: the interval at the time
+	lim *limiter
+	at  int64 // when the request may go, ns since the epoch
 }
 
 // reserve gives the request at now its turn: the earliest time at which
@@ -168,7 +167,7 @@ func (l *limiter) reserve(now, deadline int64) (tn turn, ok bool, ch rateChange,
 	if l.held != 0 {
 		tat = max(tat, l.held+l.burst*l.interval) // one token at held, then one per interval
 	}
-	tn = turn{lim: l, at: max(now, tat-l.burst*l.interval), interval: l.interval}
+	tn = turn{lim: l, at: max(now, tat-l.burst*l.interval)}
 	limit := now + l.maxWait
 	if deadline > 0 {
 		limit = min(limit, deadline)
@@ -182,11 +181,14 @@ func (l *limiter) reserve(now, deadline int64) (tn turn, ok bool, ch rateChange,
 }
 
 // cancel gives back a turn that reserve gave and that will not be used:
-// exactly the interval it took.
+// exactly the room it holds in the limiter's backlog, which is one
+// interval at the rate now, since a rate change rescales the backlog with
+// the turn in it (setRateLocked). The turns after it keep their times, and
+// the next turn is where it would be had this one never been reserved.
 func (tn turn) cancel() {
 	l := tn.lim
 	l.mu.Lock()
-	l.tat -= tn.interval
+	l.tat -= l.interval
 	l.sent = max(l.sent-1, 0)
 	l.mu.Unlock()
 }

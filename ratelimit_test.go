@@ -554,3 +554,46 @@ func TestFleetSharesLearntRate(t *testing.T) {
 		}
 	})
 }
+
+// TestCanceledTurnAfterRateChange: a turn canceled after the rate changed
+// gives back exactly the room it held, so that the next turn is where it
+// would have been had the canceled one never been reserved, whichever way
+// the rate moved.
+func TestCanceledTurnAfterRateChange(t *testing.T) {
+	pt := mustCompile(t, Config{Defaults: Policy{Rate: 10, MaxWait: time.Minute}})
+	p := mustResolve(t, pt, "a.test", "")
+	ms := int64(time.Millisecond)
+	for _, rate := range []float64{5, 20} {
+		// with: A, B and C reserve at 0; the rate changes at 50ms; C cancels.
+		with := newLimiter(p, 0, 10)
+		for range 2 {
+			with.reserve(0, 0)
+		}
+		c, ok, _, _ := with.reserve(0, 0)
+		if !ok || c.at != 200*ms {
+			t.Fatalf("C's turn %v, %v; want 200ms", time.Duration(c.at), ok)
+		}
+		with.mu.Lock()
+		with.setRateLocked(rate, 50*ms)
+		with.mu.Unlock()
+		c.cancel()
+		// without: only A and B reserve.
+		without := newLimiter(p, 0, 10)
+		for range 2 {
+			without.reserve(0, 0)
+		}
+		without.mu.Lock()
+		without.setRateLocked(rate, 50*ms)
+		without.mu.Unlock()
+
+		got, _, _, _ := with.reserve(50*ms, 0)
+		want, _, _, _ := without.reserve(50*ms, 0)
+		if got.at != want.at {
+			t.Errorf("rate 10 → %v: the next turn after C's cancel is at %v, want %v as if C had never reserved",
+				rate, time.Duration(got.at), time.Duration(want.at))
+		}
+		if got.lim != with {
+			t.Errorf("the turn names another limiter")
+		}
+	}
+}

@@ -87,8 +87,8 @@ func (h *hostState) find(role string) *entry {
 			return e
 		}
 	}
-	if more := h.overflow.Load(); more != nil {
-		for _, e := range *more {
+	if rest := h.overflow.Load(); rest != nil {
+		for _, e := range *rest {
 			if e.role == role {
 				return e
 			}
@@ -106,8 +106,8 @@ func (h *hostState) each(f func(*entry)) {
 			f(e)
 		}
 	}
-	if more := h.overflow.Load(); more != nil {
-		for _, e := range *more {
+	if rest := h.overflow.Load(); rest != nil {
+		for _, e := range *rest {
 			f(e)
 		}
 	}
@@ -135,8 +135,8 @@ func (h *hostState) setEntriesLocked(es []*entry) {
 		h.roles[i].Store(e)
 	}
 	if len(es) > inlineRoles {
-		more := slices.Clone(es[inlineRoles:])
-		h.overflow.Store(&more)
+		rest := slices.Clone(es[inlineRoles:])
+		h.overflow.Store(&rest)
 	} else {
 		h.overflow.Store(nil)
 	}

@@ -392,11 +392,11 @@ func joinNote(note, reason string) string {
 }
 
 // joinReason returns reason extended with more: "reason; more".
-func joinReason(reason, more string) string {
+func joinReason(reason, extra string) string {
 	if reason == "" {
-		return more
+		return extra
 	}
-	return reason + "; " + more
+	return reason + "; " + extra
 }
 
 // The tunable keys: the TOML keys that Advise suggests and Tune writes.
