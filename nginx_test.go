@@ -16,6 +16,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"text/template"
 	"time"
 )
 
@@ -51,45 +52,16 @@ type nginxRequest struct {
 	URI    string // $request_uri: path and query as the client sent them
 }
 
-// The config of a test nginx: one process (master_process off), in the
-// foreground, everything under {{DIR}}. limit_req runs in the preaccess
-// phase, before try_files and the static handler; a `return` would run in
-// the rewrite phase and bypass it, hence a static file. The map adds
-// Retry-After to 429s only (add_header skips an empty value). Access log
-// lines are written unbuffered, as each request ends.
-const nginxTestConf = `daemon off;
-master_process off;
-worker_processes 1;
-pid {{DIR}}/nginx.pid;
-error_log {{DIR}}/error.log warn;
-events { worker_connections 1024; }
-http {
-  default_type text/plain;
-  log_format hb '$msec $status $request_uri';
-  access_log {{DIR}}/access.log hb;
-  client_body_temp_path {{DIR}}/body;
-  proxy_temp_path {{DIR}}/proxy;
-  fastcgi_temp_path {{DIR}}/fastcgi;
-  uwsgi_temp_path {{DIR}}/uwsgi;
-  scgi_temp_path {{DIR}}/scgi;
-  keepalive_requests 1000000;
-  limit_req_zone $binary_remote_addr zone=hb:1m rate={{RATE}}r/s;
-  map $status $hb_retry_after { 429 "{{RETRY_AFTER}}"; default ""; }
-  server {
-    listen 127.0.0.1:{{PORT}};
-    root {{DIR}}/www;
-    location / {
-      limit_req zone=hb{{BURST}};
-      limit_req_status 429;
-      add_header Retry-After $hb_retry_after always;
-      try_files /ok.txt =404;
-    }
-    location /__hostbreaker_sync/ {
-      return 204;
-    }
-  }
+// nginxConfTemplate is the config of a test nginx, a text/template that
+// bench/nginx.go shares; the template says what it sets up and why.
+const nginxConfTemplate = "testdata/nginx/limit_req.conf.tmpl"
+
+// nginxConf is the data of nginxConfTemplate.
+type nginxConf struct {
+	Dir   string // the server's directory
+	Port  int    // the 127.0.0.1 port
+	Limit nginxLimit
 }
-`
 
 // nginxPath returns the nginx binary: on PATH, else /usr/sbin/nginx (not
 // on a non-root user's PATH on Debian). Without one the test fails: CI
@@ -123,22 +95,18 @@ func startNginx(t *testing.T, l nginxLimit) *nginxServer {
 	if err := os.WriteFile(filepath.Join(dir, "www", "ok.txt"), []byte("ok\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	burst := ""
-	if l.Burst > 0 {
-		burst = fmt.Sprintf(" burst=%d nodelay", l.Burst)
-	}
-	retryAfter := ""
-	if l.RetryAfter > 0 {
-		retryAfter = strconv.Itoa(l.RetryAfter)
+	tmpl, err := template.ParseFiles(nginxConfTemplate)
+	if err != nil {
+		t.Fatalf("startNginx: %v", err)
 	}
 	// The port is free when asked, but another process may take it before
 	// nginx binds it: then nginx exits, and another port is tried.
 	var lastErr error
 	for range 5 {
-		s, err := runNginx(t, bin, dir, func(port int) string {
-			return strings.NewReplacer("{{DIR}}", dir, "{{PORT}}", strconv.Itoa(port),
-				"{{RATE}}", strconv.Itoa(l.Rate), "{{BURST}}", burst,
-				"{{RETRY_AFTER}}", retryAfter).Replace(nginxTestConf)
+		s, err := runNginx(t, bin, dir, func(port int) ([]byte, error) {
+			var b bytes.Buffer
+			err := tmpl.Execute(&b, nginxConf{Dir: dir, Port: port, Limit: l})
+			return b.Bytes(), err
 		})
 		if err == nil {
 			return s
@@ -154,15 +122,19 @@ func startNginx(t *testing.T, l nginxLimit) *nginxServer {
 
 // runNginx starts one nginx on a free port with the config that conf
 // returns for it, waits for the port, and registers its stop.
-func runNginx(t *testing.T, bin, dir string, conf func(port int) string) (*nginxServer, error) {
+func runNginx(t *testing.T, bin, dir string, conf func(port int) ([]byte, error)) (*nginxServer, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
+	data, err := conf(port)
+	if err != nil {
+		return nil, err
+	}
 	confPath := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(confPath, []byte(conf(port)), 0o644); err != nil {
+	if err := os.WriteFile(confPath, data, 0o644); err != nil {
 		return nil, err
 	}
 	// -e: the error log before the config is read (the built-in path,

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -10,27 +11,30 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
+	"text/template"
 	"time"
 
 	"github.com/hostbreaker/hostbreaker"
 )
 
 // nginxLimit is the limit_req zone of a bench nginx; every client shares
-// it, since every request comes from 127.0.0.1.
+// it, since every request comes from 127.0.0.1. Its fields are exported for
+// the config template.
 type nginxLimit struct {
-	rate       int // r/s
-	burst      int // 0: limit_req without burst; > 0: burst=N nodelay
-	retryAfter int // seconds, sent with each 429 (and only with 429s)
+	Rate       int // r/s
+	Burst      int // 0: limit_req without burst; > 0: burst=N nodelay
+	RetryAfter int // seconds, sent with each 429 (and only with 429s)
 }
 
 // The zones of the nginx scenarios: 5 r/s, with a burst of 5 (4, 7) or
 // none (6), 429 with Retry-After: 1.
 var (
-	limitBurst5 = nginxLimit{rate: 5, burst: 5, retryAfter: 1}
-	limitBurst0 = nginxLimit{rate: 5, burst: 0, retryAfter: 1}
+	limitBurst5 = nginxLimit{Rate: 5, Burst: 5, RetryAfter: 1}
+	limitBurst0 = nginxLimit{Rate: 5, Burst: 0, RetryAfter: 1}
 )
 
 // burst0Rate is hostbreaker's configured rate in scenario 6: 10 % under
@@ -41,45 +45,66 @@ const burst0Rate = 4.5
 // transport dials nginx whatever the host.
 const limitedHost = "limited.test"
 
-// The config of a bench nginx: one process (master_process off) in the
-// foreground, everything under {{DIR}}. limit_req runs in the preaccess
-// phase, before try_files and the static handler (a `return` would run in
-// the rewrite phase and bypass it). The map sends Retry-After with 429s
-// only: add_header skips an empty value. The access log is unbuffered.
-// The same config as the library's nginx_test.go.
-const nginxConf = `daemon off;
-master_process off;
-worker_processes 1;
-pid {{DIR}}/nginx.pid;
-error_log {{DIR}}/error.log warn;
-events { worker_connections 4096; }
-http {
-  default_type text/plain;
-  log_format bench '$msec $status $request_uri';
-  access_log {{DIR}}/access.log bench;
-  client_body_temp_path {{DIR}}/body;
-  proxy_temp_path {{DIR}}/proxy;
-  fastcgi_temp_path {{DIR}}/fastcgi;
-  uwsgi_temp_path {{DIR}}/uwsgi;
-  scgi_temp_path {{DIR}}/scgi;
-  keepalive_requests 1000000;
-  limit_req_zone $binary_remote_addr zone=bench:1m rate={{RATE}}r/s;
-  map $status $bench_retry_after { 429 "{{RETRY_AFTER}}"; default ""; }
-  server {
-    listen 127.0.0.1:{{PORT}};
-    root {{DIR}}/www;
-    location / {
-      limit_req zone=bench{{BURST}};
-      limit_req_status 429;
-      add_header Retry-After $bench_retry_after always;
-      try_files /ok.txt =404;
-    }
-    location = /__bench_sync {
-      return 204;
-    }
-  }
+// nginxConfTemplate is the config of a bench nginx, a text/template
+// shared with the library's nginx tests, relative to the root module's
+// directory; the template says what it sets up and why.
+const nginxConfTemplate = "testdata/nginx/limit_req.conf.tmpl"
+
+// rootModule is the module path of the library, whose directory holds
+// nginxConfTemplate.
+const rootModule = "github.com/hostbreaker/hostbreaker"
+
+// nginxConf is the data of nginxConfTemplate.
+type nginxConf struct {
+	Dir   string // the server's directory
+	Port  int    // the 127.0.0.1 port
+	Limit nginxLimit
 }
-`
+
+// syncPrefix is where the template serves marker requests (204, outside
+// the zone, logged like any request).
+const syncPrefix = "/__hostbreaker_sync/"
+
+// findNginxConfTemplate returns the path of nginxConfTemplate. A Go embed
+// cannot reach into another module, so the file is read at run time: in
+// the directory of the root module, found by walking up from the working
+// directory (go run . and go test run in bench/) to a go.mod that declares
+// rootModule, else from the directory this source file was compiled in.
+func findNginxConfTemplate() (string, error) {
+	var starts []string
+	if wd, err := os.Getwd(); err == nil {
+		starts = append(starts, wd)
+	}
+	if _, file, _, ok := runtime.Caller(0); ok {
+		starts = append(starts, filepath.Dir(file))
+	}
+	for _, dir := range starts {
+		for ; ; dir = filepath.Dir(dir) {
+			if modfile, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && declaresModule(modfile, rootModule) {
+				path := filepath.Join(dir, nginxConfTemplate)
+				if _, err := os.Stat(path); err != nil {
+					return "", fmt.Errorf("nginx config template: %w (the %s checkout at %s lacks it)", err, rootModule, dir)
+				}
+				return path, nil
+			}
+			if filepath.Dir(dir) == dir {
+				break
+			}
+		}
+	}
+	return "", fmt.Errorf("nginx config template %s not found: no directory above %q holds the go.mod of %s; run the benchmark inside a checkout (cd bench && go run .)",
+		nginxConfTemplate, starts, rootModule)
+}
+
+// declaresModule reports whether the go.mod file modfile declares module path.
+func declaresModule(modfile []byte, path string) bool {
+	for line := range strings.SplitSeq(string(modfile), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && f[0] == "module" && strings.Trim(f[1], `"`) == path {
+			return true
+		}
+	}
+	return false
+}
 
 // nginxBinary returns nginx on PATH, else Debian's /usr/sbin/nginx (not on
 // a non-root user's PATH).
@@ -108,6 +133,14 @@ func startNginx(l nginxLimit) (*nginxServer, error) {
 	if err != nil {
 		return nil, err
 	}
+	tmplPath, err := findNginxConfTemplate()
+	if err != nil {
+		return nil, err
+	}
+	tmpl, err := template.ParseFiles(tmplPath)
+	if err != nil {
+		return nil, err
+	}
 	dir, err := os.MkdirTemp("", "hostbreaker-bench-nginx-")
 	if err != nil {
 		return nil, err
@@ -120,20 +153,13 @@ func startNginx(l nginxLimit) (*nginxServer, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	burst, retryAfter := "", ""
-	if l.burst > 0 {
-		burst = fmt.Sprintf(" burst=%d nodelay", l.burst)
-	}
-	if l.retryAfter > 0 {
-		retryAfter = strconv.Itoa(l.retryAfter)
-	}
 	// The port is free when asked, but may be taken before nginx binds
 	// it: then nginx exits, and another port is tried.
 	for range 5 {
-		s, err := runNginx(bin, dir, func(port int) string {
-			return strings.NewReplacer("{{DIR}}", dir, "{{PORT}}", strconv.Itoa(port),
-				"{{RATE}}", strconv.Itoa(l.rate), "{{BURST}}", burst,
-				"{{RETRY_AFTER}}", retryAfter).Replace(nginxConf)
+		s, err := runNginx(bin, dir, func(port int) ([]byte, error) {
+			var b bytes.Buffer
+			err := tmpl.Execute(&b, nginxConf{Dir: dir, Port: port, Limit: l})
+			return b.Bytes(), err
 		})
 		if err == nil || !strings.Contains(err.Error(), "Address already in use") {
 			if err != nil {
@@ -146,15 +172,21 @@ func startNginx(l nginxLimit) (*nginxServer, error) {
 	return nil, errors.New("nginx: no free port in 5 tries")
 }
 
-func runNginx(bin, dir string, conf func(port int) string) (*nginxServer, error) {
+// runNginx starts one nginx on a free port with the config that conf
+// returns for it and waits for the port.
+func runNginx(bin, dir string, conf func(port int) ([]byte, error)) (*nginxServer, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
+	data, err := conf(port)
+	if err != nil {
+		return nil, err
+	}
 	confPath := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(confPath, []byte(conf(port)), 0o644); err != nil {
+	if err := os.WriteFile(confPath, data, 0o644); err != nil {
 		return nil, err
 	}
 	// -e: the error log before the config is read (the built-in one is
@@ -207,7 +239,7 @@ type nginxCounts struct {
 // request inside a Retry-After window is one logged less than retryAfter
 // seconds after a 429 (both in log order, which is time order).
 func (s *nginxServer) counts(retryAfter int) (nginxCounts, error) {
-	marker := "/__bench_sync"
+	marker := syncPrefix + "counts"
 	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
 	resp, err := c.Get("http://" + s.addr + marker)
 	if err != nil {
@@ -270,7 +302,7 @@ func (n nginxCounts) result(l nginxLimit, elapsed float64) Result {
 		Reached:      n.reached,
 		Got429:       ptr(n.n429),
 		InRetryAfter: ptr(n.inRetryAfter),
-		GoodputPct:   ptr(100 * float64(n.ok) / elapsed / float64(l.rate)),
+		GoodputPct:   ptr(100 * float64(n.ok) / elapsed / float64(l.Rate)),
 		Elapsed:      elapsed,
 	}
 }
@@ -308,7 +340,7 @@ func runNginxLimit(c client, o options, l nginxLimit, s setup) (Result, error) {
 	load(rt, srv.addr, o.workers, o.duration, o.timeout,
 		func(int64) string { return "http://" + limitedHost + "/ok.txt" }, nil)
 	elapsed := time.Since(start).Seconds()
-	n, err := srv.counts(l.retryAfter)
+	n, err := srv.counts(l.RetryAfter)
 	if err != nil {
 		return Result{}, err
 	}

@@ -128,7 +128,7 @@ func runProcs(v variant, o options) (Result, error) {
 			fmt.Fprintf(os.Stderr, "bench: %s: a client process was ready %d ms after the common start\n", v.name, r.LateMs)
 		}
 	}
-	n, err := srv.counts(limitBurst5.retryAfter)
+	n, err := srv.counts(limitBurst5.RetryAfter)
 	if err != nil {
 		return Result{}, err
 	}

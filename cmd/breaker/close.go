@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"time"
 
 	"github.com/hostbreaker/hostbreaker"
 )
@@ -20,10 +19,6 @@ HOST is a host name with an optional port, or a URL, normalized as the
 Transports key hosts: a URL's default port is dropped (https://h:443/ is h),
 a port given without a scheme is kept (h:443 is not h).
 `
-
-// resetRetention is how long the reset marker stays in the store, as the
-// Transports write it: long enough for every process to see it.
-const resetRetention = 10 * time.Minute
 
 func runClose(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
 	c := newCommand("close", closeUsage)
@@ -41,12 +36,11 @@ func runClose(ctx context.Context, args []string, stdout, stderr io.Writer) (err
 		return err
 	}
 
-	at := now()
-	r := hostbreaker.Record{
-		Host: host, Reason: hostbreaker.ReasonReset, Until: at.Add(resetRetention), At: at,
-		Source: source(),
-	}
-	if err := c.withStore(ctx, stderr, true, func(ctx context.Context, s hostbreaker.Store) error { return s.Put(ctx, r) }); err != nil {
+	err = c.withStore(ctx, stderr, true, func(ctx context.Context, s hostbreaker.Store) error {
+		_, err := hostbreaker.ResetHost(ctx, s, now(), host, source())
+		return err
+	})
+	if err != nil {
 		return err
 	}
 	_, err = fmt.Fprintf(stdout, "closed %s: every process sharing the store resets it within its poll interval\n", host)

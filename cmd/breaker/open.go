@@ -21,9 +21,6 @@ Transports key hosts: a URL's default port is dropped (https://h:443/ is h),
 a port given without a scheme is kept (h:443 is not h).
 `
 
-// maxFor bounds -for, so that the deadline stays representable.
-const maxFor = 10 * 365 * 24 * time.Hour
-
 func runOpen(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
 	c := newCommand("open", openUsage)
 	d := c.fs.Duration("for", 5*time.Minute, "how long to pause the host; > 0")
@@ -40,20 +37,20 @@ func runOpen(ctx context.Context, args []string, stdout, stderr io.Writer) (err 
 	if *d <= 0 {
 		return usagef(c.fullUsage(), "open: -for must be positive, not %v", *d)
 	}
-	if *d > maxFor {
-		return usagef(c.fullUsage(), "open: -for %v is longer than %v", *d, maxFor)
+	if *d > hostbreaker.MaxOpen {
+		return usagef(c.fullUsage(), "open: -for %v is longer than %v", *d, hostbreaker.MaxOpen)
 	}
 	host, err := hostArg("open", pos)
 	if err != nil {
 		return err
 	}
 
-	at := now()
-	r := hostbreaker.Record{
-		Host: host, Reason: hostbreaker.ReasonManual, Until: at.Add(*d), At: at,
-		Note: *reason, Source: source(),
-	}
-	if err := c.withStore(ctx, stderr, true, func(ctx context.Context, s hostbreaker.Store) error { return s.Put(ctx, r) }); err != nil {
+	var r hostbreaker.Record
+	err = c.withStore(ctx, stderr, true, func(ctx context.Context, s hostbreaker.Store) (err error) {
+		r, err = hostbreaker.OpenHost(ctx, s, now(), host, *d, *reason, source())
+		return err
+	})
+	if err != nil {
 		return err
 	}
 	_, err = fmt.Fprintf(stdout, "opened %s for %v until %s\n", host, *d, r.Until.UTC().Format(time.RFC3339))
