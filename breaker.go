@@ -482,7 +482,7 @@ func (e *entry) failureLocked(adm admission, c clock) transition {
 	if !adm.probe {
 		failures = int(e.fails.Load())
 	}
-	until := c.after(now, min(p.ResetTimeout, maxWait)+jitter(p.HalfOpenJitter))
+	until := c.after(now, min(p.ResetTimeout, MaxOpen)+jitter(p.HalfOpenJitter))
 	e.tripLocked(until)
 	return transition{from: from, to: StateOpen, until: until, failures: failures}
 }

@@ -22,23 +22,25 @@ type clock struct {
 func (c clock) now() int64 { return int64(time.Since(c.epoch)) }
 
 // after returns the deadline d after now (ns since the epoch), d capped at
-// maxWait.
+// MaxOpen.
 func (c clock) after(now int64, d time.Duration) int64 {
-	return now + int64(min(d, maxWait))
+	return now + int64(min(d, MaxOpen))
 }
 
 // at converts a time since the epoch to a time.Time.
 func (c clock) at(ns int64) time.Time { return c.epoch.Add(time.Duration(ns)) }
 
-// maxWait bounds every deadline the Transport sets, so that no duration from
-// a configuration, a server or an operator can overflow the clock or a
-// store's timestamps. Nobody waits ten years for a host.
-const maxWait = 10 * 365 * 24 * time.Hour
+// MaxOpen is the longest a host can be opened for: [Transport.Open] and
+// [OpenHost] cap their duration at it, and a Transport bounds every
+// deadline it sets by it, so that no duration from a configuration, a
+// server or an operator overflows the clock or a store's timestamps. It is
+// ten years.
+const MaxOpen = 10 * 365 * 24 * time.Hour
 
-// jitter returns a random duration in [0, max], max capped at maxWait.
+// jitter returns a random duration in [0, max], max capped at MaxOpen.
 func jitter(max time.Duration) time.Duration {
 	if max <= 0 {
 		return 0
 	}
-	return rand.N(min(max, maxWait) + 1)
+	return rand.N(min(max, MaxOpen) + 1)
 }

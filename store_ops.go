@@ -2,7 +2,7 @@ package hostbreaker
 
 // This file holds the operator's writes to a Store without a Transport:
 // OpenHost and ResetHost write the records that Transport.Open and
-// Transport.Reset share (shared.go), for tools such as cmd/breaker. The
+// Transport.Reset share (sharing.go), for tools such as cmd/breaker. The
 // Store, Record and the rules of Put are in store.go.
 
 import (
@@ -10,13 +10,6 @@ import (
 	"fmt"
 	"time"
 )
-
-// MaxOpen is the longest a host can be opened for: [Transport.Open] and
-// [OpenHost] cap their duration at it, and a Transport bounds every
-// deadline it sets by it, so that no duration from a configuration, a
-// server or an operator overflows the clock or a store's timestamps. It is
-// ten years.
-const MaxOpen = maxWait
 
 // OpenHost writes to s the manual cooldown that [Transport.Open] shares:
 // host, every role, paused for d from at, with note for the operators.
