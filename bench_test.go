@@ -1,7 +1,6 @@
 package hostbreaker
 
 import (
-	"context"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -12,26 +11,6 @@ import (
 	"testing"
 	"time"
 )
-
-// cannedBase returns the same response for every request, allocating nothing,
-// so that the benchmarks measure hostbreaker's own cost.
-func cannedBase(status int) roundTripperFunc {
-	resp := &http.Response{StatusCode: status, Body: http.NoBody, Header: http.Header{}}
-	return func(*http.Request) (*http.Response, error) { return resp, nil }
-}
-
-func benchRequests(b *testing.B, hosts int) []*http.Request {
-	ctx := WithRole(context.Background(), RoleMetadata)
-	reqs := make([]*http.Request, hosts)
-	for i := range reqs {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("https://h%d.example.org/works", i), nil)
-		if err != nil {
-			b.Fatal(err)
-		}
-		reqs[i] = req
-	}
-	return reqs
-}
 
 // BenchmarkRoundTrip compares the bare base transport with the same base
 // wrapped by hostbreaker, in the closed (healthy) state, without and with a

@@ -1,109 +1,20 @@
 package hostbreaker
 
+// Tests of outcome classification (statuses, transport errors, timeouts)
+// and of host name normalization.
+
 import (
+	"context"
+	"errors"
 	"math"
+	"net"
 	"net/http"
-	"strconv"
+	"net/http/httptest"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 )
-
-// retryNow is a Monday.
-var retryNow = time.Date(2024, time.January, 1, 0, 0, 0, 0, time.UTC)
-
-func TestRetryAfter(t *testing.T) {
-	tests := []struct {
-		value string
-		want  time.Duration
-		ok    bool
-	}{
-		{"120", 120 * time.Second, true},
-		{"1", time.Second, true},
-		{"  120  ", 120 * time.Second, true},
-		{"\t5\r\n", 5 * time.Second, true},
-		{"007", 7 * time.Second, true},
-		{"0", 0, false},
-		{"000", 0, false},
-		{"-5", 0, false},
-		{"+5", 0, false},
-		{"1.5", 0, false},
-		{"1e3", 0, false},
-		{"12 34", 0, false},
-		{"9223372036", 9223372036 * time.Second, true}, // largest whole second that fits
-		{"9223372037", maxDuration, true},
-		{"18446744073709551615", maxDuration, true},                 // max uint64
-		{"99999999999999999999", maxDuration, true},                 // overflows uint64
-		{"Mon, 01 Jan 2024 00:02:00 GMT", 2 * time.Minute, true},    // IMF-fixdate
-		{"  Mon, 01 Jan 2024 00:02:00 GMT ", 2 * time.Minute, true}, // with spaces
-		{"Monday, 01-Jan-24 00:02:00 GMT", 2 * time.Minute, true},   // RFC 850
-		{"Mon Jan  1 00:02:00 2024", 2 * time.Minute, true},         // asctime
-		{"Tue, 02 Jan 2024 00:00:00 GMT", 24 * time.Hour, true},     // a day later
-		{"Mon, 01 Jan 2024 00:00:01 GMT", time.Second, true},        // just after now
-		{"Mon, 01 Jan 2024 00:00:00 GMT", 0, false},                 // exactly now
-		{"Sun, 31 Dec 2023 23:59:00 GMT", 0, false},                 // past
-		{"Sunday, 31-Dec-23 23:59:00 GMT", 0, false},                // past, RFC 850
-		{"Fri, 31 Dec 9999 23:59:59 GMT", maxDuration, true},        // beyond a Duration
-		{"Mon, 01 Jan 2024 00:02:00", 0, false},                     // no zone
-		{"2024-01-01T00:02:00Z", 0, false},                          // RFC 3339 is not an HTTP-date
-		{"soon", 0, false},
-		{"garbage, 01 Jan", 0, false},
-		{"", 0, false},
-		{"   ", 0, false},
-	}
-	for _, tc := range tests {
-		d, ok := retryAfter(tc.value, retryNow)
-		if d != tc.want || ok != tc.ok {
-			t.Errorf("retryAfter(%q) = %v, %v; want %v, %v", tc.value, d, ok, tc.want, tc.ok)
-		}
-	}
-}
-
-func FuzzRetryAfter(f *testing.F) {
-	for _, s := range []string{
-		"120", " 120 ", "0", "-5", "1.5", "9223372036", "9223372037", "99999999999999999999",
-		"Mon, 01 Jan 2024 00:02:00 GMT", "Monday, 01-Jan-24 00:02:00 GMT", "Mon Jan  1 00:02:00 2024",
-		"Sun, 31 Dec 2023 23:59:00 GMT", "Fri, 31 Dec 9999 23:59:59 GMT", "", "garbage",
-	} {
-		f.Add(s)
-	}
-	maxSecs := uint64(maxDuration / time.Second)
-	f.Fuzz(func(t *testing.T, value string) {
-		d, ok := retryAfter(value, retryNow)
-		if ok && d <= 0 {
-			t.Fatalf("retryAfter(%q) = %v, true: want > 0", value, d)
-		}
-		if !ok && d != 0 {
-			t.Fatalf("retryAfter(%q) = %v, false: want 0", value, d)
-		}
-		if isDigits(value) {
-			n, err := strconv.ParseUint(value, 10, 64)
-			switch {
-			case err != nil: // too large for a uint64
-				if d != maxDuration || !ok {
-					t.Fatalf("retryAfter(%q) = %v, %v; want maxDuration, true", value, d, ok)
-				}
-			case n == 0:
-				if ok {
-					t.Fatalf("retryAfter(%q) = %v, true; want not ok", value, d)
-				}
-			case n > maxSecs:
-				if d != maxDuration || !ok {
-					t.Fatalf("retryAfter(%q) = %v, %v; want maxDuration, true", value, d, ok)
-				}
-			default:
-				if want := time.Duration(n) * time.Second; d != want || !ok {
-					t.Fatalf("retryAfter(%q) = %v, %v; want %v, true", value, d, ok, want)
-				}
-			}
-		}
-		if tm, err := http.ParseTime(strings.TrimSpace(value)); err == nil && !isDigits(strings.TrimSpace(value)) {
-			if want := tm.Sub(retryNow); want > 0 != ok || (ok && d != want) {
-				t.Fatalf("retryAfter(%q) = %v, %v; date is %v from now", value, d, ok, want)
-			}
-		}
-	})
-}
 
 func TestNormalizeHost(t *testing.T) {
 	long63 := strings.Repeat("a", 63)
@@ -285,91 +196,161 @@ func containsInt(s []int, v int) bool {
 	return false
 }
 
-// The stored encodings of store.go.
-
-func FuzzDecodeRecord(f *testing.F) {
-	at := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
-	for _, r := range []Record{
-		{Host: "example.com", Reason: ReasonRetryAfter, Until: at.Add(time.Minute), At: at},
-		{Host: "api.crossref.org:8443", Role: "metadata", Reason: ReasonManual, Until: at.Add(time.Hour), At: at, Note: "maintenance ☃", Source: "host-1/42"},
-		{Host: "[::1]:8080", Reason: ReasonReset, Until: at.Add(time.Second), At: at.Add(time.Nanosecond)},
-		{Host: "xn--bcher-kva.example", Reason: ReasonRollingWindow, Until: at, At: at},
-		{Host: "example.com", Reason: ReasonBreakerOpen, Role: "artifact", Until: at, At: at},
-	} {
-		f.Add(encodeRecord(r))
-	}
-	for _, s := range []string{
-		``, `null`, `{}`, `[]`, `{"v":2,"host":"example.com","reason":"manual","until":1,"at":1}`,
-		`{"v":1,"host":"EXAMPLE.com","reason":"manual","until":1,"at":1}`,
-		`{"v":1,"host":"example.com","reason":"bogus","until":1,"at":1}`,
-		`{"v":1,"host":"example.com","reason":"manual","until":0,"at":1}`,
-		`{"v":1,"host":"example.com","reason":"manual","until":1,"at":1,"note":"\ud800\u0000"}`,
-		`{"v":1,"host":"example.com","reason":"manual","until":9223372036854775807,"at":1,"extra":true}`,
-	} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, data []byte) {
-		r, err := decodeRecord(data)
-		if err != nil {
-			return
+func TestClassification(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		base := newFakeHosts(status(404))
+		c, tr := client(t, base, quick(2, time.Minute))
+		for range 10 { // neutral statuses count neither way
+			mustPass(t, do(t, c, "", "https://a.test/"), 404)
 		}
-		enc := encodeRecord(r)
-		r2, err := decodeRecord(enc)
-		if err != nil {
-			t.Fatalf("decodeRecord(encodeRecord(%+v)) = %v (encoded %s)", r, err, enc)
+		base.set(status(302))
+		mustPass(t, do(t, c, "", "https://a.test/"), 302) // other statuses are successes
+		s := stateOf(t, tr, "a.test", "")
+		if s.State != StateClosed || s.Neutral != 10 || s.Successes != 1 || s.Failures != 0 {
+			t.Fatalf("status = %+v", s)
 		}
-		if !recordsEqual(r, r2) {
-			t.Fatalf("round trip changed the record:\n%+v\n%+v", r, r2)
+		// A transport error is a failure...
+		base.set(func(*http.Request) (*http.Response, error) { return nil, errors.New("connection refused") })
+		get(t, c, "", "https://b.test/")
+		get(t, c, "", "https://b.test/")
+		mustReject(t, do(t, c, "", "https://b.test/").err, ReasonBreakerOpen)
+		// ...unless the caller gave up: it canceled its own context (a
+		// deadline that has not passed does not make that a timeout).
+		base.set(func(req *http.Request) (*http.Response, error) {
+			<-req.Context().Done()
+			return nil, req.Context().Err()
+		})
+		for range 5 {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://c.test/", nil)
+			go func() {
+				synctest.Wait()
+				cancel()
+			}()
+			if _, err := c.Do(req); !errors.Is(err, context.Canceled) {
+				t.Fatalf("err = %v", err)
+			}
 		}
-		if r.Until.IsZero() || r.At.IsZero() {
-			t.Fatalf("decoded zero times: %+v", r)
+		if s := stateOf(t, tr, "c.test", ""); s.State != StateClosed || s.Neutral != 5 {
+			t.Fatalf("status = %+v", s)
 		}
 	})
 }
 
-func recordsEqual(a, b Record) bool {
-	return a.Host == b.Host && a.Role == b.Role && a.Reason == b.Reason && a.Until.Equal(b.Until) &&
-		a.At.Equal(b.At) && a.Note == b.Note && a.Source == b.Source
+// hang is a base handler that waits until the request's context is done.
+func hang(req *http.Request) (*http.Response, error) {
+	<-req.Context().Done()
+	return nil, req.Context().Err()
 }
 
-func FuzzDecodeStates(f *testing.F) {
-	at := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
-	f.Add(encodeStates("host-1/42", nil, at))
-	f.Add(encodeStates("host-1/42", []PublishedState{
-		{Host: "example.com", State: StateClosed},
-		{Host: "api.crossref.org", Role: "metadata", State: StateOpen, Until: at.Add(time.Minute), Reason: ReasonBreakerOpen},
-		{Host: "[::1]:8080", State: StateHalfOpen, Reason: ReasonHalfOpenFull},
-	}, at.Add(time.Minute)))
-	for _, s := range []string{
-		``, `null`, `{}`, `{"v":1,"source":"s","expires":1,"states":null}`,
-		`{"v":1,"source":"s","expires":1,"states":[{"host":"h","state":"bogus"}]}`,
-		`{"v":1,"source":"s","expires":1,"states":[{"host":"h","state":"open","until":-5}]}`,
-		`{"v":1,"source":"s","expires":0,"states":[]}`,
-	} {
-		f.Add([]byte(s))
+// A timeout is a failure, whichever timer fires; fail_max of them
+// open the breaker.
+func TestTimeoutsTripTheBreaker(t *testing.T) {
+	cases := []struct {
+		name string
+		do   func(t *testing.T, tr *Transport) error
+	}{
+		{"client timeout", func(t *testing.T, tr *Transport) error {
+			c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+			_, err := c.Get("https://a.test/")
+			return err
+		}},
+		{"context deadline", func(t *testing.T, tr *Transport) error {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://a.test/", nil)
+			_, err := (&http.Client{Transport: tr}).Do(req)
+			return err
+		}},
 	}
-	f.Fuzz(func(t *testing.T, data []byte) {
-		src, states, exp, err := decodeStates(data)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				tr, err := NewTransport(newFakeHosts(hang), WithConfig(quick(5, time.Minute)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer tr.Close()
+				for i := range 5 {
+					if err := tc.do(t, tr); errors.Is(err, ErrOpen) || err == nil {
+						t.Fatalf("request %d: err = %v, want a timeout", i, err)
+					}
+				}
+				mustReject(t, tc.do(t, tr), ReasonBreakerOpen)
+			})
+		})
+	}
+	t.Run("error with Timeout", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			base := newFakeHosts(func(*http.Request) (*http.Response, error) {
+				return nil, &net.OpError{Op: "read", Net: "tcp", Err: timeoutError{}}
+			})
+			c, _ := client(t, base, quick(5, time.Minute))
+			for range 5 {
+				get(t, c, "", "https://a.test/")
+			}
+			mustReject(t, do(t, c, "", "https://a.test/").err, ReasonBreakerOpen)
+		})
+	})
+	t.Run("http.Transport response header timeout", func(t *testing.T) {
+		release := make(chan struct{})
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+		}))
+		defer srv.Close()
+		defer close(release)
+		base := &http.Transport{ResponseHeaderTimeout: 20 * time.Millisecond}
+		defer base.CloseIdleConnections()
+		tr, err := NewTransport(base, WithConfig(quick(5, time.Hour)))
 		if err != nil {
-			return
+			t.Fatal(err)
 		}
-		if exp.IsZero() || states == nil {
-			t.Fatalf("decodeStates(%q) = %q, %v, %v", data, src, states, exp)
-		}
-		enc := encodeStates(src, states, exp)
-		src2, states2, exp2, err := decodeStates(enc)
-		if err != nil {
-			t.Fatalf("decodeStates(encodeStates(...)) = %v (encoded %s)", err, enc)
-		}
-		if src2 != src || !exp2.Equal(exp) || len(states2) != len(states) {
-			t.Fatalf("round trip changed the states: %q %v %d -> %q %v %d", src, exp, len(states), src2, exp2, len(states2))
-		}
-		for i, s := range states {
-			s2 := states2[i]
-			if s.Source != src || s2.Source != src2 || s.Host != s2.Host || s.Role != s2.Role ||
-				s.State != s2.State || s.Reason != s2.Reason || !s.Until.Equal(s2.Until) {
-				t.Fatalf("round trip changed state %d: %+v -> %+v", i, s, s2)
+		defer tr.Close()
+		c := &http.Client{Transport: tr}
+		for i := range 5 {
+			if _, err := c.Get(srv.URL); err == nil || errors.Is(err, ErrOpen) {
+				t.Fatalf("request %d: err = %v, want a timeout", i, err)
 			}
 		}
+		_, err = c.Get(srv.URL)
+		mustReject(t, err, ReasonBreakerOpen)
+	})
+}
+
+func TestHostNormalization(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		base := newFakeHosts(status(500))
+		c, tr := client(t, base, quick(3, time.Minute))
+		get(t, c, "", "https://EXAMPLE.com/")
+		get(t, c, "", "https://example.com./")
+		get(t, c, "", "https://example.com:443/")
+		mustReject(t, do(t, c, "", "https://Example.COM/").err, ReasonBreakerOpen)
+		// A non-default port is another host, and 443 is not http's default.
+		mustPass(t, do(t, c, "", "https://example.com:8443/"), 500)
+		mustPass(t, do(t, c, "", "http://example.com:443/"), 500)
+		mustReject(t, do(t, c, "", "https://example.com:443/").err, ReasonBreakerOpen)
+		var hosts []string
+		for _, s := range tr.Snapshot() {
+			hosts = append(hosts, s.Host)
+		}
+		if got := strings.Join(hosts, ","); got != "example.com,example.com:443,example.com:8443" {
+			t.Errorf("hosts = %s", got)
+		}
+	})
+}
+
+// IPv6 zone literals work as in net/http.
+func TestIPv6ZoneLiteral(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		base := newFakeHosts(status(500))
+		c, tr := client(t, base, quick(1, time.Minute))
+		mustPass(t, do(t, c, "", "http://[FE80::1%25eth0]:8080/"), 500)
+		mustReject(t, do(t, c, "", "http://[fe80::1%25eth0]:8080/x").err, ReasonBreakerOpen)
+		mustState(t, tr, "[fe80::1%eth0]:8080", "", StateOpen)
+		// Another zone is another host.
+		mustPass(t, do(t, c, "", "http://[fe80::1%25eth1]:8080/"), 500)
 	})
 }

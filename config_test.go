@@ -1,5 +1,8 @@
 package hostbreaker
 
+// Tests of Config: its defaults, its validation (the bounds of each field),
+// and the errors that name their key.
+
 import (
 	"errors"
 	"reflect"
@@ -125,5 +128,27 @@ func TestConfigErrorString(t *testing.T) {
 		if got := tc.e.Error(); got != tc.want {
 			t.Errorf("Error() = %q, want %q", got, tc.want)
 		}
+	}
+}
+
+// Counts have upper bounds; errors name the key and the line.
+func TestCountUpperBounds(t *testing.T) {
+	for _, tc := range []struct{ toml, key string }{
+		{"[defaults]\nfail_max = 1073741824\n", "defaults.fail_max"},
+		{"[defaults]\nsuccess_threshold = 1001\n", "defaults.success_threshold"},
+		{"[hosts.\"a.test\".roles.x]\ntrial_calls = 1001\n", `hosts."a.test".roles.x.trial_calls`},
+		{"[rolling]\nthreshold_failures = 5000\n", "rolling.threshold_failures"},
+	} {
+		_, err := ParseConfig([]byte(tc.toml))
+		var ce *ConfigError
+		if !errors.As(err, &ce) || ce.Key != tc.key || ce.Line != 2 || !strings.Contains(ce.Msg, "at most 1000") {
+			t.Errorf("%q: err = %v, want %s at line 2", tc.toml, err, tc.key)
+		}
+	}
+	if err := (Config{Defaults: Policy{FailMax: 1 << 30}}).Validate(); err == nil {
+		t.Error("FailMax 2^30 accepted")
+	}
+	if err := (Config{Defaults: Policy{FailMax: 1000, TrialCalls: 1000, SuccessThreshold: 1000}}).Validate(); err != nil {
+		t.Errorf("1000 refused: %v", err)
 	}
 }

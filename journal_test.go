@@ -1,833 +1,295 @@
 package hostbreaker
 
+// Tests of the Transport's event journal: the events that traffic makes,
+// their delivery to OpenTelemetry logs, a handler and the store, and the
+// bounds of the in-memory and pending journals.
+
 import (
 	"context"
-	"errors"
 	"fmt"
-	"math/rand/v2"
-	"net/url"
-	"os"
-	"slices"
+	"net/http"
 	"strings"
-	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-	bolt "go.etcd.io/bbolt"
+	"go.opentelemetry.io/otel/attribute"
+	otellog "go.opentelemetry.io/otel/log"
+	sdklog "go.opentelemetry.io/otel/sdk/log"
 )
 
-// journalStore is a store under test, with a way to open another store of
-// the same bbolt file or Redis prefix.
-type journalStore struct {
-	Store
-	open func() Store // another store on the same file or prefix, closed when the test ends
-	path string       // the bbolt file, "" for Redis
-	url  string       // the Redis URL, "" for bbolt
-}
-
-// eachJournalStore runs f against a new bbolt store and a new Redis store.
-func eachJournalStore(t *testing.T, f func(t *testing.T, s journalStore)) {
-	t.Run("bbolt", func(t *testing.T) {
-		path := boltTestPath(t)
-		open := func() Store { return boltTestOpen(t, path) }
-		f(t, journalStore{Store: open(), open: open, path: path})
+func attrsOf(r sdklog.Record) map[string]string {
+	out := make(map[string]string)
+	r.WalkAttributes(func(kv attribute.KeyValue) bool {
+		out[string(kv.Key)] = kv.Value.String()
+		return true
 	})
-	t.Run("redis", func(t *testing.T) {
-		u := testRedisURL(t)
-		open := func() Store { return openTestRedis(t, u) }
-		f(t, journalStore{Store: open(), open: open, url: u})
-	})
+	return out
 }
 
-// journalTestEvent returns an event of process at t, with fields that
-// depend on i.
-func journalTestEvent(process string, t time.Time, i int) Event {
-	names := []string{EventStateChange, EventCooldown, EventSummary, EventReset, EventPolicyChange}
-	ev := Event{
-		Name:    names[i%len(names)],
-		Time:    t,
-		Process: process,
-		Host:    fmt.Sprintf("h%d.example", i%7),
-		Note:    fmt.Sprintf("event %d", i),
-	}
-	switch ev.Name {
-	case EventStateChange:
-		ev.State, ev.PreviousState, ev.Failures, ev.StatusCode = StateOpen, StateClosed, 5, 503
-	case EventCooldown:
-		ev.Reason, ev.Until, ev.RetryAfter, ev.StatusCode = ReasonRetryAfter, t.Add(time.Minute), time.Minute, 429
-	case EventSummary:
-		ev.Role, ev.Interval = RoleMetadata, time.Minute
-		ev.Summary = &Summary{
-			Requests: 120, Successes: 100, Failures: 12, Rejected: 8, Status5xx: 12, LongestFailureRun: 5,
-			Outcomes: Outcomes{
-				{Kind: OutcomeSuccess, Count: 100, At: t.Add(-time.Minute)},
-				{Kind: OutcomeFailure, Count: 12, At: t.Add(-30 * time.Second)},
-				{Kind: OutcomeRejected, Count: 8, At: t.Add(-20 * time.Second)},
-			},
-		}
-	case EventPolicyChange:
-		ev.PreviousPolicy, ev.Policy = "fail_max = 5\n", "fail_max = 3\n"
-	}
-	return ev
-}
-
-// eventID identifies a test event: its process, name, time and note.
-func eventID(ev Event) string {
-	return fmt.Sprintf("%s/%s/%d/%s", ev.Process, ev.Name, ev.Time.UnixNano(), ev.Note)
-}
-
-// eventIDs returns the eventID of each of evs.
-func eventIDs(evs []Event) []string {
-	ids := make([]string, len(evs))
-	for i, ev := range evs {
-		ids[i] = eventID(ev)
-	}
-	return ids
-}
-
-// utcEvent returns ev with its times in UTC, so that events that mean the
-// same encode the same.
-func utcEvent(ev Event) Event {
-	ev.Time = ev.Time.UTC()
-	if !ev.Until.IsZero() {
-		ev.Until = ev.Until.UTC()
-	}
-	if ev.Summary != nil {
-		s := *ev.Summary
-		s.Outcomes = slices.Clone(s.Outcomes)
-		for i := range s.Outcomes {
-			s.Outcomes[i].At = s.Outcomes[i].At.UTC()
-		}
-		ev.Summary = &s
-	}
-	return ev
-}
-
-// sameEvent reports whether a and b are the same event, times compared as
-// instants.
-func sameEvent(a, b Event) bool {
-	return string(encodeEvent(utcEvent(a))) == string(encodeEvent(utcEvent(b)))
-}
-
-// mustAppend appends events to s with limits and returns how many it dropped.
-func mustAppend(t testing.TB, s Store, events []Event, limits JournalLimits) int {
-	t.Helper()
-	dropped, err := s.AppendEvents(context.Background(), events, limits)
-	if err != nil {
-		t.Fatalf("AppendEvents(%d events, %+v): %v", len(events), limits, err)
-	}
-	return dropped
-}
-
-// mustEvents returns the events of s since since.
-func mustEvents(t testing.TB, s Store, since time.Time) []Event {
-	t.Helper()
-	evs, err := s.Events(context.Background(), since)
-	if err != nil {
-		t.Fatalf("Events(%v): %v", since, err)
-	}
-	return evs
-}
-
-// checkIDs fails t unless got has the events of want, in that order.
-func checkIDs(t *testing.T, what string, got []Event, want []Event) {
-	t.Helper()
-	g, w := eventIDs(got), eventIDs(want)
-	if !slices.Equal(g, w) {
-		t.Errorf("%s: got %d events\n  %s\nwant %d\n  %s", what, len(g), strings.Join(g, "\n  "), len(w), strings.Join(w, "\n  "))
-	}
-}
-
-// TestJournalAppendAndRead appends events in two batches, out of order and
-// some one nanosecond apart, and reads them back in time order, from
-// several instants: since is inclusive to the nanosecond.
-func TestJournalAppendAndRead(t *testing.T) {
-	eachJournalStore(t, func(t *testing.T, s journalStore) {
-		if evs := mustEvents(t, s, time.Time{}); len(evs) != 0 {
-			t.Fatalf("a new journal holds %d events", len(evs))
-		}
-		t0 := time.Now().Add(-time.Minute)
-		offsets := []time.Duration{
-			0, 1, 2, 999_999, time.Millisecond, time.Millisecond + 1,
-			5 * time.Millisecond, time.Second, time.Second + 1, 30 * time.Second,
-		}
-		var want []Event
-		for i, d := range offsets {
-			want = append(want, journalTestEvent("p1", t0.Add(d), i))
-		}
-		batch1 := []Event{want[9], want[1], want[5], want[0], want[7]}
-		batch2 := []Event{want[3], want[8], want[2], want[6], want[4]}
-		for _, b := range [][]Event{batch1, batch2} {
-			if dropped := mustAppend(t, s, b, JournalLimits{}); dropped != 0 {
-				t.Fatalf("AppendEvents without limits dropped %d", dropped)
+func TestEventsFromTraffic(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		exp := &memLogExporter{}
+		lp := sdklog.NewLoggerProvider(sdklog.WithProcessor(sdklog.NewSimpleProcessor(exp)))
+		var got eventLog
+		base := newFakeHosts(func(req *http.Request) (*http.Response, error) {
+			switch req.URL.Host {
+			case "sick.test":
+				return status(500)(req)
+			case "slow.test":
+				return nil, timeoutError{}
+			case "busy.test":
+				return status(429, "Retry-After", "120")(req)
 			}
-		}
-		all := mustEvents(t, s, time.Time{})
-		checkIDs(t, "since the zero time", all, want)
-		for i := range min(len(all), len(want)) {
-			if !sameEvent(all[i], want[i]) {
-				t.Errorf("event %d read back as\n  %s\nwant\n  %s", i, encodeEvent(all[i]), encodeEvent(want[i]))
-			}
-		}
-		for i, ev := range want {
-			checkIDs(t, fmt.Sprintf("since event %d's Time", i), mustEvents(t, s, ev.Time), want[i:])
-			checkIDs(t, fmt.Sprintf("since 1ns after event %d", i), mustEvents(t, s, ev.Time.Add(1)), want[i+1:])
-		}
-		checkIDs(t, "since long ago", mustEvents(t, s, t0.Add(-24*time.Hour)), want)
-		checkIDs(t, "since after the last", mustEvents(t, s, t0.Add(time.Hour)), nil)
-		checkIDs(t, "since the far future", mustEvents(t, s, time.Date(3000, 1, 1, 0, 0, 0, 0, time.UTC)), nil)
-
-		// Another store of the same file or prefix reads the same journal.
-		checkIDs(t, "another store", mustEvents(t, s.open(), time.Time{}), want)
-
-		// An empty batch without limits changes nothing.
-		if dropped := mustAppend(t, s, nil, JournalLimits{}); dropped != 0 {
-			t.Errorf("empty AppendEvents dropped %d", dropped)
-		}
-		checkIDs(t, "after an empty batch", mustEvents(t, s, time.Time{}), want)
-	})
-}
-
-// TestJournalBeforeEpoch checks that events before 1970, whose Unix times
-// are negative, are kept in time order with the others.
-func TestJournalBeforeEpoch(t *testing.T) {
-	eachJournalStore(t, func(t *testing.T, s journalStore) {
-		times := []time.Time{
-			time.Date(1969, 12, 31, 23, 59, 59, 500_000_000, time.UTC),
-			time.Unix(0, -1_000_001),
-			time.Unix(0, -1_000_000),
-			time.Unix(0, -1),
-			time.Unix(0, 0),
-			time.Unix(0, 1),
-			time.Date(1700, 1, 1, 0, 0, 0, 0, time.UTC),
-			time.Date(2200, 1, 1, 0, 0, 0, 0, time.UTC),
-		}
-		var evs []Event
-		for i, tm := range times {
-			evs = append(evs, journalTestEvent("p", tm, i))
-		}
-		mustAppend(t, s, evs, JournalLimits{})
-		want := slices.Clone(evs)
-		slices.SortFunc(want, func(a, b Event) int { return a.Time.Compare(b.Time) })
-		checkIDs(t, "since the zero time", mustEvents(t, s, time.Time{}), want)
-		checkIDs(t, "since -1ms", mustEvents(t, s, time.Unix(0, -1_000_000)), want[3:])
-	})
-}
-
-// TestJournalSameProcessAndTime checks that events never overwrite each
-// other, even when they are equal: two stores of one file or prefix (two
-// Transports of one process) and one store from two goroutines append the
-// same event, of one process in one nanosecond, in batches that repeat it.
-func TestJournalSameProcessAndTime(t *testing.T) {
-	eachJournalStore(t, func(t *testing.T, s journalStore) {
-		ev := journalTestEvent("host:1/t1", time.Now(), 0)
-		batch := []Event{ev, ev, ev}
-		stores := []Store{s.Store, s.Store, s.open(), s.open()}
-		const rounds = 5
-		var wg sync.WaitGroup
-		errs := make(chan error, len(stores)*rounds)
-		for _, st := range stores {
-			wg.Go(func() {
-				for range rounds {
-					if _, err := st.AppendEvents(context.Background(), batch, JournalLimits{}); err != nil {
-						errs <- err
-					}
-				}
-			})
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			t.Fatal(err)
-		}
-		got := mustEvents(t, s, time.Time{})
-		if want := len(stores) * rounds * len(batch); len(got) != want {
-			t.Fatalf("journal holds %d events, want %d", len(got), want)
-		}
-		for i, g := range got {
-			if !sameEvent(g, ev) {
-				t.Fatalf("event %d is %s, want %s", i, encodeEvent(g), encodeEvent(ev))
-			}
-		}
-	})
-}
-
-// TestJournalRetention checks that AppendEvents drops, and counts, the
-// events older than the retention: those stored and those it is given.
-func TestJournalRetention(t *testing.T) {
-	eachJournalStore(t, func(t *testing.T, s journalStore) {
-		now := time.Now()
-		old := []Event{
-			journalTestEvent("p", now.Add(-3*time.Hour), 0),
-			journalTestEvent("p", now.Add(-2*time.Hour), 1),
-			journalTestEvent("p", now.Add(-61*time.Minute), 2),
-		}
-		young := []Event{
-			journalTestEvent("p", now.Add(-59*time.Minute), 3),
-			journalTestEvent("p", now.Add(-time.Minute), 4),
-		}
-		mustAppend(t, s, append(slices.Clone(old), young...), JournalLimits{})
-		// A longer retention drops nothing.
-		if dropped := mustAppend(t, s, nil, JournalLimits{Retention: 4 * time.Hour}); dropped != 0 {
-			t.Errorf("retention 4h dropped %d", dropped)
-		}
-		checkIDs(t, "after retention 4h", mustEvents(t, s, time.Time{}), append(slices.Clone(old), young...))
-
-		// A batch with an event already too old, under a retention of an hour.
-		fresh := journalTestEvent("p", time.Now(), 5)
-		tooOld := journalTestEvent("p", now.Add(-5*time.Hour), 6)
-		if dropped := mustAppend(t, s, []Event{fresh, tooOld}, JournalLimits{Retention: time.Hour}); dropped != len(old)+1 {
-			t.Errorf("retention 1h dropped %d, want %d", dropped, len(old)+1)
-		}
-		checkIDs(t, "after retention 1h", mustEvents(t, s, time.Time{}), append(slices.Clone(young), fresh))
-
-		// An empty batch enforces the retention too.
-		if dropped := mustAppend(t, s, nil, JournalLimits{Retention: 30 * time.Minute}); dropped != 1 {
-			t.Errorf("retention 30m dropped %d, want 1", dropped)
-		}
-		checkIDs(t, "after retention 30m", mustEvents(t, s, time.Time{}), []Event{young[1], fresh})
-	})
-}
-
-// TestJournalMaxEvents checks that AppendEvents drops, and counts, the
-// oldest events (by Time, not by when they were appended) beyond
-// MaxEvents.
-func TestJournalMaxEvents(t *testing.T) {
-	eachJournalStore(t, func(t *testing.T, s journalStore) {
-		t0 := time.Now().Add(-time.Hour)
-		at := func(i int) Event { return journalTestEvent("p", t0.Add(time.Duration(i)*10*time.Second), i) }
-		var stored []Event
-		for _, i := range rand.Perm(10) {
-			stored = append(stored, at(i+1))
-		}
-		if dropped := mustAppend(t, s, stored, JournalLimits{MaxEvents: 10}); dropped != 0 {
-			t.Errorf("10 events under MaxEvents 10: dropped %d", dropped)
-		}
-		// Events 1..10 are stored; 0 is older than all, 11 and 12 newer.
-		if dropped := mustAppend(t, s, []Event{at(12), at(0), at(11)}, JournalLimits{MaxEvents: 8}); dropped != 5 {
-			t.Errorf("13 events under MaxEvents 8: dropped %d, want 5", dropped)
-		}
-		var want []Event
-		for i := 5; i <= 12; i++ {
-			want = append(want, at(i))
-		}
-		checkIDs(t, "after MaxEvents 8", mustEvents(t, s, time.Time{}), want)
-
-		// Both bounds: retention drops events 5 to 8, MaxEvents 3 then drops 9.
-		limits := JournalLimits{Retention: time.Since(t0) - 85*time.Second, MaxEvents: 3}
-		if dropped := mustAppend(t, s, nil, limits); dropped != 5 {
-			t.Errorf("retention and MaxEvents 3: dropped %d, want 5", dropped)
-		}
-		checkIDs(t, "after MaxEvents 3", mustEvents(t, s, time.Time{}), want[5:])
-		if s.path != "" {
-			if n := boltTestJournalCount(t, s.path); n != 3 {
-				t.Errorf("stored count: %d, want 3", n)
-			}
-		}
-
-		// A batch larger than MaxEvents keeps its newest.
-		batch := []Event{at(20), at(22), at(21)}
-		if dropped := mustAppend(t, s, batch, JournalLimits{MaxEvents: 2}); dropped != 4 {
-			t.Errorf("a batch of 3 under MaxEvents 2: dropped %d, want 4", dropped)
-		}
-		checkIDs(t, "after MaxEvents 2", mustEvents(t, s, time.Time{}), []Event{at(21), at(22)})
-	})
-}
-
-// boltTestJournalCount returns the count of journal entries that the file
-// at path keeps.
-func boltTestJournalCount(t testing.TB, path string) uint64 {
-	t.Helper()
-	var n uint64
-	boltTestRaw(t, path, func(tx *bolt.Tx) error {
-		info := tx.Bucket(boltJournalInfo)
-		if info == nil {
-			t.Fatal("no journal-info bucket")
-		}
-		var ok bool
-		if n, ok = boltJournalCountOf(info); !ok {
-			t.Fatal("no journal count")
-		}
-		return nil
-	})
-	return n
-}
-
-// TestJournalBoltCount checks that the count of journal entries that the
-// bbolt store keeps, which spares AppendEvents counting them, stays the
-// number of entries through appends and drops by two stores, and that a
-// file without it is counted once.
-func TestJournalBoltCount(t *testing.T) {
-	path := boltTestPath(t)
-	a, b := boltTestOpen(t, path), boltTestOpen(t, path)
-	ctx := context.Background()
-	t0 := time.Now().Add(-time.Hour)
-	limits := JournalLimits{Retention: 2 * time.Hour, MaxEvents: 50}
-	total, dropped := 0, 0
-	for i := range 40 {
-		st := []Store{a, b}[i%2]
-		var batch []Event
-		for j := range 1 + i%5 {
-			batch = append(batch, journalTestEvent("p", t0.Add(time.Duration(rand.IntN(3600))*time.Second), j))
-		}
-		n, err := st.AppendEvents(ctx, batch, limits)
+			return status(200)(req)
+		})
+		cfg := Config{Defaults: Policy{FailMax: 3, ResetTimeout: time.Minute, HalfOpenJitter: -1},
+			Telemetry: TelemetryConfig{Process: "worker-1", SummaryInterval: 10 * time.Second}}
+		tr, err := NewTransport(base, WithConfig(cfg), WithLoggerProvider(lp), WithEventHandler(got.add))
 		if err != nil {
 			t.Fatal(err)
 		}
-		total += len(batch)
-		dropped += n
-		entries := len(boltTestKeys(t, path, boltJournal))
-		if count := boltTestJournalCount(t, path); count != uint64(entries) {
-			t.Fatalf("after append %d: count %d, entries %d", i, count, entries)
+		c := &http.Client{Transport: tr}
+		start := time.Now()
+		for range 4 {
+			do(t, c, RoleMetadata, "https://sick.test/works?secret=1")
+			do(t, c, "", "https://slow.test/")
 		}
-		if entries != total-dropped || entries > limits.MaxEvents {
-			t.Fatalf("after append %d: %d entries, %d appended, %d dropped", i, entries, total, dropped)
+		do(t, c, "", "https://busy.test/private/path")
+		do(t, c, "", "https://ok.test/")
+		if err := tr.UpdateHostPolicy("ok.test", Policy{FailMax: 4, ResetTimeout: 30 * time.Second}); err != nil {
+			t.Fatal(err)
 		}
-	}
-	if dropped == 0 {
-		t.Fatal("MaxEvents never dropped anything")
-	}
+		if err := tr.Reset("sick.test"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Second) // a summary
+		synctest.Wait()
+		do(t, c, "", "https://ok.test/")
+		tr.Close() // the last, partial summary
 
-	// A Put prunes the file; it leaves the journal alone.
-	boltTestPut(t, a, boltTestRec("a.example", "", ReasonManual, time.Now().Add(time.Hour), time.Now()))
-	if n := len(mustEvents(t, a, time.Time{})); n != limits.MaxEvents {
-		t.Fatalf("after a Put: %d events, want %d", n, limits.MaxEvents)
-	}
+		opens := got.named(EventStateChange)
+		var sick, slow *Event
+		for i, ev := range opens {
+			switch {
+			case ev.Host == "sick.test" && ev.State == StateOpen:
+				sick = &opens[i]
+			case ev.Host == "slow.test" && ev.State == StateOpen:
+				slow = &opens[i]
+			}
+		}
+		if sick == nil || sick.Role != RoleMetadata || sick.PreviousState != StateClosed || sick.Failures != 3 ||
+			sick.StatusCode != 500 || sick.Reason != ReasonBreakerOpen || !sick.Until.Equal(start.Add(time.Minute)) ||
+			!strings.HasPrefix(sick.Process, "worker-1#") {
+			t.Errorf("sick.test opening = %+v", sick)
+		}
+		if slow == nil || slow.ErrorType != "timeout" || slow.Failures != 3 {
+			t.Errorf("slow.test opening = %+v", slow)
+		}
+		cds := got.named(EventCooldown)
+		if len(cds) != 1 || cds[0].Host != "busy.test" || cds[0].Reason != ReasonRetryAfter || cds[0].StatusCode != 429 ||
+			cds[0].RetryAfter != 120*time.Second || !cds[0].Until.Equal(start.Add(120*time.Second)) {
+			t.Errorf("cooldowns = %+v", cds)
+		}
+		pcs := got.named(EventPolicyChange)
+		if len(pcs) != 1 || pcs[0].Host != "ok.test" || pcs[0].PreviousPolicy != "fail_max = 3\nreset_timeout = \"1m0s\"" ||
+			pcs[0].Policy != "fail_max = 4\nreset_timeout = \"30s\"" {
+			t.Errorf("policy changes = %+v", pcs)
+		}
+		if rs := got.named(EventReset); len(rs) != 1 || rs[0].Host != "sick.test" {
+			t.Errorf("resets = %+v", rs)
+		}
+		sums := got.named(EventSummary)
+		byKey := map[string][]Summary{}
+		for _, ev := range sums {
+			byKey[ev.Host+"/"+ev.Role] = append(byKey[ev.Host+"/"+ev.Role], *ev.Summary)
+		}
+		if s := byKey["sick.test/metadata"]; len(s) != 1 || s[0].Requests != 4 || s[0].Failures != 3 || s[0].Rejected != 1 ||
+			s[0].Status5xx != 3 || s[0].LongestFailureRun != 3 || s[0].Outcomes.String() == "" {
+			t.Errorf("sick.test summaries = %+v", s)
+		}
+		if s := byKey["slow.test/"]; len(s) != 1 || s[0].Timeouts != 3 || s[0].Rejected != 1 {
+			t.Errorf("slow.test summaries = %+v", s)
+		}
+		if s := byKey["busy.test/"]; len(s) != 1 || s[0].Status429 != 1 || s[0].Neutral != 1 {
+			t.Errorf("busy.test summaries = %+v", s)
+		}
+		if s := byKey["ok.test/"]; len(s) != 2 || s[0].Successes != 1 || s[1].Successes != 1 {
+			t.Errorf("ok.test summaries (one per interval with activity) = %+v", s)
+		}
 
-	// Without its count, the journal is counted.
-	boltTestRaw(t, path, func(tx *bolt.Tx) error { return tx.DeleteBucket(boltJournalInfo) })
-	if n := mustAppend(t, a, []Event{journalTestEvent("p", time.Now(), 0)}, JournalLimits{MaxEvents: 45}); n != 6 {
-		t.Errorf("without a count, MaxEvents 45 dropped %d, want 6", n)
-	}
-	if count := boltTestJournalCount(t, path); count != 45 {
-		t.Errorf("recounted: %d, want 45", count)
-	}
+		// The same events, in the same order, went to the OTel logger.
+		recs := exp.all()
+		got.mu.Lock()
+		all := got.events
+		got.mu.Unlock()
+		if len(recs) != len(all) {
+			t.Fatalf("%d log records, %d events", len(recs), len(all))
+		}
+		for i, r := range recs {
+			a := attrsOf(r)
+			if r.EventName() != all[i].Name || a["server.address"] != all[i].Host {
+				t.Errorf("record %d = %s %v, event %s %s", i, r.EventName(), a, all[i].Name, all[i].Host)
+			}
+			want := otellog.SeverityInfo
+			if all[i].Name == EventCooldown || all[i].Name == EventStateChange && all[i].State == StateOpen {
+				want = otellog.SeverityWarn
+			}
+			if r.Severity() != want {
+				t.Errorf("record %d (%s) severity %v, want %v", i, r.EventName(), r.Severity(), want)
+			}
+			for k, v := range a {
+				if strings.Contains(v, "secret") || strings.Contains(v, "/private") || strings.Contains(v, "works") {
+					t.Errorf("record %d attribute %s = %q carries a path or query", i, k, v)
+				}
+			}
+		}
+		// The in-memory journal holds them too.
+		if evs := tr.Events(time.Time{}); len(evs) != len(all) {
+			t.Errorf("Events = %d, want %d", len(evs), len(all))
+		}
+		if evs := tr.Events(start.Add(5 * time.Second)); len(evs) == 0 || evs[0].Time.Before(start.Add(5*time.Second)) {
+			t.Errorf("Events(since) = %+v", evs)
+		}
+	})
 }
 
-// TestJournalUndecodable checks that entries that do not decode as events
-// are skipped, and dropped by the limits like the others.
-func TestJournalUndecodable(t *testing.T) {
-	eachJournalStore(t, func(t *testing.T, s journalStore) {
-		t0 := time.Now().Add(-time.Minute)
-		good := []Event{journalTestEvent("p", t0, 0), journalTestEvent("p", t0.Add(10*time.Second), 1)}
-		mustAppend(t, s, good, JournalLimits{})
-		newer := encodeEvent(journalTestEvent("p", t0.Add(time.Second), 2))
-		junk := [][]byte{
-			nil,
-			[]byte("junk"),
-			[]byte(`{"v":1`),
-			[]byte(`{"v":2,"name":"hostbreaker.summary","time":"2025-01-01T00:00:00Z"}`),
-			[]byte(`{"v":1,"name":"","time":"2025-01-01T00:00:00Z"}`),
-			[]byte(`{"v":1,"name":"x"}`),
-			[]byte(`{"v":1,"name":"x","time":"yesterday"}`),
-			[]byte(`{"v":1,"name":"x","time":"2025-01-01T00:00:00Z","state":"ajar"}`),
-			[]byte(`[]`),
-			[]byte(`null`),
-		}
-		at := t0.Add(time.Second)
-		if s.path != "" {
-			boltTestRaw(t, s.path, func(tx *bolt.Tx) error {
-				b := tx.Bucket(boltJournal)
-				for i, v := range junk {
-					if err := b.Put(boltJournalKey(at.UnixNano(), 1000+uint64(i)), append([]byte{}, v...)); err != nil {
-						return err
-					}
-				}
-				// Keys that AppendEvents does not write: too short, too long.
-				if err := b.Put([]byte("x"), newer); err != nil {
-					return err
-				}
-				if err := b.Put(append(boltJournalKey(at.UnixNano(), 1), 0), newer); err != nil {
-					return err
-				}
-				_, err := b.CreateBucket(boltJournalKey(at.UnixNano(), 2000))
-				return err
-			})
-		} else {
-			key := prefixOf(t, s.url) + redisJournal
-			var members []redis.Z
-			for i, v := range junk {
-				members = append(members, redis.Z{
-					Score:  float64(at.UnixMilli()),
-					Member: fmt.Sprintf("%06d%032x", 0, i) + string(v),
-				})
-			}
-			// Members too short to hold a tag, one holding an event.
-			members = append(members,
-				redis.Z{Score: float64(at.UnixMilli()), Member: "x"},
-				redis.Z{Score: float64(at.UnixMilli()), Member: string(newer[:redisJournalTagLen-1])},
-				redis.Z{Score: float64(at.UnixMilli()), Member: ""},
-			)
-			if err := rawClient(t).ZAdd(context.Background(), key, members...).Err(); err != nil {
+func TestInMemoryJournalIsBounded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := Config{Telemetry: TelemetryConfig{JournalMaxEvents: 10, JournalRetention: time.Hour}}
+		_, tr := client(t, newFakeHosts(status(200)), cfg)
+		for i := range 30 {
+			if err := tr.Open("a.test", time.Duration(i+1)*time.Minute, ""); err != nil {
 				t.Fatal(err)
 			}
 		}
-		checkIDs(t, "with junk", mustEvents(t, s, time.Time{}), good)
-		checkIDs(t, "with junk, since t0+1ns", mustEvents(t, s, t0.Add(1)), good[1:])
-		// ReadJournal reads past the junk too.
-		evs, err := ReadJournal(context.Background(), s, time.Time{})
+		synctest.Wait()
+		if evs := tr.Events(time.Time{}); len(evs) != 10 || evs[9].Until.Sub(evs[0].Until) != 9*time.Minute {
+			t.Fatalf("journal = %d events", len(evs))
+		}
+		time.Sleep(2 * time.Hour)
+		if err := tr.Reset("a.test"); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		if evs := tr.Events(time.Time{}); len(evs) != 1 || evs[0].Name != EventReset {
+			t.Fatalf("after the retention, journal = %+v", evs)
+		}
+	})
+}
+
+// Two Transports of one process share a store: every event of both reaches
+// the store's journal, under names of their own, and ReadJournal returns
+// them in time order.
+func TestJournalThroughTheStore(t *testing.T) {
+	storeKinds(t, func(t *testing.T, url string) {
+		start := time.Now()
+		cfg := Config{Defaults: Policy{FailMax: 1, ResetTimeout: time.Hour},
+			Store:     StoreConfig{URL: url, PollInterval: time.Hour},
+			Telemetry: TelemetryConfig{Process: "harvester"}}
+		a, err := NewTransport(newFakeHosts(status(500)), WithConfig(cfg))
 		if err != nil {
 			t.Fatal(err)
 		}
-		checkIDs(t, "ReadJournal with junk", evs, good)
-
-		// The junk is dropped by its time (seconds older than the
-		// retention: the Redis store counts in milliseconds).
-		limits := JournalLimits{Retention: time.Since(t0) - 5*time.Second}
-		dropped := mustAppend(t, s, nil, limits)
-		if dropped < len(junk)+1 {
-			t.Errorf("retention dropped %d, want the first event and %d junk entries or more", dropped, len(junk))
-		}
-		checkIDs(t, "junk dropped", mustEvents(t, s, time.Time{}), good[1:])
-	})
-}
-
-// TestReadJournal checks that ReadJournal merges the events of two
-// processes, appended through two stores, in order of Time, then Process,
-// then Name.
-func TestReadJournal(t *testing.T) {
-	eachJournalStore(t, func(t *testing.T, s journalStore) {
-		a, b := s.Store, s.open()
-		t0 := time.Now().Add(-time.Minute)
-		ev := func(process, name string, d time.Duration) Event {
-			return Event{Name: name, Time: t0.Add(d), Process: process, Host: "a.example"}
-		}
-		want := []Event{
-			ev("a", EventCooldown, 0),
-			ev("a", EventStateChange, 0),
-			ev("b", EventCooldown, 0),
-			ev("b", EventCooldown, 0), // a twin, kept
-			ev("b", EventSummary, 0),
-			ev("a", EventSummary, 1),
-			ev("b", EventReset, 2),
-			ev("a", EventReset, time.Millisecond),
-			ev("b", EventCooldown, time.Millisecond+1),
-			ev("a", EventStateChange, time.Second),
-			ev("b", EventStateChange, time.Second),
-		}
-		// Each process appends its events, in reverse order, in two batches.
-		var fromA, fromB []Event
-		for _, e := range slices.Backward(want) {
-			if e.Process == "a" {
-				fromA = append(fromA, e)
-			} else {
-				fromB = append(fromB, e)
-			}
-		}
-		ctx := context.Background()
-		mustAppend(t, b, fromB[:3], JournalLimits{})
-		mustAppend(t, a, fromA, JournalLimits{})
-		mustAppend(t, b, fromB[3:], JournalLimits{})
-		for _, st := range []Store{a, b} {
-			got, err := ReadJournal(ctx, st, time.Time{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			checkIDs(t, "ReadJournal", got, want)
-			got, err = ReadJournal(ctx, st, t0.Add(1))
-			if err != nil {
-				t.Fatal(err)
-			}
-			checkIDs(t, "ReadJournal since t0+1ns", got, want[5:])
-		}
-	})
-}
-
-// TestJournalRejects checks that a batch with an event that a journal
-// cannot hold is an error, and appends nothing.
-func TestJournalRejects(t *testing.T) {
-	eachJournalStore(t, func(t *testing.T, s journalStore) {
-		good := journalTestEvent("p", time.Now(), 0)
-		for name, bad := range map[string]Event{
-			"no name":   {Time: time.Now(), Process: "p"},
-			"zero time": {Name: EventCooldown, Process: "p"},
-			"year 2300": {Name: EventCooldown, Time: time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC)},
-			"year 1600": {Name: EventCooldown, Time: time.Date(1600, 1, 1, 0, 0, 0, 0, time.UTC)},
-		} {
-			if _, err := s.AppendEvents(context.Background(), []Event{good, bad}, JournalLimits{}); err == nil {
-				t.Errorf("%s: AppendEvents returned no error", name)
-			}
-		}
-		if evs := mustEvents(t, s, time.Time{}); len(evs) != 0 {
-			t.Errorf("rejected batches appended %d events", len(evs))
-		}
-	})
-}
-
-// TestJournalClosed checks that a closed store's journal methods return an
-// error, and that a canceled context is an error too.
-func TestJournalClosed(t *testing.T) {
-	eachJournalStore(t, func(t *testing.T, s journalStore) {
-		ctx := context.Background()
-		ev := journalTestEvent("p", time.Now(), 0)
-		canceled, cancel := context.WithCancel(ctx)
-		cancel()
-		if _, err := s.AppendEvents(canceled, []Event{ev}, JournalLimits{}); !errors.Is(err, context.Canceled) {
-			t.Errorf("AppendEvents with a canceled context: %v", err)
-		}
-		if _, err := s.Events(canceled, time.Time{}); !errors.Is(err, context.Canceled) {
-			t.Errorf("Events with a canceled context: %v", err)
-		}
-		mustAppend(t, s, []Event{ev}, JournalLimits{})
-		if err := s.Close(); err != nil {
+		b, err := NewTransport(newFakeHosts(status(429, "Retry-After", "60")), WithConfig(cfg))
+		if err != nil {
 			t.Fatal(err)
 		}
-		closed := errBoltClosed
-		if s.path == "" {
-			closed = redis.ErrClosed
+		do(t, &http.Client{Transport: a}, RoleLanding, "https://down.test/")
+		do(t, &http.Client{Transport: b}, "", "https://busy.test/")
+		if err := a.Close(); err != nil {
+			t.Fatal(err)
 		}
-		if _, err := s.AppendEvents(ctx, []Event{ev}, JournalLimits{}); !errors.Is(err, closed) {
-			t.Errorf("AppendEvents after Close: %v, want %v", err, closed)
+		if err := b.Close(); err != nil {
+			t.Fatal(err)
 		}
-		if _, err := s.Events(ctx, time.Time{}); !errors.Is(err, closed) {
-			t.Errorf("Events after Close: %v, want %v", err, closed)
+		s, err := OpenStore(url)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if _, err := ReadJournal(ctx, s, time.Time{}); !errors.Is(err, closed) {
-			t.Errorf("ReadJournal after Close: %v, want %v", err, closed)
+		defer s.Close()
+		evs, err := ReadJournal(context.Background(), s, start)
+		if err != nil {
+			t.Fatal(err)
 		}
-		// The journal is still there for another store.
-		checkIDs(t, "another store", mustEvents(t, s.open(), time.Time{}), []Event{ev})
+		names := map[string]string{}
+		for i, ev := range evs {
+			if i > 0 && ev.Time.Before(evs[i-1].Time) {
+				t.Errorf("event %d out of order", i)
+			}
+			if !ev.Remote { // b's cooldown reaches a through the store too
+				names[ev.Name+" "+ev.Host] = ev.Process
+			}
+		}
+		pa, pb := names[EventStateChange+" down.test"], names[EventCooldown+" busy.test"]
+		if pa == "" || pb == "" || pa == pb || !strings.HasPrefix(pa, "harvester#") || !strings.HasPrefix(pb, "harvester#") {
+			t.Fatalf("journal = %+v", evs)
+		}
+		if names[EventSummary+" down.test"] != pa || names[EventSummary+" busy.test"] != pb {
+			t.Errorf("the last summaries are missing from the journal: %v", names)
+		}
 	})
 }
 
-// TestJournalRedisPages checks that the Redis store's Events reads a
-// journal larger than a page, where the page ends inside a millisecond and
-// where a whole page is one millisecond.
-func TestJournalRedisPages(t *testing.T) {
-	s := openTestRedis(t, testRedisURL(t))
-	t0 := time.Now().Add(-time.Hour).Truncate(time.Millisecond)
-	var want []Event
-	add := func(tm time.Time) {
-		want = append(want, Event{Name: EventCooldown, Time: tm, Process: "p", Note: fmt.Sprint(len(want))})
-	}
-	for i := range redisJournalPage - 10 {
-		add(t0.Add(time.Duration(i) * time.Millisecond))
-	}
-	t1 := t0.Add(time.Duration(redisJournalPage) * time.Millisecond)
-	for i := range 30 { // across the end of the first page
-		add(t1.Add(time.Duration(i) * time.Microsecond))
-	}
-	t2 := t1.Add(time.Second)
-	for i := range redisJournalPage + 5 { // more than a page in one millisecond
-		add(t2.Add(time.Duration(i) * 10))
-	}
-	for i := range 5 {
-		add(t2.Add(time.Second + time.Duration(i)*time.Millisecond))
-	}
-	for chunk := range slices.Chunk(slices.Clone(want), 5000) {
-		rand.Shuffle(len(chunk), func(i, j int) { chunk[i], chunk[j] = chunk[j], chunk[i] })
-		mustAppend(t, s, chunk, JournalLimits{})
-	}
-	checkIDs(t, "every event", mustEvents(t, s, time.Time{}), want)
-	from := redisJournalPage - 10 + 15
-	checkIDs(t, "since the middle of the millisecond", mustEvents(t, s, want[from].Time), want[from:])
-}
-
-// TestJournalRedisKeys checks that the Redis journal lives in one key under
-// the prefix, expiring after the retention, and that its members are the
-// tag and the stored event.
-func TestJournalRedisKeys(t *testing.T) {
-	u := testRedisURL(t)
-	s := openTestRedis(t, u)
-	ev := journalTestEvent("p", time.Now(), 0)
-	mustAppend(t, s, []Event{ev}, JournalLimits{Retention: time.Hour})
-	c := rawClient(t)
-	ctx := context.Background()
-	prefix := prefixOf(t, u)
-	keys, err := c.Keys(ctx, globEscape(prefix)+"*").Result()
+// While the store is down, the events for its journal wait in a bounded
+// buffer: the oldest beyond it are dropped and counted, and no request
+// waits or fails.
+func TestJournalOutageIsBounded(t *testing.T) {
+	var logs logBuffer
+	cfg := Config{Store: StoreConfig{URL: "redis://127.0.0.1:1/0?prefix=dead", PollInterval: 50 * time.Millisecond}}
+	tr, err := NewTransport(newFakeHosts(status(200)), WithConfig(cfg), WithLogger(logs.logger()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{prefix + redisJournal}; !slices.Equal(keys, want) {
-		t.Errorf("keys %q, want %q", keys, want)
+	reply := make(chan struct{})
+	tr.queries <- func() { tr.sink.maxOutbox = 5; close(reply) }
+	<-reply
+	c := &http.Client{Transport: tr}
+	for i := range 20 {
+		if err := tr.Open(fmt.Sprintf("h%d.test", i), time.Hour, ""); err != nil {
+			t.Fatal(err)
+		}
+		mustPass(t, do(t, c, "", "https://ok.test/"), 200)
 	}
-	ttl, err := c.PTTL(ctx, prefix+redisJournal).Result()
-	if err != nil || ttl <= 59*time.Minute || ttl > time.Hour {
-		t.Errorf("PTTL %v, %v; want an hour", ttl, err)
+	tr.Close()
+	if n := tr.sink.outbox.len(); n != 5 {
+		t.Errorf("pending = %d, want 5", n)
 	}
-	members, err := c.ZRangeWithScores(ctx, prefix+redisJournal, 0, -1).Result()
-	if err != nil || len(members) != 1 {
-		t.Fatalf("members %v, %v", members, err)
+	if tr.sink.lost < 15 {
+		t.Errorf("lost = %d, want at least 15", tr.sink.lost)
 	}
-	m := members[0].Member.(string)
-	if members[0].Score != float64(ev.Time.UnixMilli()) || !strings.HasSuffix(m, string(encodeEvent(ev))) ||
-		len(m) != redisJournalTagLen+len(encodeEvent(ev)) || m[:6] != fmt.Sprintf("%06d", ev.Time.Nanosecond()%1e6) {
-		t.Errorf("member %q, score %v", m, members[0].Score)
+	if logs.count("journal events dropped") != 1 {
+		t.Errorf("the drops were not logged once")
 	}
-}
-
-// TestJournalRedisEmptyBatch checks that an empty batch without limits
-// sends nothing that fails.
-func TestJournalRedisEmptyBatch(t *testing.T) {
-	s := openTestRedis(t, testRedisURL(t))
-	if n, err := s.AppendEvents(context.Background(), nil, JournalLimits{}); n != 0 || err != nil {
-		t.Errorf("AppendEvents(nil): %d, %v", n, err)
-	}
-}
-
-// TestDecodeJournal checks decodeJournal on a read large enough to be
-// decoded on several goroutines: it keeps the events that decode and are
-// at or after since, in order, and puts an event out of place in time
-// order.
-func TestDecodeJournal(t *testing.T) {
-	t0 := time.Now()
-	n := 3*decodeJournalMin + 17
-	var values [][]byte
-	var want []Event
-	for i := range n {
-		ev := Event{Name: EventCooldown, Time: t0.Add(time.Duration(i) * time.Microsecond), Note: fmt.Sprint(i)}
-		switch {
-		case i%1000 == 999:
-			values = append(values, []byte("junk"))
-		case i < 100:
-			old := ev
-			old.Time = t0.Add(-time.Hour)
-			values = append(values, encodeEvent(old))
-		default:
-			values = append(values, encodeEvent(ev))
-			want = append(want, ev)
-		}
-	}
-	late := Event{Name: EventReset, Time: t0.Add(time.Duration(n/2) * time.Microsecond), Note: "late"}
-	values = append(values, encodeEvent(late))
-	want = slices.Insert(want, slices.IndexFunc(want, func(ev Event) bool { return ev.Time.After(late.Time) }), late)
-	got := decodeJournal(values, t0)
-	checkIDs(t, "decodeJournal", got, want)
-}
-
-func FuzzDecodeEvent(f *testing.F) {
-	t0 := time.Date(2025, 3, 1, 12, 0, 0, 123456789, time.UTC)
-	for i := range 5 {
-		f.Add(encodeEvent(journalTestEvent("host:1/t1", t0, i)))
-	}
-	f.Add(encodeEvent(Event{Name: EventCooldown, Time: t0.In(time.FixedZone("x", 5*3600+30*60))}))
-	f.Add([]byte(`{"v":1,"name":"x","time":"2025-01-01T00:00:00-00:00","until":"0001-01-01T00:00:00Z"}`))
-	f.Add([]byte(`{"v":1,"name":"x","time":"2025-01-01T00:00:00Z","state":"open","summary":{"outcomes":[{"k":9,"n":1,"t":"2025-01-01T00:00:00Z"}]}}`))
-	f.Add([]byte(`{"v":2,"name":"x","time":"2025-01-01T00:00:00Z"}`))
-	f.Add([]byte(`{"v":1,"Name":"x","NAME":"y","time":"2025-01-01T00:00:00Z","time":"2026-01-01T00:00:00Z"}`))
-	f.Add([]byte(`{"v":1,"name":"x","time":"9999-12-31T23:59:59.999999999+23:59"}`))
-	f.Add([]byte(`{"v":1,"name":"x","time":"2025-01-01T00:00:00Z","retry_after":-9223372036854775808}`))
-	f.Add([]byte(`{"v":1,"name":"x","time":"2025-01-01T00:00:00Z","summary":null}`))
-	f.Add([]byte("junk"))
-	f.Add([]byte(`null`))
-	f.Add([]byte{})
-	f.Fuzz(func(t *testing.T, data []byte) {
-		ev, err := decodeEvent(data)
-		if err != nil {
-			return
-		}
-		if ev.Name == "" || ev.Time.IsZero() {
-			t.Fatalf("decoded an event without a name or time: %+v", ev)
-		}
-		// What decodes encodes, and decodes again to the same encoding.
-		enc := encodeEvent(ev)
-		ev2, err := decodeEvent(enc)
-		if err != nil {
-			t.Fatalf("re-encoded %q does not decode: %v", enc, err)
-		}
-		if enc2 := encodeEvent(ev2); string(enc2) != string(enc) {
-			t.Fatalf("encoding not stable:\n  %s\n  %s", enc, enc2)
-		}
-	})
-}
-
-// journalBenchEvents returns n events of four processes, one a
-// millisecond from t0 on, a mix of the event kinds.
-func journalBenchEvents(t0 time.Time, n int) []Event {
-	evs := make([]Event, n)
-	for i := range evs {
-		evs[i] = journalTestEvent(fmt.Sprintf("bench-host:%d/t1", i%4), t0.Add(time.Duration(i)*time.Millisecond), i)
-	}
-	return evs
-}
-
-// journalBenchStores runs f against a new bbolt store and a new Redis store.
-func journalBenchStores(b *testing.B, f func(b *testing.B, s Store)) {
-	b.Run("bbolt", func(b *testing.B) {
-		s, err := openBoltStore(boltTestPath(b))
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { _ = s.Close() })
-		f(b, s)
-	})
-	b.Run("redis", func(b *testing.B) {
-		prefix := fmt.Sprintf("hbbench:%d-%d:", os.Getpid(), time.Now().UnixNano())
-		s, err := OpenStore("redis://" + testRedisAddr + "/0?prefix=" + url.QueryEscape(prefix))
-		if err != nil {
-			b.Fatal(err)
-		}
-		c := redis.NewClient(&redis.Options{Addr: testRedisAddr})
-		b.Cleanup(func() {
-			_ = s.Close()
-			ctx := context.Background()
-			iter := c.Scan(ctx, 0, globEscape(prefix)+"*", 1000).Iterator()
-			for iter.Next(ctx) {
-				c.Del(ctx, iter.Val())
-			}
-			_ = c.Close()
-		})
-		if err := c.Ping(context.Background()).Err(); err != nil {
-			b.Skipf("Redis unreachable: %v", err)
-		}
-		f(b, s)
-	})
-}
-
-// journalBenchFill appends n events from t0 on to s, in batches of 5,000.
-func journalBenchFill(b *testing.B, s Store, t0 time.Time, n int) {
-	for batch := range slices.Chunk(journalBenchEvents(t0, n), 5000) {
-		if _, err := s.AppendEvents(context.Background(), batch, JournalLimits{}); err != nil {
-			b.Fatal(err)
-		}
+	if evs := tr.sink.outbox.events(); evs[len(evs)-1].Name != EventSummary {
+		last := evs[len(evs)-1]
+		t.Errorf("the newest events are kept: last = %+v", last)
 	}
 }
 
-// BenchmarkJournalAppend appends a batch of 100 events under the default
-// limits, to an empty journal and to a full one (100,000 events, so that
-// each batch drops the 100 oldest).
-func BenchmarkJournalAppend(b *testing.B) {
-	limits := JournalLimits{Retention: defaultJournalRetention, MaxEvents: defaultJournalMax}
-	for _, full := range []bool{false, true} {
-		name := "empty"
-		if full {
-			name = "full"
+func TestEventQueue(t *testing.T) {
+	var q eventQueue
+	base := time.Unix(1e9, 0)
+	for i := range 1000 {
+		q.push(Event{Name: EventReset, Time: base.Add(time.Duration(i))})
+		if over := q.len() - 10; over > 0 {
+			q.drop(over)
 		}
-		b.Run(name, func(b *testing.B) {
-			journalBenchStores(b, func(b *testing.B, s Store) {
-				t0 := time.Now().Add(-time.Hour)
-				if full {
-					journalBenchFill(b, s, t0, limits.MaxEvents)
-				}
-				batch := journalBenchEvents(time.Now(), 100)
-				b.ReportAllocs()
-				for b.Loop() {
-					if _, err := s.AppendEvents(context.Background(), batch, limits); err != nil {
-						b.Fatal(err)
-					}
-				}
-			})
-		})
+		if cap(q.buf) > 64 {
+			t.Fatalf("the buffer grew to %d for 10 events", cap(q.buf))
+		}
 	}
-}
-
-// BenchmarkJournalRead100k reads a journal of 100,000 events since the
-// start.
-func BenchmarkJournalRead100k(b *testing.B) {
-	journalBenchStores(b, func(b *testing.B, s Store) {
-		const n = 100_000
-		t0 := time.Now().Add(-time.Hour)
-		journalBenchFill(b, s, t0, n)
-		b.ReportAllocs()
-		for b.Loop() {
-			evs, err := s.Events(context.Background(), t0)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if len(evs) != n {
-				b.Fatalf("read %d events, want %d", len(evs), n)
-			}
+	evs := q.events()
+	if len(evs) != 10 || !evs[0].Time.Equal(base.Add(990)) || !evs[9].Time.Equal(base.Add(999)) {
+		t.Fatalf("queue = %v", evs)
+	}
+	for _, ev := range q.buf[len(q.buf):cap(q.buf)] {
+		if ev.Name != "" {
+			t.Fatal("a dropped event is still referenced")
 		}
-	})
+	}
+	q.reset()
+	if q.len() != 0 {
+		t.Fatal("reset left events")
+	}
 }

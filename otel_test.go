@@ -21,38 +21,6 @@ import (
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 )
 
-// The instruments, their units, and whether they are cumulative counters.
-var wantInstruments = map[string]struct {
-	unit    string
-	counter bool
-}{
-	"hostbreaker.requests":           {"{request}", true},
-	"hostbreaker.rejections":         {"{request}", true},
-	"hostbreaker.transitions":        {"{transition}", true},
-	"hostbreaker.state":              {"{breaker}", false},
-	"hostbreaker.breakers":           {"{breaker}", false},
-	"hostbreaker.cooldown.remaining": {"s", false},
-	"hostbreaker.rate":               {"{request}/s", false},
-	"hostbreaker.retry_after":        {"s", false},
-	"hostbreaker.store.errors":       {"{error}", true},
-	"hostbreaker.untracked":          {"{request}", true},
-}
-
-// metricTransport returns a Transport in front of base that reports to a
-// ManualReader of its own, and an http.Client that uses it.
-func metricTransport(t testing.TB, base http.RoundTripper, cfg Config) (*Transport, *sdkmetric.ManualReader, *http.Client) {
-	t.Helper()
-	reader := sdkmetric.NewManualReader()
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-	t.Cleanup(func() { mp.Shutdown(context.Background()) })
-	tr, err := NewTransport(base, WithConfig(cfg), WithMeterProvider(mp))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tr.Close() })
-	return tr, reader, &http.Client{Transport: tr}
-}
-
 // scripted is a base whose response depends on the host: a status, and
 // a Retry-After when set.
 type scripted struct {
@@ -101,30 +69,6 @@ func fetch(t testing.TB, c *http.Client, host, role string) error {
 	return err
 }
 
-// collected is one collection of the Transport's metrics, by name.
-type collected map[string]metricdata.Metrics
-
-func collect(t testing.TB, r *sdkmetric.ManualReader) collected {
-	t.Helper()
-	var rm metricdata.ResourceMetrics
-	if err := r.Collect(context.Background(), &rm); err != nil {
-		t.Fatal(err)
-	}
-	out := collected{}
-	for _, sm := range rm.ScopeMetrics {
-		if sm.Scope.Name != meterName {
-			continue
-		}
-		if sm.Scope.Version != instrumentationVersion {
-			t.Errorf("scope version %q, want %q", sm.Scope.Version, instrumentationVersion)
-		}
-		for _, m := range sm.Metrics {
-			out[m.Name] = m
-		}
-	}
-	return out
-}
-
 // attrs encodes attributes as the keys of points.
 func attrs(kvs ...attribute.KeyValue) string {
 	s := attribute.NewSet(kvs...)
@@ -136,88 +80,6 @@ func role(r string) attribute.KeyValue        { return keyRole.String(r) }
 func outcomeAttr(o string) attribute.KeyValue { return keyOutcome.String(o) }
 func reasonAttr(r Reason) attribute.KeyValue  { return keyReason.String(string(r)) }
 func stateAttr(s State) attribute.KeyValue    { return keyState.String(s.String()) }
-
-// points returns the data points of an int64 sum or gauge by attributes;
-// nil when the instrument reported nothing.
-func (c collected) points(t testing.TB, name string) map[string]int64 {
-	t.Helper()
-	m, ok := c[name]
-	if !ok {
-		return nil
-	}
-	var dps []metricdata.DataPoint[int64]
-	switch d := m.Data.(type) {
-	case metricdata.Sum[int64]:
-		dps = d.DataPoints
-	case metricdata.Gauge[int64]:
-		dps = d.DataPoints
-	default:
-		t.Fatalf("%s: unexpected data %T", name, m.Data)
-	}
-	out := map[string]int64{}
-	for _, dp := range dps {
-		k := dp.Attributes.Encoded(attribute.DefaultEncoder())
-		if _, dup := out[k]; dup {
-			t.Errorf("%s: two points with attributes %s", name, k)
-		}
-		out[k] = dp.Value
-	}
-	return out
-}
-
-func (c collected) floatPoints(t testing.TB, name string) map[string]float64 {
-	t.Helper()
-	m, ok := c[name]
-	if !ok {
-		return nil
-	}
-	g, ok := m.Data.(metricdata.Gauge[float64])
-	if !ok {
-		t.Fatalf("%s: unexpected data %T", name, m.Data)
-	}
-	out := map[string]float64{}
-	for _, dp := range g.DataPoints {
-		out[dp.Attributes.Encoded(attribute.DefaultEncoder())] = dp.Value
-	}
-	return out
-}
-
-// checkShapes checks the names, units and kinds of what c holds.
-func (c collected) checkShapes(t testing.TB) {
-	t.Helper()
-	for name, m := range c {
-		want, ok := wantInstruments[name]
-		if !ok {
-			t.Errorf("unexpected instrument %s", name)
-			continue
-		}
-		if m.Unit != want.unit {
-			t.Errorf("%s: unit %q, want %q", name, m.Unit, want.unit)
-		}
-		if m.Description == "" {
-			t.Errorf("%s: no description", name)
-		}
-		switch d := m.Data.(type) {
-		case metricdata.Sum[int64]:
-			if d.Temporality != metricdata.CumulativeTemporality || d.IsMonotonic != want.counter {
-				t.Errorf("%s: temporality %v, monotonic %v", name, d.Temporality, d.IsMonotonic)
-			}
-			if name == "hostbreaker.breakers" && d.IsMonotonic {
-				t.Errorf("%s is monotonic", name)
-			}
-		case metricdata.Gauge[int64], metricdata.Gauge[float64]:
-			if want.counter {
-				t.Errorf("%s: a gauge", name)
-			}
-		case metricdata.Histogram[float64]:
-			if name != "hostbreaker.retry_after" {
-				t.Errorf("%s: a histogram", name)
-			}
-		default:
-			t.Errorf("%s: unexpected data %T", name, m.Data)
-		}
-	}
-}
 
 func wantPoints[V comparable](t testing.TB, name string, got, want map[string]V) {
 	t.Helper()

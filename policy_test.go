@@ -1,8 +1,14 @@
 package hostbreaker
 
+// Tests of policies: resolution from the defaults, hosts, wildcards and
+// roles, and the live changes of a running Transport (UpdateHostPolicy,
+// Policy).
+
 import (
+	"errors"
 	"slices"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -190,4 +196,180 @@ func checkResolved(t *testing.T, host, role string, r *resolved) {
 			t.Fatalf("resolve(%q, %q): %d not classified as neutral", host, role, c)
 		}
 	}
+}
+
+func TestRolePolicies(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg, err := ParseConfig([]byte(`
+[defaults]
+fail_max = 5
+half_open_jitter = "0s"
+[defaults.roles.metadata]
+fail_max = 2
+[hosts."api.crossref.org"]
+fail_max = 4
+[hosts."api.crossref.org".roles.artifact]
+fail_max = 1
+[hosts."*.example.org"]
+fail_max = 3
+`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		base := newFakeHosts(status(500))
+		c, _ := client(t, base, cfg)
+		for _, tc := range []struct {
+			role, url string
+			failMax   int
+		}{
+			{"", "https://plain.test/", 5},
+			{RoleMetadata, "https://plain.test/", 2},
+			{"", "https://api.crossref.org/", 4},
+			{RoleMetadata, "https://api.crossref.org/", 4}, // host beats defaults.roles
+			{RoleArtifact, "https://api.crossref.org/", 1},
+			{"", "https://a.example.org/", 3},
+			{"", "https://example.org/", 5}, // wildcard does not match the apex
+		} {
+			for i := range tc.failMax {
+				if _, err := get(t, c, tc.role, tc.url); err != nil {
+					t.Fatalf("%s %q: rejected after %d failures, want %d: %v", tc.url, tc.role, i, tc.failMax, err)
+				}
+			}
+			mustReject(t, do(t, c, tc.role, tc.url).err, ReasonBreakerOpen)
+		}
+	})
+}
+
+func TestTransportPolicy(t *testing.T) {
+	cfg := Config{Defaults: Policy{FailMax: 4, Roles: map[string]Policy{RoleMetadata: {TrialCalls: 2}}},
+		Hosts: map[string]Policy{"a.test": {ResetTimeout: 30 * time.Second}}}
+	tr, err := NewTransport(nil, WithConfig(cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	p, err := tr.Policy("https://A.test:443/x", RoleMetadata)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.FailMax != 4 || p.ResetTimeout != 30*time.Second || p.TrialCalls != 2 || p.SuccessThreshold != 1 ||
+		p.Roles != nil || len(p.FailureStatuses) == 0 {
+		t.Fatalf("Policy = %+v", p)
+	}
+	if err := tr.UpdateHostPolicy("a.test", Policy{FailMax: 7}); err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := tr.Policy("a.test", ""); p.FailMax != 7 || p.ResetTimeout != 30*time.Second {
+		t.Fatalf("after UpdateHostPolicy: %+v", p)
+	}
+	if _, err := tr.Policy("", ""); err == nil {
+		t.Fatal("Policy of an empty host: no error")
+	}
+}
+
+func TestUpdateHostPolicy(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		base := newFakeHosts(status(500))
+		c, tr := client(t, base, quick(5, time.Minute))
+		get(t, c, "", "https://a.test/")
+		get(t, c, "", "https://a.test/")
+		// Lowering fail_max applies to the next decision; the two failures are kept.
+		if err := tr.UpdateHostPolicy("a.test", Policy{FailMax: 3}); err != nil {
+			t.Fatal(err)
+		}
+		get(t, c, "", "https://a.test/")
+		opened := time.Now()
+		mustReject(t, do(t, c, "", "https://a.test/").err, ReasonBreakerOpen)
+		// An open breaker stays open until its deadline, even when the
+		// reset timeout changes.
+		if err := tr.UpdateHostPolicy("a.test", Policy{ResetTimeout: time.Hour, Roles: map[string]Policy{RoleArtifact: {FailMax: 1}}}); err != nil {
+			t.Fatal(err)
+		}
+		oe := mustReject(t, do(t, c, "", "https://a.test/").err, ReasonBreakerOpen)
+		if !oe.Until.Equal(opened.Add(time.Minute)) {
+			t.Errorf("until = %v, want %v", oe.Until, opened.Add(time.Minute))
+		}
+		// The role override applies and FailMax 3 from the first update is kept.
+		get(t, c, RoleArtifact, "https://a.test/")
+		mustReject(t, do(t, c, RoleArtifact, "https://a.test/").err, ReasonBreakerOpen)
+		for range 3 {
+			get(t, c, RoleLanding, "https://a.test/")
+		}
+		mustReject(t, do(t, c, RoleLanding, "https://a.test/").err, ReasonBreakerOpen)
+		// Cooldowns are kept across updates.
+		tr.Open("b.test", time.Minute, "")
+		if err := tr.UpdateHostPolicy("b.test", Policy{FailMax: 9}); err != nil {
+			t.Fatal(err)
+		}
+		mustReject(t, do(t, c, "", "https://b.test/").err, ReasonManual)
+		// Invalid policies are rejected and change nothing.
+		for _, p := range []Policy{
+			{FailMax: -1},
+			{NeutralStatuses: []int{500}},
+			{FailureStatuses: []int{700}},
+			{Roles: map[string]Policy{"x": {TrialCalls: -2}}},
+		} {
+			var ce *ConfigError
+			if err := tr.UpdateHostPolicy("c.test", p); !errors.As(err, &ce) {
+				t.Errorf("UpdateHostPolicy(%+v) = %v, want a *ConfigError", p, err)
+			}
+		}
+		time.Sleep(time.Minute)
+		base.set(status(200))
+		mustPass(t, do(t, c, "", "https://a.test/"), 200)
+	})
+}
+
+// An update applies to exactly the entries that the
+// config key would match, old and new; wildcards work; errors are
+// *ConfigError values.
+func TestUpdateHostPolicyMatchesLikeConfigKeys(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := Config{Hosts: map[string]Policy{"c.test:8443": {FailMax: 7}}}
+		c, tr := client(t, newFakeHosts(status(200)), cfg)
+		hosts := []string{"a.test", "a.test:8080", "b.a.test", "c.test", "c.test:8443", "x.example.org", "example.org"}
+		for _, h := range hosts {
+			mustPass(t, do(t, c, "", "https://"+h+"/"), 200)
+		}
+		if err := tr.UpdateHostPolicy("A.test.", Policy{FailMax: 2}); err != nil {
+			t.Fatal(err)
+		}
+		if err := tr.UpdateHostPolicy("c.test", Policy{FailMax: 3}); err != nil {
+			t.Fatal(err)
+		}
+		if err := tr.UpdateHostPolicy("*.example.org", Policy{FailMax: 4}); err != nil {
+			t.Fatal(err)
+		}
+		mustPass(t, do(t, c, RoleArtifact, "https://y.example.org/"), 200) // created after
+		want := map[string]int{"a.test": 2, "a.test:8080": 2, "b.a.test": 5, "c.test": 3, "c.test:8443": 7,
+			"x.example.org": 4, "y.example.org": 4, "example.org": 5}
+		for h, fm := range want {
+			_, entries := tr.reg.hostEntries(h)
+			if len(entries) == 0 {
+				t.Fatalf("no entry for %s", h)
+			}
+			for _, e := range entries {
+				if got := e.pol.Load().FailMax; got != fm {
+					t.Errorf("%s %q: fail_max %d, want %d", h, e.role, got, fm)
+				}
+			}
+		}
+		for _, tc := range []struct {
+			host string
+			p    Policy
+		}{
+			{"", Policy{FailMax: 1}},
+			{"*.", Policy{FailMax: 1}},
+			{"*.a.test:80", Policy{FailMax: 1}},
+			{"a b.test", Policy{FailMax: 1}},
+			{"a.test", Policy{FailMax: -1}},
+			{"a.test", Policy{FailMax: 5000}},
+			{"*.example.org", Policy{FailureStatuses: []int{404}}}, // 404 is also neutral
+		} {
+			var ce *ConfigError
+			if err := tr.UpdateHostPolicy(tc.host, tc.p); !errors.As(err, &ce) {
+				t.Errorf("UpdateHostPolicy(%q, %+v) = %v, want a *ConfigError", tc.host, tc.p, err)
+			}
+		}
+	})
 }

@@ -1,8 +1,6 @@
 package hostbreaker
 
 import (
-	"context"
-	"errors"
 	"net/http"
 	"strconv"
 	"sync"
@@ -51,39 +49,6 @@ func (b *leakyBucket) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	time.Sleep(time.Millisecond) // the server's own time
 	return &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: http.NoBody, Request: req}, nil
-}
-
-// crawl runs workers that send GET url through rt for d, as a crawler
-// does: a rejection makes the worker sleep until its Until (or 100 ms
-// without one).
-func crawl(t *testing.T, rt http.RoundTripper, url string, workers int, d time.Duration) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	defer cancel()
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for ctx.Err() == nil {
-				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-				resp, err := rt.RoundTrip(req)
-				var oe *OpenError
-				switch {
-				case errors.As(err, &oe):
-					wait := 100 * time.Millisecond
-					if !oe.Until.IsZero() {
-						wait = max(time.Until(oe.Until), time.Millisecond)
-					}
-					select {
-					case <-time.After(wait):
-					case <-ctx.Done():
-					}
-				case err == nil:
-					resp.Body.Close()
-				}
-			}
-		})
-	}
-	wg.Wait()
 }
 
 // TestSimulatedLimitReq runs the limiter's arithmetic against an

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -13,48 +11,6 @@ import (
 
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 )
-
-// sendLog is a base that records when requests reach it and answers with
-// the status that next returns (200 when nil).
-type sendLog struct {
-	mu    sync.Mutex
-	times []time.Duration // since start
-	start time.Time
-	next  func(n int) (int, http.Header)
-}
-
-func newSendLog() *sendLog { return &sendLog{start: time.Now()} }
-
-func (s *sendLog) RoundTrip(req *http.Request) (*http.Response, error) {
-	s.mu.Lock()
-	n := len(s.times)
-	s.times = append(s.times, time.Since(s.start))
-	next := s.next
-	s.mu.Unlock()
-	code, h := http.StatusOK, http.Header{}
-	if next != nil {
-		if c, hh := next(n); c != 0 {
-			code, h = c, hh
-		}
-	}
-	return &http.Response{StatusCode: code, Header: h, Body: http.NoBody, Request: req}, nil
-}
-
-func (s *sendLog) sent() []time.Duration {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]time.Duration(nil), s.times...)
-}
-
-// send sends GET https://host/ through tr with ctx.
-func send(ctx context.Context, tr *Transport, host string) error {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+host+"/", nil)
-	resp, err := tr.RoundTrip(req)
-	if err == nil {
-		resp.Body.Close()
-	}
-	return err
-}
 
 // rateEvents collects the rate_change events of a Transport.
 type rateEvents struct {
@@ -78,80 +34,6 @@ func (r *rateEvents) notes() []string {
 		out = append(out, ev.Note)
 	}
 	return out
-}
-
-func newRateTransport(t *testing.T, base http.RoundTripper, c Config, opts ...Option) *Transport {
-	t.Helper()
-	tr, err := NewTransport(base, append([]Option{WithConfig(c)}, opts...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tr.Close() })
-	return tr
-}
-
-func TestRateLimitConfig(t *testing.T) {
-	c, err := ParseConfig([]byte(`
-[defaults]
-rate = 20
-burst = 3
-max_wait = "2s"
-min_rate = 0.1
-throttle_statuses = [429, 420]
-
-[hosts."api.example.org"]
-rate = 4.5
-adaptive = false
-
-[hosts."free.example.org"]
-rate = 0
-max_wait = "0s"
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pt, err := c.validate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := mustResolve(t, pt, "other.example.org", "metadata")
-	if d.Rate != 20 || d.Burst != 3 || d.MaxWait != 2*time.Second || d.MinRate != 0.1 || d.Adaptive != ToggleOn ||
-		!d.isThrottle(420) || d.isThrottle(503) {
-		t.Errorf("defaults resolved to %+v", d.Policy)
-	}
-	if a := mustResolve(t, pt, "api.example.org", ""); a.Rate != 4.5 || a.Adaptive != ToggleOff || a.isThrottle(429) {
-		t.Errorf("api.example.org resolved to rate %v adaptive %v", a.Rate, a.Adaptive)
-	}
-	if f := mustResolve(t, pt, "free.example.org", ""); f.Rate != 0 || f.MaxWait != 0 {
-		t.Errorf("rate = 0 and max_wait = \"0s\" resolved to rate %v max_wait %v, want unlimited and no wait", f.Rate, f.MaxWait)
-	}
-
-	for _, tc := range []struct{ doc, key string }{
-		{"[hosts.\"a.test\"]\nfail_max = 3\n[hosts.\"a.test\".roles.artifact]\nrate = 2\n", `hosts."a.test".roles.artifact.rate`},
-		{"[defaults.roles.landing]\nburst = 2\n", "defaults.roles.landing.burst"},
-		{"[defaults]\nrate = -1\n", "defaults.rate"},
-		{"[defaults]\nmin_rate = 0\n", "defaults.min_rate"},
-		{"[defaults]\nburst = 0\n", "defaults.burst"},
-		{"[defaults]\nthrottle_statuses = [99]\n", "defaults.throttle_statuses"},
-	} {
-		_, err := ParseConfig([]byte(tc.doc))
-		var ce *ConfigError
-		if !errors.As(err, &ce) || ce.Key != tc.key || ce.Line == 0 {
-			t.Errorf("ParseConfig(%q) = %v, want a ConfigError for %s with its line", tc.doc, err, tc.key)
-		}
-	}
-	if err := (Config{Defaults: Policy{Roles: map[string]Policy{"x": {MaxWait: time.Second}}}}).Validate(); err == nil ||
-		!strings.Contains(err.Error(), "defaults.roles.x.max_wait") {
-		t.Errorf("a role's max_wait in Go: %v", err)
-	}
-	// Adaptive can be turned off in Go, and the off wins over a default on.
-	pt2, err := Config{Defaults: Policy{Adaptive: ToggleOn}, Hosts: map[string]Policy{"b.test": {Adaptive: ToggleOff}}}.validate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if mustResolve(t, pt2, "b.test", "").Adaptive != ToggleOff {
-		t.Error("ToggleOff did not win")
-	}
 }
 
 func TestConfiguredRatePaces(t *testing.T) {
@@ -373,80 +255,6 @@ func TestLearntLimitExpires(t *testing.T) {
 		}
 		if n := evs.notes(); n[len(n)-1] != "expired" {
 			t.Errorf("rate events %v, want the last expired", n)
-		}
-	})
-}
-
-func TestRateLimitResetHeaders(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		header http.Header
-		want   time.Duration // 0: no cooldown
-	}{
-		{"IETF draft", http.Header{"Ratelimit-Remaining": {"0"}, "Ratelimit-Reset": {"7"}}, 7 * time.Second},
-		{"X- headers", http.Header{"X-Ratelimit-Remaining": {"0"}, "X-Ratelimit-Reset": {"30"}}, 30 * time.Second},
-		{"capped", http.Header{"Ratelimit-Remaining": {"0"}, "Ratelimit-Reset": {"86400"}}, 15 * time.Minute},
-		{"quota left", http.Header{"Ratelimit-Remaining": {"1"}, "Ratelimit-Reset": {"7"}}, 0},
-		{"no reset", http.Header{"Ratelimit-Remaining": {"0"}}, 0},
-		{"bad reset", http.Header{"Ratelimit-Remaining": {"0"}, "Ratelimit-Reset": {"soon"}}, 0},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			synctest.Test(t, func(t *testing.T) { // starts at 2000-01-01T00:00:00Z
-				base := newSendLog()
-				base.next = func(int) (int, http.Header) { return http.StatusOK, tc.header }
-				tr := newRateTransport(t, base, Config{})
-				start := time.Now()
-				if err := send(context.Background(), tr, "api.test"); err != nil {
-					t.Fatal(err)
-				}
-				err := send(context.Background(), tr, "api.test")
-				var oe *OpenError
-				switch {
-				case tc.want == 0 && err != nil:
-					t.Errorf("second request: %v, want it sent", err)
-				case tc.want != 0 && (!errors.As(err, &oe) || oe.Reason != ReasonRetryAfter || !oe.Until.Equal(start.Add(tc.want))):
-					t.Errorf("second request: %v, want a cooldown until +%v", err, tc.want)
-				}
-			})
-		})
-	}
-}
-
-func TestRateLimitResetValues(t *testing.T) {
-	now := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
-	for _, tc := range []struct {
-		v    string
-		want time.Duration
-		ok   bool
-	}{
-		{"7", 7 * time.Second, true},
-		{" 60 ", time.Minute, true},
-		{strconv.FormatInt(now.Unix()+90, 10), 90 * time.Second, true}, // a Unix time, as GitHub sends
-		{strconv.FormatInt(now.Unix()-1, 10), 0, false},                // already past
-		{"0", 0, false},
-		{"-5", 0, false},
-		{"1.5", 0, false},
-		{"", 0, false},
-		{"99999999999999999999", maxDuration, true},
-	} {
-		if d, ok := rateLimitReset(tc.v, now); d != tc.want || ok != tc.ok {
-			t.Errorf("rateLimitReset(%q) = %v, %v; want %v, %v", tc.v, d, ok, tc.want, tc.ok)
-		}
-	}
-}
-
-func FuzzRateLimitReset(f *testing.F) {
-	for _, s := range []string{"7", "0", "", " 30 ", "946684860", "99999999999999999999", "-1", "1.5", "Wed, 21 Oct 2015 07:28:00 GMT"} {
-		f.Add(s)
-	}
-	now := time.Date(2026, 11, 28, 0, 0, 0, 0, time.UTC)
-	f.Fuzz(func(t *testing.T, v string) {
-		d, ok := rateLimitReset(v, now)
-		if ok && d <= 0 {
-			t.Errorf("rateLimitReset(%q) = %v, true: not positive", v, d)
-		}
-		if !ok && d > 0 {
-			t.Errorf("rateLimitReset(%q) = %v, false", v, d)
 		}
 	})
 }

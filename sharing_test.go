@@ -1,9 +1,12 @@
 package hostbreaker
 
+// Tests of the Transport's side of the store: cooldowns, resets, trips and
+// tuned overrides shared between Transports and processes, through bbolt
+// and Redis, and what a store outage or a required store does.
+
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -19,68 +22,6 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 )
-
-// storeKinds runs f once with a fresh bbolt file and once with a fresh
-// Redis prefix.
-func storeKinds(t *testing.T, f func(t *testing.T, url string)) {
-	t.Run("bbolt", func(t *testing.T) { f(t, filepath.Join(t.TempDir(), "hb.db")) })
-	t.Run("redis", func(t *testing.T) { f(t, testRedisURL(t)) })
-}
-
-// sharedTransport returns a Transport on the store at url, polling it
-// every poll, over base.
-func sharedTransport(t *testing.T, url string, poll time.Duration, base http.RoundTripper, c Config) *Transport {
-	t.Helper()
-	c.Store = StoreConfig{URL: url, PollInterval: poll, ShareTrips: c.Store.ShareTrips}
-	tr, err := NewTransport(base, WithConfig(c))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := tr.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-	})
-	return tr
-}
-
-// verdict sends one request for (host, role) through tr and returns the
-// rejection reason, or "" when it was let through.
-func verdict(tr *Transport, host, role string) Reason {
-	req, _ := http.NewRequestWithContext(WithRole(context.Background(), role), http.MethodGet, "https://"+host+"/", nil)
-	resp, err := tr.RoundTrip(req)
-	var oe *OpenError
-	if errors.As(err, &oe) {
-		return oe.Reason
-	}
-	if resp != nil {
-		resp.Body.Close()
-	}
-	return ""
-}
-
-// waitVerdict waits up to d for tr to give want for host and returns how
-// long it took.
-func waitVerdict(t *testing.T, tr *Transport, host string, want Reason, d time.Duration) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for {
-		if got := verdict(tr, host, ""); got == want {
-			return time.Since(start)
-		} else if time.Since(start) > d {
-			t.Fatalf("%s: verdict %q after %v, want %q", host, got, d, want)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
-// bound is how long a test waits for another Transport to see a change.
-// It is generous on purpose: on a loaded 2-core machine under -race a
-// Redis signal can take hundreds of ms; TestPropagationLatency logs the
-// real figures.
-func bound(url string, poll time.Duration) time.Duration {
-	return poll + 10*time.Second
-}
 
 func TestSharedCooldownsResetsAndRestarts(t *testing.T) {
 	storeKinds(t, func(t *testing.T, url string) {
@@ -455,6 +396,221 @@ func TestSharingInsideASyncTestBubble(t *testing.T) {
 		time.Sleep(time.Minute)
 		if v := verdict(b, "bubble.test", ""); v != "" {
 			t.Fatalf("after the cooldown: %q", v)
+		}
+	})
+}
+
+// A store that cannot be reached is visible without a logger, and
+// required makes NewTransport fail.
+func TestStoreErrAndRequired(t *testing.T) {
+	dead := "redis://127.0.0.1:1/0?prefix=dead:"
+	if _, err := NewTransport(nil, WithConfig(Config{Store: StoreConfig{URL: dead, Required: true}})); err == nil {
+		t.Fatal("required store that cannot be read: NewTransport succeeded")
+	}
+	tr, err := NewTransport(newFakeHosts(status(200)), WithConfig(Config{Store: StoreConfig{URL: dead}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tr.StoreErr() == nil {
+		t.Error("StoreErr = nil with a dead store")
+	}
+	mustPass(t, do(t, &http.Client{Transport: tr}, "", "https://a.test/"), 200)
+	tr.Close()
+
+	missing := t.TempDir() + "/no/such/dir/hb.db"
+	tr, err = NewTransport(newFakeHosts(status(200)), WithConfig(Config{Store: StoreConfig{URL: missing}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.StoreErr(); err == nil || !strings.Contains(err.Error(), "no/such/dir") {
+		t.Errorf("StoreErr = %v", err)
+	}
+	tr.Close()
+
+	tr, err = NewTransport(newFakeHosts(status(200)), WithConfig(Config{Store: StoreConfig{URL: testRedisURL(t), Required: true}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.StoreErr(); err != nil {
+		t.Errorf("StoreErr = %v with a live store", err)
+	}
+	tr.Close()
+}
+
+// A reset read from the store clears only what was decided at or
+// before it: a local cooldown set after the reset survives the next poll.
+func TestRemoteResetKeepsNewerLocalCooldown(t *testing.T) {
+	// bbolt, polled only when the test says: no change signal reaches t2
+	// before its cooldown is set.
+	path := filepath.Join(t.TempDir(), "hb.db")
+	cfg := Config{Store: StoreConfig{URL: path, PollInterval: time.Hour}}
+	t1, err := NewTransport(newFakeHosts(status(200)), WithConfig(cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer t1.Close()
+	t2, err := NewTransport(newFakeHosts(status(429, "Retry-After", "600")), WithConfig(cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer t2.Close()
+	ctx := context.Background()
+	resetAt := func() time.Time { // the reset marker's At, once written
+		s, err := OpenStore(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		recs, _ := s.Records(ctx)
+		for _, r := range recs {
+			if r.Reason == ReasonReset {
+				return r.At
+			}
+		}
+		return time.Time{}
+	}
+	waitReset := func(after time.Time) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); !resetAt().After(after); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("the reset never reached the store")
+			}
+		}
+	}
+	if err := t1.Reset("a.test"); err != nil {
+		t.Fatal(err)
+	}
+	waitReset(time.Time{})
+	first := resetAt()
+	c2 := &http.Client{Transport: t2}
+	mustPass(t, do(t, c2, "", "https://a.test/"), 429) // decided after the reset
+	if err := t2.pull(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mustReject(t, do(t, c2, "", "https://a.test/").err, ReasonRetryAfter)
+	// A reset decided after the cooldown clears it.
+	if err := t1.Reset("a.test"); err != nil {
+		t.Fatal(err)
+	}
+	waitReset(first)
+	if err := t2.pull(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := do(t, c2, "", "https://a.test/"); r.err != nil {
+		t.Fatalf("after a newer reset: %v", r.err)
+	}
+}
+
+// A shared trip of the no-role breaker and a host-wide
+// Retry-After cooldown are different records, through the queue and the
+// store, and both reach another process.
+func TestNoRoleTripKeepsHostCooldown(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "hb.db")
+	cfg := Config{Defaults: Policy{FailMax: 1, ResetTimeout: time.Hour},
+		Store: StoreConfig{URL: path, PollInterval: time.Hour, ShareTrips: true}}
+	t1, err := NewTransport(newFakeHosts(status(429, "Retry-After", "600")), WithConfig(cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t2, err := NewTransport(newFakeHosts(status(500)), WithConfig(cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustPass(t, do(t, &http.Client{Transport: t1}, "", "https://a.test/"), 429)
+	mustPass(t, do(t, &http.Client{Transport: t2}, "", "https://a.test/"), 500) // trips t2's "" breaker
+	t1.Close()
+	t2.Close() // both flush
+	s, err := OpenStore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	recs, err := s.Records(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cooldown, trip bool
+	for _, r := range recs {
+		cooldown = cooldown || r.Host == "a.test" && r.Role == "" && r.Reason == ReasonRetryAfter
+		trip = trip || r.Host == "a.test" && r.Role == "" && r.Reason == ReasonBreakerOpen
+	}
+	if !cooldown || !trip {
+		t.Fatalf("records = %+v, want the host's retry-after cooldown and the no-role trip", recs)
+	}
+	t3, err := NewTransport(newFakeHosts(status(200)), WithConfig(cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer t3.Close()
+	c3 := &http.Client{Transport: t3}
+	mustReject(t, do(t, c3, RoleArtifact, "https://a.test/").err, ReasonRetryAfter) // host-wide
+	if err := t3.Reset("a.test"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Tune's overrides reach a running Transport through the store: applied
+// live, breaker state kept, a policy change event, and a revert brings the
+// configuration's values back.
+func TestTunedOverridesApplyLive(t *testing.T) {
+	storeKinds(t, func(t *testing.T, url string) {
+		var got eventLog
+		cfg := Config{Defaults: Policy{FailMax: 2, ResetTimeout: time.Hour, HalfOpenJitter: -1},
+			Store: StoreConfig{URL: url, PollInterval: 50 * time.Millisecond}}
+		tr, err := NewTransport(newFakeHosts(status(500)), WithConfig(cfg), WithEventHandler(got.add))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tr.Close()
+		c := &http.Client{Transport: tr}
+		do(t, c, RoleLanding, "https://a.test/")
+		do(t, c, RoleLanding, "https://a.test/")
+		mustState(t, tr, "a.test", RoleLanding, StateOpen)
+
+		s, err := OpenStore(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		ctx := context.Background()
+		advice := []Advice{{Host: "a.test", Role: RoleLanding, Key: "reset_timeout", Current: "1h0m0s", Proposed: "2m", Reason: "test"},
+			{Host: "a.test", Key: "fail_max", Current: "2", Proposed: "4", Reason: "test"}}
+		if _, err := Tune(ctx, s, advice, cfg, "live"); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		waitPolicy := func(role string, ok func(Policy) bool) {
+			t.Helper()
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+				p, _ := tr.Policy("a.test", role)
+				if ok(p) {
+					return
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("policy of (a.test, %q) = %+v", role, p)
+				}
+			}
+		}
+		waitPolicy(RoleLanding, func(p Policy) bool { return p.ResetTimeout == 2*time.Minute && p.FailMax == 4 })
+		t.Logf("%s: a tuned override applied after %v", url[:5], time.Since(start))
+		mustState(t, tr, "a.test", RoleLanding, StateOpen) // state kept
+		if p, _ := tr.Policy("a.test", ""); p.ResetTimeout != time.Hour || p.FailMax != 4 {
+			t.Fatalf("the no-role policy = %+v", p)
+		}
+		if err := RevertTuning(ctx, s, "all", "back"); err != nil {
+			t.Fatal(err)
+		}
+		waitPolicy(RoleLanding, func(p Policy) bool { return p.ResetTimeout == time.Hour && p.FailMax == 2 })
+		mustState(t, tr, "a.test", RoleLanding, StateOpen)
+		tr.Close()
+		var applied int
+		for _, ev := range got.named(EventPolicyChange) {
+			if ev.Host == "a.test" && ev.Remote {
+				applied++
+			}
+		}
+		if applied != 2 { // the tune and the revert
+			t.Errorf("policy changes applied from the store = %d, want 2", applied)
 		}
 	})
 }

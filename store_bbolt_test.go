@@ -20,28 +20,6 @@ import (
 	berrors "go.etcd.io/bbolt/errors"
 )
 
-// boltTestPath returns the path of a bbolt file in a fresh temporary directory.
-func boltTestPath(t testing.TB) string {
-	t.Helper()
-	return filepath.Join(t.TempDir(), "hostbreaker.db")
-}
-
-// boltTestOpen opens the store at path and closes it when the test ends.
-func boltTestOpen(t testing.TB, path string) *boltStore {
-	t.Helper()
-	st, err := openBoltStore(path)
-	if err != nil {
-		t.Fatalf("openBoltStore(%q): %v", path, err)
-	}
-	t.Cleanup(func() { _ = st.Close() })
-	return st.(*boltStore)
-}
-
-// boltTestRec returns a record written now-ish.
-func boltTestRec(host, role string, reason Reason, until, at time.Time) Record {
-	return Record{Host: host, Role: role, Reason: reason, Until: until, At: at, Source: "test"}
-}
-
 // boltTestFind returns the record of (host, role, reason) in rs.
 func boltTestFind(rs []Record, host, role string, reason Reason) (Record, bool) {
 	for _, r := range rs {
@@ -50,53 +28,6 @@ func boltTestFind(rs []Record, host, role string, reason Reason) (Record, bool) 
 		}
 	}
 	return Record{}, false
-}
-
-// boltTestRecords returns s.Records or fails the test.
-func boltTestRecords(t testing.TB, s Store) []Record {
-	t.Helper()
-	rs, err := s.Records(context.Background())
-	if err != nil {
-		t.Fatalf("Records: %v", err)
-	}
-	return rs
-}
-
-// boltTestPut calls s.Put or fails the test.
-func boltTestPut(t testing.TB, s Store, r Record) {
-	t.Helper()
-	if err := s.Put(context.Background(), r); err != nil {
-		t.Fatalf("Put(%+v): %v", r, err)
-	}
-}
-
-// boltTestRaw runs fn in a read-write transaction on the file, bypassing the store.
-func boltTestRaw(t testing.TB, path string, fn func(tx *bolt.Tx) error) {
-	t.Helper()
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
-	if err != nil {
-		t.Fatalf("bolt.Open: %v", err)
-	}
-	defer db.Close()
-	if err := db.Update(fn); err != nil {
-		t.Fatalf("raw update: %v", err)
-	}
-}
-
-// boltTestKeys returns the keys of bucket in the file.
-func boltTestKeys(t testing.TB, path string, bucket []byte) []string {
-	t.Helper()
-	var keys []string
-	boltTestRaw(t, path, func(tx *bolt.Tx) error {
-		if b := tx.Bucket(bucket); b != nil {
-			return b.ForEach(func(k, _ []byte) error {
-				keys = append(keys, string(k))
-				return nil
-			})
-		}
-		return nil
-	})
-	return keys
 }
 
 func TestBoltCreateAndReopen(t *testing.T) {
@@ -270,11 +201,6 @@ func TestBoltPutValidation(t *testing.T) {
 	if rs := boltTestRecords(t, s); len(rs) != 1 {
 		t.Errorf("got %d records, want 1", len(rs))
 	}
-}
-
-// boltTestKey is the key of r's entry in the cooldowns bucket.
-func boltTestKey(r Record) []byte {
-	return append(boltHostPrefix(r.Host), recordSlot(r)...)
 }
 
 // TestBoltMergeRules checks what the merge cases (TestMergeRules) cannot:

@@ -2,9 +2,7 @@ package hostbreaker
 
 import (
 	"context"
-	"fmt"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 )
@@ -256,37 +254,6 @@ func (w mergeWant) record(t0 time.Time) Record {
 // that it can run against a store's real clock.
 func clockFree(puts []mergePut, now time.Duration) bool {
 	return now == 0 && !slices.ContainsFunc(puts, func(p mergePut) bool { return p.now != 0 })
-}
-
-// sortRecords sorts rs by host, reason, role and source.
-func sortRecords(rs []Record) {
-	slices.SortFunc(rs, func(a, b Record) int {
-		return strings.Compare(a.Host+"\x00"+string(a.Reason)+"\x00"+a.Role+"\x00"+a.Source,
-			b.Host+"\x00"+string(b.Reason)+"\x00"+b.Role+"\x00"+b.Source)
-	})
-}
-
-// checkRecords compares got with want, as sets.
-func checkRecords(t *testing.T, got, want []Record) {
-	t.Helper()
-	got, want = slices.Clone(got), slices.Clone(want)
-	sortRecords(got)
-	sortRecords(want)
-	if !slices.EqualFunc(got, want, sameRecord) {
-		t.Errorf("records:\n%s\nwant:\n%s", formatRecords(got), formatRecords(want))
-	}
-}
-
-func formatRecords(rs []Record) string {
-	if len(rs) == 0 {
-		return "\t(none)"
-	}
-	var b strings.Builder
-	for _, r := range rs {
-		fmt.Fprintf(&b, "\t%s %q %s until %s at %s from %q\n", r.Host, r.Role, r.Reason,
-			r.Until.Format(time.RFC3339Nano), r.At.Format(time.RFC3339Nano), r.Source)
-	}
-	return b.String()
 }
 
 // TestMergeRules runs each merge case against hostRecords.merge at fixed

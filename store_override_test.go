@@ -16,38 +16,6 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// mustOverrides returns s.Overrides, failing the test on an error.
-func mustOverrides(t *testing.T, s Store) map[string]Policy {
-	t.Helper()
-	o, err := s.Overrides(context.Background())
-	if err != nil {
-		t.Fatalf("Overrides: %v", err)
-	}
-	if o == nil {
-		t.Fatal("Overrides returned a nil map")
-	}
-	return o
-}
-
-// mustPutOverride calls s.PutOverride, failing the test on an error.
-func mustPutOverride(t *testing.T, s Store, key string, p Policy) {
-	t.Helper()
-	if err := s.PutOverride(context.Background(), key, p); err != nil {
-		t.Fatalf("PutOverride(%q, %+v): %v", key, p, err)
-	}
-}
-
-// checkOverrides fails the test unless got and want hold the same policies.
-func checkOverrides(t *testing.T, got, want map[string]Policy) {
-	t.Helper()
-	if len(got) == 0 && len(want) == 0 {
-		return
-	}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("overrides:\n got %+v\nwant %+v", got, want)
-	}
-}
-
 func TestOverrideEncoding(t *testing.T) {
 	p := Policy{
 		FailMax: 3, ResetTimeout: 45 * time.Second, Rate: 2.5,

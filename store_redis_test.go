@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"runtime"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,156 +21,11 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// testRedisAddr is the Redis server the tests share.
-const testRedisAddr = "127.0.0.1:6379"
-
-var testRedisSeq atomic.Int64
-
-// testRedisURL returns the URL of a store on the shared test Redis under a
-// prefix no other test uses, and deletes every key under that prefix when
-// the test ends. It skips the test (fails it when $CI is set) when Redis is
-// unreachable.
-func testRedisURL(t *testing.T) string {
-	t.Helper()
-	c := redis.NewClient(&redis.Options{Addr: testRedisAddr, DialTimeout: 500 * time.Millisecond, MaxRetries: -1})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := c.Ping(ctx).Err(); err != nil {
-		_ = c.Close()
-		msg := fmt.Sprintf("!!! REDIS UNREACHABLE at %s: %v — Redis store tests NOT RUN !!!", testRedisAddr, err)
-		if os.Getenv("CI") != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	prefix := fmt.Sprintf("hbtest:%d-%d-%d:", os.Getpid(), time.Now().UnixNano(), testRedisSeq.Add(1))
-	t.Cleanup(func() {
-		defer c.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		iter := c.Scan(ctx, 0, globEscape(prefix)+"*", 1000).Iterator()
-		for iter.Next(ctx) {
-			c.Del(ctx, iter.Val())
-		}
-		if err := iter.Err(); err != nil {
-			t.Errorf("cleanup of %s: %v", prefix, err)
-		}
-	})
-	return "redis://" + testRedisAddr + "/0?prefix=" + url.QueryEscape(prefix)
-}
-
-// globEscape escapes the characters that are special in a Redis MATCH
-// pattern, so that s matches itself only.
-func globEscape(s string) string {
-	var b strings.Builder
-	for _, c := range []byte(s) {
-		switch c {
-		case '*', '?', '[', ']', '\\':
-			b.WriteByte('\\')
-		}
-		b.WriteByte(c)
-	}
-	return b.String()
-}
-
-// prefixOf returns the prefix query parameter of a test URL.
-func prefixOf(t *testing.T, rawURL string) string {
-	t.Helper()
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return u.Query().Get("prefix")
-}
-
-// withPrefix returns rawURL with its prefix replaced.
-func withPrefix(t *testing.T, rawURL, prefix string) string {
-	t.Helper()
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := u.Query()
-	q.Set("prefix", prefix)
-	u.RawQuery = q.Encode()
-	return u.String()
-}
-
-// openTestRedis opens a store on rawURL and closes it when the test ends.
-func openTestRedis(t *testing.T, rawURL string) *redisStore {
-	t.Helper()
-	st, err := OpenStore(rawURL)
-	if err != nil {
-		t.Fatalf("OpenStore(%q): %v", rawURL, err)
-	}
-	t.Cleanup(func() { _ = st.Close() })
-	return st.(*redisStore)
-}
-
-// rawClient returns a plain client on the shared test Redis.
-func rawClient(t *testing.T) *redis.Client {
-	t.Helper()
-	c := redis.NewClient(&redis.Options{Addr: testRedisAddr})
-	t.Cleanup(func() { _ = c.Close() })
-	return c
-}
-
-// waitChange waits up to d for a value on s.Changes and reports whether
-// one came.
-func waitChange(s Store, d time.Duration) bool {
-	select {
-	case <-s.Changes():
-		return true
-	case <-time.After(d):
-		return false
-	}
-}
-
-// drain empties s.Changes.
-func drain(s Store) {
-	for {
-		select {
-		case <-s.Changes():
-		default:
-			return
-		}
-	}
-}
-
 func mustPut(t *testing.T, s Store, r Record) {
 	t.Helper()
 	if err := s.Put(context.Background(), r); err != nil {
 		t.Fatalf("Put(%+v): %v", r, err)
 	}
-}
-
-func mustRecords(t *testing.T, s Store) []Record {
-	t.Helper()
-	rs, err := s.Records(context.Background())
-	if err != nil {
-		t.Fatalf("Records: %v", err)
-	}
-	sort.Slice(rs, func(i, j int) bool {
-		if rs[i].Host != rs[j].Host {
-			return rs[i].Host < rs[j].Host
-		}
-		if rs[i].Reason != rs[j].Reason {
-			return rs[i].Reason < rs[j].Reason
-		}
-		return rs[i].Role < rs[j].Role
-	})
-	return rs
-}
-
-// find returns the cooldown of (host, role), or the marker of host when
-// reset is set.
-func find(rs []Record, host, role string, reset bool) (Record, bool) {
-	for _, r := range rs {
-		if r.Host == host && (r.Reason == ReasonReset) == reset && (reset || r.Role == role) {
-			return r, true
-		}
-	}
-	return Record{}, false
 }
 
 func TestRedisURLParsing(t *testing.T) {
@@ -673,57 +527,6 @@ func TestRedisCloseStopsGoroutines(t *testing.T) {
 	}
 }
 
-// freePort returns a loopback TCP port that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// redisServer is a redis-server process a test starts and stops.
-type redisServer struct {
-	t    *testing.T
-	port int
-	dir  string
-	cmd  *exec.Cmd
-}
-
-// start runs redis-server on the server's port and waits until it answers.
-func (r *redisServer) start() {
-	r.t.Helper()
-	r.cmd = exec.Command("redis-server", "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", r.dir, "--loglevel", "warning")
-	if err := r.cmd.Start(); err != nil {
-		r.t.Fatalf("start redis-server: %v", err)
-	}
-	addr := "127.0.0.1:" + strconv.Itoa(r.port)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
-		if err == nil {
-			c.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			r.t.Fatalf("redis-server on %s did not come up: %v", addr, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// stop kills the server and waits for it to exit.
-func (r *redisServer) stop() {
-	if r.cmd != nil && r.cmd.Process != nil {
-		_ = r.cmd.Process.Kill()
-		_ = r.cmd.Wait()
-		r.cmd = nil
-	}
-}
-
 func TestRedisDown(t *testing.T) {
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		msg := "!!! redis-server not on PATH — TestRedisDown NOT RUN !!!"
@@ -930,47 +733,6 @@ func testRedisDB(t *testing.T, db int) (string, *redis.Client) {
 	}
 	pu.Path = "/" + strconv.Itoa(db)
 	return pu.String(), c
-}
-
-// cmdCounter is a go-redis hook that records the names of the commands a
-// client sends, pipelined or not.
-type cmdCounter struct {
-	mu    sync.Mutex
-	names []string
-}
-
-func (h *cmdCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (h *cmdCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		h.add(cmd)
-		return next(ctx, cmd)
-	}
-}
-
-func (h *cmdCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		h.add(cmds...)
-		return next(ctx, cmds)
-	}
-}
-
-func (h *cmdCounter) add(cmds ...redis.Cmder) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for _, c := range cmds {
-		h.names = append(h.names, c.Name())
-	}
-}
-
-// take returns the names recorded since the last take, sorted.
-func (h *cmdCounter) take() []string {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	names := h.names
-	h.names = nil
-	slices.Sort(names)
-	return names
 }
 
 // TestRedisPollIgnoresOtherKeys checks that Records and States read the

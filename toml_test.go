@@ -1,5 +1,8 @@
 package hostbreaker
 
+// Tests of the TOML configuration: ParseConfig and LoadConfig, each
+// section, and the errors that name their key and line.
+
 import (
 	"bytes"
 	"errors"
@@ -412,4 +415,124 @@ func FuzzParseConfig(f *testing.F) {
 			}
 		}
 	})
+}
+
+// ParseConfig checks [store] url and names its line.
+func TestParseConfigChecksStoreURL(t *testing.T) {
+	for _, u := range []string{"::::not a url", "ftp://x/y", "bolt://host/x.db", "redis://127.0.0.1:6379/0?prefix="} {
+		_, err := ParseConfig([]byte("[store]\nshare_trips = true\nurl = \"" + u + "\"\n"))
+		var ce *ConfigError
+		if !errors.As(err, &ce) || ce.Key != "store.url" || ce.Line != 3 {
+			t.Errorf("url %q: err = %v, want store.url at line 3", u, err)
+		}
+	}
+	if _, err := ParseConfig([]byte("[store]\nurl = \"/var/lib/x/hb.db\"\nrequired = true\n")); err != nil {
+		t.Errorf("valid: %v", err)
+	}
+}
+
+func TestRateLimitConfig(t *testing.T) {
+	c, err := ParseConfig([]byte(`
+[defaults]
+rate = 20
+burst = 3
+max_wait = "2s"
+min_rate = 0.1
+throttle_statuses = [429, 420]
+
+[hosts."api.example.org"]
+rate = 4.5
+adaptive = false
+
+[hosts."free.example.org"]
+rate = 0
+max_wait = "0s"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pt, err := c.validate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := mustResolve(t, pt, "other.example.org", "metadata")
+	if d.Rate != 20 || d.Burst != 3 || d.MaxWait != 2*time.Second || d.MinRate != 0.1 || d.Adaptive != ToggleOn ||
+		!d.isThrottle(420) || d.isThrottle(503) {
+		t.Errorf("defaults resolved to %+v", d.Policy)
+	}
+	if a := mustResolve(t, pt, "api.example.org", ""); a.Rate != 4.5 || a.Adaptive != ToggleOff || a.isThrottle(429) {
+		t.Errorf("api.example.org resolved to rate %v adaptive %v", a.Rate, a.Adaptive)
+	}
+	if f := mustResolve(t, pt, "free.example.org", ""); f.Rate != 0 || f.MaxWait != 0 {
+		t.Errorf("rate = 0 and max_wait = \"0s\" resolved to rate %v max_wait %v, want unlimited and no wait", f.Rate, f.MaxWait)
+	}
+
+	for _, tc := range []struct{ doc, key string }{
+		{"[hosts.\"a.test\"]\nfail_max = 3\n[hosts.\"a.test\".roles.artifact]\nrate = 2\n", `hosts."a.test".roles.artifact.rate`},
+		{"[defaults.roles.landing]\nburst = 2\n", "defaults.roles.landing.burst"},
+		{"[defaults]\nrate = -1\n", "defaults.rate"},
+		{"[defaults]\nmin_rate = 0\n", "defaults.min_rate"},
+		{"[defaults]\nburst = 0\n", "defaults.burst"},
+		{"[defaults]\nthrottle_statuses = [99]\n", "defaults.throttle_statuses"},
+	} {
+		_, err := ParseConfig([]byte(tc.doc))
+		var ce *ConfigError
+		if !errors.As(err, &ce) || ce.Key != tc.key || ce.Line == 0 {
+			t.Errorf("ParseConfig(%q) = %v, want a ConfigError for %s with its line", tc.doc, err, tc.key)
+		}
+	}
+	if err := (Config{Defaults: Policy{Roles: map[string]Policy{"x": {MaxWait: time.Second}}}}).Validate(); err == nil ||
+		!strings.Contains(err.Error(), "defaults.roles.x.max_wait") {
+		t.Errorf("a role's max_wait in Go: %v", err)
+	}
+	// Adaptive can be turned off in Go, and the off wins over a default on.
+	pt2, err := Config{Defaults: Policy{Adaptive: ToggleOn}, Hosts: map[string]Policy{"b.test": {Adaptive: ToggleOff}}}.validate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mustResolve(t, pt2, "b.test", "").Adaptive != ToggleOff {
+		t.Error("ToggleOff did not win")
+	}
+}
+
+func TestTelemetryConfig(t *testing.T) {
+	c, err := ParseConfig([]byte("[telemetry]\nprocess = \"harvester-3\"\nmax_hosts = 50\nsummary_interval = \"30s\"\njournal = false\njournal_retention = \"2h\"\njournal_max_events = 500\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := TelemetryConfig{Process: "harvester-3", MaxHosts: 50, SummaryInterval: 30 * time.Second, NoJournal: true,
+		JournalRetention: 2 * time.Hour, JournalMaxEvents: 500}
+	if c.Telemetry != want {
+		t.Fatalf("telemetry = %+v", c.Telemetry)
+	}
+	for _, bad := range []string{"max_hosts = 0", "summary_interval = \"0s\"", "journal_max_events = -1", "journal_retention = \"-1h\"", "nosuch = 1"} {
+		_, err := ParseConfig([]byte("[telemetry]\n" + bad + "\n"))
+		var ce *ConfigError
+		if !errors.As(err, &ce) || ce.Line != 2 || !strings.HasPrefix(ce.Key, "telemetry.") {
+			t.Errorf("%q: %v", bad, err)
+		}
+	}
+}
+
+func TestTuneConfig(t *testing.T) {
+	c, err := ParseConfig([]byte("[tune]\nfail_max = [3, 8]\nreset_timeout = [\"20s\", \"5m\"]\nsuccess_threshold = [1, 2]\ntrial_calls = [1, 2]\nrate_step = 0.1\nmin_rate = 0.5\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := TuneBounds{FailMax: [2]int{3, 8}, ResetTimeout: [2]time.Duration{20 * time.Second, 5 * time.Minute},
+		SuccessThreshold: [2]int{1, 2}, TrialCalls: [2]int{1, 2}, RateStep: 0.1, MinRate: 0.5}
+	if c.Tune != want {
+		t.Fatalf("tune = %+v", c.Tune)
+	}
+	if d := (TuneBounds{}).withDefaults(); d.FailMax != [2]int{2, 10} || d.ResetTimeout != [2]time.Duration{15 * time.Second, 10 * time.Minute} ||
+		d.SuccessThreshold != [2]int{1, 3} || d.TrialCalls != [2]int{1, 3} || d.RateStep != 0.25 || d.MinRate != 0.05 {
+		t.Fatalf("defaults = %+v", d)
+	}
+	for _, bad := range []string{"fail_max = [8, 3]", "fail_max = [0, 3]", "reset_timeout = [\"5m\", \"1m\"]", "rate_step = 0", "min_rate = -1", "trial_calls = [1, 2000]", "nosuch = 1"} {
+		_, err := ParseConfig([]byte("[tune]\n" + bad + "\n"))
+		var ce *ConfigError
+		if !errors.As(err, &ce) || ce.Line != 2 || !strings.HasPrefix(ce.Key, "tune.") {
+			t.Errorf("%q: %v", bad, err)
+		}
+	}
 }

@@ -1,0 +1,96 @@
+package hostbreaker
+
+// Tests of store.go's stored encodings: the fuzzers of cooldown records and
+// published states.
+
+import (
+	"testing"
+	"time"
+)
+
+func FuzzDecodeRecord(f *testing.F) {
+	at := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, r := range []Record{
+		{Host: "example.com", Reason: ReasonRetryAfter, Until: at.Add(time.Minute), At: at},
+		{Host: "api.crossref.org:8443", Role: "metadata", Reason: ReasonManual, Until: at.Add(time.Hour), At: at, Note: "maintenance ☃", Source: "host-1/42"},
+		{Host: "[::1]:8080", Reason: ReasonReset, Until: at.Add(time.Second), At: at.Add(time.Nanosecond)},
+		{Host: "xn--bcher-kva.example", Reason: ReasonRollingWindow, Until: at, At: at},
+		{Host: "example.com", Reason: ReasonBreakerOpen, Role: "artifact", Until: at, At: at},
+	} {
+		f.Add(encodeRecord(r))
+	}
+	for _, s := range []string{
+		``, `null`, `{}`, `[]`, `{"v":2,"host":"example.com","reason":"manual","until":1,"at":1}`,
+		`{"v":1,"host":"EXAMPLE.com","reason":"manual","until":1,"at":1}`,
+		`{"v":1,"host":"example.com","reason":"bogus","until":1,"at":1}`,
+		`{"v":1,"host":"example.com","reason":"manual","until":0,"at":1}`,
+		`{"v":1,"host":"example.com","reason":"manual","until":1,"at":1,"note":"\ud800\u0000"}`,
+		`{"v":1,"host":"example.com","reason":"manual","until":9223372036854775807,"at":1,"extra":true}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r, err := decodeRecord(data)
+		if err != nil {
+			return
+		}
+		enc := encodeRecord(r)
+		r2, err := decodeRecord(enc)
+		if err != nil {
+			t.Fatalf("decodeRecord(encodeRecord(%+v)) = %v (encoded %s)", r, err, enc)
+		}
+		if !recordsEqual(r, r2) {
+			t.Fatalf("round trip changed the record:\n%+v\n%+v", r, r2)
+		}
+		if r.Until.IsZero() || r.At.IsZero() {
+			t.Fatalf("decoded zero times: %+v", r)
+		}
+	})
+}
+
+func recordsEqual(a, b Record) bool {
+	return a.Host == b.Host && a.Role == b.Role && a.Reason == b.Reason && a.Until.Equal(b.Until) &&
+		a.At.Equal(b.At) && a.Note == b.Note && a.Source == b.Source
+}
+
+func FuzzDecodeStates(f *testing.F) {
+	at := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+	f.Add(encodeStates("host-1/42", nil, at))
+	f.Add(encodeStates("host-1/42", []PublishedState{
+		{Host: "example.com", State: StateClosed},
+		{Host: "api.crossref.org", Role: "metadata", State: StateOpen, Until: at.Add(time.Minute), Reason: ReasonBreakerOpen},
+		{Host: "[::1]:8080", State: StateHalfOpen, Reason: ReasonHalfOpenFull},
+	}, at.Add(time.Minute)))
+	for _, s := range []string{
+		``, `null`, `{}`, `{"v":1,"source":"s","expires":1,"states":null}`,
+		`{"v":1,"source":"s","expires":1,"states":[{"host":"h","state":"bogus"}]}`,
+		`{"v":1,"source":"s","expires":1,"states":[{"host":"h","state":"open","until":-5}]}`,
+		`{"v":1,"source":"s","expires":0,"states":[]}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		src, states, exp, err := decodeStates(data)
+		if err != nil {
+			return
+		}
+		if exp.IsZero() || states == nil {
+			t.Fatalf("decodeStates(%q) = %q, %v, %v", data, src, states, exp)
+		}
+		enc := encodeStates(src, states, exp)
+		src2, states2, exp2, err := decodeStates(enc)
+		if err != nil {
+			t.Fatalf("decodeStates(encodeStates(...)) = %v (encoded %s)", err, enc)
+		}
+		if src2 != src || !exp2.Equal(exp) || len(states2) != len(states) {
+			t.Fatalf("round trip changed the states: %q %v %d -> %q %v %d", src, exp, len(states), src2, exp2, len(states2))
+		}
+		for i, s := range states {
+			s2 := states2[i]
+			if s.Source != src || s2.Source != src2 || s.Host != s2.Host || s.Role != s2.Role ||
+				s.State != s2.State || s.Reason != s2.Reason || !s.Until.Equal(s2.Until) {
+				t.Fatalf("round trip changed state %d: %+v -> %+v", i, s, s2)
+			}
+		}
+	})
+}
