@@ -38,6 +38,25 @@ func classify(p *resolved, req *http.Request, resp *http.Response, err error) ou
 	return p.statuses.classify(resp.StatusCode)
 }
 
+// throttleOutcome returns the outcome of a response whose status is one of
+// the policy's throttle statuses, given what the status lists made of it
+// (listed), whether it carried a usable Retry-After or quota reset that
+// cooled the host (cooled), and whether the host's limiter took it as its
+// signal to slow down (slowing). A throttle is a rate signal before it is
+// a failure: neutral while the host says when to come back or the limiter
+// can still slow down. Otherwise (the limiter at min_rate, or not
+// adaptive) the status lists decide, except that a throttle is never a
+// success: that is a failure.
+func throttleOutcome(listed outcome, cooled, slowing bool) outcome {
+	switch {
+	case cooled || slowing:
+		return outcomeNeutral
+	case listed == outcomeSuccess:
+		return outcomeFailure
+	}
+	return listed
+}
+
 // isTimeout reports whether err, from a request whose context is ctx, is a
 // timeout: the context's deadline passed, or the error says so.
 func isTimeout(ctx context.Context, err error) bool {

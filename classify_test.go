@@ -354,3 +354,85 @@ func TestIPv6ZoneLiteral(t *testing.T) {
 		mustPass(t, do(t, c, "", "http://[fe80::1%25eth1]:8080/"), 500)
 	})
 }
+
+// TestThrottleClassification checks how a throttle (429) without a usable
+// Retry-After counts, through a Transport: neutral while the host's limiter
+// can still slow down, a failure once the host keeps throttling at
+// min_rate (so that a host answering 429 to everything still ends up
+// paused), a failure without adaptive learning, and never a success
+// whatever the status lists say.
+func TestThrottleClassification(t *testing.T) {
+	always429 := roundTripperFunc(func(req *http.Request) (*http.Response, error) {
+		return &http.Response{StatusCode: http.StatusTooManyRequests, Header: http.Header{}, Body: http.NoBody, Request: req}, nil
+	})
+	status := func(tr *Transport) Status {
+		for _, s := range tr.Snapshot() {
+			if s.Role == "" && s.Host == "a.test" {
+				return s
+			}
+		}
+		return Status{}
+	}
+	t.Run("a throttle the limiter acts on is neutral", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			n := 0
+			base := roundTripperFunc(func(req *http.Request) (*http.Response, error) {
+				n++
+				code := http.StatusOK
+				if n%4 == 0 {
+					code = http.StatusTooManyRequests // every 4th: the host slows the client down
+				}
+				return &http.Response{StatusCode: code, Header: http.Header{}, Body: http.NoBody, Request: req}, nil
+			})
+			tr := newRateTransport(t, base, DefaultConfig())
+			for range 40 {
+				if err := send(context.Background(), tr, "a.test"); err != nil {
+					t.Fatalf("request %d: %v", n, err)
+				}
+			}
+			if s := status(tr); s.Failures != 0 || s.Neutral != 10 || s.State != StateClosed || s.Rate == 0 {
+				t.Errorf("status %+v; want 10 neutral throttles, no failure, closed, a learnt rate", s)
+			}
+		})
+	})
+	t.Run("a host that throttles at min_rate fails", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			tr := newRateTransport(t, always429, DefaultConfig())
+			for i := 0; i < 10 && status(tr).State == StateClosed; i++ {
+				send(context.Background(), tr, "a.test")
+			}
+			s := status(tr)
+			// The first throttle starts the limiter at min_rate (nothing
+			// succeeded), the next ends its slow start: neutral. Each one
+			// after, paced at min_rate, fails.
+			if s.Neutral > 2 || s.Failures != defaultFailMax || s.State != StateOpen || s.Reason != ReasonBreakerOpen {
+				t.Errorf("status %+v; want at most 2 neutral, %d failures, open", s, defaultFailMax)
+			}
+			if s.Rate != defaultMinRate {
+				t.Errorf("rate %v, want min_rate %v", s.Rate, defaultMinRate)
+			}
+		})
+	})
+	t.Run("without learning a throttle fails", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			tr := newRateTransport(t, always429, Config{Defaults: Policy{Adaptive: ToggleOff}})
+			for range defaultFailMax {
+				send(context.Background(), tr, "a.test")
+			}
+			if s := status(tr); s.Failures != defaultFailMax || s.State != StateOpen || s.Rate != 0 {
+				t.Errorf("status %+v; want %d failures, open, no limiter", s, defaultFailMax)
+			}
+		})
+	})
+	t.Run("a throttle is never a success", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			// 429 in no status list: the lists would make it a success.
+			c := Config{Defaults: Policy{Adaptive: ToggleOff, FailureStatuses: []int{500}, NeutralStatuses: []int{404}}}
+			tr := newRateTransport(t, always429, c)
+			send(context.Background(), tr, "a.test")
+			if s := status(tr); s.Successes != 0 || s.Failures != 1 {
+				t.Errorf("status %+v; want the 429 counted a failure, not a success", s)
+			}
+		})
+	})
+}

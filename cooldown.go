@@ -227,13 +227,14 @@ func (t *Transport) resetLocal(name string, at int64, remote bool) {
 // RateLimit-Remaining: 0 (or X-RateLimit-Remaining: 0), the host cools down
 // until RateLimit-Reset (or X-RateLimit-Reset), capped like a Retry-After.
 // The header maps are read directly: their keys are canonical.
-func (t *Transport) obeyQuota(e *entry, p *resolved, resp *http.Response) {
+// It reports whether it cooled the host.
+func (t *Transport) obeyQuota(e *entry, p *resolved, resp *http.Response) bool {
 	h := resp.Header
 	resetKey := "Ratelimit-Reset"
 	rem, ok := h["Ratelimit-Remaining"]
 	if !ok {
 		if rem, ok = h["X-Ratelimit-Remaining"]; !ok {
-			return
+			return false
 		}
 		resetKey = "X-Ratelimit-Reset"
 	}
@@ -242,19 +243,20 @@ func (t *Transport) obeyQuota(e *entry, p *resolved, resp *http.Response) {
 	}
 	host := e.host.name
 	if len(rem) == 0 || strings.TrimSpace(rem[0]) != "0" || p.RetryAfterCap <= 0 {
-		return
+		return false
 	}
 	reset := h[resetKey]
 	if len(reset) == 0 {
-		return
+		return false
 	}
 	wall := time.Now()
 	d, ok := rateLimitReset(reset[0], wall)
 	if !ok || d <= 0 {
-		return
+		return false
 	}
 	t.setCooldown(host, cooldown{until: t.after(t.now(), min(d, p.RetryAfterCap)), reason: ReasonRetryAfter,
 		at: wall.UnixNano(), status: resp.StatusCode, retryAfter: d, note: resetKey})
+	return true
 }
 
 // retryAfter returns how long from now a Retry-After header value asks the

@@ -79,10 +79,12 @@ type resolved struct {
 	throttle statusSet // ThrottleStatuses, in the failure bitmap
 }
 
-// isThrottle reports whether a response with code tells the adaptive
-// limiter to slow down.
+// isThrottle reports whether a response with code is one of the policy's
+// throttle statuses: a "too fast" that feeds the host's limiter when the
+// policy is adaptive, and that is never a success (classify.go,
+// throttleOutcome).
 func (r *resolved) isThrottle(code int) bool {
-	return r.Adaptive == ToggleOn && r.throttle.classify(code) == outcomeFailure
+	return r.throttle.classify(code) == outcomeFailure
 }
 
 // policyTable is a compiled, immutable set of policies.

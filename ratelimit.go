@@ -8,12 +8,14 @@ package hostbreaker
 //
 // A host gets a limiter when its policy sets a rate, or at its first
 // throttling response; hostState.lim stays nil otherwise, and a nil check
-// is all that an unlimited host costs on the request path. The limiter is
-// pure: it takes the time in (ns since the Transport's epoch, see doc.go)
-// and returns its rate changes as values, which the Transport reports
-// (transport.go); waiting for a turn is the Transport's too.
+// is all that an unlimited host costs on the request path. The limiter
+// takes the time in (ns since the Transport's epoch, see doc.go) and
+// returns its rate changes as values, which the Transport reports
+// (transport.go); a request waits for its turn here, as with
+// rate.Limiter.Wait.
 
 import (
+	"context"
 	"math"
 	"sync"
 	"time"
@@ -30,13 +32,45 @@ const (
 	sendSmooth = 0.8                           // weight of the newest bucket
 
 	acceptWindow = int64(2 * time.Second) // a throttle is anchored on the rate accepted over this window
-	acceptSlots  = 8                      // acceptWindow in slots of 250 ms
-	acceptSlot   = acceptWindow / acceptSlots
+	acceptSlot   = acceptWindow / 8       // the window in slots of 250 ms
+	// acceptSlots is the ring of slots: twice the window, so that the
+	// successes of the second after a throttle, counted before its
+	// reanchoring, do not overwrite the window before it.
+	acceptSlots = 16
+
+	// Past the last max the rate grows by probeRate per second, compounded,
+	// instead of along CUBIC's convex side, whose overshoot a sliding
+	// window punishes. Once the host's limit is known (two throttles in a
+	// row anchored within knownSpread of each other), the limiter holds
+	// it: a throttle lowers the rate by knownBeta only, the rate stays at
+	// the last max for knownHold, then probes past it by knownProbe per
+	// second, gently and rarely.
+	probeRate   = 0.2
+	knownSpread = 0.2
+	knownBeta   = 0.85
+	knownHold   = 10.0 // s at the last max before probing past it
+	knownProbe  = 0.05
+
+	// slowStartDoubling is how fast the rate grows after a limiter's first
+	// throttle, which tells little of the host's limit (it came before the
+	// limiter paced anything): it doubles every slowStartDoubling until the
+	// next throttle, as TCP's slow start does, where CUBIC would need
+	// seconds to climb from the floor to a limit of tens of requests a
+	// second.
+	slowStartDoubling = 0.5 // s
+
+	// knownSamples is how many successes an estimate of the host's limit
+	// needs to count for a known limit.
+	knownSamples = 4
 
 	// reanchorDelay is how long after a throttle, at least, the anchor is
 	// computed again: by then the requests that were in flight at the
 	// throttle have returned and their successes are counted.
 	reanchorDelay = int64(time.Second)
+
+	// respaceGrowth is how far a learning limiter's rate grows back before
+	// the turns it gave at the lower rate are spaced again.
+	respaceGrowth = 1.05
 
 	// limiterIdle is how long a learnt limit lasts without a throttle.
 	limiterIdle = int64(15 * time.Minute)
@@ -63,6 +97,9 @@ type limiter struct {
 	// Learning (adaptive), from the first throttle on.
 	learnt     bool
 	lastMax    float64 // the rate a throttle was anchored on (CUBIC's Wmax)
+	known      bool    // the last two throttles agreed on the limit: hold it
+	informed   bool    // the last anchor counted knownSamples successes
+	slowStart  bool    // after the first throttle, until the next one
 	window     float64 // CUBIC's K: s from the throttle until the rate is back at lastMax
 	throttleAt int64   // the last throttle: CUBIC's origin, and the end of its episode
 	reanchorAt int64   // when to compute the anchor again; 0 for never
@@ -74,10 +111,20 @@ type limiter struct {
 	sent     float64
 	measured float64
 
-	// Successes by the time their requests were sent: a ring of slots of
-	// acceptSlot, okAt[i] the slot's start.
+	// Successes and throttles by the time their requests were sent: a ring
+	// of slots of acceptSlot, okAt[i] the slot's start.
 	okAt [acceptSlots]int64
 	okN  [acceptSlots]float64
+	thrN [acceptSlots]float64
+	last int64 // the latest turn handed out; 0 for none
+	prev int64 // the turn handed out before last; 0 for none or unknown
+
+	// Respacing: the turns of an older generation are void.
+	gen      uint64
+	respace  chan struct{} // closed at the next respacing; nil until a turn is given
+	spacedAt float64       // the rate at the last respacing
+	taken    int64         // when the latest request that took its turn went
+	fillT    float64       // the rate when the last throttle came: what the host refused
 }
 
 // rateChange is a change of a limiter's rate, for the rate_change event.
@@ -139,36 +186,56 @@ func (l *limiter) setRateLocked(r float64, now int64) {
 		return
 	}
 	iv := max(int64(1e9/r), 1)
-	if l.tat > now && l.interval > 0 {
-		l.tat = now + int64(float64(l.tat-now)*float64(iv)/float64(l.interval))
+	// The backlog is rescaled to the new interval, but not the turns
+	// already handed out: their requests wait for fixed times, and the
+	// next turn must keep the new spacing after the last of them.
+	if base := max(now, l.last); l.tat > base && l.interval > 0 {
+		l.tat = base + int64(float64(l.tat-base)*float64(iv)/float64(l.interval))
 	}
 	l.fill, l.interval = r, iv
 }
 
 // turn is a request's turn at a limiter, as a rate.Reservation: the
-// limiter that gave it and when the request may go. The request finishes
-// it or gives it back at that limiter, whatever happened to the host's
-// limiter meanwhile. The zero turn is none.
+// limiter that gave it, when the request may go, and the spacing it was
+// given under. The request finishes it or gives it back at that limiter,
+// whatever happened to the host's limiter meanwhile. The zero turn is
+// none.
 type turn struct {
-	lim *limiter
-	at  int64 // when the request may go, ns since the epoch
+	lim     *limiter
+	at      int64           // when the request may go, ns since the epoch
+	gen     uint64          // the limiter's spacing generation when it was given
+	respace <-chan struct{} // closed when the turns of gen are respaced
+	recheck int64           // when to check the limiter's rate again while waiting (refresh); 0 for never
 }
 
-// reserve gives the request at now its turn: the earliest time at which
-// the bucket holds a token. It takes the turn and returns it when it is
-// at most maxWait away and not after deadline (0 for none); otherwise it
-// takes nothing and returns the turn with false. A reanchoring that was
-// due comes first; its change is returned.
-func (l *limiter) reserve(now, deadline int64) (tn turn, ok bool, ch rateChange, changed bool) {
+// reserve gives the request its turn: the earliest time at which the
+// bucket holds a token. now is the time of this call; since is when the
+// request first asked (it asks again after a respacing), from which it
+// waits at most maxWait, and not after deadline (0 for none). It takes the
+// turn and returns it when it is within those; otherwise it takes nothing
+// and returns the turn with false.
+//
+// A learning limiter first moves its rate along the CUBIC curve to now,
+// and paces with a bucket of 1 whatever the configured burst: a limiter
+// that has been throttled knows bursts are unwelcome. A reanchoring that
+// was due comes first; its change is returned.
+func (l *limiter) reserve(since, now, deadline int64) (tn turn, ok bool, ch rateChange, changed bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	ch, changed = l.reanchorLocked(now)
+	if l.learnt && !changed {
+		l.growLocked(now)
+	}
+	burst := l.burstLocked()
 	tat := max(l.tat, now) + l.interval
 	if l.held != 0 {
-		tat = max(tat, l.held+l.burst*l.interval) // one token at held, then one per interval
+		tat = max(tat, l.held+burst*l.interval) // one token at held, then one per interval
 	}
-	tn = turn{lim: l, at: max(now, tat-l.burst*l.interval)}
-	limit := now + l.maxWait
+	if l.respace == nil {
+		l.respace = make(chan struct{})
+	}
+	tn = turn{lim: l, at: max(now, tat-burst*l.interval), gen: l.gen, respace: l.respace, recheck: l.recheckLocked(now)}
+	limit := since + l.maxWait
 	if deadline > 0 {
 		limit = min(limit, deadline)
 	}
@@ -176,21 +243,104 @@ func (l *limiter) reserve(now, deadline int64) (tn turn, ok bool, ch rateChange,
 		return tn, false, ch, changed
 	}
 	l.tat = tat
-	l.countSendLocked(tn.at)
+	l.prev, l.last = l.last, max(l.last, tn.at)
 	return tn, true, ch, changed
 }
 
+// take reports whether the request may go at its turn, now: its turn was
+// not voided by a respacing meanwhile (then it reserves again). It counts
+// the request in the measured send rate.
+func (tn turn) take(now int64) bool {
+	l := tn.lim
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if tn.gen != l.gen {
+		return false
+	}
+	l.taken = max(l.taken, now)
+	l.countSendLocked(now)
+	return true
+}
+
+// wait waits until the turn comes, now being the time of the call on c,
+// and takes it (see take): it reports true then. It reports false when the
+// turn was voided by a respacing (the request reserves again) or ctx ended
+// first (the caller gives the turn back). While it waits it checks the
+// limiter's rate at tn.recheck, so that a turn given at a rate that has
+// since grown is respaced in time.
+func (tn turn) wait(ctx context.Context, now int64, c clock) bool {
+	next := tn.at
+	if tn.recheck != 0 && tn.recheck < next {
+		next = tn.recheck
+	}
+	timer := time.NewTimer(time.Duration(next - now))
+	defer timer.Stop()
+	for {
+		select {
+		case <-timer.C:
+			if now = c.now(); now < tn.at {
+				next = tn.at
+				if r := tn.lim.refresh(now); r > now && r < next {
+					next = r
+				}
+				timer.Reset(time.Duration(next - now))
+				continue
+			}
+			return tn.take(now)
+		case <-tn.respace: // the limiter's rate moved: reserve again
+			return false
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// burstLocked returns the bucket's size: the configured burst, or 1 once
+// the limiter has learnt from a throttle.
+func (l *limiter) burstLocked() int64 {
+	if l.learnt {
+		return 1
+	}
+	return l.burst
+}
+
+// respaceLocked voids the turns handed out and not yet taken: their
+// requests wake and reserve again, at the rate now. It runs when a
+// learning limiter's rate moves far from the rate its turns were spaced
+// at: down at a throttle (turns given at the old rate would go out too
+// close together, which a sliding-window limiter punishes), up while it
+// grows back (turns given at a low rate would wait too long). The next
+// turn is one interval, at the rate now, after the last request that went.
+func (l *limiter) respaceLocked(now int64) {
+	l.gen++
+	if l.respace != nil {
+		close(l.respace)
+		l.respace = nil
+	}
+	l.tat = max(now-l.interval, l.taken) + l.interval
+	l.last, l.prev = 0, 0
+	l.spacedAt = l.fill
+}
+
 // cancel gives back a turn that reserve gave and that will not be used:
-// exactly the room it holds in the limiter's backlog, which is one
-// interval at the rate now, since a rate change rescales the backlog with
-// the turn in it (setRateLocked). The turns after it keep their times, and
-// the next turn is where it would be had this one never been reserved.
+// the next turn is where it would be had this one never been reserved,
+// when it was the latest (with a bucket of 1: one interval, at the rate
+// now, after the turn before it), and one interval of the bucket
+// otherwise. The turns handed out after it keep their times; a turn that a
+// respacing voided gives back nothing.
 func (tn turn) cancel() {
 	l := tn.lim
 	l.mu.Lock()
+	defer l.mu.Unlock()
+	if tn.gen != l.gen {
+		return
+	}
+	if tn.at == l.last && l.burstLocked() == 1 {
+		l.last, l.prev = l.prev, 0
+		l.tat = l.last + l.interval
+		return
+	}
 	l.tat -= l.interval
-	l.sent = max(l.sent-1, 0)
-	l.mu.Unlock()
 }
 
 // hold keeps the bucket empty until until: the requests that wait for a
@@ -227,39 +377,81 @@ func (l *limiter) countSendLocked(t int64) {
 	l.sent++
 }
 
-// addSuccess counts a success of a request sent at t.
+// addSuccessLocked counts a success of a request sent at t.
 func (l *limiter) addSuccessLocked(t int64) {
+	if i, ok := l.slotLocked(t); ok {
+		l.okN[i]++
+	}
+}
+
+// addThrottleLocked counts a throttle of a request sent at t.
+func (l *limiter) addThrottleLocked(t int64) {
+	if i, ok := l.slotLocked(t); ok {
+		l.thrN[i]++
+	}
+}
+
+// slotLocked returns the index of the ring slot of t, emptying it when it
+// held an older slot; false when t is older than the ring.
+func (l *limiter) slotLocked(t int64) (int64, bool) {
 	slot := t - t%acceptSlot
 	i := (t / acceptSlot) % acceptSlots
 	if l.okAt[i] != slot {
 		if l.okAt[i] > slot {
-			return // older than the ring
+			return 0, false // older than the ring
 		}
-		l.okAt[i], l.okN[i] = slot, 0
+		l.okAt[i], l.okN[i], l.thrN[i] = slot, 0, 0
 	}
-	l.okN[i]++
+	return i, true
 }
 
-// accepted returns the rate at which the host served requests sent in the
-// window that ends at t, in requests per second.
-func (l *limiter) acceptedLocked(t int64) float64 {
-	var n float64
+// acceptedLocked returns, for the requests sent in the window that ends at
+// t, the rate at which the host served them (requests per second), the
+// share of them it served among those it served or throttled (1 when it
+// did neither), and how many it served.
+func (l *limiter) acceptedLocked(t int64) (rate, share, n float64) {
+	var thr float64
 	for i, at := range l.okAt {
 		if at >= t-acceptWindow && at < t {
 			n += l.okN[i]
+			thr += l.thrN[i]
 		}
 	}
-	return n / (float64(acceptWindow) / 1e9)
+	share = 1
+	if n+thr > 0 {
+		share = n / (n + thr)
+	}
+	return n / (float64(acceptWindow) / 1e9), share, n
+}
+
+// servedLocked returns the rate at which the host served the requests sent
+// in the span that ends at t (at most the ring), in requests per second.
+func (l *limiter) servedLocked(t int64, span time.Duration) float64 {
+	var n float64
+	for i, at := range l.okAt {
+		if at >= t-int64(span) && at < t {
+			n += l.okN[i]
+		}
+	}
+	return n / span.Seconds()
+}
+
+// estimateLocked returns the host's allowed rate as a throttle at t tells
+// it, fill being the rate it refused, and whether the estimate counts
+// enough successes (knownSamples) to be trusted. A host that served most
+// of what was sent in the window before t allows about the rate it refused
+// times the share it served: the client was sending below the limit for
+// most of the window (ramping up, or paced), and what it accepted says
+// more of the client than of the host. One that refused most allows what
+// it accepted. The estimate is at most the rate refused.
+func (l *limiter) estimateLocked(t int64, fill float64) (float64, bool) {
+	acc, share, n := l.acceptedLocked(t)
+	return min(max(acc, fill*share), fill), n >= knownSamples
 }
 
 // success counts a success of a request sent at sent (0: before the
 // limiter existed) and, when learning, lets the rate grow back along the
-// CUBIC curve: C·(t−K)³ + lastMax, t in s since the throttle. As in the
-// AWS SDK the curve may not lead the rate more than twice above the
-// measured send rate, but only while no request queues for a turn (a queue
-// says the client wants more than the rate), and that cap never lowers the
-// rate, so that a cooldown (in which nothing is sent) does not collapse
-// the learnt rate.
+// CUBIC curve: C·(t−K)³ + lastMax, t in s since the throttle (growLocked).
 func (l *limiter) success(sent, now int64) (rateChange, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -273,83 +465,213 @@ func (l *limiter) success(sent, now int64) (rateChange, bool) {
 	if ch, ok := l.reanchorLocked(now); ok {
 		return ch, true
 	}
-	r := l.cubicLocked(now)
-	if l.tat <= now {
-		r = min(r, max(l.fill, 2*l.measured)) // no queue: the client may not need more
-	}
-	l.setRateLocked(r, now)
+	l.growLocked(now)
 	return rateChange{}, false
 }
 
-// cubic returns the CUBIC rate at now.
+// growLocked moves a learning limiter's rate along its curve to now. As in
+// the AWS SDK the curve may not lead the rate more than twice above the
+// measured send rate while no request queues for a turn (the client may
+// not need more), and past the last max even while they queue (a
+// sliding-window limiter punishes any time spent above its limit), but for
+// slow start, which has no last max to speak of; that
+// cap never lowers the rate, so that a cooldown (in which nothing is sent)
+// does not collapse the learnt rate.
+func (l *limiter) growLocked(now int64) {
+	if now < l.held {
+		return
+	}
+	r := l.cubicLocked(now)
+	if r > l.lastMax && !l.slowStart || l.tat <= now {
+		r = min(r, max(l.fill, 2*l.measured))
+	}
+	l.setRateLocked(r, now)
+	if l.fill >= respaceGrowth*l.spacedAt {
+		l.respaceLocked(now)
+	}
+}
+
+// cubicLocked returns the rate of a learning limiter at now, t in s since
+// the last throttle: C·(t−K)³ + lastMax, CUBIC's concave curve, up to
+// lastMax at K; past it, a probe growing by probeRate per second
+// (compounded), or, once the limit is known, lastMax for knownHold and then
+// a probe by knownProbe; in slow start, the lowered rate doubling every
+// slowStartDoubling.
 func (l *limiter) cubicLocked(now int64) float64 {
 	t := float64(now-l.throttleAt) / 1e9
+	switch {
+	case l.slowStart:
+		return l.betaLocked() * l.lastMax * math.Exp2(t/slowStartDoubling)
+	case l.known && t > l.window:
+		return l.lastMax * math.Exp(knownProbe*max(t-l.window-knownHold, 0))
+	case t > l.window:
+		return l.lastMax * math.Exp(probeRate*(t-l.window))
+	}
 	return cubicScale*math.Pow(t-l.window, 3) + l.lastMax
+}
+
+
+
+// recheckLocked returns when the rate, growing along its curve, will have
+// grown enough since the last respacing for the turns given meanwhile to
+// be respaced; 0 if not learning or not within maxWait of now. A request
+// waiting for a far turn checks again then (refresh).
+func (l *limiter) recheckLocked(now int64) int64 {
+	if !l.learnt {
+		return 0
+	}
+	r := respaceGrowth * l.spacedAt
+	var t float64 // s since the throttle
+	switch {
+	case l.slowStart:
+		t = slowStartDoubling * math.Log2(r/(l.betaLocked()*l.lastMax))
+	case l.known && r > l.lastMax:
+		t = l.window + knownHold + math.Log(r/l.lastMax)/knownProbe
+	case r > l.lastMax:
+		t = l.window + math.Log(r/l.lastMax)/probeRate
+	default:
+		t = l.window + math.Cbrt((r-l.lastMax)/cubicScale)
+	}
+	at := l.throttleAt + int64(t*1e9)
+	if at <= now || at > now+l.maxWait {
+		return 0
+	}
+	return max(at, l.held)
+}
+
+// refresh moves a learning limiter's rate along its curve to now, as a
+// reservation does (respacing the turns given if it grew enough), and
+// returns when to check again (see recheckLocked).
+func (l *limiter) refresh(now int64) int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.learnt {
+		return 0
+	}
+	l.growLocked(now)
+	return l.recheckLocked(now)
 }
 
 // throttle applies a throttling response (status) to a request sent at
 // sent (0: before the limiter existed), received at now; cooldown is the
 // host's cooldown deadline (0 for none) and wall the wall clock. A
 // throttle of a request sent before the last one is part of its episode
-// and changes nothing. Otherwise the rate is anchored on what the host
-// accepted over the last 2 s (by send time; the rate now when it served
-// nothing), lowered by β, and the queue is held until the cooldown ends.
+// and changes nothing. Otherwise the rate is anchored on the host's
+// allowed rate as the last 2 s tell it (estimateLocked, by send time),
+// lowered by β, and the queue is held until the cooldown ends.
 // A request sent at the very instant of the last throttle was not paced
 // by it: it belongs to that episode too.
-func (l *limiter) throttle(sent, now, cooldown, wall int64, status int) (rateChange, bool) {
+//
+// slowing reports whether the limiter takes the throttle as its signal to
+// slow down: it learns (adaptive), and the request was not paced at its
+// floor already (a throttle of the episode it reacted to counts as
+// slowing). A throttle it cannot act on (the host keeps throttling at
+// min_rate, or the limiter does not learn) is the host's failure
+// (classify.go, throttleOutcome).
+func (l *limiter) throttle(sent, now, cooldown, wall int64, status int) (ch rateChange, changed, slowing bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if !l.adaptive {
-		return rateChange{}, false
+		return rateChange{}, false, false
+	}
+	if sent == 0 {
+		l.addThrottleLocked(now - 1) // before the limiter: in this window
+	} else {
+		l.addThrottleLocked(sent)
 	}
 	if l.learnt && sent <= l.throttleAt { // 0: sent before the limiter existed
-		return rateChange{}, false
+		return rateChange{}, false, true // the episode it has slowed down for
 	}
+	atFloor := l.learnt && l.fill <= l.minRate
+	// Probing past a known limit's last max, which the host served for
+	// knownHold: the limit lies between the two.
+	probing := l.known && float64(now-l.throttleAt)/1e9 > l.window+knownHold
 	prev := l.fill
-	anchor := l.acceptedLocked(now)
-	if anchor <= 0 || anchor > l.fill {
-		anchor = l.fill
-	}
+	wasSlow := l.slowStart
+	l.slowStart = !l.learnt
 	l.learnt = true
 	l.lastCode = status
 	l.throttleAt, l.throttleNs = now, wall
-	l.reanchorAt = max(cooldown, now+reanchorDelay)
-	l.anchorLocked(anchor)
-	l.setRateLocked(cubicBeta*l.lastMax, now)
-	if cooldown > now {
-		l.held = max(l.held, cooldown)
+	l.reanchorAt = 0
+	if l.slowStart {
+		// The first throttle: the successes of the requests in flight,
+		// sent before the limiter existed, are not counted yet.
+		l.reanchorAt = max(cooldown, now+reanchorDelay)
 	}
-	return rateChange{prev: prev, rate: l.fill, lastMax: l.lastMax, why: "throttled", status: status}, true
+	l.fillT = l.fill
+	est, informed := l.estimateLocked(now, l.fill)
+	if est <= 0 || est > l.fill {
+		est = l.fill // it served nothing: the rate now
+	}
+	if wasSlow {
+		// Slow start doubled the rate each step: the host allowed at
+		// least about half of what it refused, as TCP's ssthresh has it,
+		// and what it served in the last second; what it served over the
+		// window says little, the rate rose too fast for it.
+		est = max(l.fill/2, l.servedLocked(now, time.Second))
+	}
+	switch {
+	case probing:
+		est = (l.lastMax + l.fill) / 2 // known, and held: bisect
+	default:
+		l.known = atFloor || informed && l.informed && math.Abs(est-l.lastMax) <= knownSpread*l.lastMax
+	}
+	l.informed = informed
+	l.anchorLocked(est)
+	l.setRateLocked(l.betaLocked()*l.lastMax, now)
+	l.respaceLocked(now)
+
+	switch {
+	case cooldown > now:
+		l.held = max(l.held, cooldown)
+	case !l.slowStart:
+		// No cooldown: the next request waits one interval at the limit,
+		// for a limiter that counts the refused request (a sliding
+		// window) is still full.
+		l.held = max(l.held, now+int64(1e9/l.lastMax))
+	}
+	return rateChange{prev: prev, rate: l.fill, lastMax: l.lastMax, why: "throttled", status: status}, true, !atFloor
 }
 
-// anchor sets lastMax, within the floor and the ceiling, and the CUBIC
-// window K = ∛(lastMax·(1−β)/C) that goes with it.
+// anchorLocked sets lastMax, within the floor and the ceiling, and the
+// CUBIC window K = ∛(lastMax·(1−β)/C) that goes with it.
 func (l *limiter) anchorLocked(r float64) {
 	if l.ceiling > 0 {
 		r = min(r, l.ceiling)
 	}
 	l.lastMax = max(r, l.minRate)
-	l.window = math.Cbrt(l.lastMax * (1 - cubicBeta) / cubicScale)
+	l.window = math.Cbrt(l.lastMax * (1 - l.betaLocked()) / cubicScale)
 }
 
-// reanchor anchors the last throttle again, once its reanchor time has
-// come: on the rate the host accepted in the 2 s before it, counting the
-// requests that were still in flight then. Callers hold mu.
+// betaLocked returns the factor a throttle lowers the rate by: CUBIC's β,
+// or knownBeta once the limit is known.
+func (l *limiter) betaLocked() float64 {
+	if l.known {
+		return knownBeta
+	}
+	return cubicBeta
+}
+
+// reanchorLocked anchors the last throttle again, once its reanchor time
+// has come: on the estimate of the 2 s before it, counting the requests
+// that were still in flight then. Callers hold mu.
 func (l *limiter) reanchorLocked(now int64) (rateChange, bool) {
 	if l.reanchorAt == 0 || now < l.reanchorAt {
 		return rateChange{}, false
 	}
 	l.reanchorAt = 0
-	acc := l.acceptedLocked(l.throttleAt)
-	if acc <= 0 {
+	est, informed := l.estimateLocked(l.throttleAt, l.fillT)
+	l.informed = l.informed || informed
+	if est <= 0 {
 		return rateChange{}, false
 	}
 	prev, prevMax := l.fill, l.lastMax
-	l.anchorLocked(acc)
+	l.anchorLocked(est)
 	if l.lastMax == prevMax {
 		return rateChange{}, false
 	}
 	l.setRateLocked(l.cubicLocked(now), now)
+	l.respaceLocked(now)
 	return rateChange{prev: prev, rate: l.fill, lastMax: l.lastMax, why: "reanchored", status: l.lastCode}, true
 }
 
@@ -363,12 +685,13 @@ func (l *limiter) adopt(rate float64, now, wall int64) (rateChange, bool) {
 		return rateChange{}, false
 	}
 	prev := l.fill
-	l.learnt = true
+	l.learnt, l.slowStart = true, false
 	l.throttleNs = wall
 	l.anchorLocked(rate)
 	l.throttleAt = now - int64(l.window*1e9) // at the plateau: the rate is lastMax
 	l.reanchorAt = 0
 	l.setRateLocked(l.lastMax, now)
+	l.respaceLocked(now)
 	return rateChange{prev: prev, rate: l.fill, lastMax: l.lastMax, why: "fleet"}, l.fill != prev
 }
 

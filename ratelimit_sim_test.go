@@ -1,6 +1,7 @@
 package hostbreaker
 
 import (
+	"math"
 	"net/http"
 	"strconv"
 	"sync"
@@ -12,11 +13,13 @@ import (
 // leakyBucket is nginx's limit_req: a request is accepted when the excess
 // (in requests) after leaking at rate since the last accepted request is at
 // most burst; an accepted request with excess waits excess/rate (nginx
-// delays it, without nodelay); others get 429 with Retry-After.
+// delays it, without nodelay); others get 429, with Retry-After when
+// retryAfter > 0.
 type leakyBucket struct {
 	rate       float64
 	burst      float64
 	retryAfter int
+	nodelay    bool // answer at once within the burst, as limit_req's nodelay does
 
 	mu       sync.Mutex
 	excess   float64
@@ -44,7 +47,7 @@ func (b *leakyBucket) RoundTrip(req *http.Request) (*http.Response, error) {
 	b.excess, b.last = excess, now
 	b.served++
 	b.mu.Unlock()
-	if excess > 1 {
+	if excess > 1 && !b.nodelay {
 		time.Sleep(time.Duration((excess - 1) / b.rate * float64(time.Second)))
 	}
 	time.Sleep(time.Millisecond) // the server's own time
@@ -89,6 +92,138 @@ func TestSimulatedLimitReq(t *testing.T) {
 				t.Logf("served %d (%.0f%% of %.0f allowed), 429s %d", srv.served, 100*share, allowed, srv.rejected)
 				if share < tc.minServed || srv.rejected > tc.max429 {
 					t.Errorf("served %.0f%% (want ≥ %.0f%%) with %d 429s (want ≤ %d)", 100*share, 100*tc.minServed, srv.rejected, tc.max429)
+				}
+			})
+		})
+	}
+}
+
+// slidingWindow is HAProxy's http_req_rate(period) with `deny if
+// sc_http_req_rate(0) gt limit`: the window counts every request, the
+// refused ones too, so a client that keeps sending above the limit keeps
+// it full. 429s carry Retry-After when retryAfter > 0.
+type slidingWindow struct {
+	limit      int
+	period     time.Duration
+	retryAfter int
+
+	mu       sync.Mutex
+	times    []time.Time // of the requests in the window, refused ones too
+	served   int
+	rejected int
+}
+
+func (w *slidingWindow) RoundTrip(req *http.Request) (*http.Response, error) {
+	w.mu.Lock()
+	now := time.Now()
+	i := 0
+	for i < len(w.times) && now.Sub(w.times[i]) >= w.period {
+		i++
+	}
+	w.times = append(w.times[i:], now)
+	if len(w.times) > w.limit {
+		w.rejected++
+		w.mu.Unlock()
+		h := http.Header{}
+		if w.retryAfter > 0 {
+			h.Set("Retry-After", strconv.Itoa(w.retryAfter))
+		}
+		return &http.Response{StatusCode: http.StatusTooManyRequests, Header: h, Body: http.NoBody, Request: req}, nil
+	}
+	w.served++
+	w.mu.Unlock()
+	time.Sleep(time.Millisecond)
+	return &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: http.NoBody, Request: req}, nil
+}
+
+// simLimiter is a simulated server limiter with its counts.
+type simLimiter interface {
+	http.RoundTripper
+	counts() (served, rejected int)
+}
+
+func (b *leakyBucket) counts() (int, int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.served, b.rejected
+}
+
+func (w *slidingWindow) counts() (int, int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.served, w.rejected
+}
+
+// TestSimulatedLimiters runs hostbreaker on its defaults (no rate
+// configured) against in-process models of the real limiters of the
+// benchmark, for 30 s of fake time with 8 workers: nginx limit_req without
+// Retry-After (burst 0 and 5, 5 r/s; burst 0 at 50 r/s) and HAProxy's
+// sliding window (5 per second) without and with Retry-After: 1. The
+// learnt rate is sampled each second after the first 10 s.
+func TestSimulatedLimiters(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		srv       func() simLimiter
+		allowed   float64 // requests per second
+		burst     float64
+		minServed float64 // share of the allowed requests
+	}{
+		{"nginx 5 r/s burst 0", func() simLimiter { return &leakyBucket{rate: 5} }, 5, 0, 0.80},
+		{"nginx 5 r/s burst 5", func() simLimiter { return &leakyBucket{rate: 5, burst: 5, nodelay: true} }, 5, 5, 0.85},
+		{"haproxy 5/s", func() simLimiter { return &slidingWindow{limit: 5, period: time.Second} }, 5, 0, 0.80},
+		{"haproxy 5/s Retry-After 1", func() simLimiter { return &slidingWindow{limit: 5, period: time.Second, retryAfter: 1} }, 5, 0, 0.85},
+		{"nginx 50 r/s burst 0", func() simLimiter { return &leakyBucket{rate: 50} }, 50, 0, 0.80},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				srv := tc.srv()
+				start := time.Now()
+				tr, err := NewTransport(srv, WithEventHandler(func(ev Event) {
+					switch ev.Name {
+					case EventRateChange:
+						t.Logf("%6.2fs %s: %.2f -> %.2f r/s (anchored on %.2f)", ev.Time.Sub(start).Seconds(), ev.Note, ev.PreviousRate, ev.Rate, ev.LastMax)
+					case EventStateChange, EventCooldown:
+						t.Logf("%6.2fs %s %s %s", ev.Time.Sub(start).Seconds(), ev.Name, ev.State, ev.Reason)
+					}
+				}))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer tr.Close()
+				const d = 30 * time.Second
+				lo, hi := math.Inf(1), 0.0
+				stop := make(chan struct{})
+				sampled := make(chan struct{})
+				go func() {
+					defer close(sampled)
+					tick := time.NewTicker(time.Second)
+					defer tick.Stop()
+					for i := 1; ; i++ {
+						select {
+						case <-stop:
+							return
+						case <-tick.C:
+						}
+						if i <= 10 {
+							continue
+						}
+						r := 0.0
+						for _, s := range tr.Snapshot() {
+							r = s.Rate
+						}
+						lo, hi = min(lo, r), max(hi, r)
+					}
+				}()
+				crawl(t, tr, "http://limited.test/x", 8, d)
+				close(stop)
+				<-sampled
+				served, rejected := srv.counts()
+				allowed := tc.allowed*d.Seconds() + tc.burst
+				share := float64(served) / allowed
+				t.Logf("served %d (%.0f%% of %.0f allowed), 429s %d (1 per %.1f served), learnt rate after 10s %.2f–%.2f (%.2f×–%.2f×)",
+					served, 100*share, allowed, rejected, float64(served)/max(float64(rejected), 1), lo, hi, lo/tc.allowed, hi/tc.allowed)
+				if share < tc.minServed || rejected*5 > served || lo < 0.6*tc.allowed || hi > 1.2*tc.allowed {
+					t.Errorf("want ≥ %.0f%% served, at most 1 429 per 5 served, learnt rate within 0.6×–1.2× of %v", 100*tc.minServed, tc.allowed)
 				}
 			})
 		})

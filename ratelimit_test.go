@@ -375,9 +375,9 @@ func TestCanceledTurnAfterRateChange(t *testing.T) {
 		// with: A, B and C reserve at 0; the rate changes at 50ms; C cancels.
 		with := newLimiter(p, 0, 10)
 		for range 2 {
-			with.reserve(0, 0)
+			with.reserve(0, 0, 0)
 		}
-		c, ok, _, _ := with.reserve(0, 0)
+		c, ok, _, _ := with.reserve(0, 0, 0)
 		if !ok || c.at != 200*ms {
 			t.Fatalf("C's turn %v, %v; want 200ms", time.Duration(c.at), ok)
 		}
@@ -388,14 +388,14 @@ func TestCanceledTurnAfterRateChange(t *testing.T) {
 		// without: only A and B reserve.
 		without := newLimiter(p, 0, 10)
 		for range 2 {
-			without.reserve(0, 0)
+			without.reserve(0, 0, 0)
 		}
 		without.mu.Lock()
 		without.setRateLocked(rate, 50*ms)
 		without.mu.Unlock()
 
-		got, _, _, _ := with.reserve(50*ms, 0)
-		want, _, _, _ := without.reserve(50*ms, 0)
+		got, _, _, _ := with.reserve(50*ms, 50*ms, 0)
+		want, _, _, _ := without.reserve(50*ms, 50*ms, 0)
 		if got.at != want.at {
 			t.Errorf("rate 10 → %v: the next turn after C's cancel is at %v, want %v as if C had never reserved",
 				rate, time.Duration(got.at), time.Duration(want.at))

@@ -460,7 +460,7 @@ max_wait = "0s"
 		!d.isThrottle(420) || d.isThrottle(503) {
 		t.Errorf("defaults resolved to %+v", d.Policy)
 	}
-	if a := mustResolve(t, pt, "api.example.org", ""); a.Rate != 4.5 || a.Adaptive != ToggleOff || a.isThrottle(429) {
+	if a := mustResolve(t, pt, "api.example.org", ""); a.Rate != 4.5 || a.Adaptive != ToggleOff || !a.isThrottle(429) {
 		t.Errorf("api.example.org resolved to rate %v adaptive %v", a.Rate, a.Adaptive)
 	}
 	if f := mustResolve(t, pt, "free.example.org", ""); f.Rate != 0 || f.MaxWait != 0 {

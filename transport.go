@@ -341,26 +341,29 @@ func (t *Transport) wait(req *http.Request, e *entry, lim *limiter) (turn, error
 			deadline = now + left/2
 		} // else already past: the base reports it
 	}
-	tn, ok, ch, changed := lim.reserve(now, deadline)
-	if changed {
-		t.emitRate(e.host.name, ch)
-	}
-	if !ok {
-		e.reject(ReasonRateLimited)
-		return turn{}, &OpenError{Host: e.host.name, Role: e.role, Reason: ReasonRateLimited, Until: t.at(tn.at)}
-	}
-	if tn.at <= now {
-		tn.at = now
-		return tn, nil
-	}
-	timer := time.NewTimer(time.Duration(tn.at - now))
-	defer timer.Stop()
-	select {
-	case <-timer.C:
-		return tn, nil
-	case <-ctx.Done():
-		tn.cancel()
-		return turn{}, fmt.Errorf("hostbreaker: %s: waiting for a turn: %w", e.host.name, context.Cause(ctx))
+	for since := now; ; now = t.now() {
+		tn, ok, ch, changed := lim.reserve(since, now, deadline)
+		if changed {
+			t.emitRate(e.host.name, ch)
+		}
+		if !ok {
+			e.reject(ReasonRateLimited)
+			return turn{}, &OpenError{Host: e.host.name, Role: e.role, Reason: ReasonRateLimited, Until: t.at(tn.at)}
+		}
+		if tn.at <= now {
+			if tn.take(now) {
+				tn.at = now
+				return tn, nil
+			}
+			continue
+		}
+		if tn.wait(ctx, now, t.clock) {
+			return tn, nil
+		}
+		if err := ctx.Err(); err != nil {
+			tn.cancel()
+			return turn{}, fmt.Errorf("hostbreaker: %s: waiting for a turn: %w", e.host.name, context.Cause(ctx))
+		}
 	}
 }
 
@@ -419,17 +422,24 @@ func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *htt
 	// changes nothing but a counter.
 	healthy := o == outcomeSuccess && !adm.probe && e.fails.Load() == 0
 	if err == nil {
-		if code := resp.StatusCode; code >= 400 {
-			if t.obeyRetryAfter(h.name, p, resp) {
-				o, healthy = outcomeNeutral, false
-			}
+		code := resp.StatusCode
+		var cooled, slowing bool
+		if code >= 400 {
+			cooled = t.obeyRetryAfter(h.name, p, resp)
 			if p.isThrottle(code) {
-				t.slowDown(h, p, adm, code)
+				slowing = t.slowDown(h, p, adm, code)
 			}
 		}
-		if t.quotaDue(e, resp, healthy) {
-			t.obeyQuota(e, p, resp)
+		if t.quotaDue(e, resp, healthy) && t.obeyQuota(e, p, resp) && code >= 400 {
+			cooled = cooled || p.isThrottle(code)
 		}
+		switch {
+		case code >= 400 && p.isThrottle(code):
+			o = throttleOutcome(o, cooled, slowing)
+		case cooled: // a usable Retry-After on a 503 (or a 429 that is not a throttle status)
+			o = outcomeNeutral
+		}
+		healthy = healthy && o == outcomeSuccess
 	}
 	if o == outcomeSuccess {
 		if lim := adm.limiterOf(h); lim != nil {
@@ -525,16 +535,22 @@ func (t *Transport) reattach(old *entry) (*entry, admission) {
 
 // slowDown applies a throttling response of status to the host's limiter:
 // the one that gave the request its turn, else h's, which it starts at the
-// host's first throttle.
-func (t *Transport) slowDown(h *hostState, p *resolved, adm admission, status int) {
+// host's first throttle when its policy is adaptive. It reports whether the
+// limiter slows down for it (see limiter.throttle).
+func (t *Transport) slowDown(h *hostState, p *resolved, adm admission, status int) bool {
 	now := t.now()
 	lim := adm.limiterOf(h)
 	if lim == nil {
+		if p.Adaptive != ToggleOn {
+			return false
+		}
 		lim = h.learnLimiter(p, now)
 	}
-	if ch, ok := lim.throttle(adm.turn.at, now, h.until.Load(), time.Now().UnixNano(), status); ok {
+	ch, changed, slowing := lim.throttle(adm.turn.at, now, h.until.Load(), time.Now().UnixNano(), status)
+	if changed {
 		t.emitRate(h.name, ch)
 	}
+	return slowing
 }
 
 // startLimiter gives h a limiter when its policy p or the fleet's learnt
