@@ -49,6 +49,7 @@ const (
 	knownSpread = 0.2
 	knownBeta   = 0.85
 	knownHold   = 10.0 // s at the last max before probing past it
+	knownMargin = 0.97 // a probe refused at r anchors the known limit at knownMargin·r
 	knownProbe  = 0.05
 
 	// slowStartDoubling is how fast the rate grows after a limiter's first
@@ -62,6 +63,11 @@ const (
 	// knownSamples is how many successes an estimate of the host's limit
 	// needs to count for a known limit.
 	knownSamples = 4
+
+	// settleDelay is how long after a throttle a throttle of a request sent
+	// at the lowered rate is taken for the host still counting the refused
+	// ones (a sliding window), not for a rate still too high.
+	settleDelay = int64(time.Second)
 
 	// reanchorDelay is how long after a throttle, at least, the anchor is
 	// computed again: by then the requests that were in flight at the
@@ -99,6 +105,7 @@ type limiter struct {
 	lastMax    float64 // the rate a throttle was anchored on (CUBIC's Wmax)
 	known      bool    // the last two throttles agreed on the limit: hold it
 	informed   bool    // the last anchor counted knownSamples successes
+	pauses     uint    // pauses since the last throttle (see settleDelay)
 	slowStart  bool    // after the first throttle, until the next one
 	window     float64 // CUBIC's K: s from the throttle until the rate is back at lastMax
 	throttleAt int64   // the last throttle: CUBIC's origin, and the end of its episode
@@ -446,7 +453,7 @@ func (l *limiter) servedLocked(t int64, span time.Duration) float64 {
 // it accepted. The estimate is at most the rate refused.
 func (l *limiter) estimateLocked(t int64, fill float64) (float64, bool) {
 	acc, share, n := l.acceptedLocked(t)
-	return min(max(acc, fill*share), fill), n >= knownSamples
+	return min(acc+share*max(fill-acc, 0)/2, fill), n >= knownSamples
 }
 
 // success counts a success of a request sent at sent (0: before the
@@ -574,15 +581,28 @@ func (l *limiter) throttle(sent, now, cooldown, wall int64, status int) (ch rate
 	if !l.adaptive {
 		return rateChange{}, false, false
 	}
+	if l.learnt && sent <= l.throttleAt { // 0: sent before the limiter existed
+		l.addThrottleLocked(max(sent, l.throttleAt-1))
+		return rateChange{}, false, true // the episode it has slowed down for
+	}
+	atFloor := l.learnt && l.fill <= l.minRate
+	if l.learnt && !atFloor && sent-l.throttleAt < settleDelay && cooldown <= now {
+		// Refused again right after slowing down: a limiter that counts
+		// the refused requests (a sliding window) is still over. The rate
+		// is right; the host needs a pause, twice as long at each such
+		// refusal. It is not counted against the host's share: it says
+		// more of the window's memory than of the rate.
+		l.pauses++
+		l.held = max(l.held, now+int64(float64(int64(1)<<min(l.pauses, 6))*1e9/l.lastMax))
+		l.respaceLocked(now)
+		return rateChange{}, false, true
+	}
 	if sent == 0 {
 		l.addThrottleLocked(now - 1) // before the limiter: in this window
 	} else {
 		l.addThrottleLocked(sent)
 	}
-	if l.learnt && sent <= l.throttleAt { // 0: sent before the limiter existed
-		return rateChange{}, false, true // the episode it has slowed down for
-	}
-	atFloor := l.learnt && l.fill <= l.minRate
+	l.pauses = 0
 	// Probing past a known limit's last max, which the host served for
 	// knownHold: the limit lies between the two.
 	probing := l.known && float64(now-l.throttleAt)/1e9 > l.window+knownHold
@@ -608,13 +628,13 @@ func (l *limiter) throttle(sent, now, cooldown, wall int64, status int) (ch rate
 		// least about half of what it refused, as TCP's ssthresh has it,
 		// and what it served in the last second; what it served over the
 		// window says little, the rate rose too fast for it.
-		est = max(l.fill/2, l.servedLocked(now, time.Second))
+		est = max(l.fill/2, l.servedLocked(now, time.Second), l.servedLocked(now, 2*time.Second))
 	}
 	switch {
 	case probing:
-		est = (l.lastMax + l.fill) / 2 // known, and held: bisect
+		est = max(l.lastMax, knownMargin*l.fill) // known, held, then probed slowly: just under the rate refused
 	default:
-		l.known = atFloor || informed && l.informed && math.Abs(est-l.lastMax) <= knownSpread*l.lastMax
+		l.known = !atFloor && informed && l.informed && math.Abs(est-l.lastMax) <= knownSpread*l.lastMax
 	}
 	l.informed = informed
 	l.anchorLocked(est)

@@ -99,29 +99,42 @@ func TestSimulatedLimitReq(t *testing.T) {
 }
 
 // slidingWindow is HAProxy's http_req_rate(period) with `deny if
-// sc_http_req_rate(0) gt limit`: the window counts every request, the
-// refused ones too, so a client that keeps sending above the limit keeps
-// it full. 429s carry Retry-After when retryAfter > 0.
+// sc_http_req_rate(0) gt limit`, as its freq_ctr computes it: the requests
+// of the current period plus those of the previous one weighted by the
+// part of it still inside the sliding window, rounded down. Tracking counts every
+// request before the check, the refused ones too, so a client that keeps
+// sending above the limit keeps it full. 429s carry Retry-After when
+// retryAfter > 0.
 type slidingWindow struct {
 	limit      int
 	period     time.Duration
 	retryAfter int
 
-	mu       sync.Mutex
-	times    []time.Time // of the requests in the window, refused ones too
-	served   int
-	rejected int
+	mu         sync.Mutex
+	start      time.Time // of the current period; zero before the first request
+	curr, prev int
+	served     int
+	rejected   int
 }
 
 func (w *slidingWindow) RoundTrip(req *http.Request) (*http.Response, error) {
 	w.mu.Lock()
 	now := time.Now()
-	i := 0
-	for i < len(w.times) && now.Sub(w.times[i]) >= w.period {
-		i++
+	if w.start.IsZero() {
+		w.start = now
 	}
-	w.times = append(w.times[i:], now)
-	if len(w.times) > w.limit {
+	if el := now.Sub(w.start); el >= w.period {
+		w.prev = w.curr
+		if el >= 2*w.period {
+			w.prev = 0
+		}
+		w.curr = 0
+		w.start = w.start.Add(el - el%w.period)
+	}
+	w.curr++
+	// freq_ctr_total: the previous period's share, rounded down.
+	rate := w.curr + int(int64(w.prev)*int64(w.period-now.Sub(w.start))/int64(w.period))
+	if rate > w.limit {
 		w.rejected++
 		w.mu.Unlock()
 		h := http.Header{}
