@@ -9,7 +9,6 @@ package hostbreaker
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -371,7 +370,7 @@ func TestHAProxyHarness(t *testing.T) {
 	}
 	t.Run("paced", func(t *testing.T) {
 		s := startHAProxy(t, haproxyLimit{Rate: rate, Period: period})
-		got, sent := pace(t, s.URL+"/paced", rate, 3*time.Second)
+		got, sent := pacedGets(t, s.URL+"/paced", rate, 3*time.Second)
 		server := s.Counts(t)
 		t.Logf("paced at %d r/s for 3s: client %d of %d served, server %+v", rate, got, sent, server)
 		if got != sent || server.OK != sent || server.TooMany != 0 {
@@ -380,7 +379,7 @@ func TestHAProxyHarness(t *testing.T) {
 	})
 }
 
-// pace sends GET url at exactly rate requests per second for d, one at a
+// pacedGets sends GET url at exactly rate requests per second for d, one at a
 // time over one connection, and returns the 200s and the requests sent.
 // HAProxy's window starts at the first request it counts, and with an even
 // client every later request falls within a millisecond of a period
@@ -390,18 +389,12 @@ func TestHAProxyHarness(t *testing.T) {
 // request k goes at that instant + k/rate, never earlier than k/rate after
 // the first one was counted. The connection is opened first by a marker
 // request, outside the limit.
-func pace(t *testing.T, url string, rate int, d time.Duration) (ok, sent int) {
+func pacedGets(t *testing.T, url string, rate int, d time.Duration) (ok, sent int) {
 	t.Helper()
 	c := &http.Client{Transport: &http.Transport{}, Timeout: 5 * time.Second}
 	defer c.CloseIdleConnections()
 	get := func(u string) int {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp, err := c.Do(req)
+		resp, err := c.Get(u)
 		if err != nil {
 			t.Fatal(err)
 		}
