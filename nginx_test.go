@@ -340,3 +340,75 @@ func TestNginxHarness(t *testing.T) {
 		t.Errorf("nginx served %d in %v, want at most %d at 5 r/s", server.OK, elapsed, limit)
 	}
 }
+
+// TestNginxVariants checks the zones of the benchmark's scenarios without
+// Retry-After (RetryAfter 0): 5 r/s without burst, 5 r/s with burst 5
+// nodelay, 50 r/s without burst. Back to back, a fresh zone serves 1 + burst
+// requests and refuses the next; a sequential bare client for 1 s is served
+// about the rate (at least half, at most rate × seconds + burst + 1) and
+// refused the rest; no response carries Retry-After; nginx's log counts
+// what the client got.
+func TestNginxVariants(t *testing.T) {
+	for _, l := range []nginxLimit{
+		{Rate: 5, Burst: 0},
+		{Rate: 5, Burst: 5},
+		{Rate: 50, Burst: 0},
+	} {
+		t.Run(fmt.Sprintf("rate=%d,burst=%d", l.Rate, l.Burst), func(t *testing.T) {
+			s := startNginx(t, l)
+			c := &http.Client{Timeout: 5 * time.Second}
+			var client nginxCounts
+			var statuses []int
+			badHeader := 0
+			start := time.Now()
+			for time.Since(start) < time.Second {
+				resp, err := c.Get(s.URL + "/variant")
+				if err != nil {
+					t.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if v := resp.Header.Values("Retry-After"); len(v) > 0 {
+					badHeader++
+					t.Logf("%d with Retry-After: %q, want none", resp.StatusCode, v)
+				}
+				if len(statuses) <= l.Burst+1 {
+					statuses = append(statuses, resp.StatusCode)
+				}
+				switch resp.StatusCode {
+				case http.StatusOK:
+					client.OK++
+				case http.StatusTooManyRequests:
+					client.TooMany++
+				default:
+					client.Other++
+				}
+			}
+			elapsed := time.Since(start)
+			server := s.Counts(t)
+			t.Logf("in %v: client %+v, server %+v; first statuses %v", elapsed.Round(time.Millisecond), client, server, statuses)
+			if badHeader > 0 {
+				t.Errorf("%d responses had a Retry-After header (see the log above)", badHeader)
+			}
+			if client != server {
+				t.Errorf("client counted %+v, nginx logged %+v", client, server)
+			}
+			for i, st := range statuses {
+				want := http.StatusOK
+				if i == l.Burst+1 {
+					want = http.StatusTooManyRequests
+				}
+				if st != want {
+					t.Errorf("back to back, request %d got %d, want %d (%d served, then refused)", i+1, st, want, l.Burst+1)
+				}
+			}
+			if client.TooMany == 0 {
+				t.Errorf("no 429 in %v", elapsed)
+			}
+			lo, hi := int(0.5*float64(l.Rate)*elapsed.Seconds()), int(float64(l.Rate)*elapsed.Seconds())+l.Burst+1
+			if server.OK < lo || server.OK > hi {
+				t.Errorf("nginx served %d in %v, want %d to %d at %d r/s with burst %d", server.OK, elapsed, lo, hi, l.Rate, l.Burst)
+			}
+		})
+	}
+}

@@ -120,8 +120,17 @@ func (g *gobreakerRT) RoundTrip(req *http.Request) (*http.Response, error) {
 // is not 60s, Hosts entries (scenario 6: a rate under the server's), and a
 // store shared by the processes of scenario 7. The store is required, so
 // that a store that cannot be opened fails the run instead of measuring
-// local protection under the store's name.
+// local protection under the store's name. When the scenario sets none of
+// these, NewTransport gets no option at all, as a user who adds
+// hostbreaker without a config would call it.
 func wrapHostbreaker(base http.RoundTripper, s setup) (http.RoundTripper, func(), error) {
+	if s.openFor == 60*time.Second && s.hosts == nil && s.storeURL == "" {
+		t, err := hostbreaker.NewTransport(base)
+		if err != nil {
+			return nil, nil, err
+		}
+		return t, func() { t.Close() }, nil
+	}
 	cfg := hostbreaker.DefaultConfig()
 	if s.openFor != 60*time.Second {
 		cfg.Defaults.ResetTimeout = s.openFor

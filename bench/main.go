@@ -39,10 +39,24 @@ type Result struct {
 	// InRetryAfter: requests that arrived inside a Retry-After window
 	// the server had announced on an earlier 429.
 	InRetryAfter *int64 `json:"in_retry_after,omitempty"`
-	// GoodputPct: nginx scenarios (4, 6, 7), 200s served per second as a
-	// percentage of the zone's rate; scenario 5, the share of requests to
+	// Served: 200s the server sent (the limiter scenarios 4, 6 to 12).
+	Served *int64 `json:"served,omitempty"`
+	// GoodputPct: limiter scenarios (4, 6 to 12), 200s served per second
+	// as a percentage of AllowedRate; scenario 5, the share of requests to
 	// healthy hosts that got a 200.
 	GoodputPct *float64 `json:"goodput_pct,omitempty"`
+	// AllowedRate: the server's allowed rate in r/s (4, 6 to 12).
+	AllowedRate float64 `json:"allowed_rate,omitempty"`
+	// LearntMin, LearntMax: hostbreaker's rate for the host
+	// (Status.Rate from Transport.Snapshot, 0 when it is not limited),
+	// sampled once a second from LearntSettle seconds on (-settle, 10 s):
+	// the learning scenarios 8 to 12, hostbreaker only (LearntSettle is
+	// nil for the others); nil without a sample (a run shorter than
+	// LearntSettle).
+	LearntMin     *float64 `json:"learnt_min,omitempty"`
+	LearntMax     *float64 `json:"learnt_max,omitempty"`
+	LearntSamples int      `json:"learnt_samples,omitempty"`
+	LearntSettle  *float64 `json:"learnt_settle_s,omitempty"`
 	// RecoveryMs: from the server healing to the first 200 the client got;
 	// nil with Recovered false if none came before the scenario ended.
 	RecoveryMs *float64 `json:"recovery_ms,omitempty"`
@@ -52,8 +66,9 @@ type Result struct {
 
 type options struct {
 	each     time.Duration // scenarios 1, 2, 3, 5
-	duration time.Duration // the nginx scenarios 4, 6, 7
-	timeout  time.Duration // http.Client.Timeout in the nginx scenarios
+	duration time.Duration // the limiter scenarios 4, 6 to 12
+	timeout  time.Duration // http.Client.Timeout in the limiter scenarios
+	settle   time.Duration // the learning scenarios 8 to 12: when hostbreaker's learnt rate starts to be judged
 	workers  int           // per client (per process in scenario 7)
 	procs    int           // scenario 7
 	openFor  time.Duration
@@ -84,22 +99,27 @@ func run(args []string, stdout, stderr io.Writer) error {
 	var o options
 	var asJSON bool
 	var only string
-	fs.DurationVar(&o.duration, "duration", 30*time.Second, "length of the nginx scenarios 4, 6 and 7")
+	fs.DurationVar(&o.duration, "duration", 30*time.Second, "length of the limiter scenarios 4 and 6 to 12")
 	fs.DurationVar(&o.each, "each", 3*time.Second, "length of scenarios 1, 2, 3 and 5")
-	fs.DurationVar(&o.timeout, "timeout", 2*time.Second, "http.Client timeout in the nginx scenarios 4, 6 and 7 (it includes a request's wait for its turn)")
+	fs.DurationVar(&o.timeout, "timeout", 2*time.Second, "http.Client timeout in the limiter scenarios 4 and 6 to 12 (it includes a request's wait for its turn)")
+	fs.DurationVar(&o.settle, "settle", 10*time.Second, "in scenarios 8 to 12, hostbreaker's learnt rate is sampled once a second from this time on")
 	fs.IntVar(&o.workers, "workers", 8, "worker goroutines per client (per process in scenario 7)")
 	fs.IntVar(&o.procs, "procs", 3, "client processes in scenario 7")
 	fs.DurationVar(&o.openFor, "open", 60*time.Second, "how long a breaker stays open (all clients)")
 	fs.BoolVar(&asJSON, "json", false, "print JSON instead of a table")
-	fs.StringVar(&only, "scenarios", "1,2,3,4,5,6,7", "which scenarios to run, by number")
+	var ids []string
+	for _, s := range scenarios {
+		ids = append(ids, s.id)
+	}
+	fs.StringVar(&only, "scenarios", strings.Join(ids, ","), "which scenarios to run, by number")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
-	if o.workers < 1 || o.procs < 1 || o.duration <= 0 || o.each <= 0 || o.timeout <= 0 {
-		return errors.New("-workers and -procs must be at least 1, -duration, -each and -timeout positive")
+	if o.workers < 1 || o.procs < 1 || o.duration <= 0 || o.each <= 0 || o.timeout <= 0 || o.settle < 0 {
+		return errors.New("-workers and -procs must be at least 1, -duration, -each and -timeout positive, -settle not negative")
 	}
 	selected := map[string]bool{}
 	for _, id := range strings.Split(only, ",") {
@@ -137,6 +157,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return enc.Encode(results)
 	}
 	printTable(stdout, results, o)
+	printLearnt(stdout, results)
 	printTargets(stdout, results, o)
 	return nil
 }
@@ -168,6 +189,13 @@ var scenarios = []scenario{
 	{id: "5", name: "5 1000 hosts/10 sick", run: byClient(runManyHosts)},
 	{id: "6", name: "6 nginx burst 0", run: byClient(runNginxBurst0)},
 	{id: "7", name: "7 nginx burst 5, procs", variants: procVariants(), run: runProcs},
+	// The learning scenarios: hostbreaker on its defaults must learn each
+	// server's rate from its 429s (limits.go).
+	{id: "8", name: "8 nginx 5r/s burst 0, no RA", run: byClient(learning(limit5NoRA))},
+	{id: "9", name: "9 nginx 5r/s burst 5, no RA", run: byClient(learning(limit5Burst5NoRA))},
+	{id: "10", name: "10 haproxy 5/1s window, no RA", run: byClient(learning(window5NoRA))},
+	{id: "11", name: "11 haproxy 5/1s window, RA 1", run: byClient(learning(window5RA1))},
+	{id: "12", name: "12 nginx 50r/s burst 0, no RA", run: byClient(learning(limit50NoRA))},
 }
 
 func printTable(w io.Writer, rs []Result, o options) {
@@ -190,41 +218,56 @@ func printTable(w io.Writer, rs []Result, o options) {
 			num(r.Wasted), num(r.Got429), num(r.InRetryAfter), pct(r.GoodputPct), rec)
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "workers %d, scenarios 1-3,5 %s each, nginx scenarios 4,6,7 %s with a %s client timeout (7: %d processes of %d workers), breakers open after %d consecutive failures for %s\n",
+	fmt.Fprintf(w, "workers %d, scenarios 1-3,5 %s each, limiter scenarios 4,6-12 %s with a %s client timeout (7: %d processes of %d workers), breakers open after %d consecutive failures for %s\n",
 		o.workers, o.each, o.duration, o.timeout, o.procs, o.workers, failMax, o.openFor)
 }
 
-// The targets for hostbreaker against nginx limit_req, stated over 30 s.
-var targets = []struct {
+// A target is what hostbreaker must achieve in one scenario, stated over
+// 30 s. Each clause is judged on its own line.
+type target struct {
 	scenario   string
-	minGoodput float64 // % of the zone's rate
-	max429Pct  float64 // % of the bare client's 429s
 	setup      string
-}{
-	{"4 nginx burst 5", 80, 1, "on its defaults"},
-	{"6 nginx burst 0", 85, 1, fmt.Sprintf("with rate %.1f, 10 %% under the limit", burst0Rate)},
+	minGoodput float64 // % of the allowed rate
+	max429Pct  float64 // % of the bare client's 429s in the same run
+	// The learning scenarios' further clauses; zero: none.
+	max429PerServed float64    // 429s per request served
+	learnt          [2]float64 // the learnt rate's bounds after -settle, as multiples of the allowed rate
+}
+
+// learningTarget is the target of a learning scenario (8 to 12): minGoodput
+// % of the allowed rate served, at most 1 % of the bare client's 429s and
+// one 429 per 5 requests served, and a learnt rate within 0.6 to 1.2 times
+// the allowed one after the first 10 s.
+func learningTarget(scenario string, minGoodput float64) target {
+	return target{scenario: scenario, setup: "on its defaults", minGoodput: minGoodput, max429Pct: 1,
+		max429PerServed: 1.0 / 5, learnt: [2]float64{0.6, 1.2}}
+}
+
+// The targets for hostbreaker against real rate limiters.
+var targets = []target{
+	{scenario: "4 nginx burst 5", setup: "on its defaults", minGoodput: 80, max429Pct: 1},
+	{scenario: "6 nginx burst 0", setup: fmt.Sprintf("with rate %.1f, 10 %% under the limit", burst0Rate), minGoodput: 85, max429Pct: 1},
+	learningTarget("8 nginx 5r/s burst 0, no RA", 80),
+	learningTarget("9 nginx 5r/s burst 5, no RA", 85),
+	learningTarget("10 haproxy 5/1s window, no RA", 80),
+	learningTarget("11 haproxy 5/1s window, RA 1", 85),
+	learningTarget("12 nginx 50r/s burst 0, no RA", 80),
+}
+
+// verdict is the word a target line starts with.
+func verdict(ok bool) string {
+	if ok {
+		return "MET    "
+	}
+	return "NOT MET"
 }
 
 // printTargets prints a MET or NOT MET line per target clause whose
 // scenario ran, with the numbers it was judged on.
 func printTargets(w io.Writer, rs []Result, o options) {
-	find := func(scenario, client string) *Result {
-		for i := range rs {
-			if rs[i].Scenario == scenario && rs[i].Client == client && rs[i].Skipped == "" {
-				return &rs[i]
-			}
-		}
-		return nil
-	}
-	verdict := func(ok bool) string {
-		if ok {
-			return "MET    "
-		}
-		return "NOT MET"
-	}
 	header := false
 	for _, t := range targets {
-		hb, bare := find(t.scenario, "hostbreaker"), find(t.scenario, "bare")
+		hb, bare := findResult(rs, t.scenario, "hostbreaker"), findResult(rs, t.scenario, "bare")
 		if hb == nil {
 			continue
 		}
@@ -237,12 +280,68 @@ func printTargets(w io.Writer, rs []Result, o options) {
 			verdict(g >= t.minGoodput), t.scenario, t.setup, g, t.minGoodput)
 		if bare == nil {
 			fmt.Fprintf(w, "  NOT MEASURED  %s: 429s need the bare client's run\n", t.scenario)
+		} else {
+			limit := float64(*bare.Got429) * t.max429Pct / 100
+			fmt.Fprintf(w, "  %s  %s, hostbreaker %s: %d 429s (want <= %.0f %% of bare's %d = %.1f)\n",
+				verdict(float64(*hb.Got429) <= limit), t.scenario, t.setup, *hb.Got429, t.max429Pct, *bare.Got429, limit)
+		}
+		if t.max429PerServed > 0 {
+			limit := float64(*hb.Served) * t.max429PerServed
+			fmt.Fprintf(w, "  %s  %s, hostbreaker %s: %d 429s for %d served (want <= 1 per %.0f served = %.1f)\n",
+				verdict(float64(*hb.Got429) <= limit), t.scenario, t.setup, *hb.Got429, *hb.Served, 1/t.max429PerServed, limit)
+		}
+		if t.learnt != [2]float64{} {
+			if hb.LearntMin == nil {
+				fmt.Fprintf(w, "  NOT MEASURED  %s: no sample of the learnt rate after %s (the run lasted %.1fs)\n",
+					t.scenario, settleOf(hb), hb.Elapsed)
+				continue
+			}
+			lo, hi := *hb.LearntMin/hb.AllowedRate, *hb.LearntMax/hb.AllowedRate
+			fmt.Fprintf(w, "  %s  %s, hostbreaker %s: learnt rate %.2f to %.2f r/s after %s = %.2fx to %.2fx of %g r/s (want %.1fx to %.1fx)\n",
+				verdict(lo >= t.learnt[0] && hi <= t.learnt[1]), t.scenario, t.setup,
+				*hb.LearntMin, *hb.LearntMax, settleOf(hb), lo, hi, hb.AllowedRate, t.learnt[0], t.learnt[1])
+		}
+	}
+}
+
+// printLearnt prints hostbreaker's learnt rate in the scenarios that
+// sampled it.
+func printLearnt(w io.Writer, rs []Result) {
+	header := false
+	for _, r := range rs {
+		if r.Skipped != "" || r.LearntSettle == nil {
 			continue
 		}
-		limit := float64(*bare.Got429) * t.max429Pct / 100
-		fmt.Fprintf(w, "  %s  %s, hostbreaker %s: %d 429s (want <= %.0f %% of bare's %d = %.1f)\n",
-			verdict(float64(*hb.Got429) <= limit), t.scenario, t.setup, *hb.Got429, t.max429Pct, *bare.Got429, limit)
+		if !header {
+			fmt.Fprintf(w, "\nhostbreaker's learnt rate for %s, read from Snapshot() once a second (0: not limited):\n", limitedHost)
+			header = true
+		}
+		if r.LearntMin == nil {
+			fmt.Fprintf(w, "  %s: no sample from %s on (the run lasted %.1fs)\n", r.Scenario, settleOf(&r), r.Elapsed)
+			continue
+		}
+		fmt.Fprintf(w, "  %s: from %s on, min %.2f r/s (%.2fx), max %.2f r/s (%.2fx) of %g r/s allowed, %d samples\n",
+			r.Scenario, settleOf(&r), *r.LearntMin, *r.LearntMin/r.AllowedRate, *r.LearntMax, *r.LearntMax/r.AllowedRate, r.AllowedRate, r.LearntSamples)
 	}
+}
+
+// settleOf is when r's learnt rate started to be sampled, as printed.
+func settleOf(r *Result) string {
+	if r.LearntSettle == nil {
+		return "-"
+	}
+	return (time.Duration(*r.LearntSettle * float64(time.Second))).String()
+}
+
+// findResult returns the result of client in scenario, nil if it did not
+// run or was skipped.
+func findResult(rs []Result, scenario, client string) *Result {
+	for i := range rs {
+		if rs[i].Scenario == scenario && rs[i].Client == client && rs[i].Skipped == "" {
+			return &rs[i]
+		}
+	}
+	return nil
 }
 
 func num(p *int64) string {

@@ -128,14 +128,14 @@ func runProcs(v variant, o options) (Result, error) {
 			fmt.Fprintf(os.Stderr, "bench: %s: a client process was ready %d ms after the common start\n", v.name, r.LateMs)
 		}
 	}
-	n, err := srv.counts(limitBurst5.RetryAfter)
+	n, err := srv.counts(limitBurst5.retryAfter())
 	if err != nil {
 		return Result{}, err
 	}
 	if client.OK != n.ok {
 		fmt.Fprintf(os.Stderr, "bench: %s: the client processes counted %d 200s, nginx logged %d (a request can time out client-side after nginx answered it)\n", v.name, client.OK, n.ok)
 	}
-	r := n.result(limitBurst5, float64(end-start.UnixMilli())/1000)
+	r := n.result(limitBurst5.allowed(), limitBurst5.retryAfter(), float64(end-start.UnixMilli())/1000)
 	r.Procs = o.procs
 	return r, nil
 }
