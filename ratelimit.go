@@ -586,7 +586,7 @@ func (l *limiter) throttle(sent, now, cooldown, wall int64, status int) (ch rate
 		return rateChange{}, false, true // the episode it has slowed down for
 	}
 	atFloor := l.learnt && l.fill <= l.minRate
-	if l.learnt && !atFloor && sent-l.throttleAt < settleDelay && cooldown <= now {
+	if l.learnt && !l.slowStart && !atFloor && sent-l.throttleAt < settleDelay && cooldown <= now {
 		// Refused again right after slowing down: a limiter that counts
 		// the refused requests (a sliding window) is still over. The rate
 		// is right; the host needs a pause, twice as long at each such
