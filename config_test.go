@@ -98,6 +98,8 @@ func TestValidateErrors(t *testing.T) {
 		{"min_rate below the lower bound", Config{Defaults: Policy{MinRate: 1e-12}}, "defaults.min_rate"},
 		{"host min_rate below the lower bound", Config{Hosts: map[string]Policy{"a.com": {MinRate: 0.0005}}}, `hosts."a.com".min_rate`},
 		{"min_rate NaN", Config{Defaults: Policy{MinRate: math.NaN()}}, "defaults.min_rate"},
+		{"tune min_rate below the lower bound", Config{Tune: TuneBounds{MinRate: 1e-9}}, "tune.min_rate"},
+		{"tune min_rate NaN", Config{Tune: TuneBounds{MinRate: math.NaN()}}, "tune.min_rate"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
