@@ -25,6 +25,13 @@ import (
 // StandardClient in a Transport instead: the Transport would then see one
 // request however many attempts the client makes.
 //
+// Each attempt has a timeout, HTTPClient.Timeout, of 30s by default: a
+// host that never answers ends the attempt there, as a failure that the
+// breaker counts, instead of blocking Do for ever. As for any http.Client,
+// the timeout covers reading the response body too, and 0 means none: set
+// a longer one for large downloads or slow hosts. A request's context
+// deadline bounds the whole of Do as well.
+//
 // The client uses RetryPolicy as CheckRetry, t.Backoff as Backoff and
 // RetryErrorHandler as ErrorHandler; its Logger is nil, so it prints
 // nothing; its other settings are retryablehttp's defaults (RetryMax 4,
@@ -32,13 +39,18 @@ import (
 // change its fields before its first use, not while it is in use.
 func NewRetryClient(t *Transport) *retryablehttp.Client {
 	c := retryablehttp.NewClient()
-	c.HTTPClient = &http.Client{Transport: t}
+	c.HTTPClient = &http.Client{Transport: t, Timeout: defaultAttemptTimeout}
 	c.Logger = nil
 	c.CheckRetry = RetryPolicy
 	c.Backoff = t.Backoff
 	c.ErrorHandler = RetryErrorHandler
 	return c
 }
+
+// defaultAttemptTimeout is the HTTPClient.Timeout of a client made by
+// NewRetryClient: the longest one attempt may take, until the end of the
+// response's headers and body.
+const defaultAttemptTimeout = 30 * time.Second
 
 // RetryPolicy is a retryablehttp.CheckRetry that retries as
 // retryablehttp.DefaultRetryPolicy does (connection errors, 429, 5xx but

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/hashicorp/go-retryablehttp"
@@ -78,6 +79,9 @@ func TestNewRetryClientSettings(t *testing.T) {
 	if c.HTTPClient.Transport != tr {
 		t.Errorf("HTTPClient.Transport = %T, want the Transport", c.HTTPClient.Transport)
 	}
+	if c.HTTPClient.Timeout != 30*time.Second {
+		t.Errorf("HTTPClient.Timeout = %v, want 30s", c.HTTPClient.Timeout)
+	}
 	if c.Logger != nil {
 		t.Errorf("Logger = %v, want nil", c.Logger)
 	}
@@ -88,6 +92,63 @@ func TestNewRetryClientSettings(t *testing.T) {
 	if c.CheckRetry == nil || c.Backoff == nil || c.ErrorHandler == nil {
 		t.Error("CheckRetry, Backoff or ErrorHandler not set")
 	}
+}
+
+// hangingBase is the base of a host that never answers: it counts the
+// request, then blocks until the request's context is done.
+func hangingBase(hits *atomic.Int32) http.RoundTripper {
+	return roundTripperFunc(func(r *http.Request) (*http.Response, error) {
+		hits.Add(1)
+		<-r.Context().Done()
+		return nil, r.Context().Err()
+	})
+}
+
+// A host that never answers does not block Do: each attempt ends at the
+// client's timeout (30s by default) and counts as a failure, so the
+// breaker opens at fail_max and the next attempt is rejected.
+func TestRetryClientTimesOutHungHost(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var hits atomic.Int32
+		cfg := DefaultConfig()
+		cfg.Defaults.FailMax = 2
+		tr, err := NewTransport(hangingBase(&hits), WithConfig(cfg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tr.Close()
+		c := NewRetryClient(tr)
+		c.RetryWaitMin, c.RetryWaitMax, c.RetryMax = time.Second, time.Second, 4
+		// Only a guard: without a client timeout, the first attempt would
+		// hang until this deadline.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+		defer cancel()
+		req, err := retryablehttp.NewRequestWithContext(ctx, http.MethodGet, "http://hung.test/x", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		resp, err := c.Do(req)
+		elapsed := time.Since(start)
+		if resp != nil {
+			t.Errorf("resp = %v, want nil", resp.Status)
+		}
+		// 30s, a backoff of 1s, 30s: the breaker opens; a backoff of 1s
+		// (an attempt without a response tells Backoff no host), and the
+		// third attempt is rejected at once.
+		if want := 62 * time.Second; elapsed != want {
+			t.Errorf("Do took %v, want %v (two attempts of 30s, each followed by a backoff of 1s)", elapsed, want)
+		}
+		if n := hits.Load(); n != 2 {
+			t.Errorf("attempts that reached the host = %d, want 2", n)
+		}
+		if oe, ok := errors.AsType[*OpenError](err); !ok || oe.Reason != ReasonBreakerOpen {
+			t.Errorf("err = %v, want the breaker open", err)
+		}
+		if re, ok := errors.AsType[*RetryError](err); !ok || re.Attempts != 3 {
+			t.Errorf("RetryError = %+v, want 3 attempts (one rejected)", re)
+		}
+	})
 }
 
 // A rejection is not retried: Do returns at once, with no backoff sleep,
