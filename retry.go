@@ -56,14 +56,22 @@ const defaultAttemptTimeout = 30 * time.Second
 // retryablehttp.DefaultRetryPolicy does (connection errors, 429, 5xx but
 // 501), except that it never retries a rejection by a Transport: when err
 // holds an *OpenError it returns false and err, so that the client gives up
-// at once, without a backoff sleep, with an error that matches ErrOpen. When
-// the context is done it returns false and the context's error as is.
+// at once, without a backoff sleep, with an error that matches ErrOpen.
+//
+// When the context is done it returns false and the context's error: as
+// is, or, when the attempt failed with a *url.Error (as an http.Client's
+// errors are), inside a *url.Error with that one's Op and URL, so that
+// RetryErrorHandler can name the request. errors.Is sees the context's
+// error either way.
 //
 // Like DefaultRetryPolicy, it returns no error when the retries of a 429 or
 // 5xx run out; RetryErrorHandler names the last status instead.
 func RetryPolicy(ctx context.Context, resp *http.Response, err error) (bool, error) {
-	if ctx.Err() != nil {
-		return false, ctx.Err()
+	if cerr := ctx.Err(); cerr != nil {
+		if ue, ok := errors.AsType[*url.Error](err); ok {
+			return false, &url.Error{Op: ue.Op, URL: ue.URL, Err: cerr}
+		}
+		return false, cerr
 	}
 	if _, ok := errors.AsType[*OpenError](err); ok {
 		return false, err
@@ -187,6 +195,11 @@ func attempts(n int) string {
 // *RetryError naming the last status, where the client's default error
 // says only "giving up after N attempt(s)" when its retries run out on a
 // 429 or 5xx. It drains and closes the last response's body.
+//
+// The RetryError's Method and URL are those of the last response's
+// request, else those of a *url.Error in err (RetryPolicy keeps one when
+// the context ends an attempt); its URL is without its password, written
+// "xxxxx" as go-retryablehttp and url.URL.Redacted write it.
 func RetryErrorHandler(resp *http.Response, err error, numTries int) (*http.Response, error) {
 	e := &RetryError{Attempts: numTries, Err: err}
 	var req *http.Request
@@ -202,8 +215,9 @@ func RetryErrorHandler(resp *http.Response, err error, numTries int) (*http.Resp
 		}
 	}
 	if ue, ok := errors.AsType[*url.Error](err); ok && req == nil {
-		// net/http has removed the URL's password already.
-		e.Method, e.URL = strings.ToUpper(ue.Op), ue.URL
+		// net/http has replaced the password with "***"; redactURL
+		// (store_redis.go) writes "xxxxx", as Redacted does below.
+		e.Method, e.URL = strings.ToUpper(ue.Op), redactURL(ue.URL)
 	} else if req != nil && req.URL != nil {
 		e.Method, e.URL = req.Method, req.URL.Redacted()
 	}
