@@ -44,11 +44,11 @@ type Policy struct {
 	FailureStatuses  []int         // statuses that count as failures
 	NeutralStatuses  []int         // statuses that count neither way
 
-	Rate             float64       // requests per second to the host; the ceiling of a learned rate; < 0 unlimited (default)
+	Rate             float64       // requests per second to the host (0.001 to 1e6); the ceiling of a learned rate; < 0 unlimited (default)
 	Burst            int           // requests that may be sent at once at the limiter's rate (≥ 1; default 1)
 	MaxWait          time.Duration // longest a request waits for its turn (default 5s; < 0: never waits)
 	Adaptive         Toggle        // learn the host's rate from throttling responses (default on)
-	MinRate          float64       // lowest rate the limiter learns (> 0; default 0.5)
+	MinRate          float64       // lowest rate the limiter learns (0.001 to 1e6; default 0.5)
 	ThrottleStatuses []int         // responses that say "too fast" to the adaptive limiter (default [429])
 
 	Roles map[string]Policy
@@ -235,7 +235,8 @@ func (e *ConfigError) Error() string {
 }
 
 // Validate reports the first invalid value in c as a *ConfigError: counts
-// below 1, non-positive reset timeouts, negative MaxHosts, statuses outside
+// below 1, non-positive reset timeouts, negative MaxHosts, positive rates
+// and min rates outside 0.001–1e6 requests per second, statuses outside
 // 100–599, a status that is both a failure and neutral (after
 // inheritance), host keys that do not normalize, and bad rolling or store
 // settings.
@@ -318,10 +319,21 @@ func (r Rolling) withDefaults() Rolling {
 	return r
 }
 
-// maxRate bounds rate and min_rate, in requests per second: a rate above
-// it is no limit a host could mean, and the limiter's arithmetic in ns
-// stays exact below it.
-const maxRate = 1e6
+// maxRate and minRateBound bound rate and min_rate, in requests per
+// second. A rate above maxRate is no limit a host could mean, and the
+// limiter's arithmetic in ns stays exact below it. A positive rate below
+// minRateBound (one request in about 17 minutes) is refused: the
+// limiter's interval, 1e9/rate ns, overflows an int64 below about 1.1e-10,
+// and would then pace nothing. A rate of 0 or less is not bounded: it
+// inherits or means unlimited.
+const (
+	maxRate      = 1e6
+	minRateBound = 0.001
+)
+
+// validRate reports whether r is a rate a limiter can hold: at least
+// minRateBound and at most maxRate. NaN is not.
+func validRate(r float64) bool { return r >= minRateBound && r <= maxRate }
 
 // maxCount bounds fail_max, success_threshold, trial_calls and
 // threshold_failures: a failsafe-go breaker holds a bitset of fail_max
@@ -349,14 +361,14 @@ func checkFields(prefix string, p Policy) error {
 		return bad("success_threshold", fmt.Sprintf("must be at least 1, got %d", p.SuccessThreshold))
 	case p.TrialCalls < 0:
 		return bad("trial_calls", fmt.Sprintf("must be at least 1, got %d", p.TrialCalls))
-	case math.IsNaN(p.Rate) || math.IsInf(p.Rate, 0) || p.Rate > maxRate:
-		return bad("rate", fmt.Sprintf("must be at most %v requests per second, got %v", maxRate, p.Rate))
+	case math.IsNaN(p.Rate) || math.IsInf(p.Rate, 0) || p.Rate > 0 && !validRate(p.Rate):
+		return bad("rate", fmt.Sprintf("must be at least %v and at most %v requests per second, got %v", minRateBound, maxRate, p.Rate))
 	case p.Burst < 0:
 		return bad("burst", fmt.Sprintf("must be at least 1, got %d", p.Burst))
 	case p.Burst > maxCount:
 		return tooBig("burst", p.Burst)
-	case math.IsNaN(p.MinRate) || p.MinRate < 0 || p.MinRate > maxRate:
-		return bad("min_rate", fmt.Sprintf("must be positive and at most %v, got %v", maxRate, p.MinRate))
+	case p.MinRate != 0 && !validRate(p.MinRate):
+		return bad("min_rate", fmt.Sprintf("must be at least %v and at most %v requests per second, got %v", minRateBound, maxRate, p.MinRate))
 	case p.Adaptive < ToggleInherit || p.Adaptive > ToggleOff:
 		return bad("adaptive", "must be on, off or inherit, got "+p.Adaptive.String())
 	}

@@ -5,6 +5,7 @@ package hostbreaker
 
 import (
 	"errors"
+	"math"
 	"reflect"
 	"slices"
 	"strings"
@@ -92,6 +93,16 @@ func TestValidateErrors(t *testing.T) {
 		{"bad wildcard", Config{Hosts: map[string]Policy{"*.": {}}}, `hosts."*."`},
 		{"empty host", Config{Hosts: map[string]Policy{"": {}}}, `hosts.""`},
 		{"duplicate host", Config{Hosts: map[string]Policy{"Example.com": {}, "example.com.": {}}}, `hosts."example.com."`},
+		{"rate unlimited", Config{Defaults: Policy{Rate: -1e-12}}, ""},
+		{"rate at the lower bound", Config{Defaults: Policy{Rate: 0.001, MinRate: 0.001}}, ""},
+		{"rate below the lower bound", Config{Defaults: Policy{Rate: 1e-12}}, "defaults.rate"},
+		{"rate just below the lower bound", Config{Hosts: map[string]Policy{"a.com": {Rate: 0.000999}}}, `hosts."a.com".rate`},
+		{"rate smallest float", Config{Defaults: Policy{Rate: math.SmallestNonzeroFloat64}}, "defaults.rate"},
+		{"min_rate below the lower bound", Config{Defaults: Policy{MinRate: 1e-12}}, "defaults.min_rate"},
+		{"host min_rate below the lower bound", Config{Hosts: map[string]Policy{"a.com": {MinRate: 0.0005}}}, `hosts."a.com".min_rate`},
+		{"min_rate NaN", Config{Defaults: Policy{MinRate: math.NaN()}}, "defaults.min_rate"},
+		{"tune min_rate below the lower bound", Config{Tune: TuneBounds{MinRate: 1e-9}}, "tune.min_rate"},
+		{"tune min_rate NaN", Config{Tune: TuneBounds{MinRate: math.NaN()}}, "tune.min_rate"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

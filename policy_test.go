@@ -6,6 +6,7 @@ package hostbreaker
 
 import (
 	"errors"
+	"net/http"
 	"slices"
 	"testing"
 	"testing/synctest"
@@ -372,4 +373,41 @@ func TestUpdateHostPolicyMatchesLikeConfigKeys(t *testing.T) {
 			}
 		}
 	})
+}
+
+// A positive rate or min_rate below minRateBound would overflow the
+// limiter's interval (1e9/r ns) and pace nothing: UpdateHostPolicy refuses
+// it with a *ConfigError naming the key, and the policy in force stays.
+func TestUpdateHostPolicyRateLowerBound(t *testing.T) {
+	base := roundTripperFunc(func(r *http.Request) (*http.Response, error) {
+		return &http.Response{StatusCode: 200, Header: http.Header{}, Body: http.NoBody, Request: r}, nil
+	})
+	tr, err := NewTransport(base, WithConfig(Config{Defaults: Policy{Rate: 2}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	for _, tc := range []struct {
+		p   Policy
+		key string
+	}{
+		{Policy{Rate: 1e-12}, `hosts."a.test".rate`},
+		{Policy{Rate: 0.0009, MinRate: 0.0009}, `hosts."a.test".rate`},
+		{Policy{MinRate: 1e-12}, `hosts."a.test".min_rate`},
+		{Policy{FailMax: 3, MinRate: 0.0009}, `hosts."a.test".min_rate`},
+	} {
+		err := tr.UpdateHostPolicy("a.test", tc.p)
+		if ce, ok := errors.AsType[*ConfigError](err); !ok || ce.Key != tc.key {
+			t.Errorf("UpdateHostPolicy(%+v) = %v, want a *ConfigError for %s", tc.p, err, tc.key)
+		}
+		if p, err := tr.Policy("a.test", ""); err != nil || p.Rate != 2 || p.MinRate != defaultMinRate || p.FailMax != defaultFailMax {
+			t.Errorf("after UpdateHostPolicy(%+v): Policy = %+v, %v; want the configured one", tc.p, p, err)
+		}
+	}
+	if err := tr.UpdateHostPolicy("a.test", Policy{Rate: 0.001}); err != nil {
+		t.Fatalf("UpdateHostPolicy at the lower bound: %v", err)
+	}
+	if p, _ := tr.Policy("a.test", ""); p.Rate != 0.001 {
+		t.Errorf("after UpdateHostPolicy: rate %v, want 0.001", p.Rate)
+	}
 }

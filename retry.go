@@ -25,6 +25,13 @@ import (
 // StandardClient in a Transport instead: the Transport would then see one
 // request however many attempts the client makes.
 //
+// Each attempt has a timeout, HTTPClient.Timeout, of 30s by default: a
+// host that never answers ends the attempt there, as a failure that the
+// breaker counts, instead of blocking Do for ever. As for any http.Client,
+// the timeout covers reading the response body too, and 0 means none: set
+// a longer one for large downloads or slow hosts. A request's context
+// deadline bounds the whole of Do as well.
+//
 // The client uses RetryPolicy as CheckRetry, t.Backoff as Backoff and
 // RetryErrorHandler as ErrorHandler; its Logger is nil, so it prints
 // nothing; its other settings are retryablehttp's defaults (RetryMax 4,
@@ -32,7 +39,7 @@ import (
 // change its fields before its first use, not while it is in use.
 func NewRetryClient(t *Transport) *retryablehttp.Client {
 	c := retryablehttp.NewClient()
-	c.HTTPClient = &http.Client{Transport: t}
+	c.HTTPClient = &http.Client{Transport: t, Timeout: defaultAttemptTimeout}
 	c.Logger = nil
 	c.CheckRetry = RetryPolicy
 	c.Backoff = t.Backoff
@@ -40,18 +47,31 @@ func NewRetryClient(t *Transport) *retryablehttp.Client {
 	return c
 }
 
+// defaultAttemptTimeout is the HTTPClient.Timeout of a client made by
+// NewRetryClient: the longest one attempt may take, until the end of the
+// response's headers and body.
+const defaultAttemptTimeout = 30 * time.Second
+
 // RetryPolicy is a retryablehttp.CheckRetry that retries as
 // retryablehttp.DefaultRetryPolicy does (connection errors, 429, 5xx but
 // 501), except that it never retries a rejection by a Transport: when err
 // holds an *OpenError it returns false and err, so that the client gives up
-// at once, without a backoff sleep, with an error that matches ErrOpen. When
-// the context is done it returns false and the context's error as is.
+// at once, without a backoff sleep, with an error that matches ErrOpen.
+//
+// When the context is done it returns false and the context's error: as
+// is, or, when the attempt failed with a *url.Error (as an http.Client's
+// errors are), inside a *url.Error with that one's Op and URL, so that
+// RetryErrorHandler can name the request. errors.Is sees the context's
+// error either way.
 //
 // Like DefaultRetryPolicy, it returns no error when the retries of a 429 or
 // 5xx run out; RetryErrorHandler names the last status instead.
 func RetryPolicy(ctx context.Context, resp *http.Response, err error) (bool, error) {
-	if ctx.Err() != nil {
-		return false, ctx.Err()
+	if cerr := ctx.Err(); cerr != nil {
+		if ue, ok := errors.AsType[*url.Error](err); ok {
+			return false, &url.Error{Op: ue.Op, URL: ue.URL, Err: cerr}
+		}
+		return false, cerr
 	}
 	if _, ok := errors.AsType[*OpenError](err); ok {
 		return false, err
@@ -175,6 +195,11 @@ func attempts(n int) string {
 // *RetryError naming the last status, where the client's default error
 // says only "giving up after N attempt(s)" when its retries run out on a
 // 429 or 5xx. It drains and closes the last response's body.
+//
+// The RetryError's Method and URL are those of the last response's
+// request, else those of a *url.Error in err (RetryPolicy keeps one when
+// the context ends an attempt); its URL is without its password, written
+// "xxxxx" as go-retryablehttp and url.URL.Redacted write it.
 func RetryErrorHandler(resp *http.Response, err error, numTries int) (*http.Response, error) {
 	e := &RetryError{Attempts: numTries, Err: err}
 	var req *http.Request
@@ -190,8 +215,9 @@ func RetryErrorHandler(resp *http.Response, err error, numTries int) (*http.Resp
 		}
 	}
 	if ue, ok := errors.AsType[*url.Error](err); ok && req == nil {
-		// net/http has removed the URL's password already.
-		e.Method, e.URL = strings.ToUpper(ue.Op), ue.URL
+		// net/http has replaced the password with "***"; redactURL
+		// (store_redis.go) writes "xxxxx", as Redacted does below.
+		e.Method, e.URL = strings.ToUpper(ue.Op), redactURL(ue.URL)
 	} else if req != nil && req.URL != nil {
 		e.Method, e.URL = req.Method, req.URL.Redacted()
 	}

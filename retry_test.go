@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/hashicorp/go-retryablehttp"
@@ -78,6 +79,9 @@ func TestNewRetryClientSettings(t *testing.T) {
 	if c.HTTPClient.Transport != tr {
 		t.Errorf("HTTPClient.Transport = %T, want the Transport", c.HTTPClient.Transport)
 	}
+	if c.HTTPClient.Timeout != 30*time.Second {
+		t.Errorf("HTTPClient.Timeout = %v, want 30s", c.HTTPClient.Timeout)
+	}
 	if c.Logger != nil {
 		t.Errorf("Logger = %v, want nil", c.Logger)
 	}
@@ -88,6 +92,63 @@ func TestNewRetryClientSettings(t *testing.T) {
 	if c.CheckRetry == nil || c.Backoff == nil || c.ErrorHandler == nil {
 		t.Error("CheckRetry, Backoff or ErrorHandler not set")
 	}
+}
+
+// hangingBase is the base of a host that never answers: it counts the
+// request, then blocks until the request's context is done.
+func hangingBase(hits *atomic.Int32) http.RoundTripper {
+	return roundTripperFunc(func(r *http.Request) (*http.Response, error) {
+		hits.Add(1)
+		<-r.Context().Done()
+		return nil, r.Context().Err()
+	})
+}
+
+// A host that never answers does not block Do: each attempt ends at the
+// client's timeout (30s by default) and counts as a failure, so the
+// breaker opens at fail_max and the next attempt is rejected.
+func TestRetryClientTimesOutHungHost(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var hits atomic.Int32
+		cfg := DefaultConfig()
+		cfg.Defaults.FailMax = 2
+		tr, err := NewTransport(hangingBase(&hits), WithConfig(cfg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tr.Close()
+		c := NewRetryClient(tr)
+		c.RetryWaitMin, c.RetryWaitMax, c.RetryMax = time.Second, time.Second, 4
+		// Only a guard: without a client timeout, the first attempt would
+		// hang until this deadline.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+		defer cancel()
+		req, err := retryablehttp.NewRequestWithContext(ctx, http.MethodGet, "http://hung.test/x", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		resp, err := c.Do(req)
+		elapsed := time.Since(start)
+		if resp != nil {
+			t.Errorf("resp = %v, want nil", resp.Status)
+		}
+		// 30s, a backoff of 1s, 30s: the breaker opens; a backoff of 1s
+		// (an attempt without a response tells Backoff no host), and the
+		// third attempt is rejected at once.
+		if want := 62 * time.Second; elapsed != want {
+			t.Errorf("Do took %v, want %v (two attempts of 30s, each followed by a backoff of 1s)", elapsed, want)
+		}
+		if n := hits.Load(); n != 2 {
+			t.Errorf("attempts that reached the host = %d, want 2", n)
+		}
+		if oe, ok := errors.AsType[*OpenError](err); !ok || oe.Reason != ReasonBreakerOpen {
+			t.Errorf("err = %v, want the breaker open", err)
+		}
+		if re, ok := errors.AsType[*RetryError](err); !ok || re.Attempts != 3 {
+			t.Errorf("RetryError = %+v, want 3 attempts (one rejected)", re)
+		}
+	})
 }
 
 // A rejection is not retried: Do returns at once, with no backoff sleep,
@@ -301,12 +362,151 @@ func TestRetryClientContextCanceled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Do(req); !errors.Is(err, context.Canceled) {
+	_, err = c.Do(req)
+	if !errors.Is(err, context.Canceled) {
 		t.Errorf("err = %v, want context.Canceled", err)
+	}
+	// Whether the cancellation ended the attempt or came with its
+	// response, the RetryError names the request.
+	if re, ok := errors.AsType[*RetryError](err); !ok || re.Method != http.MethodGet || re.URL != srv.URL {
+		t.Errorf("err = %v, want a RetryError for GET %s", err, srv.URL)
 	}
 	if n := srv.hits.Load(); n != 1 {
 		t.Errorf("server hits = %d, want 1", n)
 	}
+}
+
+// The URL of the requests in the RetryError tests, and how a RetryError
+// gives it: without its password, as go-retryablehttp writes it.
+const (
+	secretURL   = "http://user:secret@a.test/x?q=1"
+	redactedURL = "http://user:xxxxx@a.test/x?q=1"
+)
+
+// doRetry sends method secretURL with ctx through a retry client over base
+// (RetryWaitMin and RetryWaitMax wait, RetryMax retries) and returns Do's
+// error, and how long Do took. Run it in a synctest bubble.
+func doRetry(t *testing.T, ctx context.Context, base http.RoundTripper, method string, wait time.Duration, retries int) (time.Duration, error) {
+	t.Helper()
+	tr, err := NewTransport(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	c := NewRetryClient(tr)
+	c.RetryWaitMin, c.RetryWaitMax, c.RetryMax = wait, wait, retries
+	req, err := retryablehttp.NewRequestWithContext(ctx, method, secretURL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	resp, err := c.Do(req)
+	if resp != nil {
+		resp.Body.Close()
+		t.Errorf("resp = %v, want nil", resp.Status)
+	}
+	return time.Since(start), err
+}
+
+// checkRetryError checks that err is a *RetryError for method secretURL
+// after attempts, that matches target and does not show the password.
+func checkRetryError(t *testing.T, err error, method string, attempts int, target error) {
+	t.Helper()
+	re, ok := errors.AsType[*RetryError](err)
+	if !ok {
+		t.Fatalf("err = %v (%T), want a *RetryError", err, err)
+	}
+	if re.Method != method || re.URL != redactedURL || re.Attempts != attempts {
+		t.Errorf("RetryError Method %q URL %q Attempts %d, want %q %q %d", re.Method, re.URL, re.Attempts, method, redactedURL, attempts)
+	}
+	if want := method + " " + redactedURL + " giving up after "; !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("err = %q, want it to start with %q", err, want)
+	}
+	if strings.Contains(err.Error(), "secret") {
+		t.Errorf("err = %q shows the password", err)
+	}
+	if target != nil && !errors.Is(err, target) {
+		t.Errorf("err = %v, want it to match %v", err, target)
+	}
+}
+
+// A context cancelled while an attempt waits for the host: the RetryError
+// names the request.
+func TestRetryErrorCanceledDuringAttempt(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var hits atomic.Int32
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		time.AfterFunc(5*time.Second, cancel)
+		took, err := doRetry(t, ctx, hangingBase(&hits), http.MethodGet, time.Second, 4)
+		checkRetryError(t, err, http.MethodGet, 1, context.Canceled)
+		if took != 5*time.Second || hits.Load() != 1 {
+			t.Errorf("Do took %v and sent %d attempts, want 5s and 1", took, hits.Load())
+		}
+	})
+}
+
+// A context deadline that passes while an attempt waits for the host: the
+// RetryError names the request.
+func TestRetryErrorDeadlineDuringAttempt(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var hits atomic.Int32
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		took, err := doRetry(t, ctx, hangingBase(&hits), http.MethodPost, time.Second, 4)
+		checkRetryError(t, err, http.MethodPost, 1, context.DeadlineExceeded)
+		if took != 10*time.Second || hits.Load() != 1 {
+			t.Errorf("Do took %v and sent %d attempts, want 10s and 1", took, hits.Load())
+		}
+	})
+}
+
+// A context deadline that passes during the backoff sleep: go-retryablehttp
+// returns the context's error itself there, without calling its
+// ErrorHandler (docs/retries.md says so), so there is no RetryError to name
+// the request; Do returns at the deadline, not at the end of the sleep.
+// Should a RetryError come, it must name the request.
+func TestRetryErrorDeadlineDuringBackoff(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var hits atomic.Int32
+		base := roundTripperFunc(func(r *http.Request) (*http.Response, error) {
+			hits.Add(1)
+			return &http.Response{StatusCode: http.StatusServiceUnavailable, Status: "503 Service Unavailable",
+				Header: http.Header{}, Body: http.NoBody, Request: r}, nil
+		})
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		took, err := doRetry(t, ctx, base, http.MethodGet, time.Minute, 4)
+		if _, ok := errors.AsType[*RetryError](err); ok {
+			checkRetryError(t, err, http.MethodGet, 1, context.DeadlineExceeded)
+		} else if err != context.DeadlineExceeded {
+			t.Errorf("err = %v, want the context's error as is", err)
+		}
+		if took != 10*time.Second || hits.Load() != 1 {
+			t.Errorf("Do took %v and sent %d attempts, want 10s and 1", took, hits.Load())
+		}
+	})
+}
+
+// Retries that run out on a 503: the RetryError names the request and the
+// last status, and has no Err.
+func TestRetryErrorExhausted(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var hits atomic.Int32
+		base := roundTripperFunc(func(r *http.Request) (*http.Response, error) {
+			hits.Add(1)
+			return &http.Response{StatusCode: http.StatusServiceUnavailable, Status: "503 Service Unavailable",
+				Header: http.Header{}, Body: http.NoBody, Request: r}, nil
+		})
+		took, err := doRetry(t, context.Background(), base, http.MethodDelete, time.Second, 2)
+		checkRetryError(t, err, http.MethodDelete, 3, nil)
+		if re, ok := errors.AsType[*RetryError](err); !ok || re.StatusCode != 503 || re.Status != "503 Service Unavailable" || re.Err != nil {
+			t.Errorf("RetryError = %+v, want the last status 503 and no Err", re)
+		}
+		if took != 2*time.Second || hits.Load() != 3 {
+			t.Errorf("Do took %v and sent %d attempts, want 2s and 3", took, hits.Load())
+		}
+	})
 }
 
 func TestRetryPolicy(t *testing.T) {
@@ -349,6 +549,12 @@ func TestRetryPolicy(t *testing.T) {
 	}
 	if _, err := RetryPolicy(cancelled, nil, nil); err != cancelled.Err() {
 		t.Errorf("err = %v, want the context's error as is", err)
+	}
+	// An attempt that failed with a *url.Error: the context's error in a
+	// *url.Error for the same request.
+	_, err := RetryPolicy(cancelled, nil, refused)
+	if ue, ok := errors.AsType[*url.Error](err); !ok || ue.Op != "Get" || ue.URL != "http://x" || ue.Err != cancelled.Err() {
+		t.Errorf("err = %#v, want the context's error in a *url.Error for Get http://x", err)
 	}
 }
 
@@ -441,5 +647,16 @@ func TestRetryErrorMessage(t *testing.T) {
 	_, err = RetryErrorHandler(nil, nil, 2)
 	if err.Error() != "giving up after 2 attempts" {
 		t.Errorf("err = %q", err)
+	}
+	// net/http writes a password as "***"; a RetryError as go-retryablehttp
+	// does, whether the URL comes from an error or a response.
+	_, err = RetryErrorHandler(nil, &url.Error{Op: "Get", URL: "http://u:***@x/p", Err: context.Canceled}, 1)
+	if re, ok := errors.AsType[*RetryError](err); !ok || re.Method != "GET" || re.URL != "http://u:xxxxx@x/p" {
+		t.Errorf("from a *url.Error: %v, want GET http://u:xxxxx@x/p", err)
+	}
+	req := httptest.NewRequest(http.MethodPut, "http://u:pw@x/p", nil)
+	_, err = RetryErrorHandler(&http.Response{StatusCode: 502, Request: req}, nil, 1)
+	if re, ok := errors.AsType[*RetryError](err); !ok || re.Method != "PUT" || re.URL != "http://u:xxxxx@x/p" || re.Status != "502 Bad Gateway" {
+		t.Errorf("from a response: %v, want PUT http://u:xxxxx@x/p and the status", err)
 	}
 }

@@ -645,9 +645,6 @@ func encodeStates(source string, states []PublishedState, expires time.Time) []b
 	return b
 }
 
-// validRate reports whether r is a rate a limiter can hold, or 0.
-func validRate(r float64) bool { return r >= 0 && r <= maxRate }
-
 // decodeStates parses what encodeStates wrote. It never panics.
 func decodeStates(data []byte) (source string, states []PublishedState, expires time.Time, err error) {
 	var j statesJSON
@@ -670,7 +667,7 @@ func decodeStates(data []byte) (source string, states []PublishedState, expires 
 		if s.Until > 0 {
 			ps.Until = time.Unix(0, s.Until)
 		}
-		if validRate(s.Rate) && validRate(s.LastMax) {
+		if (s.Rate == 0 || validRate(s.Rate)) && (s.LastMax == 0 || validRate(s.LastMax)) {
 			ps.Rate, ps.LastMax = s.Rate, s.LastMax
 		}
 		if s.Throttled > 0 && ps.LastMax > 0 {

@@ -32,7 +32,7 @@ func TestOverrideEncoding(t *testing.T) {
 		t.Errorf("stored form = %s", got)
 	}
 	// A rate, alone or not, exactly as it was written.
-	for _, r := range []float64{0.05, 1.0 / 3, 7.5, 123456.789, maxRate} {
+	for _, r := range []float64{0.001, 0.05, 1.0 / 3, 7.5, 123456.789, maxRate} {
 		v := encodeOverride("a.example", Policy{Rate: r})
 		if _, got, err := decodeOverride(v); err != nil || got.Rate != r {
 			t.Errorf("rate %v: stored as %s, decoded %+v, %v", r, v, got, err)
@@ -77,6 +77,8 @@ func TestOverrideEncoding(t *testing.T) {
 		`{"v":1,"key":"a.example","roles":[]}`,                            //
 		`{"v":1,"key":"a.example","rate":-1}`,                             // unlimited: not a tuned rate
 		`{"v":1,"key":"a.example","rate":1000001}`,                        // above maxRate
+		`{"v":1,"key":"a.example","rate":1e-12}`,                          // below minRateBound: overflows a limiter
+		`{"v":1,"key":"a.example","rate":0.0009}`,                         //
 		`{"v":1,"key":"a.example","rate":"5"}`,                            // a string
 		`{"v":1,"key":"a.example","roles":{"r":{"rate":5}}}`,              // host-wide, not in a role
 		`{"v":1,"key":"a.example","fail_max":3,"roles":{"r":{"rate":5}}}`, //
@@ -202,6 +204,8 @@ func TestStoreOverrides(t *testing.T) {
 			{"ok.example", Policy{Roles: map[string]Policy{"r": {FailureStatuses: []int{500}}}}},
 			{"ok.example", Policy{Rate: -1}}, // unlimited
 			{"ok.example", Policy{Rate: maxRate * 2}},
+			{"ok.example", Policy{Rate: 1e-12}},
+			{"ok.example", Policy{Rate: 0.0009}},
 			{"ok.example", Policy{Rate: math.NaN()}},
 			{"ok.example", Policy{Rate: math.Inf(1)}},
 			{"ok.example", Policy{FailMax: 3, Roles: map[string]Policy{"r": {Rate: 5}}}}, // host-wide
@@ -250,6 +254,7 @@ func TestBoltOverridesSkipJunkAndCache(t *testing.T) {
 			"Upper.example":   string(encodeOverride("Upper.example", p)),
 			"empty.example":   `{"v":1,"key":"empty.example"}`,
 			"bad-dur.example": `{"v":1,"key":"bad-dur.example","reset_timeout":"0s"}`,
+			"slow.example":    `{"v":1,"key":"slow.example","rate":1e-12}`,
 		} {
 			if err := b.Put([]byte(k), []byte(v)); err != nil {
 				return err
@@ -328,6 +333,7 @@ func TestRedisOverridesSkipJunk(t *testing.T) {
 		"*.good.example":           string(encodeOverride("*.good.example", Policy{FailMax: 9})), // not escaped: not its field
 		"%zz":                      `{"v":1,"key":"%zz","fail_max":3}`,
 		url.QueryEscape("e.x"):     `{"v":1,"key":"e.x","fail_max":0}`,
+		url.QueryEscape("s.x"):     `{"v":1,"key":"s.x","rate":1e-12}`,
 		url.QueryEscape("[::1]:1"): string(encodeOverride("[::1]:1", Policy{TrialCalls: 3})),
 	} {
 		if err := raw.HSet(ctx, hkey, f, v).Err(); err != nil {

@@ -245,6 +245,11 @@ failure_statuses = [400]
 		{"nested roles table", "[defaults.roles.metadata]\nfail_max = 3\n[defaults.roles.metadata.roles] #<\ninner = {fail_max = 2}\n", []string{"defaults.roles.metadata.roles"}, false},
 		{"nested roles sub-table", "[defaults.roles.metadata]\nfail_max = 3\n[defaults.roles.metadata.roles.inner] #<\nfail_max = 2\n", []string{"defaults.roles.metadata.roles"}, false},
 		{"nested roles empty sub-table", "[defaults.roles.metadata]\nfail_max = 3\n[defaults.roles.metadata.roles.inner] #<\n", []string{"defaults.roles.metadata.roles"}, false},
+		{"rate below the lower bound", "[defaults]\nfail_max = 2\nrate = 1e-12 #<\n", []string{"defaults.rate"}, false},
+		{"rate below the lower bound host", "[hosts.\"a.com\"]\nburst = 2\nrate = 0.0009 #<\n", []string{`hosts."a.com".rate`}, false},
+		{"min_rate below the lower bound", "[defaults]\nmin_rate = 1e-11 #<\n", []string{"defaults.min_rate"}, false},
+		{"min_rate below the lower bound host", "[defaults]\nrate = 5\n[hosts.\"a.com\"]\nmin_rate = 0.0001 #<\n", []string{`hosts."a.com".min_rate`}, false},
+		{"tune min_rate below the lower bound", "[tune]\nrate_step = 0.5\nmin_rate = 1e-9 #<\n", []string{"tune.min_rate"}, false},
 		{"syntax error", "[defaults]\nfail_max = = 3 #<\n", nil, false},
 	}
 	for _, tc := range tests {

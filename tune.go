@@ -464,8 +464,8 @@ func (b TuneBounds) check() error {
 	if b.RateStep < 0 || b.RateStep > 1 {
 		return &ConfigError{Key: "tune.rate_step", Msg: fmt.Sprintf("must be in (0, 1], got %v", b.RateStep)}
 	}
-	if b.MinRate < 0 {
-		return &ConfigError{Key: "tune.min_rate", Msg: fmt.Sprintf("must be positive, got %v", b.MinRate)}
+	if b.MinRate != 0 && !validRate(b.MinRate) {
+		return &ConfigError{Key: "tune.min_rate", Msg: fmt.Sprintf("must be at least %v and at most %v requests per second, got %v", minRateBound, maxRate, b.MinRate)}
 	}
 	return nil
 }
@@ -598,16 +598,16 @@ func clampValue(key string, v, now int64, b TuneBounds) int64 {
 }
 
 // boundsOf returns the tune bounds of key. For rate, they depend on now,
-// the rate in force: at least b.MinRate and at most maxRate, and, unless
-// now is unlimited, within b.RateStep of now. The bounds of a rate are
-// empty (lo > hi) when now is so far below b.MinRate that no step reaches
-// it.
+// the rate in force: at least b.MinRate (and minRateBound) and at most
+// maxRate, and, unless now is unlimited, within b.RateStep of now. The
+// bounds of a rate are empty (lo > hi) when now is so far below b.MinRate
+// that no step reaches it.
 func boundsOf(key string, now int64, b TuneBounds) (lo, hi int64) {
 	switch key {
 	case keyFailMax:
 		return int64(b.FailMax[0]), int64(b.FailMax[1])
 	case keyRate:
-		lo, hi = max(rateMicros(b.MinRate), 1), rateMicros(maxRate)
+		lo, hi = max(rateMicros(b.MinRate), rateMicros(minRateBound)), rateMicros(maxRate)
 		if now != rateUnlimited {
 			lo = max(lo, int64(math.Round(float64(now)*(1-b.RateStep))))
 			hi = min(hi, int64(math.Round(float64(now)*(1+b.RateStep))))
@@ -656,14 +656,14 @@ func checkOverrideKey(key string) error {
 // role remains. It is an error for p to set any other field, to set Rate
 // in a role, to nest roles, to name a role "" or with a NUL, or to set a
 // count outside 1 to maxCount, a ResetTimeout that is not positive, or a
-// Rate outside (0, maxRate].
+// Rate outside [minRateBound, maxRate].
 func tunedPolicy(p Policy) (Policy, error) {
 	fields := func(where string, p Policy, role bool) (Policy, error) {
 		switch {
 		case p.Rate != 0 && role:
 			return Policy{}, fmt.Errorf("%srate: a rate limit is host-wide: tune it at the top level, not in a role", where)
-		case p.Rate != 0 && !(p.Rate > 0 && p.Rate <= maxRate):
-			return Policy{}, fmt.Errorf("%srate: want more than 0 and at most %v requests per second, got %v", where, maxRate, p.Rate)
+		case p.Rate != 0 && !validRate(p.Rate):
+			return Policy{}, fmt.Errorf("%srate: want at least %v and at most %v requests per second, got %v", where, minRateBound, maxRate, p.Rate)
 		}
 		if t := tunedFields(p); !reflect.DeepEqual(t, withoutRoles(p)) {
 			return Policy{}, fmt.Errorf("%sonly %s can be tuned", where, strings.Join(tunableKeys, ", "))
