@@ -517,8 +517,6 @@ func (l *limiter) cubicLocked(now int64) float64 {
 	return cubicScale*math.Pow(t-l.window, 3) + l.lastMax
 }
 
-
-
 // recheckLocked returns when the rate, growing along its curve, will have
 // grown enough since the last respacing for the turns given meanwhile to
 // be respaced; 0 if not learning or not within maxWait of now. A request
