@@ -11,11 +11,12 @@ package hostbreaker
 // is all that an unlimited host costs on the request path. The limiter
 // takes the time in (ns since the Transport's epoch, see doc.go) and
 // returns its rate changes as values, which the Transport reports
-// (transport.go); a request waits for its turn here, as with
+// (transport.go); a request waits for its turn here (acquire), as with
 // rate.Limiter.Wait.
 
 import (
 	"context"
+	"errors"
 	"math"
 	"sync"
 	"time"
@@ -153,7 +154,8 @@ func newLimiter(p *resolved, now int64, rate float64) *limiter {
 	return l
 }
 
-// configure takes the rate-limit fields of p. Callers hold mu or own l.
+// configureLocked takes the rate-limit fields of p. Callers hold mu or own
+// l.
 func (l *limiter) configureLocked(p *resolved) {
 	l.ceiling, l.burst, l.maxWait = p.Rate, int64(max(p.Burst, 1)), int64(p.MaxWait)
 	l.minRate, l.adaptive = p.MinRate, p.Adaptive == ToggleOn
@@ -181,9 +183,11 @@ func (l *limiter) reconfigure(p *resolved, now int64) (rateChange, bool) {
 	return rateChange{prev: prev, rate: l.fill, lastMax: l.lastMax, why: "configured"}, l.fill != prev
 }
 
-// setRate sets the rate to r, within the floor and the ceiling, and keeps
-// the queue of turns already given in order: the backlog is rescaled to
-// the new interval.
+// setRateLocked sets the rate to r, within the floor and the ceiling. The
+// backlog past the last turn handed out is rescaled to the new interval;
+// the turns handed out keep their times, and the next one the new spacing
+// after them (a rescaled backlog once put turns 4–12 ms apart where the
+// interval was 20 ms).
 func (l *limiter) setRateLocked(r float64, now int64) {
 	if l.ceiling > 0 {
 		r = min(r, l.ceiling)
@@ -193,9 +197,6 @@ func (l *limiter) setRateLocked(r float64, now int64) {
 		return
 	}
 	iv := max(int64(1e9/r), 1)
-	// The backlog is rescaled to the new interval, but not the turns
-	// already handed out: their requests wait for fixed times, and the
-	// next turn must keep the new spacing after the last of them.
 	if base := max(now, l.last); l.tat > base && l.interval > 0 {
 		l.tat = base + int64(float64(l.tat-base)*float64(iv)/float64(l.interval))
 	}
@@ -252,6 +253,44 @@ func (l *limiter) reserve(since, now, deadline int64) (tn turn, ok bool, ch rate
 	l.tat = tat
 	l.prev, l.last = l.last, max(l.last, tn.at)
 	return tn, true, ch, changed
+}
+
+// errTurnTooFar is acquire's error for a turn beyond the request's wait.
+var errTurnTooFar = errors.New("turn too far")
+
+// acquire reserves a turn for a request at now and waits for it: it
+// returns the turn taken; or, with errTurnTooFar, the turn it would get
+// when that is more than maxWait from now or after deadline (0 for none);
+// or ctx's cause when ctx ends first, the turn given back. A respacing
+// while it waits voids its turn, and it reserves again (at most maxWait
+// from now, still). It also returns the last rate change its reservations
+// made, for the caller to report.
+func (l *limiter) acquire(ctx context.Context, c clock, now, deadline int64) (tn turn, ch rateChange, changed bool, err error) {
+	for since := now; ; now = c.now() {
+		var ok, chd bool
+		var rc rateChange
+		tn, ok, rc, chd = l.reserve(since, now, deadline)
+		if chd {
+			ch, changed = rc, true
+		}
+		if !ok {
+			return tn, ch, changed, errTurnTooFar
+		}
+		if tn.at <= now {
+			if tn.take(now) {
+				tn.at = now
+				return tn, ch, changed, nil
+			}
+			continue
+		}
+		if tn.wait(ctx, now, c) {
+			return tn, ch, changed, nil
+		}
+		if ctx.Err() != nil {
+			tn.cancel()
+			return turn{}, ch, changed, context.Cause(ctx)
+		}
+	}
 }
 
 // take reports whether the request may go at its turn, now: its turn was
@@ -374,7 +413,7 @@ func (l *limiter) seed(n float64, at int64) {
 	l.okN[((at-1)/acceptSlot)%acceptSlots] += n - 1
 }
 
-// countSend counts a request sent at t in the measured send rate.
+// countSendLocked counts a request sent at t in the measured send rate.
 func (l *limiter) countSendLocked(t int64) {
 	if b := t - t%sendBucket; b > l.bucket {
 		cur := l.sent / (float64(b-l.bucket) / 1e9)

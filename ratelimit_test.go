@@ -405,3 +405,38 @@ func TestCanceledTurnAfterRateChange(t *testing.T) {
 		}
 	}
 }
+
+// TestTurnsKeepTheirSpacing: when the rate changes, the turns already
+// handed out keep their times and the next turn keeps the new interval
+// after the last of them, up or down. (Rescaling the whole backlog once
+// put a new turn before turns already given, and requests went out 4–12 ms
+// apart where the interval was 20 ms.)
+func TestTurnsKeepTheirSpacing(t *testing.T) {
+	ms := int64(time.Millisecond)
+	for _, tc := range []struct {
+		to       float64
+		interval int64
+	}{{50, 20 * ms}, {2, 500 * ms}} {
+		pt := mustCompile(t, Config{Defaults: Policy{Rate: 100, MaxWait: time.Minute, Adaptive: ToggleOff}})
+		l := newLimiter(mustResolve(t, pt, "a.test", ""), 0, 100)
+		l.mu.Lock()
+		l.setRateLocked(10, 0)
+		l.mu.Unlock()
+		var last int64
+		for i := range 3 {
+			tn, ok, _, _ := l.reserve(0, 0, 0)
+			if !ok || tn.at != int64(i)*100*ms {
+				t.Fatalf("turn %d at %v, %v; want %v", i, time.Duration(tn.at), ok, time.Duration(int64(i)*100*ms))
+			}
+			last = tn.at
+		}
+		l.mu.Lock()
+		l.setRateLocked(tc.to, 0)
+		l.mu.Unlock()
+		tn, _, _, _ := l.reserve(0, 0, 0)
+		if want := last + tc.interval; tn.at != want {
+			t.Errorf("rate 10 → %v: the next turn is at %v, want %v (the last turn given, %v, plus the new interval)",
+				tc.to, time.Duration(tn.at), time.Duration(want), time.Duration(last))
+		}
+	}
+}

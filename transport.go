@@ -320,15 +320,15 @@ func (t *Transport) admit(e *entry) (admission, *OpenError) {
 	return adm, rej
 }
 
-// wait waits for the request's turn at the host's limiter, within the
-// policy's MaxWait and half the time left before the request's deadline,
-// and returns the turn. (A request sent at its deadline would time out, a
-// timeout counts as the host's failure, and its turn would be wasted; half
-// leaves the round trip as much time as the wait took.) A request whose
-// turn is further away is rejected at once with ReasonRateLimited and its
-// turn as Until; one whose context ends while it waits gives its turn
-// back. A host that is cooling down gives no turns: admit rejects the
-// request (the zero turn, nil).
+// wait waits for the request's turn at the host's limiter (see
+// limiter.acquire), within the policy's MaxWait and half the time left
+// before the request's deadline, and returns the turn. (A request sent at
+// its deadline would time out, a timeout counts as the host's failure, and
+// its turn would be wasted; half leaves the round trip as much time as the
+// wait took.) A request whose turn is further away is rejected at once
+// with ReasonRateLimited and its turn as Until; one whose context ends
+// while it waits gives its turn back. A host that is cooling down gives no
+// turns: admit rejects the request (the zero turn, nil).
 func (t *Transport) wait(req *http.Request, e *entry, lim *limiter) (turn, error) {
 	now := t.now()
 	if e.host.coolingDown(now) {
@@ -341,30 +341,18 @@ func (t *Transport) wait(req *http.Request, e *entry, lim *limiter) (turn, error
 			deadline = now + left/2
 		} // else already past: the base reports it
 	}
-	for since := now; ; now = t.now() {
-		tn, ok, ch, changed := lim.reserve(since, now, deadline)
-		if changed {
-			t.emitRate(e.host.name, ch)
-		}
-		if !ok {
-			e.reject(ReasonRateLimited)
-			return turn{}, &OpenError{Host: e.host.name, Role: e.role, Reason: ReasonRateLimited, Until: t.at(tn.at)}
-		}
-		if tn.at <= now {
-			if tn.take(now) {
-				tn.at = now
-				return tn, nil
-			}
-			continue
-		}
-		if tn.wait(ctx, now, t.clock) {
-			return tn, nil
-		}
-		if err := ctx.Err(); err != nil {
-			tn.cancel()
-			return turn{}, fmt.Errorf("hostbreaker: %s: waiting for a turn: %w", e.host.name, context.Cause(ctx))
-		}
+	tn, ch, changed, err := lim.acquire(ctx, t.clock, now, deadline)
+	if changed {
+		t.emitRate(e.host.name, ch)
 	}
+	switch {
+	case err == errTurnTooFar:
+		e.reject(ReasonRateLimited)
+		return turn{}, &OpenError{Host: e.host.name, Role: e.role, Reason: ReasonRateLimited, Until: t.at(tn.at)}
+	case err != nil:
+		return turn{}, fmt.Errorf("hostbreaker: %s: waiting for a turn: %w", e.host.name, err)
+	}
+	return tn, nil
 }
 
 // nilResponse is the error for a base that returned neither a response nor
