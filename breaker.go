@@ -259,7 +259,7 @@ func (e *entry) evicted() bool { return e.flags.Load()&flagEvicted != 0 }
 type admission struct {
 	st    uint64 // the entry's st when admitted
 	probe bool   // a half-open trial request
-	turn  turn   // its turn at the limiter that paced it; the zero turn if none did
+	turn  *turn  // its turn at the limiter that paced it (on RoundTrip's stack); nil if none did
 }
 
 // transition is a change of a breaker's phase, returned by the state
@@ -335,31 +335,38 @@ func (e *entry) closeLocked() {
 	e.st.Store(next(e.st.Load(), phaseClosed))
 }
 
+// admitClosed is admit's hot path, small enough to be inlined: the
+// admission of a request while e is closed, or false.
+func (e *entry) admitClosed() (admission, bool) {
+	st := e.st.Load()
+	return admission{st: st}, phaseOf(st) == phaseClosed
+}
+
 // admit decides whether e's breaker lets a request in. The closed path is
 // one atomic load: it takes no lock and reads no clock. Off it, admit reads
-// c, moves an open breaker whose open phase has ended to half-open (the
-// transition it returns), and lets in at most TrialCalls probes at a time.
+// c, moves an open breaker whose open phase has ended to half-open (the one
+// transition it can make, reported as halfOpened), and lets in at most
+// TrialCalls probes at a time.
 // A rejection is returned as an *OpenError; the host's cooldown is not its
 // business (cooldown.go).
-func (e *entry) admit(c clock) (admission, transition, *OpenError) {
+func (e *entry) admit(c *clock) (adm admission, halfOpened bool, rej *OpenError) {
 	st := e.st.Load()
 	if phaseOf(st) == phaseClosed {
-		return admission{st: st}, transition{}, nil // the hot path
+		return admission{st: st}, false, nil
 	}
 	now := c.now()
-	var tr transition
 	for {
 		switch phaseOf(st) {
 		case phaseClosed:
-			return admission{st: st}, tr, nil
+			return admission{st: st}, halfOpened, nil
 		case phaseOpen:
 			if ou := e.mark.Load(); now < ou {
-				return admission{}, tr, &OpenError{Host: e.host.name, Role: e.role, Reason: ReasonBreakerOpen, Until: c.at(ou)}
+				return admission{}, halfOpened, &OpenError{Host: e.host.name, Role: e.role, Reason: ReasonBreakerOpen, Until: c.at(ou)}
 			}
 			e.mu.Lock()
 			if e.st.Load() == st {
 				e.halfOpenLocked(now)
-				tr = transition{from: StateOpen, to: StateHalfOpen}
+				halfOpened = true
 			}
 			e.mu.Unlock()
 		case phaseHalfOpen:
@@ -368,9 +375,9 @@ func (e *entry) admit(c clock) (admission, transition, *OpenError) {
 				adm, ok := e.admitProbeLocked(now)
 				e.mu.Unlock()
 				if !ok {
-					return admission{}, tr, &OpenError{Host: e.host.name, Role: e.role, Reason: ReasonHalfOpenFull}
+					return admission{}, halfOpened, &OpenError{Host: e.host.name, Role: e.role, Reason: ReasonHalfOpenFull}
 				}
-				return adm, tr, nil
+				return adm, halfOpened, nil
 			}
 			e.mu.Unlock()
 		}
@@ -396,18 +403,26 @@ func (e *entry) admitProbeLocked(now int64) (admission, bool) {
 	return admission{st: e.st.Load(), probe: true}, true
 }
 
+// healthy reports whether a success of the request that adm let in would
+// change nothing but a counter: it is no probe, and no failure is counted.
+// With recordHealthy, the hot path of recording, inlined.
+func (e *entry) healthy(adm admission) bool { return !adm.probe && e.fails.Load() == 0 }
+
+// recordHealthy counts a success for which healthy holds.
+func (e *entry) recordHealthy() { e.successes.Add(1) }
+
 // record counts the outcome of a request that adm let in and feeds it to
 // e's breaker, and returns the transition it caused. A success in closed
 // with no failure counted is the hot path: one atomic add. An outcome of an
 // earlier generation is counted but changes nothing. c is read only when
 // a failure is recorded.
-func (e *entry) record(adm admission, o outcome, c clock) transition {
+func (e *entry) record(adm admission, o outcome, c *clock) transition {
 	switch o {
 	case outcomeSuccess:
 		e.successes.Add(1)
 		// In closed, a success after a success changes nothing in a
 		// consecutive-failure breaker, so the common case skips the lock.
-		if !adm.probe && e.fails.Load() == 0 {
+		if e.healthy(adm) {
 			return transition{}
 		}
 	case outcomeFailure:
@@ -455,7 +470,7 @@ func (e *entry) successLocked(adm admission) transition {
 
 // failureLocked records a failure in the admission's generation and trips
 // the breaker when it opens. Callers hold e.mu.
-func (e *entry) failureLocked(adm admission, c clock) transition {
+func (e *entry) failureLocked(adm admission, c *clock) transition {
 	p := e.pol.Load()
 	now := c.now()
 	from := StateHalfOpen

@@ -27,18 +27,18 @@ func newTestEntry(t *testing.T, p Policy) *entry {
 }
 
 // TestBreakerStateMachine walks one breaker through every transition with
-// admit and record alone, and checks the transitions they return: what
-// the Transport turns into events.
+// admit and record alone, and checks the transitions they report: what the
+// Transport turns into events.
 func TestBreakerStateMachine(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		c := clock{epoch: time.Now().Add(-time.Second)}
+		c := &clock{epoch: time.Now().Add(-time.Second)}
 		e := newTestEntry(t, Policy{FailMax: 3, ResetTimeout: 10 * time.Second, SuccessThreshold: 2, TrialCalls: 1})
 
 		admit := func() admission {
 			t.Helper()
-			adm, tr, rej := e.admit(c)
-			if rej != nil || tr.changed() {
-				t.Fatalf("admit: %v, %+v; want an admission and no transition", rej, tr)
+			adm, halfOpened, rej := e.admit(c)
+			if rej != nil || halfOpened {
+				t.Fatalf("admit: %v, half-opened %v; want an admission and no transition", rej, halfOpened)
 			}
 			return adm
 		}
@@ -57,14 +57,14 @@ func TestBreakerStateMachine(t *testing.T) {
 		if tr := e.record(stale, outcomeSuccess, c); tr.changed() || e.successes.Load() != 1 {
 			t.Fatalf("stale success: %+v, %d successes; want counted, no transition", tr, e.successes.Load())
 		}
-		if _, tr, rej := e.admit(c); rej == nil || rej.Reason != ReasonBreakerOpen || !rej.Until.Equal(c.at(trip.until)) || tr.changed() {
-			t.Fatalf("admit while open: %v, %+v; want breaker-open until %v", rej, tr, c.at(trip.until))
+		if _, halfOpened, rej := e.admit(c); rej == nil || rej.Reason != ReasonBreakerOpen || !rej.Until.Equal(c.at(trip.until)) || halfOpened {
+			t.Fatalf("admit while open: %v, half-opened %v; want breaker-open until %v", rej, halfOpened, c.at(trip.until))
 		}
 
 		time.Sleep(time.Duration(trip.until - c.now()))
-		probe, tr, rej := e.admit(c)
-		if rej != nil || !probe.probe || tr.from != StateOpen || tr.to != StateHalfOpen {
-			t.Fatalf("admit after the open phase: %v, %+v, %+v; want a probe and open → half-open", rej, probe, tr)
+		probe, halfOpened, rej := e.admit(c)
+		if rej != nil || !probe.probe || !halfOpened {
+			t.Fatalf("admit after the open phase: %v, %+v, half-opened %v; want a probe and open → half-open", rej, probe, halfOpened)
 		}
 		if _, _, rej := e.admit(c); rej == nil || rej.Reason != ReasonHalfOpenFull {
 			t.Fatalf("second admit while half-open: %v; want half-open-full (trial_calls 1)", rej)

@@ -11,24 +11,25 @@ import (
 )
 
 // clock reads the monotonic time of one Transport, as ns since its epoch.
-// It is a value: the breaker and the limiter take it (or a time read from
-// it) without reaching back into the Transport. The zero clock counts from
+// The breaker and the limiter take it (or a time read from it) without
+// reaching back into the Transport; it is passed by pointer, a word on the
+// hot path. The zero clock counts from
 // the zero time and is not used.
 type clock struct {
 	epoch time.Time // 1 s before the Transport's creation, so that no time read from it is 0, which means "none"
 }
 
 // now returns the monotonic time since the epoch, in ns.
-func (c clock) now() int64 { return int64(time.Since(c.epoch)) }
+func (c *clock) now() int64 { return int64(time.Since(c.epoch)) }
 
 // after returns the deadline d after now (ns since the epoch), d capped at
 // MaxOpen.
-func (c clock) after(now int64, d time.Duration) int64 {
+func (c *clock) after(now int64, d time.Duration) int64 {
 	return now + int64(min(d, MaxOpen))
 }
 
 // at converts a time since the epoch to a time.Time.
-func (c clock) at(ns int64) time.Time { return c.epoch.Add(time.Duration(ns)) }
+func (c *clock) at(ns int64) time.Time { return c.epoch.Add(time.Duration(ns)) }
 
 // MaxOpen is the longest a host can be opened for: [Transport.Open] and
 // [OpenHost] cap their duration at it, and a Transport bounds every

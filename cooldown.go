@@ -65,7 +65,7 @@ func (h *hostState) cool(c cooldown, now int64) bool {
 // gate returns the rejection of a request to h for role while h cools
 // down. hu is h.until as the caller read it (not 0); c is read here. A
 // cooldown that has ended is cleared, so that later requests skip the gate.
-func (h *hostState) gate(hu int64, role string, c clock) *OpenError {
+func (h *hostState) gate(hu int64, role string, c *clock) *OpenError {
 	now := c.now()
 	if now >= hu {
 		h.until.CompareAndSwap(hu, 0) // expired
@@ -76,7 +76,7 @@ func (h *hostState) gate(hu int64, role string, c clock) *OpenError {
 
 // rejection returns the rejection for h's cooldown, reading the deadline
 // and its reason together; nil if a reset ended it meanwhile.
-func (h *hostState) rejection(role string, c clock, now int64) *OpenError {
+func (h *hostState) rejection(role string, c *clock, now int64) *OpenError {
 	h.mu.Lock()
 	until, reason := h.until.Load(), h.reason
 	h.mu.Unlock()

@@ -209,11 +209,9 @@ func (l *limiter) setRateLocked(r float64, now int64) {
 // whatever happened to the host's limiter meanwhile. The zero turn is
 // none.
 type turn struct {
-	lim     *limiter
-	at      int64           // when the request may go, ns since the epoch
-	gen     uint64          // the limiter's spacing generation when it was given
-	respace <-chan struct{} // closed when the turns of gen are respaced
-	recheck int64           // when to check the limiter's rate again while waiting (refresh); 0 for never
+	lim *limiter
+	at  int64  // when the request may go, ns since the epoch
+	gen uint64 // the limiter's spacing generation when it was given
 }
 
 // reserve gives the request its turn: the earliest time at which the
@@ -221,13 +219,15 @@ type turn struct {
 // request first asked (it asks again after a respacing), from which it
 // waits at most maxWait, and not after deadline (0 for none). It takes the
 // turn and returns it when it is within those; otherwise it takes nothing
-// and returns the turn with false.
+// and returns the turn with false. With the turn come the channel that a
+// respacing of its generation closes, and when to check the limiter's rate
+// again while waiting (refresh; 0 for never).
 //
 // A learning limiter first moves its rate along the CUBIC curve to now,
 // and paces with a bucket of 1 whatever the configured burst: a limiter
 // that has been throttled knows bursts are unwelcome. A reanchoring that
 // was due comes first; its change is returned.
-func (l *limiter) reserve(since, now, deadline int64) (tn turn, ok bool, ch rateChange, changed bool) {
+func (l *limiter) reserve(since, now, deadline int64) (tn turn, respace <-chan struct{}, recheck int64, ok bool, ch rateChange, changed bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	ch, changed = l.reanchorLocked(now)
@@ -242,17 +242,17 @@ func (l *limiter) reserve(since, now, deadline int64) (tn turn, ok bool, ch rate
 	if l.respace == nil {
 		l.respace = make(chan struct{})
 	}
-	tn = turn{lim: l, at: max(now, tat-burst*l.interval), gen: l.gen, respace: l.respace, recheck: l.recheckLocked(now)}
+	tn = turn{lim: l, at: max(now, tat-burst*l.interval), gen: l.gen}
 	limit := since + l.maxWait
 	if deadline > 0 {
 		limit = min(limit, deadline)
 	}
 	if tn.at > limit {
-		return tn, false, ch, changed
+		return tn, nil, 0, false, ch, changed
 	}
 	l.tat = tat
 	l.prev, l.last = l.last, max(l.last, tn.at)
-	return tn, true, ch, changed
+	return tn, l.respace, l.recheckLocked(now), true, ch, changed
 }
 
 // errTurnTooFar is acquire's error for a turn beyond the request's wait.
@@ -265,11 +265,13 @@ var errTurnTooFar = errors.New("turn too far")
 // while it waits voids its turn, and it reserves again (at most maxWait
 // from now, still). It also returns the last rate change its reservations
 // made, for the caller to report.
-func (l *limiter) acquire(ctx context.Context, c clock, now, deadline int64) (tn turn, ch rateChange, changed bool, err error) {
+func (l *limiter) acquire(ctx context.Context, c *clock, now, deadline int64) (tn turn, ch rateChange, changed bool, err error) {
 	for since := now; ; now = c.now() {
 		var ok, chd bool
 		var rc rateChange
-		tn, ok, rc, chd = l.reserve(since, now, deadline)
+		var respace <-chan struct{}
+		var recheck int64
+		tn, respace, recheck, ok, rc, chd = l.reserve(since, now, deadline)
 		if chd {
 			ch, changed = rc, true
 		}
@@ -283,7 +285,7 @@ func (l *limiter) acquire(ctx context.Context, c clock, now, deadline int64) (tn
 			}
 			continue
 		}
-		if tn.wait(ctx, now, c) {
+		if tn.wait(ctx, now, c, respace, recheck) {
 			return tn, ch, changed, nil
 		}
 		if ctx.Err() != nil {
@@ -311,13 +313,13 @@ func (tn turn) take(now int64) bool {
 // wait waits until the turn comes, now being the time of the call on c,
 // and takes it (see take): it reports true then. It reports false when the
 // turn was voided by a respacing (the request reserves again) or ctx ended
-// first (the caller gives the turn back). While it waits it checks the
-// limiter's rate at tn.recheck, so that a turn given at a rate that has
-// since grown is respaced in time.
-func (tn turn) wait(ctx context.Context, now int64, c clock) bool {
+// first (the caller gives the turn back). respace and recheck are
+// reserve's: while it waits it checks the limiter's rate at recheck, so
+// that a turn given at a rate that has since grown is respaced in time.
+func (tn turn) wait(ctx context.Context, now int64, c *clock, respace <-chan struct{}, recheck int64) bool {
 	next := tn.at
-	if tn.recheck != 0 && tn.recheck < next {
-		next = tn.recheck
+	if recheck != 0 && recheck < next {
+		next = recheck
 	}
 	timer := time.NewTimer(time.Duration(next - now))
 	defer timer.Stop()
@@ -333,7 +335,7 @@ func (tn turn) wait(ctx context.Context, now int64, c clock) bool {
 				continue
 			}
 			return tn.take(now)
-		case <-tn.respace: // the limiter's rate moved: reserve again
+		case <-respace: // the limiter's rate moved: reserve again
 			return false
 		case <-ctx.Done():
 			return false
@@ -870,11 +872,20 @@ func (h *hostState) expireLimiter(now int64) (rateChange, bool) {
 	return ch, changed
 }
 
+// sentAt returns when the limiter let the request admitted with adm go; 0
+// when none paced it.
+func (adm admission) sentAt() int64 {
+	if adm.turn == nil {
+		return 0
+	}
+	return adm.turn.at
+}
+
 // limiterOf returns the limiter that an outcome of a request admitted with
 // adm is recorded at: the one that gave its turn, else h's (a request sent
 // before h had a limiter).
 func (adm admission) limiterOf(h *hostState) *limiter {
-	if adm.turn.lim != nil {
+	if adm.turn != nil && adm.turn.lim != nil {
 		return adm.turn.lim
 	}
 	return h.lim.Load()

@@ -375,9 +375,9 @@ func TestCanceledTurnAfterRateChange(t *testing.T) {
 		// with: A, B and C reserve at 0; the rate changes at 50ms; C cancels.
 		with := newLimiter(p, 0, 10)
 		for range 2 {
-			with.reserve(0, 0, 0)
+			reserveTurn(with, 0)
 		}
-		c, ok, _, _ := with.reserve(0, 0, 0)
+		c, ok := reserveTurn(with, 0)
 		if !ok || c.at != 200*ms {
 			t.Fatalf("C's turn %v, %v; want 200ms", time.Duration(c.at), ok)
 		}
@@ -388,14 +388,14 @@ func TestCanceledTurnAfterRateChange(t *testing.T) {
 		// without: only A and B reserve.
 		without := newLimiter(p, 0, 10)
 		for range 2 {
-			without.reserve(0, 0, 0)
+			reserveTurn(without, 0)
 		}
 		without.mu.Lock()
 		without.setRateLocked(rate, 50*ms)
 		without.mu.Unlock()
 
-		got, _, _, _ := with.reserve(50*ms, 50*ms, 0)
-		want, _, _, _ := without.reserve(50*ms, 50*ms, 0)
+		got, _ := reserveTurn(with, 50*ms)
+		want, _ := reserveTurn(without, 50*ms)
 		if got.at != want.at {
 			t.Errorf("rate 10 → %v: the next turn after C's cancel is at %v, want %v as if C had never reserved",
 				rate, time.Duration(got.at), time.Duration(want.at))
@@ -424,7 +424,7 @@ func TestTurnsKeepTheirSpacing(t *testing.T) {
 		l.mu.Unlock()
 		var last int64
 		for i := range 3 {
-			tn, ok, _, _ := l.reserve(0, 0, 0)
+			tn, ok := reserveTurn(l, 0)
 			if !ok || tn.at != int64(i)*100*ms {
 				t.Fatalf("turn %d at %v, %v; want %v", i, time.Duration(tn.at), ok, time.Duration(int64(i)*100*ms))
 			}
@@ -433,10 +433,16 @@ func TestTurnsKeepTheirSpacing(t *testing.T) {
 		l.mu.Lock()
 		l.setRateLocked(tc.to, 0)
 		l.mu.Unlock()
-		tn, _, _, _ := l.reserve(0, 0, 0)
+		tn, _ := reserveTurn(l, 0)
 		if want := last + tc.interval; tn.at != want {
 			t.Errorf("rate 10 → %v: the next turn is at %v, want %v (the last turn given, %v, plus the new interval)",
 				tc.to, time.Duration(tn.at), time.Duration(want), time.Duration(last))
 		}
 	}
+}
+
+// reserveTurn reserves a turn at l at now, with no deadline.
+func reserveTurn(l *limiter, now int64) (turn, bool) {
+	tn, _, _, ok, _, _ := l.reserve(now, now, 0)
+	return tn, ok
 }

@@ -284,7 +284,9 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		closeBody(req)
 		return nil, rej
 	}
-	adm.turn = tn
+	if tn.lim != nil {
+		adm.turn = &tn
+	}
 	recorded := false
 	if adm.probe {
 		// A half-open permit must be given back even if base panics.
@@ -297,7 +299,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := t.base.RoundTrip(req)
 	recorded = true
 	if resp == nil && err == nil {
-		e.record(adm, outcomeNeutral, t.clock) // gives a probe's slot back
+		e.record(adm, outcomeNeutral, &t.clock) // gives a probe's slot back
 		return nil, t.nilResponse()
 	}
 	t.record(e, adm, req, resp, err)
@@ -308,14 +310,17 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 // cooldown first (cooldown.go), then the breaker (breaker.go), whose
 // transition it reports. The healthy path is two atomic loads.
 func (t *Transport) admit(e *entry) (admission, *OpenError) {
-	if hu := e.host.until.Load(); hu != 0 {
-		if rej := e.host.gate(hu, e.role, t.clock); rej != nil {
-			return admission{}, rej
+	hu := e.host.until.Load()
+	if hu == 0 {
+		if adm, ok := e.admitClosed(); ok {
+			return adm, nil // the hot path: two atomic loads
 		}
+	} else if rej := e.host.gate(hu, e.role, &t.clock); rej != nil {
+		return admission{}, rej
 	}
-	adm, tr, rej := e.admit(t.clock)
-	if tr.changed() {
-		t.emitTransition(e, tr, cause{})
+	adm, halfOpened, rej := e.admit(&t.clock)
+	if halfOpened {
+		t.emitTransition(e, transition{from: StateOpen, to: StateHalfOpen}, cause{})
 	}
 	return adm, rej
 }
@@ -341,7 +346,7 @@ func (t *Transport) wait(req *http.Request, e *entry, lim *limiter) (turn, error
 			deadline = now + left/2
 		} // else already past: the base reports it
 	}
-	tn, ch, changed, err := lim.acquire(ctx, t.clock, now, deadline)
+	tn, ch, changed, err := lim.acquire(ctx, &t.clock, now, deadline)
 	if changed {
 		t.emitRate(e.host.name, ch)
 	}
@@ -368,7 +373,7 @@ func (t *Transport) nilResponse() error {
 func (t *Transport) roundTripUntracked(req *http.Request, host, role string) (*http.Response, error) {
 	now := t.now()
 	if h := t.reg.host(host); h != nil && h.coolingDown(now) {
-		if rej := h.rejection(role, t.clock, now); rej != nil {
+		if rej := h.rejection(role, &t.clock, now); rej != nil {
 			closeBody(req)
 			return nil, rej
 		}
@@ -408,7 +413,7 @@ func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *htt
 	o := classify(p, req, resp, err)
 	// The healthy path: a success in closed with no failure counted, which
 	// changes nothing but a counter.
-	healthy := o == outcomeSuccess && !adm.probe && e.fails.Load() == 0
+	healthy := o == outcomeSuccess && e.healthy(adm)
 	if err == nil {
 		code := resp.StatusCode
 		var cooled, slowing bool
@@ -431,13 +436,13 @@ func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *htt
 	}
 	if o == outcomeSuccess {
 		if lim := adm.limiterOf(h); lim != nil {
-			if ch, ok := lim.success(adm.turn.at, t.now()); ok {
+			if ch, ok := lim.success(adm.sentAt(), t.now()); ok {
 				t.emitRate(h.name, ch)
 			}
 		}
 	}
 	if healthy {
-		e.record(adm, o, t.clock)
+		e.recordHealthy()
 		return
 	}
 	c := e.cause(req, resp, err)
@@ -449,7 +454,7 @@ func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *htt
 			return
 		}
 	}
-	if tr := e.record(adm, o, t.clock); tr.changed() {
+	if tr := e.record(adm, o, &t.clock); tr.changed() {
 		t.emitTransition(e, tr, c)
 	}
 	if o == outcomeFailure && t.rolling.Enabled {
@@ -534,7 +539,7 @@ func (t *Transport) slowDown(h *hostState, p *resolved, adm admission, status in
 		}
 		lim = h.learnLimiter(p, now)
 	}
-	ch, changed, slowing := lim.throttle(adm.turn.at, now, h.until.Load(), time.Now().UnixNano(), status)
+	ch, changed, slowing := lim.throttle(adm.sentAt(), now, h.until.Load(), time.Now().UnixNano(), status)
 	if changed {
 		t.emitRate(h.name, ch)
 	}
