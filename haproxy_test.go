@@ -20,7 +20,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"text/template"
 	"time"
@@ -152,41 +151,13 @@ func runHAProxy(t *testing.T, bin, dir string, conf func(port int) ([]byte, erro
 	cmd := exec.Command(bin, "-db", "-f", confPath)
 	stderr := &lockedBuffer{}
 	cmd.Stdout, cmd.Stderr = logFile, stderr
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", bin, err)
-	}
-	exited := make(chan struct{})
-	var waitErr error
-	go func() { waitErr = cmd.Wait(); close(exited) }()
-	failure := func(what string) error {
-		return fmt.Errorf("haproxy %s (%v)\nstderr: %s", what, waitErr, stderr)
-	}
-	stop := func() {
-		cmd.Process.Signal(syscall.SIGTERM) // hard stop
-		select {
-		case <-exited:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
-	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-			c.Close()
-			break
-		}
-		select {
-		case <-exited:
-			return nil, failure("exited before listening")
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			stop()
-			return nil, failure("did not listen on " + addr + " within 10s")
-		}
+	err = runChildServer(t, cmd, addr, func(what string, waitErr error) error {
+		return fmt.Errorf("haproxy %s (%v)\nstderr: %s", what, waitErr, stderr)
+	})
+	if err != nil {
+		return nil, err
 	}
-	t.Cleanup(stop)
 	return &haproxyServer{
 		URL:  "http://" + addr,
 		log:  logPath,

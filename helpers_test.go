@@ -24,6 +24,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -1021,4 +1022,44 @@ func (h *cmdCounter) take() []string {
 	h.names = nil
 	slices.Sort(names)
 	return names
+}
+
+// runChildServer starts cmd, a server that will listen on addr, as a child
+// process of the test: it waits up to 10 s for the port to accept
+// connections and stops the server in t.Cleanup (SIGTERM, then SIGKILL
+// after 5 s). An error says why it did not listen, through failure, which
+// adds what the server wrote.
+func runChildServer(t *testing.T, cmd *exec.Cmd, addr string, failure func(what string, waitErr error) error) error {
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", cmd.Path, err)
+	}
+	exited := make(chan struct{})
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); close(exited) }()
+	stop := func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+		}
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			break
+		}
+		select {
+		case <-exited:
+			return failure("exited before listening", waitErr)
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			stop()
+			return failure("did not listen on "+addr+" within 10s", waitErr)
+		}
+	}
+	t.Cleanup(stop)
+	return nil
 }

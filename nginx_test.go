@@ -14,7 +14,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"text/template"
 	"time"
@@ -142,42 +141,14 @@ func runNginx(t *testing.T, bin, dir string, conf func(port int) ([]byte, error)
 	cmd := exec.Command(bin, "-p", dir+"/", "-c", confPath, "-e", filepath.Join(dir, "error.log"))
 	stderr := &lockedBuffer{}
 	cmd.Stdout, cmd.Stderr = stderr, stderr
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", bin, err)
-	}
-	exited := make(chan struct{})
-	var waitErr error
-	go func() { waitErr = cmd.Wait(); close(exited) }()
-	failure := func(what string) error {
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	err = runChildServer(t, cmd, addr, func(what string, waitErr error) error {
 		errLog, _ := os.ReadFile(filepath.Join(dir, "error.log"))
 		return fmt.Errorf("nginx %s (%v)\nstderr: %s\nerror.log: %s", what, waitErr, stderr, errLog)
+	})
+	if err != nil {
+		return nil, err
 	}
-	stop := func() {
-		cmd.Process.Signal(syscall.SIGTERM) // fast shutdown
-		select {
-		case <-exited:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
-	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-			c.Close()
-			break
-		}
-		select {
-		case <-exited:
-			return nil, failure("exited before listening")
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			stop()
-			return nil, failure("did not listen on " + addr + " within 10s")
-		}
-	}
-	t.Cleanup(stop)
 	return &nginxServer{
 		URL:  "http://" + addr,
 		dir:  dir,
