@@ -7,9 +7,7 @@ package hostbreaker
 // sending above the limit keeps the window full.
 
 import (
-	"bufio"
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -31,30 +29,6 @@ type haproxyLimit struct {
 	Rate       int           // requests allowed per Period (≥ 1)
 	Period     time.Duration // the window: whole milliseconds, 1 ms to 5 min
 	RetryAfter int           // seconds sent as Retry-After with each 429; 0 sends none
-}
-
-// haproxyServer is a real haproxy that startHAProxy runs for one test. Any
-// path under URL answers 200 ("ok") within the limit, or 429 when the
-// window is full.
-type haproxyServer struct {
-	URL string // http://127.0.0.1:port
-
-	log   string // the log file (haproxy's stdout)
-	sync  *http.Client
-	mu    sync.Mutex
-	nsync int
-}
-
-// haproxyCounts are the responses haproxy logged, marker requests left out.
-type haproxyCounts struct {
-	OK, TooMany, Other int // 200s, 429s, any other status (-1: the client went away)
-}
-
-// haproxyRequest is one line of the log.
-type haproxyRequest struct {
-	At     time.Time // when haproxy logged it (the request had ended)
-	Status int
-	URI    string // %HU: path and query as the client sent them
 }
 
 // haproxyConfTemplate is the config of a test haproxy, a text/template that
@@ -86,7 +60,7 @@ func haproxyPath(t testing.TB) string {
 // foreground (-db, one thread) on a free 127.0.0.1 port, with its config
 // and log in t.TempDir(), and returns once the port accepts connections.
 // The server is stopped in t.Cleanup.
-func startHAProxy(t *testing.T, l haproxyLimit) *haproxyServer {
+func startHAProxy(t *testing.T, l haproxyLimit) *loggedServer {
 	t.Helper()
 	if l.Rate < 1 || l.Period < time.Millisecond || l.Period > 5*time.Minute || l.Period%time.Millisecond != 0 || l.RetryAfter < 0 {
 		t.Fatalf("startHAProxy: invalid limit %+v", l)
@@ -121,7 +95,7 @@ func startHAProxy(t *testing.T, l haproxyLimit) *haproxyServer {
 // runHAProxy starts one haproxy on a free port with the config that conf
 // returns for it, its files in dir, waits for the port, and registers its
 // stop.
-func runHAProxy(t *testing.T, bin, dir string, conf func(port int) ([]byte, error)) (*haproxyServer, error) {
+func runHAProxy(t *testing.T, bin, dir string, conf func(port int) ([]byte, error)) (*loggedServer, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -158,92 +132,11 @@ func runHAProxy(t *testing.T, bin, dir string, conf func(port int) ([]byte, erro
 	if err != nil {
 		return nil, err
 	}
-	return &haproxyServer{
-		URL:  "http://" + addr,
-		log:  logPath,
-		sync: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second},
-	}, nil
-}
-
-// Requests returns the requests haproxy has logged, in log order, up to a
-// marker request that it sends and waits for. haproxy runs one thread and
-// writes a request's line when the request ends, in the same pass that
-// sends its response, before it handles another event: every response a
-// client had received before the call is in the log before the marker.
-// Marker requests are left out.
-func (s *haproxyServer) Requests(t testing.TB) []haproxyRequest {
-	t.Helper()
-	s.mu.Lock()
-	s.nsync++
-	marker := fmt.Sprintf("/__hostbreaker_sync/%d", s.nsync)
-	s.mu.Unlock()
-	resp, err := s.sync.Get(s.URL + marker)
-	if err != nil {
-		t.Fatalf("haproxy marker request: %v", err)
-	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	for deadline := time.Now().Add(5 * time.Second); ; {
-		reqs, found, err := s.readLog(marker)
-		if err != nil {
-			t.Fatalf("haproxy log: %v", err)
-		}
-		if found {
-			return reqs
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("haproxy log: no line for %s after 5s", marker)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// Counts returns the statuses haproxy has logged; see Requests.
-func (s *haproxyServer) Counts(t testing.TB) haproxyCounts {
-	t.Helper()
-	var c haproxyCounts
-	for _, r := range s.Requests(t) {
-		switch r.Status {
-		case http.StatusOK:
-			c.OK++
-		case http.StatusTooManyRequests:
-			c.TooMany++
-		default:
-			c.Other++
-		}
-	}
-	return c
-}
-
-// readLog parses the log up to marker, and says whether it found it. The
-// lines before the marker are whole: haproxy wrote them before it.
-func (s *haproxyServer) readLog(marker string) ([]haproxyRequest, bool, error) {
-	f, err := os.Open(s.log)
-	if err != nil {
-		return nil, false, err
-	}
-	defer f.Close()
-	var reqs []haproxyRequest
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) == 3 && fields[2] == marker {
-			return reqs, true, nil
-		}
-		if len(fields) != 3 {
-			continue // the last line, being written: not before the marker
-		}
-		if strings.HasPrefix(fields[2], "/__hostbreaker_sync/") {
-			continue
-		}
-		ms, err1 := strconv.ParseInt(fields[0], 10, 64)
-		status, err2 := strconv.Atoi(fields[1])
-		if err := errors.Join(err1, err2); err != nil {
-			return nil, false, fmt.Errorf("line %q: %w", sc.Text(), err)
-		}
-		reqs = append(reqs, haproxyRequest{At: time.UnixMilli(ms), Status: status, URI: fields[2]})
-	}
-	return nil, false, sc.Err()
+	// date(0,ms): milliseconds since the epoch.
+	return newLoggedServer("haproxy", "http://"+addr, logPath, func(f string) (time.Time, error) {
+		ms, err := strconv.ParseInt(f, 10, 64)
+		return time.UnixMilli(ms), err
+	}), nil
 }
 
 // TestHAProxyHarness checks the harness with bare clients. With and
@@ -263,7 +156,7 @@ func TestHAProxyHarness(t *testing.T) {
 				want = strconv.Itoa(ra)
 			}
 			var mu sync.Mutex
-			var client haproxyCounts
+			var client loggedCounts
 			badHeader := 0
 			start := time.Now()
 			var wg sync.WaitGroup
@@ -302,7 +195,7 @@ func TestHAProxyHarness(t *testing.T) {
 			wg.Wait()
 			elapsed := time.Since(start)
 			reqs := s.Requests(t)
-			var server haproxyCounts
+			var server loggedCounts
 			for _, r := range reqs {
 				switch r.Status {
 				case http.StatusOK:

@@ -5,6 +5,7 @@ package hostbreaker
 // Redis fixtures.
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -1062,4 +1063,117 @@ func runChildServer(t *testing.T, cmd *exec.Cmd, addr string, failure func(what 
 	}
 	t.Cleanup(stop)
 	return nil
+}
+
+// loggedServer is a real server (nginx, haproxy) that a test runs as a
+// child process on loopback, and whose log it reads: one line a request,
+// "time status uri". Any path under URL goes through the server's limit.
+// The server must log a request as soon as it has sent the response,
+// before it handles another event (nginx in one process, haproxy in one
+// thread): then every response a client had received before a marker
+// request is in the log before the marker's line.
+type loggedServer struct {
+	URL string // http://127.0.0.1:port
+
+	name  string                          // in errors
+	log   string                          // the log file
+	at    func(string) (time.Time, error) // parses a line's time field
+	sync  *http.Client                    // the marker requests, outside the limit
+	mu    sync.Mutex
+	nsync int
+}
+
+// loggedCounts are the responses a server logged, marker requests left out.
+type loggedCounts struct {
+	OK, TooMany, Other int // 200s, 429s, any other status (the client went away: 499 for nginx, -1 for haproxy)
+}
+
+// loggedRequest is one line of a server's log.
+type loggedRequest struct {
+	At     time.Time // when the server logged it (after sending the response)
+	Status int
+	URI    string // path and query as the client sent them
+}
+
+func newLoggedServer(name, url, log string, at func(string) (time.Time, error)) *loggedServer {
+	return &loggedServer{URL: url, name: name, log: log, at: at,
+		sync: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}}
+}
+
+// Requests returns the requests the server has logged, in log order, up
+// to a marker request that it sends and waits for (see loggedServer).
+// Marker requests are left out.
+func (s *loggedServer) Requests(t testing.TB) []loggedRequest {
+	t.Helper()
+	s.mu.Lock()
+	s.nsync++
+	marker := fmt.Sprintf("/__hostbreaker_sync/%d", s.nsync)
+	s.mu.Unlock()
+	resp, err := s.sync.Get(s.URL + marker)
+	if err != nil {
+		t.Fatalf("%s marker request: %v", s.name, err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		reqs, found, err := s.readLog(marker)
+		if err != nil {
+			t.Fatalf("%s log: %v", s.name, err)
+		}
+		if found {
+			return reqs
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s log: no line for %s after 5s", s.name, marker)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Counts returns the statuses the server has logged; see Requests.
+func (s *loggedServer) Counts(t testing.TB) loggedCounts {
+	t.Helper()
+	var c loggedCounts
+	for _, r := range s.Requests(t) {
+		switch r.Status {
+		case http.StatusOK:
+			c.OK++
+		case http.StatusTooManyRequests:
+			c.TooMany++
+		default:
+			c.Other++
+		}
+	}
+	return c
+}
+
+// readLog parses the log up to marker, and says whether it found it. The
+// lines before the marker are whole: the server wrote them before it.
+func (s *loggedServer) readLog(marker string) ([]loggedRequest, bool, error) {
+	f, err := os.Open(s.log)
+	if err != nil {
+		return nil, false, err
+	}
+	defer f.Close()
+	var reqs []loggedRequest
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) == 3 && fields[2] == marker {
+			return reqs, true, nil
+		}
+		if len(fields) != 3 {
+			continue // the last line, being written: not before the marker
+		}
+		if strings.HasPrefix(fields[2], "/__hostbreaker_sync/") {
+			continue
+		}
+		at, err1 := s.at(fields[0])
+		status, err2 := strconv.Atoi(fields[1])
+		if err := errors.Join(err1, err2); err != nil {
+			return nil, false, fmt.Errorf("line %q: %w", sc.Text(), err)
+		}
+		reqs = append(reqs, loggedRequest{At: at, Status: status, URI: fields[2]})
+	}
+	return nil, false, sc.Err()
 }

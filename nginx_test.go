@@ -1,9 +1,7 @@
 package hostbreaker
 
 import (
-	"bufio"
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -25,30 +23,6 @@ type nginxLimit struct {
 	Rate       int // requests per second (≥ 1): limit_req_zone rate=Rate r/s
 	Burst      int // 0: limit_req without burst (every request faster than the rate is refused); > 0: burst=Burst nodelay
 	RetryAfter int // seconds sent as Retry-After with each 429; 0 sends none
-}
-
-// nginxServer is a real nginx that startNginx runs for one test. Any path
-// under URL serves a small static file (200) through the limit_req zone,
-// or 429 when the zone refuses it.
-type nginxServer struct {
-	URL string // http://127.0.0.1:port
-
-	dir   string
-	sync  *http.Client // the marker requests of Requests, outside the zone
-	mu    sync.Mutex
-	nsync int
-}
-
-// nginxCounts are the responses nginx logged, marker requests left out.
-type nginxCounts struct {
-	OK, TooMany, Other int // 200s, 429s, any other status (499: the client went away)
-}
-
-// nginxRequest is one line of the access log.
-type nginxRequest struct {
-	At     time.Time // when nginx logged it (after sending the response)
-	Status int
-	URI    string // $request_uri: path and query as the client sent them
 }
 
 // nginxConfTemplate is the config of a test nginx, a text/template that
@@ -81,7 +55,7 @@ func nginxPath(t testing.TB) string {
 // 127.0.0.1 port, with its config, pid, logs and temp files in
 // t.TempDir(), and returns once the port accepts connections. It works as
 // root and as any other user. The server is stopped in t.Cleanup.
-func startNginx(t *testing.T, l nginxLimit) *nginxServer {
+func startNginx(t *testing.T, l nginxLimit) *loggedServer {
 	t.Helper()
 	if l.Rate < 1 || l.Burst < 0 || l.RetryAfter < 0 {
 		t.Fatalf("startNginx: invalid limit %+v", l)
@@ -121,7 +95,7 @@ func startNginx(t *testing.T, l nginxLimit) *nginxServer {
 
 // runNginx starts one nginx on a free port with the config that conf
 // returns for it, waits for the port, and registers its stop.
-func runNginx(t *testing.T, bin, dir string, conf func(port int) ([]byte, error)) (*nginxServer, error) {
+func runNginx(t *testing.T, bin, dir string, conf func(port int) ([]byte, error)) (*loggedServer, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -149,95 +123,11 @@ func runNginx(t *testing.T, bin, dir string, conf func(port int) ([]byte, error)
 	if err != nil {
 		return nil, err
 	}
-	return &nginxServer{
-		URL:  "http://" + addr,
-		dir:  dir,
-		sync: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second},
-	}, nil
-}
-
-// Requests returns the requests nginx has logged, in log order, up to a
-// marker request that it sends and waits for: nginx runs in one process
-// and logs a request as soon as it has sent the response, before it
-// handles another event, so every response a client had received before
-// the call is in the log before the marker. Marker requests are left out.
-func (s *nginxServer) Requests(t testing.TB) []nginxRequest {
-	t.Helper()
-	s.mu.Lock()
-	s.nsync++
-	marker := fmt.Sprintf("/__hostbreaker_sync/%d", s.nsync)
-	s.mu.Unlock()
-	resp, err := s.sync.Get(s.URL + marker)
-	if err != nil {
-		t.Fatalf("nginx marker request: %v", err)
-	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	for deadline := time.Now().Add(5 * time.Second); ; {
-		reqs, found, err := s.readLog(marker)
-		if err != nil {
-			t.Fatalf("nginx access log: %v", err)
-		}
-		if found {
-			return reqs
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nginx access log: no line for %s after 5s", marker)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// Counts returns the statuses nginx has logged; see Requests.
-func (s *nginxServer) Counts(t testing.TB) nginxCounts {
-	t.Helper()
-	var c nginxCounts
-	for _, r := range s.Requests(t) {
-		switch r.Status {
-		case http.StatusOK:
-			c.OK++
-		case http.StatusTooManyRequests:
-			c.TooMany++
-		default:
-			c.Other++
-		}
-	}
-	return c
-}
-
-// readLog parses the access log up to marker, and says whether it found
-// it. The lines before the marker are whole: nginx wrote them before it.
-func (s *nginxServer) readLog(marker string) ([]nginxRequest, bool, error) {
-	f, err := os.Open(filepath.Join(s.dir, "access.log"))
-	if err != nil {
-		return nil, false, err
-	}
-	defer f.Close()
-	var reqs []nginxRequest
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) == 3 && fields[2] == marker {
-			return reqs, true, nil
-		}
-		if len(fields) != 3 {
-			continue // the last line, being written: not before the marker
-		}
-		if strings.HasPrefix(fields[2], "/__hostbreaker_sync/") {
-			continue
-		}
-		sec, err1 := strconv.ParseFloat(fields[0], 64)
-		status, err2 := strconv.Atoi(fields[1])
-		if err := errors.Join(err1, err2); err != nil {
-			return nil, false, fmt.Errorf("line %q: %w", sc.Text(), err)
-		}
-		reqs = append(reqs, nginxRequest{
-			At:     time.UnixMilli(int64(sec*1000 + 0.5)),
-			Status: status,
-			URI:    fields[2],
-		})
-	}
-	return nil, false, sc.Err()
+	// $msec: seconds with millisecond resolution.
+	return newLoggedServer("nginx", "http://"+addr, filepath.Join(dir, "access.log"), func(f string) (time.Time, error) {
+		sec, err := strconv.ParseFloat(f, 64)
+		return time.UnixMilli(int64(sec*1000 + 0.5)), err
+	}), nil
 }
 
 // lockedBuffer is a bytes.Buffer that a child process writes while a test
@@ -266,7 +156,7 @@ func (b *lockedBuffer) String() string {
 func TestNginxHarness(t *testing.T) {
 	s := startNginx(t, nginxLimit{Rate: 5, Burst: 0, RetryAfter: 1})
 	c := &http.Client{Timeout: 5 * time.Second}
-	var client nginxCounts
+	var client loggedCounts
 	badHeader := 0
 	start := time.Now()
 	for time.Since(start) < 1500*time.Millisecond {
@@ -328,7 +218,7 @@ func TestNginxVariants(t *testing.T) {
 		t.Run(fmt.Sprintf("rate=%d,burst=%d", l.Rate, l.Burst), func(t *testing.T) {
 			s := startNginx(t, l)
 			c := &http.Client{Timeout: 5 * time.Second}
-			var client nginxCounts
+			var client loggedCounts
 			var statuses []int
 			badHeader := 0
 			start := time.Now()

@@ -602,9 +602,13 @@ func (l *limiter) refresh(now int64) int64 {
 // sent (0: before the limiter existed), received at now; cooldown is the
 // host's cooldown deadline (0 for none) and wall the wall clock. A
 // throttle of a request sent before the last one is part of its episode
-// and changes nothing. Otherwise the rate is anchored on the host's
-// allowed rate as the last 2 s tell it (estimateLocked, by send time),
-// lowered by β, and the queue is held until the cooldown ends.
+// and changes nothing; one of a request sent within settleDelay after it,
+// outside slow start, pauses the queue instead (see settleDelay).
+// Otherwise the rate is anchored on the host's allowed rate as the last
+// 2 s tell it (estimateLocked, by send time; at the end of slow start, at
+// least half the rate refused), lowered by β (knownBeta once the limit is
+// known), the turns given are respaced, and the queue is held until the
+// cooldown ends, or for one interval without one.
 // A request sent at the very instant of the last throttle was not paced
 // by it: it belongs to that episode too.
 //
@@ -659,7 +663,7 @@ func (l *limiter) throttle(sent, now, cooldown, wall int64, status int) (ch rate
 	}
 	l.fillT = l.fill
 	est, informed := l.estimateLocked(now, l.fill)
-	if est <= 0 || est > l.fill {
+	if est <= 0 {
 		est = l.fill // it served nothing: the rate now
 	}
 	if wasSlow {
@@ -669,10 +673,9 @@ func (l *limiter) throttle(sent, now, cooldown, wall int64, status int) (ch rate
 		// window says little, the rate rose too fast for it.
 		est = max(l.fill/2, l.servedLocked(now, time.Second), l.servedLocked(now, 2*time.Second))
 	}
-	switch {
-	case probing:
+	if probing {
 		est = max(l.lastMax, knownMargin*l.fill) // known, held, then probed slowly: just under the rate refused
-	default:
+	} else {
 		l.known = !atFloor && informed && l.informed && math.Abs(est-l.lastMax) <= knownSpread*l.lastMax
 	}
 	l.informed = informed

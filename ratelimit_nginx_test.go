@@ -18,7 +18,7 @@ import (
 // measures the 30 s figures.
 func TestLimiterAgainstNginx(t *testing.T) {
 	const d, workers = 8 * time.Second, 8
-	run := func(rt http.RoundTripper, srv *nginxServer) nginxCounts {
+	run := func(rt http.RoundTripper, srv *loggedServer) loggedCounts {
 		crawl(t, rt, srv.URL+"/x", workers, d)
 		return srv.Counts(t)
 	}
