@@ -111,7 +111,7 @@ type entry struct {
 }
 
 // The reasons a request is rejected for, as indexes of entryStats.rejected.
-var rejectReasons = [...]Reason{ReasonBreakerOpen, ReasonHalfOpenFull, ReasonRetryAfter, ReasonRollingWindow, ReasonRateLimited, ReasonManual}
+var rejectReasons = [...]Reason{ReasonBreakerOpen, ReasonHalfOpenFull, ReasonRetryAfter, ReasonRollingWindow, ReasonRateLimited, ReasonConcurrencyLimited, ReasonManual}
 
 func reasonIndex(r Reason) int {
 	for i, x := range rejectReasons {
@@ -139,6 +139,7 @@ type entryStats struct {
 	timeouts    atomic.Uint64
 	probesOK    atomic.Uint64
 	probesFail  atomic.Uint64
+	body        bodyStats // body errors, and what a success changed (body.go)
 
 	mu       sync.Mutex
 	run      uint64   // consecutive failures now; guarded by mu
@@ -244,10 +245,11 @@ func (e *entry) take(now time.Time) (Outcomes, uint64) {
 
 // Entry flags.
 const (
-	flagUsed    = 1 << iota // requested since the last eviction sweep
-	flagEvicted             // removed from the registry: outcomes go to the live entry
-	flagLive                // handed out by the registry (set last, see registry.lookup)
-	flagQuota               // its responses carry quota headers (RateLimit-Remaining): read them on each
+	flagUsed      = 1 << iota // requested since the last eviction sweep
+	flagEvicted               // removed from the registry: outcomes go to the live entry
+	flagLive                  // handed out by the registry (set last, see registry.lookup)
+	flagQuota                 // its responses carry quota headers (RateLimit-Remaining): read them on each
+	flagBodyWatch             // a body broke: watch every body (body.go)
 )
 
 func (e *entry) evicted() bool { return e.flags.Load()&flagEvicted != 0 }
@@ -449,6 +451,7 @@ func (e *entry) record(adm admission, o outcome, c *clock) transition {
 // successLocked records a success in the admission's generation. Callers
 // hold e.mu.
 func (e *entry) successLocked(adm admission) transition {
+	e.rememberSuccessLocked() // for a body that breaks later (body.go)
 	if !adm.probe {
 		// The consecutive failures end. The generation stays: the
 		// outcomes of requests in flight still count.
@@ -532,9 +535,10 @@ func (e *entry) reset() {
 }
 
 // idle reports whether e carries no protection worth keeping: closed, with
-// no failure younger than its reset_timeout, on a host not cooling down.
+// no failure younger than its reset_timeout, on a host not cooling down
+// and with no slot of its concurrency limit held or waited for.
 func (e *entry) idle(now int64) bool {
-	if phaseOf(e.st.Load()) != phaseClosed || e.host.coolingDown(now) {
+	if phaseOf(e.st.Load()) != phaseClosed || e.host.coolingDown(now) || e.host.busy() {
 		return false
 	}
 	return e.fails.Load() == 0 || now-e.mark.Load() > int64(e.pol.Load().ResetTimeout)

@@ -60,6 +60,9 @@ func overlay(dst *Policy, src Policy) {
 	if src.ThrottleStatuses != nil {
 		dst.ThrottleStatuses = slices.Clone(src.ThrottleStatuses)
 	}
+	if src.MaxConcurrent != 0 {
+		dst.MaxConcurrent = src.MaxConcurrent
+	}
 	if len(src.Roles) > 0 {
 		roles := make(map[string]Policy, len(dst.Roles)+len(src.Roles))
 		maps.Copy(roles, dst.Roles)
@@ -233,6 +236,7 @@ func (pt *policyTable) resolveWith(defaults, host Policy, role, where string) (*
 	p.HalfOpenJitter = max(p.HalfOpenJitter, 0)
 	p.Rate = max(p.Rate, 0)
 	p.MaxWait = max(p.MaxWait, 0)
+	p.MaxConcurrent = max(p.MaxConcurrent, 0)
 	if p.MinRate > p.Rate && p.Rate > 0 {
 		p.MinRate = p.Rate // a ceiling under the floor wins
 	}
@@ -433,6 +437,7 @@ func (t *Transport) applyPoliciesLocked() (skipped []skippedOverride) {
 		})
 		if hp, err := pt.resolve(h.name, ""); err == nil && !h.bare() {
 			t.syncLimiter(h, hp) // the rate limits are host-wide: any role's policy has them
+			h.syncBulkhead(hp)   // so is max_concurrent (concurrency.go)
 		}
 	})
 	return skipped
