@@ -202,11 +202,12 @@ func (b *bulkhead) waitFor(s *slot, d time.Duration, done <-chan struct{}, ctxEr
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	switch {
+	case err == nil: // given a slot
 	case s.state == slotHeld && err == errNoSlot:
 		err = nil // given one as the wait ran out: use it
 	case s.state == slotHeld:
 		b.releaseLocked(s) // the caller is gone: the slot goes to the next waiter
-	case err != nil:
+	default:
 		b.unqueueLocked(s)
 		s.state = slotReleased
 	}
