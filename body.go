@@ -132,7 +132,7 @@ func (t *Transport) wrapBody(e *entry, adm admission, req *http.Request, resp *h
 	var b *body
 	if s != nil {
 		b = new(body) // alone, so that the collector can tell when it leaks
-		watchLeak(b, s)
+		watchLeak(b, s, resp.Body)
 	} else {
 		b = newBody()
 	}

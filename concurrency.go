@@ -10,6 +10,7 @@ package hostbreaker
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"runtime"
 	"sync"
@@ -115,6 +116,7 @@ func (b *bulkhead) grantLocked() {
 	for b.head != nil && b.freeLocked() {
 		w := b.head
 		b.unqueueLocked(w)
+		w.since = b.newestSince() // its own time is set when it wakes; meanwhile the newest's
 		b.holdLocked(w)
 		close(w.ready)
 	}
@@ -131,6 +133,15 @@ func (b *bulkhead) holdLocked(s *slot) {
 	}
 	b.newest = s
 	b.held.Add(1)
+}
+
+// newestSince returns when the newest holder took its slot, or 0. Callers
+// hold b.mu.
+func (b *bulkhead) newestSince() int64 {
+	if b.newest == nil {
+		return 0
+	}
+	return b.newest.since
 }
 
 // unqueueLocked removes the waiter s from the queue. Callers hold b.mu.
@@ -251,19 +262,27 @@ func (b *bulkhead) releaseLocked(s *slot) bool {
 	return true
 }
 
+// leak is what a leaked body leaves to clean up: its slot, and the base's
+// body, which holds a connection.
+type leak struct {
+	s  *slot
+	rc io.Closer
+}
+
 // leaked gives back the slot of a body that was garbage-collected without
-// being closed or read to its end, and counts it. It runs on the runtime's
-// cleanup goroutine.
-func leaked(s *slot) {
-	if s.release() {
-		s.b.leaks.Add(1)
+// being closed or read to its end, counts it, and closes the base's body.
+// It runs on the runtime's cleanup goroutine.
+func leaked(l leak) {
+	if l.s.release() {
+		l.s.b.leaks.Add(1)
+		l.rc.Close()
 	}
 }
 
 // watchLeak arranges for s to be given back, and counted as leaked, if
-// body becomes unreachable while it holds s.
-func watchLeak(body *body, s *slot) {
-	runtime.AddCleanup(body, leaked, s)
+// body becomes unreachable while it holds s; rc is the base's body.
+func watchLeak(body *body, s *slot, rc io.Closer) {
+	runtime.AddCleanup(body, leaked, leak{s, rc})
 }
 
 // oldestSince returns when the oldest slot still held was taken, ns since
