@@ -430,9 +430,11 @@ func (tel *telemetry) collect(_ context.Context, o metric.Observer) error {
 		o.ObserveFloat64(tel.slotOldest, nm.oldest, nm.bulkOpts...)
 		nm.bulk, nm.held, nm.waiting, nm.oldest = false, 0, 0, 0
 	}
+	if n := t.leakedSlots.Load(); n > 0 || len(tel.bulks) > 0 { // only where max_concurrent is used
+		o.ObserveInt64(tel.slotsLeaked, int64(n))
+	}
 	clear(tel.bulks)
 	tel.bulks = tel.bulks[:0]
-	o.ObserveInt64(tel.slotsLeaked, int64(t.leakedSlots.Load()))
 	if sh := t.sh; sh != nil {
 		for op := range sh.errOps {
 			o.ObserveInt64(tel.storeErrors, int64(sh.errOps[op].Load()), tel.storeOpts[op]...)
