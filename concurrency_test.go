@@ -362,6 +362,7 @@ func TestMaxConcurrentPolicyChange(t *testing.T) {
 		a := start(ctx, c, "http://api.example.org/", "a")
 		synctest.Wait()
 		b := start(ctx, c, "http://api.example.org/", "b")
+		synctest.Wait() // b queues before c
 		cc := start(ctx, c, "http://api.example.org/", "c")
 		synctest.Wait()
 		if err := tr.UpdateHostPolicy("api.example.org", Policy{MaxConcurrent: 2}); err != nil {
