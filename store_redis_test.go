@@ -113,101 +113,104 @@ func TestRedisOpenUnreachable(t *testing.T) {
 }
 
 func TestRedisPutRejects(t *testing.T) {
-	s := openTestRedis(t, testRedisURL(t))
-	now := time.Now()
-	good := Record{Host: "example.com", Reason: ReasonRetryAfter, Until: now.Add(time.Minute), At: now}
-	for _, host := range []string{"", "Example.com", "example.com.", "evil*host", "a:b:c", "h:x", "host\nname", "bücher.de", "[::1", "a b"} {
-		r := good
-		r.Host = host
-		if err := s.Put(context.Background(), r); err == nil {
-			t.Errorf("Put accepted host %q", host)
-		} else if !strings.Contains(err.Error(), "redis store: put") {
-			t.Errorf("Put(%q) error %q does not say what failed", host, err)
+	eachRedis(t, func(t *testing.T, u string) {
+		s := openTestRedis(t, u)
+		now := time.Now()
+		good := Record{Host: "example.com", Reason: ReasonRetryAfter, Until: now.Add(time.Minute), At: now}
+		for _, host := range []string{"", "Example.com", "example.com.", "evil*host", "a:b:c", "h:x", "host\nname", "bücher.de", "[::1", "a b"} {
+			r := good
+			r.Host = host
+			if err := s.Put(context.Background(), r); err == nil {
+				t.Errorf("Put accepted host %q", host)
+			} else if !strings.Contains(err.Error(), "redis store: put") {
+				t.Errorf("Put(%q) error %q does not say what failed", host, err)
+			}
 		}
-	}
-	for _, mod := range []func(*Record){
-		func(r *Record) { r.Reason = "" },
-		func(r *Record) { r.Reason = ReasonHalfOpenFull },
-		func(r *Record) { r.Reason = "bogus" },
-		func(r *Record) { r.Until = time.Time{} },
-		func(r *Record) { r.At = time.Time{} },
-		func(r *Record) { r.Until = time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC) },
-	} {
-		r := good
-		mod(&r)
-		if err := s.Put(context.Background(), r); err == nil {
-			t.Errorf("Put accepted %+v", r)
+		for _, mod := range []func(*Record){
+			func(r *Record) { r.Reason = "" },
+			func(r *Record) { r.Reason = ReasonHalfOpenFull },
+			func(r *Record) { r.Reason = "bogus" },
+			func(r *Record) { r.Until = time.Time{} },
+			func(r *Record) { r.At = time.Time{} },
+			func(r *Record) { r.Until = time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC) },
+		} {
+			r := good
+			mod(&r)
+			if err := s.Put(context.Background(), r); err == nil {
+				t.Errorf("Put accepted %+v", r)
+			}
 		}
-	}
-	if rs := mustRecords(t, s); len(rs) != 0 {
-		t.Fatalf("rejected puts left records: %+v", rs)
-	}
+		if rs := mustRecords(t, s); len(rs) != 0 {
+			t.Fatalf("rejected puts left records: %+v", rs)
+		}
+	})
 }
 
 func TestRedisReset(t *testing.T) {
-	u := testRedisURL(t)
-	s := openTestRedis(t, u)
-	other := openTestRedis(t, withPrefix(t, u, prefixOf(t, u)+"other:"))
-	now := time.Now()
-	cd := func(host, role string, at time.Duration) Record {
-		return Record{Host: host, Role: role, Reason: ReasonBreakerOpen, Until: now.Add(time.Minute), At: now.Add(at)}
-	}
-	for _, r := range []Record{cd("a.com", "", 0), cd("a.com", "r1", 0), cd("a.com", "r2", 5*time.Millisecond), cd("b.com", "", 0)} {
-		mustPut(t, s, r)
-	}
-	mustPut(t, other, cd("a.com", "", 0))
+	eachRedis(t, func(t *testing.T, u string) {
+		s := openTestRedis(t, u)
+		other := openTestRedis(t, withPrefix(t, u, prefixOf(t, u)+"other:"))
+		now := time.Now()
+		cd := func(host, role string, at time.Duration) Record {
+			return Record{Host: host, Role: role, Reason: ReasonBreakerOpen, Until: now.Add(time.Minute), At: now.Add(at)}
+		}
+		for _, r := range []Record{cd("a.com", "", 0), cd("a.com", "r1", 0), cd("a.com", "r2", 5*time.Millisecond), cd("b.com", "", 0)} {
+			mustPut(t, s, r)
+		}
+		mustPut(t, other, cd("a.com", "", 0))
 
-	// The marker lives 2s: long enough to be seen on a loaded machine.
-	reset := Record{Host: "a.com", Reason: ReasonReset, Until: now.Add(2 * time.Second), At: now.Add(2 * time.Millisecond), Source: "ops"}
-	mustPut(t, s, reset)
-	rs := mustRecords(t, s)
-	if _, ok := find(rs, "a.com", "", false); ok {
-		t.Error("reset left a.com role \"\"")
-	}
-	if _, ok := find(rs, "a.com", "r1", false); ok {
-		t.Error("reset left a.com role r1")
-	}
-	if _, ok := find(rs, "a.com", "r2", false); !ok {
-		t.Error("reset removed a cooldown written after it")
-	}
-	if _, ok := find(rs, "b.com", "", false); !ok {
-		t.Error("reset of a.com removed b.com")
-	}
-	if m, ok := find(rs, "a.com", "", true); !ok || !sameRecord(m, reset) {
-		t.Errorf("marker = %+v, %v; want %+v", m, ok, reset)
-	}
-	if _, ok := find(mustRecords(t, other), "a.com", "", false); !ok {
-		t.Error("reset under one prefix removed a record under another")
-	}
+		// The marker lives 2s: long enough to be seen on a loaded machine.
+		reset := Record{Host: "a.com", Reason: ReasonReset, Until: now.Add(2 * time.Second), At: now.Add(2 * time.Millisecond), Source: "ops"}
+		mustPut(t, s, reset)
+		rs := mustRecords(t, s)
+		if _, ok := find(rs, "a.com", "", false); ok {
+			t.Error("reset left a.com role \"\"")
+		}
+		if _, ok := find(rs, "a.com", "r1", false); ok {
+			t.Error("reset left a.com role r1")
+		}
+		if _, ok := find(rs, "a.com", "r2", false); !ok {
+			t.Error("reset removed a cooldown written after it")
+		}
+		if _, ok := find(rs, "b.com", "", false); !ok {
+			t.Error("reset of a.com removed b.com")
+		}
+		if m, ok := find(rs, "a.com", "", true); !ok || !sameRecord(m, reset) {
+			t.Errorf("marker = %+v, %v; want %+v", m, ok, reset)
+		}
+		if _, ok := find(mustRecords(t, other), "a.com", "", false); !ok {
+			t.Error("reset under one prefix removed a record under another")
+		}
 
-	// A cooldown written at or before the marker arrives late: the reset
-	// already covers it.
-	mustPut(t, s, cd("a.com", "late", time.Millisecond))
-	if _, ok := find(mustRecords(t, s), "a.com", "late", false); ok {
-		t.Error("cooldown written before the reset survived it")
-	}
-	// An older reset does not replace the newer marker.
-	older := reset
-	older.At, older.Source = now.Add(time.Millisecond), "old"
-	mustPut(t, s, older)
-	if m, _ := find(mustRecords(t, s), "a.com", "", true); m.Source != "ops" {
-		t.Errorf("older reset replaced the marker: %+v", m)
-	}
+		// A cooldown written at or before the marker arrives late: the reset
+		// already covers it.
+		mustPut(t, s, cd("a.com", "late", time.Millisecond))
+		if _, ok := find(mustRecords(t, s), "a.com", "late", false); ok {
+			t.Error("cooldown written before the reset survived it")
+		}
+		// An older reset does not replace the newer marker.
+		older := reset
+		older.At, older.Source = now.Add(time.Millisecond), "old"
+		mustPut(t, s, older)
+		if m, _ := find(mustRecords(t, s), "a.com", "", true); m.Source != "ops" {
+			t.Errorf("older reset replaced the marker: %+v", m)
+		}
 
-	// The marker is visible until its Until, then gone.
-	time.Sleep(time.Until(reset.Until) + 50*time.Millisecond)
-	rs = mustRecords(t, s)
-	if _, ok := find(rs, "a.com", "", true); ok {
-		t.Error("marker still visible after its Until")
-	}
-	if n, err := rawClient(t).Exists(context.Background(), s.key(redisKindReset, "a.com")).Result(); err != nil || n != 0 {
-		t.Errorf("marker key still exists: %d, %v", n, err)
-	}
-	// Once the marker is gone, an old cooldown is accepted again.
-	mustPut(t, s, cd("a.com", "late", time.Millisecond))
-	if _, ok := find(mustRecords(t, s), "a.com", "late", false); !ok {
-		t.Error("cooldown after marker expiry was dropped")
-	}
+		// The marker is visible until its Until, then gone.
+		time.Sleep(time.Until(reset.Until) + 50*time.Millisecond)
+		rs = mustRecords(t, s)
+		if _, ok := find(rs, "a.com", "", true); ok {
+			t.Error("marker still visible after its Until")
+		}
+		if n, err := testRedisClient(t, u).Exists(context.Background(), s.key(redisKindReset, "a.com")).Result(); err != nil || n != 0 {
+			t.Errorf("marker key still exists: %d, %v", n, err)
+		}
+		// Once the marker is gone, an old cooldown is accepted again.
+		mustPut(t, s, cd("a.com", "late", time.Millisecond))
+		if _, ok := find(mustRecords(t, s), "a.com", "late", false); !ok {
+			t.Error("cooldown after marker expiry was dropped")
+		}
+	})
 }
 
 func TestRedisTTL(t *testing.T) {
@@ -334,79 +337,81 @@ func TestRedisHostileNames(t *testing.T) {
 }
 
 func TestRedisStates(t *testing.T) {
-	u := testRedisURL(t)
-	s := openTestRedis(t, u)
-	ctx := context.Background()
-	until := time.Unix(0, time.Now().Add(time.Minute).UnixNano())
-	a := []PublishedState{
-		{Host: "a.com", State: StateOpen, Until: until, Reason: ReasonBreakerOpen},
-		{Host: "a.com", Role: "r*1", State: StateHalfOpen},
-	}
-	if err := s.PublishStates(ctx, "proc:a", a, time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	// proc*b's states live 2s: long enough to be seen on a loaded machine.
-	if err := s.PublishStates(ctx, "proc*b", []PublishedState{{Host: "b.com", State: StateClosed}}, 2*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	got, err := s.States(ctx)
-	if err != nil || len(got) != 3 {
-		t.Fatalf("States = %+v, %v", got, err)
-	}
-	for _, g := range got {
-		if g.Host == "a.com" && g.Role == "" && (g.Source != "proc:a" || !g.Until.Equal(until) || g.State != StateOpen) {
-			t.Errorf("state %+v", g)
+	eachRedis(t, func(t *testing.T, u string) {
+		s := openTestRedis(t, u)
+		ctx := context.Background()
+		until := time.Unix(0, time.Now().Add(time.Minute).UnixNano())
+		a := []PublishedState{
+			{Host: "a.com", State: StateOpen, Until: until, Reason: ReasonBreakerOpen},
+			{Host: "a.com", Role: "r*1", State: StateHalfOpen},
 		}
-	}
-	// Replace: proc:a now publishes one state.
-	if err := s.PublishStates(ctx, "proc:a", a[1:], time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(2*time.Second + 50*time.Millisecond)
-	got, err = s.States(ctx)
-	if err != nil || len(got) != 1 || got[0].Role != "r*1" || got[0].Source != "proc:a" {
-		t.Fatalf("after replace and expiry: %+v, %v", got, err)
-	}
-	// A stale value whose key has no TTL is still ignored.
-	rawClient(t).Set(ctx, s.key(redisKindStates, "stale"), encodeStates("stale", a, time.Now().Add(-time.Second)), 0)
-	if got, _ := s.States(ctx); len(got) != 1 {
-		t.Fatalf("stale states returned: %+v", got)
-	}
-	if err := s.PublishStates(ctx, "proc:a", nil, 0); err != nil {
-		t.Fatal(err)
-	}
-	if got, _ := s.States(ctx); len(got) != 0 {
-		t.Fatalf("ttl 0 did not delete: %+v", got)
-	}
+		if err := s.PublishStates(ctx, "proc:a", a, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		// proc*b's states live 2s: long enough to be seen on a loaded machine.
+		if err := s.PublishStates(ctx, "proc*b", []PublishedState{{Host: "b.com", State: StateClosed}}, 2*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.States(ctx)
+		if err != nil || len(got) != 3 {
+			t.Fatalf("States = %+v, %v", got, err)
+		}
+		for _, g := range got {
+			if g.Host == "a.com" && g.Role == "" && (g.Source != "proc:a" || !g.Until.Equal(until) || g.State != StateOpen) {
+				t.Errorf("state %+v", g)
+			}
+		}
+		// Replace: proc:a now publishes one state.
+		if err := s.PublishStates(ctx, "proc:a", a[1:], time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2*time.Second + 50*time.Millisecond)
+		got, err = s.States(ctx)
+		if err != nil || len(got) != 1 || got[0].Role != "r*1" || got[0].Source != "proc:a" {
+			t.Fatalf("after replace and expiry: %+v, %v", got, err)
+		}
+		// A stale value whose key has no TTL is still ignored.
+		testRedisClient(t, u).Set(ctx, s.key(redisKindStates, "stale"), encodeStates("stale", a, time.Now().Add(-time.Second)), 0)
+		if got, _ := s.States(ctx); len(got) != 1 {
+			t.Fatalf("stale states returned: %+v", got)
+		}
+		if err := s.PublishStates(ctx, "proc:a", nil, 0); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := s.States(ctx); len(got) != 0 {
+			t.Fatalf("ttl 0 did not delete: %+v", got)
+		}
+	})
 }
 
 func TestRedisChanges(t *testing.T) {
-	u := testRedisURL(t)
-	a := openTestRedis(t, u)
-	b := openTestRedis(t, u)
-	other := openTestRedis(t, withPrefix(t, u, prefixOf(t, u)+"other:"))
-	for _, s := range []Store{a, b, other} {
-		if !waitChange(s, 3*time.Second) {
-			t.Fatal("no signal when the subscription was established")
+	eachRedis(t, func(t *testing.T, u string) {
+		a := openTestRedis(t, u)
+		b := openTestRedis(t, u)
+		other := openTestRedis(t, withPrefix(t, u, prefixOf(t, u)+"other:"))
+		for _, s := range []Store{a, b, other} {
+			if !waitChange(s, 3*time.Second) {
+				t.Fatal("no signal when the subscription was established")
+			}
 		}
-	}
-	now := time.Now()
-	r := Record{Host: "c.example", Reason: ReasonRetryAfter, Until: now.Add(time.Minute), At: now}
-	mustPut(t, a, r)
-	if !waitChange(b, 2*time.Second) {
-		t.Fatal("b saw no change after a's Put")
-	}
-	if !waitChange(a, 2*time.Second) {
-		t.Fatal("a saw no change after its own Put")
-	}
-	if waitChange(other, 200*time.Millisecond) {
-		t.Error("a store under another prefix was signalled")
-	}
-	// A Put that changes nothing does not signal.
-	mustPut(t, a, r)
-	if waitChange(b, 200*time.Millisecond) {
-		t.Error("a Put that changed nothing signalled")
-	}
+		now := time.Now()
+		r := Record{Host: "c.example", Reason: ReasonRetryAfter, Until: now.Add(time.Minute), At: now}
+		mustPut(t, a, r)
+		if !waitChange(b, 2*time.Second) {
+			t.Fatal("b saw no change after a's Put")
+		}
+		if !waitChange(a, 2*time.Second) {
+			t.Fatal("a saw no change after its own Put")
+		}
+		if waitChange(other, 200*time.Millisecond) {
+			t.Error("a store under another prefix was signalled")
+		}
+		// A Put that changes nothing does not signal.
+		mustPut(t, a, r)
+		if waitChange(b, 200*time.Millisecond) {
+			t.Error("a Put that changed nothing signalled")
+		}
+	})
 }
 
 // TestRedisPropagationLatency measures how soon a Put through one store is
@@ -452,79 +457,81 @@ func TestRedisPropagationLatency(t *testing.T) {
 }
 
 func TestRedisConcurrentPut(t *testing.T) {
-	u := testRedisURL(t)
-	stores := []*redisStore{openTestRedis(t, u), openTestRedis(t, u)}
-	now := time.Now()
-	var wg sync.WaitGroup
-	var latest atomic.Int64
-	for g := range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			rng := rand.New(rand.NewPCG(uint64(g), 1))
-			for range 50 {
-				until := now.Add(time.Minute + time.Duration(rng.IntN(1_000_000))*time.Microsecond)
-				for {
-					m := latest.Load()
-					if until.UnixNano() <= m || latest.CompareAndSwap(m, until.UnixNano()) {
-						break
+	eachRedis(t, func(t *testing.T, u string) {
+		stores := []*redisStore{openTestRedis(t, u), openTestRedis(t, u)}
+		now := time.Now()
+		var wg sync.WaitGroup
+		var latest atomic.Int64
+		for g := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				rng := rand.New(rand.NewPCG(uint64(g), 1))
+				for range 50 {
+					until := now.Add(time.Minute + time.Duration(rng.IntN(1_000_000))*time.Microsecond)
+					for {
+						m := latest.Load()
+						if until.UnixNano() <= m || latest.CompareAndSwap(m, until.UnixNano()) {
+							break
+						}
+					}
+					r := Record{Host: "race.example", Role: "r", Reason: ReasonRollingWindow, Until: until, At: now}
+					if err := stores[g%2].Put(context.Background(), r); err != nil {
+						t.Error(err)
+						return
 					}
 				}
-				r := Record{Host: "race.example", Role: "r", Reason: ReasonRollingWindow, Until: until, At: now}
-				if err := stores[g%2].Put(context.Background(), r); err != nil {
-					t.Error(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	rs := mustRecords(t, stores[0])
-	if len(rs) != 1 || rs[0].Until.UnixNano() != latest.Load() {
-		t.Fatalf("after racing puts: %+v, want Until %v", rs, time.Unix(0, latest.Load()))
-	}
+			}()
+		}
+		wg.Wait()
+		rs := mustRecords(t, stores[0])
+		if len(rs) != 1 || rs[0].Until.UnixNano() != latest.Load() {
+			t.Fatalf("after racing puts: %+v, want Until %v", rs, time.Unix(0, latest.Load()))
+		}
+	})
 }
 
 func TestRedisCloseStopsGoroutines(t *testing.T) {
-	u := testRedisURL(t)
-	before := runtime.NumGoroutine()
-	var stores []*redisStore
-	for range 3 {
-		st, err := OpenStore(u)
-		if err != nil {
-			t.Fatal(err)
+	eachRedis(t, func(t *testing.T, u string) {
+		before := runtime.NumGoroutine()
+		var stores []*redisStore
+		for range 3 {
+			st, err := OpenStore(u)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := st.(*redisStore)
+			stores = append(stores, s)
+			waitChange(s, 3*time.Second)
+			if _, err := s.Records(context.Background()); err != nil {
+				t.Fatal(err)
+			}
 		}
-		s := st.(*redisStore)
-		stores = append(stores, s)
-		waitChange(s, 3*time.Second)
-		if _, err := s.Records(context.Background()); err != nil {
-			t.Fatal(err)
+		for _, s := range stores {
+			if err := s.Close(); err != nil {
+				t.Errorf("Close: %v", err)
+			}
+			select {
+			case <-s.done:
+			default:
+				t.Error("watch goroutine still running after Close")
+			}
+			if err := s.Close(); err != nil {
+				t.Errorf("second Close: %v", err)
+			}
+			if err := s.Put(context.Background(), Record{Host: "x.com", Reason: ReasonManual, Until: time.Now().Add(time.Minute), At: time.Now()}); err == nil {
+				t.Error("Put after Close succeeded")
+			}
 		}
-	}
-	for _, s := range stores {
-		if err := s.Close(); err != nil {
-			t.Errorf("Close: %v", err)
+		deadline := time.Now().Add(3 * time.Second)
+		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
 		}
-		select {
-		case <-s.done:
-		default:
-			t.Error("watch goroutine still running after Close")
+		if n := runtime.NumGoroutine(); n > before {
+			buf := make([]byte, 1<<16)
+			t.Errorf("%d goroutines before, %d after Close:\n%s", before, n, buf[:runtime.Stack(buf, true)])
 		}
-		if err := s.Close(); err != nil {
-			t.Errorf("second Close: %v", err)
-		}
-		if err := s.Put(context.Background(), Record{Host: "x.com", Reason: ReasonManual, Until: time.Now().Add(time.Minute), At: time.Now()}); err == nil {
-			t.Error("Put after Close succeeded")
-		}
-	}
-	deadline := time.Now().Add(3 * time.Second)
-	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	if n := runtime.NumGoroutine(); n > before {
-		buf := make([]byte, 1<<16)
-		t.Errorf("%d goroutines before, %d after Close:\n%s", before, n, buf[:runtime.Stack(buf, true)])
-	}
+	})
 }
 
 func TestRedisDown(t *testing.T) {
