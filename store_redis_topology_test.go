@@ -152,27 +152,51 @@ func infoField(addr, section, field string) (string, error) {
 
 // topology is a set of test servers started at most once per package run.
 type topology struct {
-	once  sync.Once
 	err   error
 	url   string // the store URL, without a query
+	took  time.Duration
 	addrs []string
 }
 
-// testCluster and testSentinel are the topologies the store tests share.
-var testCluster, testSentinel topology
+// testCluster and testSentinel are the topologies the store tests share,
+// started together (in parallel) by the first test that needs one of them.
+var (
+	testTopologiesOnce        sync.Once
+	testCluster, testSentinel topology
+)
 
-// testRedisTopologyURL returns the URL of a store on top (started by start
-// on first use) under a prefix no other test uses. It fails the test when
-// the servers cannot be started, a binary missing included.
-func testRedisTopologyURL(t *testing.T, top *topology, start func() (string, []string, error)) string {
-	t.Helper()
-	top.once.Do(func() {
-		begin := time.Now()
-		top.url, top.addrs, top.err = start()
-		if top.err == nil {
-			t.Logf("started %s in %v", top.url, time.Since(begin).Round(time.Millisecond))
+// startSharedTopologies starts testCluster and testSentinel, once.
+func startSharedTopologies() {
+	testTopologiesOnce.Do(func() {
+		var wg sync.WaitGroup
+		for top, start := range map[*topology]func() (string, []string, error){
+			&testCluster: startTestCluster,
+			&testSentinel: func() (string, []string, error) {
+				s, err := startTestSentinel("hbprimary")
+				if err != nil {
+					return "", nil, err
+				}
+				return s.url, []string{s.primary, s.replica, s.sentinel}, nil
+			},
+		} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				begin := time.Now()
+				top.url, top.addrs, top.err = start()
+				top.took = time.Since(begin)
+			}()
 		}
+		wg.Wait()
 	})
+}
+
+// testRedisTopologyURL returns the URL of a store on top under a prefix no
+// other test uses. It fails the test when the servers could not be
+// started, a binary missing included.
+func testRedisTopologyURL(t *testing.T, top *topology) string {
+	t.Helper()
+	startSharedTopologies()
 	if top.err != nil {
 		t.Fatalf("!!! Redis topology not available: %v", top.err)
 	}
@@ -181,20 +205,22 @@ func testRedisTopologyURL(t *testing.T, top *topology, start func() (string, []s
 }
 
 // testRedisClusterURL returns the URL of a fresh store on the test cluster.
-func testRedisClusterURL(t *testing.T) string {
-	return testRedisTopologyURL(t, &testCluster, startTestCluster)
-}
+func testRedisClusterURL(t *testing.T) string { return testRedisTopologyURL(t, &testCluster) }
 
 // testRedisSentinelURL returns the URL of a fresh store on the test
 // Sentinel's primary.
-func testRedisSentinelURL(t *testing.T) string {
-	return testRedisTopologyURL(t, &testSentinel, func() (string, []string, error) {
-		s, err := startTestSentinel("hbprimary")
-		if err != nil {
-			return "", nil, err
+func testRedisSentinelURL(t *testing.T) string { return testRedisTopologyURL(t, &testSentinel) }
+
+// The shared topologies start, and how long that took.
+func TestRedisTopologiesStart(t *testing.T) {
+	startSharedTopologies()
+	for name, top := range map[string]*topology{"cluster": &testCluster, "sentinel": &testSentinel} {
+		if top.err != nil {
+			t.Errorf("%s: %v", name, top.err)
+			continue
 		}
-		return s.url, []string{s.primary, s.replica, s.sentinel}, nil
-	})
+		t.Logf("%s %s started in %v", name, top.url, top.took.Round(time.Millisecond))
+	}
 }
 
 // startTestCluster starts three redis-server in cluster mode, joins them
@@ -300,12 +326,14 @@ func startTestSentinel(name string) (*testSentinelSet, error) {
 			return nil, err
 		}
 	}
+	// No delay before the replica's first sync (5s by default).
 	if s.primaryCmd, err = startTestProcess(filepath.Join(dir, "primary"), "log", "redis-server",
-		redisArgs(ports[0], filepath.Join(dir, "primary"))...); err != nil {
+		append(redisArgs(ports[0], filepath.Join(dir, "primary")), "--repl-diskless-sync-delay", "0")...); err != nil {
 		return nil, err
 	}
 	if _, err := startTestProcess(filepath.Join(dir, "replica"), "log", "redis-server",
-		append(redisArgs(ports[1], filepath.Join(dir, "replica")), "--replicaof", "127.0.0.1", strconv.Itoa(ports[0]))...); err != nil {
+		append(redisArgs(ports[1], filepath.Join(dir, "replica")), "--replicaof", "127.0.0.1", strconv.Itoa(ports[0]),
+			"--repl-diskless-sync-delay", "0")...); err != nil {
 		return nil, err
 	}
 	err = waitFor(10*time.Second, func() error {
