@@ -236,7 +236,10 @@ func (t *Transport) StoreErr() error {
 }
 
 // Close stops the Transport's background goroutines and waits for them,
-// after a last attempt to write pending changes to the store. It closes the
+// after a last attempt to write pending changes to the store. It returns
+// within about 2s (the store timeout) however many changes are pending and
+// whatever the store does, as long as the store honours its contexts (both
+// of OpenStore's do). It closes the
 // store only if the Transport opened it from Config.Store.URL. Requests made
 // after Close still work, under local protection. Close does not close the
 // base transport. It is safe to call more than once.
