@@ -147,70 +147,69 @@ func TestRedisPutRejects(t *testing.T) {
 }
 
 func TestRedisReset(t *testing.T) {
-	eachRedis(t, func(t *testing.T, u string) {
-		s := openTestRedis(t, u)
-		other := openTestRedis(t, withPrefix(t, u, prefixOf(t, u)+"other:"))
-		now := time.Now()
-		cd := func(host, role string, at time.Duration) Record {
-			return Record{Host: host, Role: role, Reason: ReasonBreakerOpen, Until: now.Add(time.Minute), At: now.Add(at)}
-		}
-		for _, r := range []Record{cd("a.com", "", 0), cd("a.com", "r1", 0), cd("a.com", "r2", 5*time.Millisecond), cd("b.com", "", 0)} {
-			mustPut(t, s, r)
-		}
-		mustPut(t, other, cd("a.com", "", 0))
+	u := testRedisURL(t)
+	s := openTestRedis(t, u)
+	other := openTestRedis(t, withPrefix(t, u, prefixOf(t, u)+"other:"))
+	now := time.Now()
+	cd := func(host, role string, at time.Duration) Record {
+		return Record{Host: host, Role: role, Reason: ReasonBreakerOpen, Until: now.Add(time.Minute), At: now.Add(at)}
+	}
+	for _, r := range []Record{cd("a.com", "", 0), cd("a.com", "r1", 0), cd("a.com", "r2", 5*time.Millisecond), cd("b.com", "", 0)} {
+		mustPut(t, s, r)
+	}
+	mustPut(t, other, cd("a.com", "", 0))
 
-		// The marker lives 2s: long enough to be seen on a loaded machine.
-		reset := Record{Host: "a.com", Reason: ReasonReset, Until: now.Add(2 * time.Second), At: now.Add(2 * time.Millisecond), Source: "ops"}
-		mustPut(t, s, reset)
-		rs := mustRecords(t, s)
-		if _, ok := find(rs, "a.com", "", false); ok {
-			t.Error("reset left a.com role \"\"")
-		}
-		if _, ok := find(rs, "a.com", "r1", false); ok {
-			t.Error("reset left a.com role r1")
-		}
-		if _, ok := find(rs, "a.com", "r2", false); !ok {
-			t.Error("reset removed a cooldown written after it")
-		}
-		if _, ok := find(rs, "b.com", "", false); !ok {
-			t.Error("reset of a.com removed b.com")
-		}
-		if m, ok := find(rs, "a.com", "", true); !ok || !sameRecord(m, reset) {
-			t.Errorf("marker = %+v, %v; want %+v", m, ok, reset)
-		}
-		if _, ok := find(mustRecords(t, other), "a.com", "", false); !ok {
-			t.Error("reset under one prefix removed a record under another")
-		}
+	// The marker lives 2s: long enough to be seen on a loaded machine.
+	reset := Record{Host: "a.com", Reason: ReasonReset, Until: now.Add(2 * time.Second), At: now.Add(2 * time.Millisecond), Source: "ops"}
+	mustPut(t, s, reset)
+	rs := mustRecords(t, s)
+	if _, ok := find(rs, "a.com", "", false); ok {
+		t.Error("reset left a.com role \"\"")
+	}
+	if _, ok := find(rs, "a.com", "r1", false); ok {
+		t.Error("reset left a.com role r1")
+	}
+	if _, ok := find(rs, "a.com", "r2", false); !ok {
+		t.Error("reset removed a cooldown written after it")
+	}
+	if _, ok := find(rs, "b.com", "", false); !ok {
+		t.Error("reset of a.com removed b.com")
+	}
+	if m, ok := find(rs, "a.com", "", true); !ok || !sameRecord(m, reset) {
+		t.Errorf("marker = %+v, %v; want %+v", m, ok, reset)
+	}
+	if _, ok := find(mustRecords(t, other), "a.com", "", false); !ok {
+		t.Error("reset under one prefix removed a record under another")
+	}
 
-		// A cooldown written at or before the marker arrives late: the reset
-		// already covers it.
-		mustPut(t, s, cd("a.com", "late", time.Millisecond))
-		if _, ok := find(mustRecords(t, s), "a.com", "late", false); ok {
-			t.Error("cooldown written before the reset survived it")
-		}
-		// An older reset does not replace the newer marker.
-		older := reset
-		older.At, older.Source = now.Add(time.Millisecond), "old"
-		mustPut(t, s, older)
-		if m, _ := find(mustRecords(t, s), "a.com", "", true); m.Source != "ops" {
-			t.Errorf("older reset replaced the marker: %+v", m)
-		}
+	// A cooldown written at or before the marker arrives late: the reset
+	// already covers it.
+	mustPut(t, s, cd("a.com", "late", time.Millisecond))
+	if _, ok := find(mustRecords(t, s), "a.com", "late", false); ok {
+		t.Error("cooldown written before the reset survived it")
+	}
+	// An older reset does not replace the newer marker.
+	older := reset
+	older.At, older.Source = now.Add(time.Millisecond), "old"
+	mustPut(t, s, older)
+	if m, _ := find(mustRecords(t, s), "a.com", "", true); m.Source != "ops" {
+		t.Errorf("older reset replaced the marker: %+v", m)
+	}
 
-		// The marker is visible until its Until, then gone.
-		time.Sleep(time.Until(reset.Until) + 50*time.Millisecond)
-		rs = mustRecords(t, s)
-		if _, ok := find(rs, "a.com", "", true); ok {
-			t.Error("marker still visible after its Until")
-		}
-		if n, err := testRedisClient(t, u).Exists(context.Background(), s.key(redisKindReset, "a.com")).Result(); err != nil || n != 0 {
-			t.Errorf("marker key still exists: %d, %v", n, err)
-		}
-		// Once the marker is gone, an old cooldown is accepted again.
-		mustPut(t, s, cd("a.com", "late", time.Millisecond))
-		if _, ok := find(mustRecords(t, s), "a.com", "late", false); !ok {
-			t.Error("cooldown after marker expiry was dropped")
-		}
-	})
+	// The marker is visible until its Until, then gone.
+	time.Sleep(time.Until(reset.Until) + 50*time.Millisecond)
+	rs = mustRecords(t, s)
+	if _, ok := find(rs, "a.com", "", true); ok {
+		t.Error("marker still visible after its Until")
+	}
+	if n, err := rawClient(t).Exists(context.Background(), s.key(redisKindReset, "a.com")).Result(); err != nil || n != 0 {
+		t.Errorf("marker key still exists: %d, %v", n, err)
+	}
+	// Once the marker is gone, an old cooldown is accepted again.
+	mustPut(t, s, cd("a.com", "late", time.Millisecond))
+	if _, ok := find(mustRecords(t, s), "a.com", "late", false); !ok {
+		t.Error("cooldown after marker expiry was dropped")
+	}
 }
 
 func TestRedisTTL(t *testing.T) {
@@ -337,51 +336,50 @@ func TestRedisHostileNames(t *testing.T) {
 }
 
 func TestRedisStates(t *testing.T) {
-	eachRedis(t, func(t *testing.T, u string) {
-		s := openTestRedis(t, u)
-		ctx := context.Background()
-		until := time.Unix(0, time.Now().Add(time.Minute).UnixNano())
-		a := []PublishedState{
-			{Host: "a.com", State: StateOpen, Until: until, Reason: ReasonBreakerOpen},
-			{Host: "a.com", Role: "r*1", State: StateHalfOpen},
+	u := testRedisURL(t)
+	s := openTestRedis(t, u)
+	ctx := context.Background()
+	until := time.Unix(0, time.Now().Add(time.Minute).UnixNano())
+	a := []PublishedState{
+		{Host: "a.com", State: StateOpen, Until: until, Reason: ReasonBreakerOpen},
+		{Host: "a.com", Role: "r*1", State: StateHalfOpen},
+	}
+	if err := s.PublishStates(ctx, "proc:a", a, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	// proc*b's states live 2s: long enough to be seen on a loaded machine.
+	if err := s.PublishStates(ctx, "proc*b", []PublishedState{{Host: "b.com", State: StateClosed}}, 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.States(ctx)
+	if err != nil || len(got) != 3 {
+		t.Fatalf("States = %+v, %v", got, err)
+	}
+	for _, g := range got {
+		if g.Host == "a.com" && g.Role == "" && (g.Source != "proc:a" || !g.Until.Equal(until) || g.State != StateOpen) {
+			t.Errorf("state %+v", g)
 		}
-		if err := s.PublishStates(ctx, "proc:a", a, time.Minute); err != nil {
-			t.Fatal(err)
-		}
-		// proc*b's states live 2s: long enough to be seen on a loaded machine.
-		if err := s.PublishStates(ctx, "proc*b", []PublishedState{{Host: "b.com", State: StateClosed}}, 2*time.Second); err != nil {
-			t.Fatal(err)
-		}
-		got, err := s.States(ctx)
-		if err != nil || len(got) != 3 {
-			t.Fatalf("States = %+v, %v", got, err)
-		}
-		for _, g := range got {
-			if g.Host == "a.com" && g.Role == "" && (g.Source != "proc:a" || !g.Until.Equal(until) || g.State != StateOpen) {
-				t.Errorf("state %+v", g)
-			}
-		}
-		// Replace: proc:a now publishes one state.
-		if err := s.PublishStates(ctx, "proc:a", a[1:], time.Minute); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(2*time.Second + 50*time.Millisecond)
-		got, err = s.States(ctx)
-		if err != nil || len(got) != 1 || got[0].Role != "r*1" || got[0].Source != "proc:a" {
-			t.Fatalf("after replace and expiry: %+v, %v", got, err)
-		}
-		// A stale value whose key has no TTL is still ignored.
-		testRedisClient(t, u).Set(ctx, s.key(redisKindStates, "stale"), encodeStates("stale", a, time.Now().Add(-time.Second)), 0)
-		if got, _ := s.States(ctx); len(got) != 1 {
-			t.Fatalf("stale states returned: %+v", got)
-		}
-		if err := s.PublishStates(ctx, "proc:a", nil, 0); err != nil {
-			t.Fatal(err)
-		}
-		if got, _ := s.States(ctx); len(got) != 0 {
-			t.Fatalf("ttl 0 did not delete: %+v", got)
-		}
-	})
+	}
+	// Replace: proc:a now publishes one state.
+	if err := s.PublishStates(ctx, "proc:a", a[1:], time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2*time.Second + 50*time.Millisecond)
+	got, err = s.States(ctx)
+	if err != nil || len(got) != 1 || got[0].Role != "r*1" || got[0].Source != "proc:a" {
+		t.Fatalf("after replace and expiry: %+v, %v", got, err)
+	}
+	// A stale value whose key has no TTL is still ignored.
+	rawClient(t).Set(ctx, s.key(redisKindStates, "stale"), encodeStates("stale", a, time.Now().Add(-time.Second)), 0)
+	if got, _ := s.States(ctx); len(got) != 1 {
+		t.Fatalf("stale states returned: %+v", got)
+	}
+	if err := s.PublishStates(ctx, "proc:a", nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.States(ctx); len(got) != 0 {
+		t.Fatalf("ttl 0 did not delete: %+v", got)
+	}
 }
 
 func TestRedisChanges(t *testing.T) {
