@@ -8,6 +8,7 @@ package hostbreaker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"reflect"
@@ -20,18 +21,21 @@ import (
 
 // Sharing timings.
 const (
-	storeTimeout     = 2 * time.Second  // bound on one store operation
+	storeTimeout     = 2 * time.Second  // bound on one round of store operations (see Transport.storeRound)
 	resetRetention   = 10 * time.Minute // how long a reset marker stays in the store
 	minStateTTL      = 5 * time.Second  // published states outlive a few polls
 	errorLogInterval = 30 * time.Second // store errors are logged at most this often
+
+	maxStoreOpenBackoff = 30 * time.Second // longest wait between two attempts to open the store
 )
 
 // sharing is a Transport's link to a Store. Its methods run on the
 // Transport's background goroutine, except queue, which the request path
 // and the operator methods call.
 type sharing struct {
-	store      Store
-	owned      bool // opened from the Config: closed with the Transport
+	store      Store  // nil until url opens (see Transport.openStore); set on the background goroutine
+	url        string // the Config's store URL; "" for a Store given with WithStore
+	owned      bool   // opened from the Config: closed with the Transport
 	source     string
 	shareTrips bool
 	poll       time.Duration
@@ -61,10 +65,11 @@ const (
 	opRead                   // reading the records
 	opPublish                // publishing the breaker states
 	opJournal                // appending events to the journal
+	opOpen                   // opening the store, retried until it opens
 )
 
 // storeOps names the store operations, by storeOp.
-var storeOps = [...]string{"put", "read", "publish", "journal"}
+var storeOps = [...]string{"put", "read", "publish", "journal", "open"}
 
 func newSharing(s Store, owned bool, c StoreConfig, maxPending int, source string) *sharing {
 	poll := c.PollInterval
@@ -163,26 +168,39 @@ func (t *Transport) share(ev event) {
 }
 
 // flush writes the pending records, a host's reset marker before its
-// other records. Those that fail are queued again, under any write queued
-// for their host meanwhile, and retried.
+// other records, all within one storeTimeout (or ctx's deadline, if
+// sooner): however many are pending, a flush takes no longer. Those that
+// fail, and those not tried in time, are queued again, under any write
+// queued for their host meanwhile, and retried. Records not tried count as
+// one failed write; none count when ctx was canceled (Close: the last
+// flush tries them again).
 func (t *Transport) flush(ctx context.Context) {
 	sh := t.sh
+	parent := ctx
+	ctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	defer cancel()
 	sh.mu.Lock()
 	batch := sh.pending
 	sh.pending = make(map[string]*hostRecords)
 	sh.mu.Unlock()
 	now := time.Now()
+	untried := 0
 	for _, host := range slices.Sorted(maps.Keys(batch)) {
 		var failed hostRecords
 		for _, r := range batch[host].appendTo(nil, now) {
-			cctx, cancel := context.WithTimeout(ctx, storeTimeout)
-			err := sh.store.Put(cctx, r)
-			cancel()
+			if ctx.Err() != nil {
+				untried++
+				failed.merge(r, now)
+				continue
+			}
+			err := sh.store.Put(ctx, r)
 			if err == nil {
 				t.storeErr.Store(nil)
 				continue
 			}
-			t.storeError(opPut, err)
+			if !closing(parent) {
+				t.storeError(opPut, err)
+			}
 			failed.merge(r, now)
 		}
 		if failed.empty(now) {
@@ -197,6 +215,31 @@ func (t *Transport) flush(ctx context.Context) {
 		sh.pending[host] = &failed
 		sh.mu.Unlock()
 	}
+	if untried > 0 && !closing(parent) {
+		t.storeError(opPut, fmt.Errorf("hostbreaker: store: %d writes not tried within %v, queued again: %w", untried, storeTimeout, ctx.Err()))
+	}
+}
+
+// closing reports whether ctx, a context of the background goroutine's
+// store operations, was canceled by Close.
+func closing(ctx context.Context) bool {
+	return errors.Is(ctx.Err(), context.Canceled)
+}
+
+// openStore opens the store of sh.url, which failed to open before, and
+// reports whether it did; a failure is counted and logged as a store error.
+// It runs on the background goroutine.
+func (t *Transport) openStore() bool {
+	sh := t.sh
+	s, err := OpenStore(sh.url)
+	if err != nil {
+		t.storeError(opOpen, err)
+		return false
+	}
+	sh.store = s
+	t.storeErr.Store(nil)
+	t.log.Info("hostbreaker: store opened", "store", redactURL(sh.url))
+	return true
 }
 
 // pull reads the store and applies what other processes wrote since the

@@ -503,7 +503,15 @@ type PublishedState struct {
 //     and its change channel live under the prefix: stores with the same
 //     prefix in the same database are one store, and stores with different prefixes share nothing, even
 //     when one prefix extends the other. Other query parameters are
-//     go-redis options.
+//     go-redis options;
+//   - redis+cluster://[user:pass@]host:port,host:port/ (rediss+cluster://
+//     with TLS) opens a Redis Cluster through the nodes listed (any of them
+//     will do; the client finds the others), and
+//     redis+sentinel://[user:pass@]host:port,host:port/primary[/db]
+//     (rediss+sentinel://) the primary that the Redis Sentinels listed know
+//     by that name, following it when they fail it over. Both take the
+//     prefix as redis:// does; in a cluster the store's keys carry it as a
+//     hash tag, so that they live in one slot.
 //
 // Anything else is an error that names the URL.
 func OpenStore(rawURL string) (Store, error) {
@@ -548,13 +556,13 @@ func StorePath(rawURL string) (string, error) {
 			return "", bad("a bbolt URL takes no query nor fragment (want bolt:///absolute/path.db)")
 		}
 		return u.Path, nil
-	case "redis", "rediss":
-		if _, _, err := parseRedisURL(rawURL); err != nil {
+	case "redis", "rediss", "redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel":
+		if _, err := parseRedisStoreURL(rawURL); err != nil {
 			return "", err
 		}
 		return "", nil
 	default:
-		return "", bad(fmt.Sprintf("unknown scheme %q (want a path, bolt://, redis:// or rediss://)", scheme))
+		return "", bad(fmt.Sprintf("unknown scheme %q (want a path, bolt://, redis://, rediss://, redis+cluster:// or redis+sentinel://)", scheme))
 	}
 }
 

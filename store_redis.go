@@ -5,6 +5,7 @@ package hostbreaker
 // merge rules are in store.go.
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -88,10 +89,17 @@ const (
 //
 // Put publishes the host on the channel P+"events" when it changes anything,
 // and PutOverride publishes "o:" and the Hosts key.
+//
+// In a Redis Cluster, every key and the channel start with "{P}" instead of
+// P (see redisKeyBase and redisKey): the hash tag puts all of a store's
+// keys in one slot, which the transactions need, since each of them touches
+// a host's keys and an index together. One store is then served by one
+// primary of the cluster; different prefixes spread over it.
 type redisStore struct {
-	client  *redis.Client
-	prefix  string
-	channel string // prefix + "events"
+	client  redis.UniversalClient // a *redis.Client (one server, or Sentinel's primary) or a *redis.ClusterClient
+	prefix  string                // the prefix of the URL
+	base    string                // what every key and the channel start with; see redisKey
+	channel string                // base + "events"
 	changes chan struct{}
 
 	ctx    context.Context // canceled by Close; stops the watch goroutine
@@ -105,33 +113,38 @@ type redisStore struct {
 	journalID  uint64        // random; tells this store's journal members from other stores'
 	journalSeq atomic.Uint64 // numbers this store's journal members
 
+	isClosed  atomic.Bool // set by Close: a cluster client may still answer after its Close
 	closeOnce sync.Once
 	closeErr  error
 }
 
 // openRedisStore opens the Redis store that rawURL names:
-// redis://[user:pass@]host:port/db or rediss://… (TLS). The query parameter
+// redis://[user:pass@]host:port/db or rediss://… (TLS) for one server,
+// redis+cluster://[user:pass@]host:port,host:port,…/ for a Redis Cluster,
+// and redis+sentinel://[user:pass@]host:port,…/primary[/db] for a primary
+// that Redis Sentinels at the hosts watch (rediss+cluster:// and
+// rediss+sentinel:// with TLS); see parseRedisStoreURL. The query parameter
 // prefix sets the key prefix (default "hostbreaker:"; one that does not end
 // in ':' gets one); other query parameters are go-redis options (see
-// redis.ParseURL).
+// redis.ParseURL, redis.ParseClusterURL and redis.ParseFailoverURL).
 //
 // Only the URL is validated: the store opens even when Redis is unreachable,
 // and connects when it comes back. Errors name the URL with its password
 // redacted.
 func openRedisStore(rawURL string) (Store, error) {
-	opt, prefix, err := parseRedisURL(rawURL)
+	cfg, err := parseRedisStoreURL(rawURL)
 	if err != nil {
 		return nil, err
 	}
-	client, err := newRedisClient(opt)
+	client, err := cfg.newClient()
 	if err != nil {
 		return nil, fmt.Errorf("hostbreaker: open store %q: %w", redactURL(rawURL), err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &redisStore{
 		client:  client,
-		prefix:  prefix,
-		channel: prefix + "events",
+		prefix:  cfg.prefix,
+		base:    redisKeyBase(cfg.prefix, cfg.cluster != nil),
 		changes: make(chan struct{}, 1),
 		ctx:     ctx,
 		cancel:  cancel,
@@ -140,12 +153,184 @@ func openRedisStore(rawURL string) (Store, error) {
 
 		journalID: rand.Uint64(),
 	}
+	s.channel = s.redisKey("events")
 	// Warm the pool; an unreachable server is not an error here.
 	pctx, pcancel := context.WithTimeout(ctx, redisOpenPingTimeout)
 	_ = client.Ping(pctx).Err()
 	pcancel()
 	go s.watch(s.ps)
 	return s, nil
+}
+
+// redisStoreConfig is what a Redis store URL says: the key prefix and the
+// options of exactly one of the three kinds of client.
+type redisStoreConfig struct {
+	prefix   string
+	single   *redis.Options         // redis://, rediss://
+	cluster  *redis.ClusterOptions  // redis+cluster://, rediss+cluster://
+	failover *redis.FailoverOptions // redis+sentinel://, rediss+sentinel://
+}
+
+// newClient returns the client of c, turning a panic over options go-redis
+// cannot use (an absurd pool_size, say) into an error.
+func (c redisStoreConfig) newClient() (client redis.UniversalClient, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("create client: %v", p)
+		}
+	}()
+	switch {
+	case c.cluster != nil:
+		return redis.NewClusterClient(c.cluster), nil
+	case c.failover != nil:
+		return redis.NewFailoverClient(c.failover), nil
+	default:
+		return redis.NewClient(c.single), nil
+	}
+}
+
+// parseRedisStoreURL returns what a Redis store URL of any of the three
+// forms says (see openRedisStore), with the store's short timeouts filled
+// in where the URL sets none.
+//
+// redis+cluster:// and redis+sentinel:// take a comma-separated list of
+// host:port (a bracketed IPv6 address is allowed) where a URL has one; the
+// user and password authenticate to the Redis servers (the cluster's nodes,
+// or the primary and its replicas), and for Sentinel the query parameters
+// sentinel_username and sentinel_password to the Sentinels. A cluster URL
+// has no path (a cluster has one database); a Sentinel URL's path is the
+// primary's name as the Sentinels know it, then optionally the database.
+// The other query parameters are those of redis.ParseClusterURL and
+// redis.ParseFailoverURL.
+func parseRedisStoreURL(rawURL string) (redisStoreConfig, error) {
+	scheme, rest, _ := strings.Cut(rawURL, "://")
+	base, topology, _ := strings.Cut(strings.ToLower(scheme), "+")
+	if topology == "" {
+		opt, prefix, err := parseRedisURL(rawURL)
+		return redisStoreConfig{prefix: prefix, single: opt}, err
+	}
+	fail := func(format string, args ...any) error {
+		return fmt.Errorf("hostbreaker: open store %q: %s", redactURL(rawURL), fmt.Sprintf(format, args...))
+	}
+	if base != "redis" && base != "rediss" || topology != "cluster" && topology != "sentinel" {
+		return redisStoreConfig{}, fail("want redis+cluster://, rediss+cluster://, redis+sentinel:// or rediss+sentinel://")
+	}
+	// The authority ends at the first '/', '?' or '#'; a password must
+	// escape them. Its host list is split here: net/url takes one host.
+	end := strings.IndexAny(rest, "/?#")
+	if end < 0 {
+		end = len(rest)
+	}
+	authority, tail := rest[:end], rest[end:]
+	userinfo, hostList := "", authority
+	if at := strings.LastIndexByte(authority, '@'); at >= 0 {
+		userinfo, hostList = authority[:at+1], authority[at+1:]
+	}
+	var hosts []string
+	for _, h := range strings.Split(hostList, ",") {
+		host, port, err := net.SplitHostPort(h)
+		if err != nil || host == "" || port == "" {
+			return redisStoreConfig{}, fail("want host:port, comma-separated, got %q", h)
+		}
+		if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+			return redisStoreConfig{}, fail("invalid port in %q", h)
+		}
+		hosts = append(hosts, net.JoinHostPort(host, port))
+	}
+	u, err := url.Parse(base + "://" + userinfo + "placeholder" + tail)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) && userinfo == "" {
+			return redisStoreConfig{}, fail("invalid URL: %v", ue.Err)
+		}
+		return redisStoreConfig{}, fail("invalid URL")
+	}
+	if u.Fragment != "" {
+		return redisStoreConfig{}, fail("a store URL takes no fragment")
+	}
+	q, err := url.ParseQuery(u.RawQuery)
+	if err != nil {
+		return redisStoreConfig{}, fail("invalid query: %v", err)
+	}
+	prefix, err := takePrefix(q)
+	if err != nil {
+		return redisStoreConfig{}, fail("%v", err)
+	}
+	for _, h := range hosts[1:] {
+		q.Add("addr", h)
+	}
+	user, pass := "", ""
+	if u.User != nil {
+		user = u.User.Username()
+		pass, _ = u.User.Password()
+	}
+	cfg := redisStoreConfig{prefix: prefix}
+	if topology == "cluster" {
+		if u.Path != "" && u.Path != "/" {
+			return redisStoreConfig{}, fail("a cluster URL has no path (a cluster has one database): want %s+cluster://host:port,host:port/?prefix=…", base)
+		}
+		gu := url.URL{Scheme: base, User: u.User, Host: hosts[0], RawQuery: q.Encode()}
+		opt, err := redis.ParseClusterURL(gu.String())
+		if err != nil {
+			return redisStoreConfig{}, fail("%v", err)
+		}
+		opt.DialTimeout = cmp.Or(opt.DialTimeout, redisDialTimeout)
+		opt.ReadTimeout = cmp.Or(opt.ReadTimeout, redisIOTimeout)
+		opt.WriteTimeout = cmp.Or(opt.WriteTimeout, redisIOTimeout)
+		opt.MaxRetries = cmp.Or(opt.MaxRetries, redisMaxRetries)
+		opt.MaxRetryBackoff = cmp.Or(opt.MaxRetryBackoff, redisMaxRetryBackoff)
+		opt.DialerRetries = 1
+		opt.ContextTimeoutEnabled = true
+		cfg.cluster = opt
+		return cfg, nil
+	}
+	path := strings.Split(strings.Trim(u.Path, "/"), "/")
+	if path[0] == "" || len(path) > 2 {
+		return redisStoreConfig{}, fail("want %s+sentinel://host:port,host:port/primary-name[/db]", base)
+	}
+	sentinelUser, sentinelPass := q.Get("sentinel_username"), q.Get("sentinel_password")
+	q.Del("sentinel_username")
+	q.Del("sentinel_password")
+	q.Set("master_name", path[0])
+	gu := url.URL{Scheme: base, Host: hosts[0], RawQuery: q.Encode()}
+	if len(path) == 2 {
+		gu.Path = "/" + path[1]
+	}
+	opt, err := redis.ParseFailoverURL(gu.String())
+	if err != nil {
+		return redisStoreConfig{}, fail("%v", err)
+	}
+	if user != "" || pass != "" {
+		opt.Username, opt.Password = user, pass
+	}
+	opt.SentinelUsername, opt.SentinelPassword = sentinelUser, sentinelPass
+	opt.DialTimeout = cmp.Or(opt.DialTimeout, redisDialTimeout)
+	opt.ReadTimeout = cmp.Or(opt.ReadTimeout, redisIOTimeout)
+	opt.WriteTimeout = cmp.Or(opt.WriteTimeout, redisIOTimeout)
+	opt.MaxRetries = cmp.Or(opt.MaxRetries, redisMaxRetries)
+	opt.MaxRetryBackoff = cmp.Or(opt.MaxRetryBackoff, redisMaxRetryBackoff)
+	opt.DialerRetries = 1
+	opt.ContextTimeoutEnabled = true
+	cfg.failover = opt
+	return cfg, nil
+}
+
+// takePrefix removes the prefix query parameter from q and returns the key
+// prefix it sets, defaultRedisPrefix when it is absent.
+func takePrefix(q url.Values) (string, error) {
+	ps, ok := q["prefix"]
+	if !ok {
+		return defaultRedisPrefix, nil
+	}
+	if len(ps) != 1 || ps[0] == "" {
+		return "", errors.New("query parameter prefix must be given once and not be empty")
+	}
+	prefix := ps[0]
+	if !strings.HasSuffix(prefix, ":") {
+		prefix += ":" // keeps prefixes apart; see redisStore
+	}
+	delete(q, "prefix")
+	return prefix, nil
 }
 
 // parseRedisURL returns the go-redis options and the key prefix that rawURL
@@ -174,18 +359,11 @@ func parseRedisURL(rawURL string) (*redis.Options, string, error) {
 	if err != nil {
 		return nil, "", fail("invalid query: %v", err)
 	}
-	prefix := defaultRedisPrefix
-	if ps, ok := q["prefix"]; ok {
-		if len(ps) != 1 || ps[0] == "" {
-			return nil, "", fail("query parameter prefix must be given once and not be empty")
-		}
-		prefix = ps[0]
-		if !strings.HasSuffix(prefix, ":") {
-			prefix += ":" // keeps prefixes apart; see redisStore
-		}
-		delete(q, "prefix")
-		u.RawQuery = q.Encode()
+	prefix, err := takePrefix(q)
+	if err != nil {
+		return nil, "", fail("%v", err)
 	}
+	u.RawQuery = q.Encode()
 	opt, err := redis.ParseURL(u.String())
 	if err != nil {
 		return nil, "", fail("%v", err)
@@ -208,17 +386,6 @@ func parseRedisURL(rawURL string) (*redis.Options, string, error) {
 	opt.DialerRetries = 1
 	opt.ContextTimeoutEnabled = true
 	return opt, prefix, nil
-}
-
-// newRedisClient returns redis.NewClient(opt), turning a panic over options
-// it cannot use (an absurd pool_size, say) into an error.
-func newRedisClient(opt *redis.Options) (c *redis.Client, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("create client: %v", p)
-		}
-	}()
-	return redis.NewClient(opt), nil
 }
 
 // redactURL returns rawURL with its password, if any, replaced by "xxxxx",
@@ -256,7 +423,30 @@ const (
 
 // key returns the key of kind for the host or source name.
 func (s *redisStore) key(kind, name string) string {
-	return s.prefix + kind + url.QueryEscape(name)
+	return s.redisKey(kind + url.QueryEscape(name))
+}
+
+// redisKey returns the key (or channel) named name in the store. Every key
+// and the change channel are built here, so that in a cluster they all
+// carry the store's hash tag and live in one slot: a MULTI/EXEC may only
+// touch the keys of one slot.
+func (s *redisStore) redisKey(name string) string {
+	return s.base + name
+}
+
+// redisKeyBase returns what the keys of a store with prefix start with: the
+// prefix itself, or, in a cluster, the prefix as a hash tag, "{prefix}",
+// with '{', '}' and '%' in it escaped as in a URL, so that the tag is the
+// whole prefix, never empty, and two prefixes never give one tag. The
+// store's keys then all hash to one slot, so one store lives on one
+// primary of the cluster (and its replicas); stores with different
+// prefixes spread over the cluster.
+func redisKeyBase(prefix string, cluster bool) string {
+	if !cluster {
+		return prefix
+	}
+	r := strings.NewReplacer("%", "%25", "{", "%7B", "}", "%7D")
+	return "{" + r.Replace(prefix) + "}"
 }
 
 // ceilMilli returns t in Unix milliseconds, rounded up, so that a key set to
@@ -286,7 +476,10 @@ func expiredMax(now time.Time) string {
 // appendStored). Values that do not decode, or that name another host than
 // the key that holds them, are skipped.
 func (s *redisStore) Records(ctx context.Context) ([]Record, error) {
-	hosts, err := s.client.ZRangeByScore(ctx, s.prefix+redisHostsIndex, liveRange(time.Now())).Result()
+	if s.isClosed.Load() {
+		return nil, fmt.Errorf("hostbreaker: redis store: records: %w", redis.ErrClosed)
+	}
+	hosts, err := s.client.ZRangeByScore(ctx, s.redisKey(redisHostsIndex), liveRange(time.Now())).Result()
 	if err != nil {
 		return nil, fmt.Errorf("hostbreaker: redis store: records: %w", err)
 	}
@@ -359,6 +552,9 @@ func isRedisReply(err error) bool {
 // meanwhile; then it starts again, at most redisPutAttempts times. A Put
 // that changes nothing writes nothing.
 func (s *redisStore) Put(ctx context.Context, r Record) error {
+	if s.isClosed.Load() {
+		return fmt.Errorf("hostbreaker: redis store: put %s: %w", r.Host, redis.ErrClosed)
+	}
 	if h, err := normalizeHost("", r.Host); err != nil || h != r.Host {
 		return fmt.Errorf("hostbreaker: redis store: put %q: host is not normalized", r.Host)
 	}
@@ -418,7 +614,7 @@ func (s *redisStore) putTx(ctx context.Context, tx *redis.Tx, r Record, hkey, mk
 	if w.none() {
 		return nil
 	}
-	index := s.prefix + redisHostsIndex
+	index := s.redisKey(redisHostsIndex)
 	_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		if len(w.del) > 0 {
 			p.HDel(ctx, hkey, w.del...)
@@ -464,8 +660,11 @@ func exactUnixNano(t time.Time) bool {
 // until ttl from now, and indexes the source. A ttl that is not positive
 // deletes them.
 func (s *redisStore) PublishStates(ctx context.Context, source string, states []PublishedState, ttl time.Duration) error {
+	if s.isClosed.Load() {
+		return fmt.Errorf("hostbreaker: redis store: publish states of %q: %w", source, redis.ErrClosed)
+	}
 	key := s.key(redisKindStates, source)
-	index := s.prefix + redisSourcesIndex
+	index := s.redisKey(redisSourcesIndex)
 	now := time.Now()
 	_, err := s.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		if ttl <= 0 {
@@ -492,7 +691,10 @@ func (s *redisStore) PublishStates(ctx context.Context, source string, states []
 // the store's prefix. It reads the sources index, then each live source's
 // states in one pipeline.
 func (s *redisStore) States(ctx context.Context) ([]PublishedState, error) {
-	sources, err := s.client.ZRangeByScore(ctx, s.prefix+redisSourcesIndex, liveRange(time.Now())).Result()
+	if s.isClosed.Load() {
+		return nil, fmt.Errorf("hostbreaker: redis store: states: %w", redis.ErrClosed)
+	}
+	sources, err := s.client.ZRangeByScore(ctx, s.redisKey(redisSourcesIndex), liveRange(time.Now())).Result()
 	if err != nil {
 		return nil, fmt.Errorf("hostbreaker: redis store: states: %w", err)
 	}
@@ -568,10 +770,13 @@ func redisSubMilli(ns int64) int64 {
 // that limits.Retention ago falls in are kept. Members that do not decode
 // are dropped like the others, by their score and rank.
 func (s *redisStore) AppendEvents(ctx context.Context, events []Event, limits JournalLimits) (int, error) {
+	if s.isClosed.Load() {
+		return 0, fmt.Errorf("hostbreaker: redis store: append events: %w", redis.ErrClosed)
+	}
 	if err := checkJournalEvents(events); err != nil {
 		return 0, fmt.Errorf("hostbreaker: redis store: append events: %w", err)
 	}
-	key := s.prefix + redisJournal
+	key := s.redisKey(redisJournal)
 	members := make([]redis.Z, len(events))
 	seq := s.journalSeq.Add(uint64(len(events))) - uint64(len(events))
 	for i, ev := range events {
@@ -616,7 +821,10 @@ func (s *redisStore) AppendEvents(ctx context.Context, events []Event, limits Jo
 // is at or after since (see decodeJournal). The pages are not one snapshot: an event appended
 // or dropped while Events reads may or may not be returned.
 func (s *redisStore) Events(ctx context.Context, since time.Time) ([]Event, error) {
-	key := s.prefix + redisJournal
+	if s.isClosed.Load() {
+		return nil, fmt.Errorf("hostbreaker: redis store: events: %w", redis.ErrClosed)
+	}
+	key := s.redisKey(redisJournal)
 	minScore := "-inf"
 	if !since.Before(time.Unix(0, math.MinInt64)) {
 		if since.After(time.Unix(0, math.MaxInt64)) {
@@ -672,7 +880,10 @@ func (s *redisStore) Events(ctx context.Context, since time.Time) ([]Event, erro
 // to a key, and values that do not decode as the override of that key, are
 // skipped; so is a key of another type.
 func (s *redisStore) Overrides(ctx context.Context) (map[string]Policy, error) {
-	fields, err := s.client.HGetAll(ctx, s.prefix+redisOverrides).Result()
+	if s.isClosed.Load() {
+		return nil, fmt.Errorf("hostbreaker: redis store: overrides: %w", redis.ErrClosed)
+	}
+	fields, err := s.client.HGetAll(ctx, s.redisKey(redisOverrides)).Result()
 	if err != nil && !isRedisReply(err) {
 		return nil, fmt.Errorf("hostbreaker: redis store: overrides: %w", err)
 	}
@@ -699,6 +910,9 @@ func (s *redisStore) Overrides(ctx context.Context) (map[string]Policy, error) {
 // again at most redisPutAttempts times when another client wrote the hash
 // meanwhile.
 func (s *redisStore) PutOverride(ctx context.Context, key string, p Policy) error {
+	if s.isClosed.Load() {
+		return fmt.Errorf("hostbreaker: redis store: put override of %s: %w", key, redis.ErrClosed)
+	}
 	if err := checkOverrideKey(key); err != nil {
 		return fmt.Errorf("hostbreaker: redis store: put override: %w", err)
 	}
@@ -710,7 +924,7 @@ func (s *redisStore) PutOverride(ctx context.Context, key string, p Policy) erro
 	if !emptyTuned(p) {
 		v = encodeOverride(key, p)
 	}
-	hkey, field := s.prefix+redisOverrides, url.QueryEscape(key)
+	hkey, field := s.redisKey(redisOverrides), url.QueryEscape(key)
 	try := func(tx *redis.Tx) error {
 		old, err := tx.HGet(ctx, hkey, field).Bytes()
 		switch {
@@ -837,6 +1051,7 @@ func (s *redisStore) resubscribe(ps *redis.PubSub) *redis.PubSub {
 // is safe to call more than once; later calls return the first result.
 func (s *redisStore) Close() error {
 	s.closeOnce.Do(func() {
+		s.isClosed.Store(true)
 		s.cancel()
 		s.mu.Lock()
 		s.closed = true

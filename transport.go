@@ -60,6 +60,14 @@ type Transport struct {
 	done             chan struct{}
 	wg               sync.WaitGroup
 	closeOnce        sync.Once
+
+	// stopStore cancels the context of the background goroutine's store
+	// operations, so that Close does not wait for a slow one; closeBy is
+	// when Close's last attempt to write to the store gives up, written
+	// by Close before it closes done.
+	storeCtx  context.Context
+	stopStore context.CancelFunc
+	closeBy   time.Time
 }
 
 var _ http.RoundTripper = (*Transport)(nil)
@@ -171,16 +179,28 @@ func NewTransport(base http.RoundTripper, opts ...Option) (*Transport, error) {
 			}
 			// Not required: run under local protection, and say why.
 			t.storeErr.Store(&err)
-			t.log.Warn("hostbreaker: store unavailable; running without it", "err", err)
-			break
+			if _, perr := StorePath(o.config.Store.URL); perr != nil {
+				// A URL of the wrong form never opens.
+				t.log.Warn("hostbreaker: store unavailable; running without it", "err", err)
+				break
+			}
+			// Opened again by the background goroutine (see openStore);
+			// decisions made meanwhile are queued for it.
+			t.log.Warn("hostbreaker: store unavailable; requests continue under local protection, opening it again later", "err", err)
+			s = nil
 		}
 		t.sh = newSharing(s, true, o.config.Store, t.reg.maxBare, process)
+		t.sh.url = o.config.Store.URL
 	}
-	if t.sh != nil {
+	if t.sh != nil && t.sh.store != nil {
 		// Start with what the store knows: a host still cooling down after a
 		// restart is rejected from the first request. A store that does not
-		// answer in time is read again by the background goroutine.
-		if err := t.pull(context.Background()); err != nil && required {
+		// answer in time (storeTimeout for the whole read) is read again by
+		// the background goroutine.
+		ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+		err := t.pull(ctx)
+		cancel()
+		if err != nil && required {
 			if t.sh.owned {
 				t.sh.store.Close()
 			}
@@ -194,6 +214,7 @@ func NewTransport(base http.RoundTripper, opts ...Option) (*Transport, error) {
 	if t.tel, err = newTelemetry(t, mp); err != nil {
 		t.log.Warn("hostbreaker: metrics unavailable", "err", err)
 	}
+	t.storeCtx, t.stopStore = context.WithCancel(context.Background())
 	t.wg.Add(1)
 	go t.loop()
 	return t, nil
@@ -215,17 +236,22 @@ func (t *Transport) StoreErr() error {
 }
 
 // Close stops the Transport's background goroutines and waits for them,
-// after a last attempt to write pending changes to the store. It closes the
+// after a last attempt to write pending changes to the store. It returns
+// within about 2s (the store timeout) however many changes are pending and
+// whatever the store does, as long as the store honours its contexts (both
+// of OpenStore's do). It closes the
 // store only if the Transport opened it from Config.Store.URL. Requests made
 // after Close still work, under local protection. Close does not close the
 // base transport. It is safe to call more than once.
 func (t *Transport) Close() error {
 	var err error
 	t.closeOnce.Do(func() {
+		t.closeBy = time.Now().Add(storeTimeout)
+		t.stopStore()
 		close(t.done)
 		t.wg.Wait()
 		t.tel.close()
-		if t.sh != nil && t.sh.owned {
+		if t.sh != nil && t.sh.owned && t.sh.store != nil {
 			err = t.sh.store.Close()
 		}
 	})
@@ -664,23 +690,61 @@ func (t *Transport) emit(ev event) {
 // loop is the Transport's background goroutine: it logs events and, with
 // a store, writes local decisions to it, reads other processes' decisions
 // every poll interval or when the store signals a change, and publishes
-// the breaker states.
+// the breaker states. A store that failed to open is opened again, with
+// backoff (see openStore).
+//
+// Each round of store operations has one deadline, storeTimeout, for all of
+// them (see storeRound), and queries (Events) and Close are served before
+// anything else: neither waits longer than the round in progress, however
+// many records are pending and whatever the store does.
 func (t *Transport) loop() {
 	defer t.wg.Done()
 	var tick <-chan time.Time
 	var changes, kick <-chan struct{}
-	if t.sh != nil {
-		ticker := time.NewTicker(t.sh.poll)
-		defer ticker.Stop()
+	var ticker *time.Ticker
+	listen := func() {
+		ticker = time.NewTicker(t.sh.poll)
 		tick, changes, kick = ticker.C, t.sh.store.Changes(), t.sh.kick
 	}
+	var reopen <-chan time.Time
+	var reopenTimer *time.Timer
+	var backoff time.Duration
+	switch {
+	case t.sh == nil:
+	case t.sh.store != nil:
+		listen()
+	default:
+		backoff = t.sh.poll
+		reopenTimer = time.NewTimer(backoff)
+		reopen = reopenTimer.C
+	}
+	defer func() {
+		if ticker != nil {
+			ticker.Stop()
+		}
+		if reopenTimer != nil {
+			reopenTimer.Stop()
+		}
+	}()
 	sweep := time.NewTicker(bareSweepInterval)
 	defer sweep.Stop()
 	summary := time.NewTicker(t.sink.cfg.SummaryInterval)
 	defer summary.Stop()
-	ctx := context.Background()
+	ctx := t.storeCtx
 	var logs counterLogs
 	for {
+		select {
+		case <-t.done:
+			t.finish(&logs)
+			return
+		case q := <-t.queries:
+			for len(t.events) > 0 { // what happened before the query
+				t.handle(<-t.events)
+			}
+			q()
+			continue
+		default:
+		}
 		select {
 		case <-sweep.C:
 			t.reg.pruneBare(t.now())
@@ -691,33 +755,64 @@ func (t *Transport) loop() {
 		case q := <-t.queries:
 			q()
 		case <-t.done:
-			for len(t.events) > 0 {
-				t.handle(<-t.events)
-			}
-			t.summarize(time.Now()) // the last, partial one
-			t.logCounters(&logs)
-			if t.sh != nil {
-				// One last attempt, bounded as a whole: Close must not hang
-				// on a store that is down.
-				fctx, cancel := context.WithTimeout(ctx, storeTimeout)
-				t.flush(fctx)
-				t.flushJournal(fctx)
-				cancel()
-			}
+			t.finish(&logs)
 			return
 		case ev := <-t.events:
 			t.handle(ev)
 			t.logCounters(&logs)
+		case <-reopen:
+			if !t.openStore() {
+				backoff = min(2*backoff, maxStoreOpenBackoff)
+				reopenTimer.Reset(backoff)
+				continue
+			}
+			reopen = nil
+			listen()
+			t.storeRound(ctx, func(ctx context.Context) {
+				t.flush(ctx)
+				t.pull(ctx)
+				t.publish(ctx)
+				t.flushJournal(ctx)
+			})
 		case <-kick:
-			t.flush(ctx)
+			t.storeRound(ctx, t.flush)
 		case <-changes:
-			t.pull(ctx)
+			t.storeRound(ctx, func(ctx context.Context) { t.pull(ctx) })
 		case <-tick:
-			t.flush(ctx)
-			t.pull(ctx)
-			t.publish(ctx)
-			t.flushJournal(ctx)
+			t.storeRound(ctx, func(ctx context.Context) {
+				t.flush(ctx)
+				t.pull(ctx)
+				t.publish(ctx)
+				t.flushJournal(ctx)
+			})
 		}
+	}
+}
+
+// storeRound runs f with a context that ends storeTimeout from now, or when
+// Close is called: one deadline for every store operation of the round.
+func (t *Transport) storeRound(ctx context.Context, f func(context.Context)) {
+	ctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	defer cancel()
+	f(ctx)
+}
+
+// finish is the background goroutine's last work, when Close was called:
+// it logs the events left, the last summary and counters, and makes one
+// last attempt to write what is pending to the store, by closeBy.
+func (t *Transport) finish(logs *counterLogs) {
+	for len(t.events) > 0 {
+		t.handle(<-t.events)
+	}
+	t.summarize(time.Now()) // the last, partial one
+	t.logCounters(logs)
+	if t.sh != nil && t.sh.store != nil {
+		// One last attempt, bounded as a whole: Close must not hang
+		// on a store that is down.
+		fctx, cancel := context.WithDeadline(context.Background(), t.closeBy)
+		t.flush(fctx)
+		t.flushJournal(fctx)
+		cancel()
 	}
 }
 
