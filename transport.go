@@ -768,25 +768,25 @@ func (t *Transport) loop() {
 			}
 			reopen = nil
 			listen()
-			t.storeRound(ctx, func(ctx context.Context) {
-				t.flush(ctx)
-				t.pull(ctx)
-				t.publish(ctx)
-				t.flushJournal(ctx)
-			})
+			t.storeRound(ctx, t.sync)
 		case <-kick:
 			t.storeRound(ctx, t.flush)
 		case <-changes:
 			t.storeRound(ctx, func(ctx context.Context) { t.pull(ctx) })
 		case <-tick:
-			t.storeRound(ctx, func(ctx context.Context) {
-				t.flush(ctx)
-				t.pull(ctx)
-				t.publish(ctx)
-				t.flushJournal(ctx)
-			})
+			t.storeRound(ctx, t.sync)
 		}
 	}
+}
+
+// sync is the background goroutine's round with the store at each poll:
+// it writes what is pending, reads what changed, publishes the states and
+// appends the journal.
+func (t *Transport) sync(ctx context.Context) {
+	t.flush(ctx)
+	t.pull(ctx)
+	t.publish(ctx)
+	t.flushJournal(ctx)
 }
 
 // storeRound runs f with a context that ends storeTimeout from now, or when
