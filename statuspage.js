@@ -37,7 +37,7 @@
   function newRow(d) {
     const tr = el("tr");
     const cells = {};
-    for (const [name, cls] of [["host", "host"], ["role", ""], ["state", "state"], ["reason", ""],
+    for (const [name, cls] of [["host", "host"], ["role", "role"], ["state", "state"], ["reason", "reason"],
       ["left", "num"], ["rate", "num"], ["req", "num"], ["fail", "num"], ["rej", "num"],
       ["source", ""], ["events", "events"]]) {
       cells[name] = el("td", cls);
