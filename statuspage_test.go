@@ -202,6 +202,15 @@ func TestStatusPageHTML(t *testing.T) {
 	if resp, _ := statusGet(t, h, "/status.css"); resp.Header.Get("Content-Type") != "text/css; charset=utf-8" {
 		t.Errorf("status.css Content-Type = %q", resp.Header.Get("Content-Type"))
 	}
+	// Mounted under a prefix, as the README shows: the page's relative
+	// URLs resolve under it.
+	mux := http.NewServeMux()
+	mux.Handle("/hostbreaker/", http.StripPrefix("/hostbreaker", h))
+	for _, path := range []string{"/hostbreaker/", "/hostbreaker/status.js", "/hostbreaker/status.css", "/hostbreaker/status.json"} {
+		if resp, _ := statusGet(t, mux, path); resp.StatusCode != http.StatusOK {
+			t.Errorf("GET %s under a prefix: %d", path, resp.StatusCode)
+		}
+	}
 	if resp, _ := statusGet(t, h, "/nothing"); resp.StatusCode != http.StatusNotFound {
 		t.Errorf("/nothing: %d", resp.StatusCode)
 	}
