@@ -66,7 +66,9 @@ const (
 //     cooldowns, resets, rate and policy changes as JSON [Event]s
 //     ("change" events), preceded by up to 50 of the last hour ("backlog"
 //     events); a "resync" event says that events were dropped because the
-//     client read too slowly, and the snapshot should be read again;
+//     client read too slowly, and the snapshot should be read again. A
+//     stream ends when the client goes, the request's context ends (see
+//     http.Server's BaseContext, to end them at shutdown) or t is closed;
 //   - POST open and close, form field host: [Transport.Open] for
 //     opts.OpenFor and [Transport.Reset], only with opts.Token (see
 //     [StatusHandlerOptions]).
@@ -144,10 +146,12 @@ func pageEvent(ev Event) bool {
 }
 
 // subscription is an open page's feed of events. Its channel is never
-// closed; a send that would block is dropped and sets lagged.
+// closed; a send that would block is dropped and sets lagged. done, when
+// not nil, is closed when no more events will come (the Transport closed).
 type subscription struct {
 	ch     chan Event
 	lagged atomic.Bool
+	done   <-chan struct{}
 }
 
 // subscriptionBuffer is how many events a page may fall behind before
@@ -243,6 +247,7 @@ func (s transportSource) recent(_ context.Context, since time.Time) ([]Event, er
 
 func (s transportSource) watch(context.Context) (*subscription, func()) {
 	sub := newSubscription()
+	sub.done = s.t.done
 	s.t.subs.add(sub)
 	return sub, func() { s.t.subs.remove(sub) }
 }
@@ -394,6 +399,8 @@ func (p *statusPage) events(w http.ResponseWriter, r *http.Request) {
 	for {
 		select {
 		case <-ctx.Done():
+			return
+		case <-sub.done: // the Transport closed: nothing more to say
 			return
 		case <-keepalive.C:
 			fmt.Fprint(w, ": keepalive\n\n")

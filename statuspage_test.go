@@ -396,6 +396,28 @@ func TestStatusEventsEndWithClient(t *testing.T) {
 	}
 }
 
+func TestStatusEventsEndWithTransport(t *testing.T) {
+	tr, err := NewTransport(cannedBase(200))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(tr.StatusHandler(nil))
+	t.Cleanup(srv.Close)
+	ch := openStream(t, srv)
+	tr.Close()
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case _, more := <-ch:
+			if !more {
+				return // the stream ended
+			}
+		case <-timeout:
+			t.Fatal("the stream outlived its Transport")
+		}
+	}
+}
+
 func TestSubscribersNeverBlock(t *testing.T) {
 	var s subscribers
 	ev := Event{Name: EventCooldown, Host: "h"}
