@@ -26,6 +26,7 @@ import (
 // StatusHandlerOptions configures a status page (see
 // [Transport.StatusHandler] and [StoreStatusHandler]). The zero value, or
 // nil, serves a read-only page: no buttons, and every POST is refused.
+// The handler copies it when it is made: changing it later has no effect.
 type StatusHandlerOptions struct {
 	// Token, when not empty, lets the page open and close hosts: it shows
 	// open and close buttons and a field for the token, and a POST to
