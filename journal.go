@@ -101,6 +101,7 @@ func (t *Transport) deliver(ev Event) {
 	if s.handler != nil {
 		s.handler(ev)
 	}
+	t.subs.publish(ev) // open status pages; one atomic load when there are none
 	s.emitLog(ev)
 	if s.cfg.NoJournal {
 		return

@@ -51,6 +51,7 @@ type Transport struct {
 	dropped atomic.Uint64 // events dropped because the queue was full
 	sink    *eventSink    // owned by the background goroutine
 	queries chan func()   // run on the background goroutine (Events)
+	subs    subscribers   // open status pages (statuspage.go)
 
 	untracked        atomic.Uint64                        // requests sent without a breaker: the registry was full
 	untrackedLogged  atomic.Int64                         // when that was last logged, ns since the epoch
