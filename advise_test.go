@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"flag"
 	"maps"
+	"net/http"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -1194,4 +1195,86 @@ func shiftEvents(events []Event, start time.Time) []Event {
 		}
 	}
 	return events
+}
+
+// TestAdvisePublishedInForce: the values in force come from what the
+// processes published, not from the configuration given (the built-in
+// defaults when advise runs without -config); processes that disagree are
+// named; a (host, role) nobody published is "assumed" when the
+// configuration is unknown.
+func TestAdvisePublishedInForce(t *testing.T) {
+	row := func(src string, failMax int, reset time.Duration) PublishedState {
+		return PublishedState{Source: src, Host: "flaky.example.org", State: StateOpen, ConfigHash: "h-" + src,
+			Policy: Policy{FailMax: failMax, ResetTimeout: reset, SuccessThreshold: 1, TrialCalls: 1}}
+	}
+	events := journalFlapping(t)
+	// Without published rows and an unknown configuration: the defaults
+	// (1m0s), and the advice says they were assumed.
+	a := findAdvice(t, AdviseWith(events, DefaultConfig(), nil, AdviseOptions{ConfigUnknown: true}), "flaky.example.org", "", "reset_timeout")
+	if a.Current != "1m0s" || a.From != FromAssumed {
+		t.Errorf("unknown: got %+v", a)
+	}
+	// Published: the real value, 10s.
+	opts := AdviseOptions{ConfigUnknown: true, Published: []PublishedState{row("web-1", 4, 10*time.Second), row("web-2", 4, 10*time.Second)}}
+	got := AdviseWith(events, DefaultConfig(), nil, opts)
+	a = findAdvice(t, got, "flaky.example.org", "", "reset_timeout")
+	if a.Current != "10s" || a.From != FromPublished || a.Proposed != "2m0s" {
+		t.Errorf("published: got %+v", a)
+	}
+	if a := findAdvice(t, got, "flaky.example.org", "", "fail_max"); a.Current != "4" || a.Proposed != "3" {
+		t.Errorf("published fail_max: got %+v", a)
+	}
+	// Two processes with different values: said, and marked.
+	opts.Published[1] = row("web-2", 4, 20*time.Second)
+	a = findAdvice(t, AdviseWith(events, DefaultConfig(), nil, opts), "flaky.example.org", "", "reset_timeout")
+	if a.From != FromDiffers || !strings.Contains(a.Reason, "processes differ: reset_timeout 10s in web-1, 20s in web-2") {
+		t.Errorf("differ: got %+v", a)
+	}
+	if g := ConfigGroups(opts.Published); len(g) != 2 {
+		t.Errorf("ConfigGroups = %+v, want 2 groups", g)
+	}
+	// A published rate in force and configured rate: rule 7 reads them.
+	rows := []PublishedState{{Source: "web-1", Host: "calm.example.org", ConfigHash: "h",
+		Policy: Policy{FailMax: 5, ResetTimeout: time.Minute, SuccessThreshold: 1, TrialCalls: 1, Rate: 4}, ConfiguredRate: 10}}
+	a = findAdvice(t, AdviseWith(journalRateRecovery(t), DefaultConfig(), nil, AdviseOptions{Published: rows}), "calm.example.org", "", "rate")
+	if a.Current != "4" || a.Proposed != "4.4" || a.From != FromPublished || !strings.Contains(a.Reason, "configured 10") {
+		t.Errorf("rate: got %+v", a)
+	}
+}
+
+// TestTransportPublishesPolicy: a Transport's published rows carry its
+// configuration's hash and the values in force (tuned overrides laid
+// over the configuration), and the store gives them back.
+func TestTransportPublishesPolicy(t *testing.T) {
+	storeKinds(t, func(t *testing.T, url string) {
+		cfg := Config{Hosts: map[string]Policy{"down.example": {FailMax: 2, ResetTimeout: 10 * time.Minute, Rate: 50}}}
+		tr := sharedTransport(t, url, 50*time.Millisecond, cannedBase(500), cfg)
+		c := &http.Client{Transport: tr}
+		for range 2 {
+			get(t, c, "", "http://down.example/")
+		}
+		var states []PublishedState
+		deadline := time.Now().Add(bound(url, 50*time.Millisecond))
+		for time.Now().Before(deadline) {
+			s, err := tr.sh.store.States(context.Background())
+			if err == nil && len(s) > 0 {
+				states = s
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if len(states) != 1 {
+			t.Fatalf("published %+v", states)
+		}
+		ps := states[0]
+		want := Policy{FailMax: 2, ResetTimeout: 10 * time.Minute, SuccessThreshold: 1, TrialCalls: 1, Rate: 50}
+		if ps.ConfigHash == "" || !reflect.DeepEqual(ps.Policy, want) || ps.ConfiguredRate != 50 {
+			t.Errorf("published %+v, want policy %+v", ps, want)
+		}
+		// Another configuration, another hash; the same, the same hash.
+		pt1, pt2 := mustCompile(t, cfg), mustCompile(t, Config{})
+		if configHash(pt1) == configHash(pt2) || configHash(pt1) != configHash(mustCompile(t, cfg)) || configHash(pt1) != ps.ConfigHash {
+			t.Errorf("hashes: %s %s %s", configHash(pt1), configHash(pt2), ps.ConfigHash)
+		}
+	})
 }
