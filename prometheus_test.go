@@ -127,6 +127,45 @@ func TestAlertRules(t *testing.T) {
 
 var hostbreakerName = regexp.MustCompile(`\bhostbreaker_[a-z_]+\b`)
 
+// alertReasons are the rejection reasons that the alerts about breakers,
+// cooldowns and rejections must name in their descriptions, so that an
+// operator reading one knows what it does not cover.
+var alertReasons = []Reason{ReasonBreakerOpen, ReasonHalfOpenFull, ReasonRetryAfter, ReasonRollingWindow,
+	ReasonRateLimited, "concurrency-limited", ReasonManual}
+
+// TestAlertDescriptionsNameEveryReason: the descriptions of the alerts on
+// hostbreaker_state, hostbreaker_cooldown_remaining_seconds and
+// hostbreaker_rejections_total name every reason.
+func TestAlertDescriptionsNameEveryReason(t *testing.T) {
+	data, err := os.ReadFile("docs/alerts.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checked := 0
+	for _, rule := range strings.Split(string(data), "- alert: ")[1:] {
+		name, _, _ := strings.Cut(rule, "\n")
+		if !strings.Contains(rule, "hostbreaker_state") && !strings.Contains(rule, "hostbreaker_cooldown_remaining_seconds") &&
+			!strings.Contains(rule, "hostbreaker_rejections_total") {
+			continue
+		}
+		_, desc, ok := strings.Cut(rule, "description: >-")
+		if !ok {
+			t.Errorf("%s: no description", name)
+			continue
+		}
+		desc = strings.Join(strings.Fields(desc), " ")
+		for _, r := range alertReasons {
+			if !strings.Contains(desc, string(r)) {
+				t.Errorf("%s: the description does not name reason %s", name, r)
+			}
+		}
+		checked++
+	}
+	if checked != 3 {
+		t.Errorf("checked %d alerts, want 3 (BreakerOpen, HostCoolingDown, RejectionsHigh)", checked)
+	}
+}
+
 // The parts of Grafana's classic dashboard JSON model that the tests read.
 type (
 	grafanaDashboard struct {
