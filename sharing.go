@@ -300,8 +300,12 @@ func (t *Transport) pullOverrides(ctx context.Context) error {
 		var fields Policy
 		overlay(&fields, prev[key])
 		overlay(&fields, ov[key])
-		t.emit(event{kind: evPolicy, host: key, prevPolicy: policyTOML(before.keyPolicy(key), fields),
-			policy: policyTOML(after.keyPolicy(key), fields), note: "tuned (read from the store)", remote: true})
+		note := "tuned (read from the store)"
+		if _, ok := ov[key]; !ok {
+			note = "tuning reverted (read from the store)"
+		}
+		t.emit(event{kind: evPolicy, host: key, prevPolicy: policyTOML(before.keyInForce(key, fields), fields),
+			policy: policyTOML(after.keyInForce(key, fields), fields), note: note, remote: true})
 	}
 	t.mu.Unlock()
 	t.logSkipped(skipped)
