@@ -138,6 +138,7 @@ type telemetry struct {
 	list     []*series              // the values of series, by series.idx
 	tracks   map[*entry]*entryTrack // the entries seen by the last collections
 	gen      uint64                 // the current collection
+	nameAll  bool                   // this collection names every host: there are names enough
 
 	// Scratch, reused by each collection.
 	ents    []*entry
@@ -335,10 +336,11 @@ func (tel *telemetry) collect(_ context.Context, o metric.Observer) error {
 	tel.mu.Lock()
 	defer tel.mu.Unlock()
 	tel.gen++
+	tel.nameAll = false
 	for _, s := range tel.list {
 		s.cur, s.states, s.live = s.gone, [nStateSlots]int64{}, 0
 	}
-	if tel.free() > tel.reserve {
+	if tel.free() > 0 {
 		tel.nameBusiest()
 	}
 
@@ -403,15 +405,19 @@ func (tel *telemetry) collect(_ context.Context, o metric.Observer) error {
 	return nil
 }
 
-// nameBusiest gives the free names beyond the reserve to the unnamed hosts
-// with the most requests, ties broken by name. Callers hold mu.
+// nameBusiest names every unnamed host in the registry when there are
+// names enough for all of them (so that no _other series appears while
+// fewer hosts than the limit have been seen, and no host's early counts
+// are left in _other); otherwise it gives the free names beyond the
+// reserve to the unnamed hosts with the most requests, ties broken by
+// name. Callers hold mu and have checked that a name is free.
 func (tel *telemetry) nameBusiest() {
 	cands := tel.cands[:0]
 	var last *hostState
 	var n uint64
 	named := false
 	flush := func() {
-		if last != nil && !named && n > 0 {
+		if last != nil && !named {
 			cands = append(cands, candidate{last.name, n})
 		}
 	}
@@ -425,15 +431,20 @@ func (tel *telemetry) nameBusiest() {
 		}
 	})
 	flush()
-	k := tel.free() - tel.reserve
+	k := tel.free()
+	tel.nameAll = len(cands) < k // a host that appears during the collection takes the spare name
 	if len(cands) > k {
+		k -= tel.reserve
+		cands = slices.DeleteFunc(cands, func(c candidate) bool { return c.n == 0 })
+	}
+	if len(cands) > max(k, 0) {
 		slices.SortFunc(cands, func(a, b candidate) int {
 			if c := cmp.Compare(b.n, a.n); c != 0 {
 				return c
 			}
 			return strings.Compare(a.host, b.host)
 		})
-		cands = cands[:k]
+		cands = cands[:max(k, 0)]
 	}
 	for _, c := range cands {
 		if tel.names[c.host] == nil {
@@ -503,7 +514,7 @@ func (tel *telemetry) host(h *hostState, es []*entry, now int64, breakers *[3]in
 		nm = tel.names[h.name]
 	}
 	lim := h.lim.Load()
-	if nm == nil && tel.free() > 0 && (cooling || troubled(es) || lim != nil && lim.learning()) {
+	if nm == nil && tel.free() > 0 && (tel.nameAll || cooling || troubled(es) || lim != nil && lim.learning()) {
 		nm = tel.assign(h.name)
 	}
 	if lim != nil && nm != nil {
