@@ -122,6 +122,7 @@ type telemetry struct {
 	breakers    metric.Int64ObservableUpDownCounter
 	cooldown    metric.Float64ObservableGauge
 	rate        metric.Float64ObservableGauge
+	rateConf    metric.Float64ObservableGauge // the configured rate, beside the rate in force
 	storeErrors metric.Int64ObservableCounter
 	untracked   metric.Int64ObservableCounter
 	retryAfter  metric.Float64Histogram
@@ -148,10 +149,12 @@ type telemetry struct {
 	rates   []hostRate
 }
 
-// hostRate is a named host's limiter rate in a collection.
+// hostRate is a named host's limiter rate in a collection, and its
+// configured rate (0 for none).
 type hostRate struct {
 	name *hostName
 	rate float64
+	conf float64
 }
 
 // hostName is a value of server.address: a named host or _other.
@@ -254,8 +257,11 @@ func newTelemetry(t *Transport, mp metric.MeterProvider) (*telemetry, error) {
 	tel.rate, err = m.Float64ObservableGauge("hostbreaker.rate", metric.WithUnit("{request}/s"),
 		metric.WithDescription("A host's rate limit: configured, or learnt from throttling responses; named hosts that have one only."))
 	check(err)
+	tel.rateConf, err = m.Float64ObservableGauge("hostbreaker.rate.configured", metric.WithUnit("{request}/s"),
+		metric.WithDescription("A host's configured rate limit (the policy's rate, tuned overrides included), beside hostbreaker.rate; named hosts that have a limiter and a configured rate only."))
+	check(err)
 	tel.retryAfter, err = m.Float64Histogram("hostbreaker.retry_after", metric.WithUnit("s"),
-		metric.WithDescription("Retry-After values received with 429 and 503 responses, as sent."),
+		metric.WithDescription("Retry-After values received with 429 and 503 responses, capped by retry_after_cap."),
 		metric.WithExplicitBucketBoundaries(retryAfterBuckets...))
 	check(err)
 	tel.storeErrors, err = m.Int64ObservableCounter("hostbreaker.store.errors", metric.WithUnit("{error}"),
@@ -266,7 +272,7 @@ func newTelemetry(t *Transport, mp metric.MeterProvider) (*telemetry, error) {
 	check(err)
 	if len(errs) == 0 {
 		tel.reg, err = m.RegisterCallback(tel.collect, tel.requests, tel.rejections, tel.transitions,
-			tel.state, tel.breakers, tel.cooldown, tel.rate, tel.storeErrors, tel.untracked)
+			tel.state, tel.breakers, tel.cooldown, tel.rate, tel.rateConf, tel.storeErrors, tel.untracked)
 		check(err)
 	}
 	if len(errs) > 0 {
@@ -389,6 +395,9 @@ func (tel *telemetry) collect(_ context.Context, o metric.Observer) error {
 			r.name.rateOpts = observeOpts(r.name.addr)
 		}
 		o.ObserveFloat64(tel.rate, r.rate, r.name.rateOpts...)
+		if r.conf > 0 {
+			o.ObserveFloat64(tel.rateConf, r.conf, r.name.rateOpts...)
+		}
 	}
 	clear(tel.rates)
 	tel.rates = tel.rates[:0]
@@ -518,7 +527,11 @@ func (tel *telemetry) host(h *hostState, es []*entry, now int64, breakers *[3]in
 		nm = tel.assign(h.name)
 	}
 	if lim != nil && nm != nil {
-		tel.rates = append(tel.rates, hostRate{nm, lim.status().rate})
+		hr := hostRate{name: nm, rate: lim.status().rate}
+		if r, err := tel.t.policies.Load().resolve(h.name, ""); err == nil {
+			hr.conf = r.Rate
+		}
+		tel.rates = append(tel.rates, hr)
 	}
 	target := nm
 	if target == nil {

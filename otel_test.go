@@ -127,7 +127,7 @@ func TestMetrics(t *testing.T) {
 		m := collect(t, reader)
 		m.checkShapes(t)
 		for name := range wantInstruments {
-			if _, ok := m[name]; !ok && name != "hostbreaker.store.errors" {
+			if _, ok := m[name]; !ok && name != "hostbreaker.store.errors" && name != "hostbreaker.rate.configured" { // no store, no configured rate
 				t.Errorf("no %s", name)
 			}
 		}
@@ -763,4 +763,16 @@ func TestRetryAfterHistogramCapped(t *testing.T) {
 			t.Errorf("retry_after sums %v, want %v", sums, want)
 		}
 	})
+}
+
+// TestRateConfiguredGauge: beside hostbreaker.rate (the rate in force), a
+// host with a configured rate has hostbreaker.rate.configured; a host
+// without one has neither, and an unlimited learning host only the first.
+func TestRateConfiguredGauge(t *testing.T) {
+	tr, reader, _ := metricTransport(t, newSendLog(), Config{Hosts: map[string]Policy{"limited.test": {Rate: 3}}})
+	send(context.Background(), tr, "limited.test")
+	send(context.Background(), tr, "free.test")
+	m := collect(t, reader)
+	wantPoints(t, "rate.configured", m.floatPoints(t, "hostbreaker.rate.configured"), map[string]float64{attrs(addr("limited.test")): 3})
+	wantPoints(t, "rate", m.floatPoints(t, "hostbreaker.rate"), map[string]float64{attrs(addr("limited.test")): 3})
 }

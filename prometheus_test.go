@@ -51,6 +51,7 @@ var promFamilies = map[string]struct {
 	"hostbreaker_cooldown_remaining_seconds": {"gauge", []string{"server_address", "hostbreaker_reason"}},
 	"hostbreaker_retry_after_seconds":        {"histogram", []string{"server_address"}},
 	"hostbreaker_rate_per_second":            {"gauge", []string{"server_address"}},
+	"hostbreaker_rate_configured_per_second": {"gauge", []string{"server_address"}},
 	"hostbreaker_store_errors_total":         {"counter", []string{"hostbreaker_store_operation"}},
 	"hostbreaker_untracked_total":            {"counter", nil},
 }
@@ -257,6 +258,7 @@ var dashboardPanels = []string{
 	"Retry-After distribution",
 	"Store errors",
 	"Untracked requests",
+	"Rate limits per host: in force (learnt) and configured",
 }
 
 var (
@@ -505,14 +507,23 @@ func metricsSource(t *testing.T, mp metric.MeterProvider) {
 		w.Header().Set("Retry-After", "1")
 		w.WriteHeader(http.StatusTooManyRequests)
 	})
+	// A host with a configured rate that answers 429 without Retry-After
+	// one time in four: its limiter learns a rate under the configured one.
+	var np atomic.Int64
+	paced := serve(func(w http.ResponseWriter, r *http.Request) {
+		if np.Add(1)%4 == 0 {
+			w.WriteHeader(http.StatusTooManyRequests)
+		}
+	})
 	cfg := quick(3, 2*time.Second)
+	cfg.Hosts = map[string]Policy{strings.TrimPrefix(paced, "http://"): {Rate: 50}}
 	cfg.Store = StoreConfig{URL: "redis://127.0.0.1:1/0?prefix=dead", PollInterval: 200 * time.Millisecond} // store errors
 	tr, err := NewTransport(nil, WithConfig(cfg), WithMeterProvider(mp))
 	if err != nil {
 		t.Fatal(err)
 	}
 	client := &http.Client{Transport: tr, Timeout: 5 * time.Second}
-	targets := []struct{ role, url string }{{RoleMetadata, healthy}, {RoleLanding, failing}, {RoleArtifact, throttled}}
+	targets := []struct{ role, url string }{{RoleMetadata, healthy}, {RoleLanding, failing}, {RoleArtifact, throttled}, {RoleMetadata, paced}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
