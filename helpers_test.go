@@ -375,6 +375,7 @@ var wantInstruments = map[string]struct {
 	"hostbreaker.breakers":           {"{breaker}", false},
 	"hostbreaker.cooldown.remaining": {"s", false},
 	"hostbreaker.rate":               {"{request}/s", false},
+	"hostbreaker.rate.configured":    {"{request}/s", false},
 	"hostbreaker.retry_after":        {"s", false},
 	"hostbreaker.store.errors":       {"{error}", true},
 	"hostbreaker.untracked":          {"{request}", true},

@@ -341,18 +341,43 @@ func (pt *policyTable) withUpdate(key string, p Policy) (*policyTable, string, e
 func (pt *policyTable) keyPolicy(key string) Policy {
 	p := builtinPolicy()
 	overlay(&p, pt.defaults)
-	var own Policy
+	overlay(&p, pt.keyOwn(key))
+	return p
+}
+
+// keyOwn returns the Hosts entry that applies to the Hosts key: its own,
+// else for a host the entry that matches it, for a wildcard the shorter
+// wildcard that covers it.
+func (pt *policyTable) keyOwn(key string) Policy {
 	if suffix, ok := strings.CutPrefix(key, "*"); ok {
 		for _, w := range pt.wild {
 			if strings.HasSuffix(suffix, w.suffix) {
-				own = w.policy
-				break
+				return w.policy
 			}
 		}
-	} else {
-		own, _ = pt.hostPolicy(key)
+		return Policy{}
 	}
-	overlay(&p, own)
+	own, _ := pt.hostPolicy(key)
+	return own
+}
+
+// keyInForce returns the values in force for the Hosts key, for a policy
+// change event: keyPolicy's top level, and for each role that keys names,
+// that role's effective policy (its own fields, else the key's, else the
+// defaults' role table and the defaults), so that an event shows the value
+// that applied, never a zero for a field the role does not set.
+func (pt *policyTable) keyInForce(key string, keys Policy) Policy {
+	p := withoutRoles(pt.keyPolicy(key))
+	if len(keys.Roles) == 0 {
+		return p
+	}
+	own := pt.keyOwn(key)
+	p.Roles = make(map[string]Policy, len(keys.Roles))
+	for role := range keys.Roles {
+		if r, err := pt.resolveWith(pt.defaults, own, role, "hosts."+quoteKey(key)); err == nil {
+			p.Roles[role] = r.Policy
+		}
+	}
 	return p
 }
 
@@ -388,7 +413,7 @@ func (t *Transport) UpdateHostPolicy(host string, p Policy) error {
 		return err
 	}
 	t.mu.Lock()
-	before := t.policies.Load().keyPolicy(key)
+	before := t.policies.Load().keyInForce(key, p)
 	configured, _, err := t.configured.withUpdate(key, p)
 	if err != nil {
 		t.mu.Unlock()
@@ -397,7 +422,7 @@ func (t *Transport) UpdateHostPolicy(host string, p Policy) error {
 	t.configured = configured
 	skipped := t.applyPoliciesLocked()
 	t.emit(event{kind: evPolicy, host: key, prevPolicy: policyTOML(before, p),
-		policy: policyTOML(t.policies.Load().keyPolicy(key), p), note: "UpdateHostPolicy"})
+		policy: policyTOML(t.policies.Load().keyInForce(key, p), p), note: "UpdateHostPolicy"})
 	t.mu.Unlock()
 	t.logSkipped(skipped)
 	return nil

@@ -8,6 +8,8 @@ package hostbreaker
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
@@ -51,6 +53,10 @@ type sharing struct {
 	pubAt      time.Time
 	lastErrLog time.Time
 	suppressed int
+
+	// The configuration's hash, as last computed (publish): of hashed.
+	hashed  *policyTable
+	cfgHash string
 
 	errors atomic.Uint64                // failed store operations
 	errOps [len(storeOps)]atomic.Uint64 // failed store operations by storeOp
@@ -337,8 +343,12 @@ func (t *Transport) pullOverrides(ctx context.Context) error {
 		var fields Policy
 		overlay(&fields, prev[key])
 		overlay(&fields, ov[key])
-		t.emit(event{kind: evPolicy, host: key, prevPolicy: policyTOML(before.keyPolicy(key), fields),
-			policy: policyTOML(after.keyPolicy(key), fields), note: "tuned (read from the store)", remote: true})
+		note := "tuned (read from the store)"
+		if _, ok := ov[key]; !ok {
+			note = "tuning reverted (read from the store)"
+		}
+		t.emit(event{kind: evPolicy, host: key, prevPolicy: policyTOML(before.keyInForce(key, fields), fields),
+			policy: policyTOML(after.keyInForce(key, fields), fields), note: note, remote: true})
 	}
 	t.mu.Unlock()
 	t.logSkipped(skipped)
@@ -385,8 +395,26 @@ func (t *Transport) publish(ctx context.Context) {
 	sh := t.sh
 	var states []PublishedState
 	var fp strings.Builder
+	// The policy in force, for advise: the configuration's hash, and each
+	// row's tunable values.
+	t.mu.Lock()
+	configured := t.configured
+	t.mu.Unlock()
+	if configured != sh.hashed {
+		sh.hashed, sh.cfgHash = configured, configHash(configured)
+	}
+	inForce := t.policies.Load()
 	for _, s := range t.statuses(true) {
 		ps := PublishedState{Source: sh.source, Host: s.Host, Role: s.Role, State: s.State, Until: s.Until, Reason: s.Reason}
+		if r, err := inForce.resolve(s.Host, s.Role); err == nil {
+			c, err := configured.resolve(s.Host, "")
+			if err == nil {
+				ps.ConfigHash, ps.ConfiguredRate = sh.cfgHash, c.Rate
+				ps.Policy = Policy{FailMax: r.FailMax, ResetTimeout: r.ResetTimeout, SuccessThreshold: r.SuccessThreshold,
+					TrialCalls: r.TrialCalls, Rate: r.Rate}
+				fmt.Fprintf(&fp, "%+v|", ps.Policy)
+			}
+		}
 		if h := t.reg.host(s.Host); h != nil {
 			if lim := h.lim.Load(); lim != nil {
 				ls := lim.status()
@@ -416,6 +444,22 @@ func (t *Transport) publish(ctx context.Context) {
 	}
 	t.storeErr.Store(nil)
 	sh.published, sh.pubAt = fp.String(), now
+}
+
+// configHash returns a short hash of the policies of pt: equal
+// configurations, equal hashes.
+func configHash(pt *policyTable) string {
+	var b strings.Builder
+	writePolicyTOML(&b, "defaults.", pt.defaults, pt.defaults)
+	for _, host := range slices.Sorted(maps.Keys(pt.exact)) {
+		p := pt.exact[host]
+		writePolicyTOML(&b, "hosts."+quoteKey(host)+".", p, p)
+	}
+	for _, w := range pt.wild {
+		writePolicyTOML(&b, "hosts."+quoteKey("*"+w.suffix)+".", w.policy, w.policy)
+	}
+	sum := sha256.Sum256([]byte(b.String()))
+	return hex.EncodeToString(sum[:6])
 }
 
 // storeError counts a failed store operation and logs it, at most once

@@ -488,6 +488,19 @@ type PublishedState struct {
 	Rate      float64
 	LastMax   float64
 	Throttled time.Time
+
+	// The policy in force for the (host, role) in the source, for advise:
+	// ConfigHash identifies the source's configuration (its policies as
+	// configured and changed by UpdateHostPolicy, without the tuned
+	// overrides; equal hashes, equal configurations), "" from a process
+	// that does not publish it; Policy holds the tunable values in force,
+	// the tuned overrides laid over the configuration (FailMax,
+	// ResetTimeout, SuccessThreshold, TrialCalls, and Rate, 0 for
+	// unlimited); ConfiguredRate the rate without the overrides (0 for
+	// unlimited).
+	ConfigHash     string
+	Policy         Policy
+	ConfiguredRate float64
 }
 
 // OpenStore opens the store that url names:
@@ -626,6 +639,12 @@ type stateJSON struct {
 	Rate      float64 `json:"rate,omitempty"`
 	LastMax   float64 `json:"last_max,omitempty"`
 	Throttled int64   `json:"throttled,omitempty"` // unix ns
+
+	// The policy in force (PublishedState.ConfigHash, Policy,
+	// ConfiguredRate).
+	ConfigHash     string              `json:"config,omitempty"`
+	Policy         *overrideFieldsJSON `json:"policy,omitempty"`
+	ConfiguredRate float64             `json:"configured_rate,omitempty"`
 }
 
 type statesJSON struct {
@@ -647,6 +666,12 @@ func encodeStates(source string, states []PublishedState, expires time.Time) []b
 		}
 		if !s.Throttled.IsZero() {
 			j.States[i].Throttled = s.Throttled.UnixNano()
+		}
+		if s.ConfigHash != "" {
+			j.States[i].ConfigHash, j.States[i].ConfiguredRate = s.ConfigHash, s.ConfiguredRate
+			p := s.Policy
+			j.States[i].Policy = &overrideFieldsJSON{FailMax: p.FailMax, ResetTimeout: p.ResetTimeout.String(),
+				SuccessThreshold: p.SuccessThreshold, TrialCalls: p.TrialCalls, Rate: p.Rate}
 		}
 	}
 	b, _ := json.Marshal(j)
@@ -681,9 +706,29 @@ func decodeStates(data []byte) (source string, states []PublishedState, expires 
 		if s.Throttled > 0 && ps.LastMax > 0 {
 			ps.Throttled = time.Unix(0, s.Throttled)
 		}
+		if p, ok := decodePublishedPolicy(s); ok {
+			ps.ConfigHash, ps.Policy, ps.ConfiguredRate = s.ConfigHash, p, s.ConfiguredRate
+		}
 		states = append(states, ps)
 	}
 	return j.Source, states, time.Unix(0, j.Expires), nil
+}
+
+// decodePublishedPolicy returns the policy in force that s carries, and
+// false when it carries none or one out of range (then none is read).
+func decodePublishedPolicy(s stateJSON) (Policy, bool) {
+	if s.ConfigHash == "" || s.Policy == nil || len(s.ConfigHash) > 64 {
+		return Policy{}, false
+	}
+	f := s.Policy
+	d, err := time.ParseDuration(f.ResetTimeout)
+	count := func(n int) bool { return n >= 1 && n <= maxCount }
+	rate := func(r float64) bool { return r == 0 || validRate(r) }
+	if err != nil || d <= 0 || !count(f.FailMax) || !count(f.SuccessThreshold) || !count(f.TrialCalls) ||
+		!rate(f.Rate) || !rate(s.ConfiguredRate) {
+		return Policy{}, false
+	}
+	return Policy{FailMax: f.FailMax, ResetTimeout: d, SuccessThreshold: f.SuccessThreshold, TrialCalls: f.TrialCalls, Rate: f.Rate}, true
 }
 
 // overrideVersion is the version of the stored encoding of tuned overrides.
