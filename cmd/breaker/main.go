@@ -4,6 +4,7 @@
 //	go run ./cmd/breaker show  [-store URL] [-host HOST] [-json]
 //	go run ./cmd/breaker open  [-store URL] [-f] HOST [-for 5m] [-reason TEXT]
 //	go run ./cmd/breaker close [-store URL] [-f] HOST
+//	go run ./cmd/breaker serve [-store URL] [-addr 127.0.0.1:8080] [-open-for 5m]
 //
 // Flags may come before or after HOST. -store defaults to
 // $HOSTBREAKER_STORE, else ./hostbreaker.db. show refuses a bbolt file that
@@ -89,6 +90,7 @@ Commands:
   show   list open breakers and cooldowns
   open   pause HOST for every process sharing the store
   close  reset HOST in every process sharing the store
+  serve  serve the fleet's live status page (token from $HOSTBREAKER_TOKEN)
 
 Every command takes -store URL: a bbolt file path, bolt:///abs/path.db,
 redis://[user:pass@]host:port/db[?prefix=P] or rediss://... (default

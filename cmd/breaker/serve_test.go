@@ -165,7 +165,7 @@ func TestServeShowShape(t *testing.T) {
 
 func TestServeToken(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "hb.db")
-	mustRun(t, "open", "-store", path, "seed.example", "-for", "1m")
+	mustRun(t, "open", "-store", path, "-f", "seed.example", "-for", "1m") // -f: a new store, a host it does not know yet
 	post := func(base, tok, route, host string) int {
 		req, _ := http.NewRequest(http.MethodPost, base+"/"+route, strings.NewReader(url.Values{"host": {host}}.Encode()))
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
