@@ -488,6 +488,11 @@ type PublishedState struct {
 	Rate      float64
 	LastMax   float64
 	Throttled time.Time
+
+	// Shadow is true when the host is in shadow mode in the source: State
+	// is what it decided, but it rejects nothing. A Transport publishes
+	// the rows of its shadow hosts too.
+	Shadow bool
 }
 
 // OpenStore opens the store that url names:
@@ -618,6 +623,7 @@ type stateJSON struct {
 	Rate      float64 `json:"rate,omitempty"`
 	LastMax   float64 `json:"last_max,omitempty"`
 	Throttled int64   `json:"throttled,omitempty"` // unix ns
+	Shadow    bool    `json:"shadow,omitempty"`
 }
 
 type statesJSON struct {
@@ -633,7 +639,7 @@ func encodeStates(source string, states []PublishedState, expires time.Time) []b
 	j := statesJSON{V: recordVersion, Source: source, Expires: expires.UnixNano(), States: make([]stateJSON, len(states))}
 	for i, s := range states {
 		j.States[i] = stateJSON{Host: s.Host, Role: s.Role, State: s.State.String(), Reason: string(s.Reason),
-			Rate: s.Rate, LastMax: s.LastMax}
+			Rate: s.Rate, LastMax: s.LastMax, Shadow: s.Shadow}
 		if !s.Until.IsZero() {
 			j.States[i].Until = s.Until.UnixNano()
 		}
@@ -663,7 +669,7 @@ func decodeStates(data []byte) (source string, states []PublishedState, expires 
 		if !ok {
 			return "", nil, time.Time{}, fmt.Errorf("hostbreaker: decode states: unknown state %q", s.State)
 		}
-		ps := PublishedState{Source: j.Source, Host: s.Host, Role: s.Role, State: st, Reason: Reason(s.Reason)}
+		ps := PublishedState{Source: j.Source, Host: s.Host, Role: s.Role, State: st, Reason: Reason(s.Reason), Shadow: s.Shadow}
 		if s.Until > 0 {
 			ps.Until = time.Unix(0, s.Until)
 		}
