@@ -560,3 +560,79 @@ func TestTuneConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestParseConfigBreakerRules: the keys of the rate rules, the growing open
+// time and the mode parse at every level they may be set, resolve per
+// (host, role), and are written back as TOML by policy changes.
+func TestParseConfigBreakerRules(t *testing.T) {
+	doc := `[defaults]
+failure_rate = 0.5
+min_requests = 30
+window = "2m"
+max_reset_timeout = "10m"
+[defaults.roles.artifact]
+slow_call = "20s"
+slow_call_rate = 0.8
+[hosts."a.com"]
+mode = "shadow"
+failure_rate = 0
+slow_call = "3s"
+slow_call_rate = 0.25
+[hosts."a.com".roles.landing]
+window = "30s"
+min_requests = 5
+max_reset_timeout = "1m"
+failure_rate = 0.9
+`
+	c, err := ParseConfig([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pt := mustCompile(t, c)
+	for _, tc := range []struct {
+		host, role string
+		want       func(p *resolved) bool
+	}{
+		{"b.com", "", func(p *resolved) bool {
+			return p.FailureRate == 0.5 && p.MinRequests == 30 && p.Window == 2*time.Minute && p.MaxResetTimeout == 10*time.Minute &&
+				p.SlowCall == 0 && p.SlowCallRate == 0 && p.Mode == ModeEnforce && p.windowed && !p.shadow
+		}},
+		{"b.com", "artifact", func(p *resolved) bool {
+			return p.SlowCall == 20*time.Second && p.SlowCallRate == 0.8 && p.FailureRate == 0.5
+		}},
+		{"a.com", "", func(p *resolved) bool {
+			return p.FailureRate == 0 && p.SlowCall == 3*time.Second && p.SlowCallRate == 0.25 && p.shadow && p.windowed
+		}},
+		{"a.com", "landing", func(p *resolved) bool {
+			return p.FailureRate == 0.9 && p.Window == 30*time.Second && p.MinRequests == 5 && p.MaxResetTimeout == time.Minute && p.shadow
+		}},
+	} {
+		p, err := pt.resolve(tc.host, tc.role)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !tc.want(p) {
+			t.Errorf("(%s, %q) resolved to %+v", tc.host, tc.role, p.Policy)
+		}
+	}
+	got := policyTOML(c.Hosts["a.com"], c.Hosts["a.com"])
+	want := `failure_rate = 0
+slow_call = "3s"
+slow_call_rate = 0.25
+mode = "shadow"
+roles.landing.failure_rate = 0.9
+roles.landing.min_requests = 5
+roles.landing.window = "30s"
+roles.landing.max_reset_timeout = "1m0s"`
+	if got != want {
+		t.Errorf("policyTOML =\n%s\nwant\n%s", got, want)
+	}
+	// What policyTOML writes parses back to the same policy.
+	back, err := ParseConfig([]byte("[hosts.\"a.com\"]\n" + got + "\n"))
+	if err != nil {
+		t.Fatalf("ParseConfig(policyTOML): %v", err)
+	}
+	if !reflect.DeepEqual(back.Hosts["a.com"], c.Hosts["a.com"]) {
+		t.Errorf("round trip: %+v, want %+v", back.Hosts["a.com"], c.Hosts["a.com"])
+	}
+}
