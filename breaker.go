@@ -108,8 +108,6 @@ type entry struct {
 	mu     sync.Mutex
 	cb     circuitbreaker.CircuitBreaker[any] // nil until the first failure; guarded by mu
 	probes int32                              // half-open probes in flight; guarded by mu
-	win    *window                            // the rate rules' outcomes in closed; nil when none is on or after a state change; guarded by mu
-	backs  uint8                              // failed probes since the breaker last closed: the open time's doublings; guarded by mu
 }
 
 // The reasons a request is rejected for, as indexes of entryStats.rejected.
@@ -151,6 +149,11 @@ type entryStats struct {
 	longest  uint64   // longest failure run since the last summary; guarded by mu
 	outcomes Outcomes // runs since the last summary; guarded by mu
 	okNoted  uint64   // the successes counter when outcomes last grew; guarded by mu
+
+	// Breaker state off the healthy path, kept here so that an entry keeps
+	// its size class; guarded by the entry's mu, not s.mu.
+	win   *window // the rate rules' outcomes in closed; nil when none is on, or after a state change
+	backs uint8   // failed probes since the breaker last closed: the open time's doublings
 }
 
 // stats returns e's entryStats, allocating them on first use.
@@ -325,7 +328,7 @@ func newBreaker(p *resolved) circuitbreaker.CircuitBreaker[any] {
 func (e *entry) tripLocked(until int64) {
 	e.stats().transitions[StateOpen].Add(1)
 	e.breakerLocked().Open()
-	e.win = nil
+	e.stats().win = nil
 	e.fails.Store(0)
 	e.mark.Store(until)
 	e.st.Store(next(e.st.Load(), phaseOpen))
@@ -351,8 +354,9 @@ func (e *entry) closeLocked() {
 		e.stats().transitions[StateClosed].Add(1)
 	}
 	e.cb = nil // rebuilt on the next failure: a closed breaker holds no bitset
-	e.win = nil
-	e.backs = 0
+	if s := e.extra.Load(); s != nil {
+		s.win, s.backs = nil, 0
+	}
 	e.probes = 0
 	e.fails.Store(0)
 	e.mark.Store(0)
@@ -535,8 +539,8 @@ func (e *entry) failureLocked(adm admission, slow bool, c *clock) transition {
 	if !adm.probe {
 		failures = int(e.fails.Load())
 		rule = fmt.Sprintf("fail_max: %d consecutive failures", failures)
-	} else if e.backs < 63 {
-		e.backs++
+	} else if s := e.stats(); s.backs < 63 {
+		s.backs++
 	}
 	until := c.after(now, e.openTimeLocked(p)+jitter(p.HalfOpenJitter))
 	e.tripLocked(until)
@@ -547,8 +551,8 @@ func (e *entry) failureLocked(adm admission, slow bool, c *clock) transition {
 // policy's ResetTimeout, doubled for each failed probe since it last
 // closed, up to MaxResetTimeout (and MaxOpen). Callers hold e.mu.
 func (e *entry) openTimeLocked(p *resolved) time.Duration {
-	d := p.ResetTimeout
-	for i := uint8(0); i < e.backs && d < p.MaxResetTimeout; i++ {
+	d, backs := p.ResetTimeout, e.stats().backs
+	for i := uint8(0); i < backs && d < p.MaxResetTimeout; i++ {
 		d *= 2
 	}
 	return min(d, p.MaxResetTimeout, MaxOpen)
@@ -565,10 +569,11 @@ func (e *entry) countLocked(failed, slow bool, c *clock) transition {
 		return transition{}
 	}
 	now := c.now()
-	if e.win == nil || e.win.span != int64(p.Window)/windowBuckets {
-		e.win = newWindow(p.Window)
+	s := e.stats()
+	if s.win == nil || s.win.span != max(int64(p.Window)/windowBuckets, 1) {
+		s.win = newWindow(p.Window)
 	}
-	w := e.win
+	w := s.win
 	w.add(now, failed, slow && p.SlowCallRate > 0)
 	n := w.total.n
 	if n < uint32(p.MinRequests) {

@@ -20,9 +20,9 @@ const (
 	// CountDefault keeps what the policy decided: its status lists, the
 	// Retry-After and throttle rules, and the transport-error rules.
 	CountDefault Outcome = iota
-	CountSuccess // a success: it ends a run of failures
-	CountFailure // a failure: it counts towards fail_max and failure_rate
-	CountNeutral // neither: the breaker does not see it
+	CountSuccess         // a success: it ends a run of failures
+	CountFailure         // a failure: it counts towards fail_max and failure_rate
+	CountNeutral         // neither: the breaker does not see it
 )
 
 // String returns "default", "success", "failure" or "neutral".
