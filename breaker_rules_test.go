@@ -297,3 +297,29 @@ func TestShadowModeWouldRejectMetric(t *testing.T) {
 		}
 	})
 }
+
+// BenchmarkRoundTripRules measures the healthy path of a host that uses
+// the new rules: failure_rate (every outcome goes to the window, under the
+// entry's lock), slow_call (two clock reads), a classifier, and shadow mode
+// (which costs nothing while closed). Compare with BenchmarkRoundTrip's
+// hosts=1/hostbreaker.
+func BenchmarkRoundTripRules(b *testing.B) {
+	reqs := benchRequests(b, 1)
+	for _, v := range []struct {
+		name string
+		pol  Policy
+		opts []Option
+	}{
+		{"failure_rate", Policy{FailureRate: 0.5}, nil},
+		{"slow_call", Policy{SlowCall: time.Second}, nil},
+		{"classifier", Policy{}, []Option{WithClassifier(func(*http.Request, *http.Response, error) Outcome { return CountDefault })}},
+		{"shadow", Policy{Mode: ModeShadow}, nil},
+	} {
+		tr, err := NewTransport(cannedBase(200), append([]Option{WithConfig(Config{Defaults: v.pol})}, v.opts...)...)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { tr.Close() })
+		b.Run(v.name, func(b *testing.B) { roundTrips(b, tr, reqs) })
+	}
+}

@@ -394,7 +394,7 @@ func (t *Transport) nilResponse() error {
 func (t *Transport) roundTripUntracked(req *http.Request, host, role string) (*http.Response, error) {
 	now := t.now()
 	if h := t.reg.host(host); h != nil && h.coolingDown(now) {
-		if rej := h.rejection(role, &t.clock, now); rej != nil {
+		if rej := h.rejection(role, &t.clock, now); rej != nil && !t.resolve(host, role).shadow {
 			closeBody(req)
 			return nil, rej
 		}
