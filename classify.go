@@ -312,6 +312,7 @@ func defaultPort(scheme string) string {
 // own), and an error of the base's own (ResponseHeaderTimeout, a dial
 // timeout) while the context is still live.
 func callersDeadline(req *http.Request, err error, waited int64, slowCall time.Duration) bool {
+	//lint:ignore SA1019 read, never set: http.Client sets it when its Timeout applies
 	if err == nil || req.Cancel != nil {
 		return false
 	}
