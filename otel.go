@@ -53,7 +53,8 @@ const (
 	cNeutral     = 2
 	cRejected    = 3                              // + reasonIndex
 	cTransitions = cRejected + len(rejectReasons) // + State
-	nCounts      = cTransitions + 3
+	cWouldReject = cTransitions + 3               // + reasonIndex: shadow-mode hosts
+	nCounts      = cWouldReject + len(rejectReasons)
 )
 
 var outcomeNames = [...]string{cSuccess: "success", cFailure: "failure", cNeutral: "neutral"}
@@ -71,6 +72,9 @@ func readCounts(e *entry) counts {
 		}
 		for i := range m.transitions {
 			v[cTransitions+i] = m.transitions[i].Load()
+		}
+		for i := range m.wouldRejectBy {
+			v[cWouldReject+i] = m.wouldRejectBy[i].Load()
 		}
 	}
 	return v
@@ -125,6 +129,7 @@ type telemetry struct {
 	rateConf    metric.Float64ObservableGauge // the configured rate, beside the rate in force
 	storeErrors metric.Int64ObservableCounter
 	untracked   metric.Int64ObservableCounter
+	wouldReject metric.Int64ObservableCounter
 	retryAfter  metric.Float64Histogram
 	reg         metric.Registration
 
@@ -270,9 +275,12 @@ func newTelemetry(t *Transport, mp metric.MeterProvider) (*telemetry, error) {
 	tel.untracked, err = m.Int64ObservableCounter("hostbreaker.untracked", metric.WithUnit("{request}"),
 		metric.WithDescription("Requests sent without a breaker because the registry was full of protected entries."))
 	check(err)
+	tel.wouldReject, err = m.Int64ObservableCounter("hostbreaker.would_reject", metric.WithUnit("{request}"),
+		metric.WithDescription("Requests that a host in shadow mode sent although it would have rejected them, by reason."))
+	check(err)
 	if len(errs) == 0 {
 		tel.reg, err = m.RegisterCallback(tel.collect, tel.requests, tel.rejections, tel.transitions,
-			tel.state, tel.breakers, tel.cooldown, tel.rate, tel.rateConf, tel.storeErrors, tel.untracked)
+			tel.state, tel.breakers, tel.cooldown, tel.rate, tel.rateConf, tel.storeErrors, tel.untracked, tel.wouldReject)
 		check(err)
 	}
 	if len(errs) > 0 {
@@ -660,6 +668,8 @@ func (tel *telemetry) observeSeries(o metric.Observer, s *series) {
 		}
 		inst := tel.requests
 		switch {
+		case k >= cWouldReject:
+			inst = tel.wouldReject
 		case k >= cTransitions:
 			inst = tel.transitions
 		case k >= cRejected:
@@ -695,6 +705,8 @@ func (s *series) options() *seriesOpts {
 func (tel *telemetry) countOpts(s *series, k int) []metric.ObserveOption {
 	addr, role := s.key.name.addr, keyRole.String(s.key.role)
 	switch {
+	case k >= cWouldReject:
+		return observeOpts(addr, role, keyReason.String(string(rejectReasons[k-cWouldReject])))
 	case k >= cTransitions:
 		return observeOpts(addr, role, keyState.String(State(k-cTransitions).String()))
 	case k >= cRejected:

@@ -405,7 +405,7 @@ func (t *Transport) publish(ctx context.Context) {
 	}
 	inForce := t.policies.Load()
 	for _, s := range t.statuses(true) {
-		ps := PublishedState{Source: sh.source, Host: s.Host, Role: s.Role, State: s.State, Until: s.Until, Reason: s.Reason}
+		ps := PublishedState{Source: sh.source, Host: s.Host, Role: s.Role, State: s.State, Until: s.Until, Reason: s.Reason, Shadow: s.Shadow}
 		if r, err := inForce.resolve(s.Host, s.Role); err == nil {
 			c, err := configured.resolve(s.Host, "")
 			if err == nil {
@@ -427,8 +427,8 @@ func (t *Transport) publish(ctx context.Context) {
 		states = append(states, ps)
 		// Rates in the fingerprint to two digits: a learnt rate moves with
 		// every success, and the store needs its level, not each step.
-		fmt.Fprintf(&fp, "%s|%s|%d|%d|%s|%.2g|%.2g|%d\n", s.Host, s.Role, s.State, s.Until.Unix(), s.Reason,
-			ps.Rate, ps.LastMax, ps.Throttled.UnixNano())
+		fmt.Fprintf(&fp, "%s|%s|%d|%d|%s|%.2g|%.2g|%d|%t\n", s.Host, s.Role, s.State, s.Until.Unix(), s.Reason,
+			ps.Rate, ps.LastMax, ps.Throttled.UnixNano(), ps.Shadow)
 	}
 	ttl := max(3*sh.poll, minStateTTL)
 	now := time.Now()

@@ -501,6 +501,11 @@ type PublishedState struct {
 	ConfigHash     string
 	Policy         Policy
 	ConfiguredRate float64
+
+	// Shadow is true when the host is in shadow mode in the source: State
+	// is what it decided, but it rejects nothing. A Transport publishes
+	// the rows of its shadow hosts too.
+	Shadow bool
 }
 
 // OpenStore opens the store that url names:
@@ -645,6 +650,7 @@ type stateJSON struct {
 	ConfigHash     string              `json:"config,omitempty"`
 	Policy         *overrideFieldsJSON `json:"policy,omitempty"`
 	ConfiguredRate float64             `json:"configured_rate,omitempty"`
+	Shadow         bool                `json:"shadow,omitempty"`
 }
 
 type statesJSON struct {
@@ -660,7 +666,7 @@ func encodeStates(source string, states []PublishedState, expires time.Time) []b
 	j := statesJSON{V: recordVersion, Source: source, Expires: expires.UnixNano(), States: make([]stateJSON, len(states))}
 	for i, s := range states {
 		j.States[i] = stateJSON{Host: s.Host, Role: s.Role, State: s.State.String(), Reason: string(s.Reason),
-			Rate: s.Rate, LastMax: s.LastMax}
+			Rate: s.Rate, LastMax: s.LastMax, Shadow: s.Shadow}
 		if !s.Until.IsZero() {
 			j.States[i].Until = s.Until.UnixNano()
 		}
@@ -696,7 +702,7 @@ func decodeStates(data []byte) (source string, states []PublishedState, expires 
 		if !ok {
 			return "", nil, time.Time{}, fmt.Errorf("hostbreaker: decode states: unknown state %q", s.State)
 		}
-		ps := PublishedState{Source: j.Source, Host: s.Host, Role: s.Role, State: st, Reason: Reason(s.Reason)}
+		ps := PublishedState{Source: j.Source, Host: s.Host, Role: s.Role, State: st, Reason: Reason(s.Reason), Shadow: s.Shadow}
 		if s.Until > 0 {
 			ps.Until = time.Unix(0, s.Until)
 		}

@@ -31,11 +31,15 @@ import (
 // concurrent use, and its methods may be called while requests are in
 // flight. Call Close when done with it.
 type Transport struct {
-	base    http.RoundTripper
-	log     *slog.Logger
-	clock           // the time base of the request path: ns since its epoch
-	rolling Rolling // with defaults; Enabled false means off
-	reg     *registry
+	base http.RoundTripper
+	log  *slog.Logger
+	// classifier is the WithClassifier function, nil for none; panicked is
+	// set when it first panics, so that it is logged once.
+	classifier Classifier
+	panicked   atomic.Bool
+	clock              // the time base of the request path: ns since its epoch
+	rolling    Rolling // with defaults; Enabled false means off
+	reg        *registry
 
 	mu         sync.Mutex                  // serializes policy updates
 	configured *policyTable                // the configuration with UpdateHostPolicy's changes; guarded by mu
@@ -77,12 +81,13 @@ var _ http.RoundTripper = (*Transport)(nil)
 type Option interface{ apply(*options) }
 
 type options struct {
-	config  Config
-	logger  *slog.Logger
-	store   Store
-	meters  metric.MeterProvider
-	loggers otellog.LoggerProvider
-	handler func(Event)
+	config   Config
+	logger   *slog.Logger
+	store    Store
+	meters   metric.MeterProvider
+	loggers  otellog.LoggerProvider
+	handler  func(Event)
+	classify Classifier
 }
 
 type optionFunc func(*options)
@@ -152,14 +157,15 @@ func NewTransport(base http.RoundTripper, opts ...Option) (*Transport, error) {
 		maxHosts = defaultMaxHosts
 	}
 	t := &Transport{
-		base:    base,
-		log:     o.logger,
-		clock:   clock{epoch: time.Now().Add(-time.Second)}, // so that no time on the request path is 0, which means "none"
-		reg:     newRegistry(maxHosts),
-		events:  make(chan event, 1024),
-		queries: make(chan func()),
-		done:    make(chan struct{}),
-		rolling: o.config.Rolling.withDefaults(),
+		base:       base,
+		log:        o.logger,
+		classifier: o.classify,
+		clock:      clock{epoch: time.Now().Add(-time.Second)}, // so that no time on the request path is 0, which means "none"
+		reg:        newRegistry(maxHosts),
+		events:     make(chan event, 1024),
+		queries:    make(chan func()),
+		done:       make(chan struct{}),
+		rolling:    o.config.Rolling.withDefaults(),
 
 		telemetry: o.config.Telemetry.withDefaults(),
 	}
@@ -307,12 +313,23 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if tn.lim != nil {
 			tn.cancel() // a cooldown began while it waited: its turn is given back
 		}
-		e.reject(rej.Reason)
-		closeBody(req)
-		return nil, rej
+		if !e.pol.Load().shadow {
+			e.reject(rej.Reason)
+			closeBody(req)
+			return nil, rej
+		}
+		// Shadow mode: counted as a rejection it would have been, and
+		// sent; its outcome is counted but not fed to the breaker.
+		e.wouldReject(rej.Reason)
+		adm = admission{st: shadowSt}
 	}
 	if tn.lim != nil {
 		adm.turn = &tn
+	}
+	if p := e.pol.Load(); p.SlowCall > 0 {
+		adm.began = t.now()
+	} else if _, ok := req.Context().Deadline(); ok {
+		adm.began = t.now()
 	}
 	recorded := false
 	if adm.probe {
@@ -326,7 +343,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := t.base.RoundTrip(req)
 	recorded = true
 	if resp == nil && err == nil {
-		e.record(adm, outcomeNeutral, &t.clock) // gives a probe's slot back
+		e.record(adm, outcomeNeutral, false, &t.clock) // gives a probe's slot back
 		return nil, t.nilResponse()
 	}
 	t.record(e, adm, req, resp, err)
@@ -379,6 +396,10 @@ func (t *Transport) wait(req *http.Request, e *entry, lim *limiter) (turn, error
 	}
 	switch {
 	case err == errTurnTooFar:
+		if e.pol.Load().shadow {
+			e.wouldReject(ReasonRateLimited) // shadow mode: sent without a turn
+			return turn{}, nil
+		}
 		e.reject(ReasonRateLimited)
 		return turn{}, &OpenError{Host: e.host.name, Role: e.role, Reason: ReasonRateLimited, Until: t.at(tn.at)}
 	case err != nil:
@@ -400,7 +421,7 @@ func (t *Transport) nilResponse() error {
 func (t *Transport) roundTripUntracked(req *http.Request, host, role string) (*http.Response, error) {
 	now := t.now()
 	if h := t.reg.host(host); h != nil && h.coolingDown(now) {
-		if rej := h.rejection(role, &t.clock, now); rej != nil {
+		if rej := h.rejection(role, &t.clock, now); rej != nil && !t.resolve(host, role).shadow {
 			closeBody(req)
 			return nil, rej
 		}
@@ -438,9 +459,17 @@ func closeBody(req *http.Request) {
 func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *http.Response, err error) {
 	h, p := e.host, e.pol.Load()
 	o := classify(p, req, resp, err)
+	var slow bool
+	if adm.began != 0 {
+		waited := t.now() - adm.began
+		slow = p.SlowCall > 0 && waited > int64(p.SlowCall)
+		if o == outcomeFailure && callersDeadline(req, err, waited, p.SlowCall) {
+			o = outcomeNeutral
+		}
+	}
 	// The healthy path: a success in closed with no failure counted, which
 	// changes nothing but a counter.
-	healthy := o == outcomeSuccess && e.healthy(adm)
+	healthy := o == outcomeSuccess && e.healthy(adm, p)
 	if err == nil {
 		code := resp.StatusCode
 		var cooled, slowing bool
@@ -460,6 +489,12 @@ func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *htt
 			o = outcomeNeutral
 		}
 		healthy = healthy && o == outcomeSuccess
+	}
+	if t.classifier != nil {
+		if v := t.classify(req, resp, err); v != CountDefault {
+			o = v.outcome()
+			healthy = o == outcomeSuccess && e.healthy(adm, p)
+		}
 	}
 	if o == outcomeSuccess {
 		if lim := adm.limiterOf(h); lim != nil {
@@ -481,7 +516,7 @@ func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *htt
 			return
 		}
 	}
-	if tr := e.record(adm, o, &t.clock); tr.changed() {
+	if tr := e.record(adm, o, slow, &t.clock); tr.changed() {
 		t.emitTransition(e, tr, c)
 	}
 	if o == outcomeFailure && t.rolling.Enabled {
@@ -624,7 +659,7 @@ func (t *Transport) emitRate(host string, ch rateChange) {
 // failure that tripped it.
 func (t *Transport) emitTransition(e *entry, tr transition, c cause) {
 	t.emit(event{kind: evState, host: e.host.name, role: e.role, from: tr.from, to: tr.to, until: tr.until,
-		failures: tr.failures, status: c.status, errType: c.errType})
+		failures: tr.failures, status: c.status, errType: c.errType, note: tr.rule})
 }
 
 // CloseIdleConnections closes the idle connections of the base transport,
