@@ -383,6 +383,10 @@ func runHostbreaker(ctx context.Context, o options, c *console) (phase, error) {
 	cfg.Defaults.ResetTimeout = 2 * time.Second
 	cfg.Defaults.HalfOpenJitter = 200 * time.Millisecond
 	cfg.Defaults.TrialCalls = 1
+	// The workers take the hosts in turn: a request waits at most 100ms
+	// for its turn at a paced host, then is rejected (rate-limited), so
+	// that a worker does not hold up its turns at the other hosts.
+	cfg.Defaults.MaxWait = 100 * time.Millisecond
 	cfg.Rolling = hostbreaker.Rolling{} // disabled
 	cfg.Store.URL = o.store
 	if cfg.Store.URL == "" {
@@ -403,7 +407,7 @@ func runHostbreaker(ctx context.Context, o options, c *console) (phase, error) {
 
 	wctx, cancel := phaseContext(ctx, o.duration)
 	defer cancel()
-	c.printf("Phase 2/2: hostbreaker (fail_max 3, reset_timeout 2s, half_open_jitter 200ms, trial_calls 1), %v, %d workers\n",
+	c.printf("Phase 2/2: hostbreaker (fail_max 3, reset_timeout 2s, half_open_jitter 200ms, trial_calls 1, max_wait 100ms), %v, %d workers\n",
 		o.duration, o.workers)
 	wait := func() {}
 	if !o.quiet && c.tty {
