@@ -806,25 +806,70 @@ func (l *limiter) reanchorLocked(now int64) (rateChange, bool) {
 	return rateChange{prev: prev, rate: l.fill, lastMax: l.lastMax, why: "reanchored", status: l.lastCode}, true
 }
 
-// adopt takes a rate that the fleet learnt (see Transport.adoptFleetRates),
-// at the top of the CUBIC curve, as if this process had been throttled at
-// that rate at wall time wall. It reports the change.
-func (l *limiter) adopt(rate float64, now, wall int64) (rateChange, bool) {
+// adopt takes this process's share of the limit that the fleet learnt
+// (see sharing.go, pullFleetRates) as its last max, as if this process
+// had been throttled at wall time wall (wall unix ns; wallNow is the wall
+// clock now): the rate is where the CUBIC curve of that throttle is now,
+// so that the processes of a fleet grow back in step, and at most at the
+// plateau (the rate is the last max). floor is this process's share of
+// min_rate: min_rate bounds the fleet's limit, not each share, so the
+// limiter's floor becomes floor (never above the configured one). It takes
+// a throttle newer than the limiter's own (wall after its last throttle)
+// and, with redivide, the same throttle again, divided among a number of
+// processes that changed. It reports the change.
+//
+// It never turns learning off: it only runs on an adaptive limiter, and
+// leaves it learning; a later throttle of this process is learnt as any
+// other.
+func (l *limiter) adopt(rate, floor float64, now, wall, wallNow int64, redivide bool) (rateChange, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !l.adaptive || wall <= l.throttleNs {
+	if !l.adaptive || wall < l.throttleNs || wall == l.throttleNs && !redivide {
 		return rateChange{}, false
 	}
 	prev := l.fill
+	if floor > 0 {
+		l.minRate = min(l.minRate, floor)
+	}
 	l.learnt, l.slowStart = true, false
 	l.throttleNs = wall
 	l.anchorLocked(rate)
-	l.throttleAt = now - int64(l.window*1e9) // at the plateau: the rate is lastMax
+	since := min(max(wallNow-wall, 0), int64(l.window*1e9)) // at most at the plateau
+	l.throttleAt = now - since
 	l.curveAt = l.throttleAt
 	l.reanchorAt = 0
-	l.setRateLocked(l.lastMax, now)
+	l.setRateLocked(l.cubicLocked(now), now)
 	l.respaceLocked(now)
 	return rateChange{prev: prev, rate: l.fill, lastMax: l.lastMax, why: "fleet"}, l.fill != prev
+}
+
+// expireWall forgets a limit whose throttle (its own or the fleet's that
+// it adopted) came limiterIdle or more before wall, the wall clock now:
+// the fleet's limit expires 15 minutes after the newest throttle in the
+// fleet, whenever this process adopted it. It reports, as expire does,
+// whether the limiter is no longer needed and the change it made.
+func (l *limiter) expireWall(now, wall int64) (drop bool, ch rateChange, changed bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.learnt || wall-l.throttleNs < limiterIdle {
+		return !l.learnt && l.ceiling == 0, rateChange{}, false
+	}
+	prev := l.fill
+	l.learnt, l.reanchorAt = false, 0
+	if l.ceiling == 0 {
+		return true, rateChange{prev: prev, why: "expired"}, true
+	}
+	l.setRateLocked(l.ceiling, now)
+	return false, rateChange{prev: prev, rate: l.fill, why: "expired"}, l.fill != prev
+}
+
+// lastTurn returns the latest turn the limiter handed out or a request
+// took (ns since the epoch); 0 for none. A request waiting for its turn
+// moves it: it is the host's heartbeat in the store (sharing.go).
+func (l *limiter) lastTurn() int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return max(l.last, l.taken)
 }
 
 // expire forgets a limit learnt more than limiterIdle ago. It reports
@@ -887,7 +932,7 @@ func (h *hostState) startLimiter(p *resolved, fr fleetRate, fleet bool, now int6
 	l := newLimiter(p, now, max(fr.rate, p.MinRate))
 	ch := rateChange{rate: l.fill, why: "configured"}
 	if fleet {
-		ch, _ = l.adopt(fr.rate, now, fr.throttled)
+		ch, _ = l.adopt(fr.rate, fr.floor, now, fr.throttled, time.Now().UnixNano(), false)
 		ch.prev = 0
 	}
 	return ch, h.lim.CompareAndSwap(nil, l)
@@ -932,13 +977,19 @@ func (h *hostState) learnLimiter(p *resolved, now int64) *limiter {
 }
 
 // expireLimiter forgets h's limit if it was learnt more than limiterIdle
-// ago, and drops the limiter if it has nothing left to do.
+// ago, by the monotonic clock now or by the wall clock of its throttle
+// (a limit adopted from the fleet expires 15 minutes after the fleet's
+// throttle, not after its adoption), and drops the limiter if it has
+// nothing left to do.
 func (h *hostState) expireLimiter(now int64) (rateChange, bool) {
 	lim := h.lim.Load()
 	if lim == nil {
 		return rateChange{}, false
 	}
-	drop, ch, changed := lim.expire(now)
+	drop, ch, changed := lim.expireWall(now, time.Now().UnixNano())
+	if !changed {
+		drop, ch, changed = lim.expire(now)
+	}
 	if drop {
 		h.lim.CompareAndSwap(lim, nil)
 	}

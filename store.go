@@ -107,6 +107,46 @@ type Store interface {
 	Close() error
 }
 
+// storePoll is what a Transport reads of its store at each poll: the
+// records, the published states and the tuned overrides, as Records,
+// States and Overrides return them.
+type storePoll struct {
+	records   []Record
+	states    []PublishedState
+	overrides map[string]Policy
+}
+
+// storePoller is implemented by the stores of this package: poll reads, in
+// one go, what Records, States and Overrides would return, reading from
+// the store only what changed since its last poll (a bbolt store: nothing
+// when the file has not changed; a Redis store: the hosts and sources
+// that a change log names, see redisStore.poll), and all of it again now
+// and then. Its results are the caller's. A Store of another package is
+// read with the three methods.
+type storePoller interface {
+	poll(ctx context.Context) (storePoll, error)
+}
+
+// readPoll reads what a poll needs from s: with s's poll when it has one,
+// else with Records, Overrides and States.
+func readPoll(ctx context.Context, s Store) (storePoll, error) {
+	if p, ok := s.(storePoller); ok {
+		return p.poll(ctx)
+	}
+	var out storePoll
+	var err error
+	if out.records, err = s.Records(ctx); err != nil {
+		return storePoll{}, err
+	}
+	if out.overrides, err = s.Overrides(ctx); err != nil {
+		return storePoll{}, err
+	}
+	if out.states, err = s.States(ctx); err != nil {
+		return storePoll{}, err
+	}
+	return out, nil
+}
+
 // ReasonReset marks a [Record] that resets a host: it clears the host's
 // cooldowns and closes its breakers in every process that shares the store.
 const ReasonReset Reason = "reset"
@@ -506,6 +546,21 @@ type PublishedState struct {
 	// is what it decided, but it rejects nothing. A Transport publishes
 	// the rows of its shadow hosts too.
 	Shadow bool
+
+	// The fleet's learnt limit of the host as the source knows it (see
+	// docs/design.md, "The fleet's limit"), and whether it sends to the
+	// host. FleetLimit is the rate the host allows the processes sharing
+	// the store all together, in requests per second, 0 for none;
+	// FleetThrottled when the throttle it was learnt from came (wall
+	// clock; facts are merged by it, and expire 15 minutes after it), and
+	// FleetSource the process that saw that throttle. Sending is the
+	// source's heartbeat on the host: it sent to it within the last few
+	// polls, so it counts among the processes that share FleetLimit. A
+	// reader trusts none of these blindly: see Transport's pull.
+	FleetLimit     float64
+	FleetThrottled time.Time
+	FleetSource    string
+	Sending        bool
 }
 
 // OpenStore opens the store that url names:
@@ -651,6 +706,13 @@ type stateJSON struct {
 	Policy         *overrideFieldsJSON `json:"policy,omitempty"`
 	ConfiguredRate float64             `json:"configured_rate,omitempty"`
 	Shadow         bool                `json:"shadow,omitempty"`
+
+	// The fleet's limit and the heartbeat (PublishedState); a process
+	// from before them ignores them.
+	FleetLimit     float64 `json:"fleet_limit,omitempty"`
+	FleetThrottled int64   `json:"fleet_throttled,omitempty"` // unix ns
+	FleetSource    string  `json:"fleet_source,omitempty"`
+	Sending        bool    `json:"sending,omitempty"`
 }
 
 type statesJSON struct {
@@ -678,6 +740,11 @@ func encodeStates(source string, states []PublishedState, expires time.Time) []b
 			p := s.Policy
 			j.States[i].Policy = &overrideFieldsJSON{FailMax: p.FailMax, ResetTimeout: p.ResetTimeout.String(),
 				SuccessThreshold: p.SuccessThreshold, TrialCalls: p.TrialCalls, Rate: p.Rate}
+		}
+		j.States[i].Sending = s.Sending
+		if s.FleetLimit > 0 && !s.FleetThrottled.IsZero() {
+			j.States[i].FleetLimit, j.States[i].FleetThrottled = s.FleetLimit, s.FleetThrottled.UnixNano()
+			j.States[i].FleetSource = s.FleetSource
 		}
 	}
 	b, _ := json.Marshal(j)
@@ -715,6 +782,14 @@ func decodeStates(data []byte) (source string, states []PublishedState, expires 
 		if p, ok := decodePublishedPolicy(s); ok {
 			ps.ConfigHash, ps.Policy, ps.ConfiguredRate = s.ConfigHash, p, s.ConfiguredRate
 		}
+
+		// A fleet limit outside the bounds of a rate, or without its
+		// throttle's time, is no limit: it is left out (the row stays).
+		if validRate(s.FleetLimit) && s.FleetThrottled > 0 {
+			ps.FleetLimit, ps.FleetThrottled = s.FleetLimit, time.Unix(0, s.FleetThrottled)
+			ps.FleetSource = s.FleetSource
+		}
+		ps.Sending = s.Sending
 		states = append(states, ps)
 	}
 	return j.Source, states, time.Unix(0, j.Expires), nil

@@ -116,6 +116,13 @@ type redisStore struct {
 	isClosed  atomic.Bool // set by Close: a cluster client may still answer after its Close
 	closeOnce sync.Once
 	closeErr  error
+
+	pollMu sync.Mutex  // serializes polls
+	mirror redisMirror // guarded by pollMu
+	resync atomic.Bool // the subscription was (re)established: the next poll reads everything
+
+	pubMu     sync.Mutex
+	published map[string]string // the states each source last published, encoded without expiry; guarded by pubMu
 }
 
 // openRedisStore opens the Redis store that rawURL names:
@@ -642,6 +649,7 @@ func (s *redisStore) putTx(ctx context.Context, tx *redis.Tx, r Record, hkey, mk
 		}
 		p.ZRemRangeByScore(ctx, index, "-inf", expiredMax(now))
 		if w.changed {
+			s.logChange(ctx, p, redisKindCooldowns+r.Host)
 			p.Publish(ctx, s.channel, r.Host)
 		}
 		return nil
@@ -666,7 +674,16 @@ func (s *redisStore) PublishStates(ctx context.Context, source string, states []
 	key := s.key(redisKindStates, source)
 	index := s.redisKey(redisSourcesIndex)
 	now := time.Now()
+	// A publication of the same states only extends them: it is not a
+	// change for the log (readers take the expiry from the index).
+	content := string(encodeStates(source, states, time.Unix(0, 1)))
+	s.pubMu.Lock()
+	same := s.published[source] == content && ttl > 0
+	s.pubMu.Unlock()
 	_, err := s.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		if !same {
+			s.logChange(ctx, p, redisKindStates+source)
+		}
 		if ttl <= 0 {
 			p.Del(ctx, key)
 			p.ZRem(ctx, index, source)
@@ -681,6 +698,16 @@ func (s *redisStore) PublishStates(ctx context.Context, source string, states []
 		p.ZRemRangeByScore(ctx, index, "-inf", expiredMax(now))
 		return nil
 	})
+	s.pubMu.Lock()
+	if s.published == nil {
+		s.published = make(map[string]string)
+	}
+	if err != nil || ttl <= 0 {
+		delete(s.published, source)
+	} else {
+		s.published[source] = content
+	}
+	s.pubMu.Unlock()
 	if err != nil {
 		return fmt.Errorf("hostbreaker: redis store: publish states of %q: %w", source, err)
 	}
@@ -694,35 +721,54 @@ func (s *redisStore) States(ctx context.Context) ([]PublishedState, error) {
 	if s.isClosed.Load() {
 		return nil, fmt.Errorf("hostbreaker: redis store: states: %w", redis.ErrClosed)
 	}
-	sources, err := s.client.ZRangeByScore(ctx, s.redisKey(redisSourcesIndex), liveRange(time.Now())).Result()
+	sources, _, err := s.readStates(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("hostbreaker: redis store: states: %w", err)
+		return nil, err
 	}
-	if len(sources) == 0 {
-		return nil, nil
+	var out []PublishedState
+	for _, src := range slices.Sorted(maps.Keys(sources)) {
+		out = append(out, sources[src]...)
+	}
+	return out, nil
+}
+
+// readStates reads the sources index and each live source's states in one
+// pipeline, and returns the states by source and the sources' expiry, as
+// the index scores it.
+func (s *redisStore) readStates(ctx context.Context) (map[string][]PublishedState, map[string]time.Time, error) {
+	live, err := s.client.ZRangeByScoreWithScores(ctx, s.redisKey(redisSourcesIndex), liveRange(time.Now())).Result()
+	if err != nil {
+		return nil, nil, fmt.Errorf("hostbreaker: redis store: states: %w", err)
+	}
+	out := make(map[string][]PublishedState, len(live))
+	expires := make(map[string]time.Time, len(live))
+	if len(live) == 0 {
+		return out, expires, nil
 	}
 	pipe := s.client.Pipeline()
-	cmds := make([]*redis.StringCmd, len(sources))
-	for i, source := range sources {
-		cmds[i] = pipe.Get(ctx, s.key(redisKindStates, source))
+	cmds := make([]*redis.StringCmd, len(live))
+	sources := make([]string, len(live))
+	for i, z := range live {
+		sources[i], _ = z.Member.(string)
+		expires[sources[i]] = time.UnixMilli(int64(z.Score))
+		cmds[i] = pipe.Get(ctx, s.key(redisKindStates, sources[i]))
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !isRedisReply(err) {
-		return nil, fmt.Errorf("hostbreaker: redis store: states: %w", err)
+		return nil, nil, fmt.Errorf("hostbreaker: redis store: states: %w", err)
 	}
 	now := time.Now()
-	var out []PublishedState
 	for i, cmd := range cmds {
 		v, err := cmd.Bytes()
 		if err != nil {
 			continue
 		}
-		src, states, expires, err := decodeStates(v)
-		if err != nil || src != sources[i] || !expires.After(now) {
+		src, states, exp, err := decodeStates(v)
+		if err != nil || src != sources[i] || !exp.After(now) {
 			continue
 		}
-		out = append(out, states...)
+		out[src] = states
 	}
-	return out, nil
+	return out, expires, nil
 }
 
 // redisJournalTagLen is the length of the tag that starts every member of
@@ -887,6 +933,12 @@ func (s *redisStore) Overrides(ctx context.Context) (map[string]Policy, error) {
 	if err != nil && !isRedisReply(err) {
 		return nil, fmt.Errorf("hostbreaker: redis store: overrides: %w", err)
 	}
+	return decodeRedisOverrides(fields), nil
+}
+
+// decodeRedisOverrides decodes the fields of the overrides hash, as
+// Overrides documents.
+func decodeRedisOverrides(fields map[string]string) map[string]Policy {
 	out := make(map[string]Policy, len(fields))
 	for field, v := range fields {
 		// Only the exact escape of its key: a field written otherwise
@@ -899,7 +951,7 @@ func (s *redisStore) Overrides(ctx context.Context) (map[string]Policy, error) {
 			out[key] = p
 		}
 	}
-	return out, nil
+	return out
 }
 
 // PutOverride replaces the override of key with p, or deletes it when p
@@ -942,6 +994,7 @@ func (s *redisStore) PutOverride(ctx context.Context, key string, p Policy) erro
 			} else {
 				p.HSet(ctx, hkey, field, v)
 			}
+			s.logChange(ctx, p, redisKindOverride)
 			p.Publish(ctx, s.channel, redisKindOverride+key)
 			return nil
 		})
@@ -1023,6 +1076,7 @@ func (s *redisStore) watch(ps *redis.PubSub) {
 		switch m := msg.(type) {
 		case *redis.Subscription:
 			if m.Kind == "subscribe" {
+				s.resync.Store(true) // changes may have gone unannounced meanwhile
 				s.signal()
 			}
 		case *redis.Message:
@@ -1066,4 +1120,253 @@ func (s *redisStore) Close() error {
 		}
 	})
 	return s.closeErr
+}
+
+// The change log, which lets a poll read only what changed (see poll).
+// Under the prefix, s.key(redisKindChange, ...) names:
+//   - "seq", a counter that every change increments;
+//   - "log", a sorted set of what changed ("h:" and a host, "s:" and a
+//     source, "o:" for the overrides), each scored by the counter's value
+//     at its latest change, keeping the newest redisChangeLogMax members;
+//   - "trimmed", the highest score dropped from the log; the member
+//     redisChangeTrim is scored by the change that dropped it, so that a
+//     reader behind it reads everything again.
+const (
+	redisKindChange    = "c:"
+	redisChangeSeq     = "seq"
+	redisChangeLog     = "log"
+	redisChangeTrimmed = "trimmed"
+	redisChangeTrim    = "t:"
+	redisChangeLogMax  = 1 << 16
+
+	// redisResyncInterval is how often a poll reads everything again,
+	// whatever the log says: what no change announced (an entry written
+	// by hand, a lost log) is seen within it.
+	redisResyncInterval = 5 * time.Minute
+)
+
+// redisChangeScript records one change: it increments the counter, scores
+// the member by it, and trims the log to its newest ARGV[2] members. KEYS:
+// seq, log, trimmed; ARGV: the member, the log's bound.
+var redisChangeScript = redis.NewScript(`
+local s = redis.call('INCR', KEYS[1])
+redis.call('ZADD', KEYS[2], s, ARGV[1])
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[2])
+if over > 0 then
+  local old = redis.call('ZRANGE', KEYS[2], 0, over - 1, 'WITHSCORES')
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, over - 1)
+  redis.call('SET', KEYS[3], old[#old])
+  redis.call('ZADD', KEYS[2], s, '` + redisChangeTrim + `')
+end
+return s
+`)
+
+// logChange queues, on p, the record of a change of member in the change
+// log (see redisChangeScript).
+func (s *redisStore) logChange(ctx context.Context, p redis.Pipeliner, member string) {
+	redisChangeScript.Eval(ctx, p, []string{s.key(redisKindChange, redisChangeSeq), s.key(redisKindChange, redisChangeLog),
+		s.key(redisKindChange, redisChangeTrimmed)}, member, redisChangeLogMax)
+}
+
+// redisMirror is what a Redis store's polls have read: the store as of
+// the change numbered cursor, decoded. Guarded by redisStore.pollMu.
+type redisMirror struct {
+	cursor    int64                       // the newest change read; the log is read past it
+	full      time.Time                   // the last full read; zero: none yet
+	hosts     map[string][]Record         // the records and marker of each host, as appendStored reads them
+	sources   map[string][]PublishedState // the states of each source, as it last changed them
+	expires   map[string]time.Time        // the sources' expiry, from their index, at each poll
+	overrides map[string]Policy
+}
+
+// poll returns what Records, States and Overrides would (see storePoller),
+// reading only what changed since the last poll: one round trip of two
+// commands (the change log past the cursor, the sources index) when
+// nothing changed, whatever the number of hosts; then, in a second round
+// trip, two commands per host and one per source that changed, and one
+// for the overrides if they did. It reads everything (Records, States,
+// Overrides) at the first poll, every redisResyncInterval, after the
+// subscription was (re)established (changes may have gone unannounced
+// while it was down), when the log was trimmed past the cursor, and after
+// a failed poll.
+func (s *redisStore) poll(ctx context.Context) (storePoll, error) {
+	s.pollMu.Lock()
+	defer s.pollMu.Unlock()
+	m := &s.mirror
+	now := time.Now()
+	resync := s.resync.Swap(false)
+	if m.full.IsZero() || resync || now.Sub(m.full) >= redisResyncInterval || now.Before(m.full) {
+		return s.pollFull(ctx, now)
+	}
+	logKey := s.key(redisKindChange, redisChangeLog)
+	pipe := s.client.Pipeline()
+	changes := pipe.ZRangeByScoreWithScores(ctx, logKey, &redis.ZRangeBy{Min: "(" + strconv.FormatInt(m.cursor, 10), Max: "+inf"})
+	sources := pipe.ZRangeByScoreWithScores(ctx, s.redisKey(redisSourcesIndex), liveRange(now))
+	if _, err := pipe.Exec(ctx); err != nil && !isRedisReply(err) {
+		m.full = time.Time{}
+		return storePoll{}, fmt.Errorf("hostbreaker: redis store: poll: %w", err)
+	}
+	log, err1 := changes.Result()
+	live, err2 := sources.Result()
+	if err1 != nil || err2 != nil {
+		m.full = time.Time{}
+		return storePoll{}, fmt.Errorf("hostbreaker: redis store: poll: %w", errors.Join(err1, err2))
+	}
+	cursor := m.cursor
+	var hosts, srcs []string
+	overrides := false
+	for _, z := range log {
+		member, _ := z.Member.(string)
+		cursor = max(cursor, int64(z.Score))
+		switch {
+		case member == redisChangeTrim:
+			trimmed, err := s.client.Get(ctx, s.key(redisKindChange, redisChangeTrimmed)).Int64()
+			if err != nil || trimmed > m.cursor {
+				return s.pollFull(ctx, now) // changes this store never read were dropped
+			}
+		case strings.HasPrefix(member, redisKindCooldowns):
+			hosts = append(hosts, member[len(redisKindCooldowns):])
+		case strings.HasPrefix(member, redisKindStates):
+			srcs = append(srcs, member[len(redisKindStates):])
+		case member == redisKindOverride:
+			overrides = true
+		}
+	}
+	clear(m.expires)
+	for _, z := range live {
+		src, _ := z.Member.(string)
+		m.expires[src] = time.UnixMilli(int64(z.Score))
+		if _, ok := m.sources[src]; !ok && !slices.Contains(srcs, src) {
+			srcs = append(srcs, src) // live, never read: refreshed while this store was not looking
+		}
+	}
+	if len(hosts)+len(srcs) > 0 || overrides {
+		if err := s.readChanged(ctx, hosts, srcs, overrides, now); err != nil {
+			m.full = time.Time{}
+			return storePoll{}, err
+		}
+	}
+	m.cursor = cursor
+	return m.result(now), nil
+}
+
+// readChanged reads, in one pipeline, the hosts and sources that changed
+// and the overrides if they did, into the mirror.
+func (s *redisStore) readChanged(ctx context.Context, hosts, srcs []string, overrides bool, now time.Time) error {
+	m := &s.mirror
+	type hostCmds struct {
+		hash   *redis.MapStringStringCmd
+		marker *redis.StringCmd
+	}
+	pipe := s.client.Pipeline()
+	hc := make([]hostCmds, len(hosts))
+	for i, host := range hosts {
+		hc[i] = hostCmds{pipe.HGetAll(ctx, s.key(redisKindCooldowns, host)), pipe.Get(ctx, s.key(redisKindReset, host))}
+	}
+	sc := make([]*redis.StringCmd, len(srcs))
+	for i, src := range srcs {
+		sc[i] = pipe.Get(ctx, s.key(redisKindStates, src))
+	}
+	var oc *redis.MapStringStringCmd
+	if overrides {
+		oc = pipe.HGetAll(ctx, s.redisKey(redisOverrides))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !isRedisReply(err) {
+		return fmt.Errorf("hostbreaker: redis store: poll: %w", err)
+	}
+	for i, host := range hosts {
+		if h, err := normalizeHost("", host); err != nil || h != host {
+			continue
+		}
+		fields, err := hc[i].hash.Result()
+		if err != nil {
+			fields = nil
+		}
+		marker, err := hc[i].marker.Bytes()
+		if err != nil {
+			marker = nil
+		}
+		values := make([][]byte, 0, len(fields))
+		for _, v := range fields {
+			values = append(values, []byte(v))
+		}
+		if recs := appendStored(nil, host, values, marker, now); len(recs) > 0 {
+			m.hosts[host] = recs
+		} else {
+			delete(m.hosts, host)
+		}
+	}
+	for i, src := range srcs {
+		v, err := sc[i].Bytes()
+		if err != nil {
+			delete(m.sources, src)
+			continue
+		}
+		if got, states, _, err := decodeStates(v); err == nil && got == src {
+			m.sources[src] = states
+		} else {
+			delete(m.sources, src)
+		}
+	}
+	if oc != nil {
+		fields, err := oc.Result()
+		if err != nil && !isRedisReply(err) {
+			return fmt.Errorf("hostbreaker: redis store: poll: %w", err)
+		}
+		m.overrides = decodeRedisOverrides(fields)
+	}
+	return nil
+}
+
+// pollFull reads everything into the mirror: the cursor first, so that a
+// change made while it reads is read again by the next poll.
+func (s *redisStore) pollFull(ctx context.Context, now time.Time) (storePoll, error) {
+	m := &s.mirror
+	m.full = time.Time{}
+	cursor, err := s.client.Get(ctx, s.key(redisKindChange, redisChangeSeq)).Int64()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return storePoll{}, fmt.Errorf("hostbreaker: redis store: poll: %w", err)
+	}
+	recs, err := s.Records(ctx)
+	if err != nil {
+		return storePoll{}, err
+	}
+	ov, err := s.Overrides(ctx)
+	if err != nil {
+		return storePoll{}, err
+	}
+	sources, expires, err := s.readStates(ctx)
+	if err != nil {
+		return storePoll{}, err
+	}
+	m.hosts = make(map[string][]Record)
+	for _, r := range recs {
+		m.hosts[r.Host] = append(m.hosts[r.Host], r)
+	}
+	m.sources, m.expires, m.overrides = sources, expires, ov
+	m.cursor, m.full = cursor, now
+	return m.result(now), nil
+}
+
+// result returns the mirror's content that has not expired at now, as
+// the caller's.
+func (m *redisMirror) result(now time.Time) storePoll {
+	var out storePoll
+	for _, recs := range m.hosts {
+		for _, r := range recs {
+			if r.Until.After(now) {
+				out.records = append(out.records, r)
+			}
+		}
+	}
+	for src, states := range m.sources {
+		if exp, ok := m.expires[src]; ok && exp.After(now) {
+			out.states = append(out.states, states...)
+		}
+	}
+	out.overrides = make(map[string]Policy, len(m.overrides))
+	for k, p := range m.overrides {
+		out.overrides[k] = cloneTuned(p)
+	}
+	return out
 }
