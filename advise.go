@@ -30,6 +30,9 @@ type Advice struct {
 	Proposed string  `json:"proposed"` // TOML value suggested, within the tune bounds
 	Reason   string  `json:"reason"`   // one sentence with the numbers behind it
 	Replay   *Replay `json:"replay,omitempty"`
+	// From says where Current comes from: FromConfig, FromPublished,
+	// FromDiffers or FromAssumed (see AdviseWith).
+	From string `json:"from,omitempty"`
 }
 
 // Replay is what the breaker rules would have done on a (host, role)'s
@@ -50,8 +53,8 @@ const (
 	// A host with fewer requests than this in the window gets no advice.
 	adviseMinRequests = 20
 
-	// Rule 1, 429 share: at least this share of a host's requests
-	// answered 429 asks for a rate of num/den of its successful request
+	// Rule 1, 429 share: at least this share of the requests sent to a
+	// host (not those rejected without being sent) answered 429 asks for a rate of num/den of its successful request
 	// rate, or of the rate its adaptive limiter learnt.
 	advise429Pct      = 5
 	adviseAcceptedNum = 4 // × 0.8 of the successful request rate
@@ -111,16 +114,85 @@ const (
 // rate within its step. The result is sorted by host, role and key; it is
 // nil when there is nothing to suggest or cfg is invalid.
 //
+// A key that a policy change in the events changed at time T (a
+// hostbreaker.policy_change event: [Tune], [RevertTuning],
+// [Transport.UpdateHostPolicy], a Transport applying tuned overrides) is
+// judged only on the events after T: the evidence that led to a change is
+// not used again to change it further.
+//
 // Advise is a pure function: it reads no clock, does no I/O, and returns
 // the same advice for the same events whatever their order. The rules are
 // described in docs/advise.md.
 func Advise(events []Event, cfg Config, overrides map[string]Policy) []Advice {
+	return AdviseWith(events, cfg, overrides, AdviseOptions{})
+}
+
+// AdviseOptions are the optional inputs of [AdviseWith]. The zero value
+// is [Advise]'s: the values in force come from the configuration given.
+type AdviseOptions struct {
+	// Published are the states that the processes sharing the store
+	// published ([Store.States]). A row that carries a policy (its
+	// ConfigHash is set) gives the values in force of its (host, role) in
+	// its process: those take precedence over the configuration given, and
+	// the advice's From is "published", or "differs" when the processes
+	// that published the (host, role) disagree.
+	Published []PublishedState
+	// ConfigUnknown says that the configuration given is not the one the
+	// processes run (a command run without its configuration file, which
+	// passes the built-in defaults): advice on a (host, role) that no
+	// published row covers has From "assumed".
+	ConfigUnknown bool
+}
+
+// Where an Advice's Current comes from: its From.
+const (
+	FromConfig    = "config"    // the configuration given, with the tuned overrides
+	FromPublished = "published" // the processes that use the host published it
+	FromDiffers   = "differs"   // the processes that published it disagree; Current is one of their values
+	FromAssumed   = "assumed"   // nobody published it and the configuration is unknown: the built-in defaults assumed
+)
+
+// AdviseWith is [Advise] with options: the values in force as the
+// processes published them, and whether cfg is known to be the
+// configuration in force. Advice whose From is [FromAssumed] or
+// [FromDiffers] is computed from a value that may not be the one in force.
+// It is a pure function, as Advise is.
+func AdviseWith(events []Event, cfg Config, overrides map[string]Policy, opts AdviseOptions) []Advice {
 	configured, err := cfg.validate()
 	if err != nil {
 		return nil
 	}
-	inForce := withOverrides(configured, overrides)
+	src := &policySource{configured: configured, inForce: withOverrides(configured, overrides), from: FromConfig}
+	if opts.ConfigUnknown {
+		src.from = FromAssumed
+	}
+	src.readPublished(opts.Published)
 	bounds := cfg.Tune.withDefaults()
+
+	// Each key is judged on the events after its last change: one pass of
+	// the rules per distinct cutoff, keeping each pass's advice on the keys
+	// whose cutoff it is.
+	changes := readPolicyChanges(events)
+	var out []Advice
+	for _, cut := range changes.cutoffs() {
+		evs := events
+		if !cut.IsZero() {
+			evs = eventsAfter(events, cut)
+		}
+		for _, a := range adviseOnce(evs, src, bounds) {
+			if changes.cutoff(a.Host, a.Role, a.Key).Equal(cut) {
+				out = append(out, a)
+			}
+		}
+	}
+	slices.SortStableFunc(out, func(a, b Advice) int {
+		return cmp.Or(strings.Compare(a.Host, b.Host), strings.Compare(a.Role, b.Role), strings.Compare(a.Key, b.Key))
+	})
+	return out
+}
+
+// adviseOnce applies every rule to events.
+func adviseOnce(events []Event, src *policySource, bounds TuneBounds) []Advice {
 	j := readJournalForAdvice(events)
 	var out []Advice
 	for _, name := range slices.Sorted(maps.Keys(j.hosts)) {
@@ -128,12 +200,15 @@ func Advise(events []Event, cfg Config, overrides map[string]Policy) []Advice {
 		if h.requests < adviseMinRequests {
 			continue
 		}
-		conf, err1 := configured.resolve(name, "")
-		now, err2 := inForce.resolve(name, "")
-		if err1 != nil || err2 != nil {
+		conf, now, from, ok := src.rates(name)
+		if !ok {
 			continue
 		}
-		if a, ok := h.adviseRate(name, currentValue(conf.Policy, keyRate), currentValue(now.Policy, keyRate), bounds); ok {
+		if a, ok := h.adviseRate(name, conf, now, bounds); ok {
+			a.From = from.from
+			if from.note != "" {
+				a.Reason = joinReason(a.Reason, from.note)
+			}
 			out = append(out, a)
 		}
 	}
@@ -142,15 +217,272 @@ func Advise(events []Event, cfg Config, overrides map[string]Policy) []Advice {
 		if h.requests < adviseMinRequests || (h.failures == 0 && h.opens == 0) {
 			continue // too little evidence, or a healthy host
 		}
-		r, err := inForce.resolve(k.host, k.role)
-		if err != nil {
+		cur, from, ok := src.policy(k.host, k.role)
+		if !ok {
 			continue
 		}
-		out = append(out, j.pairs[k].advise(k, h, r.Policy, bounds)...)
+		for _, a := range j.pairs[k].advise(k, h, cur, bounds) {
+			a.From = from.from
+			if n := from.notes[a.Key]; n != "" {
+				a.Reason = joinReason(a.Reason, n)
+			}
+			out = append(out, a)
+		}
 	}
-	slices.SortStableFunc(out, func(a, b Advice) int {
-		return cmp.Or(strings.Compare(a.Host, b.Host), strings.Compare(a.Role, b.Role), strings.Compare(a.Key, b.Key))
+	return out
+}
+
+// policySource gives Advise the values in force: those the processes
+// published, else the configuration's with the tuned overrides.
+type policySource struct {
+	configured, inForce *policyTable
+	from                string // FromConfig or FromAssumed, for what nobody published
+	published           map[pairKey][]PublishedState
+	hosts               map[string][]PublishedState // every row of a host, for its rate
+}
+
+// origin is where a value in force came from, and what to add to the
+// reason when the processes disagree, by key.
+type origin struct {
+	from  string
+	note  string            // for rate
+	notes map[string]string // for the breaker keys
+}
+
+func (s *policySource) readPublished(states []PublishedState) {
+	for _, ps := range states {
+		if ps.ConfigHash == "" {
+			continue
+		}
+		if s.published == nil {
+			s.published = make(map[pairKey][]PublishedState)
+			s.hosts = make(map[string][]PublishedState)
+		}
+		k := pairKey{ps.Host, ps.Role}
+		s.published[k] = append(s.published[k], ps)
+		s.hosts[ps.Host] = append(s.hosts[ps.Host], ps)
+	}
+	for _, rows := range s.published {
+		slices.SortFunc(rows, func(a, b PublishedState) int { return strings.Compare(a.Source, b.Source) })
+	}
+	for _, rows := range s.hosts {
+		slices.SortFunc(rows, func(a, b PublishedState) int { return strings.Compare(a.Source, b.Source) })
+	}
+}
+
+// policy returns the policy in force of (host, role) and where it came
+// from.
+func (s *policySource) policy(host, role string) (Policy, origin, bool) {
+	r, err := s.inForce.resolve(host, role)
+	if err != nil {
+		return Policy{}, origin{}, false
+	}
+	cur := r.Policy
+	rows := s.published[pairKey{host, role}]
+	if len(rows) == 0 {
+		return cur, origin{from: s.from}, true
+	}
+	o := origin{from: FromPublished}
+	for _, key := range []string{keyFailMax, keyResetTimeout, keySuccessThreshold, keyTrialCalls} {
+		setValue(&cur, key, currentValue(rows[0].Policy, key))
+		if note, differ := differences(rows, key, func(ps PublishedState) int64 { return currentValue(ps.Policy, key) }); differ {
+			o.from = FromDiffers
+			if o.notes == nil {
+				o.notes = make(map[string]string)
+			}
+			o.notes[key] = note
+		}
+	}
+	return cur, o, true
+}
+
+// rates returns host's configured rate and its rate in force (rateUnlimited
+// for none), and where they came from.
+func (s *policySource) rates(host string) (conf, now int64, o origin, ok bool) {
+	c, err1 := s.configured.resolve(host, "")
+	n, err2 := s.inForce.resolve(host, "")
+	if err1 != nil || err2 != nil {
+		return 0, 0, origin{}, false
+	}
+	rows := s.hosts[host]
+	if len(rows) == 0 {
+		return currentValue(c.Policy, keyRate), currentValue(n.Policy, keyRate), origin{from: s.from}, true
+	}
+	o = origin{from: FromPublished}
+	confOf := func(ps PublishedState) int64 { return currentValue(Policy{Rate: ps.ConfiguredRate}, keyRate) }
+	nowOf := func(ps PublishedState) int64 { return currentValue(ps.Policy, keyRate) }
+	noteNow, d1 := differences(rows, keyRate, nowOf)
+	noteConf, d2 := differences(rows, keyRate, confOf)
+	if d1 || d2 {
+		o.from = FromDiffers
+		o.note = cmp.Or(noteNow, "configured "+noteConf)
+	}
+	return confOf(rows[0]), nowOf(rows[0]), o, true
+}
+
+// differences reports whether the rows (sorted by source) hold different
+// values of key, and if so names them: "processes differ: fail_max 4 in
+// web-1, 10 in web-2".
+func differences(rows []PublishedState, key string, value func(PublishedState) int64) (string, bool) {
+	var parts []string
+	seen := map[string]bool{}
+	differ := false
+	for _, ps := range rows {
+		v := value(ps)
+		if v != value(rows[0]) {
+			differ = true
+		}
+		if seen[ps.Source] {
+			continue
+		}
+		seen[ps.Source] = true
+		parts = append(parts, formatValue(key, v)+" in "+ps.Source)
+	}
+	if !differ {
+		return "", false
+	}
+	return "processes differ: " + key + " " + strings.Join(parts, ", "), true
+}
+
+// ConfigGroup is a set of processes that published the same
+// configuration: its hash ([PublishedState.ConfigHash]) and the sources.
+type ConfigGroup struct {
+	Hash    string   `json:"hash"`
+	Sources []string `json:"sources"`
+}
+
+// ConfigGroups groups the sources of states by the configuration they
+// published, the largest group first (then by hash); rows without a
+// ConfigHash (from a process that does not publish it) are left out. More
+// than one group means the processes run different configurations.
+func ConfigGroups(states []PublishedState) []ConfigGroup {
+	bySource := map[string]string{}
+	for _, ps := range states {
+		if ps.ConfigHash != "" {
+			bySource[ps.Source] = ps.ConfigHash
+		}
+	}
+	groups := map[string][]string{}
+	for src, h := range bySource {
+		groups[h] = append(groups[h], src)
+	}
+	out := make([]ConfigGroup, 0, len(groups))
+	for h, srcs := range groups {
+		slices.Sort(srcs)
+		out = append(out, ConfigGroup{Hash: h, Sources: srcs})
+	}
+	slices.SortFunc(out, func(a, b ConfigGroup) int {
+		return cmp.Or(cmp.Compare(len(b.Sources), len(a.Sources)), strings.Compare(a.Hash, b.Hash))
 	})
+	return out
+}
+
+// policyChanges are the changes of tunable keys that the events record:
+// per Hosts key (an exact host or a wildcard), role ("" for the top level)
+// and TOML key, the time of the latest.
+type policyChanges map[[3]string]time.Time
+
+// readPolicyChanges reads the policy_change events: their Host is a Hosts
+// key, their Role the role (Tune) or "", and their Policy and
+// PreviousPolicy lines name the keys ("fail_max = 3",
+// "roles.landing.fail_max = 4").
+func readPolicyChanges(events []Event) policyChanges {
+	pc := policyChanges{}
+	for _, ev := range events {
+		if ev.Name != EventPolicyChange || ev.Host == "" {
+			continue
+		}
+		for _, text := range []string{ev.PreviousPolicy, ev.Policy} {
+			for line := range strings.SplitSeq(text, "\n") {
+				name, _, ok := strings.Cut(line, "=")
+				if !ok {
+					continue
+				}
+				role, key := ev.Role, strings.TrimSpace(name)
+				if rest, ok := strings.CutPrefix(key, "roles."); ok {
+					i := strings.LastIndexByte(rest, '.')
+					if i < 0 {
+						continue
+					}
+					role, key = strings.Trim(rest[:i], `"`), rest[i+1:]
+				}
+				if !slices.Contains(tunableKeys, key) {
+					continue
+				}
+				k := [3]string{ev.Host, role, key}
+				if t, ok := pc[k]; !ok || ev.Time.After(t) {
+					pc[k] = ev.Time
+				}
+			}
+		}
+	}
+	return pc
+}
+
+// cutoffs returns the zero time and every distinct time of a change,
+// sorted.
+func (pc policyChanges) cutoffs() []time.Time {
+	out := []time.Time{{}}
+	for _, t := range pc {
+		if !slices.ContainsFunc(out, t.Equal) {
+			out = append(out, t)
+		}
+	}
+	slices.SortFunc(out, time.Time.Compare)
+	return out
+}
+
+// cutoff returns the time of the latest change that applies to key of
+// (host, role): a change of the Hosts key that matches host, in the role
+// or at the top level (which every role inherits unless it sets the key
+// itself); for rate, host-wide, any change of it. The zero time when none.
+func (pc policyChanges) cutoff(host, role, key string) time.Time {
+	var latest time.Time
+	for k, t := range pc {
+		if k[2] != key || !keyMatches(k[0], host) {
+			continue
+		}
+		if key != keyRate && k[1] != "" && k[1] != role {
+			continue
+		}
+		if t.After(latest) {
+			latest = t
+		}
+	}
+	return latest
+}
+
+// keyMatches reports whether the Hosts key applies to host (normalized):
+// the host itself, the host without its port, or a wildcard whose suffix
+// the name ends with.
+func keyMatches(key, host string) bool {
+	if key == host {
+		return true
+	}
+	name := host
+	if i := strings.LastIndexByte(host, ':'); i >= 0 && !strings.HasSuffix(host, "]") {
+		name = host[:i]
+	}
+	if key == name {
+		return true
+	}
+	suffix, ok := strings.CutPrefix(key, "*")
+	return ok && strings.HasSuffix(name, suffix)
+}
+
+// eventsAfter returns the events after t: an event at t or before is
+// dropped, and so is a summary that covers any time at or before t.
+func eventsAfter(events []Event, t time.Time) []Event {
+	var out []Event
+	for _, ev := range events {
+		start := ev.Time
+		if ev.Name == EventSummary {
+			start = ev.Time.Add(-ev.Interval)
+		}
+		if start.After(t) || (ev.Name == EventSummary && ev.Interval > 0 && start.Equal(t)) {
+			out = append(out, ev)
+		}
+	}
 	return out
 }
 
@@ -176,10 +508,10 @@ func (h *hostEvidence) adviseRate(host string, conf, now int64, b TuneBounds) (A
 	}
 	rate := func(r float64) string { return formatValue(keyRate, roundRate(rateMicros(r))) }
 
-	// Rule 1: 429 share.
-	if h.status429*100 >= h.requests*advise429Pct {
-		share := fmt.Sprintf("%d of %d requests (%s) answered 429", h.status429, h.requests,
-			formatPercent(float64(h.status429)*100/float64(h.requests)))
+	// Rule 1: 429 share, of the requests sent.
+	if h.throttled() {
+		share := fmt.Sprintf("%s of %s requests sent (%s) answered 429", formatCount(h.status429), formatCount(h.sent()),
+			formatPercent(float64(h.status429)*100/float64(h.sent())))
 		if h.learnt > 0 {
 			add(roundRate(rateMicros(h.learnt*adviseLearntNum/adviseLearntDen)), -1, "%s; the limiter learnt %s r/s, × %s",
 				share, rate(h.learnt), strconv.FormatFloat(float64(adviseLearntNum)/adviseLearntDen, 'g', -1, 64))
@@ -195,8 +527,8 @@ func (h *hostEvidence) adviseRate(host string, conf, now int64, b TuneBounds) (A
 		if conf != rateUnlimited {
 			configured = formatValue(keyRate, conf)
 		}
-		why := fmt.Sprintf("no 429 and no failure in %d requests; rate %s, configured %s: + %s",
-			h.requests, formatValue(keyRate, now), configured, formatPercent(float64(adviseRecoveryNum-adviseRecoveryDen)*100/adviseRecoveryDen))
+		why := fmt.Sprintf("no 429 and no failure in %s requests sent; rate %s, configured %s: + %s",
+			formatCount(h.sent()), formatValue(keyRate, now), configured, formatPercent(float64(adviseRecoveryNum-adviseRecoveryDen)*100/adviseRecoveryDen))
 		v := roundRate(rateMicros(float64(now) / rateUnit * adviseRecoveryNum / adviseRecoveryDen))
 		if v >= conf {
 			v, why = conf, why+", capped at "+configured
@@ -230,10 +562,33 @@ type hostEvidence struct {
 	failures    uint64          // Summary.Failures, likewise
 	successes   uint64          // Summary.Successes, likewise
 	status429   uint64          // Summary.Status429, likewise
+	rejected    uint64          // Summary.Rejected, likewise: never sent
 	opens       int             // local openings of any of its breakers
 	retryAfters []time.Duration // the Retry-After values it sent
 	spans       map[string][]span
 	learnt      float64 // the latest rate_change's LastMax, or its Rate when LastMax is 0
+}
+
+// sent returns the number of requests that reached the host: those not
+// rejected without being sent.
+func (h *hostEvidence) sent() uint64 {
+	return h.requests - min(h.rejected, h.requests)
+}
+
+// throttled reports whether rule 1 applies: at least adviseMinRequests
+// requests sent, at least advise429Pct of them answered 429.
+func (h *hostEvidence) throttled() bool {
+	sent := h.sent()
+	return sent >= adviseMinRequests && h.status429*100 >= sent*advise429Pct
+}
+
+// formatCount returns n with commas between thousands: "2,114".
+func formatCount(n uint64) string {
+	s := strconv.FormatUint(n, 10)
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
 }
 
 // span is the time a summary covers: from its Time − Interval to its Time.
@@ -324,6 +679,7 @@ func readJournalForAdvice(events []Event) *adviceJournal {
 			h.failures += s.Failures
 			h.successes += s.Successes
 			h.status429 += s.Status429
+			h.rejected += s.Rejected
 			if ev.Interval > 0 {
 				if h.spans == nil {
 					h.spans = make(map[string][]span)
@@ -462,7 +818,9 @@ func (p *pairEvidence) advise(k pairKey, h *hostEvidence, cur Policy, b TuneBoun
 		add(keyTrialCalls, adviseProbeTrialCalls, -1, "%s", why)
 	}
 	// Rule 6: transient trips, long outages.
-	if p.firstOK >= adviseMinTransient && p.firstOK*100 >= p.trips*adviseTransientPct {
+	// A throttled host's failures are throttling: a higher fail_max would
+	// send more of them (rule 1 lowers its rate instead).
+	if p.firstOK >= adviseMinTransient && p.firstOK*100 >= p.trips*adviseTransientPct && !h.throttled() {
 		if q, ok := p.burstPercentile(adviseBurstPct); ok && q >= uint64(cur.FailMax-1) {
 			add(keyFailMax, int64(cur.FailMax+adviseFailMaxStep), +1,
 				"tripped %d times, %d closed by the first probe; failure runs that ended in a success reached %d at the %dth percentile (fail_max %d)",

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"maps"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -369,7 +370,7 @@ func TestAdviseRules(t *testing.T) {
 			t.Fatalf("got %v, want one advice", adviceKeys(got))
 		}
 		a := findAdvice(t, got, "api.example.org", "", "reset_timeout")
-		want := Advice{Host: "api.example.org", Key: "reset_timeout", Current: "1m0s", Proposed: "45s",
+		want := Advice{Host: "api.example.org", Key: "reset_timeout", From: FromConfig, Current: "1m0s", Proposed: "45s",
 			Reason: "opened 1 time; the host sent 3 Retry-After values, median 45s",
 			// The five failures at 40–44s trip both; the successes come at 120s, after either delay.
 			Replay: &Replay{FailuresSentCurrent: 5, FailuresSentProposed: 5, Unknown: 60}}
@@ -383,7 +384,7 @@ func TestAdviseRules(t *testing.T) {
 			t.Fatalf("got %v, want one advice", adviceKeys(got))
 		}
 		a := findAdvice(t, got, "slow.example.org", "", "reset_timeout")
-		want := Advice{Host: "slow.example.org", Key: "reset_timeout", Current: "1m0s", Proposed: "1m30s",
+		want := Advice{Host: "slow.example.org", Key: "reset_timeout", From: FromConfig, Current: "1m0s", Proposed: "1m30s",
 			Reason: "tripped 2 times; median time from open to closed 1m30s over 2 closed trips",
 			// Failures 2 + 5 + 5 are sent under either. Opened at 24s for
 			// 90s, the breaker blocks the successes of s40@104 (spread
@@ -435,7 +436,7 @@ func TestAdviseRules(t *testing.T) {
 			t.Fatalf("got %v, want one advice", adviceKeys(got))
 		}
 		a := findAdvice(t, got, "burst.example.org", "feed", "fail_max")
-		want := Advice{Host: "burst.example.org", Role: "feed", Key: "fail_max", Current: "5", Proposed: "7",
+		want := Advice{Host: "burst.example.org", Role: "feed", Key: "fail_max", From: FromConfig, Current: "5", Proposed: "7",
 			Reason: "tripped 2 times, 2 closed by the first probe; failure runs that ended in a success reached 4 at the 95th percentile (fail_max 5)",
 			// Bursts of 4 never trip either; the runs of 5 trip only
 			// fail_max 5, whose delays hold only recorded rejections.
@@ -475,8 +476,8 @@ func TestAdviseRateRules(t *testing.T) {
 
 	t.Run("429 share", func(t *testing.T) {
 		a := one(t, Advise(journalRate429(t), Config{}, nil))
-		want := Advice{Host: "busy.example.org", Key: "rate", Current: "0", Proposed: "0.8",
-			Reason: "12 of 200 requests (6 %) answered 429; 180 successes in 3m0s of traffic, 1 r/s, × 0.8"}
+		want := Advice{Host: "busy.example.org", Key: "rate", From: FromConfig, Current: "0", Proposed: "0.8",
+			Reason: "12 of 200 requests sent (6 %) answered 429; 180 successes in 3m0s of traffic, 1 r/s, × 0.8"}
 		if a != want {
 			t.Errorf("got %+v\nwant %+v", a, want)
 		}
@@ -495,7 +496,7 @@ func TestAdviseRateRules(t *testing.T) {
 			t.Errorf("4.5 %%: got %v, want none", adviceKeys(got))
 		}
 		a := one(t, Advise(throttled("some.example.org", 200, 10).events, Config{}, nil))
-		if a.Proposed != "2.53" || !strings.HasPrefix(a.Reason, "10 of 200 requests (5 %) answered 429; 190 successes in 1m0s of traffic, 3.17 r/s") {
+		if a.Proposed != "2.53" || !strings.HasPrefix(a.Reason, "10 of 200 requests sent (5 %) answered 429; 190 successes in 1m0s of traffic, 3.17 r/s") {
 			t.Errorf("5 %%: got %+v", a)
 		}
 	})
@@ -505,12 +506,12 @@ func TestAdviseRateRules(t *testing.T) {
 			t.Fatalf("got %v, want %v", adviceKeys(got), want)
 		}
 		for i, want := range []Advice{
-			{Host: "capped.example.org", Key: "rate", Current: "10", Proposed: "7.5",
-				Reason: "10 of 100 requests (10 %) answered 429; the limiter learnt 5 r/s, × 0.9, clamped to 7.5 (a step of at most 25 % from 10)"},
-			{Host: "expired.example.org", Key: "rate", Current: "0", Proposed: "1.2",
-				Reason: "10 of 100 requests (10 %) answered 429; 90 successes in 1m0s of traffic, 1.5 r/s, × 0.8"},
-			{Host: "learnt.example.org", Key: "rate", Current: "0", Proposed: "4.5",
-				Reason: "10 of 100 requests (10 %) answered 429; the limiter learnt 5 r/s, × 0.9"},
+			{Host: "capped.example.org", Key: "rate", From: FromConfig, Current: "10", Proposed: "7.5",
+				Reason: "10 of 100 requests sent (10 %) answered 429; the limiter learnt 5 r/s, × 0.9, clamped to 7.5 (a step of at most 25 % from 10)"},
+			{Host: "expired.example.org", Key: "rate", From: FromConfig, Current: "0", Proposed: "1.2",
+				Reason: "10 of 100 requests sent (10 %) answered 429; 90 successes in 1m0s of traffic, 1.5 r/s, × 0.8"},
+			{Host: "learnt.example.org", Key: "rate", From: FromConfig, Current: "0", Proposed: "4.5",
+				Reason: "10 of 100 requests sent (10 %) answered 429; the limiter learnt 5 r/s, × 0.9"},
 		} {
 			if got[i] != want {
 				t.Errorf("got %+v\nwant %+v", got[i], want)
@@ -565,12 +566,12 @@ func TestAdviseRateRules(t *testing.T) {
 			t.Fatalf("got %v, want %v (none after a 429 or a failure)", adviceKeys(got), want)
 		}
 		for i, want := range []Advice{
-			{Host: "calm.example.org", Key: "rate", Current: "4", Proposed: "4.4",
-				Reason: "no 429 and no failure in 200 requests; rate 4, configured 10: + 10 %"},
-			{Host: "near.example.org", Key: "rate", Current: "9.5", Proposed: "10",
-				Reason: "no 429 and no failure in 200 requests; rate 9.5, configured 10: + 10 %, capped at 10"},
-			{Host: "open.example.org", Key: "rate", Current: "4", Proposed: "4.4",
-				Reason: "no 429 and no failure in 200 requests; rate 4, configured unlimited: + 10 %"},
+			{Host: "calm.example.org", Key: "rate", From: FromConfig, Current: "4", Proposed: "4.4",
+				Reason: "no 429 and no failure in 200 requests sent; rate 4, configured 10: + 10 %"},
+			{Host: "near.example.org", Key: "rate", From: FromConfig, Current: "9.5", Proposed: "10",
+				Reason: "no 429 and no failure in 200 requests sent; rate 9.5, configured 10: + 10 %, capped at 10"},
+			{Host: "open.example.org", Key: "rate", From: FromConfig, Current: "4", Proposed: "4.4",
+				Reason: "no 429 and no failure in 200 requests sent; rate 4, configured unlimited: + 10 %"},
 		} {
 			if got[i] != want {
 				t.Errorf("got %+v\nwant %+v", got[i], want)
@@ -605,7 +606,7 @@ func TestAdviseRateRules(t *testing.T) {
 		// most 25 %) is from the rate in force: 0.1 × 1.1 rounds to 0.11.
 		ov := map[string]Policy{"*.example.org": {Rate: 0.1}}
 		a := findAdvice(t, Advise(journalRateRecovery(t), Config{}, ov), "calm.example.org", "", "rate")
-		if a.Current != "0.1" || a.Proposed != "0.11" || a.Reason != "no 429 and no failure in 200 requests; rate 0.1, configured unlimited: + 10 %" {
+		if a.Current != "0.1" || a.Proposed != "0.11" || a.Reason != "no 429 and no failure in 200 requests sent; rate 0.1, configured unlimited: + 10 %" {
 			t.Errorf("wildcard override: got %+v", a)
 		}
 	})
@@ -1081,4 +1082,199 @@ func TestTimedRunSpread(t *testing.T) {
 	if got := big.firstAtOrAfter(sec(1800), 0); got != 1<<61 {
 		t.Errorf("firstAtOrAfter half of a huge run = %d", got)
 	}
+}
+
+// journalNewcomer is the throttled host of issue 16: a harvester's nginx
+// host, 17 minutes, 20,054 requests of which 17,940 were rejected without
+// being sent (its cooldowns and its limiter) and 2,114 sent: 1,423
+// successes and 691 answers 429, counted as failures. Its breaker
+// (fail_max 3) tripped twice, each time closed by its first probe, and
+// the 429 runs that ended in a success were 2 long.
+func journalNewcomer(t testing.TB) []Event {
+	j := newJournal(t, "nginx.local:8081", "landing", "harvester:100#1")
+	j.trip(121, 181)
+	j.trip(301, 361)
+	ev := j.event(EventSummary, 1020)
+	ev.Interval = 17 * time.Minute
+	ev.Summary = &Summary{Requests: 20054, Successes: 1423, Failures: 691, Rejected: 17940, Status429: 691,
+		Outcomes: parseRuns(t, "s200@0 f2@60 s200@61 f3@120 r8970@121 s200@181 f2@240 s200@241 f3@300 r8970@301 s623@361 f681@400")}
+	return j.events
+}
+
+// TestAdviseThrottledNewcomer: the issue's case. Rule 1 reads the share
+// of 429s over the requests sent (691 of 2,114, 32.7 %, not 691 of 20,054,
+// 3.4 %) and fires; and no fail_max is proposed for a host whose failures
+// are throttling.
+func TestAdviseThrottledNewcomer(t *testing.T) {
+	cfg := Config{Hosts: map[string]Policy{"nginx.local:8081": {FailMax: 3, ResetTimeout: time.Minute}}}
+	got := Advise(journalNewcomer(t), cfg, nil)
+	if keys := adviceKeys(got); !reflect.DeepEqual(keys, []string{"nginx.local:8081  rate"}) {
+		t.Fatalf("got %v, want rate advice only (no fail_max)", keys)
+	}
+	want := "691 of 2,114 requests sent (32.7 %) answered 429; 1423 successes in 17m0s of traffic, 1.4 r/s, × 0.8"
+	if a := got[0]; a.Reason != want || a.Proposed != "1.12" || a.Current != "0" {
+		t.Errorf("got %+v\nwant reason %q, 0 → 1.12", a, want)
+	}
+	// Without the throttling the same trips do ask for fail_max.
+	events := journalNewcomer(t)
+	for i := range events {
+		if s := events[i].Summary; s != nil {
+			c := *s
+			c.Status429 = 0
+			events[i].Summary = &c
+		}
+	}
+	if keys := adviceKeys(Advise(events, cfg, nil)); !slices.Contains(keys, "nginx.local:8081 landing fail_max") {
+		t.Errorf("5xx failures: got %v, want fail_max advice", keys)
+	}
+}
+
+// TestAdviseEnforceTwice: advice tuned once is not proposed again from the
+// same evidence. The first run tunes; the second, on the same journal with
+// Tune's policy_change events in it, proposes nothing for the keys the first
+// one changed (before, rule 4 multiplied reset_timeout by 1.5 again on every
+// run: 10s → 15s → 23s).
+func TestAdviseEnforceTwice(t *testing.T) {
+	eachJournalStore(t, func(t *testing.T, s journalStore) {
+		ctx := context.Background()
+		cfg := Config{Hosts: map[string]Policy{"flaky.example.org": {ResetTimeout: 10 * time.Second}}}
+		cfg.Tune.ResetTimeout = [2]time.Duration{time.Second, time.Hour}
+		// Recent events: Tune's append enforces the journal's retention.
+		start := time.Now().Add(-time.Hour)
+		mustAppend(t, s, shiftEvents(slices.Concat(journalFlapping(t), journalRate429(t)), start), JournalLimits{})
+		enforce := func() []Advice {
+			events, err := ReadJournal(ctx, s, start.Add(-time.Hour))
+			if err != nil {
+				t.Fatal(err)
+			}
+			advice := Advise(events, cfg, mustOverrides(t, s))
+			written, err := Tune(ctx, s, advice, cfg, "enforce")
+			if err != nil {
+				t.Fatal(err)
+			}
+			return written
+		}
+		first := enforce()
+		if len(first) == 0 {
+			t.Fatal("the first run tuned nothing")
+		}
+		second := enforce()
+		for _, b := range second {
+			for _, a := range first {
+				if a.Host == b.Host && a.Role == b.Role && a.Key == b.Key {
+					t.Errorf("%s %s %s tuned again: %s → %s (%s)", b.Host, b.Role, b.Key, b.Current, b.Proposed, b.Reason)
+				}
+			}
+		}
+		// Evidence after the change counts again: a new flapping episode,
+		// journaled after the first Tune, is judged.
+		mustAppend(t, s, shiftEvents(journalFlapping(t), time.Now().Add(time.Second)), JournalLimits{})
+		events, err := ReadJournal(ctx, s, start.Add(-time.Hour))
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := findAdvice(t, Advise(events, cfg, mustOverrides(t, s)), "flaky.example.org", "", "reset_timeout")
+		if a.Current != first[slices.IndexFunc(first, func(a Advice) bool { return a.Key == "reset_timeout" })].Proposed {
+			t.Errorf("after new evidence: %+v", a)
+		}
+	})
+}
+
+// shiftEvents moves a synthetic journal (from adviseT0) to start at start.
+func shiftEvents(events []Event, start time.Time) []Event {
+	d := start.Sub(adviseT0)
+	for i := range events {
+		events[i].Time = events[i].Time.Add(d)
+		if !events[i].Until.IsZero() {
+			events[i].Until = events[i].Until.Add(d)
+		}
+		if s := events[i].Summary; s != nil {
+			for k := range s.Outcomes {
+				s.Outcomes[k].At = s.Outcomes[k].At.Add(d)
+			}
+		}
+	}
+	return events
+}
+
+// TestAdvisePublishedInForce: the values in force come from what the
+// processes published, not from the configuration given (the built-in
+// defaults when advise runs without -config); processes that disagree are
+// named; a (host, role) nobody published is "assumed" when the
+// configuration is unknown.
+func TestAdvisePublishedInForce(t *testing.T) {
+	row := func(src string, failMax int, reset time.Duration) PublishedState {
+		return PublishedState{Source: src, Host: "flaky.example.org", State: StateOpen, ConfigHash: "h-" + src,
+			Policy: Policy{FailMax: failMax, ResetTimeout: reset, SuccessThreshold: 1, TrialCalls: 1}}
+	}
+	events := journalFlapping(t)
+	// Without published rows and an unknown configuration: the defaults
+	// (1m0s), and the advice says they were assumed.
+	a := findAdvice(t, AdviseWith(events, DefaultConfig(), nil, AdviseOptions{ConfigUnknown: true}), "flaky.example.org", "", "reset_timeout")
+	if a.Current != "1m0s" || a.From != FromAssumed {
+		t.Errorf("unknown: got %+v", a)
+	}
+	// Published: the real value, 10s.
+	opts := AdviseOptions{ConfigUnknown: true, Published: []PublishedState{row("web-1", 4, 10*time.Second), row("web-2", 4, 10*time.Second)}}
+	got := AdviseWith(events, DefaultConfig(), nil, opts)
+	a = findAdvice(t, got, "flaky.example.org", "", "reset_timeout")
+	if a.Current != "10s" || a.From != FromPublished || a.Proposed != "2m0s" {
+		t.Errorf("published: got %+v", a)
+	}
+	if a := findAdvice(t, got, "flaky.example.org", "", "fail_max"); a.Current != "4" || a.Proposed != "3" {
+		t.Errorf("published fail_max: got %+v", a)
+	}
+	// Two processes with different values: said, and marked.
+	opts.Published[1] = row("web-2", 4, 20*time.Second)
+	a = findAdvice(t, AdviseWith(events, DefaultConfig(), nil, opts), "flaky.example.org", "", "reset_timeout")
+	if a.From != FromDiffers || !strings.Contains(a.Reason, "processes differ: reset_timeout 10s in web-1, 20s in web-2") {
+		t.Errorf("differ: got %+v", a)
+	}
+	if g := ConfigGroups(opts.Published); len(g) != 2 {
+		t.Errorf("ConfigGroups = %+v, want 2 groups", g)
+	}
+	// A published rate in force and configured rate: rule 7 reads them.
+	rows := []PublishedState{{Source: "web-1", Host: "calm.example.org", ConfigHash: "h",
+		Policy: Policy{FailMax: 5, ResetTimeout: time.Minute, SuccessThreshold: 1, TrialCalls: 1, Rate: 4}, ConfiguredRate: 10}}
+	a = findAdvice(t, AdviseWith(journalRateRecovery(t), DefaultConfig(), nil, AdviseOptions{Published: rows}), "calm.example.org", "", "rate")
+	if a.Current != "4" || a.Proposed != "4.4" || a.From != FromPublished || !strings.Contains(a.Reason, "configured 10") {
+		t.Errorf("rate: got %+v", a)
+	}
+}
+
+// TestTransportPublishesPolicy: a Transport's published rows carry its
+// configuration's hash and the values in force (tuned overrides laid
+// over the configuration), and the store gives them back.
+func TestTransportPublishesPolicy(t *testing.T) {
+	storeKinds(t, func(t *testing.T, url string) {
+		cfg := Config{Hosts: map[string]Policy{"down.example": {FailMax: 2, ResetTimeout: 10 * time.Minute, Rate: 50}}}
+		tr := sharedTransport(t, url, 50*time.Millisecond, cannedBase(500), cfg)
+		c := &http.Client{Transport: tr}
+		for range 2 {
+			get(t, c, "", "http://down.example/")
+		}
+		var states []PublishedState
+		deadline := time.Now().Add(bound(url, 50*time.Millisecond))
+		for time.Now().Before(deadline) {
+			s, err := tr.sh.store.States(context.Background())
+			if err == nil && len(s) > 0 {
+				states = s
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if len(states) != 1 {
+			t.Fatalf("published %+v", states)
+		}
+		ps := states[0]
+		want := Policy{FailMax: 2, ResetTimeout: 10 * time.Minute, SuccessThreshold: 1, TrialCalls: 1, Rate: 50}
+		if ps.ConfigHash == "" || !reflect.DeepEqual(ps.Policy, want) || ps.ConfiguredRate != 50 {
+			t.Errorf("published %+v, want policy %+v", ps, want)
+		}
+		// Another configuration, another hash; the same, the same hash.
+		pt1, pt2 := mustCompile(t, cfg), mustCompile(t, Config{})
+		if configHash(pt1) == configHash(pt2) || configHash(pt1) != configHash(mustCompile(t, cfg)) || configHash(pt1) != ps.ConfigHash {
+			t.Errorf("hashes: %s %s %s", configHash(pt1), configHash(pt2), ps.ConfigHash)
+		}
+	})
 }

@@ -30,6 +30,7 @@ type body struct {
 	ctx   context.Context
 	adm   admission // as admitted, without its turn
 	was   outcome   // the outcome counted at the headers
+	at    int64     // when the rate rules' window counted it; 0 if none did
 	okSeq uint64    // e.successes after the headers were counted
 	slot  *slot     // nil when the request holds none
 	watch bool      // a read error is the host's failure
@@ -122,10 +123,11 @@ func (e *entry) watchBody() bool {
 // wrapBody puts a body around resp.Body when there is one to read (adm
 // without its turn, which points into RoundTrip's frame): it
 // watches for read errors unless the headers already counted a failure
-// (o), and gives s back, if not nil, when the body ends. It reports
+// (o; counted by the rate rules' window at at, or 0), and gives s back, if
+// not nil, when the body ends. It reports
 // whether the body took s; a response without a body (an error, nil or
 // http.NoBody) leaves s to the caller.
-func (t *Transport) wrapBody(e *entry, adm admission, req *http.Request, resp *http.Response, o outcome, s *slot) bool {
+func (t *Transport) wrapBody(e *entry, adm admission, req *http.Request, resp *http.Response, o outcome, at int64, s *slot) bool {
 	if resp == nil || resp.Body == nil || resp.Body == http.NoBody {
 		return false
 	}
@@ -136,7 +138,7 @@ func (t *Transport) wrapBody(e *entry, adm admission, req *http.Request, resp *h
 	} else {
 		b = newBody()
 	}
-	b.rc, b.t, b.e, b.ctx, b.adm, b.was, b.slot = resp.Body, t, e, req.Context(), adm, o, s
+	b.rc, b.t, b.e, b.ctx, b.adm, b.was, b.at, b.slot = resp.Body, t, e, req.Context(), adm, o, at, s
 	b.okSeq = e.successes.Load()
 	b.watch = o != outcomeFailure
 	resp.Body = b
@@ -155,14 +157,16 @@ type bodyStats struct {
 	st    uint64 // e.st before it
 	fails int32  // the failure run it ended
 	mark  int64  // that run's last failure
+	backs uint8  // the failed probes before it (entryStats.backs), which a probe's success that closes e resets
 }
 
 // rememberSuccessLocked notes what the success being recorded under e.mu
 // changes, so that bodyFailed can undo it. Called first thing by
 // successLocked; callers hold e.mu.
 func (e *entry) rememberSuccessLocked() {
-	u := &e.stats().body
-	u.seq, u.st, u.fails, u.mark = e.successes.Load(), e.st.Load(), e.fails.Load(), e.mark.Load()
+	s := e.stats()
+	u := &s.body
+	u.seq, u.st, u.fails, u.mark, u.backs = e.successes.Load(), e.st.Load(), e.fails.Load(), e.mark.Load(), s.backs
 }
 
 // bodyClean counts a watched body that ended cleanly, and stops watching
@@ -195,9 +199,9 @@ func (t *Transport) bodyFailed(b *body, err error) {
 		}
 		e = ne
 		e.stats().body.errors.Add(1)
-		tr = e.record(adm, outcomeFailure, &t.clock)
+		tr = e.record(adm, outcomeFailure, false, &t.clock)
 	} else {
-		tr = e.bodyFailed(b.adm, b.was, b.okSeq, &t.clock)
+		tr = e.bodyFailed(b.adm, b.was, b.at, b.okSeq, &t.clock)
 	}
 	e.stats().body.clean.Store(0)
 	if c.errType == "timeout" {
@@ -224,20 +228,23 @@ func bodyCause(ctx context.Context, err error) cause {
 }
 
 // bodyFailed records the failure of a request that adm let in, whose
-// headers counted as was and left e.successes at okSeq, and whose body
-// broke; it returns the transition. The outcome counted at the headers is
-// taken back, so the request counts once, as a failure:
+// headers counted as was (in the rate rules' window at at, 0 if not) and
+// left e.successes at okSeq, and whose body broke; it returns the
+// transition. The outcome counted at the headers is taken back, so the
+// request counts once, as a failure:
 //   - in closed, the generation it was let in: a failure, as if the body
 //     had broken at the headers. A success that ended a failure run, and is
 //     still the newest success, gives the run back first, so that a host
-//     whose every body breaks trips after fail_max requests.
+//     whose every body breaks trips after fail_max requests. The success
+//     the window counted becomes a failure there (not a second outcome).
 //   - in half-open, the generation it probed: a failed probe (the success
 //     it counted toward success_threshold is taken back), which reopens.
 //   - a probe whose success closed the breaker, with no success since:
-//     reopened, as the failed probe would have.
+//     reopened as the failed probe would have, for the open time that
+//     failed probes grow (openTimeLocked), and counted as one.
 //
 // Otherwise the breaker has moved on and only the counters change.
-func (e *entry) bodyFailed(adm admission, was outcome, okSeq uint64, c *clock) transition {
+func (e *entry) bodyFailed(adm admission, was outcome, at int64, okSeq uint64, c *clock) transition {
 	switch was {
 	case outcomeSuccess:
 		e.successes.Add(^uint64(0))
@@ -259,21 +266,25 @@ func (e *entry) bodyFailed(adm admission, was outcome, okSeq uint64, c *clock) t
 		if last && u.st == st && u.fails > 0 {
 			e.restoreRunLocked(u.fails, u.mark)
 		}
-		return e.failureLocked(adm, c)
+		if was != outcomeSuccess {
+			at = 0 // a neutral outcome is not in the window: the failure is added
+		}
+		return e.failureLocked(adm, false, at, c)
 	case st == adm.st && adm.probe:
 		if was == outcomeSuccess {
 			s.probesOK.Add(^uint64(0))
 		}
 		e.probes++ // its success or neutral outcome gave its slot back; failureLocked does again
-		return e.failureLocked(adm, c)
+		return e.failureLocked(adm, false, 0, c)
 	case adm.probe && last && u.st == adm.st && st == next(adm.st, phaseClosed):
 		s.probesOK.Add(^uint64(0))
 		s.probesFail.Add(1)
+		s.backs = min(u.backs, 62) + 1 // the failed probes since it last closed, this one too (as failureLocked counts them)
 		p := e.pol.Load()
 		now := c.now()
-		until := c.after(now, min(p.ResetTimeout, MaxOpen)+jitter(p.HalfOpenJitter))
+		until := c.after(now, e.openTimeLocked(p)+jitter(p.HalfOpenJitter))
 		e.tripLocked(until)
-		return transition{from: StateClosed, to: StateOpen, until: until, failures: 1}
+		return transition{from: StateClosed, to: StateOpen, until: until, failures: 1, rule: "probe failed"}
 	}
 	return transition{}
 }

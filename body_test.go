@@ -416,3 +416,88 @@ func BenchmarkRoundTripBody(b *testing.B) {
 		})
 	}
 }
+
+// TestBodyErrorFailureRate: under failure_rate, a success that the rule's
+// window counted at the headers and whose body breaks becomes a failure in
+// the window, not a second outcome: two broken bodies in four requests are
+// 2 of 4 and trip a rate of 0.5 at the fourth request (counted twice, they
+// would be 2 of 6, and it would stay closed).
+func TestBodyErrorFailureRate(t *testing.T) {
+	const url = "http://api.example.org/"
+	t.Run("the success becomes a failure", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			c := quick(100, time.Minute)
+			c.Defaults.FailureRate, c.Defaults.MinRequests = 0.5, 4
+			cl, tr, log := ruleClient(t, bodySteps("200-cut", "200", "200-cut", "200"), c)
+			for range 3 {
+				get(t, cl, "", url)
+			}
+			mustState(t, tr, "api.example.org", "", StateClosed) // 2 of 3: below min_requests
+			get(t, cl, "", url)
+			synctest.Wait()
+			const want = "failure_rate: 2 of 4 requests failed in 60s"
+			if ev := opened(log); len(ev) != 1 || ev[0].Note != want {
+				t.Fatalf("open events = %+v, want one with note %q", ev, want)
+			}
+			if s := stateOf(t, tr, "api.example.org", ""); s.Successes != 2 || s.Failures != 2 {
+				t.Fatalf("status %+v, want 2 successes and 2 failures", s)
+			}
+		})
+	})
+	t.Run("a success that has left the window", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			// The body breaks after the window has moved past its success:
+			// the failure is counted when it happens, once.
+			c := quick(100, time.Minute)
+			c.Defaults.FailureRate, c.Defaults.MinRequests = 0.5, 2
+			cl, tr, log := ruleClient(t, bodySteps("200-cut", "200"), c)
+			resp, err := cl.Get(url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(2 * time.Minute)
+			io.Copy(io.Discard, resp.Body) // breaks: 1 of 1
+			resp.Body.Close()
+			mustState(t, tr, "api.example.org", "", StateClosed)
+			get(t, cl, "", url) // 1 of 2 failed
+			synctest.Wait()
+			const want = "failure_rate: 1 of 2 requests failed in 60s"
+			if ev := opened(log); len(ev) != 1 || ev[0].Note != want {
+				t.Fatalf("open events = %+v, want one with note %q", ev, want)
+			}
+		})
+	})
+}
+
+// TestBodyErrorReopenGrows: a probe whose success closed the breaker and
+// whose body then breaks reopens it as a failed probe does: counted as a
+// failed probe, for an open time doubled once more (max_reset_timeout).
+func TestBodyErrorReopenGrows(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const url = "http://api.example.org/"
+		c := quick(1, 10*time.Second)
+		c.Defaults.MaxResetTimeout = time.Hour
+		cl, tr, log := ruleClient(t, bodySteps("500", "500", "200-cut", "200"), c)
+		get(t, cl, "", url) // 500: open for 10s
+		time.Sleep(10 * time.Second)
+		get(t, cl, "", url) // the probe fails: open for 20s
+		time.Sleep(20 * time.Second)
+		get(t, cl, "", url) // the probe's 200 closes the breaker; its body breaks: open for 40s
+		synctest.Wait()
+		ev := opened(log)
+		if len(ev) != 3 {
+			t.Fatalf("open events = %+v, want 3", ev)
+		}
+		if d := time.Until(ev[2].Until); ev[2].PreviousState != StateClosed || d != 40*time.Second || ev[2].Note != "probe failed" {
+			t.Fatalf("reopening: %+v, open for %v; want from closed, for 40s, note \"probe failed\"", ev[2], d)
+		}
+		_, err := get(t, cl, "", url)
+		if d := time.Until(mustReject(t, err, ReasonBreakerOpen).Until); d != 40*time.Second {
+			t.Fatalf("open for %v, want 40s", d)
+		}
+		st := tr.reg.lookup("api.example.org", "").stats()
+		if ok, failed := st.probesOK.Load(), st.probesFail.Load(); ok != 0 || failed != 2 {
+			t.Fatalf("probes: %d ok, %d failed; want 0 and 2", ok, failed)
+		}
+	})
+}

@@ -140,12 +140,21 @@ type entryStats struct {
 	probesOK    atomic.Uint64
 	probesFail  atomic.Uint64
 	body        bodyStats // body errors, and what a success changed (body.go)
+	// wouldReject counts the requests a shadow-mode host sent that it
+	// would have rejected; wouldRejectBy splits them by reasonIndex.
+	wouldReject   atomic.Uint64
+	wouldRejectBy [len(rejectReasons)]atomic.Uint64
 
 	mu       sync.Mutex
 	run      uint64   // consecutive failures now; guarded by mu
 	longest  uint64   // longest failure run since the last summary; guarded by mu
 	outcomes Outcomes // runs since the last summary; guarded by mu
 	okNoted  uint64   // the successes counter when outcomes last grew; guarded by mu
+
+	// Breaker state off the healthy path, kept here so that an entry keeps
+	// its size class; guarded by the entry's mu, not s.mu.
+	win   *window // the rate rules' outcomes in closed; nil when none is on, or after a state change
+	backs uint8   // failed probes since the breaker last closed: the open time's doublings
 }
 
 // stats returns e's entryStats, allocating them on first use.
@@ -159,6 +168,19 @@ func (e *entry) stats() *entryStats {
 		return s
 	}
 	return e.extra.Load()
+}
+
+// shadowSt is the admission st of a request that a shadow-mode host sent
+// although it would have rejected it: no generation has it, so its outcome
+// is counted but changes nothing.
+const shadowSt = ^uint64(0)
+
+// wouldReject counts a request that a shadow-mode host would have
+// rejected for reason, and sends.
+func (e *entry) wouldReject(reason Reason) {
+	s := e.stats()
+	s.wouldReject.Add(1)
+	s.wouldRejectBy[reasonIndex(reason)].Add(1)
 }
 
 // reject counts a rejection of a request for reason.
@@ -259,17 +281,23 @@ func (e *entry) evicted() bool { return e.flags.Load()&flagEvicted != 0 }
 // the host's limiter. It names everything needed to record the outcome or
 // undo the admission.
 type admission struct {
-	st    uint64 // the entry's st when admitted
+	st    uint64 // the entry's st when admitted; shadowSt for a request a shadow host would have rejected
 	probe bool   // a half-open trial request
 	turn  *turn  // its turn at the limiter that paced it (on RoundTrip's stack); nil if none did
+	began int64  // when it was sent, ns since the epoch: read only for a host with slow_call or a request with a deadline; 0 otherwise
 }
 
 // transition is a change of a breaker's phase, returned by the state
 // machine for the Transport to report. The zero value is no change.
 type transition struct {
 	from, to State
-	until    int64 // to open: when the open phase ends, ns since the epoch
-	failures int   // to open: the consecutive failures that tripped it (1 for a failed probe)
+	until    int64  // to open: when the open phase ends, ns since the epoch
+	failures int    // to open: the consecutive failures that tripped it (1 for a failed probe), or the failed (slow) requests in the window
+	rule     string // to open: the rule that fired and its figures, e.g. "failure_rate: 14 of 30 requests failed in 60s"
+	// counted is when the rate rules' window counted the outcome, ns since
+	// the epoch, without a change of phase; 0 when no window counted it.
+	// A body that breaks later turns that outcome into a failure (body.go).
+	counted int64
 }
 
 // changed reports whether tr is a change of phase.
@@ -306,6 +334,7 @@ func newBreaker(p *resolved) circuitbreaker.CircuitBreaker[any] {
 func (e *entry) tripLocked(until int64) {
 	e.stats().transitions[StateOpen].Add(1)
 	e.breakerLocked().Open()
+	e.stats().win = nil
 	e.fails.Store(0)
 	e.mark.Store(until)
 	e.st.Store(next(e.st.Load(), phaseOpen))
@@ -331,6 +360,9 @@ func (e *entry) closeLocked() {
 		e.stats().transitions[StateClosed].Add(1)
 	}
 	e.cb = nil // rebuilt on the next failure: a closed breaker holds no bitset
+	if s := e.extra.Load(); s != nil {
+		s.win, s.backs = nil, 0
+	}
 	e.probes = 0
 	e.fails.Store(0)
 	e.mark.Store(0)
@@ -405,26 +437,31 @@ func (e *entry) admitProbeLocked(now int64) (admission, bool) {
 	return admission{st: e.st.Load(), probe: true}, true
 }
 
-// healthy reports whether a success of the request that adm let in would
-// change nothing but a counter: it is no probe, and no failure is counted.
-// With recordHealthy, the hot path of recording, inlined.
-func (e *entry) healthy(adm admission) bool { return !adm.probe && e.fails.Load() == 0 }
+// healthy reports whether a success of the request that adm let in, under
+// policy p, would change nothing but a counter: it is no probe, no failure
+// is counted, and no rate rule counts successes. With recordHealthy, the
+// hot path of recording, inlined.
+func (e *entry) healthy(adm admission, p *resolved) bool {
+	return !adm.probe && e.fails.Load() == 0 && !p.windowed
+}
 
 // recordHealthy counts a success for which healthy holds.
 func (e *entry) recordHealthy() { e.successes.Add(1) }
 
 // record counts the outcome of a request that adm let in and feeds it to
-// e's breaker, and returns the transition it caused. A success in closed
-// with no failure counted is the hot path: one atomic add. An outcome of an
-// earlier generation is counted but changes nothing. c is read only when
-// a failure is recorded.
-func (e *entry) record(adm admission, o outcome, c *clock) transition {
+// e's breaker, and returns the transition it caused. slow says that its
+// response took longer than the policy's SlowCall. A success in closed
+// with no failure counted and no rate rule is the hot path: one atomic
+// add. An outcome of an earlier generation is counted but changes nothing.
+// c is read only when a failure, or any outcome under a rate rule, is
+// recorded.
+func (e *entry) record(adm admission, o outcome, slow bool, c *clock) transition {
 	switch o {
 	case outcomeSuccess:
 		e.successes.Add(1)
 		// In closed, a success after a success changes nothing in a
 		// consecutive-failure breaker, so the common case skips the lock.
-		if e.healthy(adm) {
+		if e.healthy(adm, e.pol.Load()) {
 			return transition{}
 		}
 	case outcomeFailure:
@@ -443,9 +480,12 @@ func (e *entry) record(adm admission, o outcome, c *clock) transition {
 		return transition{}
 	}
 	if o == outcomeSuccess {
-		return e.successLocked(adm)
+		if tr := e.successLocked(adm); tr.changed() || adm.probe {
+			return tr
+		}
+		return e.countLocked(false, slow, 0, c)
 	}
-	return e.failureLocked(adm, c)
+	return e.failureLocked(adm, slow, 0, c)
 }
 
 // successLocked records a success in the admission's generation. Callers
@@ -455,9 +495,11 @@ func (e *entry) successLocked(adm admission) transition {
 	if !adm.probe {
 		// The consecutive failures end. The generation stays: the
 		// outcomes of requests in flight still count.
-		e.cb = nil
-		e.fails.Store(0)
-		e.mark.Store(0)
+		if e.fails.Load() != 0 {
+			e.cb = nil
+			e.fails.Store(0)
+			e.mark.Store(0)
+		}
 		return transition{}
 	}
 	e.probes--
@@ -472,8 +514,12 @@ func (e *entry) successLocked(adm admission) transition {
 }
 
 // failureLocked records a failure in the admission's generation and trips
-// the breaker when it opens. Callers hold e.mu.
-func (e *entry) failureLocked(adm admission, c *clock) transition {
+// the breaker when it opens, by fail_max or, in closed, by a rate rule.
+// amend is, for a request whose success the rate rules' window counted
+// at that time (ns since the epoch; see transition.counted), the time of
+// that success, which becomes the failure rather than a second outcome
+// (a body that broke, body.go); 0 otherwise. Callers hold e.mu.
+func (e *entry) failureLocked(adm admission, slow bool, amend int64, c *clock) transition {
 	p := e.pol.Load()
 	now := c.now()
 	from := StateHalfOpen
@@ -494,15 +540,157 @@ func (e *entry) failureLocked(adm admission, c *clock) transition {
 	cb := e.breakerLocked()
 	cb.RecordFailure()
 	if !cb.IsOpen() {
-		return transition{}
+		if adm.probe {
+			return transition{}
+		}
+		return e.countLocked(true, slow, amend, c)
 	}
-	failures := 1
+	failures, rule := 1, "probe failed"
 	if !adm.probe {
 		failures = int(e.fails.Load())
+		rule = fmt.Sprintf("fail_max: %d consecutive failures", failures)
+	} else if s := e.stats(); s.backs < 63 {
+		s.backs++
 	}
-	until := c.after(now, min(p.ResetTimeout, MaxOpen)+jitter(p.HalfOpenJitter))
+	until := c.after(now, e.openTimeLocked(p)+jitter(p.HalfOpenJitter))
 	e.tripLocked(until)
-	return transition{from: from, to: StateOpen, until: until, failures: failures}
+	return transition{from: from, to: StateOpen, until: until, failures: failures, rule: rule}
+}
+
+// openTimeLocked returns how long e stays open when it trips now: the
+// policy's ResetTimeout, doubled for each failed probe since it last
+// closed, up to MaxResetTimeout (and MaxOpen). Callers hold e.mu.
+func (e *entry) openTimeLocked(p *resolved) time.Duration {
+	d, backs := p.ResetTimeout, e.stats().backs
+	for i := uint8(0); i < backs && d < p.MaxResetTimeout; i++ {
+		d *= 2
+	}
+	return min(d, p.MaxResetTimeout, MaxOpen)
+}
+
+// countLocked adds an outcome of a request admitted in closed to e's
+// rate-rule window, when a rate rule is on, and trips e when one fires:
+// failure_rate on the failures, slow_call_rate on the slow requests, each
+// once the window holds MinRequests outcomes. A failure with amend != 0
+// turns the success the window counted at amend into a failure instead,
+// if the window still holds it. Without a trip it returns when the window
+// counted the outcome (transition.counted). Callers hold e.mu and have
+// checked the generation.
+func (e *entry) countLocked(failed, slow bool, amend int64, c *clock) transition {
+	p := e.pol.Load()
+	if !p.windowed {
+		return transition{}
+	}
+	now := c.now()
+	s := e.stats()
+	if s.win == nil || s.win.span != max(int64(p.Window)/windowBuckets, 1) {
+		s.win = newWindow(p.Window)
+	}
+	w := s.win
+	if !failed || amend == 0 || !w.amend(now, amend) {
+		w.add(now, failed, slow && p.SlowCallRate > 0)
+	}
+	n := w.total.n
+	if n < uint32(p.MinRequests) {
+		return transition{counted: now}
+	}
+	var rule string
+	var count uint32
+	switch {
+	case p.FailureRate > 0 && float64(w.total.failed) >= p.FailureRate*float64(n):
+		count = w.total.failed
+		rule = fmt.Sprintf("failure_rate: %d of %d requests failed in %s", count, n, formatSpan(p.Window))
+	case p.SlowCallRate > 0 && float64(w.total.slow) >= p.SlowCallRate*float64(n):
+		count = w.total.slow
+		rule = fmt.Sprintf("slow_call_rate: %d of %d requests slower than %s in %s", count, n, formatSpan(p.SlowCall), formatSpan(p.Window))
+	default:
+		return transition{counted: now}
+	}
+	until := c.after(now, e.openTimeLocked(p)+jitter(p.HalfOpenJitter))
+	e.tripLocked(until)
+	return transition{from: StateClosed, to: StateOpen, until: until, failures: int(count), rule: rule}
+}
+
+// formatSpan writes d as a config would: "60s" rather than "1m0s" for
+// whole seconds.
+func formatSpan(d time.Duration) string {
+	if d%time.Second == 0 {
+		return strconv.FormatInt(int64(d/time.Second), 10) + "s"
+	}
+	return d.String()
+}
+
+// windowBuckets is the number of buckets a rate-rule window is kept in,
+// as failsafe-go keeps its time-based thresholds: outcomes leave the
+// window a bucket (a tenth of it) at a time.
+const windowBuckets = 10
+
+// window counts the outcomes of a (host, role) over the last Window, in
+// windowBuckets buckets of span ns each: failsafe-go's timed statistics
+// (WithFailureRateThreshold), with slow requests counted as well.
+type window struct {
+	span    int64 // ns per bucket
+	cur     int64 // the index (time / span) of the newest bucket
+	buckets [windowBuckets]windowCount
+	total   windowCount // the sum of the buckets
+}
+
+type windowCount struct{ n, failed, slow uint32 }
+
+func newWindow(d time.Duration) *window {
+	return &window{span: max(int64(d)/windowBuckets, 1), cur: -1}
+}
+
+// advance moves the window to now (ns), dropping the buckets that have
+// left it.
+func (w *window) advance(now int64) {
+	idx := now / w.span
+	if w.cur < 0 {
+		w.cur = idx
+	}
+	for k := w.cur + 1; k <= idx && k <= w.cur+windowBuckets; k++ {
+		b := &w.buckets[k%windowBuckets]
+		w.total.n -= b.n
+		w.total.failed -= b.failed
+		w.total.slow -= b.slow
+		*b = windowCount{}
+	}
+	w.cur = max(w.cur, idx)
+}
+
+// amend turns a success counted at at (ns) into a failure, at now, and
+// reports whether the window still held it: its bucket has not left the
+// window and holds a success.
+func (w *window) amend(now, at int64) bool {
+	w.advance(now)
+	idx := at / w.span
+	if idx > w.cur || idx <= w.cur-windowBuckets {
+		return false
+	}
+	b := &w.buckets[idx%windowBuckets]
+	if b.failed >= b.n {
+		return false
+	}
+	b.failed++
+	w.total.failed++
+	return true
+}
+
+// add counts one outcome at now (ns), first dropping the buckets that
+// have left the window.
+func (w *window) add(now int64, failed, slow bool) {
+	w.advance(now)
+	b := &w.buckets[w.cur%windowBuckets]
+	b.n++
+	w.total.n++
+	if failed {
+		b.failed++
+		w.total.failed++
+	}
+	if slow {
+		b.slow++
+		w.total.slow++
+	}
 }
 
 // releaseProbe gives back a half-open slot without an outcome: a request

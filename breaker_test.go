@@ -44,17 +44,17 @@ func TestBreakerStateMachine(t *testing.T) {
 		}
 		stale := admit() // admitted before the trip: its outcome must not count
 		for i := range 2 {
-			if tr := e.record(admit(), outcomeFailure, c); tr.changed() {
+			if tr := e.record(admit(), outcomeFailure, false, c); tr.changed() {
 				t.Fatalf("failure %d: %+v; want no transition", i+1, tr)
 			}
 		}
-		trip := e.record(admit(), outcomeFailure, c)
+		trip := e.record(admit(), outcomeFailure, false, c)
 		wantUntil := c.now() + int64(10*time.Second)
 		if trip.from != StateClosed || trip.to != StateOpen || trip.failures != 3 || trip.until < wantUntil || trip.until > wantUntil+int64(time.Second) {
 			t.Fatalf("third failure: %+v; want closed → open after 3 failures, until in 10s (+ jitter ≤ 1s)", trip)
 		}
 
-		if tr := e.record(stale, outcomeSuccess, c); tr.changed() || e.successes.Load() != 1 {
+		if tr := e.record(stale, outcomeSuccess, false, c); tr.changed() || e.successes.Load() != 1 {
 			t.Fatalf("stale success: %+v, %d successes; want counted, no transition", tr, e.successes.Load())
 		}
 		if _, halfOpened, rej := e.admit(c); rej == nil || rej.Reason != ReasonBreakerOpen || !rej.Until.Equal(c.at(trip.until)) || halfOpened {
@@ -69,28 +69,28 @@ func TestBreakerStateMachine(t *testing.T) {
 		if _, _, rej := e.admit(c); rej == nil || rej.Reason != ReasonHalfOpenFull {
 			t.Fatalf("second admit while half-open: %v; want half-open-full (trial_calls 1)", rej)
 		}
-		if tr := e.record(probe, outcomeSuccess, c); tr.changed() {
+		if tr := e.record(probe, outcomeSuccess, false, c); tr.changed() {
 			t.Fatalf("first successful probe: %+v; want none (success_threshold 2)", tr)
 		}
 		probe, _, _ = e.admit(c)
-		if tr := e.record(probe, outcomeSuccess, c); tr.from != StateHalfOpen || tr.to != StateClosed {
+		if tr := e.record(probe, outcomeSuccess, false, c); tr.from != StateHalfOpen || tr.to != StateClosed {
 			t.Fatalf("second successful probe: %+v; want half-open → closed", tr)
 		}
 
 		// A failed probe reopens at once, with a failure count of 1.
 		for range 3 {
-			e.record(admit(), outcomeFailure, c)
+			e.record(admit(), outcomeFailure, false, c)
 		}
 		time.Sleep(11 * time.Second)
 		probe, _, _ = e.admit(c)
-		if tr := e.record(probe, outcomeFailure, c); tr.from != StateHalfOpen || tr.to != StateOpen || tr.failures != 1 {
+		if tr := e.record(probe, outcomeFailure, false, c); tr.from != StateHalfOpen || tr.to != StateOpen || tr.failures != 1 {
 			t.Fatalf("failed probe: %+v; want half-open → open, 1 failure", tr)
 		}
 
 		// A neutral probe gives its slot back, without a transition.
 		time.Sleep(11 * time.Second)
 		probe, _, _ = e.admit(c)
-		if tr := e.record(probe, outcomeNeutral, c); tr.changed() {
+		if tr := e.record(probe, outcomeNeutral, false, c); tr.changed() {
 			t.Fatalf("neutral probe: %+v; want no transition", tr)
 		}
 		if _, _, rej := e.admit(c); rej != nil {

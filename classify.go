@@ -299,3 +299,30 @@ func defaultPort(scheme string) string {
 	}
 	return ""
 }
+
+// callersDeadline reports whether a failed request, whose base returned
+// err after waiting waited ns, was ended by its caller's deadline rather
+// than by its host: its context's deadline (which was set before the
+// request began: a context does not change) has passed, the wait was
+// shorter than the host's slow_call (deadlineGrace when unset), so the
+// host was not given the time a healthy host may take, and the deadline is
+// not http.Client.Timeout's. A per-request timeout stays the host's
+// failure: http.Client.Timeout (recognized by req.Cancel, which
+// http.Client sets when a Timeout applies to a transport other than its
+// own), and an error of the base's own (ResponseHeaderTimeout, a dial
+// timeout) while the context is still live.
+func callersDeadline(req *http.Request, err error, waited int64, slowCall time.Duration) bool {
+	//lint:ignore SA1019 read, never set: http.Client sets it when its Timeout applies
+	if err == nil || req.Cancel != nil {
+		return false
+	}
+	ctx := req.Context()
+	if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return false
+	}
+	grace := slowCall
+	if grace <= 0 {
+		grace = deadlineGrace
+	}
+	return waited < int64(grace)
+}

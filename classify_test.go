@@ -436,3 +436,65 @@ func TestThrottleClassification(t *testing.T) {
 		})
 	})
 }
+
+// TestCallersDeadlineIsNeutral: a deadline of the caller's (a job-wide
+// context) that ends a request before it has waited the host's slow_call
+// (1s when unset) is the caller's, not the host's: neutral. A longer wait,
+// http.Client.Timeout and the base's own timeouts stay failures.
+func TestCallersDeadlineIsNeutral(t *testing.T) {
+	hung := roundTripperFunc(func(req *http.Request) (*http.Response, error) {
+		<-req.Context().Done()
+		return nil, req.Context().Err()
+	})
+	headerTimeout := roundTripperFunc(func(req *http.Request) (*http.Response, error) {
+		time.Sleep(200 * time.Millisecond)
+		return nil, timeoutError{} // as ResponseHeaderTimeout: the context is still live
+	})
+	for _, tc := range []struct {
+		name     string
+		base     http.RoundTripper
+		slowCall time.Duration
+		left     time.Duration // the job's time left when the request starts; 0: no job deadline
+		timeout  time.Duration // http.Client.Timeout
+		want     State
+	}{
+		{"job deadline after 500ms", hung, 0, 500 * time.Millisecond, 0, StateClosed},
+		{"job deadline after 2s", hung, 0, 2 * time.Second, 0, StateOpen},
+		{"job deadline after 2s, slow_call 5s", hung, 5 * time.Second, 2 * time.Second, 0, StateClosed},
+		{"job deadline after 6s, slow_call 5s", hung, 5 * time.Second, 6 * time.Second, 0, StateOpen},
+		{"http.Client.Timeout 500ms", hung, 0, 0, 500 * time.Millisecond, StateOpen},
+		{"job deadline with http.Client.Timeout", hung, 0, 500 * time.Millisecond, time.Minute, StateOpen},
+		{"base timeout within a job", headerTimeout, 0, time.Minute, 0, StateOpen},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				c := quick(1, time.Minute)
+				c.Defaults.SlowCall = tc.slowCall
+				tr, err := NewTransport(tc.base, WithConfig(c))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer tr.Close()
+				ctx := context.Background()
+				if tc.left > 0 {
+					job, cancel := context.WithTimeout(ctx, 10*time.Minute)
+					defer cancel()
+					time.Sleep(10*time.Minute - tc.left) // the job has been running
+					ctx = job
+				}
+				cl := &http.Client{Transport: tr, Timeout: tc.timeout}
+				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://a.test/", nil)
+				if _, err := cl.Do(req); err == nil {
+					t.Fatal("request succeeded")
+				}
+				s := stateOf(t, tr, "a.test", "")
+				if s.State != tc.want {
+					t.Fatalf("state = %v, want %v (%+v)", s.State, tc.want, s)
+				}
+				if tc.want == StateClosed && s.Neutral != 1 {
+					t.Errorf("neutral = %d, want 1", s.Neutral)
+				}
+			})
+		})
+	}
+}

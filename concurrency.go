@@ -304,6 +304,14 @@ func (b *bulkhead) oldestSince() int64 {
 // one whose context ends while it waits leaves the queue with the
 // context's error. A request that the host's cooldown or an open breaker
 // would reject anyway does not queue: it gets that rejection at once.
+//
+// On a host in shadow mode nothing is rejected here: a request that would
+// be rejected for want of a slot is counted as would_reject
+// (concurrency-limited) and sent without one (a nil slot), as a request
+// the limiter would reject (wait); one that the cooldown or an open
+// breaker would reject is sent without a slot, without queueing, and admit
+// counts its would_reject. Only a context that ends while the request
+// waits still returns an error.
 func (t *Transport) takeSlot(req *http.Request, e *entry, p *resolved) (*slot, error) {
 	b := e.host.bulkheadFor(p.MaxConcurrent, &t.leakedSlots)
 	now := t.now()
@@ -312,6 +320,9 @@ func (t *Transport) takeSlot(req *http.Request, e *entry, p *resolved) (*slot, e
 		return s, nil
 	}
 	if rej := t.refusal(e, now); rej != nil {
+		if p.shadow {
+			return nil, nil // admit counts it as would_reject
+		}
 		e.reject(rej.Reason)
 		return nil, rej
 	}
@@ -321,11 +332,11 @@ func (t *Transport) takeSlot(req *http.Request, e *entry, p *resolved) (*slot, e
 		d = min(d, time.Until(dl)/2)
 	}
 	if d <= 0 {
-		return nil, t.concurrencyLimited(e)
+		return nil, t.concurrencyLimited(e, p)
 	}
 	switch err := b.waitFor(s, d, ctx.Done(), ctx.Err, &t.clock); {
 	case err == errNoSlot:
-		return nil, t.concurrencyLimited(e)
+		return nil, t.concurrencyLimited(e, p)
 	case err != nil:
 		return nil, fmt.Errorf("hostbreaker: %s: waiting for a free slot: %w", e.host.name, err)
 	}
@@ -334,8 +345,13 @@ func (t *Transport) takeSlot(req *http.Request, e *entry, p *resolved) (*slot, e
 
 // concurrencyLimited counts and returns the rejection of a request that
 // found no free slot in time. Its Until is zero: the requests in flight
-// decide when a slot frees.
-func (t *Transport) concurrencyLimited(e *entry) error {
+// decide when a slot frees. Under p in shadow mode it counts a
+// would_reject and returns nil: the request is sent without a slot.
+func (t *Transport) concurrencyLimited(e *entry, p *resolved) error {
+	if p.shadow {
+		e.wouldReject(ReasonConcurrencyLimited)
+		return nil
+	}
 	e.reject(ReasonConcurrencyLimited)
 	return &OpenError{Host: e.host.name, Role: e.role, Reason: ReasonConcurrencyLimited}
 }

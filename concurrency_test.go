@@ -386,8 +386,8 @@ func TestMaxConcurrentPolicyChange(t *testing.T) {
 			}
 			r.resp.Body.Close()
 		}
-		if p, _ := tr.Policy("api.example.org", ""); p.MaxConcurrent != 0 {
-			t.Fatalf("Policy().MaxConcurrent = %d, want 0 (unlimited)", p.MaxConcurrent)
+		if p, _ := tr.Policy("api.example.org", ""); p.MaxConcurrent != -1 {
+			t.Fatalf("Policy().MaxConcurrent = %d, want -1 (unlimited)", p.MaxConcurrent)
 		}
 	})
 }
@@ -409,7 +409,7 @@ max_concurrent = 0
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	for host, want := range map[string]int{"api.example.org": 2, "free.example.org": 0, "other.example.org": 8} {
+	for host, want := range map[string]int{"api.example.org": 2, "free.example.org": -1, "other.example.org": 8} {
 		if p, _ := tr.Policy(host, "metadata"); p.MaxConcurrent != want {
 			t.Errorf("Policy(%s).MaxConcurrent = %d, want %d", host, p.MaxConcurrent, want)
 		}
@@ -464,4 +464,55 @@ func TestMaxConcurrentMetrics(t *testing.T) {
 			t.Errorf("leaked = %v, want 0", got)
 		}
 	})
+}
+
+// TestMaxConcurrentShadow: a host in shadow mode rejects nothing for want
+// of a slot: a request that would be concurrency-limited (after its
+// MaxWait) is counted as would_reject with that reason and sent without a
+// slot; slots still order the requests within MaxWait. A host in enforce
+// mode rejects the same request.
+func TestMaxConcurrentShadow(t *testing.T) {
+	for _, mode := range []Mode{ModeEnforce, ModeShadow} {
+		t.Run(mode.String(), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				g := newGatedBase()
+				c, tr := client(t, g, Config{Defaults: Policy{MaxConcurrent: 1, MaxWait: time.Second, Mode: mode}})
+				ctx := context.Background()
+				a := start(ctx, c, "http://api.example.org/", "a") // holds the slot
+				synctest.Wait()
+				t0 := time.Now()
+				r := <-start(ctx, c, "http://api.example.org/", "b")
+				if waited := time.Since(t0); waited != time.Second {
+					t.Errorf("b waited %v, want its max_wait of 1s", waited)
+				}
+				s := stateOf(t, tr, "api.example.org", "")
+				switch mode {
+				case ModeEnforce:
+					mustReject(t, r.err, ReasonConcurrencyLimited)
+					if s.Rejected != 1 || s.WouldReject != 0 {
+						t.Errorf("enforce: status %+v, want 1 rejected", s)
+					}
+				case ModeShadow:
+					if r.err != nil {
+						t.Fatalf("shadow: b: %v, want it sent", r.err)
+					}
+					r.resp.Body.Close()
+					st := tr.reg.lookup("api.example.org", "").stats()
+					if s.Rejected != 0 || s.WouldReject != 1 || st.wouldRejectBy[reasonIndex(ReasonConcurrencyLimited)].Load() != 1 {
+						t.Errorf("shadow: status %+v, want 1 would_reject (concurrency-limited), none rejected", s)
+					}
+					if got := g.sent(); len(got) != 2 {
+						t.Errorf("sent %v, want a and b", got)
+					}
+				}
+				if n := held(tr, "api.example.org"); n != 1 {
+					t.Errorf("%d slots held, want a's alone", n)
+				}
+				(<-a).resp.Body.Close()
+				if n := held(tr, "api.example.org"); n != 0 {
+					t.Errorf("%d slots held after a's body closed, want 0", n)
+				}
+			})
+		})
+	}
 }

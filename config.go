@@ -30,6 +30,19 @@ import (
 // Roles. Rate < 0 means "unlimited" (the default) and MaxWait < 0 means
 // "never wait"; Adaptive is a [Toggle], so that "off" can be written too.
 // In TOML write rate = 0 and max_wait = "0s". See docs/ratelimits.md.
+// Write [RateUnlimited] rather than a bare -1 in Go: the one value that
+// means "unlimited" in Go, and what [Transport.Policy] returns for an
+// unlimited host, so that a Policy read back can be passed to
+// UpdateHostPolicy unchanged (Rate 0 there would inherit).
+//
+// The rate rules (FailureRate, SlowCallRate, with MinRequests and Window)
+// open the breaker as well as FailMax does: whichever fires first. They
+// are off by default; a negative value turns one off at a level below one
+// that set it (in TOML, write 0). SlowCall < 0 means no slow-call rule
+// (the default); in TOML, "0s". MaxResetTimeout makes the open time grow:
+// each failed probe doubles it, up to MaxResetTimeout; 0 inherits, and the
+// default (or a value below ResetTimeout) is ResetTimeout: no growth. Mode
+// is host-wide, like the rate limit. See docs/config.md.
 //
 // A Policy is plain data: it can be printed, stored and compared. A
 // Transport copies the policies it is given, so changing a Policy later
@@ -51,6 +64,14 @@ type Policy struct {
 	MinRate          float64       // lowest rate the limiter learns (0.001 to 1e6; default 0.5)
 	ThrottleStatuses []int         // responses that say "too fast" to the adaptive limiter (default [429])
 
+	FailureRate     float64       // share of failed requests in Window that opens the breaker (0 < r ≤ 1); < 0 off (default)
+	MinRequests     int           // requests in Window before FailureRate and SlowCallRate apply (≥ 1; default 20)
+	Window          time.Duration // the rolling window of FailureRate and SlowCallRate (default 60s)
+	MaxResetTimeout time.Duration // longest open time that failed probes double it to (default ResetTimeout: no growth)
+	SlowCall        time.Duration // a response whose headers take longer is slow; < 0 none (default)
+	SlowCallRate    float64       // share of slow requests in Window that opens the breaker (0 < r ≤ 1); < 0 off (default)
+	Mode            Mode          // ModeEnforce (default) or ModeShadow: decide and report, never reject; host-wide
+
 	// MaxConcurrent bounds the requests to the host in flight at once, each
 	// from before its turn until its response body is closed or read to
 	// the end (1 to 1e6; < 0 unlimited, the default). Host-wide, as the
@@ -62,6 +83,49 @@ type Policy struct {
 	MaxConcurrent int
 
 	Roles map[string]Policy
+}
+
+// RateUnlimited is the Policy.Rate of a host without a rate limit, in Go
+// and in what [Transport.Policy] returns. In TOML it is written rate = 0;
+// in Go a Rate of 0 inherits.
+const RateUnlimited = -1.0
+
+// Mode says whether a host's breakers and cooldowns reject requests. The
+// zero value inherits.
+type Mode int8
+
+// The values of a Mode.
+const (
+	ModeInherit Mode = iota // take the value of the level below
+	ModeEnforce             // reject requests as the breaker and cooldowns decide (the default)
+	// ModeShadow decides and reports everything as ModeEnforce does
+	// (events, metrics, Snapshot, a would-reject count) but sends every
+	// request: for a safe rollout.
+	ModeShadow
+)
+
+// String returns "inherit", "enforce" or "shadow".
+func (m Mode) String() string {
+	switch m {
+	case ModeInherit:
+		return "inherit"
+	case ModeEnforce:
+		return "enforce"
+	case ModeShadow:
+		return "shadow"
+	}
+	return "Mode(" + strconv.Itoa(int(m)) + ")"
+}
+
+// parseMode parses the TOML form of a Mode.
+func parseMode(s string) (Mode, bool) {
+	switch s {
+	case "enforce":
+		return ModeEnforce, true
+	case "shadow":
+		return ModeShadow, true
+	}
+	return ModeInherit, false
 }
 
 // Toggle is an on/off policy setting whose zero value inherits.
@@ -183,6 +247,15 @@ const (
 	defaultSummaryInterval  = time.Minute
 	defaultJournalRetention = 24 * time.Hour
 	defaultJournalMax       = 100000
+	defaultMinRequests      = 20
+	defaultWindow           = 60 * time.Second
+	// minWindow is the shortest window of the rate rules: it is kept in
+	// windowBuckets buckets, each at least a millisecond wide.
+	minWindow = windowBuckets * time.Millisecond
+	// deadlineGrace is how long a request must have waited for the
+	// deadline that ended it to be the host's failure, when its host has
+	// no slow_call (classify.go, callersDeadline).
+	deadlineGrace = time.Second
 )
 
 func defaultFailureStatuses() []int  { return []int{408, 429, 500, 502, 503, 504} }
@@ -199,12 +272,18 @@ func builtinPolicy() Policy {
 		HalfOpenJitter:   defaultHalfOpenJitter,
 		FailureStatuses:  defaultFailureStatuses(),
 		NeutralStatuses:  defaultNeutralStatuses(),
-		Rate:             -1,
+		Rate:             RateUnlimited,
 		Burst:            defaultBurst,
 		MaxWait:          defaultMaxWaitTurn,
 		Adaptive:         ToggleOn,
 		MinRate:          defaultMinRate,
 		ThrottleStatuses: defaultThrottleStatuses(),
+		FailureRate:      -1,
+		MinRequests:      defaultMinRequests,
+		Window:           defaultWindow,
+		SlowCall:         -1,
+		SlowCallRate:     -1,
+		Mode:             ModeEnforce,
 	}
 }
 
@@ -212,7 +291,9 @@ func builtinPolicy() Policy {
 // reset_timeout 60s, success_threshold 1, trial_calls 1, retry_after_cap
 // 15m, half_open_jitter 150ms, failure statuses 408 429 500 502 503 504,
 // neutral statuses 400 401 403 404 410 451; no configured rate, burst 1,
-// max_wait 5s, adaptive on, min_rate 0.5, throttle statuses 429; no role or
+// max_wait 5s, adaptive on, min_rate 0.5, throttle statuses 429; no
+// failure_rate, min_requests 20, window 60s, max_reset_timeout equal to
+// reset_timeout, no slow_call or slow_call_rate, mode "enforce"; no role or
 // host overrides, the rolling window disabled, max_hosts 10000, no store.
 func DefaultConfig() Config {
 	return Config{MaxHosts: defaultMaxHosts, Defaults: builtinPolicy()}
@@ -387,6 +468,22 @@ func checkFields(prefix string, p Policy) error {
 		return bad("max_concurrent", fmt.Sprintf("must be at most %d, got %d", maxConcurrent, p.MaxConcurrent))
 	case p.Adaptive < ToggleInherit || p.Adaptive > ToggleOff:
 		return bad("adaptive", "must be on, off or inherit, got "+p.Adaptive.String())
+	case math.IsNaN(p.FailureRate) || p.FailureRate > 1:
+		return bad("failure_rate", fmt.Sprintf("must be at most 1 (a share of requests), got %v", p.FailureRate))
+	case math.IsNaN(p.SlowCallRate) || p.SlowCallRate > 1:
+		return bad("slow_call_rate", fmt.Sprintf("must be at most 1 (a share of requests), got %v", p.SlowCallRate))
+	case p.MinRequests < 0:
+		return bad("min_requests", fmt.Sprintf("must be at least 1, got %d", p.MinRequests))
+	case p.MinRequests > maxCount*maxCount:
+		return bad("min_requests", fmt.Sprintf("must be at most %d, got %d", maxCount*maxCount, p.MinRequests))
+	case p.Window < 0:
+		return bad("window", "must be positive, got "+p.Window.String())
+	case p.Window > 0 && p.Window < minWindow:
+		return bad("window", "must be at least "+minWindow.String()+", got "+p.Window.String())
+	case p.MaxResetTimeout < 0:
+		return bad("max_reset_timeout", "must be positive, got "+p.MaxResetTimeout.String())
+	case p.Mode < ModeInherit || p.Mode > ModeShadow:
+		return bad("mode", `must be "enforce" or "shadow", got `+p.Mode.String())
 	}
 	for _, list := range []struct {
 		key   string
@@ -415,21 +512,23 @@ func checkPolicy(prefix string, p Policy) error {
 		if err := checkFields(rprefix, rp); err != nil {
 			return err
 		}
-		if key := hostLevelKey(rp); key != "" {
-			msg := "a rate limit is host-wide: set it in the host's table, not in a role's"
-			if key == "max_concurrent" {
-				msg = "a concurrency limit is host-wide: set it in the host's table, not in a role's"
-			}
-			return &ConfigError{Key: rprefix + key, Msg: msg}
+		if key := hostLevelKey(rp); key == "mode" {
+			return &ConfigError{Key: rprefix + key, Msg: "the mode is host-wide: set it in the host's table, not in a role's"}
+		} else if key == "max_concurrent" {
+			return &ConfigError{Key: rprefix + key, Msg: "a concurrency limit is host-wide: set it in the host's table, not in a role's"}
+		} else if key != "" {
+			return &ConfigError{Key: rprefix + key, Msg: "a rate limit is host-wide: set it in the host's table, not in a role's"}
 		}
 	}
 	return nil
 }
 
 // hostLevelKey returns the TOML key of the first host-wide field (the rate
-// limit's, max_concurrent) that p sets, or "".
+// limit's, max_concurrent, and the mode) that p sets, or "".
 func hostLevelKey(p Policy) string {
 	switch {
+	case p.Mode != ModeInherit:
+		return "mode"
 	case p.Rate != 0:
 		return "rate"
 	case p.Burst != 0:

@@ -102,7 +102,7 @@ func (t *Transport) obeyRetryAfter(host string, p *resolved, resp *http.Response
 	if !ok {
 		return false
 	}
-	t.emit(event{kind: evRetryAfter, host: host, retryAfter: d}) // every value received, for the histogram
+	t.emit(event{kind: evRetryAfter, host: host, retryAfter: min(d, p.RetryAfterCap)}) // every value received, capped, for the histogram
 	t.setCooldown(host, cooldown{until: t.after(t.now(), min(d, p.RetryAfterCap)), reason: ReasonRetryAfter,
 		at: wall.UnixNano(), status: resp.StatusCode, retryAfter: d})
 	return true

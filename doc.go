@@ -23,7 +23,13 @@
 // successful probes close it and a failed one reopens it. Which statuses are
 // failures, neutral or successes is part of the [Policy]; an error from the
 // base transport, a timeout included, is a failure unless the caller canceled
-// the request. A 429 or 503 with a usable Retry-After counts neither way.
+// the request or the caller's deadline ended it early (see docs/config.md).
+// A 429 or 503 with a usable Retry-After counts neither way; [WithClassifier]
+// can override any of it. A failure rate over a rolling window
+// (Policy.FailureRate) or a rate of slow responses (Policy.SlowCallRate) can
+// open the breaker too, whichever rule fires first; Policy.MaxResetTimeout
+// lets the open time double while probes fail, and a host in shadow mode
+// (Policy.Mode) decides and reports but rejects nothing.
 //
 // # Cooldowns per host
 //
@@ -77,7 +83,8 @@ package hostbreaker
 //   - hostState.mu (hostCooldown.mu) guards a host's cooldown reason, note
 //     and time set, and its rolling window; hostState.until is an atomic
 //     written under it → limiter.mu (a reset releases the limiter's hold).
-//   - entry.mu guards a breaker's failsafe-go breaker and its probes; st,
+//   - entry.mu guards a breaker's failsafe-go breaker, its probes, its
+//     rate-rule window and its open-time doublings; st,
 //     fails and mark change only under it and are read without it → the
 //     failsafe-go breaker's own lock. Transitions are returned, and
 //     reported after it is released.

@@ -47,7 +47,12 @@ type Event struct {
 	// State changes: the states, and for an opening the consecutive
 	// failures that tripped it and the last failure, as a status code or an
 	// error type ("timeout", or the error's Go type). Remote is true for a
-	// trip shared by another process through the store.
+	// trip shared by another process through the store. For a local
+	// opening, Note names the rule that fired with its figures:
+	// "fail_max: 5 consecutive failures", "failure_rate: 14 of 30 requests
+	// failed in 60s", "slow_call_rate: 12 of 20 requests slower than 2s in
+	// 60s" (Failures is then the failed or slow requests), or "probe
+	// failed".
 	State         State  `json:"state,omitempty"`
 	PreviousState State  `json:"previous_state,omitempty"`
 	Failures      int    `json:"failures,omitempty"`

@@ -123,6 +123,48 @@ func ExamplePolicy_rate() {
 	// rate: 2
 }
 
+// A classifier flags what the status lists cannot see: here a host that
+// answers 200 with a captcha page, which it marks with a header. The body
+// is never read by the classifier.
+func ExampleWithClassifier() {
+	captcha := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Captcha", "required")
+		fmt.Fprint(w, "<html>are you a robot?</html>")
+	}))
+	defer captcha.Close()
+
+	cfg := hostbreaker.DefaultConfig()
+	cfg.Defaults.FailMax = 2
+	tr, err := hostbreaker.NewTransport(nil, hostbreaker.WithConfig(cfg),
+		hostbreaker.WithClassifier(func(req *http.Request, resp *http.Response, err error) hostbreaker.Outcome {
+			if resp != nil && resp.Header.Get("X-Captcha") != "" {
+				return hostbreaker.CountFailure
+			}
+			return hostbreaker.CountDefault // the status lists decide
+		}))
+	if err != nil {
+		panic(err)
+	}
+	defer tr.Close()
+	client := &http.Client{Transport: tr}
+
+	for range 3 {
+		resp, err := client.Get(captcha.URL)
+		if err != nil {
+			var oe *hostbreaker.OpenError
+			errors.As(err, &oe)
+			fmt.Println("rejected:", oe.Reason)
+			continue
+		}
+		resp.Body.Close()
+		fmt.Println(resp.StatusCode, "with a captcha")
+	}
+	// Output:
+	// 200 with a captcha
+	// 200 with a captcha
+	// rejected: breaker-open
+}
+
 // A host that takes at most one request at a time: a request holds its
 // slot until its response body is closed or read to the end, and the next
 // one waits for it, at most MaxWait; past that it is rejected.

@@ -375,6 +375,7 @@ var wantInstruments = map[string]struct {
 	"hostbreaker.breakers":            {"{breaker}", false},
 	"hostbreaker.cooldown.remaining":  {"s", false},
 	"hostbreaker.rate":                {"{request}/s", false},
+	"hostbreaker.rate.configured":     {"{request}/s", false},
 	"hostbreaker.retry_after":         {"s", false},
 	"hostbreaker.store.errors":        {"{error}", true},
 	"hostbreaker.untracked":           {"{request}", true},
@@ -505,11 +506,11 @@ func collect(t testing.TB, r *sdkmetric.ManualReader) collected {
 	return out
 }
 
-// storeKinds runs f once with a fresh bbolt file and once with a fresh
-// Redis prefix.
+// storeKinds runs f once with a fresh bbolt file and once per Redis
+// topology (one server, a cluster, Sentinel) with a fresh Redis prefix.
 func storeKinds(t *testing.T, f func(t *testing.T, url string)) {
 	t.Run("bbolt", func(t *testing.T) { f(t, filepath.Join(t.TempDir(), "hb.db")) })
-	t.Run("redis", func(t *testing.T) { f(t, testRedisURL(t)) })
+	eachRedis(t, f)
 }
 
 // sharedTransport returns a Transport on the store at url, polling it
@@ -576,15 +577,15 @@ type journalStore struct {
 	url  string       // the Redis URL, "" for bbolt
 }
 
-// eachJournalStore runs f against a new bbolt store and a new Redis store.
+// eachJournalStore runs f against a new bbolt store and a new Redis store
+// of each topology (one server, a cluster, Sentinel).
 func eachJournalStore(t *testing.T, f func(t *testing.T, s journalStore)) {
 	t.Run("bbolt", func(t *testing.T) {
 		path := boltTestPath(t)
 		open := func() Store { return boltTestOpen(t, path) }
 		f(t, journalStore{Store: open(), open: open, path: path})
 	})
-	t.Run("redis", func(t *testing.T) {
-		u := testRedisURL(t)
+	eachRedis(t, func(t *testing.T, u string) {
 		open := func() Store { return openTestRedis(t, u) }
 		f(t, journalStore{Store: open(), open: open, url: u})
 	})

@@ -79,6 +79,7 @@ func (t *Transport) toEvent(ev event) Event {
 		if ev.to == StateOpen {
 			e.Reason, e.Until = ReasonBreakerOpen, t.at(ev.until)
 			e.Failures, e.StatusCode, e.ErrorType = ev.failures, ev.status, ev.errType
+			e.Note = ev.note // the rule that tripped it, with its figures
 		}
 	case evCooldown:
 		e.Name, e.Reason, e.Until, e.Note = EventCooldown, ev.reason, t.at(ev.until), ev.note
@@ -101,6 +102,7 @@ func (t *Transport) deliver(ev Event) {
 	if s.handler != nil {
 		s.handler(ev)
 	}
+	t.subs.publish(ev) // open status pages; one atomic load when there are none
 	s.emitLog(ev)
 	if s.cfg.NoJournal {
 		return
@@ -215,6 +217,7 @@ func eventAttributes(ev Event) []attribute.KeyValue {
 			kv = append(kv, attribute.Int("http.response.status_code", ev.StatusCode))
 		}
 		str("error.type", ev.ErrorType)
+		str("hostbreaker.note", ev.Note)
 	case EventCooldown:
 		str("hostbreaker.reason", string(ev.Reason))
 		str("hostbreaker.until", ev.Until.UTC().Format(time.RFC3339Nano))

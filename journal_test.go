@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -291,5 +292,55 @@ func TestEventQueue(t *testing.T) {
 	q.reset()
 	if q.len() != 0 {
 		t.Fatal("reset left events")
+	}
+}
+
+// TestPolicyChangeValuesInForce: a policy_change carries the values in
+// force before and after, also for a role that the change names and the
+// configuration sets at another level (issue 16: "roles.landing.fail_max =
+// 0" where 4 was in force), whether the change is UpdateHostPolicy's, a
+// tuned override read from the store, or its revert, which has a note of
+// its own.
+func TestPolicyChangeValuesInForce(t *testing.T) {
+	var log eventLog
+	path := filepath.Join(t.TempDir(), "hb.db")
+	cfg := Config{
+		Defaults: Policy{Roles: map[string]Policy{RoleLanding: {FailMax: 4}}},
+		Hosts:    map[string]Policy{"h.test": {ResetTimeout: 10 * time.Second}},
+		Store:    StoreConfig{URL: path, PollInterval: 20 * time.Millisecond},
+	}
+	tr, err := NewTransport(cannedBase(200), WithConfig(cfg), WithEventHandler(log.add))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if err := tr.UpdateHostPolicy("h.test", Policy{Roles: map[string]Policy{RoleLanding: {FailMax: 6}}}); err != nil {
+		t.Fatal(err)
+	}
+	s := tr.sh.store
+	mustPutOverride(t, s, "h.test", Policy{Roles: map[string]Policy{RoleLanding: {FailMax: 8, ResetTimeout: time.Minute}}})
+	waitFor := func(n int) []Event {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			if pcs := log.named(EventPolicyChange); len(pcs) >= n {
+				return pcs
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("policy changes: %+v", log.named(EventPolicyChange))
+			}
+		}
+	}
+	waitFor(2)
+	mustPutOverride(t, s, "h.test", Policy{})
+	pcs := waitFor(3)
+	want := []struct{ prev, policy, note string }{
+		{"roles.landing.fail_max = 4", "roles.landing.fail_max = 6", "UpdateHostPolicy"},
+		{"roles.landing.fail_max = 6\nroles.landing.reset_timeout = \"10s\"", "roles.landing.fail_max = 8\nroles.landing.reset_timeout = \"1m0s\"", "tuned (read from the store)"},
+		{"roles.landing.fail_max = 8\nroles.landing.reset_timeout = \"1m0s\"", "roles.landing.fail_max = 6\nroles.landing.reset_timeout = \"10s\"", "tuning reverted (read from the store)"},
+	}
+	for i, w := range want {
+		if pcs[i].PreviousPolicy != w.prev || pcs[i].Policy != w.policy || pcs[i].Note != w.note {
+			t.Errorf("change %d: %q → %q (%s), want %q → %q (%s)", i, pcs[i].PreviousPolicy, pcs[i].Policy, pcs[i].Note, w.prev, w.policy, w.note)
+		}
 	}
 }

@@ -53,7 +53,8 @@ const (
 	cNeutral     = 2
 	cRejected    = 3                              // + reasonIndex
 	cTransitions = cRejected + len(rejectReasons) // + State
-	nCounts      = cTransitions + 3
+	cWouldReject = cTransitions + 3               // + reasonIndex: shadow-mode hosts
+	nCounts      = cWouldReject + len(rejectReasons)
 )
 
 var outcomeNames = [...]string{cSuccess: "success", cFailure: "failure", cNeutral: "neutral"}
@@ -71,6 +72,9 @@ func readCounts(e *entry) counts {
 		}
 		for i := range m.transitions {
 			v[cTransitions+i] = m.transitions[i].Load()
+		}
+		for i := range m.wouldRejectBy {
+			v[cWouldReject+i] = m.wouldRejectBy[i].Load()
 		}
 	}
 	return v
@@ -122,12 +126,14 @@ type telemetry struct {
 	breakers    metric.Int64ObservableUpDownCounter
 	cooldown    metric.Float64ObservableGauge
 	rate        metric.Float64ObservableGauge
+	rateConf    metric.Float64ObservableGauge // the configured rate, beside the rate in force
 	storeErrors metric.Int64ObservableCounter
 	untracked   metric.Int64ObservableCounter
 	slotsHeld   metric.Int64ObservableUpDownCounter // concurrency.go
 	slotsWait   metric.Int64ObservableUpDownCounter
 	slotOldest  metric.Float64ObservableGauge
 	slotsLeaked metric.Int64ObservableCounter
+	wouldReject metric.Int64ObservableCounter
 	retryAfter  metric.Float64Histogram
 	reg         metric.Registration
 
@@ -142,6 +148,7 @@ type telemetry struct {
 	list     []*series              // the values of series, by series.idx
 	tracks   map[*entry]*entryTrack // the entries seen by the last collections
 	gen      uint64                 // the current collection
+	nameAll  bool                   // this collection names every host: there are names enough
 
 	// Scratch, reused by each collection.
 	ents    []*entry
@@ -152,10 +159,12 @@ type telemetry struct {
 	bulks   []*hostName // the names with a concurrency limit in this collection
 }
 
-// hostRate is a named host's limiter rate in a collection.
+// hostRate is a named host's limiter rate in a collection, and its
+// configured rate (0 for none).
 type hostRate struct {
 	name *hostName
 	rate float64
+	conf float64
 }
 
 // hostName is a value of server.address: a named host or _other.
@@ -267,8 +276,11 @@ func newTelemetry(t *Transport, mp metric.MeterProvider) (*telemetry, error) {
 	tel.rate, err = m.Float64ObservableGauge("hostbreaker.rate", metric.WithUnit("{request}/s"),
 		metric.WithDescription("A host's rate limit: configured, or learnt from throttling responses; named hosts that have one only."))
 	check(err)
+	tel.rateConf, err = m.Float64ObservableGauge("hostbreaker.rate.configured", metric.WithUnit("{request}/s"),
+		metric.WithDescription("A host's configured rate limit (the policy's rate, tuned overrides included), beside hostbreaker.rate; named hosts that have a limiter and a configured rate only."))
+	check(err)
 	tel.retryAfter, err = m.Float64Histogram("hostbreaker.retry_after", metric.WithUnit("s"),
-		metric.WithDescription("Retry-After values received with 429 and 503 responses, as sent."),
+		metric.WithDescription("Retry-After values received with 429 and 503 responses, capped by retry_after_cap."),
 		metric.WithExplicitBucketBoundaries(retryAfterBuckets...))
 	check(err)
 	tel.storeErrors, err = m.Int64ObservableCounter("hostbreaker.store.errors", metric.WithUnit("{error}"),
@@ -289,9 +301,12 @@ func newTelemetry(t *Transport, mp metric.MeterProvider) (*telemetry, error) {
 	tel.slotsLeaked, err = m.Int64ObservableCounter("hostbreaker.concurrency.leaked", metric.WithUnit("{request}"),
 		metric.WithDescription("Slots given back by the garbage collector: response bodies that were never closed nor read to the end."))
 	check(err)
+	tel.wouldReject, err = m.Int64ObservableCounter("hostbreaker.would_reject", metric.WithUnit("{request}"),
+		metric.WithDescription("Requests that a host in shadow mode sent although it would have rejected them, by reason."))
+	check(err)
 	if len(errs) == 0 {
 		tel.reg, err = m.RegisterCallback(tel.collect, tel.requests, tel.rejections, tel.transitions,
-			tel.state, tel.breakers, tel.cooldown, tel.rate, tel.storeErrors, tel.untracked,
+			tel.state, tel.breakers, tel.cooldown, tel.rate, tel.rateConf, tel.storeErrors, tel.untracked, tel.wouldReject,
 			tel.slotsHeld, tel.slotsWait, tel.slotOldest, tel.slotsLeaked)
 		check(err)
 	}
@@ -362,10 +377,11 @@ func (tel *telemetry) collect(_ context.Context, o metric.Observer) error {
 	tel.mu.Lock()
 	defer tel.mu.Unlock()
 	tel.gen++
+	tel.nameAll = false
 	for _, s := range tel.list {
 		s.cur, s.states, s.live = s.gone, [nStateSlots]int64{}, 0
 	}
-	if tel.free() > tel.reserve {
+	if tel.free() > 0 {
 		tel.nameBusiest()
 	}
 
@@ -414,6 +430,9 @@ func (tel *telemetry) collect(_ context.Context, o metric.Observer) error {
 			r.name.rateOpts = observeOpts(r.name.addr)
 		}
 		o.ObserveFloat64(tel.rate, r.rate, r.name.rateOpts...)
+		if r.conf > 0 {
+			o.ObserveFloat64(tel.rateConf, r.conf, r.name.rateOpts...)
+		}
 	}
 	clear(tel.rates)
 	tel.rates = tel.rates[:0]
@@ -444,15 +463,19 @@ func (tel *telemetry) collect(_ context.Context, o metric.Observer) error {
 	return nil
 }
 
-// nameBusiest gives the free names beyond the reserve to the unnamed hosts
-// with the most requests, ties broken by name. Callers hold mu.
+// nameBusiest names every unnamed host in the registry when there are
+// names enough for all of them (so that no _other series appears while
+// fewer hosts than the limit have been seen, and no host's early counts
+// are left in _other); otherwise it gives the free names beyond the
+// reserve to the unnamed hosts with the most requests, ties broken by
+// name. Callers hold mu and have checked that a name is free.
 func (tel *telemetry) nameBusiest() {
 	cands := tel.cands[:0]
 	var last *hostState
 	var n uint64
 	named := false
 	flush := func() {
-		if last != nil && !named && n > 0 {
+		if last != nil && !named {
 			cands = append(cands, candidate{last.name, n})
 		}
 	}
@@ -466,15 +489,20 @@ func (tel *telemetry) nameBusiest() {
 		}
 	})
 	flush()
-	k := tel.free() - tel.reserve
+	k := tel.free()
+	tel.nameAll = len(cands) < k // a host that appears during the collection takes the spare name
 	if len(cands) > k {
+		k -= tel.reserve
+		cands = slices.DeleteFunc(cands, func(c candidate) bool { return c.n == 0 })
+	}
+	if len(cands) > max(k, 0) {
 		slices.SortFunc(cands, func(a, b candidate) int {
 			if c := cmp.Compare(b.n, a.n); c != 0 {
 				return c
 			}
 			return strings.Compare(a.host, b.host)
 		})
-		cands = cands[:k]
+		cands = cands[:max(k, 0)]
 	}
 	for _, c := range cands {
 		if tel.names[c.host] == nil {
@@ -544,11 +572,15 @@ func (tel *telemetry) host(h *hostState, es []*entry, now int64, breakers *[3]in
 		nm = tel.names[h.name]
 	}
 	lim, bulk := h.lim.Load(), h.bulk.Load()
-	if nm == nil && tel.free() > 0 && (cooling || troubled(es) || lim != nil && lim.learning() || bulk != nil && bulk.wait.Load() > 0) {
+	if nm == nil && tel.free() > 0 && (tel.nameAll || cooling || troubled(es) || lim != nil && lim.learning() || bulk != nil && bulk.wait.Load() > 0) {
 		nm = tel.assign(h.name)
 	}
 	if lim != nil && nm != nil {
-		tel.rates = append(tel.rates, hostRate{nm, lim.status().rate})
+		hr := hostRate{name: nm, rate: lim.status().rate}
+		if r, err := tel.t.policies.Load().resolve(h.name, ""); err == nil {
+			hr.conf = r.Rate
+		}
+		tel.rates = append(tel.rates, hr)
 	}
 	target := nm
 	if target == nil {
@@ -688,6 +720,8 @@ func (tel *telemetry) observeSeries(o metric.Observer, s *series) {
 		}
 		inst := tel.requests
 		switch {
+		case k >= cWouldReject:
+			inst = tel.wouldReject
 		case k >= cTransitions:
 			inst = tel.transitions
 		case k >= cRejected:
@@ -723,6 +757,8 @@ func (s *series) options() *seriesOpts {
 func (tel *telemetry) countOpts(s *series, k int) []metric.ObserveOption {
 	addr, role := s.key.name.addr, keyRole.String(s.key.role)
 	switch {
+	case k >= cWouldReject:
+		return observeOpts(addr, role, keyReason.String(string(rejectReasons[k-cWouldReject])))
 	case k >= cTransitions:
 		return observeOpts(addr, role, keyState.String(State(k-cTransitions).String()))
 	case k >= cRejected:

@@ -127,8 +127,8 @@ func TestMetrics(t *testing.T) {
 		m := collect(t, reader)
 		m.checkShapes(t)
 		for name := range wantInstruments {
-			// No store, no host with max_concurrent: those report nothing.
-			if _, ok := m[name]; !ok && name != "hostbreaker.store.errors" && !strings.HasPrefix(name, "hostbreaker.concurrency.") {
+			// No store, no configured rate, no host with max_concurrent: those report nothing.
+			if _, ok := m[name]; !ok && name != "hostbreaker.store.errors" && name != "hostbreaker.rate.configured" && !strings.HasPrefix(name, "hostbreaker.concurrency.") {
 				t.Errorf("no %s", name)
 			}
 		}
@@ -701,4 +701,79 @@ func BenchmarkRoundTripWithSDK(b *testing.B) {
 			})
 		})
 	}
+}
+
+// TestMetricsNoOtherBelowLimit: while fewer hosts than the name limit have
+// been seen, every host is named at the first collection that sees it, with
+// all its counts, failures before that collection included: no _other
+// series (issue 16: an _other failure series with five hosts).
+func TestMetricsNoOtherBelowLimit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		base := newScripted()
+		base.set("d.test", 500, "")
+		tr, reader, c := metricTransport(t, base, Config{Telemetry: TelemetryConfig{MaxHosts: 5}})
+		for i, host := range []string{"a.test", "b.test", "c.test", "d.test"} {
+			for range i + 1 {
+				fetch(t, c, host, "")
+			}
+		}
+		m := collect(t, reader)
+		checkTotals(t, tr, m)
+		if got := addresses(t, m); !slices.Equal(got, []string{"a.test", "b.test", "c.test", "d.test"}) {
+			t.Errorf("addresses %v, want the four hosts and no _other", got)
+		}
+		wantPoints(t, "requests", m.points(t, "hostbreaker.requests"), map[string]int64{
+			attrs(addr("a.test"), role(""), outcomeAttr("success")): 1,
+			attrs(addr("b.test"), role(""), outcomeAttr("success")): 2,
+			attrs(addr("c.test"), role(""), outcomeAttr("success")): 3,
+			attrs(addr("d.test"), role(""), outcomeAttr("failure")): 4,
+		})
+		// Two more healthy hosts for the one name left: more hosts than
+		// names, so the last name is kept for a host in trouble, and they
+		// share _other until one has trouble.
+		fetch(t, c, "e.test", "")
+		fetch(t, c, "f.test", "")
+		m = collect(t, reader)
+		checkTotals(t, tr, m)
+		if got := addresses(t, m); !slices.Equal(got, []string{"_other", "a.test", "b.test", "c.test", "d.test"}) {
+			t.Errorf("addresses %v, want _other and the four hosts", got)
+		}
+	})
+}
+
+// TestRetryAfterHistogramCapped: a hostile Retry-After is recorded after
+// retry_after_cap, as it is obeyed: one "Retry-After: 99999999999" must not
+// put 9.22e9 s into the histogram's sum (issue 16).
+func TestRetryAfterHistogramCapped(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		base := newScripted()
+		base.set("hostile.test", 429, "99999999999")
+		base.set("polite.test", 429, "30")
+		_, reader, c := metricTransport(t, base, Config{})
+		fetch(t, c, "hostile.test", "")
+		fetch(t, c, "polite.test", "")
+		synctest.Wait()
+		m := collect(t, reader)
+		h := m["hostbreaker.retry_after"].Data.(metricdata.Histogram[float64])
+		sums := map[string]float64{}
+		for _, dp := range h.DataPoints {
+			sums[dp.Attributes.Encoded(attribute.DefaultEncoder())] = dp.Sum
+		}
+		want := map[string]float64{attrs(addr("hostile.test")): 900, attrs(addr("polite.test")): 30} // the default cap: 15m
+		if !maps.Equal(sums, want) {
+			t.Errorf("retry_after sums %v, want %v", sums, want)
+		}
+	})
+}
+
+// TestRateConfiguredGauge: beside hostbreaker.rate (the rate in force), a
+// host with a configured rate has hostbreaker.rate.configured; a host
+// without one has neither, and an unlimited learning host only the first.
+func TestRateConfiguredGauge(t *testing.T) {
+	tr, reader, _ := metricTransport(t, newSendLog(), Config{Hosts: map[string]Policy{"limited.test": {Rate: 3}}})
+	send(context.Background(), tr, "limited.test")
+	send(context.Background(), tr, "free.test")
+	m := collect(t, reader)
+	wantPoints(t, "rate.configured", m.floatPoints(t, "hostbreaker.rate.configured"), map[string]float64{attrs(addr("limited.test")): 3})
+	wantPoints(t, "rate", m.floatPoints(t, "hostbreaker.rate"), map[string]float64{attrs(addr("limited.test")): 3})
 }

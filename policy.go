@@ -63,6 +63,27 @@ func overlay(dst *Policy, src Policy) {
 	if src.MaxConcurrent != 0 {
 		dst.MaxConcurrent = src.MaxConcurrent
 	}
+	if src.FailureRate != 0 {
+		dst.FailureRate = src.FailureRate
+	}
+	if src.MinRequests != 0 {
+		dst.MinRequests = src.MinRequests
+	}
+	if src.Window != 0 {
+		dst.Window = src.Window
+	}
+	if src.MaxResetTimeout != 0 {
+		dst.MaxResetTimeout = src.MaxResetTimeout
+	}
+	if src.SlowCall != 0 {
+		dst.SlowCall = src.SlowCall
+	}
+	if src.SlowCallRate != 0 {
+		dst.SlowCallRate = src.SlowCallRate
+	}
+	if src.Mode != ModeInherit {
+		dst.Mode = src.Mode
+	}
 	if len(src.Roles) > 0 {
 		roles := make(map[string]Policy, len(dst.Roles)+len(src.Roles))
 		maps.Copy(roles, dst.Roles)
@@ -77,9 +98,37 @@ func overlay(dst *Policy, src Policy) {
 
 // resolved is the effective policy of one (host, role), ready for the hot path.
 type resolved struct {
-	Policy             // flattened: every field set, no Roles, durations and Rate ≥ 0
+	Policy             // flattened: every field set, no Roles, durations, rates and Rate ≥ 0 (0: off)
 	statuses statusSet // FailureStatuses and NeutralStatuses as bitmaps
 	throttle statusSet // ThrottleStatuses, in the failure bitmap
+	// windowed: a rate rule is on (FailureRate, or SlowCallRate with
+	// SlowCall), so that every outcome goes to the breaker's window and
+	// no success takes the healthy path.
+	windowed bool
+	shadow   bool // Mode is ModeShadow
+}
+
+// goPolicy returns r's policy in its Go form, where a value that is off
+// or unlimited is negative rather than 0 (which would inherit): what
+// Transport.Policy returns, and what UpdateHostPolicy can take back.
+func (r *resolved) goPolicy() Policy {
+	p := r.Policy
+	if p.Rate == 0 {
+		p.Rate = RateUnlimited
+	}
+	if p.FailureRate == 0 {
+		p.FailureRate = -1
+	}
+	if p.SlowCallRate == 0 {
+		p.SlowCallRate = -1
+	}
+	if p.SlowCall == 0 {
+		p.SlowCall = -1
+	}
+	if p.MaxConcurrent == 0 {
+		p.MaxConcurrent = -1
+	}
+	return p
 }
 
 // isThrottle reports whether a response with code is one of the policy's
@@ -232,6 +281,13 @@ func (pt *policyTable) resolveWith(defaults, host Policy, role, where string) (*
 			return nil, &ConfigError{Key: key, Msg: fmt.Sprintf("status %d is both a failure and neutral", f)}
 		}
 	}
+	if p.SlowCallRate > 0 && p.SlowCall <= 0 {
+		key := where
+		if role != "" {
+			key += ".roles." + quoteKey(role)
+		}
+		return nil, &ConfigError{Key: key + ".slow_call_rate", Msg: "needs slow_call: the duration past which a response is slow"}
+	}
 	p.RetryAfterCap = max(p.RetryAfterCap, 0)
 	p.HalfOpenJitter = max(p.HalfOpenJitter, 0)
 	p.Rate = max(p.Rate, 0)
@@ -240,8 +296,13 @@ func (pt *policyTable) resolveWith(defaults, host Policy, role, where string) (*
 	if p.MinRate > p.Rate && p.Rate > 0 {
 		p.MinRate = p.Rate // a ceiling under the floor wins
 	}
+	p.FailureRate = max(p.FailureRate, 0)
+	p.SlowCallRate = max(p.SlowCallRate, 0)
+	p.SlowCall = max(p.SlowCall, 0)
+	p.MaxResetTimeout = max(p.MaxResetTimeout, p.ResetTimeout) // unset or below: no growth
 	return &resolved{Policy: p, statuses: newStatusSet(p.FailureStatuses, p.NeutralStatuses),
-		throttle: newStatusSet(p.ThrottleStatuses, nil)}, nil
+		throttle: newStatusSet(p.ThrottleStatuses, nil),
+		windowed: p.FailureRate > 0 || p.SlowCallRate > 0, shadow: p.Mode == ModeShadow}, nil
 }
 
 func withoutRoles(p Policy) Policy {
@@ -345,18 +406,43 @@ func (pt *policyTable) withUpdate(key string, p Policy) (*policyTable, string, e
 func (pt *policyTable) keyPolicy(key string) Policy {
 	p := builtinPolicy()
 	overlay(&p, pt.defaults)
-	var own Policy
+	overlay(&p, pt.keyOwn(key))
+	return p
+}
+
+// keyOwn returns the Hosts entry that applies to the Hosts key: its own,
+// else for a host the entry that matches it, for a wildcard the shorter
+// wildcard that covers it.
+func (pt *policyTable) keyOwn(key string) Policy {
 	if suffix, ok := strings.CutPrefix(key, "*"); ok {
 		for _, w := range pt.wild {
 			if strings.HasSuffix(suffix, w.suffix) {
-				own = w.policy
-				break
+				return w.policy
 			}
 		}
-	} else {
-		own, _ = pt.hostPolicy(key)
+		return Policy{}
 	}
-	overlay(&p, own)
+	own, _ := pt.hostPolicy(key)
+	return own
+}
+
+// keyInForce returns the values in force for the Hosts key, for a policy
+// change event: keyPolicy's top level, and for each role that keys names,
+// that role's effective policy (its own fields, else the key's, else the
+// defaults' role table and the defaults), so that an event shows the value
+// that applied, never a zero for a field the role does not set.
+func (pt *policyTable) keyInForce(key string, keys Policy) Policy {
+	p := withoutRoles(pt.keyPolicy(key))
+	if len(keys.Roles) == 0 {
+		return p
+	}
+	own := pt.keyOwn(key)
+	p.Roles = make(map[string]Policy, len(keys.Roles))
+	for role := range keys.Roles {
+		if r, err := pt.resolveWith(pt.defaults, own, role, "hosts."+quoteKey(key)); err == nil {
+			p.Roles[role] = r.Policy
+		}
+	}
 	return p
 }
 
@@ -392,7 +478,7 @@ func (t *Transport) UpdateHostPolicy(host string, p Policy) error {
 		return err
 	}
 	t.mu.Lock()
-	before := t.policies.Load().keyPolicy(key)
+	before := t.policies.Load().keyInForce(key, p)
 	configured, _, err := t.configured.withUpdate(key, p)
 	if err != nil {
 		t.mu.Unlock()
@@ -401,7 +487,7 @@ func (t *Transport) UpdateHostPolicy(host string, p Policy) error {
 	t.configured = configured
 	skipped := t.applyPoliciesLocked()
 	t.emit(event{kind: evPolicy, host: key, prevPolicy: policyTOML(before, p),
-		policy: policyTOML(t.policies.Load().keyPolicy(key), p), note: "UpdateHostPolicy"})
+		policy: policyTOML(t.policies.Load().keyInForce(key, p), p), note: "UpdateHostPolicy"})
 	t.mu.Unlock()
 	t.logSkipped(skipped)
 	return nil
@@ -460,8 +546,11 @@ func (t *Transport) logSkipped(skipped []skippedOverride) {
 // Policy returns the effective policy of (host, role) now: every field
 // resolved, from the built-in defaults, the configuration, UpdateHostPolicy
 // and the tuned overrides read from the store, in that order. Its Roles is
-// nil. host may be a name, host:port or a URL. It is safe for concurrent
-// use.
+// nil. A value that is off or unlimited is in its Go form: Rate is
+// RateUnlimited for a host without a rate limit, FailureRate, SlowCall,
+// SlowCallRate and MaxConcurrent are -1 when off, never 0 (which would
+// inherit), so the result can be given back to UpdateHostPolicy. host
+// may be a name, host:port or a URL. It is safe for concurrent use.
 func (t *Transport) Policy(host, role string) (Policy, error) {
 	name, err := NormalizeHost(host)
 	if err != nil {
@@ -471,7 +560,7 @@ func (t *Transport) Policy(host, role string) (Policy, error) {
 	if err != nil {
 		return Policy{}, err
 	}
-	out := p.Policy
+	out := p.goPolicy()
 	out.FailureStatuses = slices.Clone(out.FailureStatuses)
 	out.NeutralStatuses = slices.Clone(out.NeutralStatuses)
 	return out, nil

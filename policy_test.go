@@ -411,3 +411,38 @@ func TestUpdateHostPolicyRateLowerBound(t *testing.T) {
 		t.Errorf("after UpdateHostPolicy: rate %v, want 0.001", p.Rate)
 	}
 }
+
+// TestRateUnlimitedRoundTrips: Rate has one meaning in Go and in
+// Transport.Policy: RateUnlimited for a host without a limit (rate = 0 in
+// TOML), so that a Policy read back and given to UpdateHostPolicy keeps the
+// host unlimited instead of inheriting the default rate. The other rules
+// that are off read back as off the same way.
+func TestRateUnlimitedRoundTrips(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, err := ParseConfig([]byte("[defaults]\nrate = 5\nfailure_rate = 0.5\n[hosts.\"a.test\"]\nrate = 0\nfailure_rate = 0\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.Hosts["a.test"].Rate; got != RateUnlimited {
+			t.Fatalf("TOML rate = 0 parsed as %v, want RateUnlimited", got)
+		}
+		_, tr := client(t, newFakeHosts(status(200)), c)
+		p, err := tr.Policy("a.test", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Rate != RateUnlimited || p.FailureRate != -1 || p.SlowCall != -1 || p.SlowCallRate != -1 {
+			t.Fatalf("Policy(a.test) = rate %v, failure_rate %v, slow_call %v, slow_call_rate %v; want RateUnlimited and -1s",
+				p.Rate, p.FailureRate, p.SlowCall, p.SlowCallRate)
+		}
+		if err := tr.UpdateHostPolicy("a.test", Policy{Rate: p.Rate, FailureRate: p.FailureRate}); err != nil {
+			t.Fatal(err)
+		}
+		if q, _ := tr.Policy("a.test", ""); q.Rate != RateUnlimited || q.FailureRate != -1 {
+			t.Fatalf("after UpdateHostPolicy with the Policy read back: rate %v, failure_rate %v", q.Rate, q.FailureRate)
+		}
+		if q, _ := tr.Policy("b.test", ""); q.Rate != 5 || q.FailureRate != 0.5 {
+			t.Fatalf("b.test: rate %v, failure_rate %v, want the defaults 5 and 0.5", q.Rate, q.FailureRate)
+		}
+	})
+}

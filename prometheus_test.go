@@ -51,6 +51,7 @@ var promFamilies = map[string]struct {
 	"hostbreaker_cooldown_remaining_seconds": {"gauge", []string{"server_address", "hostbreaker_reason"}},
 	"hostbreaker_retry_after_seconds":        {"histogram", []string{"server_address"}},
 	"hostbreaker_rate_per_second":            {"gauge", []string{"server_address"}},
+	"hostbreaker_rate_configured_per_second": {"gauge", []string{"server_address"}},
 	"hostbreaker_store_errors_total":         {"counter", []string{"hostbreaker_store_operation"}},
 	"hostbreaker_untracked_total":            {"counter", nil},
 }
@@ -126,6 +127,45 @@ func TestAlertRules(t *testing.T) {
 }
 
 var hostbreakerName = regexp.MustCompile(`\bhostbreaker_[a-z_]+\b`)
+
+// alertReasons are the rejection reasons that the alerts about breakers,
+// cooldowns and rejections must name in their descriptions, so that an
+// operator reading one knows what it does not cover.
+var alertReasons = []Reason{ReasonBreakerOpen, ReasonHalfOpenFull, ReasonRetryAfter, ReasonRollingWindow,
+	ReasonRateLimited, "concurrency-limited", ReasonManual}
+
+// TestAlertDescriptionsNameEveryReason: the descriptions of the alerts on
+// hostbreaker_state, hostbreaker_cooldown_remaining_seconds and
+// hostbreaker_rejections_total name every reason.
+func TestAlertDescriptionsNameEveryReason(t *testing.T) {
+	data, err := os.ReadFile("docs/alerts.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checked := 0
+	for _, rule := range strings.Split(string(data), "- alert: ")[1:] {
+		name, _, _ := strings.Cut(rule, "\n")
+		if !strings.Contains(rule, "hostbreaker_state") && !strings.Contains(rule, "hostbreaker_cooldown_remaining_seconds") &&
+			!strings.Contains(rule, "hostbreaker_rejections_total") {
+			continue
+		}
+		_, desc, ok := strings.Cut(rule, "description: >-")
+		if !ok {
+			t.Errorf("%s: no description", name)
+			continue
+		}
+		desc = strings.Join(strings.Fields(desc), " ")
+		for _, r := range alertReasons {
+			if !strings.Contains(desc, string(r)) {
+				t.Errorf("%s: the description does not name reason %s", name, r)
+			}
+		}
+		checked++
+	}
+	if checked != 3 {
+		t.Errorf("checked %d alerts, want 3 (BreakerOpen, HostCoolingDown, RejectionsHigh)", checked)
+	}
+}
 
 // The parts of Grafana's classic dashboard JSON model that the tests read.
 type (
@@ -218,6 +258,7 @@ var dashboardPanels = []string{
 	"Retry-After distribution",
 	"Store errors",
 	"Untracked requests",
+	"Rate limits per host: in force (learnt) and configured",
 }
 
 var (
@@ -466,14 +507,23 @@ func metricsSource(t *testing.T, mp metric.MeterProvider) {
 		w.Header().Set("Retry-After", "1")
 		w.WriteHeader(http.StatusTooManyRequests)
 	})
+	// A host with a configured rate that answers 429 without Retry-After
+	// one time in four: its limiter learns a rate under the configured one.
+	var np atomic.Int64
+	paced := serve(func(w http.ResponseWriter, r *http.Request) {
+		if np.Add(1)%4 == 0 {
+			w.WriteHeader(http.StatusTooManyRequests)
+		}
+	})
 	cfg := quick(3, 2*time.Second)
+	cfg.Hosts = map[string]Policy{strings.TrimPrefix(paced, "http://"): {Rate: 50}}
 	cfg.Store = StoreConfig{URL: "redis://127.0.0.1:1/0?prefix=dead", PollInterval: 200 * time.Millisecond} // store errors
 	tr, err := NewTransport(nil, WithConfig(cfg), WithMeterProvider(mp))
 	if err != nil {
 		t.Fatal(err)
 	}
 	client := &http.Client{Transport: tr, Timeout: 5 * time.Second}
-	targets := []struct{ role, url string }{{RoleMetadata, healthy}, {RoleLanding, failing}, {RoleArtifact, throttled}}
+	targets := []struct{ role, url string }{{RoleMetadata, healthy}, {RoleLanding, failing}, {RoleArtifact, throttled}, {RoleMetadata, paced}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {

@@ -52,6 +52,7 @@ const (
 	knownHold   = 10.0 // s at the last max before probing past it
 	knownMargin = 0.97 // a probe refused at r anchors the known limit at knownMargin·r
 	knownProbe  = 0.05
+	knownNoise  = 0.95 // a throttle at the known limit when the host served this share of the last 2 s is noise
 
 	// slowStartDoubling is how fast the rate grows after a limiter's first
 	// throttle, which tells little of the host's limit (it came before the
@@ -109,7 +110,8 @@ type limiter struct {
 	pauses     uint    // pauses since the last throttle (see settleDelay)
 	slowStart  bool    // after the first throttle, until the next one
 	window     float64 // CUBIC's K: s from the throttle until the rate is back at lastMax
-	throttleAt int64   // the last throttle: CUBIC's origin, and the end of its episode
+	throttleAt int64   // the last throttle: the end of its episode
+	curveAt    int64   // CUBIC's origin: the last throttle, or earlier to start on the plateau
 	reanchorAt int64   // when to compute the anchor again; 0 for never
 	throttleNs int64   // wall clock of the last throttle, unix ns
 	lastCode   int     // the last throttling response's status
@@ -133,6 +135,7 @@ type limiter struct {
 	spacedAt float64       // the rate at the last respacing
 	taken    int64         // when the latest request that took its turn went
 	fillT    float64       // the rate when the last throttle came: what the host refused
+	resumeAt int64         // the end of the last throttle's cooldown; 0 for none
 }
 
 // rateChange is a change of a limiter's rate, for the rate_change event.
@@ -279,11 +282,14 @@ func (l *limiter) acquire(ctx context.Context, c *clock, now, deadline int64) (t
 			return tn, ch, changed, errTurnTooFar
 		}
 		if tn.at <= now {
-			if tn.take(now) {
+			later, took := tn.take(now)
+			if took {
 				tn.at = now
 				return tn, ch, changed, nil
 			}
-			continue
+			if later == 0 {
+				continue
+			}
 		}
 		if tn.wait(ctx, now, c, respace, recheck) {
 			return tn, ch, changed, nil
@@ -296,18 +302,26 @@ func (l *limiter) acquire(ctx context.Context, c *clock, now, deadline int64) (t
 }
 
 // take reports whether the request may go at its turn, now: its turn was
-// not voided by a respacing meanwhile (then it reserves again). It counts
-// the request in the measured send rate.
-func (tn turn) take(now int64) bool {
+// not voided by a respacing meanwhile (then it reserves again, and later
+// is 0), and, with a bucket of 1, the request before it went at least an
+// interval ago; otherwise later is when it may go. The turns are an
+// interval apart, but the request before may have gone late (its timer
+// fired late on a busy machine), and a limiter without a burst refuses a
+// request that comes less than an interval after the one before it. It
+// counts the request in the measured send rate.
+func (tn turn) take(now int64) (later int64, took bool) {
 	l := tn.lim
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if tn.gen != l.gen {
-		return false
+		return 0, false
+	}
+	if l.burstLocked() == 1 && l.taken > 0 && now < l.taken+l.interval {
+		return l.taken + l.interval, false
 	}
 	l.taken = max(l.taken, now)
 	l.countSendLocked(now)
-	return true
+	return 0, true
 }
 
 // wait waits until the turn comes, now being the time of the call on c,
@@ -317,7 +331,8 @@ func (tn turn) take(now int64) bool {
 // reserve's: while it waits it checks the limiter's rate at recheck, so
 // that a turn given at a rate that has since grown is respaced in time.
 func (tn turn) wait(ctx context.Context, now int64, c *clock, respace <-chan struct{}, recheck int64) bool {
-	next := tn.at
+	at := tn.at // when to take the turn: later than tn.at when the request before went late
+	next := at
 	if recheck != 0 && recheck < next {
 		next = recheck
 	}
@@ -326,15 +341,20 @@ func (tn turn) wait(ctx context.Context, now int64, c *clock, respace <-chan str
 	for {
 		select {
 		case <-timer.C:
-			if now = c.now(); now < tn.at {
-				next = tn.at
+			if now = c.now(); now < at {
+				next = at
 				if r := tn.lim.refresh(now); r > now && r < next {
 					next = r
 				}
 				timer.Reset(time.Duration(next - now))
 				continue
 			}
-			return tn.take(now)
+			later, took := tn.take(now)
+			if later == 0 {
+				return took
+			}
+			at = later
+			timer.Reset(time.Duration(at - now))
 		case <-respace: // the limiter's rate moved: reserve again
 			return false
 		case <-ctx.Done():
@@ -486,14 +506,22 @@ func (l *limiter) servedLocked(t int64, span time.Duration) float64 {
 
 // estimateLocked returns the host's allowed rate as a throttle at t tells
 // it, fill being the rate it refused, and whether the estimate counts
-// enough successes (knownSamples) to be trusted. A host that served most
-// of what was sent in the window before t allows about the rate it refused
-// times the share it served: the client was sending below the limit for
-// most of the window (ramping up, or paced), and what it accepted says
-// more of the client than of the host. One that refused most allows what
-// it accepted. The estimate is at most the rate refused.
-func (l *limiter) estimateLocked(t int64, fill float64) (float64, bool) {
+// enough successes (knownSamples) to be trusted. What the host accepted is
+// the rate it served over the window before t, or over its last second
+// when higher (the rate was still growing). A host that served most of
+// what was sent allows about halfway from what it accepted to the rate it
+// refused: the client was sending below the limit for most of the window
+// (ramping up, or paced), and what it accepted says more of the client
+// than of the host. One that refused most allows what it accepted. When
+// the throttle is costly (it came with a cooldown, so every refusal costs
+// the host's whole pause) the estimate is what the host accepted, no more.
+// The estimate is at most the rate refused.
+func (l *limiter) estimateLocked(t int64, fill float64, costly bool) (float64, bool) {
 	acc, share, n := l.acceptedLocked(t)
+	acc = max(acc, l.servedLocked(t, time.Second))
+	if costly {
+		return min(acc, fill), n >= knownSamples
+	}
 	return min(acc+share*max(fill-acc, 0)/2, fill), n >= knownSamples
 }
 
@@ -546,7 +574,7 @@ func (l *limiter) growLocked(now int64) {
 // a probe by knownProbe; in slow start, the lowered rate doubling every
 // slowStartDoubling.
 func (l *limiter) cubicLocked(now int64) float64 {
-	t := float64(now-l.throttleAt) / 1e9
+	t := float64(now-l.curveAt) / 1e9
 	switch {
 	case l.slowStart:
 		return l.betaLocked() * l.lastMax * math.Exp2(t/slowStartDoubling)
@@ -578,7 +606,7 @@ func (l *limiter) recheckLocked(now int64) int64 {
 	default:
 		t = l.window + math.Cbrt((r-l.lastMax)/cubicScale)
 	}
-	at := l.throttleAt + int64(t*1e9)
+	at := l.curveAt + int64(t*1e9)
 	if at <= now || at > now+l.maxWait {
 		return 0
 	}
@@ -603,12 +631,18 @@ func (l *limiter) refresh(now int64) int64 {
 // host's cooldown deadline (0 for none) and wall the wall clock. A
 // throttle of a request sent before the last one is part of its episode
 // and changes nothing; one of a request sent within settleDelay after it,
-// outside slow start, pauses the queue instead (see settleDelay).
+// outside slow start, pauses the queue instead (see settleDelay), and so
+// does, once, one of the first request sent when slow start's first
+// cooldown ended (a sliding window still counting what it refused then).
 // Otherwise the rate is anchored on the host's allowed rate as the last
-// 2 s tell it (estimateLocked, by send time; at the end of slow start, at
-// least half the rate refused), lowered by β (knownBeta once the limit is
-// known), the turns given are respaced, and the queue is held until the
-// cooldown ends, or for one interval without one.
+// 2 s tell it (estimateLocked, by send time) and lowered by β (knownBeta
+// once the limit is known); at the end of slow start it is anchored on
+// what the host served in the last second or two (without a cooldown, at
+// least half the rate refused, as TCP's ssthresh) and not lowered further,
+// and a stray refusal at a known limit (the host served knownNoise of what
+// was sent) keeps the limit, as does a refused probe with a cooldown. Then
+// the turns given are respaced, and the queue is held until the cooldown
+// ends (where the curve starts), or for one interval without one.
 // A request sent at the very instant of the last throttle was not paced
 // by it: it belongs to that episode too.
 //
@@ -629,6 +663,16 @@ func (l *limiter) throttle(sent, now, cooldown, wall int64, status int) (ch rate
 		return rateChange{}, false, true // the episode it has slowed down for
 	}
 	atFloor := l.learnt && l.fill <= l.minRate
+	if l.slowStart && l.pauses == 0 && cooldown > now && l.resumeAt != 0 && sent >= l.resumeAt && sent-l.resumeAt < settleDelay {
+		// Refused again at the end of the cooldown of slow start's first
+		// throttle: a sliding window still counts the requests it refused
+		// then. Slow start goes on once this cooldown ends.
+		l.pauses++
+		l.held = max(l.held, cooldown)
+		l.resumeAt = cooldown
+		l.respaceLocked(now)
+		return rateChange{}, false, true
+	}
 	if l.learnt && !l.slowStart && !atFloor && sent-l.throttleAt < settleDelay && cooldown <= now {
 		// Refused again right after slowing down: a limiter that counts
 		// the refused requests (a sliding window) is still over. The rate
@@ -648,13 +692,13 @@ func (l *limiter) throttle(sent, now, cooldown, wall int64, status int) (ch rate
 	l.pauses = 0
 	// Probing past a known limit's last max, which the host served for
 	// knownHold: the limit lies between the two.
-	probing := l.known && float64(now-l.throttleAt)/1e9 > l.window+knownHold
+	probing := l.known && float64(now-l.curveAt)/1e9 > l.window+knownHold
 	prev := l.fill
 	wasSlow := l.slowStart
 	l.slowStart = !l.learnt
 	l.learnt = true
 	l.lastCode = status
-	l.throttleAt, l.throttleNs = now, wall
+	l.throttleAt, l.curveAt, l.throttleNs = now, now, wall
 	l.reanchorAt = 0
 	if l.slowStart {
 		// The first throttle: the successes of the requests in flight,
@@ -662,30 +706,55 @@ func (l *limiter) throttle(sent, now, cooldown, wall int64, status int) (ch rate
 		l.reanchorAt = max(cooldown, now+reanchorDelay)
 	}
 	l.fillT = l.fill
-	est, informed := l.estimateLocked(now, l.fill)
+	est, informed := l.estimateLocked(now, l.fill, cooldown > now)
 	if est <= 0 {
 		est = l.fill // it served nothing: the rate now
 	}
 	if wasSlow {
-		// Slow start doubled the rate each step: the host allowed at
-		// least about half of what it refused, as TCP's ssthresh has it,
-		// and what it served in the last second; what it served over the
-		// window says little, the rate rose too fast for it.
-		est = max(l.fill/2, l.servedLocked(now, time.Second), l.servedLocked(now, 2*time.Second))
+		// Slow start doubled the rate each step: the host allowed what it
+		// served in the last second or two and, unless refusals are
+		// costly, at least about half of what it refused, as TCP's
+		// ssthresh has it; what it served over the window says little,
+		// the rate rose too fast for it.
+		est = max(l.servedLocked(now, time.Second), l.servedLocked(now, 2*time.Second))
+		if cooldown <= now {
+			est = max(est, l.fill/2)
+		}
 	}
-	if probing {
+	if _, share, _ := l.acceptedLocked(now); l.known && !probing && cooldown <= now && share >= knownNoise {
+		// A stray refusal at the known limit: the host served almost all
+		// that was sent (a strict limiter without a burst refuses a
+		// request that comes a few ms early). The limit holds; the rate
+		// dips by knownBeta and comes back.
+		est = l.lastMax
+	}
+	switch {
+	case probing && cooldown > now:
+		est = l.lastMax // the probe failed, and another would cost a cooldown too: hold the known limit
+	case probing:
 		est = max(l.lastMax, knownMargin*l.fill) // known, held, then probed slowly: just under the rate refused
-	} else {
+	default:
 		l.known = !atFloor && informed && l.informed && math.Abs(est-l.lastMax) <= knownSpread*l.lastMax
 	}
 	l.informed = informed
 	l.anchorLocked(est)
-	l.setRateLocked(l.betaLocked()*l.lastMax, now)
+	if wasSlow {
+		// est is already what TCP's ssthresh would be: start on the plateau.
+		l.curveAt = now - int64(l.window*1e9)
+		l.setRateLocked(l.lastMax, now)
+	} else {
+		l.setRateLocked(l.betaLocked()*l.lastMax, now)
+	}
 	l.respaceLocked(now)
 
+	l.resumeAt = 0
 	switch {
 	case cooldown > now:
 		l.held = max(l.held, cooldown)
+		l.resumeAt = cooldown
+		if !l.slowStart {
+			l.curveAt += cooldown - now // the curve starts when the host lets requests go again
+		}
 	case !l.slowStart:
 		// No cooldown: the next request waits one interval at the limit,
 		// for a limiter that counts the refused request (a sliding
@@ -722,7 +791,7 @@ func (l *limiter) reanchorLocked(now int64) (rateChange, bool) {
 		return rateChange{}, false
 	}
 	l.reanchorAt = 0
-	est, informed := l.estimateLocked(l.throttleAt, l.fillT)
+	est, informed := l.estimateLocked(l.throttleAt, l.fillT, false)
 	l.informed = l.informed || informed
 	if est <= 0 {
 		return rateChange{}, false
@@ -737,24 +806,70 @@ func (l *limiter) reanchorLocked(now int64) (rateChange, bool) {
 	return rateChange{prev: prev, rate: l.fill, lastMax: l.lastMax, why: "reanchored", status: l.lastCode}, true
 }
 
-// adopt takes a rate that the fleet learnt (see Transport.adoptFleetRates),
-// at the top of the CUBIC curve, as if this process had been throttled at
-// that rate at wall time wall. It reports the change.
-func (l *limiter) adopt(rate float64, now, wall int64) (rateChange, bool) {
+// adopt takes this process's share of the limit that the fleet learnt
+// (see sharing.go, pullFleetRates) as its last max, as if this process
+// had been throttled at wall time wall (wall unix ns; wallNow is the wall
+// clock now): the rate is where the CUBIC curve of that throttle is now,
+// so that the processes of a fleet grow back in step, and at most at the
+// plateau (the rate is the last max). floor is this process's share of
+// min_rate: min_rate bounds the fleet's limit, not each share, so the
+// limiter's floor becomes floor (never above the configured one). It takes
+// a throttle newer than the limiter's own (wall after its last throttle)
+// and, with redivide, the same throttle again, divided among a number of
+// processes that changed. It reports the change.
+//
+// It never turns learning off: it only runs on an adaptive limiter, and
+// leaves it learning; a later throttle of this process is learnt as any
+// other.
+func (l *limiter) adopt(rate, floor float64, now, wall, wallNow int64, redivide bool) (rateChange, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !l.adaptive || wall <= l.throttleNs {
+	if !l.adaptive || wall < l.throttleNs || wall == l.throttleNs && !redivide {
 		return rateChange{}, false
 	}
 	prev := l.fill
+	if floor > 0 {
+		l.minRate = min(l.minRate, floor)
+	}
 	l.learnt, l.slowStart = true, false
 	l.throttleNs = wall
 	l.anchorLocked(rate)
-	l.throttleAt = now - int64(l.window*1e9) // at the plateau: the rate is lastMax
+	since := min(max(wallNow-wall, 0), int64(l.window*1e9)) // at most at the plateau
+	l.throttleAt = now - since
+	l.curveAt = l.throttleAt
 	l.reanchorAt = 0
-	l.setRateLocked(l.lastMax, now)
+	l.setRateLocked(l.cubicLocked(now), now)
 	l.respaceLocked(now)
 	return rateChange{prev: prev, rate: l.fill, lastMax: l.lastMax, why: "fleet"}, l.fill != prev
+}
+
+// expireWall forgets a limit whose throttle (its own or the fleet's that
+// it adopted) came limiterIdle or more before wall, the wall clock now:
+// the fleet's limit expires 15 minutes after the newest throttle in the
+// fleet, whenever this process adopted it. It reports, as expire does,
+// whether the limiter is no longer needed and the change it made.
+func (l *limiter) expireWall(now, wall int64) (drop bool, ch rateChange, changed bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.learnt || wall-l.throttleNs < limiterIdle {
+		return !l.learnt && l.ceiling == 0, rateChange{}, false
+	}
+	prev := l.fill
+	l.learnt, l.reanchorAt = false, 0
+	if l.ceiling == 0 {
+		return true, rateChange{prev: prev, why: "expired"}, true
+	}
+	l.setRateLocked(l.ceiling, now)
+	return false, rateChange{prev: prev, rate: l.fill, why: "expired"}, l.fill != prev
+}
+
+// lastTurn returns the latest turn the limiter handed out or a request
+// took (ns since the epoch); 0 for none. A request waiting for its turn
+// moves it: it is the host's heartbeat in the store (sharing.go).
+func (l *limiter) lastTurn() int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return max(l.last, l.taken)
 }
 
 // expire forgets a limit learnt more than limiterIdle ago. It reports
@@ -817,7 +932,7 @@ func (h *hostState) startLimiter(p *resolved, fr fleetRate, fleet bool, now int6
 	l := newLimiter(p, now, max(fr.rate, p.MinRate))
 	ch := rateChange{rate: l.fill, why: "configured"}
 	if fleet {
-		ch, _ = l.adopt(fr.rate, now, fr.throttled)
+		ch, _ = l.adopt(fr.rate, fr.floor, now, fr.throttled, time.Now().UnixNano(), false)
 		ch.prev = 0
 	}
 	return ch, h.lim.CompareAndSwap(nil, l)
@@ -862,13 +977,19 @@ func (h *hostState) learnLimiter(p *resolved, now int64) *limiter {
 }
 
 // expireLimiter forgets h's limit if it was learnt more than limiterIdle
-// ago, and drops the limiter if it has nothing left to do.
+// ago, by the monotonic clock now or by the wall clock of its throttle
+// (a limit adopted from the fleet expires 15 minutes after the fleet's
+// throttle, not after its adoption), and drops the limiter if it has
+// nothing left to do.
 func (h *hostState) expireLimiter(now int64) (rateChange, bool) {
 	lim := h.lim.Load()
 	if lim == nil {
 		return rateChange{}, false
 	}
-	drop, ch, changed := lim.expire(now)
+	drop, ch, changed := lim.expireWall(now, time.Now().UnixNano())
+	if !changed {
+		drop, ch, changed = lim.expire(now)
+	}
 	if drop {
 		h.lim.CompareAndSwap(lim, nil)
 	}

@@ -446,3 +446,34 @@ func reserveTurn(l *limiter, now int64) (turn, bool) {
 	tn, _, _, ok, _, _ := l.reserve(now, now, 0)
 	return tn, ok
 }
+
+// A request whose turn comes less than an interval after the request
+// before it actually went (its timer fired late) waits for the interval: a
+// limiter without a burst counts the time between arrivals, not between
+// turns. A configured burst keeps its bucket.
+func TestLateRequestKeepsSpacing(t *testing.T) {
+	ms := int64(time.Millisecond)
+	for _, burst := range []int{1, 2} {
+		pt := mustCompile(t, Config{Defaults: Policy{Rate: 10, Burst: burst, MaxWait: time.Minute, Adaptive: ToggleOff}})
+		l := newLimiter(mustResolve(t, pt, "a.test", ""), ms, 10)
+		a, _ := reserveTurn(l, ms)
+		b, _ := reserveTurn(l, ms)
+		if later, took := a.take(a.at + 30*ms); !took || later != 0 {
+			t.Fatalf("burst %d: first turn taken 30ms late: took %v, later %v", burst, took, time.Duration(later))
+		}
+		later, took := b.take(b.at)
+		if burst > 1 {
+			if !took || b.at != a.at {
+				t.Errorf("burst %d: second turn at +%v: took %v, want taken with the first", burst, time.Duration(b.at-a.at), took)
+			}
+			continue
+		}
+		if want := a.at + 130*ms; b.at != a.at+100*ms || took || later != want {
+			t.Fatalf("burst 1: second turn at +%v: took %v, later +%v; want it at +100ms, deferred to +130ms (an interval after the first went)",
+				time.Duration(b.at-a.at), took, time.Duration(later-a.at))
+		}
+		if _, took := b.take(later); !took {
+			t.Errorf("burst 1: second turn not taken at +%v", time.Duration(later-a.at))
+		}
+	}
+}

@@ -8,8 +8,12 @@ package hostbreaker
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"reflect"
 	"slices"
 	"strings"
@@ -20,18 +24,21 @@ import (
 
 // Sharing timings.
 const (
-	storeTimeout     = 2 * time.Second  // bound on one store operation
+	storeTimeout     = 2 * time.Second  // bound on one round of store operations (see Transport.storeRound)
 	resetRetention   = 10 * time.Minute // how long a reset marker stays in the store
 	minStateTTL      = 5 * time.Second  // published states outlive a few polls
 	errorLogInterval = 30 * time.Second // store errors are logged at most this often
+
+	maxStoreOpenBackoff = 30 * time.Second // longest wait between two attempts to open the store
 )
 
 // sharing is a Transport's link to a Store. Its methods run on the
 // Transport's background goroutine, except queue, which the request path
 // and the operator methods call.
 type sharing struct {
-	store      Store
-	owned      bool // opened from the Config: closed with the Transport
+	store      Store  // nil until url opens (see Transport.openStore); set on the background goroutine
+	url        string // the Config's store URL; "" for a Store given with WithStore
+	owned      bool   // opened from the Config: closed with the Transport
 	source     string
 	shareTrips bool
 	poll       time.Duration
@@ -48,6 +55,14 @@ type sharing struct {
 	lastErrLog time.Time
 	suppressed int
 
+	// The configuration's hash, as last computed (publish): of hashed.
+	hashed           *policyTable
+	cfgHash          string
+	fleetHosts       map[string]*fleetHost   // the hosts whose limit the fleet learnt
+	activity         map[string]hostActivity // requests of the published hosts, for the heartbeat
+	seenAhead        map[fleetSeenKey]int64  // times read ahead of this clock, by when first read (wall ns)
+	lastUntrustedLog time.Time
+
 	errors atomic.Uint64                // failed store operations
 	errOps [len(storeOps)]atomic.Uint64 // failed store operations by storeOp
 }
@@ -57,14 +72,16 @@ type storeOp int
 
 // The store operations.
 const (
-	opPut     storeOp = iota // writing a cooldown, trip or reset
-	opRead                   // reading the records
-	opPublish                // publishing the breaker states
-	opJournal                // appending events to the journal
+	opPut       storeOp = iota // writing a cooldown, trip or reset
+	opRead                     // reading the records
+	opPublish                  // publishing the breaker states
+	opJournal                  // appending events to the journal
+	opOpen                     // opening the store, retried until it opens
+	opUntrusted                // not a failure: a row read and refused, dated too far in the future
 )
 
 // storeOps names the store operations, by storeOp.
-var storeOps = [...]string{"put", "read", "publish", "journal"}
+var storeOps = [...]string{"put", "read", "publish", "journal", "open", "untrusted"}
 
 func newSharing(s Store, owned bool, c StoreConfig, maxPending int, source string) *sharing {
 	poll := c.PollInterval
@@ -81,6 +98,9 @@ func newSharing(s Store, owned bool, c StoreConfig, maxPending int, source strin
 		maxPending: maxPending,
 		kick:       make(chan struct{}, 1),
 		applied:    make(map[[2]string]time.Time),
+		fleetHosts: make(map[string]*fleetHost),
+		activity:   make(map[string]hostActivity),
+		seenAhead:  make(map[fleetSeenKey]int64),
 	}
 }
 
@@ -163,26 +183,39 @@ func (t *Transport) share(ev event) {
 }
 
 // flush writes the pending records, a host's reset marker before its
-// other records. Those that fail are queued again, under any write queued
-// for their host meanwhile, and retried.
+// other records, all within one storeTimeout (or ctx's deadline, if
+// sooner): however many are pending, a flush takes no longer. Those that
+// fail, and those not tried in time, are queued again, under any write
+// queued for their host meanwhile, and retried. Records not tried count as
+// one failed write; none count when ctx was canceled (Close: the last
+// flush tries them again).
 func (t *Transport) flush(ctx context.Context) {
 	sh := t.sh
+	parent := ctx
+	ctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	defer cancel()
 	sh.mu.Lock()
 	batch := sh.pending
 	sh.pending = make(map[string]*hostRecords)
 	sh.mu.Unlock()
 	now := time.Now()
+	untried := 0
 	for _, host := range slices.Sorted(maps.Keys(batch)) {
 		var failed hostRecords
 		for _, r := range batch[host].appendTo(nil, now) {
-			cctx, cancel := context.WithTimeout(ctx, storeTimeout)
-			err := sh.store.Put(cctx, r)
-			cancel()
+			if ctx.Err() != nil {
+				untried++
+				failed.merge(r, now)
+				continue
+			}
+			err := sh.store.Put(ctx, r)
 			if err == nil {
 				t.storeErr.Store(nil)
 				continue
 			}
-			t.storeError(opPut, err)
+			if !closing(parent) {
+				t.storeError(opPut, err)
+			}
 			failed.merge(r, now)
 		}
 		if failed.empty(now) {
@@ -197,22 +230,50 @@ func (t *Transport) flush(ctx context.Context) {
 		sh.pending[host] = &failed
 		sh.mu.Unlock()
 	}
+	if untried > 0 && !closing(parent) {
+		t.storeError(opPut, fmt.Errorf("hostbreaker: store: %d writes not tried within %v, queued again: %w", untried, storeTimeout, ctx.Err()))
+	}
+}
+
+// closing reports whether ctx, a context of the background goroutine's
+// store operations, was canceled by Close.
+func closing(ctx context.Context) bool {
+	return errors.Is(ctx.Err(), context.Canceled)
+}
+
+// openStore opens the store of sh.url, which failed to open before, and
+// reports whether it did; a failure is counted and logged as a store error.
+// It runs on the background goroutine.
+func (t *Transport) openStore() bool {
+	sh := t.sh
+	s, err := OpenStore(sh.url)
+	if err != nil {
+		t.storeError(opOpen, err)
+		return false
+	}
+	sh.store = s
+	t.storeErr.Store(nil)
+	t.log.Info("hostbreaker: store opened", "store", redactURL(sh.url))
+	return true
 }
 
 // pull reads the store and applies what other processes wrote since the
-// last pull: resets first, then cooldowns and shared trips. Records this
-// Transport wrote itself are already applied.
+// last pull: resets first, then cooldowns and shared trips, the tuned
+// overrides and the fleet's learnt limits. Records this Transport wrote
+// itself are already applied. A store that can read all of it at once,
+// and only what changed (see storePoller), is read so.
 func (t *Transport) pull(ctx context.Context) error {
 	sh := t.sh
 	cctx, cancel := context.WithTimeout(ctx, storeTimeout)
-	recs, err := sh.store.Records(cctx)
+	snap, err := readPoll(cctx, sh.store)
 	cancel()
 	if err != nil {
 		t.storeError(opRead, err)
 		return err
 	}
 	t.storeErr.Store(nil)
-	if err := t.pullOverrides(ctx); err != nil {
+	recs := snap.records
+	if err := t.applyOverrides(snap.overrides); err != nil {
 		return err
 	}
 	slices.SortFunc(recs, func(a, b Record) int {
@@ -227,6 +288,11 @@ func (t *Transport) pull(ctx context.Context) error {
 	wallNow := time.Now()
 	for _, r := range recs {
 		if r.Source == sh.source {
+			continue
+		}
+		if r.At.Sub(wallNow) > clockSkew {
+			// Dated ahead: it would outrank every later write of its slot.
+			t.untrusted(r.Host, r.Source, r.At)
 			continue
 		}
 		k := appliedKey(r)
@@ -249,9 +315,9 @@ func (t *Transport) pull(ctx context.Context) error {
 		t.setCooldown(r.Host, cooldown{until: until, reason: r.Reason, note: r.Note,
 			manual: r.Reason == ReasonManual, remote: true, at: r.At.UnixNano()})
 	}
-	// The fleet's rates last: a failure to read them (counted and logged)
-	// must not hold back the cooldowns above.
-	t.pullFleetRates(ctx)
+	// The fleet's rates last: they are read with the rest, and their
+	// expiry must not wait for a store that answers.
+	t.pullFleetRates(snap.states)
 	// Forget what the store no longer holds, so that applied stays bounded.
 	if len(sh.applied) > 2*len(recs)+64 {
 		live := make(map[[2]string]bool, len(recs))
@@ -267,17 +333,10 @@ func (t *Transport) pull(ctx context.Context) error {
 	return nil
 }
 
-// pullOverrides reads the tuned overrides from the store and, when they
-// changed, applies them (see applyPoliciesLocked) and emits a policy change per
-// key that changed.
-func (t *Transport) pullOverrides(ctx context.Context) error {
-	cctx, cancel := context.WithTimeout(ctx, storeTimeout)
-	ov, err := t.sh.store.Overrides(cctx)
-	cancel()
-	if err != nil {
-		t.storeError(opRead, err)
-		return err
-	}
+// applyOverrides applies the tuned overrides ov read from the store, when
+// they changed (see applyPoliciesLocked), and emits a policy change per key
+// that changed.
+func (t *Transport) applyOverrides(ov map[string]Policy) error {
 	t.mu.Lock()
 	if len(ov) == 0 && len(t.overrides) == 0 || reflect.DeepEqual(ov, t.overrides) {
 		t.mu.Unlock()
@@ -294,8 +353,12 @@ func (t *Transport) pullOverrides(ctx context.Context) error {
 		var fields Policy
 		overlay(&fields, prev[key])
 		overlay(&fields, ov[key])
-		t.emit(event{kind: evPolicy, host: key, prevPolicy: policyTOML(before.keyPolicy(key), fields),
-			policy: policyTOML(after.keyPolicy(key), fields), note: "tuned (read from the store)", remote: true})
+		note := "tuned (read from the store)"
+		if _, ok := ov[key]; !ok {
+			note = "tuning reverted (read from the store)"
+		}
+		t.emit(event{kind: evPolicy, host: key, prevPolicy: policyTOML(before.keyInForce(key, fields), fields),
+			policy: policyTOML(after.keyInForce(key, fields), fields), note: note, remote: true})
 	}
 	t.mu.Unlock()
 	t.logSkipped(skipped)
@@ -342,8 +405,30 @@ func (t *Transport) publish(ctx context.Context) {
 	sh := t.sh
 	var states []PublishedState
 	var fp strings.Builder
-	for _, s := range t.statuses(true) {
-		ps := PublishedState{Source: sh.source, Host: s.Host, Role: s.Role, State: s.State, Until: s.Until, Reason: s.Reason}
+	// The policy in force, for advise: the configuration's hash, and each
+	// row's tunable values.
+	t.mu.Lock()
+	configured := t.configured
+	t.mu.Unlock()
+	if configured != sh.hashed {
+		sh.hashed, sh.cfgHash = configured, configHash(configured)
+	}
+	inForce := t.policies.Load()
+	ttl := max(3*sh.poll, minStateTTL)
+	now := time.Now()
+	rows := t.statuses(true)
+	sending := t.heartbeats(rows, now, ttl)
+	for _, s := range rows {
+		ps := PublishedState{Source: sh.source, Host: s.Host, Role: s.Role, State: s.State, Until: s.Until, Reason: s.Reason, Shadow: s.Shadow}
+		if r, err := inForce.resolve(s.Host, s.Role); err == nil {
+			c, err := configured.resolve(s.Host, "")
+			if err == nil {
+				ps.ConfigHash, ps.ConfiguredRate = sh.cfgHash, c.Rate
+				ps.Policy = Policy{FailMax: r.FailMax, ResetTimeout: r.ResetTimeout, SuccessThreshold: r.SuccessThreshold,
+					TrialCalls: r.TrialCalls, Rate: r.Rate}
+				fmt.Fprintf(&fp, "%+v|", ps.Policy)
+			}
+		}
 		if h := t.reg.host(s.Host); h != nil {
 			if lim := h.lim.Load(); lim != nil {
 				ls := lim.status()
@@ -352,15 +437,30 @@ func (t *Transport) publish(ctx context.Context) {
 					ps.Throttled = time.Unix(0, ls.throttled)
 				}
 			}
+			ps.Sending = sending[s.Host]
+		}
+		if fh := sh.fleetHosts[s.Host]; fh != nil && fh.fact.limit > 0 {
+			ps.FleetLimit, ps.FleetThrottled, ps.FleetSource = fh.fact.limit, time.Unix(0, fh.fact.throttled), fh.fact.source
 		}
 		states = append(states, ps)
 		// Rates in the fingerprint to two digits: a learnt rate moves with
 		// every success, and the store needs its level, not each step.
-		fmt.Fprintf(&fp, "%s|%s|%d|%d|%s|%.2g|%.2g|%d\n", s.Host, s.Role, s.State, s.Until.Unix(), s.Reason,
-			ps.Rate, ps.LastMax, ps.Throttled.UnixNano())
+		fmt.Fprintf(&fp, "%s|%s|%d|%d|%s|%.2g|%.2g|%d|%.2g|%d|%s|%t|%t\n", s.Host, s.Role, s.State, s.Until.Unix(), s.Reason,
+			ps.Rate, ps.LastMax, ps.Throttled.UnixNano(), ps.FleetLimit, ps.FleetThrottled.UnixNano(), ps.FleetSource, ps.Sending, ps.Shadow)
 	}
-	ttl := max(3*sh.poll, minStateTTL)
-	now := time.Now()
+	// The heartbeat: when this process was first published sending to a
+	// host, in its current run of sending (see fleetShare). Set once the
+	// rows are in the store, below.
+	defer func() {
+		for host, fh := range sh.fleetHosts {
+			switch {
+			case !sending[host]:
+				fh.visibleSince = time.Time{}
+			case fh.visibleSince.IsZero() && sh.published == fp.String():
+				fh.visibleSince = now
+			}
+		}
+	}()
 	if fp.String() == sh.published && now.Sub(sh.pubAt) < ttl/2 {
 		return
 	}
@@ -373,6 +473,67 @@ func (t *Transport) publish(ctx context.Context) {
 	}
 	t.storeErr.Store(nil)
 	sh.published, sh.pubAt = fp.String(), now
+}
+
+// configHash returns a short hash of the policies of pt: equal
+// configurations, equal hashes.
+func configHash(pt *policyTable) string {
+	var b strings.Builder
+	writePolicyTOML(&b, "defaults.", pt.defaults, pt.defaults)
+	for _, host := range slices.Sorted(maps.Keys(pt.exact)) {
+		p := pt.exact[host]
+		writePolicyTOML(&b, "hosts."+quoteKey(host)+".", p, p)
+	}
+	for _, w := range pt.wild {
+		writePolicyTOML(&b, "hosts."+quoteKey("*"+w.suffix)+".", w.policy, w.policy)
+	}
+	sum := sha256.Sum256([]byte(b.String()))
+	return hex.EncodeToString(sum[:6])
+}
+
+// heartbeats returns the hosts of rows (the published statuses) that this
+// process sent a request to within ttl of now, the life of the rows: the
+// hosts whose requests (successes, failures and neutral outcomes of all
+// roles) grew, or whose limiter gave a turn (a request waiting for its turn
+// sends, too), at a publication less than ttl ago.
+func (t *Transport) heartbeats(rows []Status, now time.Time, ttl time.Duration) map[string]bool {
+	sh := t.sh
+	counts := make(map[string]uint64)
+	for _, s := range rows {
+		if _, ok := counts[s.Host]; !ok {
+			if h := t.reg.host(s.Host); h != nil {
+				if lim := h.lim.Load(); lim != nil {
+					counts[s.Host] = uint64(lim.lastTurn()) // moves when a request asks for a turn
+				}
+			}
+		}
+		counts[s.Host] += s.Successes + s.Failures + s.Neutral
+	}
+	sending := make(map[string]bool)
+	for host, n := range counts {
+		a, ok := sh.activity[host]
+		if !ok || n != a.count {
+			a = hostActivity{count: n, at: now}
+			if !ok && n == 0 {
+				a.at = time.Time{}
+			}
+			sh.activity[host] = a
+		}
+		sending[host] = !a.at.IsZero() && now.Sub(a.at) < ttl
+	}
+	for host := range sh.activity {
+		if _, ok := counts[host]; !ok {
+			delete(sh.activity, host)
+		}
+	}
+	return sending
+}
+
+// hostActivity is the count of a host's requests when it last grew, and
+// when that was (zero: never seen growing).
+type hostActivity struct {
+	count uint64
+	at    time.Time
 }
 
 // storeError counts a failed store operation and logs it, at most once
@@ -392,16 +553,90 @@ func (t *Transport) storeError(op storeOp, err error) {
 	sh.lastErrLog, sh.suppressed = now, 0
 }
 
-// fleetRate is what the processes sharing the store learnt of a host's
-// rate: the share of one process, and when the newest of them was
-// throttled (wall unix ns).
+// The fleet's limit: see docs/design.md, "The fleet's limit".
+const (
+	// clockSkew is how far in the future a time read from the store may
+	// lie (the clocks of two machines differ): a row dated further ahead
+	// is refused, counted (the store errors metric, op "untrusted") and
+	// logged; one dated ahead by less counts from when it was first read.
+	clockSkew = time.Minute
+
+	// redivideStep is how much, relatively, a process's share of the
+	// fleet's limit must move (the number of processes sending to the
+	// host changed) for the process to take it again.
+	redivideStep = 0.05
+
+	// joinerShare is the least share a process takes of the fleet's limit
+	// while the other processes do not count it yet (see fleetShare).
+	joinerShare = 0.05
+)
+
+// fleetRate is this process's part of what the processes sharing the
+// store learnt of a host's rate: its share of the fleet's limit, the
+// share of min_rate that floors it, and when the throttle that taught the
+// fleet its limit came (wall unix ns).
 type fleetRate struct {
 	rate      float64
+	floor     float64
 	throttled int64
 }
 
-// fleetRate returns what the fleet learnt of host's rate, as of the last
-// read of the store.
+// fleetFact is the fleet's learnt limit of one host: the rate the host
+// allows the processes sharing the store all together, when the throttle
+// that taught it came (wall unix ns), and who saw it. Facts are merged by
+// the time of their throttle, the newest winning (see newerFact).
+type fleetFact struct {
+	limit     float64
+	throttled int64
+	source    string // the process that saw the throttle
+	from      string // the process whose row this copy was read from
+}
+
+// newerFact returns the newer of two facts: the one with the later
+// throttle; for the same throttle, the copy that its own source published
+// (it may have been reanchored since), else the one seen by the greater
+// source, so that every process picks the same.
+func newerFact(a, b fleetFact) fleetFact {
+	switch {
+	case a.throttled != b.throttled:
+		if a.throttled > b.throttled {
+			return a
+		}
+		return b
+	case (a.from == a.source) != (b.from == b.source):
+		if a.from == a.source {
+			return a
+		}
+		return b
+	case b.source > a.source:
+		return b
+	}
+	return a
+}
+
+// fleetHost is what the background goroutine keeps of one host whose
+// limit the fleet learnt.
+type fleetHost struct {
+	fact fleetFact // the newest fact known; limit 0 when none lives
+
+	// adoptedAt is the throttle of the fact the host's limiter paces by,
+	// and share the share it took of it; ownN, for a fact this process
+	// learnt itself, the processes it was learnt among (its limit is the
+	// limiter's last max times ownN, until the limiter takes its share
+	// again: redivided).
+	adoptedAt int64
+	share     float64
+	ownN      int
+	redivided bool
+
+	// visibleSince is when this process first published itself sending
+	// to the host, in the current run of sending; zero when it does not
+	// send to it (see fleetShare).
+	visibleSince time.Time
+}
+
+// fleetRate returns this process's share of what the fleet learnt of
+// host's rate, as of the last read of the store.
 func (t *Transport) fleetRate(host string) (fleetRate, bool) {
 	m := t.fleet.Load()
 	if m == nil {
@@ -411,71 +646,260 @@ func (t *Transport) fleetRate(host string) (fleetRate, bool) {
 	return fr, ok
 }
 
-// pullFleetRates reads the rates that other processes published (see
-// publish) and computes, per host that one of them learnt a rate for, the
-// fleet's share for one process: the sum of the rates of the processes
-// that published one for the host, this one's included, divided by their
-// number (this one counted even when it has no limiter yet). A host whose
-// newest throttle in the fleet is newer than this process's takes that
-// share at once; a host this process has not met yet takes it at its first
-// request.
-func (t *Transport) pullFleetRates(ctx context.Context) error {
+// fleetRow is what pullFleetRates gathers of one host from the rows of
+// the other processes.
+type fleetRow struct {
+	fact    fleetFact
+	sending map[string]float64 // rate by source sending to the host
+}
+
+// pullFleetRates reads the rows that other processes published (see
+// publish) and, per host whose limit the fleet learnt, works out the
+// fleet's limit and this process's share of it, and applies it.
+//
+// The fleet's limit of a host is one fact: the newest throttle in the
+// fleet (this process's own included) and the limit learnt from it, which
+// expires fleet-wide limiterIdle after that throttle. A process learns a
+// fact from its own throttle as its limiter's last max times the number
+// of processes it shared the host with. Each process paces at the limit
+// divided by the processes sending to the host (their heartbeat: Sending,
+// in rows that expire within a few polls), itself included, and takes a
+// share again when that number changes, so that a joiner or a leaver
+// re-divides the limit: there is no ratchet (a share is never computed
+// from other shares) and no overshoot (a joiner that the others do not
+// count yet takes only what they leave, see fleetShare). min_rate bounds
+// the limit: each process's floor is min_rate divided among them.
+//
+// Times read from the store are untrusted: a row whose throttle lies more
+// than clockSkew ahead of this process's clock is refused, counted and
+// logged; one ahead by less counts from when it was first read, so that
+// it cannot outrank this process's later throttles. Nothing read here can
+// switch learning off: a fact is only ever adopted by an adaptive
+// limiter, which keeps learning from this process's own throttles.
+func (t *Transport) pullFleetRates(states []PublishedState) {
 	sh := t.sh
-	cctx, cancel := context.WithTimeout(ctx, storeTimeout)
-	states, err := sh.store.States(cctx)
-	cancel()
-	if err != nil {
-		t.storeError(opRead, err)
-		return err
-	}
-	type sum struct {
-		total     float64
-		sources   map[string]bool
-		throttled int64
-	}
-	sums := make(map[string]*sum)
+	wallNow := time.Now()
+	wall := wallNow.UnixNano()
+	rows := make(map[string]*fleetRow)
+	seen := make(map[fleetSeenKey]bool)
 	for _, s := range states {
-		if s.Source == sh.source || s.Throttled.IsZero() || s.Rate <= 0 {
+		if s.Source == sh.source {
 			continue
 		}
-		x := sums[s.Host]
+		if !s.Sending && s.FleetLimit <= 0 {
+			continue
+		}
+		x := rows[s.Host]
 		if x == nil {
-			x = &sum{sources: make(map[string]bool)}
-			sums[s.Host] = x
+			x = &fleetRow{sending: make(map[string]float64)}
+			rows[s.Host] = x
 		}
-		if x.sources[s.Source] {
-			continue // another role's row: the rate is host-wide
+		if s.Sending {
+			x.sending[s.Source] = max(x.sending[s.Source], s.Rate) // one per source: the rate is host-wide
 		}
-		x.sources[s.Source] = true
-		x.total += s.Rate
-		x.throttled = max(x.throttled, s.Throttled.UnixNano())
+		if s.FleetLimit <= 0 {
+			continue
+		}
+		th, ok := t.trustedTime(s.Host, s.Source, s.FleetThrottled.UnixNano(), wall, seen)
+		if !ok || wall-th >= limiterIdle {
+			continue
+		}
+		x.fact = newerFact(x.fact, fleetFact{limit: s.FleetLimit, throttled: th, source: s.FleetSource, from: s.Source})
 	}
-	// The fleet's shares first, published whole (requests read the map),
-	// then this process's limiters.
-	fleet := make(map[string]fleetRate, len(sums))
-	hosts := make(map[string]*hostState, len(sums))
-	for host, x := range sums {
-		h := t.reg.host(host)
-		if h != nil {
-			if lim := h.lim.Load(); lim != nil {
-				x.total += lim.status().rate
+	for k := range sh.seenAhead {
+		if !seen[k] {
+			delete(sh.seenAhead, k)
+		}
+	}
+
+	// This process's own learning, and the facts whose hosts it knows.
+	for host := range sh.fleetHosts {
+		if rows[host] == nil {
+			rows[host] = &fleetRow{}
+		}
+	}
+	t.reg.mu.Lock()
+	var limited []*hostState
+	t.reg.tab.Load().each(func(h *hostState) {
+		if h.lim.Load() != nil {
+			limited = append(limited, h)
+		}
+	})
+	t.reg.mu.Unlock()
+	for _, h := range limited {
+		if rows[h.name] == nil {
+			if st := h.lim.Load().status(); st.throttled != 0 && wall-st.throttled < limiterIdle {
+				rows[h.name] = &fleetRow{}
 			}
-			hosts[host] = h
 		}
-		fleet[host] = fleetRate{rate: x.total / float64(len(x.sources)+1), throttled: x.throttled}
 	}
-	t.fleet.Store(&fleet)
+
+	var prev map[string]fleetRate
+	if m := t.fleet.Load(); m != nil {
+		prev = *m
+	}
+	fleet := make(map[string]fleetRate, len(rows))
 	now := t.now()
-	for host, h := range hosts {
-		fr := fleet[host]
-		switch lim := h.lim.Load(); {
-		case lim != nil:
-			if ch, ok := lim.adopt(fr.rate, now, fr.throttled); ok {
+	for host, x := range rows {
+		fh := sh.fleetHosts[host]
+		if fh == nil {
+			fh = &fleetHost{}
+		}
+		if fr, ok := prev[host]; ok && fh.adoptedAt != fr.throttled {
+			// A limiter started since the last poll adopts the fleet's
+			// rate of then (startLimiter): its throttle is the fleet's.
+			if h := t.reg.host(host); h != nil {
+				if lim := h.lim.Load(); lim != nil && lim.status().throttled == fr.throttled {
+					fh.adoptedAt, fh.share = fr.throttled, fr.rate
+				}
+			}
+		}
+		n := len(x.sending) + 1
+		h := t.reg.host(host)
+		var lim *limiter
+		var st limitStatus
+		if h != nil {
+			if lim = h.lim.Load(); lim != nil {
+				st = lim.status()
+			}
+		}
+		// A throttle of this process's own, newer than the fleet's
+		// copy of it: this process's fact.
+		if st.throttled != 0 && st.throttled != fh.adoptedAt && st.throttled != x.fact.throttled && wall-st.throttled < limiterIdle {
+			if fh.fact.source != sh.source || fh.fact.throttled != st.throttled {
+				fh.ownN, fh.redivided = n, false
+			}
+			own := fleetFact{limit: st.lastMax * float64(fh.ownN), throttled: st.throttled, source: sh.source, from: sh.source}
+			x.fact = newerFact(x.fact, own)
+		} else if fh.fact.source == sh.source && fh.fact.throttled == st.throttled && st.throttled != 0 &&
+			wall-st.throttled < limiterIdle {
+			own := fh.fact
+			if !fh.redivided {
+				own.limit = st.lastMax * float64(fh.ownN) // reanchored since
+			}
+			x.fact = newerFact(x.fact, own)
+		}
+		fh.fact = x.fact
+		if fh.fact.limit <= 0 || wall-fh.fact.throttled >= limiterIdle {
+			// No live fact: the limit expired fleet-wide.
+			delete(sh.fleetHosts, host)
+			if h != nil {
+				if ch, ok := h.expireLimiter(now); ok {
+					t.emitRate(host, ch)
+				}
+			}
+			continue
+		}
+		sh.fleetHosts[host] = fh
+		fr := fleetRate{rate: t.fleetShare(fh, x, n, wallNow), throttled: fh.fact.throttled}
+		fr.floor = minRateOf(t.resolve(host, "")) / float64(n)
+		fleet[host] = fr
+		if fh.fact.source == sh.source && fh.adoptedAt != fh.fact.throttled {
+			// This process learnt it: its limiter paces at its share already.
+			fh.adoptedAt, fh.share = fh.fact.throttled, fh.fact.limit/float64(fh.ownN)
+		}
+		if lim == nil {
+			continue
+		}
+		switch {
+		case fh.fact.throttled > st.throttled:
+			if ch, ok := lim.adopt(fr.rate, fr.floor, now, fh.fact.throttled, wall, false); ok {
 				t.emitRate(host, ch)
 			}
-		case !h.bare():
+			fh.adoptedAt, fh.share = fh.fact.throttled, fr.rate
+		case fh.fact.throttled == st.throttled && fh.adoptedAt == st.throttled &&
+			math.Abs(fr.rate-fh.share) > redivideStep*fh.share:
+			if ch, ok := lim.adopt(fr.rate, fr.floor, now, fh.fact.throttled, wall, true); ok {
+				t.emitRate(host, ch)
+			}
+			fh.share = fr.rate
+			if fh.fact.source == sh.source {
+				fh.redivided = true
+			}
+		}
+	}
+	t.fleet.Store(&fleet)
+	for host := range fleet {
+		if h := t.reg.host(host); h != nil && h.lim.Load() == nil && !h.bare() {
 			t.startLimiter(h, t.resolve(host, ""))
 		}
 	}
-	return nil
+}
+
+// fleetShare returns this process's share of the fleet's limit of a host
+// (fh, with the rows x of the other processes, n processes sending to it
+// counting this one): the limit divided by n once the others count this
+// process, that is once it has been published as sending for a poll
+// interval (every process reads the store that often); until then, only
+// what the others leave of the limit by their published rates, and at
+// least joinerShare of the limit divided by n, so that a joiner does not
+// take its share before the others have given theirs up.
+func (t *Transport) fleetShare(fh *fleetHost, x *fleetRow, n int, wallNow time.Time) float64 {
+	share := fh.fact.limit / float64(n)
+	if !fh.visibleSince.IsZero() && wallNow.Sub(fh.visibleSince) >= t.sh.poll {
+		return share
+	}
+	var others float64
+	for _, r := range x.sending {
+		others += r
+	}
+	return min(share, max(fh.fact.limit-others, joinerShare*share))
+}
+
+// minRateOf returns the min_rate of a host's resolved policy p, or its
+// default.
+func minRateOf(p *resolved) float64 {
+	if p.MinRate > 0 {
+		return p.MinRate
+	}
+	return defaultMinRate
+}
+
+// fleetSeenKey names a time read from the store ahead of this process's
+// clock: the host and source of its row, and the time.
+type fleetSeenKey struct {
+	host, source string
+	at           int64
+}
+
+// trustedTime returns the wall time at (unix ns) read from the row of
+// source about host, as this process trusts it at wall time now: as it is
+// when it is not ahead of now; when first read, when it is ahead by at
+// most clockSkew, and from then on while a row holds it, even once its
+// time has come (so that it cannot outrank this process's own later
+// throttles); refused (false), counted and logged when it is further
+// ahead. seen collects the keys read ahead, so that the caller forgets
+// those no row holds any longer.
+func (t *Transport) trustedTime(host, source string, at, now int64, seen map[fleetSeenKey]bool) (int64, bool) {
+	k := fleetSeenKey{host, source, at}
+	if first, ok := t.sh.seenAhead[k]; ok {
+		seen[k] = true // read ahead once: as of then, even once its time has come
+		return first, true
+	}
+	if at <= now {
+		return at, true
+	}
+	if at-now > int64(clockSkew) {
+		t.untrusted(host, source, time.Unix(0, at))
+		return 0, false
+	}
+	seen[k] = true
+	t.sh.seenAhead[k] = now
+	return now, true
+}
+
+// untrusted counts a row read from the store and refused because it is
+// dated too far in the future, and logs it at most once per
+// errorLogInterval.
+func (t *Transport) untrusted(host, source string, at time.Time) {
+	sh := t.sh
+	sh.errOps[opUntrusted].Add(1)
+	now := time.Now()
+	if !sh.lastUntrustedLog.IsZero() && now.Sub(sh.lastUntrustedLog) < errorLogInterval {
+		return
+	}
+	sh.lastUntrustedLog = now
+	t.log.Warn("hostbreaker: refused a row of the store dated in the future; is a clock wrong?",
+		"host", host, "source", source, "at", at, "skew", at.Sub(now).Round(time.Second), "allowed", clockSkew,
+		"refused", sh.errOps[opUntrusted].Load())
 }

@@ -614,3 +614,323 @@ func TestTunedOverridesApplyLive(t *testing.T) {
 		}
 	})
 }
+
+// The fleet's learnt limit (pullFleetRates): one fact per host, divided
+// among the processes sending to it, expiring fleet-wide, and never taken
+// from a row dated in the future.
+
+// rateOf returns tr's paced rate of host (Status.Rate), 0 when it does
+// not pace it.
+func rateOf(tr *Transport, host string) float64 {
+	for _, s := range tr.Snapshot() {
+		if s.Host == host {
+			return s.Rate
+		}
+	}
+	return 0
+}
+
+// sharedTransportWith returns a Transport over base with opts (a store
+// given by WithStore, or a Config with a store URL) and closes it when the
+// test ends.
+func sharedTransportWith(t *testing.T, base http.RoundTripper, opts ...Option) *Transport {
+	t.Helper()
+	tr, err := NewTransport(base, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := tr.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return tr
+}
+
+// keepSending sends one request to host through each of trs every
+// interval until ctx ends; the returned function waits for the senders.
+func keepSending(ctx context.Context, trs []*Transport, host string, interval time.Duration) (wait func()) {
+	var wg sync.WaitGroup
+	for _, tr := range trs {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				send(ctx, tr, host)
+				select {
+				case <-ctx.Done():
+				case <-time.After(interval):
+				}
+			}
+		})
+	}
+	return wg.Wait
+}
+
+// TestFleetLimitExpiresFleetWide: one 429 (without Retry-After) to one of
+// two or five processes sharing a bbolt file, then an hour of success with
+// every process sending: every process paces the host until 15 minutes
+// after the throttle, and none paces it from 15 minutes (and a poll) after
+// it on. Before, a process whose limit expired re-adopted another's row
+// with the old throttle time, and the share (total/(n+1), counting its own
+// dropped rate as 0) halved at each re-adoption: 3.5/1.75 r/s after 15
+// minutes, 0.5/0.5 after an hour.
+func TestFleetLimitExpiresFleetWide(t *testing.T) {
+	for _, n := range []int{2, 5} {
+		t.Run(map[int]string{2: "2 processes", 5: "5 processes"}[n], func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "hb.db")
+			synctest.Test(t, func(t *testing.T) { fleetExpiry(t, n, path) })
+		})
+	}
+}
+
+func fleetExpiry(t *testing.T, n int, url string) {
+	fleetExpiryOn(t, n, func(poll time.Duration) []Option {
+		return []Option{WithConfig(Config{Store: StoreConfig{URL: url, PollInterval: poll}})}
+	})
+}
+
+// fleetExpiryOn runs TestFleetLimitExpiresFleetWide with n Transports on
+// the store that opts gives each, to poll every poll.
+func fleetExpiryOn(t *testing.T, n int, opts func(poll time.Duration) []Option) {
+	const host, poll = "api.test", 5 * time.Second
+	var throttledAt time.Time
+	var mu sync.Mutex
+	base := newSendLog()
+	base.next = func(i int) (int, http.Header) {
+		if i == 0 {
+			mu.Lock()
+			throttledAt = time.Now()
+			mu.Unlock()
+			return http.StatusTooManyRequests, http.Header{}
+		}
+		return 0, nil
+	}
+	trs := make([]*Transport, n)
+	for i := range trs {
+		trs[i] = sharedTransportWith(t, base, opts(poll)...)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	wait := keepSending(ctx, trs, host, time.Second)
+	defer func() { cancel(); wait() }()
+
+	// Every process paces the host once the fleet's limit reached it.
+	time.Sleep(3 * poll)
+	for i, tr := range trs {
+		if rateOf(tr, host) == 0 {
+			t.Fatalf("process %d does not pace %s %v after the throttle", i, host, 3*poll)
+		}
+	}
+	mu.Lock()
+	at := throttledAt
+	mu.Unlock()
+	// Still paced a poll before the 15 minutes are up.
+	time.Sleep(time.Until(at.Add(15*time.Minute - poll)))
+	for i, tr := range trs {
+		if rateOf(tr, host) == 0 {
+			t.Errorf("process %d stopped pacing %s before the 15 minutes were up", i, host)
+		}
+	}
+	for _, after := range []time.Duration{15*time.Minute + 2*poll, 30 * time.Minute, 45 * time.Minute, 60 * time.Minute} {
+		time.Sleep(time.Until(at.Add(after)))
+		for i, tr := range trs {
+			if r := rateOf(tr, host); r != 0 {
+				t.Errorf("%v after the only throttle, process %d paces %s at %.3f r/s, want unlimited", after, i, host, r)
+			}
+		}
+	}
+}
+
+// TestFleetLimitExpiresFleetWideRedis is TestFleetLimitExpiresFleetWide
+// with the processes sharing Redis. A bubble cannot hold the store's
+// subscription (a goroutine blocked reading the network is not durably
+// blocked, so the fake clock would never move): the store is opened
+// outside it, and the Transports in it poll it without its change signal.
+func TestFleetLimitExpiresFleetWideRedis(t *testing.T) {
+	for _, n := range []int{2, 5} {
+		t.Run(map[int]string{2: "2 processes", 5: "5 processes"}[n], func(t *testing.T) {
+			s, err := OpenStore(testRedisURL(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			synctest.Test(t, func(t *testing.T) {
+				fleetExpiryOn(t, n, func(poll time.Duration) []Option {
+					return []Option{WithConfig(Config{Store: StoreConfig{PollInterval: poll}}), WithStore(pollOnly{s})}
+				})
+			})
+		})
+	}
+}
+
+// pollOnly is a Store that gives no change signal: Transports poll it. It
+// keeps the store's poll.
+type pollOnly struct{ Store }
+
+func (pollOnly) Changes() <-chan struct{} { return nil }
+
+func (p pollOnly) poll(ctx context.Context) (storePoll, error) { return readPoll(ctx, p.Store) }
+
+// TestFleetJoinersDoNotOvershoot: A learns a host's limit L from a 429;
+// then B, C and D start and send to the host too. Once each joiner has
+// polled the store, the processes' paced rates add up to at most 1.1 × L
+// at every instant, whoever joined last. Before, each joiner took the
+// others' total divided by n+1 while A kept all of its rate: 4 processes
+// paced up to 2.5 × the host's limit.
+func TestFleetJoinersDoNotOvershoot(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "hb.db")
+	synctest.Test(t, func(t *testing.T) {
+		const host, poll = "api.test", time.Second
+		base := newSendLog()
+		base.next = func(i int) (int, http.Header) {
+			if i == 20 || i == 21 {
+				return http.StatusTooManyRequests, http.Header{}
+			}
+			return 0, nil
+		}
+		opts := []Option{WithConfig(Config{Store: StoreConfig{URL: path, PollInterval: poll}})}
+		a := sharedTransportWith(t, base, opts...)
+		// Two throttles 3 s apart: after the second, A is past its slow
+		// start, and paces at or under its last max while it sends little.
+		for range 21 {
+			send(context.Background(), a, host)
+		}
+		time.Sleep(3 * time.Second)
+		send(context.Background(), a, host)
+		limit := a.reg.host(host).lim.Load().status().lastMax
+		if limit <= 0 {
+			t.Fatal("A learnt no limit")
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		// The processes send slowly: a limiter probes past its last max by
+		// up to twice the rate it measures itself sending, which is the
+		// limiter's own learning (ratelimit.go), the same alone as in a
+		// fleet; sending slowly keeps it out of what is measured here, the
+		// division of the limit.
+		const every = 4 * time.Second
+		waits := []func(){keepSending(ctx, []*Transport{a}, host, every)}
+		defer func() {
+			cancel()
+			for _, w := range waits {
+				w()
+			}
+		}()
+		time.Sleep(2 * poll) // A publishes its fact
+		trs := []*Transport{a}
+		peak := 0.0
+		for _, name := range []string{"B", "C", "D"} {
+			j := sharedTransportWith(t, base, opts...)
+			trs = append(trs, j)
+			waits = append(waits, keepSending(ctx, []*Transport{j}, host, every))
+			time.Sleep(poll + time.Millisecond) // the joiner has polled once
+			for range 100 {                     // 10 s, sampled every 100 ms
+				var sum float64
+				for _, tr := range trs {
+					sum += rateOf(tr, host)
+				}
+				peak = max(peak, sum)
+				if sum > 1.1*limit {
+					t.Fatalf("after %s joined: the fleet paces %.3f r/s in all, over 1.1 × the learnt limit %.3f", name, sum, limit)
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
+		var rates []float64
+		for _, tr := range trs {
+			rates = append(rates, rateOf(tr, host))
+		}
+		t.Logf("limit %.3f r/s; peak of the fleet's total %.3f; rates at the end %.3f", limit, peak, rates)
+		var sum float64
+		for _, r := range rates {
+			sum += r
+		}
+		if sum < 0.9*limit {
+			t.Errorf("at the end the fleet paces %.3f r/s in all, under 0.9 × the limit %.3f: a ratchet?", sum, limit)
+		}
+	})
+}
+
+// TestFleetRowsFromTheFutureAreRefused: rows of the store are untrusted. A
+// row whose fleet limit (1e6 r/s) was learnt an hour in the future is
+// refused, counted and logged, and its process keeps its own learning; a
+// row dated 30 s ahead (within the clock skew allowed) counts from when it
+// was read, so a later throttle of this process wins over it and it is
+// never adopted again; a limit outside the bounds of a rate is dropped
+// when decoded. Before, the future row won every comparison: the process
+// went back to 500,002 r/s at each poll after each of its own throttles.
+func TestFleetRowsFromTheFutureAreRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "hb.db")
+	synctest.Test(t, func(t *testing.T) {
+		const host, poll = "api.test", time.Second
+		var throttle sync.Map // request numbers answered with 429
+		base := newSendLog()
+		base.next = func(i int) (int, http.Header) {
+			if _, ok := throttle.Load(i); ok || i == 20 {
+				return http.StatusTooManyRequests, http.Header{}
+			}
+			return 0, nil
+		}
+		var logs logBuffer
+		tr := sharedTransportWith(t, base, WithConfig(Config{Store: StoreConfig{URL: path, PollInterval: poll}}),
+			WithLogger(logs.logger()))
+		store, err := OpenStore(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer store.Close()
+		hostile := func(ahead time.Duration, limit float64) {
+			t.Helper()
+			err := store.PublishStates(context.Background(), "evil", []PublishedState{{
+				Host: host, State: StateClosed, Rate: 1e6, LastMax: 1e6, Throttled: time.Now().Add(ahead),
+				FleetLimit: limit, FleetThrottled: time.Now().Add(ahead), FleetSource: "evil", Sending: true,
+			}}, time.Hour)
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		for range 21 {
+			send(context.Background(), tr, host)
+		}
+		own := rateOf(tr, host)
+		if own <= 0 || own > 100 {
+			t.Fatalf("the process learnt %.3f r/s from its throttle", own)
+		}
+
+		hostile(time.Hour, 1e6)
+		time.Sleep(3 * poll)
+		if r := rateOf(tr, host); r > 100 {
+			t.Errorf("a row dated an hour ahead was adopted: %.0f r/s", r)
+		}
+		if n := tr.sh.errOps[opUntrusted].Load(); n == 0 {
+			t.Error("the row dated an hour ahead was not counted")
+		}
+		if logs.count("dated in the future") == 0 {
+			t.Error("the row dated an hour ahead was not logged")
+		}
+
+		// Out of bounds: dropped by the decoder, whenever it is dated.
+		hostile(0, 2*maxRate)
+		time.Sleep(3 * poll)
+		if r := rateOf(tr, host); r > 100 {
+			t.Errorf("a limit of 2e6 r/s was adopted: %.0f r/s", r)
+		}
+
+		// 30 s ahead: taken (a clock may be that wrong), as of when read.
+		hostile(30*time.Second, 1e6)
+		time.Sleep(3 * poll)
+		if r := rateOf(tr, host); r < 1000 {
+			t.Fatalf("a limit dated 30 s ahead was not taken: %.3f r/s", r)
+		}
+		// A throttle of this process, later: it learns from it, and the
+		// row does not win again at the polls that follow (nor once its
+		// time has come).
+		throttle.Store(len(base.sent()), true)
+		send(context.Background(), tr, host)
+		learnt := rateOf(tr, host)
+		if learnt >= 1e5 {
+			t.Fatalf("the process did not learn from its own throttle: %.0f r/s", learnt)
+		}
+		time.Sleep(40 * time.Second)
+		if r := rateOf(tr, host); r > 2*learnt {
+			t.Errorf("after the process's own throttle, it went back to %.0f r/s (it learnt %.3f)", r, learnt)
+		}
+	})
+}

@@ -33,6 +33,13 @@ type Status struct {
 	// Counters since the entry was created. Requests is the sum of the other
 	// four: requests that completed or were rejected.
 	Requests, Successes, Failures, Neutral, Rejected uint64
+
+	// Shadow is true when the host's mode is "shadow": State is what its
+	// breaker and cooldown decide, but no request is rejected. WouldReject
+	// counts the requests it sent that it would have rejected (they are
+	// counted in Successes, Failures or Neutral too, never in Rejected).
+	Shadow      bool
+	WouldReject uint64
 }
 
 // Snapshot returns the status of every known (host, role), sorted by host
@@ -54,7 +61,7 @@ func (t *Transport) statuses(unhealthy bool) []Status {
 			}
 			return
 		}
-		if unhealthy && phaseOf(e.st.Load()) == phaseClosed && !h.coolingDown(now) && !learning(h) {
+		if unhealthy && phaseOf(e.st.Load()) == phaseClosed && !h.coolingDown(now) && !learning(h) && !e.pol.Load().shadow {
 			return
 		}
 		s := Status{
@@ -63,6 +70,10 @@ func (t *Transport) statuses(unhealthy bool) []Status {
 			Neutral: e.neutral.Load(), Rejected: e.rejected.Load(),
 		}
 		s.Requests = s.Successes + s.Failures + s.Neutral + s.Rejected
+		s.Shadow = e.pol.Load().shadow
+		if x := e.extra.Load(); x != nil {
+			s.WouldReject = x.wouldReject.Load()
+		}
 		var until int64
 		if s.State, until = e.status(now); s.State == StateOpen {
 			s.Reason = ReasonBreakerOpen

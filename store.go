@@ -107,6 +107,46 @@ type Store interface {
 	Close() error
 }
 
+// storePoll is what a Transport reads of its store at each poll: the
+// records, the published states and the tuned overrides, as Records,
+// States and Overrides return them.
+type storePoll struct {
+	records   []Record
+	states    []PublishedState
+	overrides map[string]Policy
+}
+
+// storePoller is implemented by the stores of this package: poll reads, in
+// one go, what Records, States and Overrides would return, reading from
+// the store only what changed since its last poll (a bbolt store: nothing
+// when the file has not changed; a Redis store: the hosts and sources
+// that a change log names, see redisStore.poll), and all of it again now
+// and then. Its results are the caller's. A Store of another package is
+// read with the three methods.
+type storePoller interface {
+	poll(ctx context.Context) (storePoll, error)
+}
+
+// readPoll reads what a poll needs from s: with s's poll when it has one,
+// else with Records, Overrides and States.
+func readPoll(ctx context.Context, s Store) (storePoll, error) {
+	if p, ok := s.(storePoller); ok {
+		return p.poll(ctx)
+	}
+	var out storePoll
+	var err error
+	if out.records, err = s.Records(ctx); err != nil {
+		return storePoll{}, err
+	}
+	if out.overrides, err = s.Overrides(ctx); err != nil {
+		return storePoll{}, err
+	}
+	if out.states, err = s.States(ctx); err != nil {
+		return storePoll{}, err
+	}
+	return out, nil
+}
+
 // ReasonReset marks a [Record] that resets a host: it clears the host's
 // cooldowns and closes its breakers in every process that shares the store.
 const ReasonReset Reason = "reset"
@@ -488,6 +528,39 @@ type PublishedState struct {
 	Rate      float64
 	LastMax   float64
 	Throttled time.Time
+
+	// The policy in force for the (host, role) in the source, for advise:
+	// ConfigHash identifies the source's configuration (its policies as
+	// configured and changed by UpdateHostPolicy, without the tuned
+	// overrides; equal hashes, equal configurations), "" from a process
+	// that does not publish it; Policy holds the tunable values in force,
+	// the tuned overrides laid over the configuration (FailMax,
+	// ResetTimeout, SuccessThreshold, TrialCalls, and Rate, 0 for
+	// unlimited); ConfiguredRate the rate without the overrides (0 for
+	// unlimited).
+	ConfigHash     string
+	Policy         Policy
+	ConfiguredRate float64
+
+	// Shadow is true when the host is in shadow mode in the source: State
+	// is what it decided, but it rejects nothing. A Transport publishes
+	// the rows of its shadow hosts too.
+	Shadow bool
+
+	// The fleet's learnt limit of the host as the source knows it (see
+	// docs/design.md, "The fleet's limit"), and whether it sends to the
+	// host. FleetLimit is the rate the host allows the processes sharing
+	// the store all together, in requests per second, 0 for none;
+	// FleetThrottled when the throttle it was learnt from came (wall
+	// clock; facts are merged by it, and expire 15 minutes after it), and
+	// FleetSource the process that saw that throttle. Sending is the
+	// source's heartbeat on the host: it sent to it within the last few
+	// polls, so it counts among the processes that share FleetLimit. A
+	// reader trusts none of these blindly: see Transport's pull.
+	FleetLimit     float64
+	FleetThrottled time.Time
+	FleetSource    string
+	Sending        bool
 }
 
 // OpenStore opens the store that url names:
@@ -503,7 +576,15 @@ type PublishedState struct {
 //     and its change channel live under the prefix: stores with the same
 //     prefix in the same database are one store, and stores with different prefixes share nothing, even
 //     when one prefix extends the other. Other query parameters are
-//     go-redis options.
+//     go-redis options;
+//   - redis+cluster://[user:pass@]host:port,host:port/ (rediss+cluster://
+//     with TLS) opens a Redis Cluster through the nodes listed (any of them
+//     will do; the client finds the others), and
+//     redis+sentinel://[user:pass@]host:port,host:port/primary[/db]
+//     (rediss+sentinel://) the primary that the Redis Sentinels listed know
+//     by that name, following it when they fail it over. Both take the
+//     prefix as redis:// does; in a cluster the store's keys carry it as a
+//     hash tag, so that they live in one slot.
 //
 // Anything else is an error that names the URL.
 func OpenStore(rawURL string) (Store, error) {
@@ -548,13 +629,13 @@ func StorePath(rawURL string) (string, error) {
 			return "", bad("a bbolt URL takes no query nor fragment (want bolt:///absolute/path.db)")
 		}
 		return u.Path, nil
-	case "redis", "rediss":
-		if _, _, err := parseRedisURL(rawURL); err != nil {
+	case "redis", "rediss", "redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel":
+		if _, err := parseRedisStoreURL(rawURL); err != nil {
 			return "", err
 		}
 		return "", nil
 	default:
-		return "", bad(fmt.Sprintf("unknown scheme %q (want a path, bolt://, redis:// or rediss://)", scheme))
+		return "", bad(fmt.Sprintf("unknown scheme %q (want a path, bolt://, redis://, rediss://, redis+cluster:// or redis+sentinel://)", scheme))
 	}
 }
 
@@ -618,6 +699,20 @@ type stateJSON struct {
 	Rate      float64 `json:"rate,omitempty"`
 	LastMax   float64 `json:"last_max,omitempty"`
 	Throttled int64   `json:"throttled,omitempty"` // unix ns
+
+	// The policy in force (PublishedState.ConfigHash, Policy,
+	// ConfiguredRate).
+	ConfigHash     string              `json:"config,omitempty"`
+	Policy         *overrideFieldsJSON `json:"policy,omitempty"`
+	ConfiguredRate float64             `json:"configured_rate,omitempty"`
+	Shadow         bool                `json:"shadow,omitempty"`
+
+	// The fleet's limit and the heartbeat (PublishedState); a process
+	// from before them ignores them.
+	FleetLimit     float64 `json:"fleet_limit,omitempty"`
+	FleetThrottled int64   `json:"fleet_throttled,omitempty"` // unix ns
+	FleetSource    string  `json:"fleet_source,omitempty"`
+	Sending        bool    `json:"sending,omitempty"`
 }
 
 type statesJSON struct {
@@ -633,12 +728,23 @@ func encodeStates(source string, states []PublishedState, expires time.Time) []b
 	j := statesJSON{V: recordVersion, Source: source, Expires: expires.UnixNano(), States: make([]stateJSON, len(states))}
 	for i, s := range states {
 		j.States[i] = stateJSON{Host: s.Host, Role: s.Role, State: s.State.String(), Reason: string(s.Reason),
-			Rate: s.Rate, LastMax: s.LastMax}
+			Rate: s.Rate, LastMax: s.LastMax, Shadow: s.Shadow}
 		if !s.Until.IsZero() {
 			j.States[i].Until = s.Until.UnixNano()
 		}
 		if !s.Throttled.IsZero() {
 			j.States[i].Throttled = s.Throttled.UnixNano()
+		}
+		if s.ConfigHash != "" {
+			j.States[i].ConfigHash, j.States[i].ConfiguredRate = s.ConfigHash, s.ConfiguredRate
+			p := s.Policy
+			j.States[i].Policy = &overrideFieldsJSON{FailMax: p.FailMax, ResetTimeout: p.ResetTimeout.String(),
+				SuccessThreshold: p.SuccessThreshold, TrialCalls: p.TrialCalls, Rate: p.Rate}
+		}
+		j.States[i].Sending = s.Sending
+		if s.FleetLimit > 0 && !s.FleetThrottled.IsZero() {
+			j.States[i].FleetLimit, j.States[i].FleetThrottled = s.FleetLimit, s.FleetThrottled.UnixNano()
+			j.States[i].FleetSource = s.FleetSource
 		}
 	}
 	b, _ := json.Marshal(j)
@@ -663,7 +769,7 @@ func decodeStates(data []byte) (source string, states []PublishedState, expires 
 		if !ok {
 			return "", nil, time.Time{}, fmt.Errorf("hostbreaker: decode states: unknown state %q", s.State)
 		}
-		ps := PublishedState{Source: j.Source, Host: s.Host, Role: s.Role, State: st, Reason: Reason(s.Reason)}
+		ps := PublishedState{Source: j.Source, Host: s.Host, Role: s.Role, State: st, Reason: Reason(s.Reason), Shadow: s.Shadow}
 		if s.Until > 0 {
 			ps.Until = time.Unix(0, s.Until)
 		}
@@ -673,9 +779,37 @@ func decodeStates(data []byte) (source string, states []PublishedState, expires 
 		if s.Throttled > 0 && ps.LastMax > 0 {
 			ps.Throttled = time.Unix(0, s.Throttled)
 		}
+		if p, ok := decodePublishedPolicy(s); ok {
+			ps.ConfigHash, ps.Policy, ps.ConfiguredRate = s.ConfigHash, p, s.ConfiguredRate
+		}
+
+		// A fleet limit outside the bounds of a rate, or without its
+		// throttle's time, is no limit: it is left out (the row stays).
+		if validRate(s.FleetLimit) && s.FleetThrottled > 0 {
+			ps.FleetLimit, ps.FleetThrottled = s.FleetLimit, time.Unix(0, s.FleetThrottled)
+			ps.FleetSource = s.FleetSource
+		}
+		ps.Sending = s.Sending
 		states = append(states, ps)
 	}
 	return j.Source, states, time.Unix(0, j.Expires), nil
+}
+
+// decodePublishedPolicy returns the policy in force that s carries, and
+// false when it carries none or one out of range (then none is read).
+func decodePublishedPolicy(s stateJSON) (Policy, bool) {
+	if s.ConfigHash == "" || s.Policy == nil || len(s.ConfigHash) > 64 {
+		return Policy{}, false
+	}
+	f := s.Policy
+	d, err := time.ParseDuration(f.ResetTimeout)
+	count := func(n int) bool { return n >= 1 && n <= maxCount }
+	rate := func(r float64) bool { return r == 0 || validRate(r) }
+	if err != nil || d <= 0 || !count(f.FailMax) || !count(f.SuccessThreshold) || !count(f.TrialCalls) ||
+		!rate(f.Rate) || !rate(s.ConfiguredRate) {
+		return Policy{}, false
+	}
+	return Policy{FailMax: f.FailMax, ResetTimeout: d, SuccessThreshold: f.SuccessThreshold, TrialCalls: f.TrialCalls, Rate: f.Rate}, true
 }
 
 // overrideVersion is the version of the stored encoding of tuned overrides.

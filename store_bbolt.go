@@ -430,6 +430,34 @@ func (s *boltStore) States(ctx context.Context) ([]PublishedState, error) {
 	return out, nil
 }
 
+// poll returns what Records, States and Overrides would, from one
+// snapshot: the file is read only when it changed since the last read.
+func (s *boltStore) poll(ctx context.Context) (storePoll, error) {
+	if err := s.check(ctx, "poll"); err != nil {
+		return storePoll{}, err
+	}
+	snap, err := s.snapshot(ctx, "poll")
+	if err != nil {
+		return storePoll{}, err
+	}
+	now := time.Now()
+	out := storePoll{records: make([]Record, 0, len(snap.records)), overrides: make(map[string]Policy, len(snap.overrides))}
+	for _, r := range snap.records {
+		if r.Until.After(now) {
+			out.records = append(out.records, r)
+		}
+	}
+	for _, e := range snap.states {
+		if e.expires.After(now) {
+			out.states = append(out.states, e.states...)
+		}
+	}
+	for k, p := range snap.overrides {
+		out.overrides[k] = cloneTuned(p)
+	}
+	return out, nil
+}
+
 // snapshot returns the cached read if the file is unchanged, or reads it.
 // The result is shared and must not be modified.
 func (s *boltStore) snapshot(ctx context.Context, op string) (*boltSnapshot, error) {

@@ -360,7 +360,7 @@ func TestJournalUndecodable(t *testing.T) {
 				return err
 			})
 		} else {
-			key := prefixOf(t, s.url) + redisJournal
+			key := s.Store.(*redisStore).redisKey(redisJournal)
 			var members []redis.Z
 			for i, v := range junk {
 				members = append(members, redis.Z{
@@ -374,7 +374,7 @@ func TestJournalUndecodable(t *testing.T) {
 				redis.Z{Score: float64(at.UnixMilli()), Member: string(newer[:redisJournalTagLen-1])},
 				redis.Z{Score: float64(at.UnixMilli()), Member: ""},
 			)
-			if err := rawClient(t).ZAdd(context.Background(), key, members...).Err(); err != nil {
+			if err := testRedisClient(t, s.url).ZAdd(context.Background(), key, members...).Err(); err != nil {
 				t.Fatal(err)
 			}
 		}

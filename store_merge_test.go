@@ -292,6 +292,8 @@ func TestMergeRules(t *testing.T) {
 	}{
 		{"bbolt", func(t *testing.T) Store { return boltTestOpen(t, boltTestPath(t)) }},
 		{"redis", func(t *testing.T) Store { return openTestRedis(t, testRedisURL(t)) }},
+		{"redis-cluster", func(t *testing.T) Store { return openTestRedis(t, testRedisClusterURL(t)) }},
+		{"redis-sentinel", func(t *testing.T) Store { return openTestRedis(t, testRedisSentinelURL(t)) }},
 	}
 	for _, st := range stores {
 		t.Run(st.name, func(t *testing.T) {

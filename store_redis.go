@@ -5,6 +5,7 @@ package hostbreaker
 // merge rules are in store.go.
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -88,10 +89,17 @@ const (
 //
 // Put publishes the host on the channel P+"events" when it changes anything,
 // and PutOverride publishes "o:" and the Hosts key.
+//
+// In a Redis Cluster, every key and the channel start with "{P}" instead of
+// P (see redisKeyBase and redisKey): the hash tag puts all of a store's
+// keys in one slot, which the transactions need, since each of them touches
+// a host's keys and an index together. One store is then served by one
+// primary of the cluster; different prefixes spread over it.
 type redisStore struct {
-	client  *redis.Client
-	prefix  string
-	channel string // prefix + "events"
+	client  redis.UniversalClient // a *redis.Client (one server, or Sentinel's primary) or a *redis.ClusterClient
+	prefix  string                // the prefix of the URL
+	base    string                // what every key and the channel start with; see redisKey
+	channel string                // base + "events"
 	changes chan struct{}
 
 	ctx    context.Context // canceled by Close; stops the watch goroutine
@@ -105,33 +113,45 @@ type redisStore struct {
 	journalID  uint64        // random; tells this store's journal members from other stores'
 	journalSeq atomic.Uint64 // numbers this store's journal members
 
+	isClosed  atomic.Bool // set by Close: a cluster client may still answer after its Close
 	closeOnce sync.Once
 	closeErr  error
+
+	pollMu sync.Mutex  // serializes polls
+	mirror redisMirror // guarded by pollMu
+	resync atomic.Bool // the subscription was (re)established: the next poll reads everything
+
+	pubMu     sync.Mutex
+	published map[string]string // the states each source last published, encoded without expiry; guarded by pubMu
 }
 
 // openRedisStore opens the Redis store that rawURL names:
-// redis://[user:pass@]host:port/db or rediss://… (TLS). The query parameter
+// redis://[user:pass@]host:port/db or rediss://… (TLS) for one server,
+// redis+cluster://[user:pass@]host:port,host:port,…/ for a Redis Cluster,
+// and redis+sentinel://[user:pass@]host:port,…/primary[/db] for a primary
+// that Redis Sentinels at the hosts watch (rediss+cluster:// and
+// rediss+sentinel:// with TLS); see parseRedisStoreURL. The query parameter
 // prefix sets the key prefix (default "hostbreaker:"; one that does not end
 // in ':' gets one); other query parameters are go-redis options (see
-// redis.ParseURL).
+// redis.ParseURL, redis.ParseClusterURL and redis.ParseFailoverURL).
 //
 // Only the URL is validated: the store opens even when Redis is unreachable,
 // and connects when it comes back. Errors name the URL with its password
 // redacted.
 func openRedisStore(rawURL string) (Store, error) {
-	opt, prefix, err := parseRedisURL(rawURL)
+	cfg, err := parseRedisStoreURL(rawURL)
 	if err != nil {
 		return nil, err
 	}
-	client, err := newRedisClient(opt)
+	client, err := cfg.newClient()
 	if err != nil {
 		return nil, fmt.Errorf("hostbreaker: open store %q: %w", redactURL(rawURL), err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &redisStore{
 		client:  client,
-		prefix:  prefix,
-		channel: prefix + "events",
+		prefix:  cfg.prefix,
+		base:    redisKeyBase(cfg.prefix, cfg.cluster != nil),
 		changes: make(chan struct{}, 1),
 		ctx:     ctx,
 		cancel:  cancel,
@@ -140,12 +160,184 @@ func openRedisStore(rawURL string) (Store, error) {
 
 		journalID: rand.Uint64(),
 	}
+	s.channel = s.redisKey("events")
 	// Warm the pool; an unreachable server is not an error here.
 	pctx, pcancel := context.WithTimeout(ctx, redisOpenPingTimeout)
 	_ = client.Ping(pctx).Err()
 	pcancel()
 	go s.watch(s.ps)
 	return s, nil
+}
+
+// redisStoreConfig is what a Redis store URL says: the key prefix and the
+// options of exactly one of the three kinds of client.
+type redisStoreConfig struct {
+	prefix   string
+	single   *redis.Options         // redis://, rediss://
+	cluster  *redis.ClusterOptions  // redis+cluster://, rediss+cluster://
+	failover *redis.FailoverOptions // redis+sentinel://, rediss+sentinel://
+}
+
+// newClient returns the client of c, turning a panic over options go-redis
+// cannot use (an absurd pool_size, say) into an error.
+func (c redisStoreConfig) newClient() (client redis.UniversalClient, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("create client: %v", p)
+		}
+	}()
+	switch {
+	case c.cluster != nil:
+		return redis.NewClusterClient(c.cluster), nil
+	case c.failover != nil:
+		return redis.NewFailoverClient(c.failover), nil
+	default:
+		return redis.NewClient(c.single), nil
+	}
+}
+
+// parseRedisStoreURL returns what a Redis store URL of any of the three
+// forms says (see openRedisStore), with the store's short timeouts filled
+// in where the URL sets none.
+//
+// redis+cluster:// and redis+sentinel:// take a comma-separated list of
+// host:port (a bracketed IPv6 address is allowed) where a URL has one; the
+// user and password authenticate to the Redis servers (the cluster's nodes,
+// or the primary and its replicas), and for Sentinel the query parameters
+// sentinel_username and sentinel_password to the Sentinels. A cluster URL
+// has no path (a cluster has one database); a Sentinel URL's path is the
+// primary's name as the Sentinels know it, then optionally the database.
+// The other query parameters are those of redis.ParseClusterURL and
+// redis.ParseFailoverURL.
+func parseRedisStoreURL(rawURL string) (redisStoreConfig, error) {
+	scheme, rest, _ := strings.Cut(rawURL, "://")
+	base, topology, _ := strings.Cut(strings.ToLower(scheme), "+")
+	if topology == "" {
+		opt, prefix, err := parseRedisURL(rawURL)
+		return redisStoreConfig{prefix: prefix, single: opt}, err
+	}
+	fail := func(format string, args ...any) error {
+		return fmt.Errorf("hostbreaker: open store %q: %s", redactURL(rawURL), fmt.Sprintf(format, args...))
+	}
+	if base != "redis" && base != "rediss" || topology != "cluster" && topology != "sentinel" {
+		return redisStoreConfig{}, fail("want redis+cluster://, rediss+cluster://, redis+sentinel:// or rediss+sentinel://")
+	}
+	// The authority ends at the first '/', '?' or '#'; a password must
+	// escape them. Its host list is split here: net/url takes one host.
+	end := strings.IndexAny(rest, "/?#")
+	if end < 0 {
+		end = len(rest)
+	}
+	authority, tail := rest[:end], rest[end:]
+	userinfo, hostList := "", authority
+	if at := strings.LastIndexByte(authority, '@'); at >= 0 {
+		userinfo, hostList = authority[:at+1], authority[at+1:]
+	}
+	var hosts []string
+	for _, h := range strings.Split(hostList, ",") {
+		host, port, err := net.SplitHostPort(h)
+		if err != nil || host == "" || port == "" {
+			return redisStoreConfig{}, fail("want host:port, comma-separated, got %q", h)
+		}
+		if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+			return redisStoreConfig{}, fail("invalid port in %q", h)
+		}
+		hosts = append(hosts, net.JoinHostPort(host, port))
+	}
+	u, err := url.Parse(base + "://" + userinfo + "placeholder" + tail)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) && userinfo == "" {
+			return redisStoreConfig{}, fail("invalid URL: %v", ue.Err)
+		}
+		return redisStoreConfig{}, fail("invalid URL")
+	}
+	if u.Fragment != "" {
+		return redisStoreConfig{}, fail("a store URL takes no fragment")
+	}
+	q, err := url.ParseQuery(u.RawQuery)
+	if err != nil {
+		return redisStoreConfig{}, fail("invalid query: %v", err)
+	}
+	prefix, err := takePrefix(q)
+	if err != nil {
+		return redisStoreConfig{}, fail("%v", err)
+	}
+	for _, h := range hosts[1:] {
+		q.Add("addr", h)
+	}
+	user, pass := "", ""
+	if u.User != nil {
+		user = u.User.Username()
+		pass, _ = u.User.Password()
+	}
+	cfg := redisStoreConfig{prefix: prefix}
+	if topology == "cluster" {
+		if u.Path != "" && u.Path != "/" {
+			return redisStoreConfig{}, fail("a cluster URL has no path (a cluster has one database): want %s+cluster://host:port,host:port/?prefix=…", base)
+		}
+		gu := url.URL{Scheme: base, User: u.User, Host: hosts[0], RawQuery: q.Encode()}
+		opt, err := redis.ParseClusterURL(gu.String())
+		if err != nil {
+			return redisStoreConfig{}, fail("%v", err)
+		}
+		opt.DialTimeout = cmp.Or(opt.DialTimeout, redisDialTimeout)
+		opt.ReadTimeout = cmp.Or(opt.ReadTimeout, redisIOTimeout)
+		opt.WriteTimeout = cmp.Or(opt.WriteTimeout, redisIOTimeout)
+		opt.MaxRetries = cmp.Or(opt.MaxRetries, redisMaxRetries)
+		opt.MaxRetryBackoff = cmp.Or(opt.MaxRetryBackoff, redisMaxRetryBackoff)
+		opt.DialerRetries = 1
+		opt.ContextTimeoutEnabled = true
+		cfg.cluster = opt
+		return cfg, nil
+	}
+	path := strings.Split(strings.Trim(u.Path, "/"), "/")
+	if path[0] == "" || len(path) > 2 {
+		return redisStoreConfig{}, fail("want %s+sentinel://host:port,host:port/primary-name[/db]", base)
+	}
+	sentinelUser, sentinelPass := q.Get("sentinel_username"), q.Get("sentinel_password")
+	q.Del("sentinel_username")
+	q.Del("sentinel_password")
+	q.Set("master_name", path[0])
+	gu := url.URL{Scheme: base, Host: hosts[0], RawQuery: q.Encode()}
+	if len(path) == 2 {
+		gu.Path = "/" + path[1]
+	}
+	opt, err := redis.ParseFailoverURL(gu.String())
+	if err != nil {
+		return redisStoreConfig{}, fail("%v", err)
+	}
+	if user != "" || pass != "" {
+		opt.Username, opt.Password = user, pass
+	}
+	opt.SentinelUsername, opt.SentinelPassword = sentinelUser, sentinelPass
+	opt.DialTimeout = cmp.Or(opt.DialTimeout, redisDialTimeout)
+	opt.ReadTimeout = cmp.Or(opt.ReadTimeout, redisIOTimeout)
+	opt.WriteTimeout = cmp.Or(opt.WriteTimeout, redisIOTimeout)
+	opt.MaxRetries = cmp.Or(opt.MaxRetries, redisMaxRetries)
+	opt.MaxRetryBackoff = cmp.Or(opt.MaxRetryBackoff, redisMaxRetryBackoff)
+	opt.DialerRetries = 1
+	opt.ContextTimeoutEnabled = true
+	cfg.failover = opt
+	return cfg, nil
+}
+
+// takePrefix removes the prefix query parameter from q and returns the key
+// prefix it sets, defaultRedisPrefix when it is absent.
+func takePrefix(q url.Values) (string, error) {
+	ps, ok := q["prefix"]
+	if !ok {
+		return defaultRedisPrefix, nil
+	}
+	if len(ps) != 1 || ps[0] == "" {
+		return "", errors.New("query parameter prefix must be given once and not be empty")
+	}
+	prefix := ps[0]
+	if !strings.HasSuffix(prefix, ":") {
+		prefix += ":" // keeps prefixes apart; see redisStore
+	}
+	delete(q, "prefix")
+	return prefix, nil
 }
 
 // parseRedisURL returns the go-redis options and the key prefix that rawURL
@@ -174,18 +366,11 @@ func parseRedisURL(rawURL string) (*redis.Options, string, error) {
 	if err != nil {
 		return nil, "", fail("invalid query: %v", err)
 	}
-	prefix := defaultRedisPrefix
-	if ps, ok := q["prefix"]; ok {
-		if len(ps) != 1 || ps[0] == "" {
-			return nil, "", fail("query parameter prefix must be given once and not be empty")
-		}
-		prefix = ps[0]
-		if !strings.HasSuffix(prefix, ":") {
-			prefix += ":" // keeps prefixes apart; see redisStore
-		}
-		delete(q, "prefix")
-		u.RawQuery = q.Encode()
+	prefix, err := takePrefix(q)
+	if err != nil {
+		return nil, "", fail("%v", err)
 	}
+	u.RawQuery = q.Encode()
 	opt, err := redis.ParseURL(u.String())
 	if err != nil {
 		return nil, "", fail("%v", err)
@@ -208,17 +393,6 @@ func parseRedisURL(rawURL string) (*redis.Options, string, error) {
 	opt.DialerRetries = 1
 	opt.ContextTimeoutEnabled = true
 	return opt, prefix, nil
-}
-
-// newRedisClient returns redis.NewClient(opt), turning a panic over options
-// it cannot use (an absurd pool_size, say) into an error.
-func newRedisClient(opt *redis.Options) (c *redis.Client, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("create client: %v", p)
-		}
-	}()
-	return redis.NewClient(opt), nil
 }
 
 // redactURL returns rawURL with its password, if any, replaced by "xxxxx",
@@ -256,7 +430,30 @@ const (
 
 // key returns the key of kind for the host or source name.
 func (s *redisStore) key(kind, name string) string {
-	return s.prefix + kind + url.QueryEscape(name)
+	return s.redisKey(kind + url.QueryEscape(name))
+}
+
+// redisKey returns the key (or channel) named name in the store. Every key
+// and the change channel are built here, so that in a cluster they all
+// carry the store's hash tag and live in one slot: a MULTI/EXEC may only
+// touch the keys of one slot.
+func (s *redisStore) redisKey(name string) string {
+	return s.base + name
+}
+
+// redisKeyBase returns what the keys of a store with prefix start with: the
+// prefix itself, or, in a cluster, the prefix as a hash tag, "{prefix}",
+// with '{', '}' and '%' in it escaped as in a URL, so that the tag is the
+// whole prefix, never empty, and two prefixes never give one tag. The
+// store's keys then all hash to one slot, so one store lives on one
+// primary of the cluster (and its replicas); stores with different
+// prefixes spread over the cluster.
+func redisKeyBase(prefix string, cluster bool) string {
+	if !cluster {
+		return prefix
+	}
+	r := strings.NewReplacer("%", "%25", "{", "%7B", "}", "%7D")
+	return "{" + r.Replace(prefix) + "}"
 }
 
 // ceilMilli returns t in Unix milliseconds, rounded up, so that a key set to
@@ -286,7 +483,10 @@ func expiredMax(now time.Time) string {
 // appendStored). Values that do not decode, or that name another host than
 // the key that holds them, are skipped.
 func (s *redisStore) Records(ctx context.Context) ([]Record, error) {
-	hosts, err := s.client.ZRangeByScore(ctx, s.prefix+redisHostsIndex, liveRange(time.Now())).Result()
+	if s.isClosed.Load() {
+		return nil, fmt.Errorf("hostbreaker: redis store: records: %w", redis.ErrClosed)
+	}
+	hosts, err := s.client.ZRangeByScore(ctx, s.redisKey(redisHostsIndex), liveRange(time.Now())).Result()
 	if err != nil {
 		return nil, fmt.Errorf("hostbreaker: redis store: records: %w", err)
 	}
@@ -359,6 +559,9 @@ func isRedisReply(err error) bool {
 // meanwhile; then it starts again, at most redisPutAttempts times. A Put
 // that changes nothing writes nothing.
 func (s *redisStore) Put(ctx context.Context, r Record) error {
+	if s.isClosed.Load() {
+		return fmt.Errorf("hostbreaker: redis store: put %s: %w", r.Host, redis.ErrClosed)
+	}
 	if h, err := normalizeHost("", r.Host); err != nil || h != r.Host {
 		return fmt.Errorf("hostbreaker: redis store: put %q: host is not normalized", r.Host)
 	}
@@ -418,7 +621,7 @@ func (s *redisStore) putTx(ctx context.Context, tx *redis.Tx, r Record, hkey, mk
 	if w.none() {
 		return nil
 	}
-	index := s.prefix + redisHostsIndex
+	index := s.redisKey(redisHostsIndex)
 	_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		if len(w.del) > 0 {
 			p.HDel(ctx, hkey, w.del...)
@@ -446,6 +649,7 @@ func (s *redisStore) putTx(ctx context.Context, tx *redis.Tx, r Record, hkey, mk
 		}
 		p.ZRemRangeByScore(ctx, index, "-inf", expiredMax(now))
 		if w.changed {
+			s.logChange(ctx, p, redisKindCooldowns+r.Host)
 			p.Publish(ctx, s.channel, r.Host)
 		}
 		return nil
@@ -464,10 +668,22 @@ func exactUnixNano(t time.Time) bool {
 // until ttl from now, and indexes the source. A ttl that is not positive
 // deletes them.
 func (s *redisStore) PublishStates(ctx context.Context, source string, states []PublishedState, ttl time.Duration) error {
+	if s.isClosed.Load() {
+		return fmt.Errorf("hostbreaker: redis store: publish states of %q: %w", source, redis.ErrClosed)
+	}
 	key := s.key(redisKindStates, source)
-	index := s.prefix + redisSourcesIndex
+	index := s.redisKey(redisSourcesIndex)
 	now := time.Now()
+	// A publication of the same states only extends them: it is not a
+	// change for the log (readers take the expiry from the index).
+	content := string(encodeStates(source, states, time.Unix(0, 1)))
+	s.pubMu.Lock()
+	same := s.published[source] == content && ttl > 0
+	s.pubMu.Unlock()
 	_, err := s.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		if !same {
+			s.logChange(ctx, p, redisKindStates+source)
+		}
 		if ttl <= 0 {
 			p.Del(ctx, key)
 			p.ZRem(ctx, index, source)
@@ -482,6 +698,16 @@ func (s *redisStore) PublishStates(ctx context.Context, source string, states []
 		p.ZRemRangeByScore(ctx, index, "-inf", expiredMax(now))
 		return nil
 	})
+	s.pubMu.Lock()
+	if s.published == nil {
+		s.published = make(map[string]string)
+	}
+	if err != nil || ttl <= 0 {
+		delete(s.published, source)
+	} else {
+		s.published[source] = content
+	}
+	s.pubMu.Unlock()
 	if err != nil {
 		return fmt.Errorf("hostbreaker: redis store: publish states of %q: %w", source, err)
 	}
@@ -492,35 +718,57 @@ func (s *redisStore) PublishStates(ctx context.Context, source string, states []
 // the store's prefix. It reads the sources index, then each live source's
 // states in one pipeline.
 func (s *redisStore) States(ctx context.Context) ([]PublishedState, error) {
-	sources, err := s.client.ZRangeByScore(ctx, s.prefix+redisSourcesIndex, liveRange(time.Now())).Result()
-	if err != nil {
-		return nil, fmt.Errorf("hostbreaker: redis store: states: %w", err)
+	if s.isClosed.Load() {
+		return nil, fmt.Errorf("hostbreaker: redis store: states: %w", redis.ErrClosed)
 	}
-	if len(sources) == 0 {
-		return nil, nil
+	sources, _, err := s.readStates(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []PublishedState
+	for _, src := range slices.Sorted(maps.Keys(sources)) {
+		out = append(out, sources[src]...)
+	}
+	return out, nil
+}
+
+// readStates reads the sources index and each live source's states in one
+// pipeline, and returns the states by source and the sources' expiry, as
+// the index scores it.
+func (s *redisStore) readStates(ctx context.Context) (map[string][]PublishedState, map[string]time.Time, error) {
+	live, err := s.client.ZRangeByScoreWithScores(ctx, s.redisKey(redisSourcesIndex), liveRange(time.Now())).Result()
+	if err != nil {
+		return nil, nil, fmt.Errorf("hostbreaker: redis store: states: %w", err)
+	}
+	out := make(map[string][]PublishedState, len(live))
+	expires := make(map[string]time.Time, len(live))
+	if len(live) == 0 {
+		return out, expires, nil
 	}
 	pipe := s.client.Pipeline()
-	cmds := make([]*redis.StringCmd, len(sources))
-	for i, source := range sources {
-		cmds[i] = pipe.Get(ctx, s.key(redisKindStates, source))
+	cmds := make([]*redis.StringCmd, len(live))
+	sources := make([]string, len(live))
+	for i, z := range live {
+		sources[i], _ = z.Member.(string)
+		expires[sources[i]] = time.UnixMilli(int64(z.Score))
+		cmds[i] = pipe.Get(ctx, s.key(redisKindStates, sources[i]))
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !isRedisReply(err) {
-		return nil, fmt.Errorf("hostbreaker: redis store: states: %w", err)
+		return nil, nil, fmt.Errorf("hostbreaker: redis store: states: %w", err)
 	}
 	now := time.Now()
-	var out []PublishedState
 	for i, cmd := range cmds {
 		v, err := cmd.Bytes()
 		if err != nil {
 			continue
 		}
-		src, states, expires, err := decodeStates(v)
-		if err != nil || src != sources[i] || !expires.After(now) {
+		src, states, exp, err := decodeStates(v)
+		if err != nil || src != sources[i] || !exp.After(now) {
 			continue
 		}
-		out = append(out, states...)
+		out[src] = states
 	}
-	return out, nil
+	return out, expires, nil
 }
 
 // redisJournalTagLen is the length of the tag that starts every member of
@@ -568,10 +816,13 @@ func redisSubMilli(ns int64) int64 {
 // that limits.Retention ago falls in are kept. Members that do not decode
 // are dropped like the others, by their score and rank.
 func (s *redisStore) AppendEvents(ctx context.Context, events []Event, limits JournalLimits) (int, error) {
+	if s.isClosed.Load() {
+		return 0, fmt.Errorf("hostbreaker: redis store: append events: %w", redis.ErrClosed)
+	}
 	if err := checkJournalEvents(events); err != nil {
 		return 0, fmt.Errorf("hostbreaker: redis store: append events: %w", err)
 	}
-	key := s.prefix + redisJournal
+	key := s.redisKey(redisJournal)
 	members := make([]redis.Z, len(events))
 	seq := s.journalSeq.Add(uint64(len(events))) - uint64(len(events))
 	for i, ev := range events {
@@ -616,7 +867,10 @@ func (s *redisStore) AppendEvents(ctx context.Context, events []Event, limits Jo
 // is at or after since (see decodeJournal). The pages are not one snapshot: an event appended
 // or dropped while Events reads may or may not be returned.
 func (s *redisStore) Events(ctx context.Context, since time.Time) ([]Event, error) {
-	key := s.prefix + redisJournal
+	if s.isClosed.Load() {
+		return nil, fmt.Errorf("hostbreaker: redis store: events: %w", redis.ErrClosed)
+	}
+	key := s.redisKey(redisJournal)
 	minScore := "-inf"
 	if !since.Before(time.Unix(0, math.MinInt64)) {
 		if since.After(time.Unix(0, math.MaxInt64)) {
@@ -672,10 +926,19 @@ func (s *redisStore) Events(ctx context.Context, since time.Time) ([]Event, erro
 // to a key, and values that do not decode as the override of that key, are
 // skipped; so is a key of another type.
 func (s *redisStore) Overrides(ctx context.Context) (map[string]Policy, error) {
-	fields, err := s.client.HGetAll(ctx, s.prefix+redisOverrides).Result()
+	if s.isClosed.Load() {
+		return nil, fmt.Errorf("hostbreaker: redis store: overrides: %w", redis.ErrClosed)
+	}
+	fields, err := s.client.HGetAll(ctx, s.redisKey(redisOverrides)).Result()
 	if err != nil && !isRedisReply(err) {
 		return nil, fmt.Errorf("hostbreaker: redis store: overrides: %w", err)
 	}
+	return decodeRedisOverrides(fields), nil
+}
+
+// decodeRedisOverrides decodes the fields of the overrides hash, as
+// Overrides documents.
+func decodeRedisOverrides(fields map[string]string) map[string]Policy {
 	out := make(map[string]Policy, len(fields))
 	for field, v := range fields {
 		// Only the exact escape of its key: a field written otherwise
@@ -688,7 +951,7 @@ func (s *redisStore) Overrides(ctx context.Context) (map[string]Policy, error) {
 			out[key] = p
 		}
 	}
-	return out, nil
+	return out
 }
 
 // PutOverride replaces the override of key with p, or deletes it when p
@@ -699,6 +962,9 @@ func (s *redisStore) Overrides(ctx context.Context) (map[string]Policy, error) {
 // again at most redisPutAttempts times when another client wrote the hash
 // meanwhile.
 func (s *redisStore) PutOverride(ctx context.Context, key string, p Policy) error {
+	if s.isClosed.Load() {
+		return fmt.Errorf("hostbreaker: redis store: put override of %s: %w", key, redis.ErrClosed)
+	}
 	if err := checkOverrideKey(key); err != nil {
 		return fmt.Errorf("hostbreaker: redis store: put override: %w", err)
 	}
@@ -710,7 +976,7 @@ func (s *redisStore) PutOverride(ctx context.Context, key string, p Policy) erro
 	if !emptyTuned(p) {
 		v = encodeOverride(key, p)
 	}
-	hkey, field := s.prefix+redisOverrides, url.QueryEscape(key)
+	hkey, field := s.redisKey(redisOverrides), url.QueryEscape(key)
 	try := func(tx *redis.Tx) error {
 		old, err := tx.HGet(ctx, hkey, field).Bytes()
 		switch {
@@ -728,6 +994,7 @@ func (s *redisStore) PutOverride(ctx context.Context, key string, p Policy) erro
 			} else {
 				p.HSet(ctx, hkey, field, v)
 			}
+			s.logChange(ctx, p, redisKindOverride)
 			p.Publish(ctx, s.channel, redisKindOverride+key)
 			return nil
 		})
@@ -809,6 +1076,7 @@ func (s *redisStore) watch(ps *redis.PubSub) {
 		switch m := msg.(type) {
 		case *redis.Subscription:
 			if m.Kind == "subscribe" {
+				s.resync.Store(true) // changes may have gone unannounced meanwhile
 				s.signal()
 			}
 		case *redis.Message:
@@ -837,6 +1105,7 @@ func (s *redisStore) resubscribe(ps *redis.PubSub) *redis.PubSub {
 // is safe to call more than once; later calls return the first result.
 func (s *redisStore) Close() error {
 	s.closeOnce.Do(func() {
+		s.isClosed.Store(true)
 		s.cancel()
 		s.mu.Lock()
 		s.closed = true
@@ -851,4 +1120,253 @@ func (s *redisStore) Close() error {
 		}
 	})
 	return s.closeErr
+}
+
+// The change log, which lets a poll read only what changed (see poll).
+// Under the prefix, s.key(redisKindChange, ...) names:
+//   - "seq", a counter that every change increments;
+//   - "log", a sorted set of what changed ("h:" and a host, "s:" and a
+//     source, "o:" for the overrides), each scored by the counter's value
+//     at its latest change, keeping the newest redisChangeLogMax members;
+//   - "trimmed", the highest score dropped from the log; the member
+//     redisChangeTrim is scored by the change that dropped it, so that a
+//     reader behind it reads everything again.
+const (
+	redisKindChange    = "c:"
+	redisChangeSeq     = "seq"
+	redisChangeLog     = "log"
+	redisChangeTrimmed = "trimmed"
+	redisChangeTrim    = "t:"
+	redisChangeLogMax  = 1 << 16
+
+	// redisResyncInterval is how often a poll reads everything again,
+	// whatever the log says: what no change announced (an entry written
+	// by hand, a lost log) is seen within it.
+	redisResyncInterval = 5 * time.Minute
+)
+
+// redisChangeScript records one change: it increments the counter, scores
+// the member by it, and trims the log to its newest ARGV[2] members. KEYS:
+// seq, log, trimmed; ARGV: the member, the log's bound.
+var redisChangeScript = redis.NewScript(`
+local s = redis.call('INCR', KEYS[1])
+redis.call('ZADD', KEYS[2], s, ARGV[1])
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[2])
+if over > 0 then
+  local old = redis.call('ZRANGE', KEYS[2], 0, over - 1, 'WITHSCORES')
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, over - 1)
+  redis.call('SET', KEYS[3], old[#old])
+  redis.call('ZADD', KEYS[2], s, '` + redisChangeTrim + `')
+end
+return s
+`)
+
+// logChange queues, on p, the record of a change of member in the change
+// log (see redisChangeScript).
+func (s *redisStore) logChange(ctx context.Context, p redis.Pipeliner, member string) {
+	redisChangeScript.Eval(ctx, p, []string{s.key(redisKindChange, redisChangeSeq), s.key(redisKindChange, redisChangeLog),
+		s.key(redisKindChange, redisChangeTrimmed)}, member, redisChangeLogMax)
+}
+
+// redisMirror is what a Redis store's polls have read: the store as of
+// the change numbered cursor, decoded. Guarded by redisStore.pollMu.
+type redisMirror struct {
+	cursor    int64                       // the newest change read; the log is read past it
+	full      time.Time                   // the last full read; zero: none yet
+	hosts     map[string][]Record         // the records and marker of each host, as appendStored reads them
+	sources   map[string][]PublishedState // the states of each source, as it last changed them
+	expires   map[string]time.Time        // the sources' expiry, from their index, at each poll
+	overrides map[string]Policy
+}
+
+// poll returns what Records, States and Overrides would (see storePoller),
+// reading only what changed since the last poll: one round trip of two
+// commands (the change log past the cursor, the sources index) when
+// nothing changed, whatever the number of hosts; then, in a second round
+// trip, two commands per host and one per source that changed, and one
+// for the overrides if they did. It reads everything (Records, States,
+// Overrides) at the first poll, every redisResyncInterval, after the
+// subscription was (re)established (changes may have gone unannounced
+// while it was down), when the log was trimmed past the cursor, and after
+// a failed poll.
+func (s *redisStore) poll(ctx context.Context) (storePoll, error) {
+	s.pollMu.Lock()
+	defer s.pollMu.Unlock()
+	m := &s.mirror
+	now := time.Now()
+	resync := s.resync.Swap(false)
+	if m.full.IsZero() || resync || now.Sub(m.full) >= redisResyncInterval || now.Before(m.full) {
+		return s.pollFull(ctx, now)
+	}
+	logKey := s.key(redisKindChange, redisChangeLog)
+	pipe := s.client.Pipeline()
+	changes := pipe.ZRangeByScoreWithScores(ctx, logKey, &redis.ZRangeBy{Min: "(" + strconv.FormatInt(m.cursor, 10), Max: "+inf"})
+	sources := pipe.ZRangeByScoreWithScores(ctx, s.redisKey(redisSourcesIndex), liveRange(now))
+	if _, err := pipe.Exec(ctx); err != nil && !isRedisReply(err) {
+		m.full = time.Time{}
+		return storePoll{}, fmt.Errorf("hostbreaker: redis store: poll: %w", err)
+	}
+	log, err1 := changes.Result()
+	live, err2 := sources.Result()
+	if err1 != nil || err2 != nil {
+		m.full = time.Time{}
+		return storePoll{}, fmt.Errorf("hostbreaker: redis store: poll: %w", errors.Join(err1, err2))
+	}
+	cursor := m.cursor
+	var hosts, srcs []string
+	overrides := false
+	for _, z := range log {
+		member, _ := z.Member.(string)
+		cursor = max(cursor, int64(z.Score))
+		switch {
+		case member == redisChangeTrim:
+			trimmed, err := s.client.Get(ctx, s.key(redisKindChange, redisChangeTrimmed)).Int64()
+			if err != nil || trimmed > m.cursor {
+				return s.pollFull(ctx, now) // changes this store never read were dropped
+			}
+		case strings.HasPrefix(member, redisKindCooldowns):
+			hosts = append(hosts, member[len(redisKindCooldowns):])
+		case strings.HasPrefix(member, redisKindStates):
+			srcs = append(srcs, member[len(redisKindStates):])
+		case member == redisKindOverride:
+			overrides = true
+		}
+	}
+	clear(m.expires)
+	for _, z := range live {
+		src, _ := z.Member.(string)
+		m.expires[src] = time.UnixMilli(int64(z.Score))
+		if _, ok := m.sources[src]; !ok && !slices.Contains(srcs, src) {
+			srcs = append(srcs, src) // live, never read: refreshed while this store was not looking
+		}
+	}
+	if len(hosts)+len(srcs) > 0 || overrides {
+		if err := s.readChanged(ctx, hosts, srcs, overrides, now); err != nil {
+			m.full = time.Time{}
+			return storePoll{}, err
+		}
+	}
+	m.cursor = cursor
+	return m.result(now), nil
+}
+
+// readChanged reads, in one pipeline, the hosts and sources that changed
+// and the overrides if they did, into the mirror.
+func (s *redisStore) readChanged(ctx context.Context, hosts, srcs []string, overrides bool, now time.Time) error {
+	m := &s.mirror
+	type hostCmds struct {
+		hash   *redis.MapStringStringCmd
+		marker *redis.StringCmd
+	}
+	pipe := s.client.Pipeline()
+	hc := make([]hostCmds, len(hosts))
+	for i, host := range hosts {
+		hc[i] = hostCmds{pipe.HGetAll(ctx, s.key(redisKindCooldowns, host)), pipe.Get(ctx, s.key(redisKindReset, host))}
+	}
+	sc := make([]*redis.StringCmd, len(srcs))
+	for i, src := range srcs {
+		sc[i] = pipe.Get(ctx, s.key(redisKindStates, src))
+	}
+	var oc *redis.MapStringStringCmd
+	if overrides {
+		oc = pipe.HGetAll(ctx, s.redisKey(redisOverrides))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !isRedisReply(err) {
+		return fmt.Errorf("hostbreaker: redis store: poll: %w", err)
+	}
+	for i, host := range hosts {
+		if h, err := normalizeHost("", host); err != nil || h != host {
+			continue
+		}
+		fields, err := hc[i].hash.Result()
+		if err != nil {
+			fields = nil
+		}
+		marker, err := hc[i].marker.Bytes()
+		if err != nil {
+			marker = nil
+		}
+		values := make([][]byte, 0, len(fields))
+		for _, v := range fields {
+			values = append(values, []byte(v))
+		}
+		if recs := appendStored(nil, host, values, marker, now); len(recs) > 0 {
+			m.hosts[host] = recs
+		} else {
+			delete(m.hosts, host)
+		}
+	}
+	for i, src := range srcs {
+		v, err := sc[i].Bytes()
+		if err != nil {
+			delete(m.sources, src)
+			continue
+		}
+		if got, states, _, err := decodeStates(v); err == nil && got == src {
+			m.sources[src] = states
+		} else {
+			delete(m.sources, src)
+		}
+	}
+	if oc != nil {
+		fields, err := oc.Result()
+		if err != nil && !isRedisReply(err) {
+			return fmt.Errorf("hostbreaker: redis store: poll: %w", err)
+		}
+		m.overrides = decodeRedisOverrides(fields)
+	}
+	return nil
+}
+
+// pollFull reads everything into the mirror: the cursor first, so that a
+// change made while it reads is read again by the next poll.
+func (s *redisStore) pollFull(ctx context.Context, now time.Time) (storePoll, error) {
+	m := &s.mirror
+	m.full = time.Time{}
+	cursor, err := s.client.Get(ctx, s.key(redisKindChange, redisChangeSeq)).Int64()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return storePoll{}, fmt.Errorf("hostbreaker: redis store: poll: %w", err)
+	}
+	recs, err := s.Records(ctx)
+	if err != nil {
+		return storePoll{}, err
+	}
+	ov, err := s.Overrides(ctx)
+	if err != nil {
+		return storePoll{}, err
+	}
+	sources, expires, err := s.readStates(ctx)
+	if err != nil {
+		return storePoll{}, err
+	}
+	m.hosts = make(map[string][]Record)
+	for _, r := range recs {
+		m.hosts[r.Host] = append(m.hosts[r.Host], r)
+	}
+	m.sources, m.expires, m.overrides = sources, expires, ov
+	m.cursor, m.full = cursor, now
+	return m.result(now), nil
+}
+
+// result returns the mirror's content that has not expired at now, as
+// the caller's.
+func (m *redisMirror) result(now time.Time) storePoll {
+	var out storePoll
+	for _, recs := range m.hosts {
+		for _, r := range recs {
+			if r.Until.After(now) {
+				out.records = append(out.records, r)
+			}
+		}
+	}
+	for src, states := range m.sources {
+		if exp, ok := m.expires[src]; ok && exp.After(now) {
+			out.states = append(out.states, states...)
+		}
+	}
+	out.overrides = make(map[string]Policy, len(m.overrides))
+	for k, p := range m.overrides {
+		out.overrides[k] = cloneTuned(p)
+	}
+	return out
 }

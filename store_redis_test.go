@@ -113,35 +113,37 @@ func TestRedisOpenUnreachable(t *testing.T) {
 }
 
 func TestRedisPutRejects(t *testing.T) {
-	s := openTestRedis(t, testRedisURL(t))
-	now := time.Now()
-	good := Record{Host: "example.com", Reason: ReasonRetryAfter, Until: now.Add(time.Minute), At: now}
-	for _, host := range []string{"", "Example.com", "example.com.", "evil*host", "a:b:c", "h:x", "host\nname", "bücher.de", "[::1", "a b"} {
-		r := good
-		r.Host = host
-		if err := s.Put(context.Background(), r); err == nil {
-			t.Errorf("Put accepted host %q", host)
-		} else if !strings.Contains(err.Error(), "redis store: put") {
-			t.Errorf("Put(%q) error %q does not say what failed", host, err)
+	eachRedis(t, func(t *testing.T, u string) {
+		s := openTestRedis(t, u)
+		now := time.Now()
+		good := Record{Host: "example.com", Reason: ReasonRetryAfter, Until: now.Add(time.Minute), At: now}
+		for _, host := range []string{"", "Example.com", "example.com.", "evil*host", "a:b:c", "h:x", "host\nname", "bücher.de", "[::1", "a b"} {
+			r := good
+			r.Host = host
+			if err := s.Put(context.Background(), r); err == nil {
+				t.Errorf("Put accepted host %q", host)
+			} else if !strings.Contains(err.Error(), "redis store: put") {
+				t.Errorf("Put(%q) error %q does not say what failed", host, err)
+			}
 		}
-	}
-	for _, mod := range []func(*Record){
-		func(r *Record) { r.Reason = "" },
-		func(r *Record) { r.Reason = ReasonHalfOpenFull },
-		func(r *Record) { r.Reason = "bogus" },
-		func(r *Record) { r.Until = time.Time{} },
-		func(r *Record) { r.At = time.Time{} },
-		func(r *Record) { r.Until = time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC) },
-	} {
-		r := good
-		mod(&r)
-		if err := s.Put(context.Background(), r); err == nil {
-			t.Errorf("Put accepted %+v", r)
+		for _, mod := range []func(*Record){
+			func(r *Record) { r.Reason = "" },
+			func(r *Record) { r.Reason = ReasonHalfOpenFull },
+			func(r *Record) { r.Reason = "bogus" },
+			func(r *Record) { r.Until = time.Time{} },
+			func(r *Record) { r.At = time.Time{} },
+			func(r *Record) { r.Until = time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC) },
+		} {
+			r := good
+			mod(&r)
+			if err := s.Put(context.Background(), r); err == nil {
+				t.Errorf("Put accepted %+v", r)
+			}
 		}
-	}
-	if rs := mustRecords(t, s); len(rs) != 0 {
-		t.Fatalf("rejected puts left records: %+v", rs)
-	}
+		if rs := mustRecords(t, s); len(rs) != 0 {
+			t.Fatalf("rejected puts left records: %+v", rs)
+		}
+	})
 }
 
 func TestRedisReset(t *testing.T) {
@@ -381,32 +383,33 @@ func TestRedisStates(t *testing.T) {
 }
 
 func TestRedisChanges(t *testing.T) {
-	u := testRedisURL(t)
-	a := openTestRedis(t, u)
-	b := openTestRedis(t, u)
-	other := openTestRedis(t, withPrefix(t, u, prefixOf(t, u)+"other:"))
-	for _, s := range []Store{a, b, other} {
-		if !waitChange(s, 3*time.Second) {
-			t.Fatal("no signal when the subscription was established")
+	eachRedis(t, func(t *testing.T, u string) {
+		a := openTestRedis(t, u)
+		b := openTestRedis(t, u)
+		other := openTestRedis(t, withPrefix(t, u, prefixOf(t, u)+"other:"))
+		for _, s := range []Store{a, b, other} {
+			if !waitChange(s, 3*time.Second) {
+				t.Fatal("no signal when the subscription was established")
+			}
 		}
-	}
-	now := time.Now()
-	r := Record{Host: "c.example", Reason: ReasonRetryAfter, Until: now.Add(time.Minute), At: now}
-	mustPut(t, a, r)
-	if !waitChange(b, 2*time.Second) {
-		t.Fatal("b saw no change after a's Put")
-	}
-	if !waitChange(a, 2*time.Second) {
-		t.Fatal("a saw no change after its own Put")
-	}
-	if waitChange(other, 200*time.Millisecond) {
-		t.Error("a store under another prefix was signalled")
-	}
-	// A Put that changes nothing does not signal.
-	mustPut(t, a, r)
-	if waitChange(b, 200*time.Millisecond) {
-		t.Error("a Put that changed nothing signalled")
-	}
+		now := time.Now()
+		r := Record{Host: "c.example", Reason: ReasonRetryAfter, Until: now.Add(time.Minute), At: now}
+		mustPut(t, a, r)
+		if !waitChange(b, 2*time.Second) {
+			t.Fatal("b saw no change after a's Put")
+		}
+		if !waitChange(a, 2*time.Second) {
+			t.Fatal("a saw no change after its own Put")
+		}
+		if waitChange(other, 200*time.Millisecond) {
+			t.Error("a store under another prefix was signalled")
+		}
+		// A Put that changes nothing does not signal.
+		mustPut(t, a, r)
+		if waitChange(b, 200*time.Millisecond) {
+			t.Error("a Put that changed nothing signalled")
+		}
+	})
 }
 
 // TestRedisPropagationLatency measures how soon a Put through one store is
@@ -452,79 +455,81 @@ func TestRedisPropagationLatency(t *testing.T) {
 }
 
 func TestRedisConcurrentPut(t *testing.T) {
-	u := testRedisURL(t)
-	stores := []*redisStore{openTestRedis(t, u), openTestRedis(t, u)}
-	now := time.Now()
-	var wg sync.WaitGroup
-	var latest atomic.Int64
-	for g := range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			rng := rand.New(rand.NewPCG(uint64(g), 1))
-			for range 50 {
-				until := now.Add(time.Minute + time.Duration(rng.IntN(1_000_000))*time.Microsecond)
-				for {
-					m := latest.Load()
-					if until.UnixNano() <= m || latest.CompareAndSwap(m, until.UnixNano()) {
-						break
+	eachRedis(t, func(t *testing.T, u string) {
+		stores := []*redisStore{openTestRedis(t, u), openTestRedis(t, u)}
+		now := time.Now()
+		var wg sync.WaitGroup
+		var latest atomic.Int64
+		for g := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				rng := rand.New(rand.NewPCG(uint64(g), 1))
+				for range 50 {
+					until := now.Add(time.Minute + time.Duration(rng.IntN(1_000_000))*time.Microsecond)
+					for {
+						m := latest.Load()
+						if until.UnixNano() <= m || latest.CompareAndSwap(m, until.UnixNano()) {
+							break
+						}
+					}
+					r := Record{Host: "race.example", Role: "r", Reason: ReasonRollingWindow, Until: until, At: now}
+					if err := stores[g%2].Put(context.Background(), r); err != nil {
+						t.Error(err)
+						return
 					}
 				}
-				r := Record{Host: "race.example", Role: "r", Reason: ReasonRollingWindow, Until: until, At: now}
-				if err := stores[g%2].Put(context.Background(), r); err != nil {
-					t.Error(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	rs := mustRecords(t, stores[0])
-	if len(rs) != 1 || rs[0].Until.UnixNano() != latest.Load() {
-		t.Fatalf("after racing puts: %+v, want Until %v", rs, time.Unix(0, latest.Load()))
-	}
+			}()
+		}
+		wg.Wait()
+		rs := mustRecords(t, stores[0])
+		if len(rs) != 1 || rs[0].Until.UnixNano() != latest.Load() {
+			t.Fatalf("after racing puts: %+v, want Until %v", rs, time.Unix(0, latest.Load()))
+		}
+	})
 }
 
 func TestRedisCloseStopsGoroutines(t *testing.T) {
-	u := testRedisURL(t)
-	before := runtime.NumGoroutine()
-	var stores []*redisStore
-	for range 3 {
-		st, err := OpenStore(u)
-		if err != nil {
-			t.Fatal(err)
+	eachRedis(t, func(t *testing.T, u string) {
+		before := runtime.NumGoroutine()
+		var stores []*redisStore
+		for range 3 {
+			st, err := OpenStore(u)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := st.(*redisStore)
+			stores = append(stores, s)
+			waitChange(s, 3*time.Second)
+			if _, err := s.Records(context.Background()); err != nil {
+				t.Fatal(err)
+			}
 		}
-		s := st.(*redisStore)
-		stores = append(stores, s)
-		waitChange(s, 3*time.Second)
-		if _, err := s.Records(context.Background()); err != nil {
-			t.Fatal(err)
+		for _, s := range stores {
+			if err := s.Close(); err != nil {
+				t.Errorf("Close: %v", err)
+			}
+			select {
+			case <-s.done:
+			default:
+				t.Error("watch goroutine still running after Close")
+			}
+			if err := s.Close(); err != nil {
+				t.Errorf("second Close: %v", err)
+			}
+			if err := s.Put(context.Background(), Record{Host: "x.com", Reason: ReasonManual, Until: time.Now().Add(time.Minute), At: time.Now()}); err == nil {
+				t.Error("Put after Close succeeded")
+			}
 		}
-	}
-	for _, s := range stores {
-		if err := s.Close(); err != nil {
-			t.Errorf("Close: %v", err)
+		deadline := time.Now().Add(3 * time.Second)
+		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
 		}
-		select {
-		case <-s.done:
-		default:
-			t.Error("watch goroutine still running after Close")
+		if n := runtime.NumGoroutine(); n > before {
+			buf := make([]byte, 1<<16)
+			t.Errorf("%d goroutines before, %d after Close:\n%s", before, n, buf[:runtime.Stack(buf, true)])
 		}
-		if err := s.Close(); err != nil {
-			t.Errorf("second Close: %v", err)
-		}
-		if err := s.Put(context.Background(), Record{Host: "x.com", Reason: ReasonManual, Until: time.Now().Add(time.Minute), At: time.Now()}); err == nil {
-			t.Error("Put after Close succeeded")
-		}
-	}
-	deadline := time.Now().Add(3 * time.Second)
-	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	if n := runtime.NumGoroutine(); n > before {
-		buf := make([]byte, 1<<16)
-		t.Errorf("%d goroutines before, %d after Close:\n%s", before, n, buf[:runtime.Stack(buf, true)])
-	}
+	})
 }
 
 func TestRedisDown(t *testing.T) {

@@ -4,6 +4,7 @@ package hostbreaker
 // published states.
 
 import (
+	"reflect"
 	"testing"
 	"time"
 )
@@ -60,6 +61,8 @@ func FuzzDecodeStates(f *testing.F) {
 		{Host: "example.com", State: StateClosed},
 		{Host: "api.crossref.org", Role: "metadata", State: StateOpen, Until: at.Add(time.Minute), Reason: ReasonBreakerOpen},
 		{Host: "[::1]:8080", State: StateHalfOpen, Reason: ReasonHalfOpenFull},
+		{Host: "b.example", State: StateOpen, ConfigHash: "abc", ConfiguredRate: 5,
+			Policy: Policy{FailMax: 4, ResetTimeout: time.Second, SuccessThreshold: 1, TrialCalls: 1, Rate: 2}},
 	}, at.Add(time.Minute)))
 	for _, s := range []string{
 		``, `null`, `{}`, `{"v":1,"source":"s","expires":1,"states":null}`,
@@ -123,5 +126,29 @@ func TestDecodeStatesDropsRatesOutOfRange(t *testing.T) {
 		if tc.keep && (s.Rate != tc.rate || s.LastMax != tc.lastMax) || !tc.keep && (s.Rate != 0 || s.LastMax != 0 || !s.Throttled.IsZero()) {
 			t.Errorf("rate %v, last max %v: decoded %+v, want them kept: %v", tc.rate, tc.lastMax, s, tc.keep)
 		}
+	}
+}
+
+// TestStatesPolicyRoundTrip: the policy in force survives the stored
+// encoding; one out of range is dropped, the row kept.
+func TestStatesPolicyRoundTrip(t *testing.T) {
+	in := []PublishedState{
+		{Source: "p", Host: "a.example", State: StateOpen, ConfigHash: "abc",
+			Policy: Policy{FailMax: 4, ResetTimeout: 10 * time.Second, SuccessThreshold: 2, TrialCalls: 1, Rate: 2.5}, ConfiguredRate: 5},
+		{Source: "p", Host: "b.example", State: StateOpen, ConfigHash: "abc", Policy: Policy{FailMax: 0, ResetTimeout: time.Second}},
+		{Source: "p", Host: "c.example", State: StateOpen},
+	}
+	_, out, _, err := decodeStates(encodeStates("p", in, time.Now().Add(time.Minute)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(out[0], in[0]) {
+		t.Errorf("got %+v\nwant %+v", out[0], in[0])
+	}
+	if out[1].ConfigHash != "" || !reflect.DeepEqual(out[1].Policy, Policy{}) || out[1].Host != "b.example" {
+		t.Errorf("out of range: got %+v", out[1])
+	}
+	if out[2].ConfigHash != "" {
+		t.Errorf("none: got %+v", out[2])
 	}
 }

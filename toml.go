@@ -105,6 +105,13 @@ type tomlPolicy struct {
 	MinRate          *float64               `toml:"min_rate"`
 	ThrottleStatuses *[]int                 `toml:"throttle_statuses"`
 	MaxConcurrent    *int                   `toml:"max_concurrent"`
+	FailureRate      *float64               `toml:"failure_rate"`
+	MinRequests      *int                   `toml:"min_requests"`
+	Window           *duration              `toml:"window"`
+	MaxResetTimeout  *duration              `toml:"max_reset_timeout"`
+	SlowCall         *duration              `toml:"slow_call"`
+	SlowCallRate     *float64               `toml:"slow_call_rate"`
+	Mode             *string                `toml:"mode"`
 	Roles            map[string]*tomlPolicy `toml:"roles"`
 }
 
@@ -307,6 +314,19 @@ func (tp *tomlPolicy) policy(prefix string) (Policy, error) {
 		}
 		return nil
 	}
+	// shares: 0 is stored as -1 (off, see Policy); 0–1 otherwise.
+	share := func(key string, v *float64, dst *float64) error {
+		switch {
+		case v == nil:
+		case !(*v >= 0 && *v <= 1):
+			return &ConfigError{Key: prefix + "." + key, Msg: fmt.Sprintf("must be a share of requests from 0 (off) to 1, got %v", *v)}
+		case *v == 0:
+			*dst = -1
+		default:
+			*dst = *v
+		}
+		return nil
+	}
 	var err error
 	for _, step := range []func() error{
 		func() error { return count("fail_max", tp.FailMax, &p.FailMax) },
@@ -330,6 +350,29 @@ func (tp *tomlPolicy) policy(prefix string) (Policy, error) {
 			default:
 				p.Rate = *tp.Rate
 			}
+			return nil
+		},
+		func() error { return share("failure_rate", tp.FailureRate, &p.FailureRate) },
+		func() error { return share("slow_call_rate", tp.SlowCallRate, &p.SlowCallRate) },
+		func() error { return count("min_requests", tp.MinRequests, &p.MinRequests) },
+		func() error {
+			p.Window, err = positive(prefix+".window", tp.Window)
+			return err
+		},
+		func() error {
+			p.MaxResetTimeout, err = positive(prefix+".max_reset_timeout", tp.MaxResetTimeout)
+			return err
+		},
+		func() error { return zeroable("slow_call", tp.SlowCall, &p.SlowCall) },
+		func() error {
+			if tp.Mode == nil {
+				return nil
+			}
+			m, ok := parseMode(*tp.Mode)
+			if !ok {
+				return &ConfigError{Key: prefix + ".mode", Msg: fmt.Sprintf(`must be "enforce" or "shadow", got %q`, *tp.Mode)}
+			}
+			p.Mode = m
 			return nil
 		},
 		func() error {
@@ -557,6 +600,28 @@ func writePolicyTOML(b *strings.Builder, prefix string, p, keys Policy) {
 	}
 	if keys.MaxConcurrent != 0 {
 		line("max_concurrent", strconv.Itoa(max(p.MaxConcurrent, 0)))
+	}
+	share := func(r float64) string { return strconv.FormatFloat(max(r, 0), 'g', -1, 64) }
+	if keys.FailureRate != 0 {
+		line("failure_rate", share(p.FailureRate))
+	}
+	if keys.MinRequests != 0 {
+		line("min_requests", strconv.Itoa(p.MinRequests))
+	}
+	if keys.Window != 0 {
+		line("window", dur(p.Window))
+	}
+	if keys.MaxResetTimeout != 0 {
+		line("max_reset_timeout", dur(p.MaxResetTimeout))
+	}
+	if keys.SlowCall != 0 {
+		line("slow_call", dur(p.SlowCall))
+	}
+	if keys.SlowCallRate != 0 {
+		line("slow_call_rate", share(p.SlowCallRate))
+	}
+	if keys.Mode != ModeInherit {
+		line("mode", strconv.Quote(p.Mode.String()))
 	}
 	for _, role := range slices.Sorted(maps.Keys(keys.Roles)) {
 		writePolicyTOML(b, prefix+"roles."+quoteKey(role)+".", p.Roles[role], keys.Roles[role])

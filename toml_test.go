@@ -59,6 +59,7 @@ func TestParseConfigExample(t *testing.T) {
 			RetryAfterCap: 15 * time.Minute, HalfOpenJitter: 150 * time.Millisecond,
 			FailureStatuses: wantFailure, NeutralStatuses: wantNeutral,
 			Rate: -1, Burst: 1, MaxWait: 5 * time.Second, Adaptive: ToggleOn, MinRate: 0.5, ThrottleStatuses: []int{429},
+			FailureRate: -1, MinRequests: 20, Window: 60 * time.Second, SlowCall: -1, SlowCallRate: -1, Mode: ModeEnforce,
 			Roles: map[string]Policy{"metadata": {FailMax: 3}},
 		},
 		Hosts: map[string]Policy{
@@ -100,7 +101,9 @@ func TestParseConfigAbsentAndExplicitZero(t *testing.T) {
 			if !reflect.DeepEqual(c.Defaults, want) {
 				t.Errorf("Defaults = %+v, want %+v", c.Defaults, want)
 			}
-			want.Rate = 0 // resolved: unlimited is 0
+			want.Rate = 0 // resolved: unlimited is 0, and so are the rules that are off
+			want.FailureRate, want.SlowCall, want.SlowCallRate = 0, 0, 0
+			want.MaxResetTimeout = want.ResetTimeout // unset: no growth
 			if !reflect.DeepEqual(r.Policy, want) {
 				t.Errorf("resolved = %+v, want %+v", r.Policy, want)
 			}
@@ -250,6 +253,17 @@ failure_statuses = [400]
 		{"min_rate below the lower bound", "[defaults]\nmin_rate = 1e-11 #<\n", []string{"defaults.min_rate"}, false},
 		{"min_rate below the lower bound host", "[defaults]\nrate = 5\n[hosts.\"a.com\"]\nmin_rate = 0.0001 #<\n", []string{`hosts."a.com".min_rate`}, false},
 		{"tune min_rate below the lower bound", "[tune]\nrate_step = 0.5\nmin_rate = 1e-9 #<\n", []string{"tune.min_rate"}, false},
+		{"failure_rate above 1", "[defaults]\nfail_max = 2\nfailure_rate = 1.5 #<\n", []string{"defaults.failure_rate"}, false},
+		{"failure_rate negative role", "[hosts.\"a.com\".roles.r]\nfailure_rate = -0.1 #<\n", []string{`hosts."a.com".roles.r.failure_rate`}, false},
+		{"slow_call_rate above 1", "[defaults]\nslow_call = \"2s\"\nslow_call_rate = 2 #<\n", []string{"defaults.slow_call_rate"}, false},
+		{"slow_call_rate without slow_call", "[hosts.\"a.com\"]\nfail_max = 3\nslow_call_rate = 0.5 #<\n", []string{`hosts."a.com".slow_call_rate`}, false},
+		{"min_requests 0", "[defaults]\nmin_requests = 0 #<\n", []string{"defaults.min_requests"}, false},
+		{"window 0s", "[defaults]\nfailure_rate = 0.5\nwindow = \"0s\" #<\n", []string{"defaults.window"}, false},
+		{"window too short", "[hosts.\"a.com\"]\nwindow = \"5ms\" #<\n", []string{`hosts."a.com".window`}, false},
+		{"max_reset_timeout 0s", "[defaults]\nmax_reset_timeout = \"0s\" #<\n", []string{"defaults.max_reset_timeout"}, false},
+		{"slow_call negative", "[defaults]\nslow_call = \"-1s\" #<\n", []string{"defaults.slow_call"}, false},
+		{"mode unknown", "[hosts.\"a.com\"]\nfail_max = 2\nmode = \"loud\" #<\n", []string{`hosts."a.com".mode`}, false},
+		{"mode in a role", "[hosts.\"a.com\".roles.r]\nmode = \"shadow\" #<\n", []string{`hosts."a.com".roles.r.mode`}, false},
 		{"syntax error", "[defaults]\nfail_max = = 3 #<\n", nil, false},
 	}
 	for _, tc := range tests {
@@ -343,6 +357,11 @@ func TestLoadConfig(t *testing.T) {
 
 var fuzzConfigSeeds = []string{
 	exampleTOML,
+	"[defaults]\nfailure_rate = 0.4\nmin_requests = 10\nwindow = \"30s\"\nmax_reset_timeout = \"10m\"\n",
+	"[defaults]\nslow_call = \"2s\"\nslow_call_rate = 0.5\n[hosts.\"a.com\"]\nmode = \"shadow\"\nslow_call = \"0s\"\n",
+	"[hosts.\"a.com\".roles.r]\nfailure_rate = 0\nslow_call_rate = 0.5\n",
+	"[hosts.\"a.com\"]\nmode = \"loud\"\nwindow = \"1ms\"\nmax_reset_timeout = \"1s\"\nreset_timeout = \"1m\"\n",
+	"[defaults]\nfailure_rate = nan\nslow_call_rate = inf\nmin_requests = 1000001\n",
 	"",
 	"[defaults]\nfail_max = 0\n",
 	"[defaults]\nreset_timeout = \"banana\"\n",
@@ -539,5 +558,81 @@ func TestTuneConfig(t *testing.T) {
 		if !errors.As(err, &ce) || ce.Line != 2 || !strings.HasPrefix(ce.Key, "tune.") {
 			t.Errorf("%q: %v", bad, err)
 		}
+	}
+}
+
+// TestParseConfigBreakerRules: the keys of the rate rules, the growing open
+// time and the mode parse at every level they may be set, resolve per
+// (host, role), and are written back as TOML by policy changes.
+func TestParseConfigBreakerRules(t *testing.T) {
+	doc := `[defaults]
+failure_rate = 0.5
+min_requests = 30
+window = "2m"
+max_reset_timeout = "10m"
+[defaults.roles.artifact]
+slow_call = "20s"
+slow_call_rate = 0.8
+[hosts."a.com"]
+mode = "shadow"
+failure_rate = 0
+slow_call = "3s"
+slow_call_rate = 0.25
+[hosts."a.com".roles.landing]
+window = "30s"
+min_requests = 5
+max_reset_timeout = "1m"
+failure_rate = 0.9
+`
+	c, err := ParseConfig([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pt := mustCompile(t, c)
+	for _, tc := range []struct {
+		host, role string
+		want       func(p *resolved) bool
+	}{
+		{"b.com", "", func(p *resolved) bool {
+			return p.FailureRate == 0.5 && p.MinRequests == 30 && p.Window == 2*time.Minute && p.MaxResetTimeout == 10*time.Minute &&
+				p.SlowCall == 0 && p.SlowCallRate == 0 && p.Mode == ModeEnforce && p.windowed && !p.shadow
+		}},
+		{"b.com", "artifact", func(p *resolved) bool {
+			return p.SlowCall == 20*time.Second && p.SlowCallRate == 0.8 && p.FailureRate == 0.5
+		}},
+		{"a.com", "", func(p *resolved) bool {
+			return p.FailureRate == 0 && p.SlowCall == 3*time.Second && p.SlowCallRate == 0.25 && p.shadow && p.windowed
+		}},
+		{"a.com", "landing", func(p *resolved) bool {
+			return p.FailureRate == 0.9 && p.Window == 30*time.Second && p.MinRequests == 5 && p.MaxResetTimeout == time.Minute && p.shadow
+		}},
+	} {
+		p, err := pt.resolve(tc.host, tc.role)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !tc.want(p) {
+			t.Errorf("(%s, %q) resolved to %+v", tc.host, tc.role, p.Policy)
+		}
+	}
+	got := policyTOML(c.Hosts["a.com"], c.Hosts["a.com"])
+	want := `failure_rate = 0
+slow_call = "3s"
+slow_call_rate = 0.25
+mode = "shadow"
+roles.landing.failure_rate = 0.9
+roles.landing.min_requests = 5
+roles.landing.window = "30s"
+roles.landing.max_reset_timeout = "1m0s"`
+	if got != want {
+		t.Errorf("policyTOML =\n%s\nwant\n%s", got, want)
+	}
+	// What policyTOML writes parses back to the same policy.
+	back, err := ParseConfig([]byte("[hosts.\"a.com\"]\n" + got + "\n"))
+	if err != nil {
+		t.Fatalf("ParseConfig(policyTOML): %v", err)
+	}
+	if !reflect.DeepEqual(back.Hosts["a.com"], c.Hosts["a.com"]) {
+		t.Errorf("round trip: %+v, want %+v", back.Hosts["a.com"], c.Hosts["a.com"])
 	}
 }

@@ -31,11 +31,15 @@ import (
 // concurrent use, and its methods may be called while requests are in
 // flight. Call Close when done with it.
 type Transport struct {
-	base    http.RoundTripper
-	log     *slog.Logger
-	clock           // the time base of the request path: ns since its epoch
-	rolling Rolling // with defaults; Enabled false means off
-	reg     *registry
+	base http.RoundTripper
+	log  *slog.Logger
+	// classifier is the WithClassifier function, nil for none; panicked is
+	// set when it first panics, so that it is logged once.
+	classifier Classifier
+	panicked   atomic.Bool
+	clock              // the time base of the request path: ns since its epoch
+	rolling    Rolling // with defaults; Enabled false means off
+	reg        *registry
 
 	mu         sync.Mutex                  // serializes policy updates
 	configured *policyTable                // the configuration with UpdateHostPolicy's changes; guarded by mu
@@ -51,6 +55,7 @@ type Transport struct {
 	dropped atomic.Uint64 // events dropped because the queue was full
 	sink    *eventSink    // owned by the background goroutine
 	queries chan func()   // run on the background goroutine (Events)
+	subs    subscribers   // open status pages (statuspage.go)
 
 	untracked        atomic.Uint64                        // requests sent without a breaker: the registry was full
 	untrackedLogged  atomic.Int64                         // when that was last logged, ns since the epoch
@@ -61,6 +66,14 @@ type Transport struct {
 	done             chan struct{}
 	wg               sync.WaitGroup
 	closeOnce        sync.Once
+
+	// stopStore cancels the context of the background goroutine's store
+	// operations, so that Close does not wait for a slow one; closeBy is
+	// when Close's last attempt to write to the store gives up, written
+	// by Close before it closes done.
+	storeCtx  context.Context
+	stopStore context.CancelFunc
+	closeBy   time.Time
 }
 
 var _ http.RoundTripper = (*Transport)(nil)
@@ -69,12 +82,13 @@ var _ http.RoundTripper = (*Transport)(nil)
 type Option interface{ apply(*options) }
 
 type options struct {
-	config  Config
-	logger  *slog.Logger
-	store   Store
-	meters  metric.MeterProvider
-	loggers otellog.LoggerProvider
-	handler func(Event)
+	config   Config
+	logger   *slog.Logger
+	store    Store
+	meters   metric.MeterProvider
+	loggers  otellog.LoggerProvider
+	handler  func(Event)
+	classify Classifier
 }
 
 type optionFunc func(*options)
@@ -144,14 +158,15 @@ func NewTransport(base http.RoundTripper, opts ...Option) (*Transport, error) {
 		maxHosts = defaultMaxHosts
 	}
 	t := &Transport{
-		base:    base,
-		log:     o.logger,
-		clock:   clock{epoch: time.Now().Add(-time.Second)}, // so that no time on the request path is 0, which means "none"
-		reg:     newRegistry(maxHosts),
-		events:  make(chan event, 1024),
-		queries: make(chan func()),
-		done:    make(chan struct{}),
-		rolling: o.config.Rolling.withDefaults(),
+		base:       base,
+		log:        o.logger,
+		classifier: o.classify,
+		clock:      clock{epoch: time.Now().Add(-time.Second)}, // so that no time on the request path is 0, which means "none"
+		reg:        newRegistry(maxHosts),
+		events:     make(chan event, 1024),
+		queries:    make(chan func()),
+		done:       make(chan struct{}),
+		rolling:    o.config.Rolling.withDefaults(),
 
 		telemetry: o.config.Telemetry.withDefaults(),
 	}
@@ -172,16 +187,28 @@ func NewTransport(base http.RoundTripper, opts ...Option) (*Transport, error) {
 			}
 			// Not required: run under local protection, and say why.
 			t.storeErr.Store(&err)
-			t.log.Warn("hostbreaker: store unavailable; running without it", "err", err)
-			break
+			if _, perr := StorePath(o.config.Store.URL); perr != nil {
+				// A URL of the wrong form never opens.
+				t.log.Warn("hostbreaker: store unavailable; running without it", "err", err)
+				break
+			}
+			// Opened again by the background goroutine (see openStore);
+			// decisions made meanwhile are queued for it.
+			t.log.Warn("hostbreaker: store unavailable; requests continue under local protection, opening it again later", "err", err)
+			s = nil
 		}
 		t.sh = newSharing(s, true, o.config.Store, t.reg.maxBare, process)
+		t.sh.url = o.config.Store.URL
 	}
-	if t.sh != nil {
+	if t.sh != nil && t.sh.store != nil {
 		// Start with what the store knows: a host still cooling down after a
 		// restart is rejected from the first request. A store that does not
-		// answer in time is read again by the background goroutine.
-		if err := t.pull(context.Background()); err != nil && required {
+		// answer in time (storeTimeout for the whole read) is read again by
+		// the background goroutine.
+		ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+		err := t.pull(ctx)
+		cancel()
+		if err != nil && required {
 			if t.sh.owned {
 				t.sh.store.Close()
 			}
@@ -195,6 +222,7 @@ func NewTransport(base http.RoundTripper, opts ...Option) (*Transport, error) {
 	if t.tel, err = newTelemetry(t, mp); err != nil {
 		t.log.Warn("hostbreaker: metrics unavailable", "err", err)
 	}
+	t.storeCtx, t.stopStore = context.WithCancel(context.Background())
 	t.wg.Add(1)
 	go t.loop()
 	return t, nil
@@ -216,17 +244,22 @@ func (t *Transport) StoreErr() error {
 }
 
 // Close stops the Transport's background goroutines and waits for them,
-// after a last attempt to write pending changes to the store. It closes the
+// after a last attempt to write pending changes to the store. It returns
+// within about 2s (the store timeout) however many changes are pending and
+// whatever the store does, as long as the store honours its contexts (both
+// of OpenStore's do). It closes the
 // store only if the Transport opened it from Config.Store.URL. Requests made
 // after Close still work, under local protection. Close does not close the
 // base transport. It is safe to call more than once.
 func (t *Transport) Close() error {
 	var err error
 	t.closeOnce.Do(func() {
+		t.closeBy = time.Now().Add(storeTimeout)
+		t.stopStore()
 		close(t.done)
 		t.wg.Wait()
 		t.tel.close()
-		if t.sh != nil && t.sh.owned {
+		if t.sh != nil && t.sh.owned && t.sh.store != nil {
 			err = t.sh.store.Close()
 		}
 	})
@@ -278,9 +311,10 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, err
 		}
 		// Given back when RoundTrip returns (or panics), unless the
-		// response's body took it (wrapBody).
+		// response's body took it (wrapBody). A host in shadow mode may
+		// send without one (takeSlot).
 		defer func() {
-			if !sl.handed {
+			if sl != nil && !sl.handed {
 				sl.release()
 			}
 		}()
@@ -298,12 +332,23 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if tn.lim != nil {
 			tn.cancel() // a cooldown began while it waited: its turn is given back
 		}
-		e.reject(rej.Reason)
-		closeBody(req)
-		return nil, rej
+		if !e.pol.Load().shadow {
+			e.reject(rej.Reason)
+			closeBody(req)
+			return nil, rej
+		}
+		// Shadow mode: counted as a rejection it would have been, and
+		// sent; its outcome is counted but not fed to the breaker.
+		e.wouldReject(rej.Reason)
+		adm = admission{st: shadowSt}
 	}
 	if tn.lim != nil {
 		adm.turn = &tn
+	}
+	if p := e.pol.Load(); p.SlowCall > 0 {
+		adm.began = t.now()
+	} else if _, ok := req.Context().Deadline(); ok {
+		adm.began = t.now()
 	}
 	recorded := false
 	if adm.probe {
@@ -317,13 +362,13 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := t.base.RoundTrip(req)
 	recorded = true
 	if resp == nil && err == nil {
-		e.record(adm, outcomeNeutral, &t.clock) // gives a probe's slot back
+		e.record(adm, outcomeNeutral, false, &t.clock) // gives a probe's slot back
 		return nil, t.nilResponse()
 	}
 	// A body is wrapped only when it holds a slot or is to be watched for
 	// read errors (body.go): on a healthy host, one response in 16.
-	if o := t.record(e, adm, req, resp, err); sl != nil || o != outcomeFailure && e.watchBody() {
-		if t.wrapBody(e, admission{st: adm.st, probe: adm.probe}, req, resp, o, sl) { // without its turn, on this frame
+	if o, counted := t.record(e, adm, req, resp, err); sl != nil || o != outcomeFailure && e.watchBody() {
+		if t.wrapBody(e, admission{st: adm.st, probe: adm.probe}, req, resp, o, counted, sl) { // without its turn, on this frame
 			sl.handed = true
 		}
 	}
@@ -376,6 +421,10 @@ func (t *Transport) wait(req *http.Request, e *entry, lim *limiter) (turn, error
 	}
 	switch {
 	case err == errTurnTooFar:
+		if e.pol.Load().shadow {
+			e.wouldReject(ReasonRateLimited) // shadow mode: sent without a turn
+			return turn{}, nil
+		}
 		e.reject(ReasonRateLimited)
 		return turn{}, &OpenError{Host: e.host.name, Role: e.role, Reason: ReasonRateLimited, Until: t.at(tn.at)}
 	case err != nil:
@@ -397,7 +446,7 @@ func (t *Transport) nilResponse() error {
 func (t *Transport) roundTripUntracked(req *http.Request, host, role string) (*http.Response, error) {
 	now := t.now()
 	if h := t.reg.host(host); h != nil && h.coolingDown(now) {
-		if rej := h.rejection(role, &t.clock, now); rej != nil {
+		if rej := h.rejection(role, &t.clock, now); rej != nil && !t.resolve(host, role).shadow {
 			closeBody(req)
 			return nil, rej
 		}
@@ -431,13 +480,22 @@ func closeBody(req *http.Request) {
 // the host and counts neither way: the server said when to come back; quota
 // headers), the host's limiter (a throttle slows it down, a success lets it
 // grow back), then the breaker and the rolling window. It reports the
-// breaker's transition, and returns the outcome it counted.
-func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *http.Response, err error) outcome {
+// breaker's transition, and returns the outcome it counted and when the
+// rate rules' window counted it (0 if none did: see transition.counted).
+func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *http.Response, err error) (outcome, int64) {
 	h, p := e.host, e.pol.Load()
 	o := classify(p, req, resp, err)
+	var slow bool
+	if adm.began != 0 {
+		waited := t.now() - adm.began
+		slow = p.SlowCall > 0 && waited > int64(p.SlowCall)
+		if o == outcomeFailure && callersDeadline(req, err, waited, p.SlowCall) {
+			o = outcomeNeutral
+		}
+	}
 	// The healthy path: a success in closed with no failure counted, which
 	// changes nothing but a counter.
-	healthy := o == outcomeSuccess && e.healthy(adm)
+	healthy := o == outcomeSuccess && e.healthy(adm, p)
 	if err == nil {
 		code := resp.StatusCode
 		var cooled, slowing bool
@@ -458,6 +516,12 @@ func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *htt
 		}
 		healthy = healthy && o == outcomeSuccess
 	}
+	if t.classifier != nil {
+		if v := t.classify(req, resp, err); v != CountDefault {
+			o = v.outcome()
+			healthy = o == outcomeSuccess && e.healthy(adm, p)
+		}
+	}
 	if o == outcomeSuccess {
 		if lim := adm.limiterOf(h); lim != nil {
 			if ch, ok := lim.success(adm.sentAt(), t.now()); ok {
@@ -467,7 +531,7 @@ func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *htt
 	}
 	if healthy {
 		e.recordHealthy()
-		return o
+		return o, 0
 	}
 	c := e.cause(req, resp, err)
 	if o == outcomeFailure && e.evicted() {
@@ -475,16 +539,17 @@ func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *htt
 		// idle then): the failure goes to the live one. A success or a
 		// neutral outcome would change nothing in an idle entry.
 		if e, adm = t.reattach(e); e == nil {
-			return o
+			return o, 0
 		}
 	}
-	if tr := e.record(adm, o, &t.clock); tr.changed() {
+	tr := e.record(adm, o, slow, &t.clock)
+	if tr.changed() {
 		t.emitTransition(e, tr, c)
 	}
 	if o == outcomeFailure && t.rolling.Enabled {
 		t.rollingFailure(e.host)
 	}
-	return o
+	return o, tr.counted
 }
 
 // quotaDue reports whether the quota headers of resp, a response of e,
@@ -622,7 +687,7 @@ func (t *Transport) emitRate(host string, ch rateChange) {
 // failure that tripped it.
 func (t *Transport) emitTransition(e *entry, tr transition, c cause) {
 	t.emit(event{kind: evState, host: e.host.name, role: e.role, from: tr.from, to: tr.to, until: tr.until,
-		failures: tr.failures, status: c.status, errType: c.errType})
+		failures: tr.failures, status: c.status, errType: c.errType, note: tr.rule})
 }
 
 // CloseIdleConnections closes the idle connections of the base transport,
@@ -689,23 +754,61 @@ func (t *Transport) emit(ev event) {
 // loop is the Transport's background goroutine: it logs events and, with
 // a store, writes local decisions to it, reads other processes' decisions
 // every poll interval or when the store signals a change, and publishes
-// the breaker states.
+// the breaker states. A store that failed to open is opened again, with
+// backoff (see openStore).
+//
+// Each round of store operations has one deadline, storeTimeout, for all of
+// them (see storeRound), and queries (Events) and Close are served before
+// anything else: neither waits longer than the round in progress, however
+// many records are pending and whatever the store does.
 func (t *Transport) loop() {
 	defer t.wg.Done()
 	var tick <-chan time.Time
 	var changes, kick <-chan struct{}
-	if t.sh != nil {
-		ticker := time.NewTicker(t.sh.poll)
-		defer ticker.Stop()
+	var ticker *time.Ticker
+	listen := func() {
+		ticker = time.NewTicker(t.sh.poll)
 		tick, changes, kick = ticker.C, t.sh.store.Changes(), t.sh.kick
 	}
+	var reopen <-chan time.Time
+	var reopenTimer *time.Timer
+	var backoff time.Duration
+	switch {
+	case t.sh == nil:
+	case t.sh.store != nil:
+		listen()
+	default:
+		backoff = t.sh.poll
+		reopenTimer = time.NewTimer(backoff)
+		reopen = reopenTimer.C
+	}
+	defer func() {
+		if ticker != nil {
+			ticker.Stop()
+		}
+		if reopenTimer != nil {
+			reopenTimer.Stop()
+		}
+	}()
 	sweep := time.NewTicker(bareSweepInterval)
 	defer sweep.Stop()
 	summary := time.NewTicker(t.sink.cfg.SummaryInterval)
 	defer summary.Stop()
-	ctx := context.Background()
+	ctx := t.storeCtx
 	var logs counterLogs
 	for {
+		select {
+		case <-t.done:
+			t.finish(&logs)
+			return
+		case q := <-t.queries:
+			for len(t.events) > 0 { // what happened before the query
+				t.handle(<-t.events)
+			}
+			q()
+			continue
+		default:
+		}
 		select {
 		case <-sweep.C:
 			t.reg.pruneBare(t.now())
@@ -716,33 +819,64 @@ func (t *Transport) loop() {
 		case q := <-t.queries:
 			q()
 		case <-t.done:
-			for len(t.events) > 0 {
-				t.handle(<-t.events)
-			}
-			t.summarize(time.Now()) // the last, partial one
-			t.logCounters(&logs)
-			if t.sh != nil {
-				// One last attempt, bounded as a whole: Close must not hang
-				// on a store that is down.
-				fctx, cancel := context.WithTimeout(ctx, storeTimeout)
-				t.flush(fctx)
-				t.flushJournal(fctx)
-				cancel()
-			}
+			t.finish(&logs)
 			return
 		case ev := <-t.events:
 			t.handle(ev)
 			t.logCounters(&logs)
+		case <-reopen:
+			if !t.openStore() {
+				backoff = min(2*backoff, maxStoreOpenBackoff)
+				reopenTimer.Reset(backoff)
+				continue
+			}
+			reopen = nil
+			listen()
+			t.storeRound(ctx, t.sync)
 		case <-kick:
-			t.flush(ctx)
+			t.storeRound(ctx, t.flush)
 		case <-changes:
-			t.pull(ctx)
+			t.storeRound(ctx, func(ctx context.Context) { t.pull(ctx) })
 		case <-tick:
-			t.flush(ctx)
-			t.pull(ctx)
-			t.publish(ctx)
-			t.flushJournal(ctx)
+			t.storeRound(ctx, t.sync)
 		}
+	}
+}
+
+// sync is the background goroutine's round with the store at each poll:
+// it writes what is pending, reads what changed, publishes the states and
+// appends the journal.
+func (t *Transport) sync(ctx context.Context) {
+	t.flush(ctx)
+	t.pull(ctx)
+	t.publish(ctx)
+	t.flushJournal(ctx)
+}
+
+// storeRound runs f with a context that ends storeTimeout from now, or when
+// Close is called: one deadline for every store operation of the round.
+func (t *Transport) storeRound(ctx context.Context, f func(context.Context)) {
+	ctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	defer cancel()
+	f(ctx)
+}
+
+// finish is the background goroutine's last work, when Close was called:
+// it logs the events left, the last summary and counters, and makes one
+// last attempt to write what is pending to the store, by closeBy.
+func (t *Transport) finish(logs *counterLogs) {
+	for len(t.events) > 0 {
+		t.handle(<-t.events)
+	}
+	t.summarize(time.Now()) // the last, partial one
+	t.logCounters(logs)
+	if t.sh != nil && t.sh.store != nil {
+		// One last attempt, bounded as a whole: Close must not hang
+		// on a store that is down.
+		fctx, cancel := context.WithDeadline(context.Background(), t.closeBy)
+		t.flush(fctx)
+		t.flushJournal(fctx)
+		cancel()
 	}
 }
 

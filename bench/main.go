@@ -98,7 +98,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	var o options
 	var asJSON bool
-	var only string
+	var only, onlyClients string
 	fs.DurationVar(&o.duration, "duration", 30*time.Second, "length of the limiter scenarios 4 and 6 to 12")
 	fs.DurationVar(&o.each, "each", 3*time.Second, "length of scenarios 1, 2, 3 and 5")
 	fs.DurationVar(&o.timeout, "timeout", 2*time.Second, "http.Client timeout in the limiter scenarios 4 and 6 to 12 (it includes a request's wait for its turn)")
@@ -112,6 +112,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		ids = append(ids, s.id)
 	}
 	fs.StringVar(&only, "scenarios", strings.Join(ids, ","), "which scenarios to run, by number")
+	fs.StringVar(&onlyClients, "clients", "", "which clients (variants, as printed: hostbreaker+redis, ...) to run, comma-separated; default all")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -129,6 +130,12 @@ func run(args []string, stdout, stderr io.Writer) error {
 		}
 		selected[id] = true
 	}
+	clientSet := map[string]bool{}
+	for _, name := range strings.Split(onlyClients, ",") {
+		if name = strings.TrimSpace(name); name != "" {
+			clientSet[name] = true
+		}
+	}
 
 	var results []Result
 	for _, s := range scenarios {
@@ -142,6 +149,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 			}
 		}
 		for _, v := range vs {
+			if len(clientSet) > 0 && !clientSet[v.name] {
+				continue
+			}
 			r, err := s.run(v, o)
 			if err != nil {
 				return fmt.Errorf("%s / %s: %w", s.name, v.name, err)
@@ -188,7 +198,7 @@ var scenarios = []scenario{
 	{id: "4", name: "4 nginx burst 5", run: byClient(runNginxBurst5)},
 	{id: "5", name: "5 1000 hosts/10 sick", run: byClient(runManyHosts)},
 	{id: "6", name: "6 nginx burst 0", run: byClient(runNginxBurst0)},
-	{id: "7", name: "7 nginx burst 5, procs", variants: procVariants(), run: runProcs},
+	{id: "7", name: "7 nginx burst 5, procs", variants: procVariants(), run: procs(limitBurst5)},
 	// The learning scenarios: hostbreaker on its defaults must learn each
 	// server's rate from its 429s (limits.go).
 	{id: "8", name: "8 nginx 5r/s burst 0, no RA", run: byClient(learning(limit5NoRA))},
@@ -196,6 +206,8 @@ var scenarios = []scenario{
 	{id: "10", name: "10 haproxy 5/1s window, no RA", run: byClient(learning(window5NoRA))},
 	{id: "11", name: "11 haproxy 5/1s window, RA 1", run: byClient(learning(window5RA1))},
 	{id: "12", name: "12 nginx 50r/s burst 0, no RA", run: byClient(learning(limit50NoRA))},
+	// Scenario 7 without Retry-After: the fleet learns from the 429s alone.
+	{id: "13", name: "13 nginx burst 5, no RA, procs", variants: procVariants(), run: procs(limit5Burst5NoRA)},
 }
 
 func printTable(w io.Writer, rs []Result, o options) {

@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -54,11 +55,17 @@ type childReport struct {
 	EndUnixMs int64 `json:"end_unix_ms"` // when its load ended
 }
 
-// Scenario 7: o.procs processes of one client against one nginx zone
-// (5 r/s, burst 5), all starting at the same instant. nginx limits per
-// client address, so they share the limit; hostbreaker's processes share
-// nothing ("hostbreaker"), a bbolt file, or a Redis key prefix.
-func runProcs(v variant, o options) (Result, error) {
+// procs returns scenario 7 (and 13) against the nginx zone l: o.procs
+// processes of one client against one nginx zone (5 r/s, burst 5, with
+// or without Retry-After), all starting at the same instant. nginx limits
+// per client address, so they share the limit; hostbreaker's processes
+// share nothing ("hostbreaker"), a bbolt file, or a Redis key prefix.
+func procs(l nginxLimit) func(variant, options) (Result, error) {
+	return func(v variant, o options) (Result, error) { return runProcs(l, v, o) }
+}
+
+// runProcs runs scenario 7 against the nginx zone l.
+func runProcs(l nginxLimit, v variant, o options) (Result, error) {
 	if _, err := nginxBinary(); err != nil {
 		return Result{Skipped: err.Error()}, nil
 	}
@@ -85,15 +92,16 @@ func runProcs(v variant, o options) (Result, error) {
 		storeURL = "redis://" + redisAddr + "/0?prefix=" + prefix
 		defer deleteRedisPrefix(prefix)
 	}
-	srv, err := startNginx(limitBurst5)
+	srv, err := startNginx(l)
 	if err != nil {
 		return Result{}, err
 	}
 	defer srv.stop()
 
-	// The processes start at one instant, 2 s from now: time to start a
-	// process and for NewTransport to read its store.
-	start := time.Now().Add(2 * time.Second).Truncate(time.Millisecond)
+	// The processes start at one instant, 2 s and 0.1 s per process from
+	// now: time to start the processes and for each NewTransport to read
+	// its store (48 processes opening one bbolt file take turns on its lock).
+	start := time.Now().Add(2*time.Second + time.Duration(o.procs)*100*time.Millisecond).Truncate(time.Millisecond)
 	args := []string{childFlag,
 		"-client", v.c.name, "-addr", srv.addr, "-store", storeURL,
 		"-start", strconv.FormatInt(start.UnixMilli(), 10), "-duration", o.duration.String(),
@@ -128,14 +136,14 @@ func runProcs(v variant, o options) (Result, error) {
 			fmt.Fprintf(os.Stderr, "bench: %s: a client process was ready %d ms after the common start\n", v.name, r.LateMs)
 		}
 	}
-	n, err := srv.counts(limitBurst5.retryAfter())
+	n, err := srv.counts(l.retryAfter())
 	if err != nil {
 		return Result{}, err
 	}
 	if client.OK != n.ok {
 		fmt.Fprintf(os.Stderr, "bench: %s: the client processes counted %d 200s, nginx logged %d (a request can time out client-side after nginx answered it)\n", v.name, client.OK, n.ok)
 	}
-	r := n.result(limitBurst5.allowed(), limitBurst5.retryAfter(), float64(end-start.UnixMilli())/1000)
+	r := n.result(l.allowed(), l.retryAfter(), float64(end-start.UnixMilli())/1000)
 	r.Procs = o.procs
 	return r, nil
 }
@@ -160,7 +168,19 @@ func runChild(args []string, stdout io.Writer) error {
 	if !ok {
 		return fmt.Errorf("no client %q", *name)
 	}
-	rt, closeRT, err := c.wrap(newBase(*addr, *workers), setup{openFor: *openFor, storeURL: *storeURL})
+	// A store is required; 24 or 48 processes opening one bbolt file at
+	// once can time out on its lock: try again a few times before the
+	// common start.
+	var rt http.RoundTripper
+	var closeRT func()
+	var err error
+	for attempt := 1; ; attempt++ {
+		rt, closeRT, err = c.wrap(newBase(*addr, *workers), setup{openFor: *openFor, storeURL: *storeURL})
+		if err == nil || time.Until(time.UnixMilli(*startMs)) < 300*time.Millisecond {
+			break
+		}
+		time.Sleep(time.Duration(50+rand.IntN(100*min(attempt, 5))) * time.Millisecond)
+	}
 	if err != nil {
 		return err
 	}

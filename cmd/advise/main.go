@@ -3,19 +3,22 @@
 // what they would have done, and applies them to every process within the
 // tune bounds.
 //
-//	go run ./cmd/advise [-store URL] [-config FILE] [-window 1h] [-json]
+//	go run ./cmd/advise [-store URL] [-config FILE] [-window 1h] [-host H] [-key K] [-json]
 //	go run ./cmd/advise -enforce   ...   tune what it advises
-//	go run ./cmd/advise -revert HOST ... remove HOST's tuned overrides (HOST "all": every one)
+//	go run ./cmd/advise -revert HOST [-f] ... remove HOST's tuned overrides (HOST "all": every one)
 //	go run ./cmd/advise -history   ...   the policy changes in the window
 //
 // -store defaults to $HOSTBREAKER_STORE, else ./hostbreaker.db; a bbolt file
-// that does not exist is an error ("no store at PATH"). -config is the
-// policy file in force (default: the built-in defaults); the tuned
-// overrides in the store are laid over it. With -json, standard output
-// holds a JSON array of advice and nothing else; diagnostics go to standard
-// error. The exit status is 0 with or without advice, 1 for errors (a
-// missing store, a bad config, a store it cannot read) and 2 for usage
-// errors.
+// that does not exist is an error ("no store at PATH"). The values in force
+// are those the running processes published in the store; for a (host,
+// role) none of them published, -config's (the policy file, with the
+// tuned overrides in the store laid over it), and without -config the
+// built-in defaults, marked as assumed: -enforce then refuses to write.
+// Without -enforce nothing is written. With -json, standard output holds a
+// JSON array and nothing else; diagnostics go to standard error. The exit
+// status is 0 with or without advice, 1 for errors (a missing store, a bad
+// config, a store it cannot read, -enforce without the values in force,
+// -revert of a host with no tuned override) and 2 for usage errors.
 package main
 
 import (
@@ -56,11 +59,13 @@ func main() {
 	os.Exit(code)
 }
 
-const usage = `Usage: advise [-store URL] [-config FILE] [-window 1h] [-json] [-enforce | -revert HOST | -history]
+const usage = `Usage: advise [-store URL] [-config FILE] [-window 1h] [-host H] [-key K] [-json] [-enforce | -revert HOST [-f] | -history]
 
 Suggests policy changes for the hosts in the journal of the store that
 hostbreaker Transports share, each with its reason and, for the breaker
-keys, a replay of what it would have done on the recorded traffic.
+keys, a replay of what it would have done on the recorded traffic. The
+values in force are those the running processes published; without
+-enforce nothing is written.
 
 `
 
@@ -75,12 +80,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		def = "./hostbreaker.db"
 	}
 	storeURL := fs.String("store", def, "store URL: bbolt path, bolt:///abs/path.db, redis://... or rediss://...")
-	configFile := fs.String("config", "", "the policy file in force (TOML); default: the built-in defaults")
+	configFile := fs.String("config", "", "the policy file in force (TOML), for what no process published; default: the built-in defaults, assumed")
 	window := fs.Duration("window", time.Hour, "how far back to read the journal")
 	asJSON := fs.Bool("json", false, "print the advice as a JSON array")
 	enforce := fs.Bool("enforce", false, "tune what it advises, in every process that shares the store")
 	revert := fs.String("revert", "", "remove the tuned overrides of `HOST` (\"all\": every one)")
 	history := fs.Bool("history", false, "print the policy changes in the window")
+	hostFlag := fs.String("host", "", "only the advice on `HOST` (a host, or a Hosts key such as *.example.org)")
+	keyFlag := fs.String("key", "", "only the advice on `KEY` (fail_max, rate, reset_timeout, success_threshold, trial_calls)")
+	force := fs.Bool("f", false, "with -revert: revert even a host with no tuned override")
 	fullUsage := func() string {
 		var b strings.Builder
 		b.WriteString(usage)
@@ -119,6 +127,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *window <= 0 {
 		return fail(2, "-window must be positive, got %v", *window)
 	}
+	if *keyFlag != "" && !slices.Contains(tunableKeys, *keyFlag) {
+		return fail(2, "-key %q: want one of %s", *keyFlag, strings.Join(tunableKeys, ", "))
+	}
+	if *force && *revert == "" {
+		return fail(2, "-f goes with -revert")
+	}
+	host := ""
+	if *hostFlag != "" {
+		h, err := hostKey(*hostFlag)
+		if err != nil {
+			return fail(2, "-host: %v", err)
+		}
+		host = h
+	}
 
 	cfg := hostbreaker.DefaultConfig()
 	if *configFile != "" {
@@ -137,6 +159,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	defer cancel()
 
 	if *revert != "" {
+		if *revert != "all" && !*force {
+			key, err := hostKey(*revert)
+			if err != nil {
+				return fail(1, "-revert: %v", err)
+			}
+			ov, err := s.Overrides(ctx)
+			if err != nil {
+				return fail(1, "%v", err)
+			}
+			if _, ok := ov[key]; !ok {
+				return fail(1, "no tuned override of %s in the store; nothing reverted (-f to revert anyway)%s", key, nearOverride(key, ov))
+			}
+		}
 		if err := hostbreaker.RevertTuning(ctx, s, *revert, "advise -revert"); err != nil {
 			return fail(1, "%v", err)
 		}
@@ -148,15 +183,37 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return fail(1, "%v", err)
 	}
 	if *history {
-		printHistory(stdout, events)
+		rows := historyRows(events, host, *keyFlag)
+		if *asJSON {
+			return encodeJSON(stdout, rows, fail)
+		}
+		printHistory(stdout, rows)
 		return 0
 	}
 	overrides, err := s.Overrides(ctx)
 	if err != nil {
 		return fail(1, "%v", err)
 	}
-	advice := hostbreaker.Advise(events, cfg, overrides)
+	states, err := s.States(ctx)
+	if err != nil {
+		return fail(1, "%v", err)
+	}
+	advice := hostbreaker.AdviseWith(events, cfg, overrides, hostbreaker.AdviseOptions{Published: states, ConfigUnknown: *configFile == ""})
+	advice = slices.DeleteFunc(advice, func(a hostbreaker.Advice) bool {
+		return (host != "" && a.Host != host) || (*keyFlag != "" && a.Key != *keyFlag)
+	})
+	groups := hostbreaker.ConfigGroups(states)
 	if *enforce && len(advice) > 0 {
+		var unknown []string
+		for _, a := range advice {
+			if a.From == hostbreaker.FromAssumed || a.From == hostbreaker.FromDiffers {
+				unknown = append(unknown, fmt.Sprintf("%s %s %s (%s)", a.Host, roleOf(a.Role), a.Key, a.From))
+			}
+		}
+		if len(unknown) > 0 {
+			return fail(1, "-enforce: the value in force of %s is not known (no running process published it, and no -config; or the processes differ); nothing written: pass -config FILE, or select with -host/-key",
+				strings.Join(unknown, ", "))
+		}
 		if advice, err = hostbreaker.Tune(ctx, s, advice, cfg, "advise -enforce"); err != nil {
 			return fail(1, "%v", err)
 		}
@@ -165,14 +222,87 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if advice == nil {
 			advice = []hostbreaker.Advice{}
 		}
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(advice); err != nil {
-			return fail(1, "%v", err)
+		if len(groups) > 1 {
+			fmt.Fprintln(stderr, "advise: "+differentConfigs(groups))
 		}
-		return 0
+		return encodeJSON(stdout, advice, fail)
 	}
 	printAdvice(stdout, advice, events, *enforce)
+	if len(groups) > 1 {
+		fmt.Fprintln(stdout, "\nwarning: "+differentConfigs(groups))
+	}
+	if !*enforce && len(advice) > 0 {
+		fmt.Fprintln(stdout, "\ndry run: nothing written (-enforce applies the advice to every process)")
+	}
+	return 0
+}
+
+// tunableKeys are the keys advise proposes.
+var tunableKeys = []string{"fail_max", "rate", "reset_timeout", "success_threshold", "trial_calls"}
+
+// hostKey returns the Hosts key that s names: a wildcard as written, else
+// the normalized host.
+func hostKey(s string) (string, error) {
+	if strings.HasPrefix(s, "*.") {
+		return s, nil
+	}
+	return hostbreaker.NormalizeHost(s)
+}
+
+// nearOverride names the overridden keys close to key, for a typo.
+func nearOverride(key string, ov map[string]hostbreaker.Policy) string {
+	var near []string
+	for _, k := range slices.Sorted(maps.Keys(ov)) {
+		if editDistance(k, key) <= 2 {
+			near = append(near, k)
+		}
+	}
+	if len(near) == 0 {
+		return ""
+	}
+	return "; did you mean " + strings.Join(near, " or ") + "?"
+}
+
+// editDistance returns the Levenshtein distance between a and b, by bytes,
+// counting a swap of two adjacent bytes as 1.
+func editDistance(a, b string) int {
+	prev2, prev, cur := make([]int, len(b)+1), make([]int, len(b)+1), make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
+				cur[j] = min(cur[j], prev2[j-2]+1)
+			}
+		}
+		prev2, prev, cur = prev, cur, prev2
+	}
+	return prev[len(b)]
+}
+
+// differentConfigs says which processes run which configuration.
+func differentConfigs(groups []hostbreaker.ConfigGroup) string {
+	parts := make([]string, len(groups))
+	for i, g := range groups {
+		parts[i] = g.Hash + " (" + strings.Join(g.Sources, ", ") + ")"
+	}
+	return fmt.Sprintf("the processes run %d different configurations: %s", len(groups), strings.Join(parts, "; "))
+}
+
+// encodeJSON writes v as indented JSON.
+func encodeJSON(w io.Writer, v any, fail func(int, string, ...any) int) int {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		return fail(1, "%v", err)
+	}
 	return 0
 }
 
@@ -210,9 +340,9 @@ func printAdvice(w io.Writer, advice []hostbreaker.Advice, events []hostbreaker.
 		return
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "HOST\tROLE\tKEY\tCURRENT\tPROPOSED\tWHY")
+	fmt.Fprintln(tw, "HOST\tROLE\tKEY\tCURRENT\tFROM\tPROPOSED\tWHY")
 	for _, a := range advice {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.Host, roleOf(a.Role), a.Key, a.Current, a.Proposed, a.Reason)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.Host, roleOf(a.Role), a.Key, a.Current, a.From, a.Proposed, a.Reason)
 	}
 	tw.Flush()
 	var replays []hostbreaker.Advice
@@ -244,28 +374,65 @@ func roleOf(role string) string {
 	return role
 }
 
-// printHistory prints the policy changes among events, one line per
-// changed key: TIME HOST ROLE KEY BEFORE AFTER WHO WHY.
-func printHistory(w io.Writer, events []hostbreaker.Event) {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TIME\tHOST\tROLE\tKEY\tBEFORE\tAFTER\tWHO\tWHY")
-	n := 0
+// historyRow is one changed key of a policy change: what -history prints,
+// and its JSON form.
+type historyRow struct {
+	Time   time.Time `json:"time"`
+	Host   string    `json:"host"`
+	Role   string    `json:"role"`
+	Key    string    `json:"key"`
+	Before string    `json:"before"` // the value in force before, "" when unknown
+	After  string    `json:"after"`  // the value in force after; "(config)" after a revert
+	Who    string    `json:"who"`
+	Why    string    `json:"why"`
+}
+
+// historyRows returns a row per changed key of the policy changes among
+// events (not the echoes of the processes that applied them), of host and
+// key when they are not "". A key of a role is shown as the role and the
+// key, whether the event names the role (Tune) or the key does
+// (roles.NAME.key: a revert, UpdateHostPolicy).
+func historyRows(events []hostbreaker.Event, host, key string) []historyRow {
+	rows := []historyRow{}
 	for _, ev := range events {
-		if ev.Name != hostbreaker.EventPolicyChange || ev.Remote {
+		if ev.Name != hostbreaker.EventPolicyChange || ev.Remote || (host != "" && ev.Host != host) {
 			continue
 		}
 		before, after := tomlLines(ev.PreviousPolicy), tomlLines(ev.Policy)
-		keys := slices.Sorted(maps.Keys(union(before, after)))
-		for _, k := range keys {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", ev.Time.UTC().Format(time.RFC3339), ev.Host,
-				roleOf(ev.Role), k, orDash(before[k]), orDash(after[k]), ev.Process, orDash(ev.Note))
-			n++
+		for _, k := range slices.Sorted(maps.Keys(union(before, after))) {
+			role, name := ev.Role, k
+			if rest, ok := strings.CutPrefix(k, "roles."); ok {
+				if i := strings.LastIndexByte(rest, '.'); i >= 0 {
+					role, name = strings.Trim(rest[:i], `"`), rest[i+1:]
+				}
+			}
+			if key != "" && name != key {
+				continue
+			}
+			a := after[k]
+			if a == "" && ev.Policy == "" {
+				a = "(config)" // a revert: the configuration's value applies again
+			}
+			rows = append(rows, historyRow{Time: ev.Time.UTC(), Host: ev.Host, Role: role, Key: name,
+				Before: before[k], After: a, Who: ev.Process, Why: ev.Note})
 		}
 	}
-	tw.Flush()
-	if n == 0 {
+	return rows
+}
+
+// printHistory prints the rows: TIME HOST ROLE KEY BEFORE AFTER WHO WHY.
+func printHistory(w io.Writer, rows []historyRow) {
+	if len(rows) == 0 {
 		fmt.Fprintln(w, "no policy changes in the window")
+		return
 	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TIME\tHOST\tROLE\tKEY\tBEFORE\tAFTER\tWHO\tWHY")
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Time.Format(time.RFC3339), r.Host,
+			roleOf(r.Role), r.Key, orDash(r.Before), orDash(r.After), r.Who, orDash(r.Why))
+	}
+	tw.Flush()
 }
 
 // tomlLines parses "key = value" lines.

@@ -375,3 +375,150 @@ func TestNoAdvice(t *testing.T) {
 		t.Errorf("-json: exit %d, %q", code, out)
 	}
 }
+
+// TestOperatorSafety: the newcomer's cases of issue 16 against a running
+// Transport. Without -config, the values in force are those the process
+// published (fail_max 3 and reset_timeout 300ms of its file, not the
+// built-in 5 and 1m0s); advice on a (host, role) nobody published is marked
+// assumed and -enforce refuses it; -host and -key select; without -enforce
+// the output says nothing was written; -history -json is JSON; processes
+// with different configurations are reported; -revert of a typo fails.
+func TestOperatorSafety(t *testing.T) {
+	storeURL := filepath.Join(t.TempDir(), "hb.db")
+	h := startHosts(t)
+	drive(t, storeURL, h, 4*time.Second)
+	_, cfg := writeConfig(t, storeURL)
+	// A process that runs on: its flapping host's breaker never closes, so
+	// it publishes that (host, role) with its policy.
+	tr, err := hostbreaker.NewTransport(nil, hostbreaker.WithConfig(cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	c := &http.Client{Transport: tr}
+	for range 3 {
+		req, _ := http.NewRequestWithContext(hostbreaker.WithRole(context.Background(), hostbreaker.RoleMetadata), http.MethodGet, h.flapping, nil)
+		if resp, err := c.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}
+	flapping := hostOf(h.flapping)
+	s, err := hostbreaker.OpenStore(storeURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		st, _ := s.States(context.Background())
+		if len(st) > 0 && st[0].ConfigHash != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no published policy: %+v", st)
+		}
+	}
+
+	adviceOf := func(args ...string) []hostbreaker.Advice {
+		t.Helper()
+		out, errOut, code := runInProcess(t, append([]string{"-store", storeURL, "-json"}, args...)...)
+		if code != 0 {
+			t.Fatalf("advise %v: exit %d: %s", args, code, errOut)
+		}
+		var advice []hostbreaker.Advice
+		if err := json.Unmarshal([]byte(out), &advice); err != nil {
+			t.Fatalf("advise %v: %v\n%s", args, err, out)
+		}
+		return advice
+	}
+	// The real CURRENT, from the published state.
+	got := adviceOf("-host", h.flapping)
+	if len(got) == 0 {
+		t.Fatal("no advice for the flapping host")
+	}
+	for _, a := range got {
+		if a.Host != flapping {
+			t.Errorf("-host %s: advice for %s", flapping, a.Host)
+		}
+		if a.Role == "metadata" && a.From != hostbreaker.FromPublished {
+			t.Errorf("%+v: want From published", a)
+		}
+		if a.Role == "metadata" && a.Key == "reset_timeout" && a.Current != "300ms" {
+			t.Errorf("reset_timeout Current %s, want 300ms (the file's, as published; built-in 1m0s)", a.Current)
+		}
+		if a.Role == "metadata" && a.Key == "fail_max" && a.Current != "3" {
+			t.Errorf("fail_max Current %s, want 3", a.Current)
+		}
+	}
+	// -key selects.
+	for _, a := range adviceOf("-key", "reset_timeout") {
+		if a.Key != "reset_timeout" {
+			t.Errorf("-key reset_timeout: %+v", a)
+		}
+	}
+	if _, _, code := runInProcess(t, "-store", storeURL, "-key", "fail_maks"); code != 2 {
+		t.Errorf("-key fail_maks: exit %d, want 2", code)
+	}
+	// A host nobody published: assumed, and -enforce refuses.
+	assumed := false
+	all := adviceOf()
+	for _, a := range all {
+		assumed = assumed || a.From == hostbreaker.FromAssumed
+	}
+	if !assumed {
+		t.Errorf("no assumed advice (on a host no process published): %+v", all)
+	}
+	_, errOut, code := runInProcess(t, "-store", storeURL, "-enforce")
+	if code != 1 || !strings.Contains(errOut, "is not known") || !strings.Contains(errOut, "nothing written") {
+		t.Errorf("-enforce with assumed values: exit %d, %q", code, errOut)
+	}
+	if ov, _ := s.Overrides(context.Background()); len(ov) != 0 {
+		t.Errorf("a refused -enforce wrote %v", ov)
+	}
+	// -json alone writes nothing; the table says it wrote nothing.
+	out, _, _ := runInProcess(t, "-store", storeURL)
+	if !strings.Contains(out, "dry run: nothing written") {
+		t.Errorf("no dry-run note:\n%s", out)
+	}
+	if ov, _ := s.Overrides(context.Background()); len(ov) != 0 {
+		t.Errorf("advise without -enforce wrote %v", ov)
+	}
+	// -enforce on what is known: the published host.
+	if _, errOut, code := runInProcess(t, "-store", storeURL, "-enforce", "-host", flapping, "-key", "reset_timeout"); code != 0 {
+		t.Fatalf("-enforce -host: exit %d: %s", code, errOut)
+	}
+	ov, _ := s.Overrides(context.Background())
+	if len(ov) != 1 || ov[flapping].Roles["metadata"].ResetTimeout == 0 {
+		t.Errorf("overrides after -enforce -host -key: %+v", ov)
+	}
+	// -history -json.
+	out, errOut, code = runInProcess(t, "-store", storeURL, "-history", "-json")
+	var rows []map[string]any
+	if err := json.Unmarshal([]byte(out), &rows); code != 0 || err != nil || len(rows) == 0 {
+		t.Fatalf("-history -json: exit %d, %v, %q %q", code, err, out, errOut)
+	}
+	if r := rows[0]; r["host"] != flapping || r["role"] != "metadata" || r["key"] != "reset_timeout" || r["before"] != "300ms" {
+		t.Errorf("-history -json row %v", r)
+	}
+	// Two configurations.
+	if err := s.PublishStates(context.Background(), "other:1#1", []hostbreaker.PublishedState{{Host: flapping, Role: "metadata",
+		State: hostbreaker.StateOpen, ConfigHash: "0123abcd", Policy: hostbreaker.Policy{FailMax: 9, ResetTimeout: time.Minute,
+			SuccessThreshold: 1, TrialCalls: 1}}}, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	out, _, _ = runInProcess(t, "-store", storeURL)
+	if !strings.Contains(out, "the processes run 2 different configurations") || !strings.Contains(out, "0123abcd (other:1#1)") {
+		t.Errorf("no warning about two configurations:\n%s", out)
+	}
+	s.Close()
+	// -revert of a typo.
+	typo := strings.Replace(flapping, "127.0.0.1", "127.0.0.11", 1)
+	_, errOut, code = runInProcess(t, "-store", storeURL, "-revert", typo)
+	if code != 1 || !strings.Contains(errOut, "no tuned override of "+typo) || !strings.Contains(errOut, "did you mean "+flapping+"?") {
+		t.Errorf("-revert typo: exit %d, %q", code, errOut)
+	}
+	if _, errOut, code = runInProcess(t, "-store", storeURL, "-revert", typo, "-f"); code != 0 {
+		t.Errorf("-revert -f: exit %d, %q", code, errOut)
+	}
+	if _, errOut, code = runInProcess(t, "-store", storeURL, "-revert", flapping); code != 0 {
+		t.Errorf("-revert: exit %d, %q", code, errOut)
+	}
+}

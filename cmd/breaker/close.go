@@ -9,11 +9,13 @@ import (
 	"github.com/hostbreaker/hostbreaker"
 )
 
-const closeUsage = `Usage: breaker close [-store URL] HOST
+const closeUsage = `Usage: breaker close [-store URL] [-f] HOST
 
 Resets HOST in every process that shares the store: its cooldowns are
 deleted, and each process clears them and closes the host's breakers within
-its poll interval.
+its poll interval. A host the store knows nothing of (no record, published
+state, tuned override or journal event in the last 24 hours) is refused
+with exit status 1: a typo must not say "closed". -f forces it.
 
 HOST is a host name with an optional port, or a URL, normalized as the
 Transports key hosts: a URL's default port is dropped (https://h:443/ is h),
@@ -22,6 +24,7 @@ a port given without a scheme is kept (h:443 is not h).
 
 func runClose(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
 	c := newCommand("close", closeUsage)
+	force := c.fs.Bool("f", false, "write even if the store knows nothing of HOST")
 	pos, err := c.parse(args, stdout)
 	if errors.Is(err, errHelp) {
 		return nil
@@ -36,7 +39,10 @@ func runClose(ctx context.Context, args []string, stdout, stderr io.Writer) (err
 		return err
 	}
 
-	err = c.withStore(ctx, stderr, true, func(ctx context.Context, s hostbreaker.Store) error {
+	err = c.withStore(ctx, stderr, *force, func(ctx context.Context, s hostbreaker.Store) error {
+		if err := checkKnown(ctx, s, host, *force); err != nil {
+			return err
+		}
 		_, err := hostbreaker.ResetHost(ctx, s, now(), host, source())
 		return err
 	})

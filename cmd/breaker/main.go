@@ -2,13 +2,16 @@
 // through the store that services share, while they run.
 //
 //	go run ./cmd/breaker show  [-store URL] [-host HOST] [-json]
-//	go run ./cmd/breaker open  [-store URL] HOST [-for 5m] [-reason TEXT]
-//	go run ./cmd/breaker close [-store URL] HOST
+//	go run ./cmd/breaker open  [-store URL] [-f] HOST [-for 5m] [-reason TEXT]
+//	go run ./cmd/breaker close [-store URL] [-f] HOST
+//	go run ./cmd/breaker serve [-store URL] [-addr 127.0.0.1:8080] [-open-for 5m]
 //
 // Flags may come before or after HOST. -store defaults to
 // $HOSTBREAKER_STORE, else ./hostbreaker.db. show refuses a bbolt file that
-// does not exist ("no store at PATH"); open and close create it and say so
-// on stderr. Errors are printed as "breaker: <message>"; the exit status is
+// does not exist ("no store at PATH"); so do open and close, unless -f,
+// with which they create it and say so on stderr. open and close refuse a
+// host the store knows nothing of (exit status 1, nothing written): -f
+// forces them. Errors are printed as "breaker: <message>"; the exit status is
 // 1 for errors and 2 for usage errors (unknown subcommand or flag, missing
 // HOST, bad flag value).
 package main
@@ -87,12 +90,13 @@ Commands:
   show   list open breakers and cooldowns
   open   pause HOST for every process sharing the store
   close  reset HOST in every process sharing the store
+  serve  serve the fleet's live status page (token from $HOSTBREAKER_TOKEN)
 
 Every command takes -store URL: a bbolt file path, bolt:///abs/path.db,
 redis://[user:pass@]host:port/db[?prefix=P] or rediss://... (default
 $HOSTBREAKER_STORE, else ./hostbreaker.db). show refuses a bbolt file that
-does not exist; open and close create it. Flags may come before or after
-HOST. Run "breaker <command> -h" for the command's flags.
+does not exist; so do open and close, which also refuse a host the store
+knows nothing of, unless -f. Flags may come before or after HOST. Run "breaker <command> -h" for the command's flags.
 `
 
 // run executes the command line args (without the program name), writing
@@ -109,6 +113,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runOpen(ctx, rest, stdout, stderr)
 	case "close":
 		return runClose(ctx, rest, stdout, stderr)
+	case "serve":
+		return runServe(ctx, rest, stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, mainUsage)
 		return nil

@@ -168,11 +168,11 @@ func publish(t *testing.T, storeURL string) {
 func TestOpenShow(t *testing.T) {
 	useFixedClock(t)
 	eachStore(t, func(t *testing.T, store string) {
-		out := mustRun(t, "open", "-store", store, "-for", "30m", "-reason", "vendor maintenance", "API.Example.org.")
+		out := mustRun(t, "open", "-f", "-store", store, "-for", "30m", "-reason", "vendor maintenance", "API.Example.org.")
 		if want := "opened api.example.org for 30m0s until 2100-01-02T03:34:05Z\n"; out != want {
 			t.Errorf("open printed %q, want %q", out, want)
 		}
-		out = mustRun(t, "open", "-store", store, "-for", "90s", "https://Bücher.Example.:443/path")
+		out = mustRun(t, "open", "-f", "-store", store, "-for", "90s", "https://Bücher.Example.:443/path")
 		if want := "opened xn--bcher-kva.example for 1m30s until 2100-01-02T03:05:35Z\n"; out != want {
 			t.Errorf("open printed %q, want %q", out, want)
 		}
@@ -215,7 +215,7 @@ func TestFlagPositions(t *testing.T) {
 	} {
 		t.Run(strings.Join(args, " "), func(t *testing.T) {
 			store := boltURL(t)
-			mustRun(t, append([]string{"open", "-store", store}, args...)...)
+			mustRun(t, append([]string{"open", "-f", "-store", store}, args...)...)
 			var rows []row
 			if err := json.Unmarshal([]byte(mustRun(t, "show", "-json", "-store", store)), &rows); err != nil {
 				t.Fatal(err)
@@ -229,7 +229,7 @@ func TestFlagPositions(t *testing.T) {
 	}
 	// The store flag after HOST as well.
 	store := boltURL(t)
-	mustRun(t, "close", "h.example", "-store", store)
+	mustRun(t, "close", "-f", "h.example", "-store", store)
 	if out := mustRun(t, "show", "-json", "-store", store); out != "[]\n" {
 		t.Errorf("show -json after close = %q", out)
 	}
@@ -238,8 +238,8 @@ func TestFlagPositions(t *testing.T) {
 func TestClose(t *testing.T) {
 	useFixedClock(t)
 	eachStore(t, func(t *testing.T, store string) {
-		mustRun(t, "open", "-store", store, "api.example.org")
-		mustRun(t, "open", "-store", store, "keep.example.org")
+		mustRun(t, "open", "-f", "-store", store, "api.example.org")
+		mustRun(t, "open", "-f", "-store", store, "keep.example.org")
 		out := mustRun(t, "close", "-store", store, "API.example.org")
 		if want := "closed api.example.org: every process sharing the store resets it within its poll interval\n"; out != want {
 			t.Errorf("close printed %q, want %q", out, want)
@@ -322,7 +322,7 @@ func testTransport(t *testing.T, store, host string) {
 		t.Fatalf("before open: %v", err)
 	}
 
-	out := mustRun(t, "open", "-store", store, "-for", "5m", "-reason", "test", host)
+	out := mustRun(t, "open", "-f", "-store", store, "-for", "5m", "-reason", "test", host)
 	if !strings.HasPrefix(out, "opened api.example.org ") {
 		t.Errorf("open printed %q", out)
 	}
@@ -351,23 +351,23 @@ func TestErrors(t *testing.T) {
 	}{
 		{nil, true, "missing command"},
 		{[]string{"bogus"}, true, `unknown command "bogus"`},
-		{[]string{"open", "-store", store}, true, "open: missing HOST"},
+		{[]string{"open", "-f", "-store", store}, true, "open: missing HOST"},
 		{[]string{"close", "-store", store}, true, "close: missing HOST"},
-		{[]string{"open", "-store", store, "h.example", "-for", "0s"}, true, "-for must be positive"},
-		{[]string{"open", "-store", store, "h.example", "-for", "-5m"}, true, "-for must be positive"},
-		{[]string{"open", "-store", store, "h.example", "-for", "banana"}, true, `invalid value "banana" for flag -for`},
-		{[]string{"open", "-store", store, "h.example", "-for", "100000h"}, true, "longer than"},
-		{[]string{"open", "-store", store, "h.example", "extra"}, true, `unexpected argument "extra"`},
+		{[]string{"open", "-f", "-store", store, "h.example", "-for", "0s"}, true, "-for must be positive"},
+		{[]string{"open", "-f", "-store", store, "h.example", "-for", "-5m"}, true, "-for must be positive"},
+		{[]string{"open", "-f", "-store", store, "h.example", "-for", "banana"}, true, `invalid value "banana" for flag -for`},
+		{[]string{"open", "-f", "-store", store, "h.example", "-for", "100000h"}, true, "longer than"},
+		{[]string{"open", "-f", "-store", store, "h.example", "extra"}, true, `unexpected argument "extra"`},
 		{[]string{"show", "-nope"}, true, "flag provided but not defined: -nope"},
 		{[]string{"show", "-store", store, "-host", "a.example", "b.example"}, true, "give the host once"},
-		{[]string{"open", "-store", "", "h.example"}, true, "-store is empty"},
-		{[]string{"open", "-store", "nosuch://x", "h.example"}, false, `"nosuch://x"`},
+		{[]string{"open", "-f", "-store", "", "h.example"}, true, "-store is empty"},
+		{[]string{"open", "-f", "-store", "nosuch://x", "h.example"}, false, `"nosuch://x"`},
 		{[]string{"show", "-store", "nosuch://x"}, false, `"nosuch://x"`},
 		{[]string{"close", "-store", "nosuch://x", "h.example"}, false, `"nosuch://x"`},
 		{[]string{"show", "-store", filepath.Join(t.TempDir(), "no", "dir", "x.db")}, false, filepath.Join("no", "dir", "x.db")},
-		{[]string{"open", "-store", store, "bad host!"}, false, `"bad host!"`},
+		{[]string{"open", "-f", "-store", store, "bad host!"}, false, `"bad host!"`},
 		{[]string{"close", "-store", store, "bad host!"}, false, `"bad host!"`},
-		{[]string{"open", "-store", store, "https:///nohost"}, false, `open: invalid host "https:///nohost"`},
+		{[]string{"open", "-f", "-store", store, "https:///nohost"}, false, `open: invalid host "https:///nohost"`},
 		{[]string{"show", "-store", store, "-host", "bad host!"}, false, `show: invalid host "bad host!"`},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
@@ -387,7 +387,7 @@ func TestErrors(t *testing.T) {
 		})
 	}
 	t.Run("redis bad host", func(t *testing.T) {
-		_, _, err := runCmd(t, "open", "-store", redisURL(t), "bad host!")
+		_, _, err := runCmd(t, "open", "-f", "-store", redisURL(t), "bad host!")
 		if err == nil || !strings.Contains(err.Error(), `"bad host!"`) {
 			t.Errorf("error %v does not name the host", err)
 		}
@@ -438,7 +438,7 @@ func TestDeadRedis(t *testing.T) {
 	store := "redis://" + addr + "/0?prefix=hbcli-dead:"
 	for _, args := range [][]string{
 		{"show", "-store", store},
-		{"open", "-store", store, "h.example"},
+		{"open", "-f", "-store", store, "h.example"},
 		{"close", "-store", store, "h.example"},
 	} {
 		status, stderr := runMain(t, args...)
@@ -458,9 +458,9 @@ func TestExitStatus(t *testing.T) {
 		status int
 		stderr string
 	}{
-		{[]string{"open", "-store", store, "h.example"}, 0, ""},
+		{[]string{"open", "-f", "-store", store, "h.example"}, 0, ""},
 		{[]string{"bogus"}, 2, "breaker: unknown command \"bogus\"\n\nUsage: breaker <command>"},
-		{[]string{"open", "-store", store}, 2, "breaker: open: missing HOST\n\nUsage: breaker open"},
+		{[]string{"open", "-f", "-store", store}, 2, "breaker: open: missing HOST\n\nUsage: breaker open"},
 		{[]string{"show", "-store", "nosuch://x"}, 1, "breaker: open store \"nosuch://x\": unknown scheme"},
 		{[]string{"show", "-store", missing}, 1, "breaker: no store at " + missing + "\n"},
 	} {
@@ -495,7 +495,7 @@ func TestHostSpellings(t *testing.T) {
 		{"2001:db8::1", "[2001:db8::1]"},
 		{"https://[::1]:443/", "[::1]"},
 	} {
-		out := mustRun(t, "open", "-store", store, tc.in)
+		out := mustRun(t, "open", "-f", "-store", store, tc.in)
 		if !strings.HasPrefix(out, "opened "+tc.want+" for ") {
 			t.Errorf("open %q printed %q, want host %q", tc.in, out, tc.want)
 			continue
@@ -549,7 +549,7 @@ func TestMissingStore(t *testing.T) {
 	for _, cmd := range []string{"open", "close"} {
 		name := cmd + ".db"
 		for _, want := range []string{"breaker: created store " + abs(name) + "\n", ""} {
-			_, stderr, err := runCmd(t, cmd, "-store", name, "h.example")
+			_, stderr, err := runCmd(t, cmd, "-f", "-store", name, "h.example")
 			if err != nil {
 				t.Fatalf("%s -store %s: %v", cmd, name, err)
 			}
@@ -567,8 +567,76 @@ func TestMissingStore(t *testing.T) {
 
 	// A directory that does not exist: open fails, and does not claim to
 	// have created anything.
-	_, stderr, err := runCmd(t, "open", "-store", abs("no/dir/x.db"), "h.example")
+	_, stderr, err := runCmd(t, "open", "-f", "-store", abs("no/dir/x.db"), "h.example")
 	if err == nil || stderr != "" {
 		t.Errorf("open in a missing directory: error %v, stderr %q", err, stderr)
+	}
+}
+
+// TestUnknownHost: close and open refuse a host the store knows nothing of
+// (a typo), with exit status 1 and nothing written, and name the known
+// hosts that are near; -f forces it; a host known from a record, a
+// published state or the journal is accepted.
+func TestUnknownHost(t *testing.T) {
+	useFixedClock(t)
+	eachStore(t, func(t *testing.T, store string) {
+		mustRun(t, "open", "-f", "-store", store, "-for", "1m", "pdf.slowpub.test")
+		for _, cmd := range []string{"close", "open"} {
+			_, _, err := runCmd(t, cmd, "-store", store, "pdf.slowpub.tset")
+			var ue *usageError
+			if err == nil || errors.As(err, &ue) || !strings.Contains(err.Error(), "the store knows nothing of pdf.slowpub.tset") ||
+				!strings.Contains(err.Error(), "did you mean pdf.slowpub.test?") {
+				t.Errorf("%s of a typo: %v, want an error (status 1) naming the near host", cmd, err)
+			}
+			if _, _, err := runCmd(t, cmd, "-store", store, "nonexistent.example"); err == nil || strings.Contains(err.Error(), "did you mean") {
+				t.Errorf("%s nonexistent.example: %v", cmd, err)
+			}
+		}
+		if out := mustRun(t, "show", "-store", store, "-json"); strings.Contains(out, "tset") || strings.Contains(out, "nonexistent") {
+			t.Errorf("refused commands wrote: %s", out)
+		}
+		// Known: the record of the open above.
+		mustRun(t, "close", "-store", store, "pdf.slowpub.test")
+		// Forced.
+		if out := mustRun(t, "open", "-f", "-store", store, "new.example"); !strings.HasPrefix(out, "opened new.example") {
+			t.Errorf("open -f printed %q", out)
+		}
+		// Known from the journal only.
+		s, err := hostbreaker.OpenStore(store)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev := hostbreaker.Event{Name: hostbreaker.EventSummary, Time: time.Now(), Process: "p", Host: "journal.example",
+			Summary: &hostbreaker.Summary{Requests: 1, Successes: 1}}
+		if _, err := s.AppendEvents(context.Background(), []hostbreaker.Event{ev}, hostbreaker.JournalLimits{}); err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		useRealClock := now
+		now = time.Now
+		mustRun(t, "close", "-store", store, "journal.example")
+		now = useRealClock
+	})
+	store := boltURL(t)
+	mustRun(t, "open", "-f", "-store", store, "h.example")
+	if status, stderr := runMain(t, "close", "-store", store, "nonexistent.example"); status != 1 ||
+		!strings.HasPrefix(stderr, "breaker: the store knows nothing of nonexistent.example") {
+		t.Errorf("exit status %d, stderr %q; want 1", status, stderr)
+	}
+	// Without -f, a store that does not exist is not created: it knows nothing.
+	missing := filepath.Join(t.TempDir(), "missing.db")
+	if status, stderr := runMain(t, "close", "-store", missing, "h.example"); status != 1 || stderr != "breaker: no store at "+missing+"\n" {
+		t.Errorf("close on a missing store: status %d, stderr %q", status, stderr)
+	}
+}
+
+func TestEditDistance(t *testing.T) {
+	for _, c := range []struct {
+		a, b string
+		d    int
+	}{{"", "", 0}, {"a", "", 1}, {"pdf.slowpub.tset", "pdf.slowpub.test", 1}, {"abc", "abd", 1}, {"kitten", "sitting", 3}} {
+		if got := editDistance(c.a, c.b); got != c.d {
+			t.Errorf("editDistance(%q, %q) = %d, want %d", c.a, c.b, got, c.d)
+		}
 	}
 }

@@ -30,11 +30,14 @@ limit in the process that published the row (configured, or learnt from
 429s), "-" when the host is not limited there; a process publishes a row
 for each host whose rate it learnt, even with its breakers closed (a host
 paced only at its configured rate is listed when it is not closed).
+A host in shadow mode (mode = "shadow": it decides but rejects nothing) is
+listed with every breaker state, marked "(shadow)" after its STATE.
 
 With -json it prints an array of objects with the keys host, role, state,
 until (RFC 3339, UTC; omitted when there is none), reason, source, note
 (omitted when empty) and rate (requests per second; omitted when the host
-is not limited); [] when there is nothing to list. Role is "*" for a
+is not limited) and shadow (true for a host in shadow mode; omitted
+otherwise); [] when there is nothing to list. Role is "*" for a
 cooldown of the whole host and "" for the default role.
 `
 
@@ -50,6 +53,9 @@ type row struct {
 	// Rate is the host's rate limit in the source, requests per second; 0
 	// (omitted) when it is not limited.
 	Rate float64 `json:"rate,omitempty"`
+	// Shadow is true for a host in shadow mode in the source: it decides,
+	// but rejects nothing.
+	Shadow bool `json:"shadow,omitempty"`
 
 	until time.Time
 }
@@ -120,7 +126,7 @@ func collectRows(recs []hostbreaker.Record, states []hostbreaker.PublishedState,
 		}
 		rows = append(rows, row{
 			Host: s.Host, Role: s.Role, State: s.State.String(),
-			Reason: string(s.Reason), Source: s.Source, until: s.Until, Rate: s.Rate,
+			Reason: string(s.Reason), Source: s.Source, until: s.Until, Rate: s.Rate, Shadow: s.Shadow,
 		})
 	}
 	for i := range rows {
@@ -162,8 +168,12 @@ func writeTable(w io.Writer, rows []row, at time.Time) error {
 		if r.Rate > 0 {
 			rate = strconv.FormatFloat(r.Rate, 'f', 2, 64) + "/s"
 		}
+		state := cell(r.State)
+		if r.Shadow {
+			state += " (shadow)"
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
-			cell(r.Host), cell(r.Role), cell(r.State), remaining, cell(r.Reason), rate, cell(r.Source), cell(r.Note))
+			cell(r.Host), cell(r.Role), state, remaining, cell(r.Reason), rate, cell(r.Source), cell(r.Note))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

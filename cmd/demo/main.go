@@ -352,7 +352,7 @@ func runPlain(ctx context.Context, o options, c *console) phase {
 	defer base.CloseIdleConnections()
 	client := &http.Client{Transport: base, Timeout: 2 * time.Second}
 
-	wctx, cancel := context.WithTimeout(ctx, o.duration)
+	wctx, cancel := phaseContext(ctx, o.duration)
 	defer cancel()
 	c.printf("Phase 1/2: plain http.Transport, %v, %d workers\n", o.duration, o.workers)
 	wait := func() {}
@@ -383,6 +383,10 @@ func runHostbreaker(ctx context.Context, o options, c *console) (phase, error) {
 	cfg.Defaults.ResetTimeout = 2 * time.Second
 	cfg.Defaults.HalfOpenJitter = 200 * time.Millisecond
 	cfg.Defaults.TrialCalls = 1
+	// The workers take the hosts in turn: a request waits at most 100ms
+	// for its turn at a paced host, then is rejected (rate-limited), so
+	// that a worker does not hold up its turns at the other hosts.
+	cfg.Defaults.MaxWait = 100 * time.Millisecond
 	cfg.Rolling = hostbreaker.Rolling{} // disabled
 	cfg.Store.URL = o.store
 	if cfg.Store.URL == "" {
@@ -401,9 +405,9 @@ func runHostbreaker(ctx context.Context, o options, c *console) (phase, error) {
 	defer tr.Close()
 	client := &http.Client{Transport: tr, Timeout: 2 * time.Second}
 
-	wctx, cancel := context.WithTimeout(ctx, o.duration)
+	wctx, cancel := phaseContext(ctx, o.duration)
 	defer cancel()
-	c.printf("Phase 2/2: hostbreaker (fail_max 3, reset_timeout 2s, half_open_jitter 200ms, trial_calls 1), %v, %d workers\n",
+	c.printf("Phase 2/2: hostbreaker (fail_max 3, reset_timeout 2s, half_open_jitter 200ms, trial_calls 1, max_wait 100ms), %v, %d workers\n",
 		o.duration, o.workers)
 	wait := func() {}
 	if !o.quiet && c.tty {
@@ -421,6 +425,17 @@ func runHostbreaker(ctx context.Context, o options, c *console) (phase, error) {
 	return l.result("hostbreaker"), nil
 }
 
+// phaseContext returns a context that is canceled when d has passed. Not
+// a deadline: hostbreaker counts a request that hits its context's
+// deadline as a failure of the host (a hung host's timeouts), and the
+// requests in flight when a phase ends are the demo's doing, not the
+// host's; a cancellation is neutral.
+func phaseContext(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	t := time.AfterFunc(d, cancel)
+	return ctx, func() { t.Stop(); cancel() }
+}
+
 // newBase returns a clone of http.DefaultTransport that keeps enough idle
 // connections for every worker.
 func newBase(o options) *http.Transport {
@@ -435,7 +450,7 @@ func liveTable(o options, l *live, tr *hostbreaker.Transport, events *eventLog, 
 	fmt.Fprintf(&b, "[%s/%v] reached the servers: healthy %d, flaky %d, limited %d\n",
 		elapsed(l), o.duration, l.hits[healthy].Load(), l.hits[flaky].Load(), l.hits[limited].Load())
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "  host\trole\tstate\tuntil\treason\trequests\tok\tfailed\trejected")
+	fmt.Fprintln(tw, "  host\trole\tstate\tuntil\treason\trequests\tok\tfailed\tneutral\trejected")
 	now := time.Now()
 	rows := tr.Snapshot()
 	slices.SortStableFunc(rows, func(a, b hostbreaker.Status) int { // healthy, flaky, limited
@@ -446,8 +461,8 @@ func liveTable(o options, l *live, tr *hostbreaker.Transport, events *eventLog, 
 		if s.Until.After(now) {
 			until = fmt.Sprintf("%.1fs", s.Until.Sub(now).Seconds())
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\n", l.name(s.Host), dash(s.Role), s.State, until,
-			dash(string(s.Reason)), s.Requests, s.Successes, s.Failures, s.Rejected)
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n", l.name(s.Host), dash(s.Role), s.State, until,
+			dash(string(s.Reason)), s.Requests, s.Successes, s.Failures, s.Neutral, s.Rejected)
 	}
 	tw.Flush()
 	var lines []string
@@ -491,13 +506,18 @@ func (e *eventLog) WithGroup(string) slog.Handler            { return e }
 func (e *eventLog) Handle(_ context.Context, r slog.Record) error {
 	rel := func(t time.Time) string { return fmt.Sprintf("%.1fs", t.Sub(e.live.start).Seconds()) }
 	a := make(map[string]string)
+	var keys []string // in the record's order, so that a line reads the same every run
 	r.Attrs(func(at slog.Attr) bool {
 		v := at.Value.Resolve()
-		if v.Kind() == slog.KindTime {
+		switch v.Kind() {
+		case slog.KindTime:
 			a[at.Key] = rel(v.Time())
-		} else {
+		case slog.KindFloat64:
+			a[at.Key] = strconv.FormatFloat(v.Float64(), 'g', 3, 64)
+		default:
 			a[at.Key] = v.String()
 		}
+		keys = append(keys, at.Key)
 		return true
 	})
 	host := e.live.name(a["host"])
@@ -510,9 +530,14 @@ func (e *eventLog) Handle(_ context.Context, r slog.Record) error {
 		}
 	case "host cooling down":
 		msg = fmt.Sprintf("%s: cooling down (%s) until %s", host, a["reason"], a["until"])
+	case "host rate limit changed":
+		if a["rate"] == a["previous_rate"] {
+			return nil // no change at the precision shown
+		}
+		msg = fmt.Sprintf("%s: rate %s -> %s r/s (%s)", host, a["previous_rate"], a["rate"], a["why"])
 	default:
-		for k, v := range a {
-			msg += " " + k + "=" + v
+		for _, k := range keys {
+			msg += " " + k + "=" + a[k]
 		}
 	}
 	line := fmt.Sprintf("%5s  %s", rel(r.Time), msg)

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -36,8 +38,38 @@ func TestRun(t *testing.T) {
 	if n := strings.Count(out.String(), "reached the servers:"); n != 1 {
 		t.Errorf("%d progress blocks or tables, want the one table of the hostbreaker phase", n)
 	}
-	if n := countLines(out.String(), "host role state until reason requests ok failed rejected"); n != 1 {
+	if n := countLines(out.String(), "host role state until reason requests ok failed neutral rejected"); n != 1 {
 		t.Errorf("%d live table headers, want 1", n)
+	}
+	// Every row of the live table adds up, and the healthy host has no
+	// failure: the requests in flight when the phase ends are cancelled
+	// (neutral), not failed by a deadline.
+	_, table, _ := strings.Cut(out.String(), "reached the servers:")
+	table, _, _ = strings.Cut(table, "events:")
+	rowsSeen := 0
+	for line := range strings.Lines(table) {
+		f := strings.Fields(line)
+		if len(f) != 10 || !slices.Contains(hostNames[:], f[0]) {
+			continue
+		}
+		rowsSeen++
+		var n [5]int64
+		for i := range n {
+			v, err := strconv.ParseInt(f[5+i], 10, 64)
+			if err != nil {
+				t.Fatalf("live row %q: %v", line, err)
+			}
+			n[i] = v
+		}
+		if n[0] != n[1]+n[2]+n[3]+n[4] {
+			t.Errorf("live row %q: requests %d != ok + failed + neutral + rejected", line, n[0])
+		}
+		if f[0] == "healthy" && n[2] != 0 {
+			t.Errorf("live row %q: the healthy host failed %d requests", line, n[2])
+		}
+	}
+	if rowsSeen < 3 {
+		t.Errorf("live table: %d host rows, want at least 3", rowsSeen)
 	}
 	for _, s := range []string{"Summary:", "Conclusion:"} {
 		if n := strings.Count(out.String(), s); n != 1 {
@@ -128,5 +160,34 @@ func TestRunBadFlags(t *testing.T) {
 		if errOut.Len() == 0 {
 			t.Errorf("run(%q) printed nothing on stderr", args)
 		}
+	}
+}
+
+// TestEventLines: an event's attributes are printed in the record's order,
+// the same every run, and a rate "change" to the same value (at the
+// precision shown) is not printed.
+func TestEventLines(t *testing.T) {
+	l := &live{start: time.Unix(100, 0), names: map[string]string{"127.0.0.1:1": "limited"}}
+	e := &eventLog{live: l}
+	rec := func(msg string, attrs ...slog.Attr) {
+		r := slog.NewRecord(time.Unix(101, 0), slog.LevelInfo, msg, 0)
+		r.AddAttrs(attrs...)
+		if err := e.Handle(context.Background(), r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 20 {
+		rec("hostbreaker: something else", slog.String("host", "127.0.0.1:1"), slog.String("b", "2"), slog.String("a", "1"), slog.Int("c", 3))
+	}
+	rec("hostbreaker: host rate limit changed", slog.String("host", "127.0.0.1:1"), slog.Float64("rate", 0.5), slog.Float64("previous_rate", 0.50001), slog.String("why", "fleet"))
+	rec("hostbreaker: host rate limit changed", slog.String("host", "127.0.0.1:1"), slog.Float64("rate", 0.8), slog.Float64("previous_rate", 0.5), slog.String("why", "throttled"))
+	lines := e.all()
+	for _, line := range lines[:20] {
+		if line != " 1.0s  something else host=127.0.0.1:1 b=2 a=1 c=3" {
+			t.Fatalf("line %q", line)
+		}
+	}
+	if got := lines[20:]; len(got) != 1 || got[0] != " 1.0s  limited: rate 0.5 -> 0.8 r/s (throttled)" {
+		t.Errorf("rate lines %q", got)
 	}
 }

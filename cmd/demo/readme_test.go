@@ -32,16 +32,26 @@ func readmeBlocks(t *testing.T, lang string) (blocks []string, readme string) {
 }
 
 // TestREADMECommands checks the README's shell commands: the set-up block,
-// whose test command .ci/run runs, and the go get line.
+// whose second command is .ci/run, the script that installs and starts what
+// the tests need and then runs them, and the go get line.
 func TestREADMECommands(t *testing.T) {
 	blocks, _ := readmeBlocks(t, "sh")
 	var setup, get bool
 	for _, b := range blocks {
-		setup = setup || b == "go run ./cmd/demo\ngo test -race ./...\n"
+		setup = setup || b == "go run ./cmd/demo\nbash .ci/run\n"
 		get = get || strings.Contains("\n"+b, "\ngo get github.com/hostbreaker/hostbreaker\n")
 	}
 	if !setup {
-		t.Error("README has no block of exactly `go run ./cmd/demo` and `go test -race ./...`")
+		t.Error("README has no block of exactly `go run ./cmd/demo` and `bash .ci/run`")
+	}
+	ci, err := os.ReadFile(filepath.Join("..", "..", ".ci", "run"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"redis-server --daemonize yes", "prometheus", "nginx", "haproxy", "\ngo test -race ./...\n"} {
+		if !strings.Contains(string(ci), want) {
+			t.Errorf(".ci/run, which the README's set-up runs, lacks %q", want)
+		}
 	}
 	if !get {
 		t.Error("README has no `go get github.com/hostbreaker/hostbreaker` line")
