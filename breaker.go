@@ -111,7 +111,7 @@ type entry struct {
 }
 
 // The reasons a request is rejected for, as indexes of entryStats.rejected.
-var rejectReasons = [...]Reason{ReasonBreakerOpen, ReasonHalfOpenFull, ReasonRetryAfter, ReasonRollingWindow, ReasonRateLimited, ReasonManual}
+var rejectReasons = [...]Reason{ReasonBreakerOpen, ReasonHalfOpenFull, ReasonRetryAfter, ReasonRollingWindow, ReasonRateLimited, ReasonConcurrencyLimited, ReasonManual}
 
 func reasonIndex(r Reason) int {
 	for i, x := range rejectReasons {
@@ -139,6 +139,7 @@ type entryStats struct {
 	timeouts    atomic.Uint64
 	probesOK    atomic.Uint64
 	probesFail  atomic.Uint64
+	body        bodyStats // body errors, and what a success changed (body.go)
 	// wouldReject counts the requests a shadow-mode host sent that it
 	// would have rejected; wouldRejectBy splits them by reasonIndex.
 	wouldReject   atomic.Uint64
@@ -266,10 +267,11 @@ func (e *entry) take(now time.Time) (Outcomes, uint64) {
 
 // Entry flags.
 const (
-	flagUsed    = 1 << iota // requested since the last eviction sweep
-	flagEvicted             // removed from the registry: outcomes go to the live entry
-	flagLive                // handed out by the registry (set last, see registry.lookup)
-	flagQuota               // its responses carry quota headers (RateLimit-Remaining): read them on each
+	flagUsed      = 1 << iota // requested since the last eviction sweep
+	flagEvicted               // removed from the registry: outcomes go to the live entry
+	flagLive                  // handed out by the registry (set last, see registry.lookup)
+	flagQuota                 // its responses carry quota headers (RateLimit-Remaining): read them on each
+	flagBodyWatch             // a body broke: watch every body (body.go)
 )
 
 func (e *entry) evicted() bool { return e.flags.Load()&flagEvicted != 0 }
@@ -292,6 +294,10 @@ type transition struct {
 	until    int64  // to open: when the open phase ends, ns since the epoch
 	failures int    // to open: the consecutive failures that tripped it (1 for a failed probe), or the failed (slow) requests in the window
 	rule     string // to open: the rule that fired and its figures, e.g. "failure_rate: 14 of 30 requests failed in 60s"
+	// counted is when the rate rules' window counted the outcome, ns since
+	// the epoch, without a change of phase; 0 when no window counted it.
+	// A body that breaks later turns that outcome into a failure (body.go).
+	counted int64
 }
 
 // changed reports whether tr is a change of phase.
@@ -477,14 +483,15 @@ func (e *entry) record(adm admission, o outcome, slow bool, c *clock) transition
 		if tr := e.successLocked(adm); tr.changed() || adm.probe {
 			return tr
 		}
-		return e.countLocked(false, slow, c)
+		return e.countLocked(false, slow, 0, c)
 	}
-	return e.failureLocked(adm, slow, c)
+	return e.failureLocked(adm, slow, 0, c)
 }
 
 // successLocked records a success in the admission's generation. Callers
 // hold e.mu.
 func (e *entry) successLocked(adm admission) transition {
+	e.rememberSuccessLocked() // for a body that breaks later (body.go)
 	if !adm.probe {
 		// The consecutive failures end. The generation stays: the
 		// outcomes of requests in flight still count.
@@ -508,8 +515,11 @@ func (e *entry) successLocked(adm admission) transition {
 
 // failureLocked records a failure in the admission's generation and trips
 // the breaker when it opens, by fail_max or, in closed, by a rate rule.
-// Callers hold e.mu.
-func (e *entry) failureLocked(adm admission, slow bool, c *clock) transition {
+// amend is, for a request whose success the rate rules' window counted
+// at that time (ns since the epoch; see transition.counted), the time of
+// that success, which becomes the failure rather than a second outcome
+// (a body that broke, body.go); 0 otherwise. Callers hold e.mu.
+func (e *entry) failureLocked(adm admission, slow bool, amend int64, c *clock) transition {
 	p := e.pol.Load()
 	now := c.now()
 	from := StateHalfOpen
@@ -533,7 +543,7 @@ func (e *entry) failureLocked(adm admission, slow bool, c *clock) transition {
 		if adm.probe {
 			return transition{}
 		}
-		return e.countLocked(true, slow, c)
+		return e.countLocked(true, slow, amend, c)
 	}
 	failures, rule := 1, "probe failed"
 	if !adm.probe {
@@ -561,9 +571,12 @@ func (e *entry) openTimeLocked(p *resolved) time.Duration {
 // countLocked adds an outcome of a request admitted in closed to e's
 // rate-rule window, when a rate rule is on, and trips e when one fires:
 // failure_rate on the failures, slow_call_rate on the slow requests, each
-// once the window holds MinRequests outcomes. Callers hold e.mu and have
+// once the window holds MinRequests outcomes. A failure with amend != 0
+// turns the success the window counted at amend into a failure instead,
+// if the window still holds it. Without a trip it returns when the window
+// counted the outcome (transition.counted). Callers hold e.mu and have
 // checked the generation.
-func (e *entry) countLocked(failed, slow bool, c *clock) transition {
+func (e *entry) countLocked(failed, slow bool, amend int64, c *clock) transition {
 	p := e.pol.Load()
 	if !p.windowed {
 		return transition{}
@@ -574,10 +587,12 @@ func (e *entry) countLocked(failed, slow bool, c *clock) transition {
 		s.win = newWindow(p.Window)
 	}
 	w := s.win
-	w.add(now, failed, slow && p.SlowCallRate > 0)
+	if !failed || amend == 0 || !w.amend(now, amend) {
+		w.add(now, failed, slow && p.SlowCallRate > 0)
+	}
 	n := w.total.n
 	if n < uint32(p.MinRequests) {
-		return transition{}
+		return transition{counted: now}
 	}
 	var rule string
 	var count uint32
@@ -589,7 +604,7 @@ func (e *entry) countLocked(failed, slow bool, c *clock) transition {
 		count = w.total.slow
 		rule = fmt.Sprintf("slow_call_rate: %d of %d requests slower than %s in %s", count, n, formatSpan(p.SlowCall), formatSpan(p.Window))
 	default:
-		return transition{}
+		return transition{counted: now}
 	}
 	until := c.after(now, e.openTimeLocked(p)+jitter(p.HalfOpenJitter))
 	e.tripLocked(until)
@@ -626,9 +641,9 @@ func newWindow(d time.Duration) *window {
 	return &window{span: max(int64(d)/windowBuckets, 1), cur: -1}
 }
 
-// add counts one outcome at now (ns), first dropping the buckets that
-// have left the window.
-func (w *window) add(now int64, failed, slow bool) {
+// advance moves the window to now (ns), dropping the buckets that have
+// left it.
+func (w *window) advance(now int64) {
 	idx := now / w.span
 	if w.cur < 0 {
 		w.cur = idx
@@ -641,6 +656,30 @@ func (w *window) add(now int64, failed, slow bool) {
 		*b = windowCount{}
 	}
 	w.cur = max(w.cur, idx)
+}
+
+// amend turns a success counted at at (ns) into a failure, at now, and
+// reports whether the window still held it: its bucket has not left the
+// window and holds a success.
+func (w *window) amend(now, at int64) bool {
+	w.advance(now)
+	idx := at / w.span
+	if idx > w.cur || idx <= w.cur-windowBuckets {
+		return false
+	}
+	b := &w.buckets[idx%windowBuckets]
+	if b.failed >= b.n {
+		return false
+	}
+	b.failed++
+	w.total.failed++
+	return true
+}
+
+// add counts one outcome at now (ns), first dropping the buckets that
+// have left the window.
+func (w *window) add(now int64, failed, slow bool) {
+	w.advance(now)
 	b := &w.buckets[w.cur%windowBuckets]
 	b.n++
 	w.total.n++
@@ -684,9 +723,10 @@ func (e *entry) reset() {
 }
 
 // idle reports whether e carries no protection worth keeping: closed, with
-// no failure younger than its reset_timeout, on a host not cooling down.
+// no failure younger than its reset_timeout, on a host not cooling down
+// and with no slot of its concurrency limit held or waited for.
 func (e *entry) idle(now int64) bool {
-	if phaseOf(e.st.Load()) != phaseClosed || e.host.coolingDown(now) {
+	if phaseOf(e.st.Load()) != phaseClosed || e.host.coolingDown(now) || e.host.busy() {
 		return false
 	}
 	return e.fails.Load() == 0 || now-e.mark.Load() > int64(e.pol.Load().ResetTimeout)

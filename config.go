@@ -72,6 +72,16 @@ type Policy struct {
 	SlowCallRate    float64       // share of slow requests in Window that opens the breaker (0 < r ≤ 1); < 0 off (default)
 	Mode            Mode          // ModeEnforce (default) or ModeShadow: decide and report, never reject; host-wide
 
+	// MaxConcurrent bounds the requests to the host in flight at once, each
+	// from before its turn until its response body is closed or read to
+	// the end (1 to 1e6; < 0 unlimited, the default). Host-wide, as the
+	// rate limit. A request beyond it waits in FIFO order within MaxWait and
+	// half the time left before its deadline, else is rejected with
+	// ReasonConcurrencyLimited. In TOML write max_concurrent = 0 for
+	// unlimited. A body never closed holds its slot until the garbage
+	// collector finds it (docs/config.md).
+	MaxConcurrent int
+
 	Roles map[string]Policy
 }
 
@@ -421,6 +431,10 @@ func validRate(r float64) bool { return r >= minRateBound && r <= maxRate }
 // bits, and a Transport a ring of threshold_failures times per host.
 const maxCount = 1000
 
+// maxConcurrent bounds max_concurrent: more requests in flight to one host
+// than any limit could mean.
+const maxConcurrent = 1_000_000
+
 // checkFields validates the fields p sets, reporting keys under prefix.
 func checkFields(prefix string, p Policy) error {
 	bad := func(key, msg string) error { return &ConfigError{Key: prefix + key, Msg: msg} }
@@ -450,6 +464,8 @@ func checkFields(prefix string, p Policy) error {
 		return tooBig("burst", p.Burst)
 	case p.MinRate != 0 && !validRate(p.MinRate):
 		return bad("min_rate", fmt.Sprintf("must be at least %v and at most %v requests per second, got %v", minRateBound, maxRate, p.MinRate))
+	case p.MaxConcurrent > maxConcurrent:
+		return bad("max_concurrent", fmt.Sprintf("must be at most %d, got %d", maxConcurrent, p.MaxConcurrent))
 	case p.Adaptive < ToggleInherit || p.Adaptive > ToggleOff:
 		return bad("adaptive", "must be on, off or inherit, got "+p.Adaptive.String())
 	case math.IsNaN(p.FailureRate) || p.FailureRate > 1:
@@ -498,6 +514,8 @@ func checkPolicy(prefix string, p Policy) error {
 		}
 		if key := hostLevelKey(rp); key == "mode" {
 			return &ConfigError{Key: rprefix + key, Msg: "the mode is host-wide: set it in the host's table, not in a role's"}
+		} else if key == "max_concurrent" {
+			return &ConfigError{Key: rprefix + key, Msg: "a concurrency limit is host-wide: set it in the host's table, not in a role's"}
 		} else if key != "" {
 			return &ConfigError{Key: rprefix + key, Msg: "a rate limit is host-wide: set it in the host's table, not in a role's"}
 		}
@@ -506,7 +524,7 @@ func checkPolicy(prefix string, p Policy) error {
 }
 
 // hostLevelKey returns the TOML key of the first host-wide field (the rate
-// limit's, and the mode) that p sets, or "".
+// limit's, max_concurrent, and the mode) that p sets, or "".
 func hostLevelKey(p Policy) string {
 	switch {
 	case p.Mode != ModeInherit:
@@ -523,6 +541,8 @@ func hostLevelKey(p Policy) string {
 		return "min_rate"
 	case p.ThrottleStatuses != nil:
 		return "throttle_statuses"
+	case p.MaxConcurrent != 0:
+		return "max_concurrent"
 	}
 	return ""
 }

@@ -35,13 +35,19 @@ const (
 	// only after its MaxWait, or more than half the time left before its
 	// context's deadline; Until is its turn.
 	ReasonRateLimited Reason = "rate-limited"
+	// ReasonConcurrencyLimited: the host's max_concurrent requests were in
+	// flight (their bodies not yet closed) and no slot freed within the
+	// request's MaxWait, or half the time left before its context's
+	// deadline; Until is zero.
+	ReasonConcurrencyLimited Reason = "concurrency-limited"
 )
 
 // OpenError is the error a Transport returns, without calling its base
 // transport, for a request it rejects. It matches ErrOpen under errors.Is.
 //
 // Until is when the host or breaker may accept requests again; it is the zero
-// time for ReasonHalfOpenFull, where the trial requests in flight decide.
+// time for ReasonHalfOpenFull and ReasonConcurrencyLimited, where the
+// requests in flight decide.
 // Each rejection returns a new OpenError that nothing else refers to.
 type OpenError struct {
 	Host   string

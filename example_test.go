@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"time"
@@ -162,4 +163,44 @@ func ExampleWithClassifier() {
 	// 200 with a captcha
 	// 200 with a captcha
 	// rejected: breaker-open
+}
+
+// A host that takes at most one request at a time: a request holds its
+// slot until its response body is closed or read to the end, and the next
+// one waits for it, at most MaxWait; past that it is rejected.
+func ExamplePolicy_maxConcurrent() {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "a large file")
+	}))
+	defer srv.Close()
+
+	cfg := hostbreaker.Config{Defaults: hostbreaker.Policy{MaxConcurrent: 1, MaxWait: 100 * time.Millisecond}}
+	tr, err := hostbreaker.NewTransport(nil, hostbreaker.WithConfig(cfg))
+	if err != nil {
+		panic(err)
+	}
+	defer tr.Close()
+	client := &http.Client{Transport: tr}
+
+	first, err := client.Get(srv.URL) // its body, still open, holds the slot
+	if err != nil {
+		panic(err)
+	}
+	_, err = client.Get(srv.URL)
+	if oe, ok := errors.AsType[*hostbreaker.OpenError](err); ok {
+		fmt.Println("second request rejected:", oe.Reason)
+	}
+
+	// Closing the body (or reading it to the end) gives the slot back.
+	first.Body.Close()
+	resp, err := client.Get(srv.URL)
+	if err != nil {
+		panic(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	fmt.Printf("third request: %s, %q\n", resp.Status, body)
+	// Output:
+	// second request rejected: concurrency-limited
+	// third request: 200 OK, "a large file"
 }

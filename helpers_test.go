@@ -368,17 +368,21 @@ var wantInstruments = map[string]struct {
 	unit    string
 	counter bool
 }{
-	"hostbreaker.requests":           {"{request}", true},
-	"hostbreaker.rejections":         {"{request}", true},
-	"hostbreaker.transitions":        {"{transition}", true},
-	"hostbreaker.state":              {"{breaker}", false},
-	"hostbreaker.breakers":           {"{breaker}", false},
-	"hostbreaker.cooldown.remaining": {"s", false},
-	"hostbreaker.rate":               {"{request}/s", false},
-	"hostbreaker.rate.configured":    {"{request}/s", false},
-	"hostbreaker.retry_after":        {"s", false},
-	"hostbreaker.store.errors":       {"{error}", true},
-	"hostbreaker.untracked":          {"{request}", true},
+	"hostbreaker.requests":            {"{request}", true},
+	"hostbreaker.rejections":          {"{request}", true},
+	"hostbreaker.transitions":         {"{transition}", true},
+	"hostbreaker.state":               {"{breaker}", false},
+	"hostbreaker.breakers":            {"{breaker}", false},
+	"hostbreaker.cooldown.remaining":  {"s", false},
+	"hostbreaker.rate":                {"{request}/s", false},
+	"hostbreaker.rate.configured":     {"{request}/s", false},
+	"hostbreaker.retry_after":         {"s", false},
+	"hostbreaker.store.errors":        {"{error}", true},
+	"hostbreaker.untracked":           {"{request}", true},
+	"hostbreaker.concurrency.held":    {"{request}", false},
+	"hostbreaker.concurrency.waiting": {"{request}", false},
+	"hostbreaker.concurrency.oldest":  {"s", false},
+	"hostbreaker.concurrency.leaked":  {"{request}", true},
 }
 
 // metricTransport returns a Transport in front of base that reports to a

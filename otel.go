@@ -129,6 +129,10 @@ type telemetry struct {
 	rateConf    metric.Float64ObservableGauge // the configured rate, beside the rate in force
 	storeErrors metric.Int64ObservableCounter
 	untracked   metric.Int64ObservableCounter
+	slotsHeld   metric.Int64ObservableUpDownCounter // concurrency.go
+	slotsWait   metric.Int64ObservableUpDownCounter
+	slotOldest  metric.Float64ObservableGauge
+	slotsLeaked metric.Int64ObservableCounter
 	wouldReject metric.Int64ObservableCounter
 	retryAfter  metric.Float64Histogram
 	reg         metric.Registration
@@ -152,6 +156,7 @@ type telemetry struct {
 	cands   []candidate
 	cooling []*hostName
 	rates   []hostRate
+	bulks   []*hostName // the names with a concurrency limit in this collection
 }
 
 // hostRate is a named host's limiter rate in a collection, and its
@@ -169,6 +174,15 @@ type hostName struct {
 	coolOpts   [len(rejectReasons)][]metric.ObserveOption
 	rateOpts   []metric.ObserveOption
 	recordOpts []metric.RecordOption
+
+	// This collection's concurrency limits (concurrency.go): slots held and
+	// waited for, summed over the name's hosts, and the oldest slot's age
+	// in s, the largest of them.
+	bulk     bool
+	held     int64
+	waiting  int64
+	oldest   float64
+	bulkOpts []metric.ObserveOption
 }
 
 // seriesKey identifies the counter and state series of a (name, role).
@@ -275,12 +289,25 @@ func newTelemetry(t *Transport, mp metric.MeterProvider) (*telemetry, error) {
 	tel.untracked, err = m.Int64ObservableCounter("hostbreaker.untracked", metric.WithUnit("{request}"),
 		metric.WithDescription("Requests sent without a breaker because the registry was full of protected entries."))
 	check(err)
+	tel.slotsHeld, err = m.Int64ObservableUpDownCounter("hostbreaker.concurrency.held", metric.WithUnit("{request}"),
+		metric.WithDescription("Slots of hosts' concurrency limits (max_concurrent) held: requests in flight and bodies not yet closed or read to the end."))
+	check(err)
+	tel.slotsWait, err = m.Int64ObservableUpDownCounter("hostbreaker.concurrency.waiting", metric.WithUnit("{request}"),
+		metric.WithDescription("Requests waiting for a slot of a host's concurrency limit."))
+	check(err)
+	tel.slotOldest, err = m.Float64ObservableGauge("hostbreaker.concurrency.oldest", metric.WithUnit("s"),
+		metric.WithDescription("How long the oldest slot of a host's concurrency limit has been held: a body that is never closed shows here."))
+	check(err)
+	tel.slotsLeaked, err = m.Int64ObservableCounter("hostbreaker.concurrency.leaked", metric.WithUnit("{request}"),
+		metric.WithDescription("Slots given back by the garbage collector: response bodies that were never closed nor read to the end."))
+	check(err)
 	tel.wouldReject, err = m.Int64ObservableCounter("hostbreaker.would_reject", metric.WithUnit("{request}"),
 		metric.WithDescription("Requests that a host in shadow mode sent although it would have rejected them, by reason."))
 	check(err)
 	if len(errs) == 0 {
 		tel.reg, err = m.RegisterCallback(tel.collect, tel.requests, tel.rejections, tel.transitions,
-			tel.state, tel.breakers, tel.cooldown, tel.rate, tel.rateConf, tel.storeErrors, tel.untracked, tel.wouldReject)
+			tel.state, tel.breakers, tel.cooldown, tel.rate, tel.rateConf, tel.storeErrors, tel.untracked, tel.wouldReject,
+			tel.slotsHeld, tel.slotsWait, tel.slotOldest, tel.slotsLeaked)
 		check(err)
 	}
 	if len(errs) > 0 {
@@ -413,6 +440,20 @@ func (tel *telemetry) collect(_ context.Context, o metric.Observer) error {
 		o.ObserveInt64(tel.breakers, n, tel.breakerOpts[s]...)
 	}
 	o.ObserveInt64(tel.untracked, int64(t.untracked.Load()))
+	for _, nm := range tel.bulks {
+		if nm.bulkOpts == nil {
+			nm.bulkOpts = observeOpts(nm.addr)
+		}
+		o.ObserveInt64(tel.slotsHeld, nm.held, nm.bulkOpts...)
+		o.ObserveInt64(tel.slotsWait, nm.waiting, nm.bulkOpts...)
+		o.ObserveFloat64(tel.slotOldest, nm.oldest, nm.bulkOpts...)
+		nm.bulk, nm.held, nm.waiting, nm.oldest = false, 0, 0, 0
+	}
+	if n := t.leakedSlots.Load(); n > 0 || len(tel.bulks) > 0 { // only where max_concurrent is used
+		o.ObserveInt64(tel.slotsLeaked, int64(n))
+	}
+	clear(tel.bulks)
+	tel.bulks = tel.bulks[:0]
 	if sh := t.sh; sh != nil {
 		for op := range sh.errOps {
 			o.ObserveInt64(tel.storeErrors, int64(sh.errOps[op].Load()), tel.storeOpts[op]...)
@@ -530,8 +571,8 @@ func (tel *telemetry) host(h *hostState, es []*entry, now int64, breakers *[3]in
 	} else {
 		nm = tel.names[h.name]
 	}
-	lim := h.lim.Load()
-	if nm == nil && tel.free() > 0 && (tel.nameAll || cooling || troubled(es) || lim != nil && lim.learning()) {
+	lim, bulk := h.lim.Load(), h.bulk.Load()
+	if nm == nil && tel.free() > 0 && (tel.nameAll || cooling || troubled(es) || lim != nil && lim.learning() || bulk != nil && bulk.wait.Load() > 0) {
 		nm = tel.assign(h.name)
 	}
 	if lim != nil && nm != nil {
@@ -544,6 +585,17 @@ func (tel *telemetry) host(h *hostState, es []*entry, now int64, breakers *[3]in
 	target := nm
 	if target == nil {
 		target = tel.other
+	}
+	if bulk != nil {
+		if !target.bulk {
+			target.bulk = true
+			tel.bulks = append(tel.bulks, target)
+		}
+		target.held += bulk.held.Load()
+		target.waiting += bulk.wait.Load()
+		if since := bulk.oldestSince(); since != 0 {
+			target.oldest = max(target.oldest, time.Duration(now-since).Seconds())
+		}
 	}
 
 	if cooling {

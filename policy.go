@@ -60,6 +60,9 @@ func overlay(dst *Policy, src Policy) {
 	if src.ThrottleStatuses != nil {
 		dst.ThrottleStatuses = slices.Clone(src.ThrottleStatuses)
 	}
+	if src.MaxConcurrent != 0 {
+		dst.MaxConcurrent = src.MaxConcurrent
+	}
 	if src.FailureRate != 0 {
 		dst.FailureRate = src.FailureRate
 	}
@@ -121,6 +124,9 @@ func (r *resolved) goPolicy() Policy {
 	}
 	if p.SlowCall == 0 {
 		p.SlowCall = -1
+	}
+	if p.MaxConcurrent == 0 {
+		p.MaxConcurrent = -1
 	}
 	return p
 }
@@ -286,6 +292,7 @@ func (pt *policyTable) resolveWith(defaults, host Policy, role, where string) (*
 	p.HalfOpenJitter = max(p.HalfOpenJitter, 0)
 	p.Rate = max(p.Rate, 0)
 	p.MaxWait = max(p.MaxWait, 0)
+	p.MaxConcurrent = max(p.MaxConcurrent, 0)
 	if p.MinRate > p.Rate && p.Rate > 0 {
 		p.MinRate = p.Rate // a ceiling under the floor wins
 	}
@@ -516,6 +523,7 @@ func (t *Transport) applyPoliciesLocked() (skipped []skippedOverride) {
 		})
 		if hp, err := pt.resolve(h.name, ""); err == nil && !h.bare() {
 			t.syncLimiter(h, hp) // the rate limits are host-wide: any role's policy has them
+			h.syncBulkhead(hp)   // so is max_concurrent (concurrency.go)
 		}
 	})
 	return skipped
@@ -539,10 +547,10 @@ func (t *Transport) logSkipped(skipped []skippedOverride) {
 // resolved, from the built-in defaults, the configuration, UpdateHostPolicy
 // and the tuned overrides read from the store, in that order. Its Roles is
 // nil. A value that is off or unlimited is in its Go form: Rate is
-// RateUnlimited for a host without a rate limit, FailureRate, SlowCall and
-// SlowCallRate are -1 when off, never 0 (which would inherit), so the
-// result can be given back to UpdateHostPolicy. host may be a name,
-// host:port or a URL. It is safe for concurrent use.
+// RateUnlimited for a host without a rate limit, FailureRate, SlowCall,
+// SlowCallRate and MaxConcurrent are -1 when off, never 0 (which would
+// inherit), so the result can be given back to UpdateHostPolicy. host
+// may be a name, host:port or a URL. It is safe for concurrent use.
 func (t *Transport) Policy(host, role string) (Policy, error) {
 	name, err := NormalizeHost(host)
 	if err != nil {

@@ -45,10 +45,11 @@ type hostState struct {
 
 	hostCooldown // why and since when it cools down, its rolling window (cooldown.go)
 
-	born      int64       // when the state was created, ns since the Transport's epoch
-	detached  atomic.Bool // removed from the registry; set under registry.mu
-	firstUsed bool        // first has been handed out; guarded by registry.mu
-	_         [59]byte    // to 384 bytes: see above
+	born      int64                    // when the state was created, ns since the Transport's epoch
+	bulk      atomic.Pointer[bulkhead] // its concurrency limit; nil for a host without one (concurrency.go)
+	detached  atomic.Bool              // removed from the registry; set under registry.mu
+	firstUsed bool                     // first has been handed out; guarded by registry.mu
+	_         [51]byte                 // to 384 bytes: see above
 }
 
 const (

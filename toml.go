@@ -104,6 +104,7 @@ type tomlPolicy struct {
 	Adaptive         *bool                  `toml:"adaptive"`
 	MinRate          *float64               `toml:"min_rate"`
 	ThrottleStatuses *[]int                 `toml:"throttle_statuses"`
+	MaxConcurrent    *int                   `toml:"max_concurrent"`
 	FailureRate      *float64               `toml:"failure_rate"`
 	MinRequests      *int                   `toml:"min_requests"`
 	Window           *duration              `toml:"window"`
@@ -375,6 +376,18 @@ func (tp *tomlPolicy) policy(prefix string) (Policy, error) {
 			return nil
 		},
 		func() error {
+			switch {
+			case tp.MaxConcurrent == nil:
+			case *tp.MaxConcurrent < 0:
+				return &ConfigError{Key: prefix + ".max_concurrent", Msg: fmt.Sprintf("must not be negative (0 is unlimited), got %d", *tp.MaxConcurrent)}
+			case *tp.MaxConcurrent == 0:
+				p.MaxConcurrent = -1
+			default:
+				p.MaxConcurrent = *tp.MaxConcurrent
+			}
+			return nil
+		},
+		func() error {
 			if tp.MinRate != nil && !(*tp.MinRate > 0) {
 				return &ConfigError{Key: prefix + ".min_rate", Msg: fmt.Sprintf("must be positive, got %v", *tp.MinRate)}
 			}
@@ -584,6 +597,9 @@ func writePolicyTOML(b *strings.Builder, prefix string, p, keys Policy) {
 	}
 	if keys.ThrottleStatuses != nil {
 		line("throttle_statuses", ints(p.ThrottleStatuses))
+	}
+	if keys.MaxConcurrent != 0 {
+		line("max_concurrent", strconv.Itoa(max(p.MaxConcurrent, 0)))
 	}
 	share := func(r float64) string { return strconv.FormatFloat(max(r, 0), 'g', -1, 64) }
 	if keys.FailureRate != 0 {

@@ -60,6 +60,7 @@ type Transport struct {
 	untracked        atomic.Uint64                        // requests sent without a breaker: the registry was full
 	untrackedLogged  atomic.Int64                         // when that was last logged, ns since the epoch
 	cooldownsDropped atomic.Uint64                        // cooldowns dropped past the bound on hosts without an entry
+	leakedSlots      atomic.Uint64                        // slots given back by the garbage collector (concurrency.go)
 	storeErr         atomic.Pointer[error]                // the last store exchange's error; nil if it succeeded
 	fleet            atomic.Pointer[map[string]fleetRate] // rates other processes learnt, by host; nil without a store
 	done             chan struct{}
@@ -270,8 +271,10 @@ func (t *Transport) Close() error {
 // transport unless the host is cooling down or the (host, role) breaker
 // rejects it; then it closes the request body and returns an *OpenError.
 // Responses are returned whatever their status; req is not modified. The
-// outcome is decided when the response headers arrive: reading the body
-// later, or failing to, does not count.
+// outcome is decided when the response headers arrive, and a body that
+// breaks later (a read error other than the caller's cancellation) turns
+// it into a failure then (body.go). On a host with MaxConcurrent, the
+// request holds a slot until its body is closed or read to the end.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if req.URL == nil {
 		closeBody(req)
@@ -299,6 +302,22 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	if e.flags.Load()&flagUsed == 0 {
 		e.flags.Or(flagUsed)
+	}
+	var sl *slot // the request's slot at the host's concurrency limit; none for a host without one
+	if p := e.pol.Load(); p.MaxConcurrent > 0 {
+		var err error
+		if sl, err = t.takeSlot(req, e, p); err != nil {
+			closeBody(req)
+			return nil, err
+		}
+		// Given back when RoundTrip returns (or panics), unless the
+		// response's body took it (wrapBody). A host in shadow mode may
+		// send without one (takeSlot).
+		defer func() {
+			if sl != nil && !sl.handed {
+				sl.release()
+			}
+		}()
 	}
 	var tn turn // the request's turn at the host's limiter; none for an unlimited host
 	if lim := e.host.lim.Load(); lim != nil {
@@ -346,7 +365,13 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		e.record(adm, outcomeNeutral, false, &t.clock) // gives a probe's slot back
 		return nil, t.nilResponse()
 	}
-	t.record(e, adm, req, resp, err)
+	// A body is wrapped only when it holds a slot or is to be watched for
+	// read errors (body.go): on a healthy host, one response in 16.
+	if o, counted := t.record(e, adm, req, resp, err); sl != nil || o != outcomeFailure && e.watchBody() {
+		if t.wrapBody(e, admission{st: adm.st, probe: adm.probe}, req, resp, o, counted, sl) { // without its turn, on this frame
+			sl.handed = true
+		}
+	}
 	return resp, err
 }
 
@@ -455,8 +480,9 @@ func closeBody(req *http.Request) {
 // the host and counts neither way: the server said when to come back; quota
 // headers), the host's limiter (a throttle slows it down, a success lets it
 // grow back), then the breaker and the rolling window. It reports the
-// breaker's transition.
-func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *http.Response, err error) {
+// breaker's transition, and returns the outcome it counted and when the
+// rate rules' window counted it (0 if none did: see transition.counted).
+func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *http.Response, err error) (outcome, int64) {
 	h, p := e.host, e.pol.Load()
 	o := classify(p, req, resp, err)
 	var slow bool
@@ -505,7 +531,7 @@ func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *htt
 	}
 	if healthy {
 		e.recordHealthy()
-		return
+		return o, 0
 	}
 	c := e.cause(req, resp, err)
 	if o == outcomeFailure && e.evicted() {
@@ -513,15 +539,17 @@ func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *htt
 		// idle then): the failure goes to the live one. A success or a
 		// neutral outcome would change nothing in an idle entry.
 		if e, adm = t.reattach(e); e == nil {
-			return
+			return o, 0
 		}
 	}
-	if tr := e.record(adm, o, slow, &t.clock); tr.changed() {
+	tr := e.record(adm, o, slow, &t.clock)
+	if tr.changed() {
 		t.emitTransition(e, tr, c)
 	}
 	if o == outcomeFailure && t.rolling.Enabled {
 		t.rollingFailure(e.host)
 	}
+	return o, tr.counted
 }
 
 // quotaDue reports whether the quota headers of resp, a response of e,
