@@ -843,26 +843,6 @@ func (l *limiter) adopt(rate, floor float64, now, wall, wallNow int64, redivide 
 	return rateChange{prev: prev, rate: l.fill, lastMax: l.lastMax, why: "fleet"}, l.fill != prev
 }
 
-// expireWall forgets a limit whose throttle (its own or the fleet's that
-// it adopted) came limiterIdle or more before wall, the wall clock now:
-// the fleet's limit expires 15 minutes after the newest throttle in the
-// fleet, whenever this process adopted it. It reports, as expire does,
-// whether the limiter is no longer needed and the change it made.
-func (l *limiter) expireWall(now, wall int64) (drop bool, ch rateChange, changed bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if !l.learnt || wall-l.throttleNs < limiterIdle {
-		return !l.learnt && l.ceiling == 0, rateChange{}, false
-	}
-	prev := l.fill
-	l.learnt, l.reanchorAt = false, 0
-	if l.ceiling == 0 {
-		return true, rateChange{prev: prev, why: "expired"}, true
-	}
-	l.setRateLocked(l.ceiling, now)
-	return false, rateChange{prev: prev, rate: l.fill, why: "expired"}, l.fill != prev
-}
-
 // lastTurn returns the latest turn the limiter handed out or a request
 // took (ns since the epoch); 0 for none. A request waiting for its turn
 // moves it: it is the host's heartbeat in the store (sharing.go).
@@ -872,13 +852,17 @@ func (l *limiter) lastTurn() int64 {
 	return max(l.last, l.taken)
 }
 
-// expire forgets a limit learnt more than limiterIdle ago. It reports
-// whether the limiter is no longer needed (no configured rate), and the
-// change it made to a configured one.
-func (l *limiter) expire(now int64) (drop bool, ch rateChange, changed bool) {
+// expire forgets a limit learnt limiterIdle or more ago: by now on the
+// monotonic clock since its throttle, or by wall, the wall clock now,
+// since the throttle it learnt or adopted from the fleet (the fleet's
+// limit expires 15 minutes after the newest throttle in the fleet,
+// whenever this process adopted it). It reports whether the limiter is no
+// longer needed (no configured rate), and the change it made to a
+// configured one.
+func (l *limiter) expire(now, wall int64) (drop bool, ch rateChange, changed bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !l.learnt || now-l.throttleAt < limiterIdle {
+	if !l.learnt || now-l.throttleAt < limiterIdle && wall-l.throttleNs < limiterIdle {
 		return !l.learnt && l.ceiling == 0, rateChange{}, false
 	}
 	prev := l.fill
@@ -986,10 +970,7 @@ func (h *hostState) expireLimiter(now int64) (rateChange, bool) {
 	if lim == nil {
 		return rateChange{}, false
 	}
-	drop, ch, changed := lim.expireWall(now, time.Now().UnixNano())
-	if !changed {
-		drop, ch, changed = lim.expire(now)
-	}
+	drop, ch, changed := lim.expire(now, time.Now().UnixNano())
 	if drop {
 		h.lim.CompareAndSwap(lim, nil)
 	}
