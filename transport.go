@@ -303,22 +303,38 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if e.flags.Load()&flagUsed == 0 {
 		e.flags.Or(flagUsed)
 	}
-	var sl *slot // the request's slot at the host's concurrency limit; none for a host without one
 	if p := e.pol.Load(); p.MaxConcurrent > 0 {
-		var err error
-		if sl, err = t.takeSlot(req, e, p); err != nil {
-			closeBody(req)
-			return nil, err
-		}
-		// Given back when RoundTrip returns (or panics), unless the
-		// response's body took it (wrapBody). A host in shadow mode may
-		// send without one (takeSlot).
-		defer func() {
-			if sl != nil && !sl.handed {
-				sl.release()
-			}
-		}()
+		return t.roundTripSlot(req, e, p)
 	}
+	return t.send(req, e, nil)
+}
+
+// roundTripSlot sends req to e's host, which has a concurrency limit (p),
+// once it holds a slot there.
+func (t *Transport) roundTripSlot(req *http.Request, e *entry, p *resolved) (*http.Response, error) {
+	sl, err := t.takeSlot(req, e, p)
+	if err != nil {
+		closeBody(req)
+		return nil, err
+	}
+	// Given back when the round trip ends (or panics), unless the
+	// response's body took it (wrapBody). A host in shadow mode may send
+	// without one (takeSlot).
+	defer func() {
+		if sl != nil && !sl.handed {
+			sl.release()
+		}
+	}()
+	return t.send(req, e, sl)
+}
+
+// send sends req to e's host, holding sl, its slot at the host's
+// concurrency limit (nil for none): it waits for the request's turn at the
+// host's limiter, admits it at e's breaker, calls the base and records the
+// outcome. A RoundTrip without a slot has no defer but a half-open probe's:
+// RoundTrip's many returns would otherwise turn its defers into runtime
+// calls on every request.
+func (t *Transport) send(req *http.Request, e *entry, sl *slot) (*http.Response, error) {
 	var tn turn // the request's turn at the host's limiter; none for an unlimited host
 	if lim := e.host.lim.Load(); lim != nil {
 		var err error
