@@ -30,10 +30,39 @@ type bulkhead struct {
 	wait  atomic.Int64   // requests waiting; written under mu
 	leaks *atomic.Uint64 // the Transport's count of slots given back by the garbage collector: bodies never closed
 
-	mu         sync.Mutex
-	head, tail *slot // the waiters, oldest first; guarded by mu
-	oldest     *slot // the holders, oldest first (linked by prev/next); guarded by mu
-	newest     *slot // guarded by mu
+	mu      sync.Mutex
+	queue   slotList // the waiters, oldest first; guarded by mu
+	holders slotList // the holders, oldest first; guarded by mu
+}
+
+// slotList is a list of slots linked by their prev and next, first the
+// oldest. A slot is in one list at a time.
+type slotList struct{ first, last *slot }
+
+// push appends s.
+func (l *slotList) push(s *slot) {
+	s.prev, s.next = l.last, nil
+	if l.last != nil {
+		l.last.next = s
+	} else {
+		l.first = s
+	}
+	l.last = s
+}
+
+// remove takes s out of the list.
+func (l *slotList) remove(s *slot) {
+	if s.prev != nil {
+		s.prev.next = s.next
+	} else {
+		l.first = s.next
+	}
+	if s.next != nil {
+		s.next.prev = s.prev
+	} else {
+		l.last = s.prev
+	}
+	s.prev, s.next = nil, nil
 }
 
 // slot is a request's place at a bulkhead: first in its queue while it
@@ -113,8 +142,8 @@ func (b *bulkhead) freeLocked() bool {
 // grantLocked hands free slots to the waiters, oldest first. Callers hold
 // b.mu.
 func (b *bulkhead) grantLocked() {
-	for b.head != nil && b.freeLocked() {
-		w := b.head
+	for b.queue.first != nil && b.freeLocked() {
+		w := b.queue.first
 		b.unqueueLocked(w)
 		w.since = b.newestSince() // its own time is set when it wakes; meanwhile the newest's
 		b.holdLocked(w)
@@ -125,38 +154,22 @@ func (b *bulkhead) grantLocked() {
 // holdLocked makes s a holder. Callers hold b.mu.
 func (b *bulkhead) holdLocked(s *slot) {
 	s.state = slotHeld
-	s.prev, s.next = b.newest, nil
-	if b.newest != nil {
-		b.newest.next = s
-	} else {
-		b.oldest = s
-	}
-	b.newest = s
+	b.holders.push(s)
 	b.held.Add(1)
 }
 
 // newestSince returns when the newest holder took its slot, or 0. Callers
 // hold b.mu.
 func (b *bulkhead) newestSince() int64 {
-	if b.newest == nil {
+	if b.holders.last == nil {
 		return 0
 	}
-	return b.newest.since
+	return b.holders.last.since
 }
 
 // unqueueLocked removes the waiter s from the queue. Callers hold b.mu.
 func (b *bulkhead) unqueueLocked(s *slot) {
-	if s.prev != nil {
-		s.prev.next = s.next
-	} else {
-		b.head = s.next
-	}
-	if s.next != nil {
-		s.next.prev = s.prev
-	} else {
-		b.tail = s.prev
-	}
-	s.prev, s.next = nil, nil
+	b.queue.remove(s)
 	b.wait.Add(-1)
 }
 
@@ -165,7 +178,7 @@ func (b *bulkhead) unqueueLocked(s *slot) {
 func (b *bulkhead) tryTake(s *slot, now int64) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.head != nil || !b.freeLocked() {
+	if b.queue.first != nil || !b.freeLocked() {
 		return false
 	}
 	s.since = now
@@ -183,20 +196,14 @@ var errNoSlot = errors.New("no free slot")
 // as the wait ended is kept.
 func (b *bulkhead) waitFor(s *slot, d time.Duration, done <-chan struct{}, ctxErr func() error, c *clock) error {
 	b.mu.Lock()
-	if b.head == nil && b.freeLocked() { // freed meanwhile
+	if b.queue.first == nil && b.freeLocked() { // freed meanwhile
 		s.since = c.now()
 		b.holdLocked(s)
 		b.mu.Unlock()
 		return nil
 	}
 	s.ready = make(chan struct{})
-	s.prev, s.next = b.tail, nil
-	if b.tail != nil {
-		b.tail.next = s
-	} else {
-		b.head = s
-	}
-	b.tail = s
+	b.queue.push(s)
 	b.wait.Add(1)
 	b.mu.Unlock()
 
@@ -246,17 +253,7 @@ func (b *bulkhead) releaseLocked(s *slot) bool {
 		return false
 	}
 	s.state = slotReleased
-	if s.prev != nil {
-		s.prev.next = s.next
-	} else {
-		b.oldest = s.next
-	}
-	if s.next != nil {
-		s.next.prev = s.prev
-	} else {
-		b.newest = s.prev
-	}
-	s.prev, s.next = nil, nil
+	b.holders.remove(s)
 	b.held.Add(-1)
 	b.grantLocked()
 	return true
@@ -290,10 +287,10 @@ func watchLeak(body *body, s *slot, rc io.Closer) {
 func (b *bulkhead) oldestSince() int64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.oldest == nil {
+	if b.holders.first == nil {
 		return 0
 	}
-	return b.oldest.since
+	return b.holders.first.since
 }
 
 // takeSlot takes a slot for req at the host's concurrency limit of n
