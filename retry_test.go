@@ -104,6 +104,15 @@ func hangingBase(hits *atomic.Int32) http.RoundTripper {
 	})
 }
 
+// unavailableBase answers every request 503, counting them in hits.
+func unavailableBase(hits *atomic.Int32) http.RoundTripper {
+	return roundTripperFunc(func(r *http.Request) (*http.Response, error) {
+		hits.Add(1)
+		return &http.Response{StatusCode: http.StatusServiceUnavailable, Status: "503 Service Unavailable",
+			Header: http.Header{}, Body: http.NoBody, Request: r}, nil
+	})
+}
+
 // A host that never answers does not block Do: each attempt ends at the
 // client's timeout (30s by default) and counts as a failure, so the
 // breaker opens at fail_max and the next attempt is rejected.
@@ -469,11 +478,7 @@ func TestRetryErrorDeadlineDuringAttempt(t *testing.T) {
 func TestRetryErrorDeadlineDuringBackoff(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var hits atomic.Int32
-		base := roundTripperFunc(func(r *http.Request) (*http.Response, error) {
-			hits.Add(1)
-			return &http.Response{StatusCode: http.StatusServiceUnavailable, Status: "503 Service Unavailable",
-				Header: http.Header{}, Body: http.NoBody, Request: r}, nil
-		})
+		base := unavailableBase(&hits)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		took, err := doRetry(t, ctx, base, http.MethodGet, time.Minute, 4)
@@ -493,11 +498,7 @@ func TestRetryErrorDeadlineDuringBackoff(t *testing.T) {
 func TestRetryErrorExhausted(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var hits atomic.Int32
-		base := roundTripperFunc(func(r *http.Request) (*http.Response, error) {
-			hits.Add(1)
-			return &http.Response{StatusCode: http.StatusServiceUnavailable, Status: "503 Service Unavailable",
-				Header: http.Header{}, Body: http.NoBody, Request: r}, nil
-		})
+		base := unavailableBase(&hits)
 		took, err := doRetry(t, context.Background(), base, http.MethodDelete, time.Second, 2)
 		checkRetryError(t, err, http.MethodDelete, 3, nil)
 		if re, ok := errors.AsType[*RetryError](err); !ok || re.StatusCode != 503 || re.Status != "503 Service Unavailable" || re.Err != nil {
