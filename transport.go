@@ -303,10 +303,11 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if e.flags.Load()&flagUsed == 0 {
 		e.flags.Or(flagUsed)
 	}
-	if p := e.pol.Load(); p.MaxConcurrent > 0 {
+	p := e.pol.Load()
+	if p.MaxConcurrent > 0 {
 		return t.roundTripSlot(req, e, p)
 	}
-	return t.send(req, e, nil)
+	return t.send(req, e, p, nil)
 }
 
 // roundTripSlot sends req to e's host, which has a concurrency limit (p),
@@ -325,16 +326,16 @@ func (t *Transport) roundTripSlot(req *http.Request, e *entry, p *resolved) (*ht
 			sl.release()
 		}
 	}()
-	return t.send(req, e, sl)
+	return t.send(req, e, p, sl)
 }
 
-// send sends req to e's host, holding sl, its slot at the host's
-// concurrency limit (nil for none): it waits for the request's turn at the
-// host's limiter, admits it at e's breaker, calls the base and records the
-// outcome. A RoundTrip without a slot has no defer but a half-open probe's:
+// send sends req to e's host under p, e's policy when the request began,
+// holding sl, its slot at the host's concurrency limit (nil for none): it
+// waits for the request's turn at the host's limiter, admits it at e's
+// breaker, calls the base and records the outcome. A RoundTrip without a slot has no defer but a half-open probe's:
 // RoundTrip's many returns would otherwise turn its defers into runtime
 // calls on every request.
-func (t *Transport) send(req *http.Request, e *entry, sl *slot) (*http.Response, error) {
+func (t *Transport) send(req *http.Request, e *entry, p *resolved, sl *slot) (*http.Response, error) {
 	var tn turn // the request's turn at the host's limiter; none for an unlimited host
 	if lim := e.host.lim.Load(); lim != nil {
 		var err error
@@ -348,7 +349,7 @@ func (t *Transport) send(req *http.Request, e *entry, sl *slot) (*http.Response,
 		if tn.lim != nil {
 			tn.cancel() // a cooldown began while it waited: its turn is given back
 		}
-		if !e.pol.Load().shadow {
+		if !p.shadow {
 			e.reject(rej.Reason)
 			closeBody(req)
 			return nil, rej
@@ -361,7 +362,7 @@ func (t *Transport) send(req *http.Request, e *entry, sl *slot) (*http.Response,
 	if tn.lim != nil {
 		adm.turn = &tn
 	}
-	if p := e.pol.Load(); p.SlowCall > 0 {
+	if p.SlowCall > 0 {
 		adm.began = t.now()
 	} else if _, ok := req.Context().Deadline(); ok {
 		adm.began = t.now()
