@@ -57,6 +57,7 @@ const (
 	knownProbe  = 0.05
 	knownStep   = 1.08
 	knownNoise  = 0.95 // a throttle at the known limit when the host served this share of the last 2 s is noise
+	strayBeta   = 0.95 // such a throttle lowers the rate by strayBeta only: a few ms of slack more per request
 
 	// costlyMargin is how far under what the host served a costly throttle
 	// (one with a cooldown, which costs the host's whole pause) anchors:
@@ -773,12 +774,13 @@ func (l *limiter) throttle(sent, now, cooldown, wall int64, status int) (ch rate
 			est *= costlyMargin
 		}
 	}
+	stray := false
 	if _, share, _ := l.acceptedLocked(now); l.known && !probing && cooldown <= now && share >= knownNoise {
 		// A stray refusal at the known limit: the host served almost all
 		// that was sent (a strict limiter without a burst refuses a
 		// request that comes a few ms early). The limit holds; the rate
-		// dips by knownBeta and comes back.
-		est = l.lastMax
+		// dips by strayBeta and comes back.
+		est, stray = l.lastMax, true
 	}
 	switch {
 	case probing && cooldown > now:
@@ -799,7 +801,11 @@ func (l *limiter) throttle(sent, now, cooldown, wall int64, status int) (ch rate
 			l.plateau = costlyPlateau // what the host served: hold it before probing at a cooldown's cost
 		}
 	} else {
-		l.setRateLocked(l.betaLocked()*l.lastMax, now)
+		beta := l.betaLocked()
+		if stray {
+			beta = strayBeta
+		}
+		l.setRateLocked(beta*l.lastMax, now)
 	}
 	l.respaceLocked(now)
 
