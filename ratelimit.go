@@ -893,7 +893,7 @@ func (l *limiter) adopt(rate, floor float64, now, wall, wallNow int64, redivide 
 	if floor > 0 {
 		l.minRate = min(l.minRate, floor)
 	}
-	l.learnt, l.slowStart = true, false
+	l.learnt, l.slowStart, l.plateau = true, false, 0
 	l.throttleNs = wall
 	l.anchorLocked(rate)
 	since := min(max(wallNow-wall, 0), int64(l.window*1e9)) // at most at the plateau
