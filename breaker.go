@@ -446,8 +446,9 @@ func (e *entry) healthy(adm admission, x uint8) bool {
 	return !adm.probe && e.fails.Load() == 0 && x&extraWindowed == 0
 }
 
-// recordHealthy counts a success for which healthy holds.
-func (e *entry) recordHealthy() { e.successes.Add(1) }
+// recordHealthy counts a success for which healthy holds, and returns the
+// success count it left.
+func (e *entry) recordHealthy() uint64 { return e.successes.Add(1) }
 
 // record counts the outcome of a request that adm let in and feeds it to
 // e's breaker, and returns the transition it caused. slow says that its

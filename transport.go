@@ -395,7 +395,7 @@ func (t *Transport) send(req *http.Request, e *entry, p *resolved, sl *slot) (*h
 	}
 	// A body is wrapped only when it holds a slot or is to be watched for
 	// read errors (body.go): on a healthy host, one response in 16.
-	if o, counted := t.record(e, adm, req, resp, err); sl != nil || o != outcomeFailure && e.watchBody() {
+	if o, counted, n := t.record(e, adm, req, resp, err); sl != nil || o != outcomeFailure && e.watchBody(n) {
 		if t.wrapBody(e, admission{st: adm.st, probe: adm.probe}, req, resp, o, counted, sl) { // without its turn, on this frame
 			sl.handed = true
 		}
@@ -509,8 +509,10 @@ func closeBody(req *http.Request) {
 // headers), the host's limiter (a throttle slows it down, a success lets it
 // grow back), then the breaker and the rolling window. It reports the
 // breaker's transition, and returns the outcome it counted and when the
-// rate rules' window counted it (0 if none did: see transition.counted).
-func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *http.Response, err error) (outcome, int64) {
+// rate rules' window counted it (0 if none did: see transition.counted),
+// and on the healthy path the success count it left (0 otherwise: see
+// watchBody).
+func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *http.Response, err error) (outcome, int64, uint64) {
 	h, p := e.host, e.pol.Load()
 	x := p.extras | t.extras // 0 for a host that uses none of slow_call, a rate rule, shadow mode or a classifier
 	o := classify(p, req, resp, err)
@@ -559,8 +561,7 @@ func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *htt
 		}
 	}
 	if healthy {
-		e.recordHealthy()
-		return o, 0
+		return o, 0, e.recordHealthy()
 	}
 	c := e.cause(req, resp, err)
 	if o == outcomeFailure && e.evicted() {
@@ -568,7 +569,7 @@ func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *htt
 		// idle then): the failure goes to the live one. A success or a
 		// neutral outcome would change nothing in an idle entry.
 		if e, adm = t.reattach(e); e == nil {
-			return o, 0
+			return o, 0, 0
 		}
 	}
 	tr := e.record(adm, o, slow, &t.clock)
@@ -578,7 +579,7 @@ func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *htt
 	if o == outcomeFailure && t.rolling.Enabled {
 		t.rollingFailure(e.host)
 	}
-	return o, tr.counted
+	return o, tr.counted, 0
 }
 
 // quotaDue reports whether the quota headers of resp, a response of e,
