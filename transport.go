@@ -37,7 +37,7 @@ type Transport struct {
 	// set when it first panics, so that it is logged once.
 	classifier Classifier
 	panicked   atomic.Bool
-	extras     uint8 // extraClassifier when classifier is set; or'ed with a policy's extras on each request
+	extras     uint8   // extraClassifier when classifier is set; or'ed with a policy's extras on each request
 	clock              // the time base of the request path: ns since its epoch
 	rolling    Rolling // with defaults; Enabled false means off
 	reg        *registry
