@@ -615,11 +615,11 @@ func (h *hostEvidence) covered() time.Duration {
 // pairEvidence is what the events say about a (host, role).
 type pairEvidence struct {
 	probesOK, probesFail uint64
-	opens                int // local state changes to open, reopenings included
-	trips                int // local openings from closed
-	firstOK              int // trips closed by their first probe
-	firstFailed          int // trips whose first probe failed (reopened)
-	reopens              int // openings by a failed probe
+	opens                int       // local state changes to open, reopenings included
+	trips                int       // local openings from closed
+	firstOK              int       // trips closed by their first probe
+	firstFailed          int       // trips whose first probe failed (reopened)
+	reopens              int       // openings by a failed probe
 	byFailMax            ruleTrips // the trips that fail_max fired (rule 6 reads only those)
 	byRate               int       // trips that failure_rate or slow_call_rate fired
 	durations            []time.Duration
