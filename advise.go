@@ -615,14 +615,23 @@ func (h *hostEvidence) covered() time.Duration {
 // pairEvidence is what the events say about a (host, role).
 type pairEvidence struct {
 	probesOK, probesFail uint64
-	opens                int // local state changes to open, reopenings included
-	trips                int // local openings from closed
-	firstOK              int // trips closed by their first probe
-	firstFailed          int // trips whose first probe failed (reopened)
-	reopens              int // openings by a failed probe
+	opens                int       // local state changes to open, reopenings included
+	trips                int       // local openings from closed
+	firstOK              int       // trips closed by their first probe
+	firstFailed          int       // trips whose first probe failed (reopened)
+	reopens              int       // openings by a failed probe
+	byFailMax            ruleTrips // the trips that fail_max fired (rule 6 reads only those)
+	byRate               int       // trips that failure_rate or slow_call_rate fired
 	durations            []time.Duration
 	seqs                 map[string][]timedRun // the recorded outcomes, by process
 	episodes             map[string]*episode   // the trip in progress, by process
+}
+
+// ruleTrips counts the local trips of one rule.
+type ruleTrips struct {
+	trips       int // openings from closed
+	firstOK     int // …closed by their first probe
+	firstFailed int // …whose first probe failed
 }
 
 // episode is a trip in progress in one process: from the opening to the
@@ -631,6 +640,22 @@ type episode struct {
 	start    time.Time
 	local    bool // opened by this process, not learnt from the store
 	reopened bool // a probe failed
+	failMax  bool // fail_max fired it (not a rate rule)
+}
+
+// The rules that trip a breaker in closed, as the first word of the Note
+// of its opening ("failure_rate: 14 of 30 requests failed in 60s").
+const (
+	ruleFailureRate  = "failure_rate"
+	ruleSlowCallRate = "slow_call_rate"
+)
+
+// trippedByRate reports whether an opening from closed, whose event's
+// note is note, was fired by a rate rule; an opening that names no rule
+// (a journal written before the rate rules) was fail_max's.
+func trippedByRate(note string) bool {
+	rule, _, _ := strings.Cut(note, ":")
+	return rule == ruleFailureRate || rule == ruleSlowCallRate
 }
 
 // timedRun is a run of recorded outcomes with the span its outcomes are
@@ -756,6 +781,9 @@ func (p *pairEvidence) stateChange(ev Event) bool {
 			p.reopens++
 			if ep != nil && ep.local && !ep.reopened {
 				p.firstFailed++
+				if ep.failMax {
+					p.byFailMax.firstFailed++
+				}
 			}
 			if ep != nil {
 				ep.reopened = true
@@ -763,13 +791,22 @@ func (p *pairEvidence) stateChange(ev Event) bool {
 			return true
 		}
 		p.trips++
-		p.episodes[ev.Process] = &episode{start: ev.Time, local: true}
+		ep := &episode{start: ev.Time, local: true, failMax: !trippedByRate(ev.Note)}
+		if ep.failMax {
+			p.byFailMax.trips++
+		} else {
+			p.byRate++
+		}
+		p.episodes[ev.Process] = ep
 		return true
 	case StateClosed:
 		if ep != nil && ep.local {
 			p.durations = append(p.durations, ev.Time.Sub(ep.start))
 			if !ep.reopened {
 				p.firstOK++
+				if ep.failMax {
+					p.byFailMax.firstOK++
+				}
 			}
 		}
 		delete(p.episodes, ev.Process)
@@ -817,19 +854,25 @@ func (p *pairEvidence) advise(k pairKey, h *hostEvidence, cur Policy, b TuneBoun
 		add(keySuccessThreshold, adviseProbeSuccessThreshold, +1, "%s", why)
 		add(keyTrialCalls, adviseProbeTrialCalls, -1, "%s", why)
 	}
-	// Rule 6: transient trips, long outages.
+	// Rule 6: transient trips, long outages, on the trips that fail_max
+	// fired: fail_max has nothing to do with a trip by a rate rule.
 	// A throttled host's failures are throttling: a higher fail_max would
 	// send more of them (rule 1 lowers its rate instead).
-	if p.firstOK >= adviseMinTransient && p.firstOK*100 >= p.trips*adviseTransientPct && !h.throttled() {
+	fm := p.byFailMax
+	byRate := ""
+	if p.byRate > 0 {
+		byRate = fmt.Sprintf(" by fail_max (%d more by a rate rule)", p.byRate)
+	}
+	if fm.firstOK >= adviseMinTransient && fm.firstOK*100 >= fm.trips*adviseTransientPct && !h.throttled() {
 		if q, ok := p.burstPercentile(adviseBurstPct); ok && q >= uint64(cur.FailMax-1) {
 			add(keyFailMax, int64(cur.FailMax+adviseFailMaxStep), +1,
-				"tripped %d times, %d closed by the first probe; failure runs that ended in a success reached %d at the %dth percentile (fail_max %d)",
-				p.trips, p.firstOK, q, adviseBurstPct, cur.FailMax)
+				"tripped %d times%s, %d closed by the first probe; failure runs that ended in a success reached %d at the %dth percentile (fail_max %d)",
+				fm.trips, byRate, fm.firstOK, q, adviseBurstPct, cur.FailMax)
 		}
 	}
-	if p.trips >= adviseMinOutageTrips && p.firstFailed == p.trips && cur.FailMax > adviseOutageFailMax {
-		add(keyFailMax, adviseOutageFailMax, -1, "tripped %d times, each a long outage whose first probe failed; fail_max %d > %d",
-			p.trips, cur.FailMax, adviseOutageFailMax)
+	if fm.trips >= adviseMinOutageTrips && fm.firstFailed == fm.trips && cur.FailMax > adviseOutageFailMax {
+		add(keyFailMax, adviseOutageFailMax, -1, "tripped %d times%s, each a long outage whose first probe failed; fail_max %d > %d",
+			fm.trips, byRate, cur.FailMax, adviseOutageFailMax)
 	}
 
 	var out []Advice
@@ -986,13 +1029,22 @@ type simResult struct {
 	failuresSent     int // failures it let through
 	successesBlocked int // successes it rejected
 	unknown          int // recorded rejections, not replayed
+	trips            int // openings from closed
+	rateTrips        int // …of them by failure_rate
 }
 
 // simulateBreaker replays the breaker rules of p on seq, without jitter
 // and with instant outcomes (docs/advise.md, "The replay"):
-//   - closed: fail_max consecutive failures open it;
-//   - open: outcomes before the opening's time + reset_timeout are
-//     blocked; the first one at or after it starts half-open;
+//   - closed: fail_max consecutive failures open it, and so does
+//     failure_rate, when it is on: at least that share of failures among
+//     the outcomes of the last window (kept in buckets as the breaker keeps
+//     them), once it holds min_requests outcomes. The window starts empty
+//     each time the breaker closes. slow_call_rate is not replayed: the
+//     journal records no response times;
+//   - open: outcomes before the opening's time + the open time are
+//     blocked; the first one at or after it starts half-open. The open
+//     time is reset_timeout, doubled by each failed probe since the
+//     breaker last closed up to max_reset_timeout;
 //   - half-open: the next trial_calls outcomes are probes, sent together
 //     and decided in order: success_threshold successes close the breaker,
 //     a failure reopens it from its time; the probes after the deciding
@@ -1005,6 +1057,19 @@ func simulateBreaker(seq []timedRun, p Policy) simResult {
 	state := StateClosed
 	var fails, successes, wave, drain uint64 // wave: probes left in the wave; drain: probes sent after the decision
 	var until time.Time
+	var win *window // the failure_rate window while closed; nil when the rule is off
+	var backs int   // failed probes since the breaker last closed
+	openTime := func() time.Duration {
+		d, limit := p.ResetTimeout, max(p.MaxResetTimeout, p.ResetTimeout)
+		for i := 0; i < backs && d < limit; i++ {
+			d *= 2
+		}
+		return min(d, limit)
+	}
+	trip := func(t time.Time) {
+		state, until, fails, win = StateOpen, t.Add(openTime()), 0, nil
+		s.trips++
+	}
 	for _, r := range seq {
 		if r.kind == OutcomeRejected {
 			s.unknown += int(r.n)
@@ -1022,16 +1087,49 @@ func simulateBreaker(seq []timedRun, p Policy) simResult {
 			}
 			switch state {
 			case StateClosed:
+				if win == nil && p.FailureRate > 0 {
+					win = newWindow(p.Window)
+				}
 				if r.kind == OutcomeSuccess {
-					fails, i = 0, r.n
+					fails = 0
+					if win == nil {
+						i = r.n
+						continue
+					}
+					// The successes in the bucket of the i-th: only the
+					// first, or the one that brings the window to
+					// min_requests, can trip it.
+					t := r.timeOf(i)
+					now := t.UnixNano()
+					j := r.firstAtOrAfter(time.Unix(0, (now/win.span+1)*win.span), i+1)
+					win.advance(now)
+					m := uint64(max(int64(p.MinRequests)-int64(win.total.n), 1))
+					if m <= j-i && float64(win.total.failed) >= p.FailureRate*float64(uint64(win.total.n)+m) {
+						s.rateTrips++
+						trip(r.timeOf(i + m - 1))
+						i += m
+						continue
+					}
+					b := &win.buckets[win.cur%windowBuckets]
+					b.n += uint32(j - i)
+					win.total.n += uint32(j - i)
+					i = j
 					continue
 				}
-				k := min(uint64(p.FailMax)-fails, r.n-i)
-				s.failuresSent += int(k)
-				fails += k
-				i += k
+				t := r.timeOf(i)
+				s.failuresSent++
+				fails++
+				i++
 				if fails >= uint64(p.FailMax) {
-					state, until, fails = StateOpen, r.timeOf(i-1).Add(p.ResetTimeout), 0
+					trip(t)
+					continue
+				}
+				if win != nil {
+					win.add(t.UnixNano(), true, false)
+					if n := win.total.n; n >= uint32(p.MinRequests) && float64(win.total.failed) >= p.FailureRate*float64(n) {
+						s.rateTrips++
+						trip(t)
+					}
 				}
 			case StateOpen:
 				j := r.firstAtOrAfter(until, i)
@@ -1051,13 +1149,14 @@ func simulateBreaker(seq []timedRun, p Policy) simResult {
 				i++
 				if r.kind == OutcomeFailure {
 					s.failuresSent++
-					state, until = StateOpen, t.Add(p.ResetTimeout)
+					backs++
+					state, until = StateOpen, t.Add(openTime())
 					drain, wave = wave, 0
 					continue
 				}
 				successes++
 				if successes >= uint64(p.SuccessThreshold) {
-					state, fails = StateClosed, 0
+					state, fails, backs = StateClosed, 0, 0
 					drain, wave = wave, 0
 				}
 			}

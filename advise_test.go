@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"flag"
+	"fmt"
 	"maps"
 	"math/rand/v2"
 	"net/http"
@@ -987,6 +988,22 @@ func TestSimulateBreaker(t *testing.T) {
 	pol := func(failMax int, reset time.Duration, success, trial int) Policy {
 		return Policy{FailMax: failMax, ResetTimeout: reset, SuccessThreshold: success, TrialCalls: trial}
 	}
+	rate := func(p Policy, failureRate float64, minRequests int, window time.Duration) Policy {
+		p.FailureRate, p.MinRequests, p.Window = failureRate, minRequests, window
+		return p
+	}
+	grow := func(p Policy, max time.Duration) Policy {
+		p.MaxResetTimeout = max
+		return p
+	}
+	var runs []string
+	for i := range 20 {
+		runs = append(runs, fmt.Sprintf("%c1@%d", "fs"[i%2], i))
+	}
+	interleaved := strings.Join(runs, " ")
+	// Failures at 0, 1, 11 and 31, successes at 12–16, 25, 32–36 and 71
+	// (the rejections end the runs before them).
+	const growing = "f2@0 r1@2 f1@11 s5@12 r1@17 s1@25 f1@31 s5@32 r1@37 s1@71"
 	for _, c := range []struct {
 		name string
 		spec string
@@ -996,9 +1013,9 @@ func TestSimulateBreaker(t *testing.T) {
 	}{
 		// Failures at 0, 1, 2 trip it until 12: those at 3, 4 and the
 		// successes at 5–11 are blocked; at 12 a probe closes it.
-		{"fail_max 3", "f5@0 s10@5", 15, pol(3, 10*time.Second, 1, 1), simResult{failuresSent: 3, successesBlocked: 7}},
+		{"fail_max 3", "f5@0 s10@5", 15, pol(3, 10*time.Second, 1, 1), simResult{failuresSent: 3, successesBlocked: 7, trips: 1}},
 		// All five sent, open from 4 to 14: successes at 5–13 blocked.
-		{"fail_max 5", "f5@0 s10@5", 15, pol(5, 10*time.Second, 1, 1), simResult{failuresSent: 5, successesBlocked: 9}},
+		{"fail_max 5", "f5@0 s10@5", 15, pol(5, 10*time.Second, 1, 1), simResult{failuresSent: 5, successesBlocked: 9, trips: 1}},
 		{"fail_max 6", "f5@0 s10@5", 15, pol(6, 10*time.Second, 1, 1), simResult{failuresSent: 5}},
 		// Failures at 0 and 1 trip it until 11 (eight rejections
 		// recorded). The failure at 10 is blocked; at 11 a wave of three
@@ -1006,26 +1023,53 @@ func TestSimulateBreaker(t *testing.T) {
 		// (12, 13) were sent all the same; 14, 15 blocked. The success at
 		// 20 is blocked; at 21 a wave closes on its first probe, the two
 		// others (22, 23) change nothing.
-		{"trial_calls 3", "f2@0 r8@2 f6@10 r5@16 s10@20", 30, pol(2, 10*time.Second, 1, 3), simResult{failuresSent: 5, successesBlocked: 1, unknown: 13}},
+		{"trial_calls 3", "f2@0 r8@2 f6@10 r5@16 s10@20", 30, pol(2, 10*time.Second, 1, 3), simResult{failuresSent: 5, successesBlocked: 1, unknown: 13, trips: 1}},
 		// One probe at a time: only the probe at 11 is sent.
-		{"trial_calls 1", "f2@0 r8@2 f6@10 r5@16 s10@20", 30, pol(2, 10*time.Second, 1, 1), simResult{failuresSent: 3, successesBlocked: 1, unknown: 13}},
+		{"trial_calls 1", "f2@0 r8@2 f6@10 r5@16 s10@20", 30, pol(2, 10*time.Second, 1, 1), simResult{failuresSent: 3, successesBlocked: 1, unknown: 13, trips: 1}},
 		// Trip at 1 until 11; the probe at 11 succeeds (1 of 2), the next
 		// wave's probe at 12 fails: open until 22, 13 and 14 blocked; the
 		// probes at 22 and 23 close it.
-		{"success_threshold 2", "f2@0 r9@2 s1@11 f3@12 r7@15 s10@22", 32, pol(2, 10*time.Second, 2, 1), simResult{failuresSent: 3, unknown: 16}},
+		{"success_threshold 2", "f2@0 r9@2 s1@11 f3@12 r7@15 s10@22", 32, pol(2, 10*time.Second, 2, 1), simResult{failuresSent: 3, unknown: 16, trips: 1}},
 		// One success closes it at 11; the failures at 12 and 13 trip it
 		// until 23; 14 and the success at 22 are blocked; 23 closes it.
-		{"success_threshold 1", "f2@0 r9@2 s1@11 f3@12 r7@15 s10@22", 32, pol(2, 10*time.Second, 1, 1), simResult{failuresSent: 4, successesBlocked: 1, unknown: 16}},
+		{"success_threshold 1", "f2@0 r9@2 s1@11 f3@12 r7@15 s10@22", 32, pol(2, 10*time.Second, 1, 1), simResult{failuresSent: 4, successesBlocked: 1, unknown: 16, trips: 2}},
 		// A run whose At is the next run's is all at that instant: the
 		// trip at 0 blocks what follows at 0.
-		{"instant runs", "f3@0 s5@0 f3@0", 0, pol(3, time.Second, 1, 1), simResult{failuresSent: 3, successesBlocked: 5}},
+		{"instant runs", "f3@0 s5@0 f3@0", 0, pol(3, time.Second, 1, 1), simResult{failuresSent: 3, successesBlocked: 5, trips: 1}},
 		// The rest of a failed wave is the next recorded outcomes, past
 		// recorded rejections: trip at 1 until 3; the probe at 3 fails
 		// (until 5), 4 was in its wave; the rejections are skipped and
 		// the wave's third probe is the success at 10, sent; 11 closes.
-		{"wave past rejections", "f2@0 r1@2 f2@3 r4@5 s2@10", 12, pol(2, 2*time.Second, 1, 3), simResult{failuresSent: 4, unknown: 5}},
+		{"wave past rejections", "f2@0 r1@2 f2@3 r4@5 s2@10", 12, pol(2, 2*time.Second, 1, 3), simResult{failuresSent: 4, unknown: 5, trips: 1}},
 		// Consecutive failures carry across runs and rejections.
-		{"across runs", "f1@0 r3@1 f1@2 f1@3 s1@4", 5, pol(3, time.Second, 1, 1), simResult{failuresSent: 3, unknown: 3}},
+		{"across runs", "f1@0 r3@1 f1@2 f1@3 s1@4", 5, pol(3, time.Second, 1, 1), simResult{failuresSent: 3, unknown: 3, trips: 1}},
+		// failure_rate 0.5, min_requests 4: failures interleaved with
+		// successes never reach fail_max 5, but 2 of the 4 outcomes at 3s
+		// trip it, on the success, until 13; the probe at 13 closes it
+		// with an empty window, and 2 of 4 trip it again at 17.
+		{"failure_rate interleaved", interleaved, 20, rate(pol(5, 10*time.Second, 1, 1), 0.5, 4, time.Minute),
+			simResult{failuresSent: 4, successesBlocked: 5, trips: 2, rateTrips: 2}},
+		{"failure_rate off", interleaved, 20, pol(5, 10*time.Second, 1, 1), simResult{failuresSent: 10}},
+		// 3 of 3 failed is below min_requests; the success that makes 4
+		// trips it (3 of 4), until 13.
+		{"failure_rate min_requests", "f3@0 s11@3", 14, rate(pol(5, 10*time.Second, 1, 1), 0.5, 4, time.Minute),
+			simResult{failuresSent: 3, successesBlocked: 9, trips: 1, rateTrips: 1}},
+		// Successes every 1.9s from 2s: in a 60s window the 8th (at 15.3s)
+		// makes 2 failures of 10, a rate of 0.2: open until 25.3s, the
+		// successes at 17.2–24.8 blocked. In a 10s window the failures
+		// have left it before it holds 10 outcomes.
+		{"failure_rate window 60s", "f2@0 s20@2 f2@40", 42, rate(pol(5, 10*time.Second, 1, 1), 0.2, 10, time.Minute),
+			simResult{failuresSent: 4, successesBlocked: 5, trips: 1, rateTrips: 1}},
+		{"failure_rate window 10s", "f2@0 s20@2 f2@40", 42, rate(pol(5, 10*time.Second, 1, 1), 0.2, 10, 10*time.Second),
+			simResult{failuresSent: 4}},
+		// max_reset_timeout 40s: open at 1 for 10s; the probe at 11 fails,
+		// open for 20s (until 31), so the success at 25 is blocked; the
+		// probe at 31 fails, open for 40s; 71 closes it. With a fixed 10s,
+		// the probe at 25 closes it and 31 is one failure in closed.
+		{"max_reset_timeout", growing, 72, grow(pol(2, 10*time.Second, 1, 1), 40*time.Second),
+			simResult{failuresSent: 4, successesBlocked: 11, unknown: 3, trips: 1}},
+		{"fixed reset_timeout", growing, 72, pol(2, 10*time.Second, 1, 1),
+			simResult{failuresSent: 4, successesBlocked: 5, unknown: 3, trips: 1}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			if got := simulateBreaker(timedRuns(t, c.spec, c.end), c.p); got != c.want {
@@ -1275,6 +1319,45 @@ func TestTransportPublishesPolicy(t *testing.T) {
 		pt1, pt2 := mustCompile(t, cfg), mustCompile(t, Config{})
 		if configHash(pt1) == configHash(pt2) || configHash(pt1) != configHash(mustCompile(t, cfg)) || configHash(pt1) != ps.ConfigHash {
 			t.Errorf("hashes: %s %s %s", configHash(pt1), configHash(pt2), ps.ConfigHash)
+		}
+	})
+}
+
+// TestAdviseRateRuleTrips: rule 6 reads only the trips that fail_max
+// fired (the opening's note names the rule), and a fail_max proposal is
+// replayed with the failure_rate rule in force.
+func TestAdviseRateRuleTrips(t *testing.T) {
+	noted := func(note string) []Event {
+		evs := journalTransient(t)
+		for i, ev := range evs {
+			if ev.Name == EventStateChange && ev.State == StateOpen && ev.PreviousState == StateClosed {
+				evs[i].Note = note
+			}
+		}
+		return evs
+	}
+	t.Run("trips by fail_max", func(t *testing.T) {
+		got := Advise(noted("fail_max: 5 consecutive failures"), Config{}, nil)
+		if a := findAdvice(t, got, "burst.example.org", "feed", "fail_max"); a.Proposed != "7" {
+			t.Fatalf("got %+v, want fail_max 7 as for a journal whose trips name no rule", a)
+		}
+	})
+	t.Run("trips by failure_rate", func(t *testing.T) {
+		cfg := Config{Defaults: Policy{FailureRate: 0.1, MinRequests: 10}}
+		if got := Advise(noted("failure_rate: 4 of 24 requests failed in 60s"), cfg, nil); len(got) != 0 {
+			t.Fatalf("got %+v, want no advice: fail_max did not trip the breaker", got)
+		}
+	})
+	t.Run("fail_max replayed under failure_rate", func(t *testing.T) {
+		// failure_rate 0.1 with min_requests 10: the first burst, 4
+		// failures after 20 successes, trips it whatever fail_max is; so
+		// fail_max 7 sends no fewer failures than 5 (9 against 30 without
+		// the rule), and, like 5, blocks the 90 successes that follow.
+		cfg := Config{Defaults: Policy{FailureRate: 0.1, MinRequests: 10}}
+		a := findAdvice(t, Advise(journalTransient(t), cfg, nil), "burst.example.org", "feed", "fail_max")
+		want := Replay{FailuresSentCurrent: 9, FailuresSentProposed: 9, SuccessesBlockedProposed: 90, Unknown: 40}
+		if *a.Replay != want {
+			t.Fatalf("replay %+v, want %+v", *a.Replay, want)
 		}
 	})
 }

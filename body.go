@@ -5,7 +5,9 @@ package hostbreaker
 // to give back, or a read error to watch for), and a body that breaks
 // turning its request's outcome into a failure, taking back a success
 // counted at the headers. The slots are in concurrency.go; the breaker's
-// transitions in breaker.go.
+// transitions in breaker.go. The host's limiter keeps the success it
+// counted at the headers: its rate limit let the request through, and a
+// body that breaks is no throttle (docs/config.md).
 
 import (
 	"context"
@@ -69,12 +71,8 @@ func (b *body) finish(err error) {
 	if !b.done.CompareAndSwap(0, 1) {
 		return
 	}
-	if b.watch {
-		if err != nil && !b.closed.Load() && classifyError(b.ctx) == outcomeFailure {
-			b.t.bodyFailed(b, err)
-		} else {
-			b.e.bodyClean()
-		}
+	if b.watch && err != nil && !b.closed.Load() && classifyError(b.ctx) == outcomeFailure {
+		b.t.bodyFailed(b, err)
 	}
 	b.slot.release()
 }
@@ -106,18 +104,25 @@ func newBody() *body {
 
 // bodySampleMask sets how often the body of a host that has shown no body
 // error is watched: when the entry's success count & mask is 1 (its 1st,
-// 17th, 33rd… success). A host whose body breaks is watched on every
-// response from then on, until bodyWatchClean bodies in a row are clean.
-const (
-	bodySampleMask = 15
-	bodyWatchClean = 64
-)
+// 17th, 33rd… success), so that a host whose every body breaks is caught
+// within 16 requests. A host whose body breaks is watched on every
+// response from then on, for as long as its entry lives (an entry idle
+// long enough to be evicted starts sampling again): every later body
+// error is caught, for the price of a body from a pooled slab per
+// response (BenchmarkRoundTripBody, "watched").
+const bodySampleMask = 15
 
 // watchBody reports whether the body of a response to e that did not
-// fail at the headers is to be watched. Inlined into RoundTrip: two loads
-// from the entry's first cache line.
-func (e *entry) watchBody() bool {
-	return e.flags.Load()&flagBodyWatch != 0 || e.successes.Load()&bodySampleMask == 1
+// fail at the headers is to be watched; n is the success count that the
+// request's own success left (the healthy path's atomic add returns it,
+// so that concurrent requests cannot skip a sampled count), or 0 when it
+// counted none. Inlined into RoundTrip: loads from the entry's first
+// cache line.
+func (e *entry) watchBody(n uint64) bool {
+	if n == 0 {
+		n = e.successes.Load()
+	}
+	return e.flags.Load()&flagBodyWatch != 0 || n&bodySampleMask == 1
 }
 
 // wrapBody puts a body around resp.Body when there is one to read (adm
@@ -148,7 +153,6 @@ func (t *Transport) wrapBody(e *entry, adm admission, req *http.Request, resp *h
 // bodyStats is what an entry keeps for its bodies, in its entryStats.
 type bodyStats struct {
 	errors atomic.Uint64 // bodies that broke: failures after the headers
-	clean  atomic.Uint32 // clean bodies in a row while watched
 
 	// The newest success recorded under the entry's lock (a probe's, or
 	// one that ended a failure run), for a body error to take it back.
@@ -167,17 +171,6 @@ func (e *entry) rememberSuccessLocked() {
 	s := e.stats()
 	u := &s.body
 	u.seq, u.st, u.fails, u.mark, u.backs = e.successes.Load(), e.st.Load(), e.fails.Load(), e.mark.Load(), s.backs
-}
-
-// bodyClean counts a watched body that ended cleanly, and stops watching
-// every response of e after bodyWatchClean of them in a row.
-func (e *entry) bodyClean() {
-	if e.flags.Load()&flagBodyWatch == 0 {
-		return
-	}
-	if e.stats().body.clean.Add(1) >= bodyWatchClean {
-		e.flags.And(^uint32(flagBodyWatch))
-	}
 }
 
 // bodyFailed turns the outcome of a request whose body broke into a
@@ -203,7 +196,6 @@ func (t *Transport) bodyFailed(b *body, err error) {
 	} else {
 		tr = e.bodyFailed(b.adm, b.was, b.at, b.okSeq, &t.clock)
 	}
-	e.stats().body.clean.Store(0)
 	if c.errType == "timeout" {
 		e.stats().timeouts.Add(1)
 	}

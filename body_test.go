@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -303,7 +305,7 @@ func TestBodyErrorTakesBackSuccess(t *testing.T) {
 }
 
 // TestBodyWatchSampling: a host with no body error has one body in 16
-// watched; after a body error, every one, until 64 clean ones in a row.
+// watched; after a body error, every one, however many are clean.
 func TestBodyWatchSampling(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		wrapped := 0
@@ -335,11 +337,11 @@ func TestBodyWatchSampling(t *testing.T) {
 		e := tr.reg.lookup("api.example.org", "")
 		e.flags.Or(flagBodyWatch) // as after a body error
 		wrapped = 0
-		for range bodyWatchClean + 16 {
+		for range 200 {
 			send()
 		}
-		if wrapped < bodyWatchClean || wrapped > bodyWatchClean+2 {
-			t.Fatalf("%d of %d bodies watched after a body error, want the first %d and the sampled ones", wrapped, bodyWatchClean+16, bodyWatchClean)
+		if wrapped != 200 {
+			t.Fatalf("%d of 200 bodies watched after a body error, want every one", wrapped)
 		}
 	})
 }
@@ -391,7 +393,7 @@ func BenchmarkRoundTripBody(b *testing.B) {
 			tr.RoundTrip(req)
 			if variant == "hostbreaker+watched" {
 				e := tr.reg.lookup("h0.example.org", RoleMetadata)
-				watch = func() { e.flags.Or(flagBodyWatch) } // again and again: 64 clean bodies end the watch
+				watch = func() { e.flags.Or(flagBodyWatch) } // as after a body error (a no-op after the first)
 			}
 			rt = tr
 		}
@@ -500,4 +502,103 @@ func TestBodyErrorReopenGrows(t *testing.T) {
 			t.Fatalf("probes: %d ok, %d failed; want 0 and 2", ok, failed)
 		}
 	})
+}
+
+// TestBodyErrorsCaughtThroughClient: through an http.Client, against a
+// server that serves clean bodies and then cuts every one (a
+// Content-Length larger than what it sends, then it closes the
+// connection): the first cut body is caught within 16 requests however
+// many clean ones came before (one body in 16 is watched), and from then on
+// every one is, so that the breaker opens fail_max − 1 requests later.
+func TestBodyErrorsCaughtThroughClient(t *testing.T) {
+	for _, clean := range []int{0, 1, 2, 7, 16, 17, 40} {
+		t.Run(fmt.Sprintf("after %d clean", clean), func(t *testing.T) {
+			var n atomic.Int64
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if n.Add(1) <= int64(clean) {
+					w.Write([]byte(strings.Repeat("x", 4096)))
+					return
+				}
+				conn, buf, err := http.NewResponseController(w).Hijack()
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				defer conn.Close()
+				buf.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 4096\r\n\r\n")
+				buf.WriteString(strings.Repeat("x", 1024))
+				buf.Flush()
+			}))
+			defer srv.Close()
+			c, tr := client(t, &http.Transport{}, quick(3, time.Hour))
+			host := strings.TrimPrefix(srv.URL, "http://")
+			sent := 0
+			for {
+				err := readBody(context.Background(), c, srv.URL)
+				var oe *OpenError
+				if errors.As(err, &oe) {
+					break
+				}
+				if sent++; sent > clean+16+2 {
+					t.Fatalf("still closed after %d requests, %d of them cut", sent, sent-clean)
+				}
+			}
+			cut := sent - clean
+			s := stateOf(t, tr, host, "")
+			if s.State != StateOpen || s.Failures != 3 || s.Successes != uint64(sent-3) {
+				t.Fatalf("status %+v after %d requests; want open, 3 failures and %d successes", s, sent, sent-3)
+			}
+			// The first caught is the first whose success count is 1 mod 16;
+			// the two after it are caught as every body is watched.
+			first := 16 - (clean-1)%16
+			if clean == 0 {
+				first = 1
+			}
+			if cut != first+2 {
+				t.Fatalf("%d cut bodies before the breaker opened, want %d", cut, first+2)
+			}
+		})
+	}
+}
+
+// TestBodyWatchStays: a host that has cut one body is watched for good:
+// after 100 clean bodies, its next two cut bodies are two failures (with
+// fail_max 2, the breaker opens), although neither falls on a sampled
+// count.
+func TestBodyWatchStays(t *testing.T) {
+	var n atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if i := n.Add(1); i > 1 && i <= 101 {
+			w.Write([]byte(strings.Repeat("x", 4096)))
+			return
+		}
+		conn, buf, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer conn.Close()
+		buf.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 4096\r\n\r\n" + strings.Repeat("x", 1024))
+		buf.Flush()
+	}))
+	defer srv.Close()
+	c, tr := client(t, &http.Transport{}, quick(2, time.Hour))
+	host := strings.TrimPrefix(srv.URL, "http://")
+	if err := readBody(context.Background(), c, srv.URL); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("first request: %v, want an unexpected EOF", err)
+	}
+	for i := range 100 {
+		if err := readBody(context.Background(), c, srv.URL); err != nil {
+			t.Fatalf("clean request %d: %v", i, err)
+		}
+	}
+	for range 2 {
+		if err := readBody(context.Background(), c, srv.URL); !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Fatalf("%v, want an unexpected EOF", err)
+		}
+	}
+	mustReject(t, readBody(context.Background(), c, srv.URL), ReasonBreakerOpen)
+	if s := stateOf(t, tr, host, ""); s.Failures != 3 || s.Successes != 100 {
+		t.Fatalf("status %+v, want 3 failures and 100 successes", s)
+	}
 }

@@ -438,15 +438,17 @@ func (e *entry) admitProbeLocked(now int64) (admission, bool) {
 }
 
 // healthy reports whether a success of the request that adm let in, under
-// policy p, would change nothing but a counter: it is no probe, no failure
-// is counted, and no rate rule counts successes. With recordHealthy, the
-// hot path of recording, inlined.
-func (e *entry) healthy(adm admission, p *resolved) bool {
-	return !adm.probe && e.fails.Load() == 0 && !p.windowed
+// a policy whose extras (or'ed with the Transport's) are x, would change
+// nothing but a counter: it is no probe, no failure is counted, and no
+// rate rule counts successes. With recordHealthy, the hot path of
+// recording, inlined.
+func (e *entry) healthy(adm admission, x uint8) bool {
+	return !adm.probe && e.fails.Load() == 0 && x&extraWindowed == 0
 }
 
-// recordHealthy counts a success for which healthy holds.
-func (e *entry) recordHealthy() { e.successes.Add(1) }
+// recordHealthy counts a success for which healthy holds, and returns the
+// success count it left.
+func (e *entry) recordHealthy() uint64 { return e.successes.Add(1) }
 
 // record counts the outcome of a request that adm let in and feeds it to
 // e's breaker, and returns the transition it caused. slow says that its
@@ -461,7 +463,7 @@ func (e *entry) record(adm admission, o outcome, slow bool, c *clock) transition
 		e.successes.Add(1)
 		// In closed, a success after a success changes nothing in a
 		// consecutive-failure breaker, so the common case skips the lock.
-		if e.healthy(adm, e.pol.Load()) {
+		if e.healthy(adm, e.pol.Load().extras) {
 			return transition{}
 		}
 	case outcomeFailure:

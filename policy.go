@@ -98,7 +98,11 @@ func overlay(dst *Policy, src Policy) {
 
 // resolved is the effective policy of one (host, role), ready for the hot path.
 type resolved struct {
-	Policy             // flattened: every field set, no Roles, durations, rates and Rate ≥ 0 (0: off)
+	// extras has a bit for each feature of the policy that costs something
+	// on every request (see extraSlots): a request under a policy with
+	// none, to a Transport without a classifier, passes them all by one
+	// branch. First, before the statuses that classify reads.
+	extras   uint8
 	statuses statusSet // FailureStatuses and NeutralStatuses as bitmaps
 	throttle statusSet // ThrottleStatuses, in the failure bitmap
 	// windowed: a rate rule is on (FailureRate, or SlowCallRate with
@@ -106,6 +110,36 @@ type resolved struct {
 	// no success takes the healthy path.
 	windowed bool
 	shadow   bool // Mode is ModeShadow
+	Policy        // flattened: every field set, no Roles, durations, rates and Rate ≥ 0 (0: off)
+}
+
+// The features that cost something on every request they apply to, as
+// bits of resolved.extras, computed when the policy resolves, and of
+// Transport.extras.
+const (
+	extraSlots      = 1 << iota // MaxConcurrent > 0: a slot per request (concurrency.go)
+	extraSlow                   // SlowCall > 0: every request is timed
+	extraShadow                 // Mode is shadow
+	extraWindowed               // a rate rule is on: every outcome goes to the breaker's window
+	extraClassifier             // the Transport has a classifier (Transport.extras only)
+)
+
+// extrasOf returns the extras bits of p, a resolved policy.
+func extrasOf(p Policy) uint8 {
+	var x uint8
+	if p.MaxConcurrent > 0 {
+		x |= extraSlots
+	}
+	if p.SlowCall > 0 {
+		x |= extraSlow
+	}
+	if p.Mode == ModeShadow {
+		x |= extraShadow
+	}
+	if p.FailureRate > 0 || p.SlowCallRate > 0 {
+		x |= extraWindowed
+	}
+	return x
 }
 
 // goPolicy returns r's policy in its Go form, where a value that is off
@@ -302,7 +336,7 @@ func (pt *policyTable) resolveWith(defaults, host Policy, role, where string) (*
 	p.MaxResetTimeout = max(p.MaxResetTimeout, p.ResetTimeout) // unset or below: no growth
 	return &resolved{Policy: p, statuses: newStatusSet(p.FailureStatuses, p.NeutralStatuses),
 		throttle: newStatusSet(p.ThrottleStatuses, nil),
-		windowed: p.FailureRate > 0 || p.SlowCallRate > 0, shadow: p.Mode == ModeShadow}, nil
+		windowed: p.FailureRate > 0 || p.SlowCallRate > 0, shadow: p.Mode == ModeShadow, extras: extrasOf(p)}, nil
 }
 
 func withoutRoles(p Policy) Policy {

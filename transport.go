@@ -37,6 +37,7 @@ type Transport struct {
 	// set when it first panics, so that it is logged once.
 	classifier Classifier
 	panicked   atomic.Bool
+	extras     uint8   // extraClassifier when classifier is set; or'ed with a policy's extras on each request
 	clock              // the time base of the request path: ns since its epoch
 	rolling    Rolling // with defaults; Enabled false means off
 	reg        *registry
@@ -161,6 +162,7 @@ func NewTransport(base http.RoundTripper, opts ...Option) (*Transport, error) {
 		base:       base,
 		log:        o.logger,
 		classifier: o.classify,
+		extras:     extrasOfTransport(o.classify),
 		clock:      clock{epoch: time.Now().Add(-time.Second)}, // so that no time on the request path is 0, which means "none"
 		reg:        newRegistry(maxHosts),
 		events:     make(chan event, 1024),
@@ -304,10 +306,19 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		e.flags.Or(flagUsed)
 	}
 	p := e.pol.Load()
-	if p.MaxConcurrent > 0 {
+	if p.extras&extraSlots != 0 {
 		return t.roundTripSlot(req, e, p)
 	}
 	return t.send(req, e, p, nil)
+}
+
+// extrasOfTransport returns the extras bits (see extraSlots) that a
+// Transport with the classifier c adds to every policy's.
+func extrasOfTransport(c Classifier) uint8 {
+	if c != nil {
+		return extraClassifier
+	}
+	return 0
 }
 
 // roundTripSlot sends req to e's host, which has a concurrency limit (p),
@@ -349,7 +360,7 @@ func (t *Transport) send(req *http.Request, e *entry, p *resolved, sl *slot) (*h
 		if tn.lim != nil {
 			tn.cancel() // a cooldown began while it waited: its turn is given back
 		}
-		if !p.shadow {
+		if p.extras&extraShadow == 0 {
 			e.reject(rej.Reason)
 			closeBody(req)
 			return nil, rej
@@ -362,7 +373,7 @@ func (t *Transport) send(req *http.Request, e *entry, p *resolved, sl *slot) (*h
 	if tn.lim != nil {
 		adm.turn = &tn
 	}
-	if p.SlowCall > 0 {
+	if p.extras&extraSlow != 0 {
 		adm.began = t.now()
 	} else if _, ok := req.Context().Deadline(); ok {
 		adm.began = t.now()
@@ -384,7 +395,7 @@ func (t *Transport) send(req *http.Request, e *entry, p *resolved, sl *slot) (*h
 	}
 	// A body is wrapped only when it holds a slot or is to be watched for
 	// read errors (body.go): on a healthy host, one response in 16.
-	if o, counted := t.record(e, adm, req, resp, err); sl != nil || o != outcomeFailure && e.watchBody() {
+	if o, counted, n := t.record(e, adm, req, resp, err); sl != nil || o != outcomeFailure && e.watchBody(n) {
 		if t.wrapBody(e, admission{st: adm.st, probe: adm.probe}, req, resp, o, counted, sl) { // without its turn, on this frame
 			sl.handed = true
 		}
@@ -498,9 +509,12 @@ func closeBody(req *http.Request) {
 // headers), the host's limiter (a throttle slows it down, a success lets it
 // grow back), then the breaker and the rolling window. It reports the
 // breaker's transition, and returns the outcome it counted and when the
-// rate rules' window counted it (0 if none did: see transition.counted).
-func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *http.Response, err error) (outcome, int64) {
+// rate rules' window counted it (0 if none did: see transition.counted),
+// and on the healthy path the success count it left (0 otherwise: see
+// watchBody).
+func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *http.Response, err error) (outcome, int64, uint64) {
 	h, p := e.host, e.pol.Load()
+	x := p.extras | t.extras // 0 for a host that uses none of slow_call, a rate rule, shadow mode or a classifier
 	o := classify(p, req, resp, err)
 	var slow bool
 	if adm.began != 0 {
@@ -512,7 +526,7 @@ func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *htt
 	}
 	// The healthy path: a success in closed with no failure counted, which
 	// changes nothing but a counter.
-	healthy := o == outcomeSuccess && e.healthy(adm, p)
+	healthy := o == outcomeSuccess && e.healthy(adm, x)
 	if err == nil {
 		code := resp.StatusCode
 		var cooled, slowing bool
@@ -533,10 +547,10 @@ func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *htt
 		}
 		healthy = healthy && o == outcomeSuccess
 	}
-	if t.classifier != nil {
+	if x&extraClassifier != 0 {
 		if v := t.classify(req, resp, err); v != CountDefault {
 			o = v.outcome()
-			healthy = o == outcomeSuccess && e.healthy(adm, p)
+			healthy = o == outcomeSuccess && e.healthy(adm, x)
 		}
 	}
 	if o == outcomeSuccess {
@@ -547,8 +561,7 @@ func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *htt
 		}
 	}
 	if healthy {
-		e.recordHealthy()
-		return o, 0
+		return o, 0, e.recordHealthy()
 	}
 	c := e.cause(req, resp, err)
 	if o == outcomeFailure && e.evicted() {
@@ -556,7 +569,7 @@ func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *htt
 		// idle then): the failure goes to the live one. A success or a
 		// neutral outcome would change nothing in an idle entry.
 		if e, adm = t.reattach(e); e == nil {
-			return o, 0
+			return o, 0, 0
 		}
 	}
 	tr := e.record(adm, o, slow, &t.clock)
@@ -566,7 +579,7 @@ func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *htt
 	if o == outcomeFailure && t.rolling.Enabled {
 		t.rollingFailure(e.host)
 	}
-	return o, tr.counted
+	return o, tr.counted, 0
 }
 
 // quotaDue reports whether the quota headers of resp, a response of e,

@@ -549,3 +549,17 @@ func TestParseTuneValue(t *testing.T) {
 		}
 	}
 }
+
+// TestTuneRefusesUntunedKeys: the keys Advise leaves alone (docs/advise.md)
+// cannot be written as overrides either, so they need no tune bounds.
+func TestTuneRefusesUntunedKeys(t *testing.T) {
+	for _, p := range []Policy{
+		{FailureRate: 0.5}, {SlowCallRate: 0.5, SlowCall: time.Second}, {MinRequests: 5}, {Window: time.Minute},
+		{MaxResetTimeout: time.Hour}, {MaxConcurrent: 4}, {Mode: ModeShadow},
+		{Roles: map[string]Policy{"feed": {FailureRate: 0.5}}},
+	} {
+		if _, err := tunedPolicy(p); err == nil || !strings.Contains(err.Error(), "can be tuned") {
+			t.Errorf("tunedPolicy(%+v) = %v, want a refusal", p, err)
+		}
+	}
+}
