@@ -189,7 +189,6 @@ func browserTransportPage(t *testing.T, browserCtx context.Context) {
 	t.Cleanup(control.Close)
 	lap := stopwatch(t)
 	ctx := newTab(t, browserCtx)
-	lap("tab opened")
 
 	start := time.Now()
 	if err := chromedp.Do(ctx, chromedp.Navigate(readOnly.URL+"/")); err != nil {
@@ -309,7 +308,6 @@ func browserFleetPage(t *testing.T, browserCtx context.Context) {
 	t.Cleanup(srv.Close)
 	lap := stopwatch(t)
 	ctx := newTab(t, browserCtx)
-	lap("tab opened")
 	if err := chromedp.Do(ctx, chromedp.Navigate(srv.URL+"/")); err != nil {
 		t.Fatal(err)
 	}

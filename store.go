@@ -589,8 +589,8 @@ type PublishedState struct {
 //   - redis://[user:pass@]host:port/db or rediss://… (TLS) opens Redis. The
 //     query parameter prefix sets the key prefix (default "hostbreaker:");
 //     a prefix that does not end in ':' gets one (prefix=app means
-//     "app:"). Every key of the store (records, markers, published states,
-//     the indexes of hosts and sources, the journal, the tuned overrides)
+//     "app:"). Every key of the store (records, markers, published states
+//     and configurations, their indexes, the journal, the tuned overrides)
 //     and its change channel live under the prefix: stores with the same
 //     prefix in the same database are one store, and stores with different prefixes share nothing, even
 //     when one prefix extends the other. Other query parameters are
