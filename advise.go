@@ -137,10 +137,19 @@ type AdviseOptions struct {
 	// the advice's From is "published", or "differs" when the processes
 	// that published the (host, role) disagree.
 	Published []PublishedState
+	// Configs are the configurations that the running processes published
+	// ([Store.Configs], those Running now). They give the values in force
+	// of every (host, role), including those whose breakers are closed,
+	// which the published states leave out: for a (host, role), a process
+	// that published no row gives its configuration's values. The
+	// processes counted for a host are those whose events show it, or,
+	// when none of those published a configuration, every one that did.
+	// Configs without values ([PublishedConfig].Values false) are ignored.
+	Configs []PublishedConfig
 	// ConfigUnknown says that the configuration given is not the one the
 	// processes run (a command run without its configuration file, which
 	// passes the built-in defaults): advice on a (host, role) that no
-	// published row covers has From "assumed".
+	// published row or configuration covers has From "assumed".
 	ConfigUnknown bool
 }
 
@@ -167,6 +176,7 @@ func AdviseWith(events []Event, cfg Config, overrides map[string]Policy, opts Ad
 		src.from = FromAssumed
 	}
 	src.readPublished(opts.Published)
+	src.readConfigs(opts.Configs, events)
 	bounds := cfg.Tune.withDefaults()
 
 	// Each key is judged on the events after its last change: one pass of
@@ -239,6 +249,75 @@ type policySource struct {
 	from                string // FromConfig or FromAssumed, for what nobody published
 	published           map[pairKey][]PublishedState
 	hosts               map[string][]PublishedState // every row of a host, for its rate
+
+	configs     []sourceConfig             // the published configurations, by source
+	hostSources map[string]map[string]bool // the processes whose events show a host
+}
+
+// sourceConfig is a process's published configuration, compiled.
+type sourceConfig struct {
+	source, hash        string
+	configured, inForce *policyTable
+}
+
+// readConfigs compiles the published configurations that carry values,
+// and notes which processes the events show using each host.
+func (s *policySource) readConfigs(configs []PublishedConfig, events []Event) {
+	for _, c := range configs {
+		if !c.Values {
+			continue
+		}
+		conf, err1 := c.Configured.validate()
+		now, err2 := c.InForce.validate()
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		s.configs = append(s.configs, sourceConfig{source: c.Source, hash: c.Hash, configured: conf, inForce: now})
+	}
+	if len(s.configs) == 0 {
+		return
+	}
+	slices.SortFunc(s.configs, func(a, b sourceConfig) int { return strings.Compare(a.source, b.source) })
+	s.hostSources = make(map[string]map[string]bool)
+	for _, ev := range events {
+		if ev.Host == "" || ev.Process == "" {
+			continue
+		}
+		m := s.hostSources[ev.Host]
+		if m == nil {
+			m = make(map[string]bool)
+			s.hostSources[ev.Host] = m
+		}
+		m[ev.Process] = true
+	}
+}
+
+// withConfigs returns rows, the published rows of (host, role), with a
+// row made from the configuration of each process counted for host (see
+// AdviseOptions.Configs) that published none, sorted by source.
+func (s *policySource) withConfigs(rows []PublishedState, host, role string) []PublishedState {
+	if len(s.configs) == 0 {
+		return rows
+	}
+	users := s.hostSources[host]
+	if !slices.ContainsFunc(s.configs, func(c sourceConfig) bool { return users[c.source] }) {
+		users = nil // none of them published a configuration: count every one
+	}
+	out := slices.Clone(rows)
+	for _, c := range s.configs {
+		if (users != nil && !users[c.source]) || slices.ContainsFunc(rows, func(ps PublishedState) bool { return ps.Source == c.source }) {
+			continue
+		}
+		r, err1 := c.inForce.resolve(host, role)
+		cr, err2 := c.configured.resolve(host, "")
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		out = append(out, PublishedState{Source: c.source, Host: host, Role: role, ConfigHash: c.hash,
+			Policy: tunedFields(r.Policy), ConfiguredRate: cr.Rate})
+	}
+	slices.SortFunc(out, func(a, b PublishedState) int { return strings.Compare(a.Source, b.Source) })
+	return out
 }
 
 // origin is where a value in force came from, and what to add to the
@@ -278,7 +357,7 @@ func (s *policySource) policy(host, role string) (Policy, origin, bool) {
 		return Policy{}, origin{}, false
 	}
 	cur := r.Policy
-	rows := s.published[pairKey{host, role}]
+	rows := s.withConfigs(s.published[pairKey{host, role}], host, role)
 	if len(rows) == 0 {
 		return cur, origin{from: s.from}, true
 	}
@@ -304,7 +383,7 @@ func (s *policySource) rates(host string) (conf, now int64, o origin, ok bool) {
 	if err1 != nil || err2 != nil {
 		return 0, 0, origin{}, false
 	}
-	rows := s.hosts[host]
+	rows := s.withConfigs(s.hosts[host], host, "")
 	if len(rows) == 0 {
 		return currentValue(c.Policy, keyRate), currentValue(n.Policy, keyRate), origin{from: s.from}, true
 	}

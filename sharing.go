@@ -7,6 +7,7 @@ package hostbreaker
 // store.go; the background loop that drives this is in transport.go.
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -62,6 +63,15 @@ type sharing struct {
 	activity         map[string]hostActivity // requests of the published hosts, for the heartbeat
 	seenAhead        map[fleetSeenKey]int64  // times read ahead of this clock, by when first read (wall ns)
 	lastUntrustedLog time.Time
+
+	// The configuration published (publishConfig): the tables it was
+	// made of, what was published, and when; cfgChecked once it was
+	// compared with the configuration that ran before (checkConfigChange).
+	cfgTables  [2]*policyTable
+	cfg        PublishedConfig
+	cfgPubAt   time.Time
+	cfgDirty   bool
+	cfgChecked bool
 
 	errors atomic.Uint64                // failed store operations
 	errOps [len(storeOps)]atomic.Uint64 // failed store operations by storeOp
@@ -461,6 +471,7 @@ func (t *Transport) publish(ctx context.Context) {
 			}
 		}
 	}()
+	t.publishConfig(ctx, configured, inForce, now)
 	if fp.String() == sh.published && now.Sub(sh.pubAt) < ttl/2 {
 		return
 	}
@@ -473,6 +484,237 @@ func (t *Transport) publish(ctx context.Context) {
 	}
 	t.storeErr.Store(nil)
 	sh.published, sh.pubAt = fp.String(), now
+}
+
+// configTTL returns how long a published configuration counts as
+// running: longer than the states' life (it is republished less often,
+// see publishConfig), and at least minConfigTTL.
+func (sh *sharing) configTTL() time.Duration {
+	return max(10*sh.poll, minConfigTTL)
+}
+
+// minConfigTTL is the least life of a published configuration.
+const minConfigTTL = 30 * time.Second
+
+// publishConfig publishes the configuration in force (see
+// PublishedConfig): configured, as configured and changed by
+// UpdateHostPolicy, and inForce, with the tuned overrides, when either
+// changed or before the last publication expires. Its first publication
+// waits until the configuration that ran before has been compared with it
+// (checkConfigChange). A configuration too large for the store is
+// published without its values.
+func (t *Transport) publishConfig(ctx context.Context, configured, inForce *policyTable, now time.Time) {
+	sh := t.sh
+	if sh.cfgTables != [2]*policyTable{configured, inForce} {
+		sh.cfgTables = [2]*policyTable{configured, inForce}
+		c := PublishedConfig{Source: sh.source, Hash: sh.cfgHash, Values: true,
+			Configured: configTables(configured), InForce: configTables(inForce)}
+		if len(c.Source)+len(configTOML(c.Configured))+len(configTOML(c.InForce)) > maxConfigBytes-1024 {
+			c.Values, c.Configured, c.InForce = false, Config{}, Config{}
+		}
+		sh.cfg, sh.cfgDirty = c, true
+	}
+	ttl := sh.configTTL()
+	if !sh.cfgDirty && now.Sub(sh.cfgPubAt) < ttl/2 {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	defer cancel()
+	if !sh.cfgChecked {
+		if err := t.checkConfigChange(cctx, inForce); err != nil {
+			t.storeError(opPublish, err)
+			return
+		}
+		sh.cfgChecked = true
+	}
+	c := sh.cfg
+	c.Published = time.Now()
+	if err := sh.store.PublishConfig(cctx, c, ttl); err != nil {
+		t.storeError(opPublish, err)
+		return
+	}
+	sh.cfgPubAt, sh.cfgDirty = now, false
+}
+
+// checkConfigChange compares the configuration that this Transport
+// starts with, sh.cfg with the tables in force inForce, with the one that
+// ran before it, as the store keeps them (Store.Configs), and journals a
+// policy change per Hosts key whose values in force differ, so that advise
+// judges those keys only on the evidence gathered since (see Advise).
+//
+// The configuration that ran before is the one this process's source
+// published last (a process whose name is configured keeps its source
+// across restarts), else the one that stopped last (the process this one
+// replaces, in a rolling restart). None is journaled when there is none
+// (processes that run on with another configuration are processes whose
+// configurations differ, which advise reports, not a change), when its
+// hash is this one's, or when another running process runs this
+// configuration already (this process joins them). When its values are
+// unknown (it was too large to publish them), one policy change for every
+// host ("*") says the configuration changed, with the values in force now.
+func (t *Transport) checkConfigChange(ctx context.Context, inForce *policyTable) error {
+	sh := t.sh
+	configs, err := sh.store.Configs(ctx)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	var own, stopped *PublishedConfig
+	for i := range configs {
+		c := &configs[i]
+		switch {
+		case c.Source == sh.source:
+			own = c
+		case c.Running(now):
+			if c.Hash == sh.cfg.Hash {
+				return nil
+			}
+		case stopped == nil || c.Expires.After(stopped.Expires):
+			stopped = c
+		}
+	}
+	prev := cmp.Or(own, stopped)
+	if prev == nil || prev.Hash == sh.cfg.Hash {
+		return nil
+	}
+	note := fmt.Sprintf("configuration changed at start: %s (last published by %s) → %s", prev.Hash, prev.Source, sh.cfg.Hash)
+	var before *policyTable
+	if prev.Values {
+		before, _ = prev.InForce.validate()
+	}
+	if before == nil {
+		keys := Policy{FailMax: 1, ResetTimeout: 1, SuccessThreshold: 1, TrialCalls: 1, Rate: 1}
+		r, err := inForce.resolveWith(inForce.defaults, Policy{}, "", "defaults")
+		if err != nil {
+			return nil
+		}
+		t.emit(event{kind: evPolicy, host: "*", policy: policyTOML(r.Policy, keys), note: note + "; the values before are unknown"})
+		return nil
+	}
+	changes := configChanges(before, inForce)
+	if len(changes) == 0 {
+		t.emit(event{kind: evPolicy, host: "*", note: note + "; no tunable value changed"})
+	}
+	for _, ch := range changes {
+		t.emit(event{kind: evPolicy, host: ch.key, prevPolicy: ch.before, policy: ch.after, note: note})
+	}
+	return nil
+}
+
+// withdrawConfig marks the configuration published as stopped, when
+// the Transport closes: the store keeps it for the next process to
+// compare with (see checkConfigChange), and advise no longer counts it.
+func (t *Transport) withdrawConfig(ctx context.Context) {
+	sh := t.sh
+	if sh.cfgPubAt.IsZero() {
+		return
+	}
+	c := sh.cfg
+	c.Published = time.Now()
+	if err := sh.store.PublishConfig(ctx, c, time.Nanosecond); err != nil && !closing(ctx) {
+		t.storeError(opPublish, err)
+	}
+}
+
+// configChange is what changed of one Hosts key between two policy
+// tables: its key ("*" for the defaults, which every host inherits), and
+// the changed tunable keys with their values in force, before and after,
+// as TOML lines (see policyTOML).
+type configChange struct {
+	key           string
+	before, after string
+}
+
+// configChanges returns the Hosts keys (and "*", the defaults) whose
+// tunable values in force differ between the tables before and after, in
+// the order of their keys. A key's value counts as changed when its
+// value in force differs and the key's own setting of it (its top level,
+// or the role's table) does too: a change of the defaults is the
+// defaults', reported once under "*", not under every key that inherits
+// it. A role's line is reported when the role's own table changed it.
+func configChanges(before, after *policyTable) []configChange {
+	keys := map[string]bool{"*": true}
+	for _, pt := range []*policyTable{before, after} {
+		for host := range pt.exact {
+			keys[host] = true
+		}
+		for _, w := range pt.wild {
+			keys["*"+w.suffix] = true
+		}
+	}
+	var out []configChange
+	for _, key := range slices.Sorted(maps.Keys(keys)) {
+		if ch, ok := keyChange(before, after, key); ok {
+			out = append(out, ch)
+		}
+	}
+	return out
+}
+
+// keyChange compares the Hosts key (or "*", the defaults) in the tables
+// before and after, as configChanges describes.
+func keyChange(before, after *policyTable, key string) (configChange, bool) {
+	own := func(pt *policyTable) Policy {
+		if key == "*" {
+			return Policy{}
+		}
+		return pt.keyOwn(key)
+	}
+	level := func(pt *policyTable, role string) Policy { // the key's own setting
+		p := own(pt)
+		if key == "*" {
+			p = pt.defaults
+		}
+		if role != "" {
+			return p.Roles[role]
+		}
+		return withoutRoles(p)
+	}
+	ownB, ownA := own(before), own(after)
+	roles := map[string]bool{}
+	for _, r := range append(roleNames(before.defaults, ownB), roleNames(after.defaults, ownA)...) {
+		roles[r] = true
+	}
+	var prev, next, marks Policy
+	changed := false
+	for _, role := range slices.Sorted(maps.Keys(roles)) {
+		rb, err1 := before.resolveWith(before.defaults, ownB, role, "")
+		ra, err2 := after.resolveWith(after.defaults, ownA, role, "")
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		lb, la := level(before, role), level(after, role)
+		for _, k := range tunableKeys {
+			if k == keyRate && role != "" {
+				continue // host-wide
+			}
+			vb, va := currentValue(rb.Policy, k), currentValue(ra.Policy, k)
+			if vb == va || (setsKey(lb, k) == setsKey(la, k) && currentValue(lb, k) == currentValue(la, k)) {
+				continue
+			}
+			changed = true
+			if role == "" {
+				setValue(&prev, k, vb)
+				setValue(&next, k, va)
+				setValue(&marks, k, 1)
+				continue
+			}
+			for _, p := range []*Policy{&prev, &next, &marks} {
+				if p.Roles == nil {
+					p.Roles = map[string]Policy{}
+				}
+			}
+			pr, nr, mr := prev.Roles[role], next.Roles[role], marks.Roles[role]
+			setValue(&pr, k, vb)
+			setValue(&nr, k, va)
+			setValue(&mr, k, 1)
+			prev.Roles[role], next.Roles[role], marks.Roles[role] = pr, nr, mr
+		}
+	}
+	if !changed {
+		return configChange{}, false
+	}
+	return configChange{key: key, before: policyTOML(prev, marks), after: policyTOML(next, marks)}, true
 }
 
 // configHash returns a short hash of the policies of pt: equal

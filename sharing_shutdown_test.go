@@ -48,8 +48,12 @@ func (d *deadStore) Overrides(ctx context.Context) (map[string]Policy, error) {
 	return nil, d.wait(ctx)
 }
 func (d *deadStore) PutOverride(ctx context.Context, _ string, _ Policy) error { return d.wait(ctx) }
-func (d *deadStore) Changes() <-chan struct{}                                  { return nil }
-func (d *deadStore) Close() error                                              { return nil }
+func (d *deadStore) PublishConfig(ctx context.Context, _ PublishedConfig, _ time.Duration) error {
+	return d.wait(ctx)
+}
+func (d *deadStore) Configs(ctx context.Context) ([]PublishedConfig, error) { return nil, d.wait(ctx) }
+func (d *deadStore) Changes() <-chan struct{}                               { return nil }
+func (d *deadStore) Close() error                                           { return nil }
 
 // With 150 hosts' cooldowns pending on a store that never answers, Events
 // and Close each return within the store timeout plus a second (on the

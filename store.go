@@ -97,6 +97,24 @@ type Store interface {
 	// PutOverride that changes nothing writes nothing and signals nothing.
 	PutOverride(ctx context.Context, key string, p Policy) error
 
+	// PublishConfig replaces the configuration that c.Source published with
+	// c; Configs returns it as running (its Expires, which the store sets,
+	// is ttl from now) until ttl has passed unless it is published again,
+	// then as stopped for configRetention more, so that a process that
+	// starts can compare its configuration with the one that ran before
+	// it. The store keeps at most configKeep stopped configurations, the
+	// last to stop. c.Source must not be empty, c.Hash must be 1 to 64
+	// lowercase hex digits, and the encoded configuration must not exceed
+	// maxConfigBytes; otherwise PublishConfig writes nothing and returns
+	// an error. It signals nothing: readers read Configs when they need it.
+	PublishConfig(ctx context.Context, c PublishedConfig, ttl time.Duration) error
+
+	// Configs returns the configurations that the processes published
+	// (see PublishConfig), running or stopped, in no particular order.
+	// Stored values that do not decode as a configuration of the source
+	// that holds them are skipped.
+	Configs(ctx context.Context) ([]PublishedConfig, error)
+
 	// Changes returns a channel that receives a value when another process
 	// may have changed the records or the overrides, or nil when the store
 	// can only be polled. A Transport polls as well, so a lost signal only
@@ -571,8 +589,8 @@ type PublishedState struct {
 //   - redis://[user:pass@]host:port/db or rediss://… (TLS) opens Redis. The
 //     query parameter prefix sets the key prefix (default "hostbreaker:");
 //     a prefix that does not end in ':' gets one (prefix=app means
-//     "app:"). Every key of the store (records, markers, published states,
-//     the indexes of hosts and sources, the journal, the tuned overrides)
+//     "app:"). Every key of the store (records, markers, published states
+//     and configurations, their indexes, the journal, the tuned overrides)
 //     and its change channel live under the prefix: stores with the same
 //     prefix in the same database are one store, and stores with different prefixes share nothing, even
 //     when one prefix extends the other. Other query parameters are

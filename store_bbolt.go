@@ -65,6 +65,10 @@ var (
 	// override. It is created by the first PutOverride, and only
 	// PutOverride writes it. Nothing in it expires.
 	boltOverrides = []byte("overrides")
+	// boltConfigs maps a source to encodeConfig of the configuration it
+	// published. It is created by the first PublishConfig, which alone
+	// writes and prunes it; reads of the other buckets leave it alone.
+	boltConfigs = []byte("configs")
 )
 
 // errBoltClosed is wrapped by every call made on a bbolt store after Close.
@@ -256,7 +260,7 @@ func boltHasBuckets(tx *bolt.Tx) bool {
 // boltWalk reads every entry of the store's buckets and of the overrides,
 // to find corruption.
 func boltWalk(tx *bolt.Tx) error {
-	for _, name := range [][]byte{boltCooldowns, boltResets, boltStates, boltOverrides} {
+	for _, name := range [][]byte{boltCooldowns, boltResets, boltStates, boltOverrides, boltConfigs} {
 		if b := tx.Bucket(name); b != nil {
 			if err := b.ForEach(func(k, v []byte) error { return nil }); err != nil {
 				return err
@@ -1043,6 +1047,76 @@ func (s *boltStore) PutOverride(ctx context.Context, key string, p Policy) error
 		return fmt.Errorf("bbolt store %s: put override of %s: %w", s.path, key, err)
 	}
 	return nil
+}
+
+// PublishConfig replaces the configuration of c.Source with c, as [Store]
+// documents, and in the same transaction drops the configurations kept
+// past configRetention or beyond configKeep, and the junk.
+func (s *boltStore) PublishConfig(ctx context.Context, c PublishedConfig, ttl time.Duration) error {
+	if err := s.check(ctx, "publish config"); err != nil {
+		return err
+	}
+	if _, err := checkPublishedConfig(c, ttl, time.Now()); err != nil {
+		return fmt.Errorf("bbolt store %s: publish config of %q: %w", s.path, c.Source, err)
+	}
+	err := s.run(ctx, false, func(tx *bolt.Tx) error {
+		now := time.Now()
+		b, err := tx.CreateBucketIfNotExists(boltConfigs)
+		if err != nil {
+			return err
+		}
+		if err := b.Put([]byte(c.Source), encodeConfig(c, now.Add(ttl))); err != nil {
+			return err
+		}
+		expires := make(map[string]time.Time)
+		var junk [][]byte
+		if err := b.ForEach(func(k, v []byte) error {
+			if src, exp, ok := configHeader(v); ok && src == string(k) {
+				expires[src] = exp
+			} else {
+				junk = append(junk, bytes.Clone(k))
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		for _, src := range stoppedBeyondKeep(expires, now) {
+			junk = append(junk, []byte(src))
+		}
+		for _, k := range junk {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("bbolt store %s: publish config of %q: %w", s.path, c.Source, err)
+	}
+	return nil
+}
+
+// Configs returns the configurations kept, running or stopped, reading
+// the file afresh.
+func (s *boltStore) Configs(ctx context.Context) ([]PublishedConfig, error) {
+	if err := s.check(ctx, "configs"); err != nil {
+		return nil, err
+	}
+	var values [][]byte
+	var keys []string
+	err := s.run(ctx, true, func(tx *bolt.Tx) error {
+		if b := tx.Bucket(boltConfigs); b != nil {
+			return b.ForEach(func(k, v []byte) error {
+				keys, values = append(keys, string(k)), append(values, bytes.Clone(v))
+				return nil
+			})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bbolt store %s: configs: %w", s.path, err)
+	}
+	return decodeConfigs(keys, values, time.Now()), nil
 }
 
 // Changes returns nil: a bbolt store is polled.

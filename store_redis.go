@@ -79,6 +79,11 @@ const (
 //     states, scored by their expiry. Records and States read these
 //     indexes: they never SCAN, so their cost does not grow with the other
 //     keys of the database. Writes drop the members that expired;
+//   - P+"p:"+S, the encodeConfig of the configuration S published,
+//     expiring configRetention after the publication does, and
+//     P+"i:configs", a sorted set of the sources that published one,
+//     scored by the publication's expiry: PublishConfig drops the members
+//     (and keys) kept past configRetention or beyond configKeep;
 //   - P+"o:overrides", a hash from a Hosts key, escaped, to encodeOverride
 //     of its tuned override. It never expires; Overrides reads it whole,
 //     with one HGETALL.
@@ -424,6 +429,8 @@ const (
 	redisHostsIndex    = "i:hosts"
 	redisSourcesIndex  = "i:sources"
 	redisJournal       = "j:events"
+	redisKindConfig    = "p:" // followed by a source: the configuration it published
+	redisConfigsIndex  = "i:configs"
 	redisKindOverride  = "o:" // followed by a Hosts key: a PutOverride's message
 	redisOverrides     = redisKindOverride + "overrides"
 )
@@ -1018,6 +1025,79 @@ func (s *redisStore) PutOverride(ctx context.Context, key string, p Policy) erro
 		return fmt.Errorf("hostbreaker: redis store: put override of %s: %w", key, err)
 	}
 	return nil
+}
+
+// PublishConfig replaces the configuration of c.Source with c, as [Store]
+// documents: one MULTI/EXEC writes it and indexes it, and drops from the
+// index the sources kept past configRetention (their keys expire by
+// themselves); when more than configKeep stopped sources remain, a second
+// round trip drops the oldest, keys and members.
+func (s *redisStore) PublishConfig(ctx context.Context, c PublishedConfig, ttl time.Duration) error {
+	if s.isClosed.Load() {
+		return fmt.Errorf("hostbreaker: redis store: publish config of %q: %w", c.Source, redis.ErrClosed)
+	}
+	now := time.Now()
+	v, err := checkPublishedConfig(c, ttl, now)
+	if err != nil {
+		return fmt.Errorf("hostbreaker: redis store: publish config of %q: %w", c.Source, err)
+	}
+	index := s.redisKey(redisConfigsIndex)
+	expires := now.Add(ttl)
+	var stopped *redis.IntCmd
+	_, err = s.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		px := (ttl + configRetention + time.Millisecond - 1).Truncate(time.Millisecond)
+		p.Set(ctx, s.key(redisKindConfig, c.Source), v, px)
+		p.ZAdd(ctx, index, redis.Z{Score: float64(ceilMilli(expires)), Member: c.Source})
+		p.ZRemRangeByScore(ctx, index, "-inf", "("+strconv.FormatInt(now.Add(-configRetention).UnixMilli(), 10))
+		stopped = p.ZCount(ctx, index, "-inf", expiredMax(now))
+		return nil
+	})
+	if err == nil && stopped.Val() > configKeep {
+		var old []string
+		old, err = s.client.ZRangeByScore(ctx, index, &redis.ZRangeBy{Min: "-inf", Max: expiredMax(now),
+			Count: stopped.Val() - configKeep}).Result()
+		if err == nil && len(old) > 0 {
+			_, err = s.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
+				for _, src := range old {
+					p.Del(ctx, s.key(redisKindConfig, src))
+					p.ZRem(ctx, index, src)
+				}
+				return nil
+			})
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("hostbreaker: redis store: publish config of %q: %w", c.Source, err)
+	}
+	return nil
+}
+
+// Configs returns the configurations kept, running or stopped: it reads
+// the index, then every indexed source's configuration in one pipeline.
+func (s *redisStore) Configs(ctx context.Context) ([]PublishedConfig, error) {
+	if s.isClosed.Load() {
+		return nil, fmt.Errorf("hostbreaker: redis store: configs: %w", redis.ErrClosed)
+	}
+	sources, err := s.client.ZRange(ctx, s.redisKey(redisConfigsIndex), 0, -1).Result()
+	if err != nil {
+		return nil, fmt.Errorf("hostbreaker: redis store: configs: %w", err)
+	}
+	if len(sources) == 0 {
+		return []PublishedConfig{}, nil
+	}
+	pipe := s.client.Pipeline()
+	cmds := make([]*redis.StringCmd, len(sources))
+	for i, src := range sources {
+		cmds[i] = pipe.Get(ctx, s.key(redisKindConfig, src))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !isRedisReply(err) {
+		return nil, fmt.Errorf("hostbreaker: redis store: configs: %w", err)
+	}
+	values := make([][]byte, len(sources))
+	for i, cmd := range cmds {
+		values[i], _ = cmd.Bytes()
+	}
+	return decodeConfigs(sources, values, time.Now()), nil
 }
 
 // Changes returns a channel that receives a value when a Put or a

@@ -906,6 +906,7 @@ func (t *Transport) finish(logs *counterLogs) {
 		fctx, cancel := context.WithDeadline(context.Background(), t.closeBy)
 		t.flush(fctx)
 		t.flushJournal(fctx)
+		t.withdrawConfig(fctx)
 		cancel()
 	}
 }

@@ -10,7 +10,8 @@
 //
 // -store defaults to $HOSTBREAKER_STORE, else ./hostbreaker.db; a bbolt file
 // that does not exist is an error ("no store at PATH"). The values in force
-// are those the running processes published in the store; for a (host,
+// are those the running processes published in the store (their
+// configurations, and the states of their breakers); for a (host,
 // role) none of them published, -config's (the policy file, with the
 // tuned overrides in the store laid over it), and without -config the
 // built-in defaults, marked as assumed: -enforce then refuses to write.
@@ -198,11 +199,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(1, "%v", err)
 	}
-	advice := hostbreaker.AdviseWith(events, cfg, overrides, hostbreaker.AdviseOptions{Published: states, ConfigUnknown: *configFile == ""})
+	configs, err := s.Configs(ctx)
+	if err != nil {
+		return fail(1, "%v", err)
+	}
+	t := now()
+	configs = slices.DeleteFunc(configs, func(c hostbreaker.PublishedConfig) bool { return !c.Running(t) })
+	advice := hostbreaker.AdviseWith(events, cfg, overrides, hostbreaker.AdviseOptions{Published: states, Configs: configs, ConfigUnknown: *configFile == ""})
 	advice = slices.DeleteFunc(advice, func(a hostbreaker.Advice) bool {
 		return (host != "" && a.Host != host) || (*keyFlag != "" && a.Key != *keyFlag)
 	})
-	groups := hostbreaker.ConfigGroups(states)
+	groups := hostbreaker.ConfigGroups(append(slices.Clip(states), configStates(configs)...))
 	if *enforce && len(advice) > 0 {
 		var unknown []string
 		for _, a := range advice {
@@ -235,6 +242,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, "\ndry run: nothing written (-enforce applies the advice to every process)")
 	}
 	return 0
+}
+
+// configStates returns a row per configuration, with its source and hash
+// alone: what ConfigGroups reads.
+func configStates(configs []hostbreaker.PublishedConfig) []hostbreaker.PublishedState {
+	out := make([]hostbreaker.PublishedState, len(configs))
+	for i, c := range configs {
+		out[i] = hostbreaker.PublishedState{Source: c.Source, ConfigHash: c.Hash}
+	}
+	return out
 }
 
 // tunableKeys are the keys advise proposes.

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -457,22 +458,6 @@ func TestOperatorSafety(t *testing.T) {
 	if _, _, code := runInProcess(t, "-store", storeURL, "-key", "fail_maks"); code != 2 {
 		t.Errorf("-key fail_maks: exit %d, want 2", code)
 	}
-	// A host nobody published: assumed, and -enforce refuses.
-	assumed := false
-	all := adviceOf()
-	for _, a := range all {
-		assumed = assumed || a.From == hostbreaker.FromAssumed
-	}
-	if !assumed {
-		t.Errorf("no assumed advice (on a host no process published): %+v", all)
-	}
-	_, errOut, code := runInProcess(t, "-store", storeURL, "-enforce")
-	if code != 1 || !strings.Contains(errOut, "is not known") || !strings.Contains(errOut, "nothing written") {
-		t.Errorf("-enforce with assumed values: exit %d, %q", code, errOut)
-	}
-	if ov, _ := s.Overrides(context.Background()); len(ov) != 0 {
-		t.Errorf("a refused -enforce wrote %v", ov)
-	}
 	// -json alone writes nothing; the table says it wrote nothing.
 	out, _, _ := runInProcess(t, "-store", storeURL)
 	if !strings.Contains(out, "dry run: nothing written") {
@@ -490,7 +475,7 @@ func TestOperatorSafety(t *testing.T) {
 		t.Errorf("overrides after -enforce -host -key: %+v", ov)
 	}
 	// -history -json.
-	out, errOut, code = runInProcess(t, "-store", storeURL, "-history", "-json")
+	out, errOut, code := runInProcess(t, "-store", storeURL, "-history", "-json")
 	var rows []map[string]any
 	if err := json.Unmarshal([]byte(out), &rows); code != 0 || err != nil || len(rows) == 0 {
 		t.Fatalf("-history -json: exit %d, %v, %q %q", code, err, out, errOut)
@@ -508,6 +493,25 @@ func TestOperatorSafety(t *testing.T) {
 	if !strings.Contains(out, "the processes run 2 different configurations") || !strings.Contains(out, "0123abcd (other:1#1)") {
 		t.Errorf("no warning about two configurations:\n%s", out)
 	}
+	// Once no process runs (the Transport closed withdraws its
+	// configuration), a host nobody published: assumed, and -enforce refuses.
+	tr.Close()
+	assumed := false
+	all := adviceOf()
+	for _, a := range all {
+		assumed = assumed || a.From == hostbreaker.FromAssumed
+	}
+	if !assumed {
+		t.Errorf("no assumed advice (on a host no process published): %+v", all)
+	}
+	ovBefore, _ := s.Overrides(context.Background())
+	_, errOut, code = runInProcess(t, "-store", storeURL, "-enforce")
+	if code != 1 || !strings.Contains(errOut, "is not known") || !strings.Contains(errOut, "nothing written") {
+		t.Errorf("-enforce with assumed values: exit %d, %q", code, errOut)
+	}
+	if ov, _ := s.Overrides(context.Background()); len(ov) != len(ovBefore) {
+		t.Errorf("a refused -enforce wrote %v", ov)
+	}
 	s.Close()
 	// -revert of a typo.
 	typo := strings.Replace(flapping, "127.0.0.1", "127.0.0.11", 1)
@@ -520,5 +524,129 @@ func TestOperatorSafety(t *testing.T) {
 	}
 	if _, errOut, code = runInProcess(t, "-store", storeURL, "-revert", flapping); code != 0 {
 		t.Errorf("-revert: exit %d, %q", code, errOut)
+	}
+}
+
+// A running process's configuration gives advise the value in force of a
+// host whose breaker is closed, which no published state shows: CURRENT is
+// the real one, from "published", with no -config. Processes whose
+// configurations differ are reported; -enforce refuses once no process
+// runs.
+func TestCurrentOfAClosedHost(t *testing.T) {
+	for _, kind := range []string{"bbolt", "redis"} {
+		t.Run(kind, func(t *testing.T) {
+			storeURL := filepath.Join(t.TempDir(), "hb.db")
+			if kind == "redis" {
+				storeURL = redisURL(t)
+			}
+			h := startHosts(t)
+			drive(t, storeURL, h, 5*time.Second)
+			_, cfg := writeConfig(t, storeURL)
+			tr, err := hostbreaker.NewTransport(nil, hostbreaker.WithConfig(cfg))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tr.Close()
+			transient := hostOf(h.transient)
+			req, _ := http.NewRequestWithContext(hostbreaker.WithRole(context.Background(), hostbreaker.RoleMetadata), http.MethodGet, h.transient, nil)
+			if resp, err := (&http.Client{Transport: tr}).Do(req); err == nil {
+				resp.Body.Close()
+			}
+			s, err := hostbreaker.OpenStore(storeURL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			running := func(n int) {
+				t.Helper()
+				for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+					cs, _ := s.Configs(context.Background())
+					k := 0
+					for _, c := range cs {
+						if c.Running(time.Now()) {
+							k++
+						}
+					}
+					if k == n {
+						return
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("%d configurations running, want %d: %+v", k, n, cs)
+					}
+				}
+			}
+			running(1)
+			for _, st := range tr.Snapshot() {
+				if st.Host == transient && st.State != hostbreaker.StateClosed {
+					t.Fatalf("the transient host is not closed: %+v", st)
+				}
+			}
+			// The rows that drive's Transport published expire (5 s):
+			// then no row shows the closed host.
+			for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+				states, _ := s.States(context.Background())
+				if !slices.ContainsFunc(states, func(st hostbreaker.PublishedState) bool { return st.Host == transient }) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("the closed host has a published state: %+v", states)
+				}
+			}
+			adviceOf := func(args ...string) []hostbreaker.Advice {
+				t.Helper()
+				out, errOut, code := runBinary(t, append([]string{"-store", storeURL, "-json"}, args...)...)
+				if code != 0 {
+					t.Fatalf("advise %v: exit %d: %s", args, code, errOut)
+				}
+				var advice []hostbreaker.Advice
+				if err := json.Unmarshal([]byte(out), &advice); err != nil {
+					t.Fatalf("advise %v: %v\n%s", args, err, out)
+				}
+				return advice
+			}
+			found := false
+			for _, a := range adviceOf("-host", transient) {
+				if a.Key == "fail_max" {
+					found = true
+					if a.From != hostbreaker.FromPublished || a.Current != "3" {
+						t.Errorf("fail_max of the closed host: CURRENT %s from %s, want 3 (the file's; built-in 5) from published", a.Current, a.From)
+					}
+				}
+			}
+			if !found {
+				t.Fatalf("no fail_max advice for %s", transient)
+			}
+
+			// Another process, with another configuration (the landing
+			// role's reset_timeout): reported.
+			cfg2 := cfg
+			cfg2.Defaults.Roles = map[string]hostbreaker.Policy{hostbreaker.RoleLanding: {ResetTimeout: 2 * time.Hour}}
+			tr2, err := hostbreaker.NewTransport(nil, hostbreaker.WithConfig(cfg2))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tr2.Close()
+			running(2)
+			out, _, _ := runBinary(t, "-store", storeURL)
+			if !strings.Contains(out, "the processes run 2 different configurations") {
+				t.Errorf("no warning about two configurations:\n%s", out)
+			}
+			// Their values agree on the closed host's fail_max: -enforce may
+			// write it.
+			if _, errOut, code := runBinary(t, "-store", storeURL, "-enforce", "-host", transient, "-key", "fail_max"); code != 0 {
+				t.Fatalf("-enforce -host %s -key fail_max: exit %d: %s", transient, code, errOut)
+			}
+			if ov, _ := s.Overrides(context.Background()); ov[transient].FailMax == 0 && ov[transient].Roles["metadata"].FailMax == 0 {
+				t.Errorf("overrides after -enforce: %+v", ov)
+			}
+			// No process runs: nothing known, -enforce refuses.
+			tr.Close()
+			tr2.Close()
+			running(0)
+			_, errOut, code := runBinary(t, "-store", storeURL, "-enforce")
+			if code != 1 || !strings.Contains(errOut, "is not known") {
+				t.Errorf("-enforce with no process running: exit %d, %q", code, errOut)
+			}
+		})
 	}
 }
