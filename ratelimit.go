@@ -136,6 +136,15 @@ type limiter struct {
 	taken    int64         // when the latest request that took its turn went
 	fillT    float64       // the rate when the last throttle came: what the host refused
 	resumeAt int64         // the end of the last throttle's cooldown; 0 for none
+
+	// A fleet member's turns (see sharing.go, setPhase): with a bucket of
+	// 1, they fall at its phase, in [0, 1), of each interval counted on
+	// the wall clock (wallOff: the wall clock's unix ns minus this
+	// clock's), so that the fleet's processes, which adopt one throttle,
+	// see one cooldown end and grow along one curve, take their turns
+	// spread over the interval instead of in step. phase 0: alone.
+	phase   float64
+	wallOff int64
 }
 
 // rateChange is a change of a limiter's rate, for the rate_change event.
@@ -245,7 +254,8 @@ func (l *limiter) reserve(since, now, deadline int64) (tn turn, respace <-chan s
 	if l.respace == nil {
 		l.respace = make(chan struct{})
 	}
-	tn = turn{lim: l, at: max(now, tat-burst*l.interval), gen: l.gen}
+	tn = turn{lim: l, at: l.phasedLocked(max(now, tat-burst*l.interval)), gen: l.gen}
+	tat = max(tat, tn.at+burst*l.interval)
 	limit := since + l.maxWait
 	if deadline > 0 {
 		limit = min(limit, deadline)
@@ -424,6 +434,32 @@ func (l *limiter) hold(until int64, replace bool) {
 		l.held = max(l.held, until)
 	}
 	l.mu.Unlock()
+}
+
+// setPhase sets the phase of a fleet member's turns, in [0, 1) (0: none),
+// and the wall clock's offset from the limiter's (see phase).
+func (l *limiter) setPhase(p float64, wallOff int64) {
+	l.mu.Lock()
+	l.phase, l.wallOff = p, wallOff
+	l.mu.Unlock()
+}
+
+// phasedLocked returns the first instant at or after at that falls at the
+// limiter's phase of an interval on the wall clock; at itself when it has
+// no phase or a bucket of more than 1.
+func (l *limiter) phasedLocked(at int64) int64 {
+	if l.phase == 0 || l.burstLocked() != 1 {
+		return at
+	}
+	iv := l.interval
+	off := (at + l.wallOff - int64(l.phase*float64(iv))) % iv
+	if off < 0 {
+		off += iv
+	}
+	if off == 0 {
+		return at
+	}
+	return at + iv - off
 }
 
 // seed counts n successes of requests sent just before at, before the
@@ -885,7 +921,9 @@ func (l *limiter) learning() bool {
 // limitStatus is what Status and the store show of a limiter.
 type limitStatus struct {
 	rate, lastMax float64
-	throttled     int64 // wall unix ns of the last throttle; 0 if it never learnt
+	throttled     int64   // wall unix ns of the last throttle; 0 if it never learnt
+	slowStart     bool    // after the first throttle, which anchored nothing yet: lastMax is the birth rate
+	refused       float64 // the rate when the last throttle came
 }
 
 func (l *limiter) status() limitStatus {
@@ -893,7 +931,7 @@ func (l *limiter) status() limitStatus {
 	defer l.mu.Unlock()
 	s := limitStatus{rate: l.fill}
 	if l.learnt {
-		s.lastMax, s.throttled = l.lastMax, l.throttleNs
+		s.lastMax, s.throttled, s.slowStart, s.refused = l.lastMax, l.throttleNs, l.slowStart, l.fillT
 	}
 	return s
 }

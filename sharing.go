@@ -9,6 +9,7 @@ package hostbreaker
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -61,6 +62,7 @@ type sharing struct {
 	fleetHosts       map[string]*fleetHost   // the hosts whose limit the fleet learnt
 	activity         map[string]hostActivity // requests of the published hosts, for the heartbeat
 	seenAhead        map[fleetSeenKey]int64  // times read ahead of this clock, by when first read (wall ns)
+	phase            float64                 // this process's phase in a fleet, in [0, 1): see limiter.phase
 	lastUntrustedLog time.Time
 
 	errors atomic.Uint64                // failed store operations
@@ -101,6 +103,7 @@ func newSharing(s Store, owned bool, c StoreConfig, maxPending int, source strin
 		fleetHosts: make(map[string]*fleetHost),
 		activity:   make(map[string]hostActivity),
 		seenAhead:  make(map[fleetSeenKey]int64),
+		phase:      sourcePhase(source),
 	}
 }
 
@@ -507,7 +510,7 @@ func (t *Transport) heartbeats(rows []Status, now time.Time, ttl time.Duration) 
 				}
 			}
 		}
-		counts[s.Host] += s.Successes + s.Failures + s.Neutral
+		counts[s.Host] += s.Requests // those rejected too: a process paced below one request per max_wait still wants its share
 	}
 	sending := make(map[string]bool)
 	for host, n := range counts {
@@ -565,6 +568,14 @@ const (
 	// fleet's limit must move (the number of processes sending to the
 	// host changed) for the process to take it again.
 	redivideStep = 0.05
+
+	// slowStartFact is how long a limiter's slow start must have lasted
+	// (its first throttle, and no other since) for it to make a fact:
+	// the first throttle anchors nothing, and a fleet whose processes
+	// all slow-start at once would adopt the birth rate of the first one
+	// (min_rate) and stay there; a slow start that lasts says the host
+	// serves what the limiter sends.
+	slowStartFact = 4 * time.Second
 
 	// joinerShare is the least share a process takes of the fleet's limit
 	// while the other processes do not count it yet (see fleetShare).
@@ -765,13 +776,25 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 		}
 		// A throttle of this process's own, newer than the fleet's
 		// copy of it: this process's fact.
-		if st.throttled != 0 && st.throttled != fh.adoptedAt && st.throttled != x.fact.throttled && wall-st.throttled < limiterIdle {
+		young := st.slowStart && wall-st.throttled < int64(slowStartFact)
+		if st.throttled != 0 && !young && st.throttled != fh.adoptedAt && st.throttled != x.fact.throttled && wall-st.throttled < limiterIdle {
 			if fh.fact.source != sh.source || fh.fact.throttled != st.throttled {
 				fh.ownN, fh.redivided = n, false
 			}
 			own := fleetFact{limit: st.lastMax * float64(fh.ownN), throttled: st.throttled, source: sh.source, from: sh.source}
+			if fh.fact.limit > 0 && fh.fact.throttled < st.throttled && wall-fh.fact.throttled < limiterIdle {
+				// A member of a fleet that paced the host by its limit: the
+				// fleet was refused at the rate of all its senders. One
+				// process's own estimate times n says little when its
+				// share is a request or two per window.
+				r := st.refused
+				for _, v := range x.sending {
+					r += v
+				}
+				own.limit, fh.redivided = cubicBeta*r, true
+			}
 			x.fact = newerFact(x.fact, own)
-		} else if fh.fact.source == sh.source && fh.fact.throttled == st.throttled && st.throttled != 0 &&
+		} else if fh.fact.source == sh.source && fh.fact.throttled == st.throttled && st.throttled != 0 && !young &&
 			wall-st.throttled < limiterIdle {
 			own := fh.fact
 			if !fh.redivided {
@@ -783,6 +806,9 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 		if fh.fact.limit <= 0 || wall-fh.fact.throttled >= limiterIdle {
 			// No live fact: the limit expired fleet-wide.
 			delete(sh.fleetHosts, host)
+			if lim != nil {
+				lim.setPhase(0, 0)
+			}
 			if h != nil {
 				if ch, ok := h.expireLimiter(now); ok {
 					t.emitRate(host, ch)
@@ -795,12 +821,14 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 		fr.floor = minRateOf(t.resolve(host, "")) / float64(n)
 		fleet[host] = fr
 		if fh.fact.source == sh.source && fh.adoptedAt != fh.fact.throttled {
-			// This process learnt it: its limiter paces at its share already.
-			fh.adoptedAt, fh.share = fh.fact.throttled, fh.fact.limit/float64(fh.ownN)
+			// This process learnt it: its limiter paces at its own
+			// anchor, which it redivides below when that is not its share.
+			fh.adoptedAt, fh.share = fh.fact.throttled, st.lastMax
 		}
 		if lim == nil {
 			continue
 		}
+		lim.setPhase(sh.phase, wall-now)
 		switch {
 		case fh.fact.throttled > st.throttled:
 			if ch, ok := lim.adopt(fr.rate, fr.floor, now, fh.fact.throttled, wall, false); ok {
@@ -844,6 +872,14 @@ func (t *Transport) fleetShare(fh *fleetHost, x *fleetRow, n int, wallNow time.T
 		others += r
 	}
 	return min(share, max(fh.fact.limit-others, joinerShare*share))
+}
+
+// sourcePhase returns the phase in [0, 1) of the process named source: a
+// hash of its name, so that the processes of a fleet spread their resumes
+// over an interval (see limiter.phase), each the same every time.
+func sourcePhase(source string) float64 {
+	sum := sha256.Sum256([]byte(source))
+	return float64(binary.BigEndian.Uint64(sum[:8])>>11) / (1 << 53)
 }
 
 // minRateOf returns the min_rate of a host's resolved policy p, or its
