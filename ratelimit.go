@@ -254,8 +254,11 @@ func (l *limiter) reserve(since, now, deadline int64) (tn turn, respace <-chan s
 	if l.respace == nil {
 		l.respace = make(chan struct{})
 	}
-	tn = turn{lim: l, at: l.phasedLocked(max(now, tat-burst*l.interval)), gen: l.gen}
-	tat = max(tat, tn.at+burst*l.interval)
+	tn = turn{lim: l, at: max(now, tat-burst*l.interval), gen: l.gen}
+	if at := l.phasedLocked(tn.at); at != tn.at { // a fleet member's phase (bucket of 1)
+		tat += at - tn.at
+		tn.at = at
+	}
 	limit := since + l.maxWait
 	if deadline > 0 {
 		limit = min(limit, deadline)
