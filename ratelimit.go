@@ -45,22 +45,41 @@ const (
 	// row anchored within knownSpread of each other), the limiter holds
 	// it: a throttle lowers the rate by knownBeta only, the rate stays at
 	// the last max for knownHold, then probes past it by knownProbe per
-	// second, gently and rarely.
+	// second, gently and rarely, up to knownStep times the last max; a
+	// step the host served for knownHold more becomes the last max. A
+	// probe without that cap against a host with a burst (nginx
+	// burst=5 nodelay) ran up to 1.3× the limit before the burst ran out.
 	probeRate   = 0.2
 	knownSpread = 0.2
 	knownBeta   = 0.85
 	knownHold   = 10.0 // s at the last max before probing past it
 	knownMargin = 0.97 // a probe refused at r anchors the known limit at knownMargin·r
 	knownProbe  = 0.05
+	knownStep   = 1.08
 	knownNoise  = 0.95 // a throttle at the known limit when the host served this share of the last 2 s is noise
+	strayBeta   = 0.95 // such a throttle lowers the rate by strayBeta only: a few ms of slack more per request
+
+	// costlyMargin is how far under what the host served a costly throttle
+	// (one with a cooldown, which costs the host's whole pause) anchors:
+	// what a host served over a second or two, counted in slots of 250 ms,
+	// varies by a request or so either way.
+	costlyMargin = 0.95
 
 	// slowStartDoubling is how fast the rate grows after a limiter's first
 	// throttle, which tells little of the host's limit (it came before the
 	// limiter paced anything): it doubles every slowStartDoubling until the
 	// next throttle, as TCP's slow start does, where CUBIC would need
 	// seconds to climb from the floor to a limit of tens of requests a
-	// second.
-	slowStartDoubling = 0.5 // s
+	// second. When that throttle came with a cooldown, the overshoot that
+	// ends slow start will cost a cooldown too, and a sliding window keeps
+	// counting it after: the rate doubles every costlyDoubling.
+	slowStartDoubling = 0.25 // s
+	costlyDoubling    = 0.5  // s
+
+	// costlyPlateau is how long the rate holds at the end of a slow start
+	// that a cooldown ended before it probes past it: the end of slow start
+	// anchors on what the host served, and a probe refused costs a cooldown.
+	costlyPlateau = 3.0 // s
 
 	// knownSamples is how many successes an estimate of the host's limit
 	// needs to count for a known limit.
@@ -109,6 +128,8 @@ type limiter struct {
 	informed   bool    // the last anchor counted knownSamples successes
 	pauses     uint    // pauses since the last throttle (see settleDelay)
 	slowStart  bool    // after the first throttle, until the next one
+	doubling   float64 // s: slow start doubles the rate every doubling
+	plateau    float64 // s at the last max before probing past it, when not known
 	window     float64 // CUBIC's K: s from the throttle until the rate is back at lastMax
 	throttleAt int64   // the last throttle: the end of its episode
 	curveAt    int64   // CUBIC's origin: the last throttle, or earlier to start on the plateau
@@ -518,8 +539,9 @@ func (l *limiter) slotLocked(t int64) (int64, bool) {
 // did neither), and how many it served.
 func (l *limiter) acceptedLocked(t int64) (rate, share, n float64) {
 	var thr float64
+	from := slotsFrom(t, acceptWindow)
 	for i, at := range l.okAt {
-		if at >= t-acceptWindow && at < t {
+		if at >= from && at < t {
 			n += l.okN[i]
 			thr += l.thrN[i]
 		}
@@ -528,19 +550,36 @@ func (l *limiter) acceptedLocked(t int64) (rate, share, n float64) {
 	if n+thr > 0 {
 		share = n / (n + thr)
 	}
-	return n / (float64(acceptWindow) / 1e9), share, n
+	return n / (float64(t-from) / 1e9), share, n
+}
+
+// slotsFrom returns the start of the first whole slot of the span that
+// ends at t: the counts of the slots from there to t cover t minus it,
+// between span−acceptSlot and span (dividing them by span once
+// underestimated a rate by up to a quarter over a second). A span that
+// starts before the epoch is whole.
+func slotsFrom(t int64, span int64) int64 {
+	from := t - span
+	if from <= 0 {
+		return from // from the epoch: nothing was sent before it
+	}
+	if r := from % acceptSlot; r != 0 {
+		from += acceptSlot - r
+	}
+	return from
 }
 
 // servedLocked returns the rate at which the host served the requests sent
 // in the span that ends at t (at most the ring), in requests per second.
 func (l *limiter) servedLocked(t int64, span time.Duration) float64 {
 	var n float64
+	from := slotsFrom(t, int64(span))
 	for i, at := range l.okAt {
-		if at >= t-int64(span) && at < t {
+		if at >= from && at < t {
 			n += l.okN[i]
 		}
 	}
-	return n / span.Seconds()
+	return n / (float64(t-from) / 1e9)
 }
 
 // estimateLocked returns the host's allowed rate as a throttle at t tells
@@ -559,7 +598,7 @@ func (l *limiter) estimateLocked(t int64, fill float64, costly bool) (float64, b
 	acc, share, n := l.acceptedLocked(t)
 	acc = max(acc, l.servedLocked(t, time.Second))
 	if costly {
-		return min(acc, fill), n >= knownSamples
+		return costlyMargin * min(acc, fill), n >= knownSamples
 	}
 	return min(acc+share*max(fill-acc, 0)/2, fill), n >= knownSamples
 }
@@ -596,6 +635,12 @@ func (l *limiter) growLocked(now int64) {
 	if now < l.held {
 		return
 	}
+	if l.known && float64(now-l.curveAt)/1e9 >= l.window+2*knownHold+math.Log(knownStep)/knownProbe {
+		// The host served the probe's step for knownHold: it is the limit
+		// now, held before the next step.
+		l.anchorLocked(knownStep * l.lastMax)
+		l.curveAt = now - int64(l.window*1e9)
+	}
 	r := l.cubicLocked(now)
 	if r > l.lastMax && !l.slowStart || l.tat <= now {
 		r = min(r, max(l.fill, 2*l.measured))
@@ -610,17 +655,17 @@ func (l *limiter) growLocked(now int64) {
 // the last throttle: C·(t−K)³ + lastMax, CUBIC's concave curve, up to
 // lastMax at K; past it, a probe growing by probeRate per second
 // (compounded), or, once the limit is known, lastMax for knownHold and then
-// a probe by knownProbe; in slow start, the lowered rate doubling every
-// slowStartDoubling.
+// a probe by knownProbe up to knownStep·lastMax; in slow start, the lowered rate doubling every
+// doubling.
 func (l *limiter) cubicLocked(now int64) float64 {
 	t := float64(now-l.curveAt) / 1e9
 	switch {
 	case l.slowStart:
-		return l.betaLocked() * l.lastMax * math.Exp2(t/slowStartDoubling)
+		return l.betaLocked() * l.lastMax * math.Exp2(t/l.doubling)
 	case l.known && t > l.window:
-		return l.lastMax * math.Exp(knownProbe*max(t-l.window-knownHold, 0))
+		return l.lastMax * min(math.Exp(knownProbe*max(t-l.window-knownHold, 0)), knownStep)
 	case t > l.window:
-		return l.lastMax * math.Exp(probeRate*(t-l.window))
+		return l.lastMax * math.Exp(probeRate*max(t-l.window-l.plateau, 0))
 	}
 	return cubicScale*math.Pow(t-l.window, 3) + l.lastMax
 }
@@ -637,11 +682,13 @@ func (l *limiter) recheckLocked(now int64) int64 {
 	var t float64 // s since the throttle
 	switch {
 	case l.slowStart:
-		t = slowStartDoubling * math.Log2(r/(l.betaLocked()*l.lastMax))
+		t = l.doubling * math.Log2(r/(l.betaLocked()*l.lastMax))
+	case l.known && r > knownStep*l.lastMax:
+		return 0 // the step is as far as it goes
 	case l.known && r > l.lastMax:
 		t = l.window + knownHold + math.Log(r/l.lastMax)/knownProbe
 	case r > l.lastMax:
-		t = l.window + math.Log(r/l.lastMax)/probeRate
+		t = l.window + l.plateau + math.Log(r/l.lastMax)/probeRate
 	default:
 		t = l.window + math.Cbrt((r-l.lastMax)/cubicScale)
 	}
@@ -743,6 +790,10 @@ func (l *limiter) throttle(sent, now, cooldown, wall int64, status int) (ch rate
 		// The first throttle: the successes of the requests in flight,
 		// sent before the limiter existed, are not counted yet.
 		l.reanchorAt = max(cooldown, now+reanchorDelay)
+		l.doubling = slowStartDoubling
+		if cooldown > now {
+			l.doubling = costlyDoubling
+		}
 	}
 	l.fillT = l.fill
 	est, informed := l.estimateLocked(now, l.fill, cooldown > now)
@@ -758,14 +809,17 @@ func (l *limiter) throttle(sent, now, cooldown, wall int64, status int) (ch rate
 		est = max(l.servedLocked(now, time.Second), l.servedLocked(now, 2*time.Second))
 		if cooldown <= now {
 			est = max(est, l.fill/2)
+		} else {
+			est *= costlyMargin
 		}
 	}
+	stray := false
 	if _, share, _ := l.acceptedLocked(now); l.known && !probing && cooldown <= now && share >= knownNoise {
 		// A stray refusal at the known limit: the host served almost all
 		// that was sent (a strict limiter without a burst refuses a
 		// request that comes a few ms early). The limit holds; the rate
-		// dips by knownBeta and comes back.
-		est = l.lastMax
+		// dips by strayBeta and comes back.
+		est, stray = l.lastMax, true
 	}
 	switch {
 	case probing && cooldown > now:
@@ -777,12 +831,20 @@ func (l *limiter) throttle(sent, now, cooldown, wall int64, status int) (ch rate
 	}
 	l.informed = informed
 	l.anchorLocked(est)
+	l.plateau = 0
 	if wasSlow {
 		// est is already what TCP's ssthresh would be: start on the plateau.
 		l.curveAt = now - int64(l.window*1e9)
 		l.setRateLocked(l.lastMax, now)
+		if cooldown > now {
+			l.plateau = costlyPlateau // what the host served: hold it before probing at a cooldown's cost
+		}
 	} else {
-		l.setRateLocked(l.betaLocked()*l.lastMax, now)
+		beta := l.betaLocked()
+		if stray {
+			beta = strayBeta
+		}
+		l.setRateLocked(beta*l.lastMax, now)
 	}
 	l.respaceLocked(now)
 

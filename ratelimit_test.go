@@ -3,6 +3,7 @@ package hostbreaker
 import (
 	"context"
 	"errors"
+	"math"
 	"net/http"
 	"sync"
 	"testing"
@@ -474,6 +475,31 @@ func TestLateRequestKeepsSpacing(t *testing.T) {
 		}
 		if _, took := b.take(later); !took {
 			t.Errorf("burst 1: second turn not taken at +%v", time.Duration(later-a.at))
+		}
+	}
+}
+
+// TestAnchorCountsWholeSlots paces a host at 20 r/s, which serves every
+// request, then throttles it with a cooldown at an instant that is not on
+// a slot's boundary: the limit is anchored just under the 20 r/s served
+// (costlyMargin), whatever the instant. Counting the slots of the span
+// but dividing by the whole span once anchored it up to a quarter lower
+// when the span was a second.
+func TestAnchorCountsWholeSlots(t *testing.T) {
+	for _, off := range []int64{0, 1, 66, 125, 249} {
+		p := &resolved{Policy: Policy{Adaptive: ToggleOn, MinRate: 0.5, MaxWait: time.Second}}
+		start := int64(100 * time.Second)
+		l := newLimiter(p, start, 20)
+		l.throttle(0, start, 0, 0, 429) // learning, in slow start
+		at := start + int64(2*time.Second)
+		now := at + int64(3*time.Second) + off*int64(time.Millisecond)
+		sent := at
+		for ; sent+int64(time.Millisecond) < now; sent += int64(50 * time.Millisecond) {
+			l.success(sent, sent+int64(time.Millisecond))
+		}
+		l.throttle(sent, sent+int64(time.Millisecond), now+int64(time.Second), 0, 429) // ends slow start, costly
+		if want := costlyMargin * 20; math.Abs(l.lastMax-want) > 0.02*want {
+			t.Errorf("throttle %d ms past a slot: anchored on %.2f r/s, want %.2f (%v × the 20 r/s served)", off, l.lastMax, want, costlyMargin)
 		}
 	}
 }
