@@ -63,6 +63,8 @@ type sharing struct {
 	activity         map[string]hostActivity // requests of the published hosts, for the heartbeat
 	seenAhead        map[fleetSeenKey]int64  // times read ahead of this clock, by when first read (wall ns)
 	phase            float64                 // this process's phase in a fleet, in [0, 1): see limiter.phase
+	tweaks           fleetTweaks
+	probed           map[string]bool // the hosts this process probes for the fleet (see limiter.fleetSlowStart)
 	lastUntrustedLog time.Time
 
 	errors atomic.Uint64                // failed store operations
@@ -85,7 +87,7 @@ const (
 // storeOps names the store operations, by storeOp.
 var storeOps = [...]string{"put", "read", "publish", "journal", "open", "untrusted"}
 
-func newSharing(s Store, owned bool, c StoreConfig, maxPending int, source string) *sharing {
+func newSharing(s Store, owned bool, c StoreConfig, maxPending int, source string, tw fleetTweaks) *sharing {
 	poll := c.PollInterval
 	if poll == 0 {
 		poll = defaultPollInterval
@@ -104,6 +106,8 @@ func newSharing(s Store, owned bool, c StoreConfig, maxPending int, source strin
 		activity:   make(map[string]hostActivity),
 		seenAhead:  make(map[fleetSeenKey]int64),
 		phase:      sourcePhase(source),
+		tweaks:     tw,
+		probed:     make(map[string]bool),
 	}
 }
 
@@ -510,6 +514,10 @@ func (t *Transport) heartbeats(rows []Status, now time.Time, ttl time.Duration) 
 				}
 			}
 		}
+		if sh.tweaks.servedDemand {
+			counts[s.Host] += s.Successes + s.Failures + s.Neutral
+			continue
+		}
 		counts[s.Host] += s.Requests // those rejected too: a process paced below one request per max_wait still wants its share
 	}
 	sending := make(map[string]bool)
@@ -660,8 +668,9 @@ func (t *Transport) fleetRate(host string) (fleetRate, bool) {
 // fleetRow is what pullFleetRates gathers of one host from the rows of
 // the other processes.
 type fleetRow struct {
-	fact    fleetFact
-	sending map[string]float64 // rate by source sending to the host
+	fact     fleetFact
+	sending  map[string]float64 // rate by source sending to the host
+	learning map[string]bool    // the sources sending whose limiter throttled, when no fact lives: in slow start
 }
 
 // pullFleetRates reads the rows that other processes published (see
@@ -702,11 +711,14 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 		}
 		x := rows[s.Host]
 		if x == nil {
-			x = &fleetRow{sending: make(map[string]float64)}
+			x = &fleetRow{sending: make(map[string]float64), learning: make(map[string]bool)}
 			rows[s.Host] = x
 		}
 		if s.Sending {
 			x.sending[s.Source] = max(x.sending[s.Source], s.Rate) // one per source: the rate is host-wide
+			if !s.Throttled.IsZero() && s.FleetLimit <= 0 {
+				x.learning[s.Source] = true
+			}
 		}
 		if s.FleetLimit <= 0 {
 			continue
@@ -776,13 +788,13 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 		}
 		// A throttle of this process's own, newer than the fleet's
 		// copy of it: this process's fact.
-		young := st.slowStart && wall-st.throttled < int64(slowStartFact)
+		young := st.slowStart && (wall-st.throttled < int64(slowStartFact) || st.holding) && !sh.tweaks.youngFacts
 		if st.throttled != 0 && !young && st.throttled != fh.adoptedAt && st.throttled != x.fact.throttled && wall-st.throttled < limiterIdle {
 			if fh.fact.source != sh.source || fh.fact.throttled != st.throttled {
 				fh.ownN, fh.redivided = n, false
 			}
 			own := fleetFact{limit: st.lastMax * float64(fh.ownN), throttled: st.throttled, source: sh.source, from: sh.source}
-			if fh.fact.limit > 0 && fh.fact.throttled < st.throttled && wall-fh.fact.throttled < limiterIdle {
+			if fh.fact.limit > 0 && fh.fact.throttled < st.throttled && wall-fh.fact.throttled < limiterIdle && !sh.tweaks.ownFactOnly {
 				// A member of a fleet that paced the host by its limit: the
 				// fleet was refused at the rate of all its senders. One
 				// process's own estimate times n says little when its
@@ -793,6 +805,18 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 				}
 				own.limit, fh.redivided = cubicBeta*r, true
 			}
+			if sh.probed[host] && fh.fact.limit <= 0 {
+				// The end of the slow start this process ran for the fleet,
+				// whose other processes held their shares: the host's
+				// limit is what it served this one, and theirs (a holder's
+				// rate is below the prober's: a row that says more is not
+				// believed).
+				own.limit = st.lastMax
+				for _, v := range x.sending {
+					own.limit += min(v, st.lastMax)
+				}
+			}
+			delete(sh.probed, host)
 			x.fact = newerFact(x.fact, own)
 		} else if fh.fact.source == sh.source && fh.fact.throttled == st.throttled && st.throttled != 0 && !young &&
 			wall-st.throttled < limiterIdle {
@@ -808,6 +832,20 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 			delete(sh.fleetHosts, host)
 			if lim != nil {
 				lim.setPhase(0, 0)
+				if !sh.tweaks.ownSlowStart {
+					// The process with the least name of those learning
+					// probes for the fleet.
+					probe := true
+					for src := range x.learning {
+						probe = probe && src > sh.source
+					}
+					if probe && len(x.learning) > 0 {
+						sh.probed[host] = true
+					}
+					if ch, ok := lim.fleetSlowStart(n, minRateOf(t.resolve(host, ""))/float64(n), probe, now); ok {
+						t.emitRate(host, ch)
+					}
+				}
 			}
 			if h != nil {
 				if ch, ok := h.expireLimiter(now); ok {
@@ -828,7 +866,9 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 		if lim == nil {
 			continue
 		}
-		lim.setPhase(sh.phase, wall-now)
+		if !sh.tweaks.noPhase {
+			lim.setPhase(sh.phase, wall-now)
+		}
 		switch {
 		case fh.fact.throttled > st.throttled:
 			if ch, ok := lim.adopt(fr.rate, fr.floor, now, fh.fact.throttled, wall, false); ok {
@@ -872,6 +912,21 @@ func (t *Transport) fleetShare(fh *fleetHost, x *fleetRow, n int, wallNow time.T
 		others += r
 	}
 	return min(share, max(fh.fact.limit-others, joinerShare*share))
+}
+
+// fleetTweaks turns the fleet's refinements off one by one, for the fleet
+// model (sharing_fleet_test.go) to measure what each does; the zero value,
+// all on, is what a Transport runs.
+type fleetTweaks struct {
+	servedDemand bool // the heartbeat counts only served requests, not those rejected
+	youngFacts   bool // a young slow start makes a fact
+	ownFactOnly  bool // a member's throttle makes its own estimate times n, not β × the fleet's rate refused
+	noPhase      bool // fleet members take their turns in step
+	ownSlowStart bool // each process slow-starts alone, not divided among the fleet's
+}
+
+func withFleetTweaks(tw fleetTweaks) Option {
+	return optionFunc(func(o *options) { o.tweaks = tw })
 }
 
 // sourcePhase returns the phase in [0, 1) of the process named source: a
