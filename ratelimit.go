@@ -128,6 +128,8 @@ type limiter struct {
 	informed   bool    // the last anchor counted knownSamples successes
 	pauses     uint    // pauses since the last throttle (see settleDelay)
 	slowStart  bool    // after the first throttle, until the next one
+	slowN      int     // the processes of a fleet the slow start is divided among (see fleetSlowStart); 0 for 1
+	slowHold   bool    // in slow start, holding the rate while another process of the fleet probes
 	doubling   float64 // s: slow start doubles the rate every doubling
 	plateau    float64 // s at the last max before probing past it, when not known
 	window     float64 // CUBIC's K: s from the throttle until the rate is back at lastMax
@@ -157,6 +159,15 @@ type limiter struct {
 	taken    int64         // when the latest request that took its turn went
 	fillT    float64       // the rate when the last throttle came: what the host refused
 	resumeAt int64         // the end of the last throttle's cooldown; 0 for none
+
+	// A fleet member's turns (see sharing.go, setPhase): with a bucket of
+	// 1, they fall at its phase, in [0, 1), of each interval counted on
+	// the wall clock (wallOff: the wall clock's unix ns minus this
+	// clock's), so that the fleet's processes, which adopt one throttle,
+	// see one cooldown end and grow along one curve, take their turns
+	// spread over the interval instead of in step. phase 0: alone.
+	phase   float64
+	wallOff int64
 }
 
 // rateChange is a change of a limiter's rate, for the rate_change event.
@@ -267,6 +278,10 @@ func (l *limiter) reserve(since, now, deadline int64) (tn turn, respace <-chan s
 		l.respace = make(chan struct{})
 	}
 	tn = turn{lim: l, at: max(now, tat-burst*l.interval), gen: l.gen}
+	if at := l.phasedLocked(tn.at); at != tn.at { // a fleet member's phase (bucket of 1)
+		tat += at - tn.at
+		tn.at = at
+	}
 	limit := since + l.maxWait
 	if deadline > 0 {
 		limit = min(limit, deadline)
@@ -447,6 +462,32 @@ func (l *limiter) hold(until int64, replace bool) {
 	l.mu.Unlock()
 }
 
+// setPhase sets the phase of a fleet member's turns, in [0, 1) (0: none),
+// and the wall clock's offset from the limiter's (see phase).
+func (l *limiter) setPhase(p float64, wallOff int64) {
+	l.mu.Lock()
+	l.phase, l.wallOff = p, wallOff
+	l.mu.Unlock()
+}
+
+// phasedLocked returns the first instant at or after at that falls at the
+// limiter's phase of an interval on the wall clock; at itself when it has
+// no phase or a bucket of more than 1.
+func (l *limiter) phasedLocked(at int64) int64 {
+	if l.phase == 0 || l.burstLocked() != 1 {
+		return at
+	}
+	iv := l.interval
+	off := (at + l.wallOff - int64(l.phase*float64(iv))) % iv
+	if off < 0 {
+		off += iv
+	}
+	if off == 0 {
+		return at
+	}
+	return at + iv - off
+}
+
 // seed counts n successes of requests sent just before at, before the
 // limiter existed.
 func (l *limiter) seed(n float64, at int64) {
@@ -621,6 +662,8 @@ func (l *limiter) growLocked(now int64) {
 func (l *limiter) cubicLocked(now int64) float64 {
 	t := float64(now-l.curveAt) / 1e9
 	switch {
+	case l.slowStart && l.slowHold:
+		return l.betaLocked() * l.lastMax
 	case l.slowStart:
 		return l.betaLocked() * l.lastMax * math.Exp2(t/l.doubling)
 	case l.known && t > l.window:
@@ -642,6 +685,8 @@ func (l *limiter) recheckLocked(now int64) int64 {
 	r := respaceGrowth * l.spacedAt
 	var t float64 // s since the throttle
 	switch {
+	case l.slowStart && l.slowHold:
+		return 0 // held: no growth
 	case l.slowStart:
 		t = l.doubling * math.Log2(r/(l.betaLocked()*l.lastMax))
 	case l.known && r > knownStep*l.lastMax:
@@ -743,6 +788,7 @@ func (l *limiter) throttle(sent, now, cooldown, wall int64, status int) (ch rate
 	prev := l.fill
 	wasSlow := l.slowStart
 	l.slowStart = !l.learnt
+	l.slowHold = false
 	l.learnt = true
 	l.lastCode = status
 	l.throttleAt, l.curveAt, l.throttleNs = now, now, wall
@@ -751,6 +797,7 @@ func (l *limiter) throttle(sent, now, cooldown, wall int64, status int) (ch rate
 		// The first throttle: the successes of the requests in flight,
 		// sent before the limiter existed, are not counted yet.
 		l.reanchorAt = max(cooldown, now+reanchorDelay)
+		l.slowN = 0
 		l.doubling = slowStartDoubling
 		if cooldown > now {
 			l.doubling = costlyDoubling
@@ -905,6 +952,37 @@ func (l *limiter) adopt(rate, floor float64, now, wall, wallNow int64, redivide 
 	return rateChange{prev: prev, rate: l.fill, lastMax: l.lastMax, why: "fleet"}, l.fill != prev
 }
 
+// fleetSlowStart shares the limiter's slow start with the n processes of
+// a fleet that send to the host while the fleet knows no limit of it yet
+// (see sharing.go, pullFleetRates): unless probe, it holds its share, the
+// rate it is at divided by n, while another process of the fleet, in slow
+// start as it would be alone, probes the host for all of them: one slow
+// start ends with one refusal, where n ended with n or more (and 24
+// processes each at min_rate or more sent 8 r/s to a host that allows 5
+// before any of them doubled). floor, min_rate divided among them, is its
+// floor. It does nothing out of slow start, and reports the change it
+// made.
+func (l *limiter) fleetSlowStart(n int, floor float64, probe bool, now int64) (rateChange, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	div := n
+	if probe {
+		div = 1
+	}
+	if !l.slowStart || !l.adaptive || div == max(l.slowN, 1) && l.slowHold == !probe {
+		return rateChange{}, false
+	}
+	prev := l.fill
+	// The curve starts again from the rate now, divided anew.
+	r := l.cubicLocked(now) * float64(max(l.slowN, 1)) / float64(div)
+	l.minRate = floor
+	l.anchorLocked(r / l.betaLocked())
+	l.curveAt, l.slowHold, l.slowN = now, !probe, div
+	l.setRateLocked(l.cubicLocked(now), now)
+	l.respaceLocked(now)
+	return rateChange{prev: prev, rate: l.fill, lastMax: l.lastMax, why: "fleet"}, l.fill != prev
+}
+
 // lastTurn returns the latest turn the limiter handed out or a request
 // took (ns since the epoch); 0 for none. A request waiting for its turn
 // moves it: it is the host's heartbeat in the store (sharing.go).
@@ -947,7 +1025,10 @@ func (l *limiter) learning() bool {
 // limitStatus is what Status and the store show of a limiter.
 type limitStatus struct {
 	rate, lastMax float64
-	throttled     int64 // wall unix ns of the last throttle; 0 if it never learnt
+	throttled     int64   // wall unix ns of the last throttle; 0 if it never learnt
+	slowStart     bool    // after the first throttle, which anchored nothing yet: lastMax is the birth rate
+	refused       float64 // the rate when the last throttle came
+	holding       bool    // in slow start, holding while another process of the fleet probes
 }
 
 func (l *limiter) status() limitStatus {
@@ -955,7 +1036,7 @@ func (l *limiter) status() limitStatus {
 	defer l.mu.Unlock()
 	s := limitStatus{rate: l.fill}
 	if l.learnt {
-		s.lastMax, s.throttled = l.lastMax, l.throttleNs
+		s.lastMax, s.throttled, s.slowStart, s.refused, s.holding = l.lastMax, l.throttleNs, l.slowStart, l.fillT, l.slowStart && l.slowHold
 	}
 	return s
 }

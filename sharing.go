@@ -10,6 +10,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -62,6 +63,9 @@ type sharing struct {
 	fleetHosts       map[string]*fleetHost   // the hosts whose limit the fleet learnt
 	activity         map[string]hostActivity // requests of the published hosts, for the heartbeat
 	seenAhead        map[fleetSeenKey]int64  // times read ahead of this clock, by when first read (wall ns)
+	phase            float64                 // this process's phase in a fleet, in [0, 1): see limiter.phase
+	tweaks           fleetTweaks
+	probed           map[string]bool // the hosts this process probes for the fleet (see limiter.fleetSlowStart)
 	lastUntrustedLog time.Time
 
 	// The configuration published (publishConfig): the tables it was
@@ -93,7 +97,7 @@ const (
 // storeOps names the store operations, by storeOp.
 var storeOps = [...]string{"put", "read", "publish", "journal", "open", "untrusted"}
 
-func newSharing(s Store, owned bool, c StoreConfig, maxPending int, source string) *sharing {
+func newSharing(s Store, owned bool, c StoreConfig, maxPending int, source string, tw fleetTweaks) *sharing {
 	poll := c.PollInterval
 	if poll == 0 {
 		poll = defaultPollInterval
@@ -111,6 +115,9 @@ func newSharing(s Store, owned bool, c StoreConfig, maxPending int, source strin
 		fleetHosts: make(map[string]*fleetHost),
 		activity:   make(map[string]hostActivity),
 		seenAhead:  make(map[fleetSeenKey]int64),
+		phase:      sourcePhase(source),
+		tweaks:     tw,
+		probed:     make(map[string]bool),
 	}
 }
 
@@ -749,7 +756,11 @@ func (t *Transport) heartbeats(rows []Status, now time.Time, ttl time.Duration) 
 				}
 			}
 		}
-		counts[s.Host] += s.Successes + s.Failures + s.Neutral
+		if sh.tweaks.servedDemand {
+			counts[s.Host] += s.Successes + s.Failures + s.Neutral
+			continue
+		}
+		counts[s.Host] += s.Requests // those rejected too: a process paced below one request per max_wait still wants its share
 	}
 	sending := make(map[string]bool)
 	for host, n := range counts {
@@ -807,6 +818,14 @@ const (
 	// fleet's limit must move (the number of processes sending to the
 	// host changed) for the process to take it again.
 	redivideStep = 0.05
+
+	// slowStartFact is how long a limiter's slow start must have lasted
+	// (its first throttle, and no other since) for it to make a fact:
+	// the first throttle anchors nothing, and a fleet whose processes
+	// all slow-start at once would adopt the birth rate of the first one
+	// (min_rate) and stay there; a slow start that lasts says the host
+	// serves what the limiter sends.
+	slowStartFact = 4 * time.Second
 
 	// joinerShare is the least share a process takes of the fleet's limit
 	// while the other processes do not count it yet (see fleetShare).
@@ -891,8 +910,9 @@ func (t *Transport) fleetRate(host string) (fleetRate, bool) {
 // fleetRow is what pullFleetRates gathers of one host from the rows of
 // the other processes.
 type fleetRow struct {
-	fact    fleetFact
-	sending map[string]float64 // rate by source sending to the host
+	fact     fleetFact
+	sending  map[string]float64 // rate by source sending to the host
+	learning map[string]bool    // the sources sending whose limiter throttled, when no fact lives: in slow start
 }
 
 // pullFleetRates reads the rows that other processes published (see
@@ -933,11 +953,14 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 		}
 		x := rows[s.Host]
 		if x == nil {
-			x = &fleetRow{sending: make(map[string]float64)}
+			x = &fleetRow{sending: make(map[string]float64), learning: make(map[string]bool)}
 			rows[s.Host] = x
 		}
 		if s.Sending {
 			x.sending[s.Source] = max(x.sending[s.Source], s.Rate) // one per source: the rate is host-wide
+			if !s.Throttled.IsZero() && s.FleetLimit <= 0 {
+				x.learning[s.Source] = true
+			}
 		}
 		if s.FleetLimit <= 0 {
 			continue
@@ -1007,13 +1030,37 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 		}
 		// A throttle of this process's own, newer than the fleet's
 		// copy of it: this process's fact.
-		if st.throttled != 0 && st.throttled != fh.adoptedAt && st.throttled != x.fact.throttled && wall-st.throttled < limiterIdle {
+		young := st.slowStart && (wall-st.throttled < int64(slowStartFact) || st.holding) && !sh.tweaks.youngFacts
+		if st.throttled != 0 && !young && st.throttled != fh.adoptedAt && st.throttled != x.fact.throttled && wall-st.throttled < limiterIdle {
 			if fh.fact.source != sh.source || fh.fact.throttled != st.throttled {
 				fh.ownN, fh.redivided = n, false
 			}
 			own := fleetFact{limit: st.lastMax * float64(fh.ownN), throttled: st.throttled, source: sh.source, from: sh.source}
+			if fh.fact.limit > 0 && fh.fact.throttled < st.throttled && wall-fh.fact.throttled < limiterIdle && !sh.tweaks.ownFactOnly {
+				// A member of a fleet that paced the host by its limit: the
+				// fleet was refused at the rate of all its senders. One
+				// process's own estimate times n says little when its
+				// share is a request or two per window.
+				r := st.refused
+				for _, v := range x.sending {
+					r += v
+				}
+				own.limit, fh.redivided = cubicBeta*r, true
+			}
+			if sh.probed[host] && fh.fact.limit <= 0 {
+				// The end of the slow start this process ran for the fleet,
+				// whose other processes held their shares: the host's
+				// limit is what it served this one, and theirs (a holder's
+				// rate is below the prober's: a row that says more is not
+				// believed).
+				own.limit = st.lastMax
+				for _, v := range x.sending {
+					own.limit += min(v, st.lastMax)
+				}
+			}
+			delete(sh.probed, host)
 			x.fact = newerFact(x.fact, own)
-		} else if fh.fact.source == sh.source && fh.fact.throttled == st.throttled && st.throttled != 0 &&
+		} else if fh.fact.source == sh.source && fh.fact.throttled == st.throttled && st.throttled != 0 && !young &&
 			wall-st.throttled < limiterIdle {
 			own := fh.fact
 			if !fh.redivided {
@@ -1025,6 +1072,23 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 		if fh.fact.limit <= 0 || wall-fh.fact.throttled >= limiterIdle {
 			// No live fact: the limit expired fleet-wide.
 			delete(sh.fleetHosts, host)
+			if lim != nil {
+				lim.setPhase(0, 0)
+				if !sh.tweaks.ownSlowStart {
+					// The process with the least name of those learning
+					// probes for the fleet.
+					probe := true
+					for src := range x.learning {
+						probe = probe && src > sh.source
+					}
+					if probe && len(x.learning) > 0 {
+						sh.probed[host] = true
+					}
+					if ch, ok := lim.fleetSlowStart(n, minRateOf(t.resolve(host, ""))/float64(n), probe, now); ok {
+						t.emitRate(host, ch)
+					}
+				}
+			}
 			if h != nil {
 				if ch, ok := h.expireLimiter(now); ok {
 					t.emitRate(host, ch)
@@ -1037,11 +1101,15 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 		fr.floor = minRateOf(t.resolve(host, "")) / float64(n)
 		fleet[host] = fr
 		if fh.fact.source == sh.source && fh.adoptedAt != fh.fact.throttled {
-			// This process learnt it: its limiter paces at its share already.
-			fh.adoptedAt, fh.share = fh.fact.throttled, fh.fact.limit/float64(fh.ownN)
+			// This process learnt it: its limiter paces at its own
+			// anchor, which it redivides below when that is not its share.
+			fh.adoptedAt, fh.share = fh.fact.throttled, st.lastMax
 		}
 		if lim == nil {
 			continue
+		}
+		if !sh.tweaks.noPhase {
+			lim.setPhase(sh.phase, wall-now)
 		}
 		switch {
 		case fh.fact.throttled > st.throttled:
@@ -1086,6 +1154,29 @@ func (t *Transport) fleetShare(fh *fleetHost, x *fleetRow, n int, wallNow time.T
 		others += r
 	}
 	return min(share, max(fh.fact.limit-others, joinerShare*share))
+}
+
+// fleetTweaks turns the fleet's refinements off one by one, for the fleet
+// model (sharing_fleet_test.go) to measure what each does; the zero value,
+// all on, is what a Transport runs.
+type fleetTweaks struct {
+	servedDemand bool // the heartbeat counts only served requests, not those rejected
+	youngFacts   bool // a young slow start makes a fact
+	ownFactOnly  bool // a member's throttle makes its own estimate times n, not β × the fleet's rate refused
+	noPhase      bool // fleet members take their turns in step
+	ownSlowStart bool // each process slow-starts alone, not divided among the fleet's
+}
+
+func withFleetTweaks(tw fleetTweaks) Option {
+	return optionFunc(func(o *options) { o.tweaks = tw })
+}
+
+// sourcePhase returns the phase in [0, 1) of the process named source: a
+// hash of its name, so that the processes of a fleet spread their resumes
+// over an interval (see limiter.phase), each the same every time.
+func sourcePhase(source string) float64 {
+	sum := sha256.Sum256([]byte(source))
+	return float64(binary.BigEndian.Uint64(sum[:8])>>11) / (1 << 53)
 }
 
 // minRateOf returns the min_rate of a host's resolved policy p, or its

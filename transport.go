@@ -90,6 +90,7 @@ type options struct {
 	loggers  otellog.LoggerProvider
 	handler  func(Event)
 	classify Classifier
+	tweaks   fleetTweaks // for the fleet model (sharing_fleet_test.go) only
 }
 
 type optionFunc func(*options)
@@ -180,7 +181,7 @@ func NewTransport(base http.RoundTripper, opts ...Option) (*Transport, error) {
 	required := o.config.Store.Required
 	switch {
 	case o.store != nil:
-		t.sh = newSharing(o.store, false, o.config.Store, t.reg.maxBare, process)
+		t.sh = newSharing(o.store, false, o.config.Store, t.reg.maxBare, process, o.tweaks)
 	case o.config.Store.URL != "":
 		s, err := OpenStore(o.config.Store.URL)
 		if err != nil {
@@ -199,7 +200,7 @@ func NewTransport(base http.RoundTripper, opts ...Option) (*Transport, error) {
 			t.log.Warn("hostbreaker: store unavailable; requests continue under local protection, opening it again later", "err", err)
 			s = nil
 		}
-		t.sh = newSharing(s, true, o.config.Store, t.reg.maxBare, process)
+		t.sh = newSharing(s, true, o.config.Store, t.reg.maxBare, process, o.tweaks)
 		t.sh.url = o.config.Store.URL
 	}
 	if t.sh != nil && t.sh.store != nil {
