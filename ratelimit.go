@@ -46,7 +46,9 @@ const (
 	// it: a throttle lowers the rate by knownBeta only, the rate stays at
 	// the last max for knownHold, then probes past it by knownProbe per
 	// second, gently and rarely, up to knownStep times the last max; a
-	// step the host served for knownHold more becomes the last max. A
+	// step the host served for stepHold becomes the last max, and the
+	// probe goes on to the next step at once (a limit lowered by a storm
+	// of the host's own timing noise climbs back by a step every 7 s). A
 	// probe without that cap against a host with a burst (nginx
 	// burst=5 nodelay) ran up to 1.3× the limit before the burst ran out.
 	probeRate   = 0.2
@@ -55,9 +57,9 @@ const (
 	knownHold   = 10.0 // s at the last max before probing past it
 	knownMargin = 0.97 // a probe refused at r anchors the known limit at knownMargin·r
 	knownProbe  = 0.05
-	knownStep   = 1.08
+	knownStep   = 1.1
+	stepHold    = 5.0 // s
 	knownNoise  = 0.95 // a throttle at the known limit when the host served this share of the last 2 s is noise
-	strayBeta   = 0.95 // such a throttle lowers the rate by strayBeta only: a few ms of slack more per request
 
 	// costlyMargin is how far under what the host served a costly throttle
 	// (one with a cooldown, which costs the host's whole pause) anchors:
@@ -637,11 +639,11 @@ func (l *limiter) growLocked(now int64) {
 	if now < l.held {
 		return
 	}
-	if l.known && float64(now-l.curveAt)/1e9 >= l.window+2*knownHold+math.Log(knownStep)/knownProbe {
-		// The host served the probe's step for knownHold: it is the limit
-		// now, held before the next step.
+	if l.known && float64(now-l.curveAt)/1e9 >= l.window+knownHold+math.Log(knownStep)/knownProbe+stepHold {
+		// The host served the probe's step for stepHold: it is the limit
+		// now, and the probe goes on from it.
 		l.anchorLocked(knownStep * l.lastMax)
-		l.curveAt = now - int64(l.window*1e9)
+		l.curveAt = now - int64((l.window+knownHold)*1e9)
 	}
 	r := l.cubicLocked(now)
 	if r > l.lastMax && !l.slowStart || l.tat <= now {
@@ -730,9 +732,10 @@ func (l *limiter) refresh(now int64) int64 {
 // 2 s tell it (estimateLocked, by send time) and lowered by β (knownBeta
 // once the limit is known); at the end of slow start it is anchored on
 // what the host served in the last second or two (without a cooldown, at
-// least half the rate refused, as TCP's ssthresh) and not lowered further,
-// and a stray refusal at a known limit (the host served knownNoise of what
-// was sent) keeps the limit, as does a refused probe with a cooldown. Then
+// least half the rate refused, as TCP's ssthresh) and not lowered further;
+// a refused probe with a cooldown keeps the limit. A stray refusal at a
+// known limit (the host served knownNoise of what was sent) only pauses
+// the queue for an interval. Then
 // the turns given are respaced, and the queue is held until the cooldown
 // ends (where the curve starts), or for one interval without one.
 // A request sent at the very instant of the last throttle was not paced
@@ -785,6 +788,18 @@ func (l *limiter) throttle(sent, now, cooldown, wall int64, status int) (ch rate
 	// Probing past a known limit's last max, which the host served for
 	// knownHold: the limit lies between the two.
 	probing := l.known && float64(now-l.curveAt)/1e9 > l.window+knownHold
+	if _, share, _ := l.acceptedLocked(now); l.known && !probing && cooldown <= now && share >= knownNoise {
+		// A stray refusal at the known limit: the host served almost all
+		// that was sent (a strict limiter without a burst refuses a
+		// request that comes a few ms early, when the client's timers or
+		// the host's event loop run late). The limit, the rate and the
+		// curve hold: the queue pauses for one interval. Before, each
+		// dipped the rate and restarted the curve, whose hold before a
+		// probe such refusals every few seconds then never let end.
+		l.held = max(l.held, now+int64(1e9/l.lastMax))
+		l.respaceLocked(now)
+		return rateChange{}, false, true
+	}
 	prev := l.fill
 	wasSlow := l.slowStart
 	l.slowStart = !l.learnt
@@ -821,14 +836,6 @@ func (l *limiter) throttle(sent, now, cooldown, wall int64, status int) (ch rate
 			est *= costlyMargin
 		}
 	}
-	stray := false
-	if _, share, _ := l.acceptedLocked(now); l.known && !probing && cooldown <= now && share >= knownNoise {
-		// A stray refusal at the known limit: the host served almost all
-		// that was sent (a strict limiter without a burst refuses a
-		// request that comes a few ms early). The limit holds; the rate
-		// dips by strayBeta and comes back.
-		est, stray = l.lastMax, true
-	}
 	switch {
 	case probing && cooldown > now:
 		est = l.lastMax // the probe failed, and another would cost a cooldown too: hold the known limit
@@ -848,11 +855,7 @@ func (l *limiter) throttle(sent, now, cooldown, wall int64, status int) (ch rate
 			l.plateau = costlyPlateau // what the host served: hold it before probing at a cooldown's cost
 		}
 	} else {
-		beta := l.betaLocked()
-		if stray {
-			beta = strayBeta
-		}
-		l.setRateLocked(beta*l.lastMax, now)
+		l.setRateLocked(l.betaLocked()*l.lastMax, now)
 	}
 	l.respaceLocked(now)
 

@@ -251,7 +251,7 @@ func TestSimulatedLimiters(t *testing.T) {
 
 // TestKnownLimitProbesInSteps learns a 5 r/s host (nginx limit_req
 // without a burst), which then stops limiting: the limiter probes past the
-// limit it knows in steps, never more than 10 % over it between two
+// limit it knows in steps, never more than a step of 10 % between two
 // samples 5 s apart (an uncapped probe of 5 % a second compounded runs 28 %
 // in 5 s, and against a host with a burst, which absorbs a probe for
 // seconds, ran to 1.3× the limit), and yet keeps climbing, a step at a
@@ -298,12 +298,12 @@ func TestKnownLimitProbesInSteps(t *testing.T) {
 		wg.Wait()
 		t.Logf("learnt %.2f r/s; after the host stopped limiting: %.2f", learnt, samples)
 		for i := 5; i < len(samples); i++ {
-			if samples[i] > 1.1*samples[i-5] {
-				t.Fatalf("rate %.2f at %ds, %.2f× the %.2f of 5 s before: want at most 1.1× (one step)", samples[i], i+1, samples[i]/samples[i-5], samples[i-5])
+			if samples[i] > 1.12*samples[i-5] {
+				t.Fatalf("rate %.2f at %ds, %.2f× the %.2f of 5 s before: want at most 1.12× (one step, 1.1×)", samples[i], i+1, samples[i]/samples[i-5], samples[i-5])
 			}
 		}
-		if end := samples[len(samples)-1]; end < 1.15*learnt {
-			t.Errorf("rate %.2f after 65 s of a host that stopped limiting at %.2f: want ≥ 1.15× (it climbs, a step at a time)", end, learnt)
+		if end := samples[len(samples)-1]; end < 1.5*learnt {
+			t.Errorf("rate %.2f after 65 s of a host that stopped limiting at %.2f: want ≥ 1.5× (it climbs, a step at a time)", end, learnt)
 		}
 	})
 }
