@@ -58,7 +58,7 @@ const (
 	knownMargin = 0.97 // a probe refused at r anchors the known limit at knownMargin·r
 	knownProbe  = 0.05
 	knownStep   = 1.1
-	stepHold    = 5.0 // s
+	stepHold    = 5.0  // s
 	knownNoise  = 0.95 // a throttle at the known limit when the host served this share of the last 2 s is noise
 
 	// costlyMargin is how far under what the host served a costly throttle
