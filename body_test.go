@@ -20,19 +20,23 @@ import (
 // EOF.
 func cutServer(t *testing.T) *httptest.Server {
 	t.Helper()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		conn, buf, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		defer conn.Close()
-		buf.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 4096\r\nContent-Type: text/plain\r\n\r\n")
-		buf.WriteString(strings.Repeat("x", 1024))
-		buf.Flush()
-	}))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { cutBody(t, w) }))
 	t.Cleanup(srv.Close)
 	return srv
+}
+
+// cutBody answers with a 200 that promises 4 KiB and sends 1 KiB, then
+// drops the connection.
+func cutBody(t *testing.T, w http.ResponseWriter) {
+	conn, buf, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	defer conn.Close()
+	buf.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 4096\r\nContent-Type: text/plain\r\n\r\n")
+	buf.WriteString(strings.Repeat("x", 1024))
+	buf.Flush()
 }
 
 // stallServer answers every request with a 200 that promises 4 KiB, sends
@@ -519,15 +523,7 @@ func TestBodyErrorsCaughtThroughClient(t *testing.T) {
 					w.Write([]byte(strings.Repeat("x", 4096)))
 					return
 				}
-				conn, buf, err := http.NewResponseController(w).Hijack()
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				defer conn.Close()
-				buf.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 4096\r\n\r\n")
-				buf.WriteString(strings.Repeat("x", 1024))
-				buf.Flush()
+				cutBody(t, w)
 			}))
 			defer srv.Close()
 			c, tr := client(t, &http.Transport{}, quick(3, time.Hour))
@@ -572,14 +568,7 @@ func TestBodyWatchStays(t *testing.T) {
 			w.Write([]byte(strings.Repeat("x", 4096)))
 			return
 		}
-		conn, buf, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		defer conn.Close()
-		buf.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 4096\r\n\r\n" + strings.Repeat("x", 1024))
-		buf.Flush()
+		cutBody(t, w)
 	}))
 	defer srv.Close()
 	c, tr := client(t, &http.Transport{}, quick(2, time.Hour))

@@ -56,6 +56,21 @@ func runInProcess(t *testing.T, args ...string) (stdout, stderr string, code int
 	return out.String(), errb.String(), code
 }
 
+// adviceJSON runs advise (with run) on the store at storeURL with -json
+// and args, and returns its advice; a non-zero exit fails the test.
+func adviceJSON(t *testing.T, run func(*testing.T, ...string) (string, string, int), storeURL string, args ...string) []hostbreaker.Advice {
+	t.Helper()
+	out, errOut, code := run(t, append([]string{"-store", storeURL, "-json"}, args...)...)
+	if code != 0 {
+		t.Fatalf("advise %v: exit %d: %s", args, code, errOut)
+	}
+	var advice []hostbreaker.Advice
+	if err := json.Unmarshal([]byte(out), &advice); err != nil {
+		t.Fatalf("advise %v: %v\n%s", args, err, out)
+	}
+	return advice
+}
+
 // redisURL returns a Redis store URL under a fresh prefix, or skips (fails
 // under CI) when no Redis answers.
 func redisURL(t *testing.T) string {
@@ -420,15 +435,7 @@ func TestOperatorSafety(t *testing.T) {
 
 	adviceOf := func(args ...string) []hostbreaker.Advice {
 		t.Helper()
-		out, errOut, code := runInProcess(t, append([]string{"-store", storeURL, "-json"}, args...)...)
-		if code != 0 {
-			t.Fatalf("advise %v: exit %d: %s", args, code, errOut)
-		}
-		var advice []hostbreaker.Advice
-		if err := json.Unmarshal([]byte(out), &advice); err != nil {
-			t.Fatalf("advise %v: %v\n%s", args, err, out)
-		}
-		return advice
+		return adviceJSON(t, runInProcess, storeURL, args...)
 	}
 	// The real CURRENT, from the published state.
 	got := adviceOf("-host", h.flapping)
@@ -594,15 +601,7 @@ func TestCurrentOfAClosedHost(t *testing.T) {
 			}
 			adviceOf := func(args ...string) []hostbreaker.Advice {
 				t.Helper()
-				out, errOut, code := runBinary(t, append([]string{"-store", storeURL, "-json"}, args...)...)
-				if code != 0 {
-					t.Fatalf("advise %v: exit %d: %s", args, code, errOut)
-				}
-				var advice []hostbreaker.Advice
-				if err := json.Unmarshal([]byte(out), &advice); err != nil {
-					t.Fatalf("advise %v: %v\n%s", args, err, out)
-				}
-				return advice
+				return adviceJSON(t, runBinary, storeURL, args...)
 			}
 			found := false
 			for _, a := range adviceOf("-host", transient) {
