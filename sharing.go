@@ -1108,8 +1108,10 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 		if lim == nil {
 			continue
 		}
-		if !sh.tweaks.noPhase {
+		if !sh.tweaks.noPhase && n > 1 {
 			lim.setPhase(sh.phase, wall-now)
+		} else {
+			lim.setPhase(0, 0) // alone on the host: its turns need no phase
 		}
 		switch {
 		case fh.fact.throttled > st.throttled:

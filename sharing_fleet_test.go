@@ -280,15 +280,15 @@ func (m *fleetModel) run(t *testing.T) fleetResult {
 // refusals, 42 for 24 processes), which no shared limit can avoid; what
 // the bounds hold is what follows. Goroutines are scheduled in varying
 // order inside the bubble, so the bounds sit above what the runs reach
-// (measured, 429s: RA 1, 5–6, 15–20, 23–30, 48–58; no RA, 11–12, 27–39,
-// 35–67, 87–141; served 80–99 %, one run of 24 processes with Retry-After
-// below 75 %).
+// (measured, 429s: RA 1, 5–8, 15–20, 23–30, 48–58; no RA, 11–14, 26–39,
+// 35–67, 87–141; served 85–99 %, but 71–90 % for 24 processes with
+// Retry-After, whose cooldowns the fleet's polls see at different times).
 func TestFleetModel(t *testing.T) {
 	bounds := map[fleetCell]struct {
 		max429     int
 		minGoodput float64
 	}{
-		{1, 1}: {12, 0.80}, {1, 4}: {32, 0.85}, {1, 8}: {45, 0.85}, {1, 24}: {90, 0.70},
+		{1, 1}: {12, 0.80}, {1, 4}: {32, 0.85}, {1, 8}: {45, 0.85}, {1, 24}: {90, 0.60},
 		{0, 1}: {20, 0.80}, {0, 4}: {55, 0.80}, {0, 8}: {90, 0.85}, {0, 24}: {180, 0.80},
 	}
 	before := fleetTweaks{servedDemand: true, youngFacts: true, ownFactOnly: true, noPhase: true, ownSlowStart: true}
