@@ -659,8 +659,8 @@ func (l *limiter) growLocked(now int64) {
 // the last throttle: C·(t−K)³ + lastMax, CUBIC's concave curve, up to
 // lastMax at K; past it, a probe growing by probeRate per second
 // (compounded), or, once the limit is known, lastMax for knownHold and then
-// a probe by knownProbe up to knownStep·lastMax; in slow start, the lowered rate doubling every
-// doubling.
+// a probe by knownProbe up to knownStep·lastMax; in slow start, the
+// lowered rate doubling every l.doubling seconds.
 func (l *limiter) cubicLocked(now int64) float64 {
 	t := float64(now-l.curveAt) / 1e9
 	switch {
