@@ -286,13 +286,7 @@ func parseRedisStoreURL(rawURL string) (redisStoreConfig, error) {
 		if err != nil {
 			return redisStoreConfig{}, fail("%v", err)
 		}
-		opt.DialTimeout = cmp.Or(opt.DialTimeout, redisDialTimeout)
-		opt.ReadTimeout = cmp.Or(opt.ReadTimeout, redisIOTimeout)
-		opt.WriteTimeout = cmp.Or(opt.WriteTimeout, redisIOTimeout)
-		opt.MaxRetries = cmp.Or(opt.MaxRetries, redisMaxRetries)
-		opt.MaxRetryBackoff = cmp.Or(opt.MaxRetryBackoff, redisMaxRetryBackoff)
-		opt.DialerRetries = 1
-		opt.ContextTimeoutEnabled = true
+		applyRedisDefaults(&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout, &opt.MaxRetryBackoff, &opt.MaxRetries, &opt.DialerRetries, &opt.ContextTimeoutEnabled)
 		cfg.cluster = opt
 		return cfg, nil
 	}
@@ -316,13 +310,7 @@ func parseRedisStoreURL(rawURL string) (redisStoreConfig, error) {
 		opt.Username, opt.Password = user, pass
 	}
 	opt.SentinelUsername, opt.SentinelPassword = sentinelUser, sentinelPass
-	opt.DialTimeout = cmp.Or(opt.DialTimeout, redisDialTimeout)
-	opt.ReadTimeout = cmp.Or(opt.ReadTimeout, redisIOTimeout)
-	opt.WriteTimeout = cmp.Or(opt.WriteTimeout, redisIOTimeout)
-	opt.MaxRetries = cmp.Or(opt.MaxRetries, redisMaxRetries)
-	opt.MaxRetryBackoff = cmp.Or(opt.MaxRetryBackoff, redisMaxRetryBackoff)
-	opt.DialerRetries = 1
-	opt.ContextTimeoutEnabled = true
+	applyRedisDefaults(&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout, &opt.MaxRetryBackoff, &opt.MaxRetries, &opt.DialerRetries, &opt.ContextTimeoutEnabled)
 	cfg.failover = opt
 	return cfg, nil
 }
@@ -380,24 +368,21 @@ func parseRedisURL(rawURL string) (*redis.Options, string, error) {
 	if err != nil {
 		return nil, "", fail("%v", err)
 	}
-	if opt.DialTimeout == 0 {
-		opt.DialTimeout = redisDialTimeout
-	}
-	if opt.ReadTimeout == 0 {
-		opt.ReadTimeout = redisIOTimeout
-	}
-	if opt.WriteTimeout == 0 {
-		opt.WriteTimeout = redisIOTimeout
-	}
-	if opt.MaxRetries == 0 {
-		opt.MaxRetries = redisMaxRetries
-	}
-	if opt.MaxRetryBackoff == 0 {
-		opt.MaxRetryBackoff = redisMaxRetryBackoff
-	}
-	opt.DialerRetries = 1
-	opt.ContextTimeoutEnabled = true
+	applyRedisDefaults(&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout, &opt.MaxRetryBackoff, &opt.MaxRetries, &opt.DialerRetries, &opt.ContextTimeoutEnabled)
 	return opt, prefix, nil
+}
+
+// applyRedisDefaults sets the store's timeouts and retries on the fields
+// of a go-redis options struct (single node, cluster or failover) that the
+// URL left unset, one dial attempt per retry, and context deadlines on.
+func applyRedisDefaults(dial, read, write, backoff *time.Duration, retries, dialerRetries *int, ctxTimeout *bool) {
+	*dial = cmp.Or(*dial, redisDialTimeout)
+	*read = cmp.Or(*read, redisIOTimeout)
+	*write = cmp.Or(*write, redisIOTimeout)
+	*retries = cmp.Or(*retries, redisMaxRetries)
+	*backoff = cmp.Or(*backoff, redisMaxRetryBackoff)
+	*dialerRetries = 1
+	*ctxTimeout = true
 }
 
 // redactURL returns rawURL with its password, if any, replaced by "xxxxx",
