@@ -518,16 +518,7 @@ func storeKinds(t *testing.T, f func(t *testing.T, url string)) {
 func sharedTransport(t *testing.T, url string, poll time.Duration, base http.RoundTripper, c Config) *Transport {
 	t.Helper()
 	c.Store = StoreConfig{URL: url, PollInterval: poll, ShareTrips: c.Store.ShareTrips}
-	tr, err := NewTransport(base, WithConfig(c))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := tr.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-	})
-	return tr
+	return sharedTransportWith(t, base, WithConfig(c))
 }
 
 // bound is how long a test waits for another Transport to see a change.
