@@ -976,8 +976,10 @@ func (l *limiter) fleetSlowStart(n int, floor float64, probe bool, now int64) (r
 		return rateChange{}, false
 	}
 	prev := l.fill
-	// The curve starts again from the rate now, divided anew.
-	r := l.cubicLocked(now) * float64(max(l.slowN, 1)) / float64(div)
+	// The curve starts again from the rate now (where it grew to, capped
+	// by what the process sends), divided anew.
+	l.growLocked(now)
+	r := l.fill * float64(max(l.slowN, 1)) / float64(div)
 	l.minRate = floor
 	l.anchorLocked(r / l.betaLocked())
 	l.curveAt, l.slowHold, l.slowN = now, !probe, div

@@ -503,3 +503,35 @@ func TestAnchorCountsWholeSlots(t *testing.T) {
 		}
 	}
 }
+
+// TestFleetSlowStartStartsFromTheRateSent: a process in slow start that
+// sent nothing for seconds joins a fleet's slow start from the rate it
+// could have reached, which is at most twice what it sent (as growLocked
+// caps it), not from where the doubling curve would be by then. Taking the
+// uncapped curve once made an idle process's rate 14,336 r/s four seconds
+// after a host refused it at 10 r/s.
+func TestFleetSlowStartStartsFromTheRateSent(t *testing.T) {
+	for _, probe := range []bool{false, true} {
+		p := &resolved{Policy: Policy{Adaptive: ToggleOn, MinRate: 0.5, MaxWait: time.Minute}}
+		start := int64(100 * time.Second)
+		l := newLimiter(p, start, 10)
+		now := start
+		for range 10 { // 10 r/s for a second
+			tn, ok := reserveTurn(l, now)
+			if !ok {
+				t.Fatal("no turn")
+			}
+			now = tn.at
+			tn.take(now)
+			l.success(now, now+int64(time.Millisecond))
+		}
+		l.throttle(now, now+int64(time.Millisecond), 0, 0, 429) // slow start
+		l.mu.Lock()
+		sent := l.measured
+		l.mu.Unlock()
+		l.fleetSlowStart(2, 0.25, probe, now+int64(4*time.Second))
+		if r := l.status().rate; r > 2*sent {
+			t.Errorf("probe %v: idle for 4 s after sending %.1f r/s, the fleet's slow start set %.1f r/s", probe, sent, r)
+		}
+	}
+}
