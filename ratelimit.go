@@ -246,9 +246,10 @@ func (l *limiter) setRateLocked(r float64, now int64) {
 // whatever happened to the host's limiter meanwhile. The zero turn is
 // none.
 type turn struct {
-	lim *limiter
-	at  int64  // when the request may go, ns since the epoch
-	gen uint64 // the limiter's spacing generation when it was given
+	lim    *limiter
+	at     int64  // when the request may go, ns since the epoch
+	gen    uint64 // the limiter's spacing generation when it was given
+	shared bool   // a turn of the fleet's shared bucket (Transport.sharedTurn): not the limiter's to give back
 }
 
 // reserve gives the request its turn: the earliest time at which the
@@ -294,6 +295,31 @@ func (l *limiter) reserve(since, now, deadline int64) (tn turn, respace <-chan s
 	l.tat = tat
 	l.prev, l.last = l.last, max(l.last, tn.at)
 	return tn, l.respace, l.recheckLocked(now), true, ch, changed
+}
+
+// pace moves a learning limiter's rate along its curve to now, as a
+// reservation does, for a request that takes its turn at the bucket the
+// processes of a fleet share (see Transport.sharedTurn); it returns the
+// rate, the longest wait for a turn, and the change a reanchoring made.
+func (l *limiter) pace(now int64) (rate float64, maxWait int64, ch rateChange, changed bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ch, changed = l.reanchorLocked(now)
+	if l.learnt && !changed {
+		l.growLocked(now)
+	}
+	return l.fill, l.maxWait, ch, changed
+}
+
+// takeShared counts a request that goes at now on a turn of a fleet's
+// shared bucket as sent.
+func (l *limiter) takeShared(now int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.taken = max(l.taken, now)
+	l.prev, l.last = l.last, max(l.last, now)
+	l.tat = max(l.tat, now+l.interval)
+	l.countSendLocked(now)
 }
 
 // errTurnTooFar is acquire's error for a turn beyond the request's wait.
@@ -433,8 +459,12 @@ func (l *limiter) respaceLocked(now int64) {
 // when it was the latest (with a bucket of 1: one interval, at the rate
 // now, after the turn before it), and one interval of the bucket
 // otherwise. The turns handed out after it keep their times; a turn that a
-// respacing voided gives back nothing.
+// respacing voided gives back nothing, nor does a turn of a fleet's shared
+// bucket (the store's bucket keeps it).
 func (tn turn) cancel() {
+	if tn.shared {
+		return
+	}
 	l := tn.lim
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -79,7 +79,16 @@ type sharing struct {
 
 	errors atomic.Uint64                // failed store operations
 	errOps [len(storeOps)]atomic.Uint64 // failed store operations by storeOp
+
+	// The store's shared buckets (see Transport.sharedTurn), set when the
+	// store opens, if it has them; read by the requests.
+	turns      atomic.Pointer[turnBox]
+	turnsDown  atomic.Int64 // until then (monotonic ns) the requests pace alone: a turn failed
+	turnLogged atomic.Int64 // when a failed turn was last logged, plus one (monotonic ns); 0 for never
 }
+
+// turnBox holds a store's turnTaker for an atomic pointer.
+type turnBox struct{ turnTaker }
 
 // storeOp is a kind of store operation, as errors are counted by.
 type storeOp int
@@ -92,17 +101,18 @@ const (
 	opJournal                  // appending events to the journal
 	opOpen                     // opening the store, retried until it opens
 	opUntrusted                // not a failure: a row read and refused, dated too far in the future
+	opTurn                     // taking a turn of a host's shared bucket (see Transport.sharedTurn)
 )
 
 // storeOps names the store operations, by storeOp.
-var storeOps = [...]string{"put", "read", "publish", "journal", "open", "untrusted"}
+var storeOps = [...]string{"put", "read", "publish", "journal", "open", "untrusted", "turn"}
 
 func newSharing(s Store, owned bool, c StoreConfig, maxPending int, source string, tw fleetTweaks) *sharing {
 	poll := c.PollInterval
 	if poll == 0 {
 		poll = defaultPollInterval
 	}
-	return &sharing{
+	sh := &sharing{
 		store:      s,
 		owned:      owned,
 		source:     source,
@@ -118,6 +128,17 @@ func newSharing(s Store, owned bool, c StoreConfig, maxPending int, source strin
 		phase:      sourcePhase(source),
 		tweaks:     tw,
 		probed:     make(map[string]bool),
+	}
+	sh.setStore(s)
+	return sh
+}
+
+// setStore makes s the store, when it opens, and its shared buckets
+// available to the requests.
+func (sh *sharing) setStore(s Store) {
+	sh.store = s
+	if tt, ok := s.(turnTaker); ok && !sh.tweaks.noSharedTurns {
+		sh.turns.Store(&turnBox{tt})
 	}
 }
 
@@ -268,7 +289,7 @@ func (t *Transport) openStore() bool {
 		t.storeError(opOpen, err)
 		return false
 	}
-	sh.store = s
+	sh.setStore(s)
 	t.storeErr.Store(nil)
 	t.log.Info("hostbreaker: store opened", "store", redactURL(sh.url))
 	return true
@@ -835,11 +856,15 @@ const (
 // fleetRate is this process's part of what the processes sharing the
 // store learnt of a host's rate: its share of the fleet's limit, the
 // share of min_rate that floors it, and when the throttle that taught the
-// fleet its limit came (wall unix ns).
+// fleet its limit came (wall unix ns); and the rates that the other
+// processes sending to the host published, all together (0 when none
+// does), with which it paces the fleet's shared bucket (see
+// Transport.sharedTurn).
 type fleetRate struct {
 	rate      float64
 	floor     float64
 	throttled int64
+	others    float64
 }
 
 // fleetFact is the fleet's learnt limit of one host: the rate the host
@@ -1098,6 +1123,9 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 		}
 		sh.fleetHosts[host] = fh
 		fr := fleetRate{rate: t.fleetShare(fh, x, n, wallNow), throttled: fh.fact.throttled}
+		for _, r := range x.sending {
+			fr.others += r
+		}
 		fr.floor = minRateOf(t.resolve(host, "")) / float64(n)
 		fleet[host] = fr
 		if fh.fact.source == sh.source && fh.adoptedAt != fh.fact.throttled {
@@ -1162,11 +1190,12 @@ func (t *Transport) fleetShare(fh *fleetHost, x *fleetRow, n int, wallNow time.T
 // model (sharing_fleet_test.go) to measure what each does; the zero value,
 // all on, is what a Transport runs.
 type fleetTweaks struct {
-	servedDemand bool // the heartbeat counts only served requests, not those rejected
-	youngFacts   bool // a young slow start makes a fact
-	ownFactOnly  bool // a member's throttle makes its own estimate times n, not β × the fleet's rate refused
-	noPhase      bool // fleet members take their turns in step
-	ownSlowStart bool // each process slow-starts alone, not divided among the fleet's
+	servedDemand  bool // the heartbeat counts only served requests, not those rejected
+	youngFacts    bool // a young slow start makes a fact
+	ownFactOnly   bool // a member's throttle makes its own estimate times n, not β × the fleet's rate refused
+	noPhase       bool // fleet members take their turns in step
+	ownSlowStart  bool // each process slow-starts alone, not divided among the fleet's
+	noSharedTurns bool // a Redis store's processes pace alone, each at its share, not at one shared bucket
 }
 
 func withFleetTweaks(tw fleetTweaks) Option {

@@ -145,6 +145,17 @@ type storePoller interface {
 	poll(ctx context.Context) (storePoll, error)
 }
 
+// turnTaker is implemented by stores that can pace a host for all the
+// processes that share them at once (Redis): takeTurn takes the next turn
+// of host's shared bucket, one request per interval, and returns how long
+// from now the request waits for it; with
+// false, the turn is further than maxWait from now and is not taken. The
+// store's clock counts, not the caller's: the processes' clocks need not
+// agree. See Transport.sharedTurn.
+type turnTaker interface {
+	takeTurn(ctx context.Context, host string, interval, maxWait time.Duration) (time.Duration, bool, error)
+}
+
 // readPoll reads what a poll needs from s: with s's poll when it has one,
 // else with Records, Overrides and States.
 func readPoll(ctx context.Context, s Store) (storePoll, error) {

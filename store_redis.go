@@ -418,6 +418,7 @@ const (
 	redisConfigsIndex  = "i:configs"
 	redisKindOverride  = "o:" // followed by a Hosts key: a PutOverride's message
 	redisOverrides     = redisKindOverride + "overrides"
+	redisKindTurn      = "t:" // followed by a host: its shared bucket (see takeTurn)
 )
 
 // key returns the key of kind for the host or source name.
@@ -1434,4 +1435,45 @@ func (m *redisMirror) result(now time.Time) storePoll {
 		out.overrides[k] = cloneTuned(p)
 	}
 	return out
+}
+
+// redisTurnScript gives a turn of a host's shared bucket: GCRA with a
+// bucket of one, as github.com/go-redis/redis_rate paces, but reserving
+// (a turn later than now is a wait, not a refusal) and on Redis's clock,
+// so that the clocks of the processes need not agree. KEYS: the host's
+// turn key; ARGV: the interval and the longest wait, in µs. It returns
+// {1, wait} for a turn taken wait µs from now, or {0, wait} for one that
+// would be further than the longest wait, not taken. The key holds the
+// next free turn (µs since the epoch) and expires a second after it.
+var redisTurnScript = redis.NewScript(`
+redis.replicate_commands()
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+local at = math.max(tat, now)
+local wait = at - now
+if wait > tonumber(ARGV[2]) then
+  return {0, wait}
+end
+local next = at + tonumber(ARGV[1])
+redis.call('SET', KEYS[1], string.format('%.0f', next), 'PX', math.ceil((next - now) / 1000) + 1000)
+return {1, wait}
+`)
+
+// takeTurn takes a turn of host's bucket shared by every process of the
+// store (see turnTaker) and returns how long from now the request waits
+// for it; with false, a turn further than maxWait from now, not taken.
+func (s *redisStore) takeTurn(ctx context.Context, host string, interval, maxWait time.Duration) (time.Duration, bool, error) {
+	if s.isClosed.Load() {
+		return 0, false, fmt.Errorf("hostbreaker: redis store: turn: %w", redis.ErrClosed)
+	}
+	res, err := redisTurnScript.Run(ctx, s.client, []string{s.key(redisKindTurn, host)},
+		max(interval.Microseconds(), 1), max(maxWait.Microseconds(), 0)).Int64Slice()
+	if err != nil {
+		return 0, false, fmt.Errorf("hostbreaker: redis store: turn of %s: %w", host, err)
+	}
+	if len(res) != 2 {
+		return 0, false, fmt.Errorf("hostbreaker: redis store: turn of %s: reply %v", host, res)
+	}
+	return time.Duration(res[1]) * time.Microsecond, res[0] == 1, nil
 }

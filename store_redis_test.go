@@ -966,3 +966,43 @@ func BenchmarkRedisPut(b *testing.B) {
 		b.Fatalf("Records: %d, %v", len(rs), err)
 	}
 }
+
+// TestRedisSharedTurns: two stores on one prefix (two processes) take the
+// turns of one host's shared bucket one interval apart, on Redis's clock;
+// a turn further than the longest wait is refused and not taken; other
+// hosts and prefixes have buckets of their own. Bounds are generous: waits are measured against this clock, and a
+// round trip takes some of them.
+func TestRedisSharedTurns(t *testing.T) {
+	eachRedis(t, func(t *testing.T, rawURL string) {
+		a, b := openTestRedis(t, rawURL), openTestRedis(t, rawURL)
+		other := openTestRedis(t, withPrefix(t, rawURL, prefixOf(t, rawURL)+"other:"))
+		ctx := context.Background()
+		const interval, slack = time.Second, 300 * time.Millisecond
+		start := time.Now()
+		for i, s := range []*redisStore{a, b, a, b} {
+			wait, ok, err := s.takeTurn(ctx, "api.test", interval, time.Minute)
+			if err != nil || !ok {
+				t.Fatalf("turn %d: %v, %v", i, ok, err)
+			}
+			want := time.Duration(i)*interval - time.Since(start)
+			if wait < want-slack || wait > want+slack {
+				t.Errorf("turn %d: wait %v, want about %v (one interval after the turn before)", i, wait, want)
+			}
+		}
+		wait, ok, err := a.takeTurn(ctx, "api.test", interval, 2*time.Second)
+		if err != nil || ok || wait < 3*interval-slack {
+			t.Errorf("a turn 4 s away with a wait of 2 s: wait %v, taken %v, %v; want refused", wait, ok, err)
+		}
+		if wait, ok, _ := b.takeTurn(ctx, "api.test", interval, time.Minute); !ok || wait > 4*interval+slack {
+			t.Errorf("the refused turn was taken: the next waits %v, want about 4s", wait)
+		}
+		for _, c := range []struct {
+			s    *redisStore
+			host string
+		}{{a, "other.test"}, {other, "api.test"}} {
+			if wait, ok, err := c.s.takeTurn(ctx, c.host, interval, time.Minute); err != nil || !ok || wait > slack {
+				t.Errorf("%s: a first turn of its own bucket: wait %v, %v, %v; want none", c.host, wait, ok, err)
+			}
+		}
+	})
+}

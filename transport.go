@@ -444,9 +444,14 @@ func (t *Transport) wait(req *http.Request, e *entry, lim *limiter) (turn, error
 			deadline = now + left/2
 		} // else already past: the base reports it
 	}
-	tn, ch, changed, err := lim.acquire(ctx, &t.clock, now, deadline)
-	if changed {
-		t.emitRate(e.host.name, ch)
+	tn, err, shared := t.sharedTurn(ctx, e, lim, now, deadline)
+	if !shared {
+		var ch rateChange
+		var changed bool
+		tn, ch, changed, err = lim.acquire(ctx, &t.clock, now, deadline)
+		if changed {
+			t.emitRate(e.host.name, ch)
+		}
 	}
 	switch {
 	case err == errTurnTooFar:
