@@ -140,3 +140,54 @@ func BenchmarkSharedTurn(b *testing.B) {
 		}
 	}
 }
+
+// TestSharedTurnFailurePacesAlone: when a turn of the shared bucket fails
+// (here the store's client is closed under the Transport), the request is
+// paced by the process's own limiter and served, never failed; the
+// failure is counted as a store error of operation "turn", and the
+// requests after it do not ask the store again for turnRetry.
+func TestSharedTurnFailurePacesAlone(t *testing.T) {
+	const host = "api.test"
+	rawURL := testRedisURL(t)
+	var sent atomic.Int64
+	base := roundTripperFunc(func(req *http.Request) (*http.Response, error) {
+		sent.Add(1)
+		return &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: http.NoBody, Request: req}, nil
+	})
+	opts := []Option{WithConfig(Config{Store: StoreConfig{URL: rawURL, PollInterval: 100 * time.Millisecond}})}
+	a := sharedTransportWith(t, base, opts...)
+	b := sharedTransportWith(t, base, opts...)
+	peer := openTestRedis(t, rawURL)
+	if err := peer.PublishStates(context.Background(), "peer", []PublishedState{{
+		Host: host, State: StateClosed, FleetLimit: 20, FleetThrottled: time.Now(), FleetSource: "peer",
+	}}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		send(context.Background(), a, host)
+		send(context.Background(), b, host)
+		if fa, ok := a.fleetRate(host); ok && fa.others > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("A did not see B sending under the fleet's limit within 20 s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := a.sh.errOps[opTurn].Load(); n != 0 {
+		t.Fatalf("%d failed turns before the store failed", n)
+	}
+	a.sh.store.Close()
+	before := sent.Load()
+	for i := range 5 {
+		if err := send(context.Background(), a, host); err != nil {
+			t.Fatalf("request %d after the store failed: %v", i, err)
+		}
+	}
+	if got := sent.Load() - before; got != 5 {
+		t.Errorf("%d of 5 requests reached the host", got)
+	}
+	if n := a.sh.errOps[opTurn].Load(); n != 1 {
+		t.Errorf("%d failed turns counted: want 1 (the requests after it pace alone for %v without asking)", n, turnRetry)
+	}
+}
