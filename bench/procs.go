@@ -40,7 +40,8 @@ func procVariants() []variant {
 	hb, _ := clientNamed("hostbreaker")
 	return append(vs,
 		variant{name: "hostbreaker+bbolt", c: hb, store: "bbolt"},
-		variant{name: "hostbreaker+redis", c: hb, store: "redis"})
+		variant{name: "hostbreaker+redis", c: hb, store: "redis"},
+		variant{name: "hostbreaker+cluster", c: hb, store: "cluster"})
 }
 
 // childReport is what a client process of scenario 7 prints on stdout, as
@@ -59,7 +60,8 @@ type childReport struct {
 // processes of one client against one nginx zone (5 r/s, burst 5, with
 // or without Retry-After), all starting at the same instant. nginx limits
 // per client address, so they share the limit; hostbreaker's processes
-// share nothing ("hostbreaker"), a bbolt file, or a Redis key prefix.
+// share nothing ("hostbreaker"), a bbolt file, a Redis key prefix, or a
+// Redis Cluster of three primaries that the variant starts for itself.
 func procs(l nginxLimit) func(variant, options) (Result, error) {
 	return func(v variant, o options) (Result, error) { return runProcs(l, v, o) }
 }
@@ -91,6 +93,13 @@ func runProcs(l nginxLimit, v variant, o options) (Result, error) {
 		prefix := fmt.Sprintf("hostbreaker-bench-%d-%d:", os.Getpid(), time.Now().UnixNano())
 		storeURL = "redis://" + redisAddr + "/0?prefix=" + prefix
 		defer deleteRedisPrefix(prefix)
+	case "cluster":
+		url, stop, err := startCluster()
+		if err != nil {
+			return Result{Skipped: "no Redis Cluster: " + err.Error()}, nil
+		}
+		defer stop()
+		storeURL = url
 	}
 	srv, err := startNginx(l)
 	if err != nil {
