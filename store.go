@@ -148,10 +148,10 @@ type storePoller interface {
 // turnTaker is implemented by stores that can pace a host for all the
 // processes that share them at once (Redis): takeTurn takes the next turn
 // of host's shared bucket, one request per interval, and returns how long
-// from now the request waits for it; with
-// false, the turn is further than maxWait from now and is not taken. The
-// store's clock counts, not the caller's: the processes' clocks need not
-// agree. See Transport.sharedTurn.
+// from now the request waits for it; with false, the turn is further than
+// maxWait from now and is not taken. The store's clock counts, not the
+// caller's: the processes' clocks need not agree. See
+// Transport.sharedTurn.
 type turnTaker interface {
 	takeTurn(ctx context.Context, host string, interval, maxWait time.Duration) (time.Duration, bool, error)
 }
