@@ -102,6 +102,14 @@ type limitServer struct {
 // logCounts is what a server's log says of a run.
 type logCounts struct {
 	reached, ok, n429, inRetryAfter int64
+	perSecond                       []Second // from the first request logged
+}
+
+// Second is what a server served and refused in one second of a run,
+// counted from its first request: see Result.Timeline.
+type Second struct {
+	OK      int64 `json:"ok"`
+	Refused int64 `json:"refused"` // 429s
 }
 
 // counts reads the log up to a marker request that it sends first and
@@ -138,7 +146,7 @@ func (s *limitServer) readLog(marker string, retryAfter int) (logCounts, bool, e
 	}
 	defer f.Close()
 	var n logCounts
-	windowEnd := 0.0
+	windowEnd, first := 0.0, -1.0
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
@@ -153,6 +161,13 @@ func (s *limitServer) readLog(marker string, retryAfter int) (logCounts, bool, e
 		if err := errors.Join(err1, err2); err != nil {
 			return n, false, fmt.Errorf("%s log: line %q: %w", s.name, sc.Text(), err)
 		}
+		if first < 0 {
+			first = at
+		}
+		sec := int(at - first)
+		for len(n.perSecond) <= sec {
+			n.perSecond = append(n.perSecond, Second{})
+		}
 		n.reached++
 		if at < windowEnd {
 			n.inRetryAfter++
@@ -160,8 +175,10 @@ func (s *limitServer) readLog(marker string, retryAfter int) (logCounts, bool, e
 		switch status {
 		case http.StatusOK:
 			n.ok++
+			n.perSecond[sec].OK++
 		case http.StatusTooManyRequests:
 			n.n429++
+			n.perSecond[sec].Refused++
 			windowEnd = max(windowEnd, at+float64(retryAfter))
 		}
 	}
@@ -189,6 +206,7 @@ func (n logCounts) result(allowed float64, retryAfter int, elapsed float64) Resu
 		GoodputPct:  ptr(100 * float64(n.ok) / elapsed / allowed),
 		AllowedRate: allowed,
 		Elapsed:     elapsed,
+		Timeline:    n.perSecond,
 	}
 	if retryAfter > 0 {
 		r.InRetryAfter = ptr(n.inRetryAfter)

@@ -47,6 +47,10 @@ type Result struct {
 	GoodputPct *float64 `json:"goodput_pct,omitempty"`
 	// AllowedRate: the server's allowed rate in r/s (4, 6 to 12).
 	AllowedRate float64 `json:"allowed_rate,omitempty"`
+	// Timeline: the limiter scenarios, what the server served and refused
+	// in each second from the first request it logged (-timeline prints
+	// it after the table).
+	Timeline []Second `json:"timeline,omitempty"`
 	// LearntMin, LearntMax: hostbreaker's rate for the host
 	// (Status.Rate from Transport.Snapshot, 0 when it is not limited),
 	// sampled once a second from LearntSettle seconds on (-settle, 10 s):
@@ -97,7 +101,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var o options
-	var asJSON bool
+	var asJSON, timeline bool
 	var only, onlyClients string
 	fs.DurationVar(&o.duration, "duration", 30*time.Second, "length of the limiter scenarios 4 and 6 to 12")
 	fs.DurationVar(&o.each, "each", 3*time.Second, "length of scenarios 1, 2, 3 and 5")
@@ -107,6 +111,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.procs, "procs", 3, "client processes in scenario 7")
 	fs.DurationVar(&o.openFor, "open", 60*time.Second, "how long a breaker stays open (all clients)")
 	fs.BoolVar(&asJSON, "json", false, "print JSON instead of a table")
+	fs.BoolVar(&timeline, "timeline", false, "after the table, print what the server served and refused in each second of the limiter scenarios")
 	var ids []string
 	for _, s := range scenarios {
 		ids = append(ids, s.id)
@@ -169,7 +174,29 @@ func run(args []string, stdout, stderr io.Writer) error {
 	printTable(stdout, results, o)
 	printLearnt(stdout, results)
 	printTargets(stdout, results, o)
+	if timeline {
+		printTimeline(stdout, results)
+	}
 	return nil
+}
+
+// printTimeline prints, for each limiter run, what the server served and
+// refused in each second: "served/refused" from the first request on.
+func printTimeline(w io.Writer, rs []Result) {
+	fmt.Fprintln(w, "\nper second, served/refused (429s), from the first request the server logged:")
+	for _, r := range rs {
+		if len(r.Timeline) == 0 {
+			continue
+		}
+		var b strings.Builder
+		for i, s := range r.Timeline {
+			if i > 0 {
+				b.WriteByte(' ')
+			}
+			fmt.Fprintf(&b, "%d/%d", s.OK, s.Refused)
+		}
+		fmt.Fprintf(w, "  %s / %s: %s\n", r.Scenario, r.Client, b.String())
+	}
 }
 
 // A variant is a client as one scenario runs it: scenario 7 runs
