@@ -940,6 +940,16 @@ type fleetRow struct {
 	learning map[string]bool    // the sources sending whose limiter throttled, when no fact lives: in slow start
 }
 
+// othersRate returns the rates that the other processes sending to the
+// host published, all together.
+func (x *fleetRow) othersRate() float64 {
+	var r float64
+	for _, v := range x.sending {
+		r += v
+	}
+	return r
+}
+
 // pullFleetRates reads the rows that other processes published (see
 // publish) and, per host whose limit the fleet learnt, works out the
 // fleet's limit and this process's share of it, and applies it.
@@ -1066,11 +1076,7 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 				// fleet was refused at the rate of all its senders. One
 				// process's own estimate times n says little when its
 				// share is a request or two per window.
-				r := st.refused
-				for _, v := range x.sending {
-					r += v
-				}
-				own.limit, fh.redivided = cubicBeta*r, true
+				own.limit, fh.redivided = cubicBeta*(st.refused+x.othersRate()), true
 			}
 			if sh.probed[host] && fh.fact.limit <= 0 {
 				// The end of the slow start this process ran for the fleet,
@@ -1122,10 +1128,7 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 			continue
 		}
 		sh.fleetHosts[host] = fh
-		fr := fleetRate{rate: t.fleetShare(fh, x, n, wallNow), throttled: fh.fact.throttled}
-		for _, r := range x.sending {
-			fr.others += r
-		}
+		fr := fleetRate{rate: t.fleetShare(fh, x, n, wallNow), throttled: fh.fact.throttled, others: x.othersRate()}
 		fr.floor = minRateOf(t.resolve(host, "")) / float64(n)
 		fleet[host] = fr
 		if fh.fact.source == sh.source && fh.adoptedAt != fh.fact.throttled {
@@ -1179,11 +1182,7 @@ func (t *Transport) fleetShare(fh *fleetHost, x *fleetRow, n int, wallNow time.T
 	if !fh.visibleSince.IsZero() && wallNow.Sub(fh.visibleSince) >= t.sh.poll {
 		return share
 	}
-	var others float64
-	for _, r := range x.sending {
-		others += r
-	}
-	return min(share, max(fh.fact.limit-others, joinerShare*share))
+	return min(share, max(fh.fact.limit-x.othersRate(), joinerShare*share))
 }
 
 // fleetTweaks turns the fleet's refinements off one by one, for the fleet
