@@ -188,7 +188,10 @@ func drive(t *testing.T, storeURL string, h hosts, d time.Duration) {
 	}
 }
 
-func TestAdviseEnforceHistoryRevert(t *testing.T) {
+// eachDrivenStore runs f once per kind of store, bbolt and Redis, with a
+// fresh store URL and hosts that a Transport on that store has driven
+// for 5 s.
+func eachDrivenStore(t *testing.T, f func(t *testing.T, storeURL string, h hosts)) {
 	for _, kind := range []string{"bbolt", "redis"} {
 		t.Run(kind, func(t *testing.T) {
 			storeURL := filepath.Join(t.TempDir(), "hb.db")
@@ -197,140 +200,146 @@ func TestAdviseEnforceHistoryRevert(t *testing.T) {
 			}
 			h := startHosts(t)
 			drive(t, storeURL, h, 5*time.Second)
-			configFile, cfg := writeConfig(t, storeURL)
-
-			out, errOut, code := runBinary(t, "-store", storeURL, "-config", configFile, "-json")
-			if code != 0 {
-				t.Fatalf("advise -json: exit %d: %s", code, errOut)
-			}
-			var advice []hostbreaker.Advice
-			if err := json.Unmarshal([]byte(out), &advice); err != nil {
-				t.Fatalf("stdout is not a JSON array of advice: %v\n%s", err, out)
-			}
-			byHost := map[string][]hostbreaker.Advice{}
-			for _, a := range advice {
-				byHost[a.Host] = append(byHost[a.Host], a)
-			}
-			t.Logf("advice: %s", out)
-			// The right keys, for the right reasons.
-			for _, want := range []struct{ url, key, why string }{
-				{h.throttled, "reset_timeout", "Retry-After"},
-				{h.flapping, "reset_timeout", "by a failed probe"},
-				{h.transient, "fail_max", "closed by the first probe"},
-				{h.limited, "rate", "answered 429"},
-			} {
-				found := false
-				for _, a := range byHost[hostOf(want.url)] {
-					// A replay for the breaker keys, none for rate.
-					found = found || a.Key == want.key && strings.Contains(a.Reason, want.why) && (a.Replay != nil) == (a.Key != "rate")
-				}
-				if !found {
-					t.Errorf("%s: no %s advice that says %q: %+v", hostOf(want.url), want.key, want.why, byHost[hostOf(want.url)])
-				}
-			}
-			for _, u := range []string{h.throttled, h.flapping, h.transient, h.limited} {
-				if len(byHost[hostOf(u)]) == 0 {
-					t.Errorf("no advice for %s; its journal:", hostOf(u))
-					s, _ := hostbreaker.OpenStore(storeURL)
-					evs, _ := hostbreaker.ReadJournal(context.Background(), s, time.Time{})
-					s.Close()
-					for _, ev := range evs {
-						if ev.Host == hostOf(u) && ev.Name != hostbreaker.EventSummary {
-							t.Logf("%s %s %s->%s %s ra=%v", ev.Name, ev.Role, ev.PreviousState, ev.State, ev.Reason, ev.RetryAfter)
-						} else if ev.Host == hostOf(u) {
-							t.Logf("summary %+v", *ev.Summary)
-						}
-					}
-				}
-			}
-			if a := byHost[hostOf(h.healthy)]; len(a) != 0 {
-				t.Errorf("advice for the healthy host: %+v", a)
-			}
-			// A Transport that runs now, in this process, with the same
-			// store: -enforce (another process) changes its policy live.
-			tr, err := hostbreaker.NewTransport(nil, hostbreaker.WithConfig(cfg))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer tr.Close()
-			// An open breaker that the tune must leave open.
-			c := &http.Client{Transport: tr}
-			for range 3 {
-				req, _ := http.NewRequestWithContext(hostbreaker.WithRole(context.Background(), hostbreaker.RoleLanding), http.MethodGet, h.flapping, nil)
-				if resp, err := c.Do(req); err == nil {
-					resp.Body.Close()
-				}
-			}
-			landingOpen := func() bool {
-				for _, st := range tr.Snapshot() {
-					if st.Host == hostOf(h.flapping) && st.Role == hostbreaker.RoleLanding {
-						return st.State == hostbreaker.StateOpen
-					}
-				}
-				return false
-			}
-			if !landingOpen() {
-				t.Fatalf("the landing breaker did not open: %+v", tr.Snapshot())
-			}
-			// The first advice, and the limited host's rate.
-			targets := []hostbreaker.Advice{advice[0]}
-			for _, a := range byHost[hostOf(h.limited)] {
-				if a.Key == "rate" && a != advice[0] {
-					targets = append(targets, a)
-				}
-			}
-			before := make([]hostbreaker.Policy, len(targets))
-			for i, target := range targets {
-				before[i], _ = tr.Policy(target.Host, target.Role)
-			}
-			if _, errOut, code := runBinary(t, "-store", storeURL, "-config", configFile, "-enforce"); code != 0 {
-				t.Fatalf("advise -enforce: exit %d: %s", code, errOut)
-			}
-			bound := 100*time.Millisecond + 2*time.Second // poll + 1 s, generous
-			if kind == "redis" {
-				bound = 2 * time.Second
-			}
-			deadline := time.Now().Add(10 * bound)
-			for i, target := range targets {
-				for {
-					p, _ := tr.Policy(target.Host, target.Role)
-					if policyValue(p, target.Key) == target.Proposed {
-						break
-					}
-					if time.Now().After(deadline) {
-						t.Fatalf("%s %s: %s = %s, want %s after -enforce (before: %+v)", target.Host, target.Role, target.Key,
-							policyValue(p, target.Key), target.Proposed, before[i])
-					}
-					time.Sleep(10 * time.Millisecond)
-				}
-			}
-			if !landingOpen() {
-				t.Errorf("the tune closed an open breaker: %+v", tr.Snapshot())
-			}
-			out, _, code = runBinary(t, "-store", storeURL, "-history")
-			for _, target := range targets {
-				if code != 0 || !strings.Contains(out, target.Host) || !strings.Contains(out, target.Key) ||
-					!strings.Contains(out, "advise -enforce") {
-					t.Fatalf("advise -history (exit %d), no %s %s:\n%s", code, target.Host, target.Key, out)
-				}
-			}
-			if _, errOut, code := runBinary(t, "-store", storeURL, "-revert", "all"); code != 0 {
-				t.Fatalf("advise -revert all: exit %d: %s", code, errOut)
-			}
-			deadline = time.Now().Add(10 * bound)
-			for i, target := range targets {
-				for ; ; time.Sleep(10 * time.Millisecond) {
-					p, _ := tr.Policy(target.Host, target.Role)
-					if policyValue(p, target.Key) == policyValue(before[i], target.Key) {
-						break
-					}
-					if time.Now().After(deadline) {
-						t.Fatalf("after -revert: %s = %s, want %s", target.Key, policyValue(p, target.Key), policyValue(before[i], target.Key))
-					}
-				}
-			}
+			f(t, storeURL, h)
 		})
 	}
+}
+
+func TestAdviseEnforceHistoryRevert(t *testing.T) {
+	eachDrivenStore(t, func(t *testing.T, storeURL string, h hosts) {
+		configFile, cfg := writeConfig(t, storeURL)
+
+		out, errOut, code := runBinary(t, "-store", storeURL, "-config", configFile, "-json")
+		if code != 0 {
+			t.Fatalf("advise -json: exit %d: %s", code, errOut)
+		}
+		var advice []hostbreaker.Advice
+		if err := json.Unmarshal([]byte(out), &advice); err != nil {
+			t.Fatalf("stdout is not a JSON array of advice: %v\n%s", err, out)
+		}
+		byHost := map[string][]hostbreaker.Advice{}
+		for _, a := range advice {
+			byHost[a.Host] = append(byHost[a.Host], a)
+		}
+		t.Logf("advice: %s", out)
+		// The right keys, for the right reasons.
+		for _, want := range []struct{ url, key, why string }{
+			{h.throttled, "reset_timeout", "Retry-After"},
+			{h.flapping, "reset_timeout", "by a failed probe"},
+			{h.transient, "fail_max", "closed by the first probe"},
+			{h.limited, "rate", "answered 429"},
+		} {
+			found := false
+			for _, a := range byHost[hostOf(want.url)] {
+				// A replay for the breaker keys, none for rate.
+				found = found || a.Key == want.key && strings.Contains(a.Reason, want.why) && (a.Replay != nil) == (a.Key != "rate")
+			}
+			if !found {
+				t.Errorf("%s: no %s advice that says %q: %+v", hostOf(want.url), want.key, want.why, byHost[hostOf(want.url)])
+			}
+		}
+		for _, u := range []string{h.throttled, h.flapping, h.transient, h.limited} {
+			if len(byHost[hostOf(u)]) == 0 {
+				t.Errorf("no advice for %s; its journal:", hostOf(u))
+				s, _ := hostbreaker.OpenStore(storeURL)
+				evs, _ := hostbreaker.ReadJournal(context.Background(), s, time.Time{})
+				s.Close()
+				for _, ev := range evs {
+					if ev.Host == hostOf(u) && ev.Name != hostbreaker.EventSummary {
+						t.Logf("%s %s %s->%s %s ra=%v", ev.Name, ev.Role, ev.PreviousState, ev.State, ev.Reason, ev.RetryAfter)
+					} else if ev.Host == hostOf(u) {
+						t.Logf("summary %+v", *ev.Summary)
+					}
+				}
+			}
+		}
+		if a := byHost[hostOf(h.healthy)]; len(a) != 0 {
+			t.Errorf("advice for the healthy host: %+v", a)
+		}
+		// A Transport that runs now, in this process, with the same
+		// store: -enforce (another process) changes its policy live.
+		tr, err := hostbreaker.NewTransport(nil, hostbreaker.WithConfig(cfg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tr.Close()
+		// An open breaker that the tune must leave open.
+		c := &http.Client{Transport: tr}
+		for range 3 {
+			req, _ := http.NewRequestWithContext(hostbreaker.WithRole(context.Background(), hostbreaker.RoleLanding), http.MethodGet, h.flapping, nil)
+			if resp, err := c.Do(req); err == nil {
+				resp.Body.Close()
+			}
+		}
+		landingOpen := func() bool {
+			for _, st := range tr.Snapshot() {
+				if st.Host == hostOf(h.flapping) && st.Role == hostbreaker.RoleLanding {
+					return st.State == hostbreaker.StateOpen
+				}
+			}
+			return false
+		}
+		if !landingOpen() {
+			t.Fatalf("the landing breaker did not open: %+v", tr.Snapshot())
+		}
+		// The first advice, and the limited host's rate.
+		targets := []hostbreaker.Advice{advice[0]}
+		for _, a := range byHost[hostOf(h.limited)] {
+			if a.Key == "rate" && a != advice[0] {
+				targets = append(targets, a)
+			}
+		}
+		before := make([]hostbreaker.Policy, len(targets))
+		for i, target := range targets {
+			before[i], _ = tr.Policy(target.Host, target.Role)
+		}
+		if _, errOut, code := runBinary(t, "-store", storeURL, "-config", configFile, "-enforce"); code != 0 {
+			t.Fatalf("advise -enforce: exit %d: %s", code, errOut)
+		}
+		bound := 100*time.Millisecond + 2*time.Second // poll + 1 s, generous
+		if strings.HasPrefix(storeURL, "redis") {
+			bound = 2 * time.Second
+		}
+		deadline := time.Now().Add(10 * bound)
+		for i, target := range targets {
+			for {
+				p, _ := tr.Policy(target.Host, target.Role)
+				if policyValue(p, target.Key) == target.Proposed {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%s %s: %s = %s, want %s after -enforce (before: %+v)", target.Host, target.Role, target.Key,
+						policyValue(p, target.Key), target.Proposed, before[i])
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
+		if !landingOpen() {
+			t.Errorf("the tune closed an open breaker: %+v", tr.Snapshot())
+		}
+		out, _, code = runBinary(t, "-store", storeURL, "-history")
+		for _, target := range targets {
+			if code != 0 || !strings.Contains(out, target.Host) || !strings.Contains(out, target.Key) ||
+				!strings.Contains(out, "advise -enforce") {
+				t.Fatalf("advise -history (exit %d), no %s %s:\n%s", code, target.Host, target.Key, out)
+			}
+		}
+		if _, errOut, code := runBinary(t, "-store", storeURL, "-revert", "all"); code != 0 {
+			t.Fatalf("advise -revert all: exit %d: %s", code, errOut)
+		}
+		deadline = time.Now().Add(10 * bound)
+		for i, target := range targets {
+			for ; ; time.Sleep(10 * time.Millisecond) {
+				p, _ := tr.Policy(target.Host, target.Role)
+				if policyValue(p, target.Key) == policyValue(before[i], target.Key) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("after -revert: %s = %s, want %s", target.Key, policyValue(p, target.Key), policyValue(before[i], target.Key))
+				}
+			}
+		}
+	})
 }
 
 // policyValue returns the TOML value of key in p.
@@ -540,112 +549,104 @@ func TestOperatorSafety(t *testing.T) {
 // configurations differ are reported; -enforce refuses once no process
 // runs.
 func TestCurrentOfAClosedHost(t *testing.T) {
-	for _, kind := range []string{"bbolt", "redis"} {
-		t.Run(kind, func(t *testing.T) {
-			storeURL := filepath.Join(t.TempDir(), "hb.db")
-			if kind == "redis" {
-				storeURL = redisURL(t)
-			}
-			h := startHosts(t)
-			drive(t, storeURL, h, 5*time.Second)
-			_, cfg := writeConfig(t, storeURL)
-			tr, err := hostbreaker.NewTransport(nil, hostbreaker.WithConfig(cfg))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer tr.Close()
-			transient := hostOf(h.transient)
-			req, _ := http.NewRequestWithContext(hostbreaker.WithRole(context.Background(), hostbreaker.RoleMetadata), http.MethodGet, h.transient, nil)
-			if resp, err := (&http.Client{Transport: tr}).Do(req); err == nil {
-				resp.Body.Close()
-			}
-			s, err := hostbreaker.OpenStore(storeURL)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer s.Close()
-			running := func(n int) {
-				t.Helper()
-				for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-					cs, _ := s.Configs(context.Background())
-					k := 0
-					for _, c := range cs {
-						if c.Running(time.Now()) {
-							k++
-						}
-					}
-					if k == n {
-						return
-					}
-					if time.Now().After(deadline) {
-						t.Fatalf("%d configurations running, want %d: %+v", k, n, cs)
+	eachDrivenStore(t, func(t *testing.T, storeURL string, h hosts) {
+		_, cfg := writeConfig(t, storeURL)
+		tr, err := hostbreaker.NewTransport(nil, hostbreaker.WithConfig(cfg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tr.Close()
+		transient := hostOf(h.transient)
+		req, _ := http.NewRequestWithContext(hostbreaker.WithRole(context.Background(), hostbreaker.RoleMetadata), http.MethodGet, h.transient, nil)
+		if resp, err := (&http.Client{Transport: tr}).Do(req); err == nil {
+			resp.Body.Close()
+		}
+		s, err := hostbreaker.OpenStore(storeURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		running := func(n int) {
+			t.Helper()
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+				cs, _ := s.Configs(context.Background())
+				k := 0
+				for _, c := range cs {
+					if c.Running(time.Now()) {
+						k++
 					}
 				}
-			}
-			running(1)
-			for _, st := range tr.Snapshot() {
-				if st.Host == transient && st.State != hostbreaker.StateClosed {
-					t.Fatalf("the transient host is not closed: %+v", st)
-				}
-			}
-			// The rows that drive's Transport published expire (5 s):
-			// then no row shows the closed host.
-			for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-				states, _ := s.States(context.Background())
-				if !slices.ContainsFunc(states, func(st hostbreaker.PublishedState) bool { return st.Host == transient }) {
-					break
+				if k == n {
+					return
 				}
 				if time.Now().After(deadline) {
-					t.Fatalf("the closed host has a published state: %+v", states)
+					t.Fatalf("%d configurations running, want %d: %+v", k, n, cs)
 				}
 			}
-			adviceOf := func(args ...string) []hostbreaker.Advice {
-				t.Helper()
-				return adviceJSON(t, runBinary, storeURL, args...)
+		}
+		running(1)
+		for _, st := range tr.Snapshot() {
+			if st.Host == transient && st.State != hostbreaker.StateClosed {
+				t.Fatalf("the transient host is not closed: %+v", st)
 			}
-			found := false
-			for _, a := range adviceOf("-host", transient) {
-				if a.Key == "fail_max" {
-					found = true
-					if a.From != hostbreaker.FromPublished || a.Current != "3" {
-						t.Errorf("fail_max of the closed host: CURRENT %s from %s, want 3 (the file's; built-in 5) from published", a.Current, a.From)
-					}
+		}
+		// The rows that drive's Transport published expire (5 s):
+		// then no row shows the closed host.
+		for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			states, _ := s.States(context.Background())
+			if !slices.ContainsFunc(states, func(st hostbreaker.PublishedState) bool { return st.Host == transient }) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the closed host has a published state: %+v", states)
+			}
+		}
+		adviceOf := func(args ...string) []hostbreaker.Advice {
+			t.Helper()
+			return adviceJSON(t, runBinary, storeURL, args...)
+		}
+		found := false
+		for _, a := range adviceOf("-host", transient) {
+			if a.Key == "fail_max" {
+				found = true
+				if a.From != hostbreaker.FromPublished || a.Current != "3" {
+					t.Errorf("fail_max of the closed host: CURRENT %s from %s, want 3 (the file's; built-in 5) from published", a.Current, a.From)
 				}
 			}
-			if !found {
-				t.Fatalf("no fail_max advice for %s", transient)
-			}
+		}
+		if !found {
+			t.Fatalf("no fail_max advice for %s", transient)
+		}
 
-			// Another process, with another configuration (the landing
-			// role's reset_timeout): reported.
-			cfg2 := cfg
-			cfg2.Defaults.Roles = map[string]hostbreaker.Policy{hostbreaker.RoleLanding: {ResetTimeout: 2 * time.Hour}}
-			tr2, err := hostbreaker.NewTransport(nil, hostbreaker.WithConfig(cfg2))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer tr2.Close()
-			running(2)
-			out, _, _ := runBinary(t, "-store", storeURL)
-			if !strings.Contains(out, "the processes run 2 different configurations") {
-				t.Errorf("no warning about two configurations:\n%s", out)
-			}
-			// Their values agree on the closed host's fail_max: -enforce may
-			// write it.
-			if _, errOut, code := runBinary(t, "-store", storeURL, "-enforce", "-host", transient, "-key", "fail_max"); code != 0 {
-				t.Fatalf("-enforce -host %s -key fail_max: exit %d: %s", transient, code, errOut)
-			}
-			if ov, _ := s.Overrides(context.Background()); ov[transient].FailMax == 0 && ov[transient].Roles["metadata"].FailMax == 0 {
-				t.Errorf("overrides after -enforce: %+v", ov)
-			}
-			// No process runs: nothing known, -enforce refuses.
-			tr.Close()
-			tr2.Close()
-			running(0)
-			_, errOut, code := runBinary(t, "-store", storeURL, "-enforce")
-			if code != 1 || !strings.Contains(errOut, "is not known") {
-				t.Errorf("-enforce with no process running: exit %d, %q", code, errOut)
-			}
-		})
-	}
+		// Another process, with another configuration (the landing
+		// role's reset_timeout): reported.
+		cfg2 := cfg
+		cfg2.Defaults.Roles = map[string]hostbreaker.Policy{hostbreaker.RoleLanding: {ResetTimeout: 2 * time.Hour}}
+		tr2, err := hostbreaker.NewTransport(nil, hostbreaker.WithConfig(cfg2))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tr2.Close()
+		running(2)
+		out, _, _ := runBinary(t, "-store", storeURL)
+		if !strings.Contains(out, "the processes run 2 different configurations") {
+			t.Errorf("no warning about two configurations:\n%s", out)
+		}
+		// Their values agree on the closed host's fail_max: -enforce may
+		// write it.
+		if _, errOut, code := runBinary(t, "-store", storeURL, "-enforce", "-host", transient, "-key", "fail_max"); code != 0 {
+			t.Fatalf("-enforce -host %s -key fail_max: exit %d: %s", transient, code, errOut)
+		}
+		if ov, _ := s.Overrides(context.Background()); ov[transient].FailMax == 0 && ov[transient].Roles["metadata"].FailMax == 0 {
+			t.Errorf("overrides after -enforce: %+v", ov)
+		}
+		// No process runs: nothing known, -enforce refuses.
+		tr.Close()
+		tr2.Close()
+		running(0)
+		_, errOut, code := runBinary(t, "-store", storeURL, "-enforce")
+		if code != 1 || !strings.Contains(errOut, "is not known") {
+			t.Errorf("-enforce with no process running: exit %d, %q", code, errOut)
+		}
+	})
 }
