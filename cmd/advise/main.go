@@ -15,8 +15,10 @@
 // role) none of them published, -config's (the policy file, with the
 // tuned overrides in the store laid over it), and without -config the
 // built-in defaults, marked as assumed: -enforce then refuses to write.
-// Without -enforce nothing is written. With -json, standard output holds a
-// JSON array and nothing else; diagnostics go to standard error. The exit
+// -host selects hosts as a [hosts] key names them (a host on any port,
+// a wildcard's hosts). Without -enforce nothing is written, and the output
+// says so. With -json, standard output holds a JSON array and nothing
+// else; diagnostics (that note among them) go to standard error. The exit
 // status is 0 with or without advice, 1 for errors (a missing store, a bad
 // config, a store it cannot read, -enforce without the values in force,
 // -revert of a host with no tuned override) and 2 for usage errors.
@@ -87,7 +89,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	enforce := fs.Bool("enforce", false, "tune what it advises, in every process that shares the store")
 	revert := fs.String("revert", "", "remove the tuned overrides of `HOST` (\"all\": every one)")
 	history := fs.Bool("history", false, "print the policy changes in the window")
-	hostFlag := fs.String("host", "", "only the advice on `HOST` (a host, or a Hosts key such as *.example.org)")
+	hostFlag := fs.String("host", "", "only the advice on `HOST` (a host, on any port unless one is given, or a Hosts key such as *.example.org: the hosts under it)")
 	keyFlag := fs.String("key", "", "only the advice on `KEY` (fail_max, rate, reset_timeout, success_threshold, trial_calls)")
 	force := fs.Bool("f", false, "with -revert: revert even a host with no tuned override")
 	fullUsage := func() string {
@@ -207,7 +209,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	configs = slices.DeleteFunc(configs, func(c hostbreaker.PublishedConfig) bool { return !c.Running(t) })
 	advice := hostbreaker.AdviseWith(events, cfg, overrides, hostbreaker.AdviseOptions{Published: states, Configs: configs, ConfigUnknown: *configFile == ""})
 	advice = slices.DeleteFunc(advice, func(a hostbreaker.Advice) bool {
-		return (host != "" && a.Host != host) || (*keyFlag != "" && a.Key != *keyFlag)
+		return (host != "" && !selects(host, a.Host)) || (*keyFlag != "" && a.Key != *keyFlag)
 	})
 	groups := hostbreaker.ConfigGroups(append(slices.Clip(states), configStates(configs)...))
 	if *enforce && len(advice) > 0 {
@@ -232,6 +234,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if len(groups) > 1 {
 			fmt.Fprintln(stderr, "advise: "+differentConfigs(groups))
 		}
+		if !*enforce && len(advice) > 0 {
+			fmt.Fprintln(stderr, "advise: "+dryRunNote)
+		}
 		return encodeJSON(stdout, advice, fail)
 	}
 	printAdvice(stdout, advice, events, *enforce)
@@ -239,10 +244,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, "\nwarning: "+differentConfigs(groups))
 	}
 	if !*enforce && len(advice) > 0 {
-		fmt.Fprintln(stdout, "\ndry run: nothing written (-enforce applies the advice to every process)")
+		fmt.Fprintln(stdout, "\n"+dryRunNote)
 	}
 	return 0
 }
+
+// dryRunNote says that advice was shown and not applied.
+const dryRunNote = "dry run: nothing written (-enforce applies the advice to every process)"
 
 // configStates returns a row per configuration, with its source and hash
 // alone: what ConfigGroups reads.
@@ -257,13 +265,34 @@ func configStates(configs []hostbreaker.PublishedConfig) []hostbreaker.Published
 // tunableKeys are the keys advise proposes.
 var tunableKeys = []string{"fail_max", "rate", "reset_timeout", "success_threshold", "trial_calls"}
 
-// hostKey returns the Hosts key that s names: a wildcard as written, else
-// the normalized host.
+// hostKey returns the Hosts key that s names: a wildcard "*.suffix" with
+// its suffix normalized, else the normalized host.
 func hostKey(s string) (string, error) {
-	if strings.HasPrefix(s, "*.") {
-		return s, nil
+	if rest, ok := strings.CutPrefix(s, "*."); ok {
+		suffix, err := hostbreaker.NormalizeHost(rest)
+		if err != nil {
+			return "", err
+		}
+		return "*." + suffix, nil
 	}
 	return hostbreaker.NormalizeHost(s)
+}
+
+// selects reports whether the Hosts key key (from -host) names host, as a
+// [hosts] key applies to a host: the host itself, the host on any port
+// (key without one), or, for a wildcard "*.suffix", a name under suffix.
+func selects(key, host string) bool {
+	if key == host {
+		return true
+	}
+	name := host
+	if i := strings.LastIndexByte(host, ':'); i >= 0 && !strings.HasSuffix(host, "]") {
+		name = host[:i]
+	}
+	if suffix, ok := strings.CutPrefix(key, "*"); ok {
+		return strings.HasSuffix(name, suffix)
+	}
+	return key == name
 }
 
 // nearOverride names the overridden keys close to key, for a typo.

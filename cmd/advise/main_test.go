@@ -650,3 +650,113 @@ func TestCurrentOfAClosedHost(t *testing.T) {
 		}
 	})
 }
+
+// throttledStore returns a bbolt store whose journal has one summary a
+// minute ago for each host, 20 of whose 100 requests sent answered 429:
+// rate advice (rule 1) for each.
+func throttledStore(t *testing.T, hostNames ...string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "hb.db")
+	s, err := hostbreaker.OpenStore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var events []hostbreaker.Event
+	for _, h := range hostNames {
+		events = append(events, hostbreaker.Event{Name: hostbreaker.EventSummary, Time: time.Now().Add(-time.Minute),
+			Process: "crawler#1", Host: h, Interval: time.Minute,
+			Summary: &hostbreaker.Summary{Requests: 100, Successes: 80, Failures: 20, Status429: 20}})
+	}
+	if _, err := s.AppendEvents(context.Background(), events, hostbreaker.JournalLimits{}); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestHostSelects: -host H keeps the advice on the hosts that H names as
+// a [hosts] key names them: the host, the host on any port, or, for a
+// wildcard, every host under it. Before, the advice's host had to equal H:
+// -host '*.example.org', which the usage offers, kept nothing.
+func TestHostSelects(t *testing.T) {
+	storeURL := throttledStore(t, "a.example.org", "b.example.org:8443", "c.example.net", "example.org")
+	for _, c := range []struct {
+		host string
+		want []string
+	}{
+		{"*.example.org", []string{"a.example.org", "b.example.org:8443"}},
+		{"*.EXAMPLE.org", []string{"a.example.org", "b.example.org:8443"}},
+		{"b.example.org", []string{"b.example.org:8443"}},
+		{"b.example.org:8443", []string{"b.example.org:8443"}},
+		{"b.example.org:9000", nil},
+		{"https://C.example.net/x", []string{"c.example.net"}},
+		{"example.org", []string{"example.org"}},
+	} {
+		var got []string
+		for _, a := range adviceJSON(t, runInProcess, storeURL, "-host", c.host) {
+			got = append(got, a.Host)
+		}
+		if !slices.Equal(got, c.want) {
+			t.Errorf("-host %s: advice on %v, want %v", c.host, got, c.want)
+		}
+	}
+}
+
+// TestDryRunSaid: without -enforce the output says that nothing was
+// written, with -json too (on standard error, standard output holding the
+// JSON alone); with -enforce it does not.
+func TestDryRunSaid(t *testing.T) {
+	storeURL := throttledStore(t, "a.example.org")
+	const note = "dry run: nothing written"
+	if out, _, code := runInProcess(t, "-store", storeURL); code != 0 || !strings.Contains(out, note) {
+		t.Errorf("table: exit %d, no %q:\n%s", code, note, out)
+	}
+	out, errOut, code := runInProcess(t, "-store", storeURL, "-json")
+	var advice []hostbreaker.Advice
+	if err := json.Unmarshal([]byte(out), &advice); code != 0 || err != nil || len(advice) != 1 {
+		t.Fatalf("-json: exit %d, %v, %q", code, err, out)
+	}
+	if !strings.Contains(errOut, note) {
+		t.Errorf("-json: standard error %q, want %q", errOut, note)
+	}
+	cfg := filepath.Join(t.TempDir(), "hb.toml")
+	if err := os.WriteFile(cfg, []byte("[defaults]\nfail_max = 5\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code = runInProcess(t, "-store", storeURL, "-config", cfg, "-json", "-enforce")
+	if code != 0 || strings.Contains(out+errOut, note) {
+		t.Errorf("-json -enforce: exit %d, %q %q", code, out, errOut)
+	}
+}
+
+// TestHistoryRowShape: -history gives one row shape to every policy
+// change: a key of a role is its role and key whether the event names the
+// role (Tune) or the key does (roles.NAME.key: a revert, UpdateHostPolicy);
+// the AFTER of a revert is "(config)"; the echoes of the processes that
+// applied a change are left out; -host and -key select. (The rows of one
+// event come in the order of its TOML lines.)
+func TestHistoryRowShape(t *testing.T) {
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	events := []hostbreaker.Event{
+		{Name: hostbreaker.EventPolicyChange, Time: t0, Process: "tune:ops:1", Host: "h.example", Role: "landing",
+			PreviousPolicy: "fail_max = 5", Policy: "fail_max = 7", Note: "advise -enforce"},
+		{Name: hostbreaker.EventPolicyChange, Time: t0.Add(time.Second), Process: "crawler#1", Host: "h.example", Remote: true,
+			PreviousPolicy: "roles.landing.fail_max = 5", Policy: "roles.landing.fail_max = 7", Note: "tuned (read from the store)"},
+		{Name: hostbreaker.EventPolicyChange, Time: t0.Add(time.Minute), Process: "tune:ops:2", Host: "h.example",
+			PreviousPolicy: "roles.landing.fail_max = 7\nreset_timeout = \"30s\"", Note: "advise -revert: tuning reverted"},
+		{Name: hostbreaker.EventPolicyChange, Time: t0.Add(2 * time.Minute), Process: "tune:ops:3", Host: "other.example",
+			PreviousPolicy: "rate = 0", Policy: "rate = 2", Note: "advise -enforce"},
+	}
+	want := []historyRow{
+		{Time: t0, Host: "h.example", Role: "landing", Key: "fail_max", Before: "5", After: "7", Who: "tune:ops:1", Why: "advise -enforce"},
+		{Time: t0.Add(time.Minute), Host: "h.example", Role: "", Key: "reset_timeout", Before: "30s", After: "(config)", Who: "tune:ops:2", Why: "advise -revert: tuning reverted"},
+		{Time: t0.Add(time.Minute), Host: "h.example", Role: "landing", Key: "fail_max", Before: "7", After: "(config)", Who: "tune:ops:2", Why: "advise -revert: tuning reverted"},
+		{Time: t0.Add(2 * time.Minute), Host: "other.example", Role: "", Key: "rate", Before: "0", After: "2", Who: "tune:ops:3", Why: "advise -enforce"},
+	}
+	if got := historyRows(events, "", ""); !slices.Equal(got, want) {
+		t.Errorf("rows:\n%+v\nwant\n%+v", got, want)
+	}
+	if got, w := historyRows(events, "h.example", "fail_max"), []historyRow{want[0], want[2]}; !slices.Equal(got, w) {
+		t.Errorf("-host h.example -key fail_max:\n%+v\nwant\n%+v", got, w)
+	}
+}

@@ -31,6 +31,11 @@ func readmeBlocks(t *testing.T, lang string) (blocks []string, readme string) {
 	return blocks, string(b)
 }
 
+// ciRunsTests matches a line of .ci/run that runs the README's test
+// command: `go test -race ./...`, alone or followed by a redirection or a
+// pipe.
+var ciRunsTests = regexp.MustCompile(`(?m)^[ \t]*go test -race \./\.\.\.([ \t]+[|&>2].*)?$`)
+
 // TestREADMECommands checks the README's shell commands: the set-up block,
 // whose second command is .ci/run, the script that installs and starts what
 // the tests need and then runs them, and the go get line.
@@ -48,10 +53,28 @@ func TestREADMECommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"redis-server --daemonize yes", "prometheus", "nginx", "haproxy", "\ngo test -race ./...\n"} {
+	for _, want := range []string{"redis-server --daemonize yes", "prometheus", "nginx", "haproxy"} {
 		if !strings.Contains(string(ci), want) {
 			t.Errorf(".ci/run, which the README's set-up runs, lacks %q", want)
 		}
+	}
+	// The README's test command, as a command of its own line (its output
+	// may be piped on: `go test -race ./... 2>&1 | tee "$log"`), not only
+	// in an echo or a comment.
+	for line, runs := range map[string]bool{
+		"go test -race ./...":                                true,
+		`go test -race ./... 2>&1 | tee "$log" || status=$?`: true,
+		`echo "ci: go test -race ./..."`:                     false,
+		"# go test -race ./...":                              false,
+		"go test -race ./... -run TestOne":                   false,
+		"go test -race $crashed":                             false,
+	} {
+		if ciRunsTests.MatchString(line) != runs {
+			t.Errorf("ciRunsTests on %q: %v, want %v", line, !runs, runs)
+		}
+	}
+	if !ciRunsTests.Match(ci) {
+		t.Errorf(".ci/run, which the README's set-up runs, has no line that runs %q", "go test -race ./...")
 	}
 	if !get {
 		t.Error("README has no `go get github.com/hostbreaker/hostbreaker` line")
