@@ -701,6 +701,7 @@ type pairEvidence struct {
 	reopens              int       // openings by a failed probe
 	byFailMax            ruleTrips // the trips that fail_max fired (rule 6 reads only those)
 	byRate               int       // trips that failure_rate or slow_call_rate fired
+	byFailureRate        int       // …failure_rate alone, which the replay simulates
 	durations            []time.Duration
 	seqs                 map[string][]timedRun // the recorded outcomes, by process
 	episodes             map[string]*episode   // the trip in progress, by process
@@ -875,6 +876,9 @@ func (p *pairEvidence) stateChange(ev Event) bool {
 			p.byFailMax.trips++
 		} else {
 			p.byRate++
+			if rule, _, _ := strings.Cut(ev.Note, ":"); rule == ruleFailureRate {
+				p.byFailureRate++
+			}
 		}
 		p.episodes[ev.Process] = ep
 		return true
@@ -954,12 +958,23 @@ func (p *pairEvidence) advise(k pairKey, h *hostEvidence, cur Policy, b TuneBoun
 			fm.trips, byRate, cur.FailMax, adviseOutageFailMax)
 	}
 
+	// The processes publish only the tunable keys: the replay's
+	// failure_rate is the configuration's given to Advise. A journal whose
+	// trips name a rule that it leaves off was written under another one.
+	var noRule string
+	if p.byFailureRate > 0 && cur.FailureRate <= 0 {
+		noRule = fmt.Sprintf("the journal shows %d trips by failure_rate, which the values given leave off: the replay ran without it (give the configuration)",
+			p.byFailureRate)
+	}
 	var out []Advice
 	for _, key := range []string{keyFailMax, keyResetTimeout, keySuccessThreshold, keyTrialCalls} {
 		now := currentValue(cur, key)
 		value, reason, ok := decide(key, props, now, b)
 		if !ok {
 			continue
+		}
+		if noRule != "" {
+			reason = joinReason(reason, noRule)
 		}
 		proposed := cur
 		setValue(&proposed, key, value)

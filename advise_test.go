@@ -1361,3 +1361,37 @@ func TestAdviseRateRuleTrips(t *testing.T) {
 		}
 	})
 }
+
+// TestAdviseReplayWithoutTheRateRule: the processes publish only the
+// tunable keys, so the failure_rate of a replay is the configuration's
+// given to Advise. When the journal shows trips by failure_rate that the
+// values given leave off, the replay ran without the rule, and the reason
+// says so; with the rule given, it says nothing.
+func TestAdviseReplayWithoutTheRateRule(t *testing.T) {
+	evs := journalTransient(t)
+	for i, ev := range evs {
+		if ev.Name == EventStateChange && ev.State == StateOpen && ev.PreviousState == StateClosed {
+			evs[i].Note = "failure_rate: 4 of 24 requests failed in 60s"
+		}
+	}
+	const note = "the journal shows 2 trips by failure_rate, which the values given leave off: the replay ran without it"
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		opts AdviseOptions
+		want bool
+	}{
+		{"configuration unknown, values published", Config{Defaults: Policy{ResetTimeout: 10 * time.Second}},
+			AdviseOptions{ConfigUnknown: true, Published: []PublishedState{{Source: "web-1:100#1", Host: "burst.example.org", Role: "feed",
+				ConfigHash: "abc", Policy: Policy{FailMax: 5, ResetTimeout: 10 * time.Second, SuccessThreshold: 1, TrialCalls: 1}}}}, true},
+		{"configuration without the rule", Config{Defaults: Policy{ResetTimeout: 10 * time.Second}}, AdviseOptions{}, true},
+		{"configuration with the rule", Config{Defaults: Policy{ResetTimeout: 10 * time.Second, FailureRate: 0.1, MinRequests: 10}}, AdviseOptions{}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := findAdvice(t, AdviseWith(evs, tc.cfg, nil, tc.opts), "burst.example.org", "feed", "reset_timeout")
+			if got := strings.Contains(a.Reason, note); got != tc.want {
+				t.Fatalf("reason %q: note %v, want %v", a.Reason, got, tc.want)
+			}
+		})
+	}
+}

@@ -33,10 +33,15 @@ func ParseConfig(data []byte) (Config, error) {
 		if errors.As(err, &pe) {
 			return Config{}, &ConfigError{Key: pe.LastKey, Line: pe.Position.Line, Msg: pe.Message}
 		}
-		// Type errors come as "toml: line N (last key "K"): message".
+		// Type errors come as "toml: line N (last key "K"): message", K
+		// quoted as Go quotes it (hosts.\"a.com\".rate).
 		if m := tomlErrRE.FindStringSubmatch(err.Error()); m != nil {
 			line, _ := strconv.Atoi(m[1])
-			return Config{}, &ConfigError{Key: splitKey(m[2]).String(), Line: line, Msg: m[3]}
+			key := m[2]
+			if u, err := strconv.Unquote(`"` + key + `"`); err == nil {
+				key = u
+			}
+			return Config{}, &ConfigError{Key: splitKey(key).String(), Line: line, Msg: m[3]}
 		}
 		return Config{}, &ConfigError{Msg: strings.TrimPrefix(err.Error(), "toml: ")}
 	}

@@ -264,6 +264,9 @@ failure_statuses = [400]
 		{"slow_call negative", "[defaults]\nslow_call = \"-1s\" #<\n", []string{"defaults.slow_call"}, false},
 		{"mode unknown", "[hosts.\"a.com\"]\nfail_max = 2\nmode = \"loud\" #<\n", []string{`hosts."a.com".mode`}, false},
 		{"mode in a role", "[hosts.\"a.com\".roles.r]\nmode = \"shadow\" #<\n", []string{`hosts."a.com".roles.r.mode`}, false},
+		{"failure_rate string host", "[hosts.\"a.com\"]\nfail_max = 2\nfailure_rate = \"x\" #<\n", []string{`hosts."a.com".failure_rate`}, false},
+		{"max_concurrent float host role", "[hosts.\"a.com\".roles.\"x y\"]\nfail_max = 2\nmax_concurrent = 1.5 #<\n", []string{`hosts."a.com".roles."x y".max_concurrent`}, false},
+		{"mode int host", "[hosts.'a.com']\nmode = 1 #<\n", []string{`hosts."a.com".mode`}, false},
 		{"syntax error", "[defaults]\nfail_max = = 3 #<\n", nil, false},
 	}
 	for _, tc := range tests {
