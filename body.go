@@ -29,8 +29,8 @@ type body struct {
 	rc    io.ReadCloser
 	t     *Transport
 	e     *entry
-	ctx   context.Context
-	adm   admission // as admitted, without its turn
+	req   *http.Request
+	adm   admission // as admitted, without its turn (began: when it was sent)
 	was   outcome   // the outcome counted at the headers
 	at    int64     // when the rate rules' window counted it; 0 if none did
 	okSeq uint64    // e.successes after the headers were counted
@@ -71,10 +71,19 @@ func (b *body) finish(err error) {
 	if !b.done.CompareAndSwap(0, 1) {
 		return
 	}
-	if b.watch && err != nil && !b.closed.Load() && classifyError(b.ctx) == outcomeFailure {
+	if b.watch && err != nil && !b.closed.Load() && classifyError(b.req.Context()) == outcomeFailure && !b.callersDeadline(err) {
 		b.t.bodyFailed(b, err)
 	}
 	b.slot.release()
+}
+
+// callersDeadline reports whether err, which broke the body, came from the
+// caller's deadline, by the rule that holds at the headers (classify.go,
+// callersDeadline): the request's context deadline passed before it had
+// waited the host's slow_call (1 s when unset) since it was sent, and it is
+// not http.Client.Timeout's. Such a body is no failure of the host's.
+func (b *body) callersDeadline(err error) bool {
+	return b.adm.began != 0 && callersDeadline(b.req, err, b.t.now()-b.adm.began, b.e.pol.Load().SlowCall)
 }
 
 // bodySlab holds bodies to hand out one by one, so that watching one
@@ -143,7 +152,7 @@ func (t *Transport) wrapBody(e *entry, adm admission, req *http.Request, resp *h
 	} else {
 		b = newBody()
 	}
-	b.rc, b.t, b.e, b.ctx, b.adm, b.was, b.at, b.slot = resp.Body, t, e, req.Context(), adm, o, at, s
+	b.rc, b.t, b.e, b.req, b.adm, b.was, b.at, b.slot = resp.Body, t, e, req, adm, o, at, s
 	b.okSeq = e.successes.Load()
 	b.watch = o != outcomeFailure
 	resp.Body = b
@@ -181,7 +190,7 @@ func (t *Transport) bodyFailed(b *body, err error) {
 	if e.flags.Load()&flagBodyWatch == 0 {
 		e.flags.Or(flagBodyWatch) // watch every body of e from now on
 	}
-	c := bodyCause(b.ctx, err)
+	c := bodyCause(b.req.Context(), err)
 	var tr transition
 	if e.evicted() {
 		// Evicted while its body was read (it was idle): the failure goes

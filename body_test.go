@@ -591,3 +591,85 @@ func TestBodyWatchStays(t *testing.T) {
 		t.Fatalf("status %+v, want 3 failures and 100 successes", s)
 	}
 }
+
+// ctxBody sends one byte, then blocks until its request's context ends and
+// fails with the context's error, as net/http's bodies do.
+type ctxBody struct {
+	ctx  context.Context
+	sent bool
+}
+
+func (b *ctxBody) Read(p []byte) (int, error) {
+	if !b.sent && len(p) > 0 {
+		b.sent = true
+		p[0] = 'x'
+		return 1, nil
+	}
+	<-b.ctx.Done()
+	return 0, b.ctx.Err()
+}
+
+func (b *ctxBody) Close() error { return nil }
+
+// TestBodyCallersDeadlineIsNeutral: the caller's-deadline rule holds for a
+// deadline that ends the request while its body is read, as it does at
+// the headers: a job-wide deadline that comes less than slow_call (1 s
+// when unset) after the request was sent is the caller's, neutral, and the
+// success counted at the headers stands; a deadline after a longer wait,
+// and http.Client.Timeout, stay the host's failures.
+func TestBodyCallersDeadlineIsNeutral(t *testing.T) {
+	base := roundTripperFunc(func(req *http.Request) (*http.Response, error) {
+		return &http.Response{StatusCode: 200, Header: http.Header{}, Body: &ctxBody{ctx: req.Context()}, Request: req}, nil
+	})
+	for _, tc := range []struct {
+		name     string
+		slowCall time.Duration
+		left     time.Duration // the job's time left when the request starts; 0: no job deadline
+		timeout  time.Duration // http.Client.Timeout
+		want     State
+	}{
+		{"job deadline after 500ms", 0, 500 * time.Millisecond, 0, StateClosed},
+		{"job deadline after 2s", 0, 2 * time.Second, 0, StateOpen},
+		{"job deadline after 2s, slow_call 5s", 5 * time.Second, 2 * time.Second, 0, StateClosed},
+		{"job deadline after 6s, slow_call 5s", 5 * time.Second, 6 * time.Second, 0, StateOpen},
+		{"http.Client.Timeout 500ms", 0, 0, 500 * time.Millisecond, StateOpen},
+		{"job deadline with http.Client.Timeout", 0, 500 * time.Millisecond, time.Minute, StateOpen},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				c := quick(1, time.Minute)
+				c.Defaults.SlowCall = tc.slowCall
+				c.Defaults.MaxConcurrent = 4 // every body is watched
+				tr, err := NewTransport(base, WithConfig(c))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer tr.Close()
+				ctx := context.Background()
+				if tc.left > 0 {
+					job, cancel := context.WithTimeout(ctx, 10*time.Minute)
+					defer cancel()
+					time.Sleep(10*time.Minute - tc.left) // the job has been running
+					ctx = job
+				}
+				cl := &http.Client{Transport: tr, Timeout: tc.timeout}
+				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://a.test/", nil)
+				resp, err := cl.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := io.Copy(io.Discard, resp.Body); err == nil {
+					t.Fatal("body read to its end")
+				}
+				resp.Body.Close()
+				s := stateOf(t, tr, "a.test", "")
+				if s.State != tc.want {
+					t.Fatalf("state = %v, want %v (%+v)", s.State, tc.want, s)
+				}
+				if tc.want == StateClosed && (s.Successes != 1 || s.Failures != 0) {
+					t.Errorf("status %+v, want the success counted at the headers, no failure", s)
+				}
+			})
+		})
+	}
+}

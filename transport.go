@@ -397,7 +397,7 @@ func (t *Transport) send(req *http.Request, e *entry, p *resolved, sl *slot) (*h
 	// A body is wrapped only when it holds a slot or is to be watched for
 	// read errors (body.go): on a healthy host, one response in 16.
 	if o, counted, n := t.record(e, adm, req, resp, err); sl != nil || o != outcomeFailure && e.watchBody(n) {
-		if t.wrapBody(e, admission{st: adm.st, probe: adm.probe}, req, resp, o, counted, sl) { // without its turn, on this frame
+		if t.wrapBody(e, admission{st: adm.st, probe: adm.probe, began: adm.began}, req, resp, o, counted, sl) { // without its turn, on this frame
 			sl.handed = true
 		}
 	}
