@@ -320,6 +320,28 @@ func (s *policySource) withConfigs(rows []PublishedState, host, role string) []P
 	return out
 }
 
+// replayed returns the fields of (host, role) in force that the replay
+// reads and that the processes publish in their configurations alone
+// (publishedFields: failure_rate, min_requests, window, max_reset_timeout),
+// from the configuration of the first process, by name, of those counted
+// for host as withConfigs counts them. It reports false when no process
+// published one.
+func (s *policySource) replayed(host, role string) (Policy, bool) {
+	users := s.hostSources[host]
+	if !slices.ContainsFunc(s.configs, func(c sourceConfig) bool { return users[c.source] }) {
+		users = nil
+	}
+	for _, c := range s.configs {
+		if users != nil && !users[c.source] {
+			continue
+		}
+		if r, err := c.inForce.resolve(host, role); err == nil {
+			return publishedFields(r.Policy), true
+		}
+	}
+	return Policy{}, false
+}
+
 // origin is where a value in force came from, and what to add to the
 // reason when the processes disagree, by key.
 type origin struct {
@@ -357,6 +379,9 @@ func (s *policySource) policy(host, role string) (Policy, origin, bool) {
 		return Policy{}, origin{}, false
 	}
 	cur := r.Policy
+	if q, ok := s.replayed(host, role); ok {
+		cur.FailureRate, cur.MinRequests, cur.Window, cur.MaxResetTimeout = q.FailureRate, q.MinRequests, q.Window, q.MaxResetTimeout
+	}
 	rows := s.withConfigs(s.published[pairKey{host, role}], host, role)
 	if len(rows) == 0 {
 		return cur, origin{from: s.from}, true
@@ -958,9 +983,10 @@ func (p *pairEvidence) advise(k pairKey, h *hostEvidence, cur Policy, b TuneBoun
 			fm.trips, byRate, cur.FailMax, adviseOutageFailMax)
 	}
 
-	// The processes publish only the tunable keys: the replay's
-	// failure_rate is the configuration's given to Advise. A journal whose
-	// trips name a rule that it leaves off was written under another one.
+	// The replay's failure_rate is the one the processes published in
+	// their configurations, else the configuration's given to Advise. A
+	// journal whose trips name a rule that it leaves off was written under
+	// another one.
 	var noRule string
 	if p.byFailureRate > 0 && cur.FailureRate <= 0 {
 		noRule = fmt.Sprintf("the journal shows %d trips by failure_rate, which the values given leave off: the replay ran without it (give the configuration)",

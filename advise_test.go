@@ -1395,3 +1395,43 @@ func TestAdviseReplayWithoutTheRateRule(t *testing.T) {
 		})
 	}
 }
+
+// TestAdviseReplaysThePublishedRateRule: with the configuration unknown,
+// the replay runs with the failure_rate that the processes published in
+// their configurations (PublishedConfig carries the keys the replay
+// reads), as it does with that configuration given, and says nothing of a
+// replay without the rule. Before, the processes published the tunable
+// keys alone, and the replay ran without the rule they ran.
+func TestAdviseReplaysThePublishedRateRule(t *testing.T) {
+	evs := journalTransient(t)
+	for i, ev := range evs {
+		if ev.Name == EventStateChange && ev.State == StateOpen && ev.PreviousState == StateClosed {
+			evs[i].Note = "failure_rate: 4 of 24 requests failed in 60s"
+		}
+	}
+	withRule := Config{Defaults: Policy{ResetTimeout: 10 * time.Second, FailureRate: 0.1, MinRequests: 10, MaxResetTimeout: time.Minute}}
+	pt, err := withRule.validate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Published and read back as a store keeps it.
+	v, err := checkPublishedConfig(PublishedConfig{Source: "web-1:100#1", Hash: configHash(pt), Values: true,
+		Configured: configTables(pt), InForce: configTables(pt), Published: time.Now()}, time.Minute, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := decodeConfig(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := pub.InForce.Defaults; d.FailureRate != 0.1 || d.MinRequests != 10 || d.MaxResetTimeout != time.Minute {
+		t.Fatalf("published defaults %+v: want failure_rate 0.1, min_requests 10, max_reset_timeout 1m", d)
+	}
+	want := findAdvice(t, AdviseWith(evs, withRule, nil, AdviseOptions{}), "burst.example.org", "feed", "reset_timeout")
+	got := findAdvice(t, AdviseWith(evs, Config{Defaults: Policy{ResetTimeout: 10 * time.Second}}, nil,
+		AdviseOptions{ConfigUnknown: true, Configs: []PublishedConfig{pub}}), "burst.example.org", "feed", "reset_timeout")
+	if strings.Contains(got.Reason, "the replay ran without it") || got.Proposed != want.Proposed || got.Reason != want.Reason || !reflect.DeepEqual(got.Replay, want.Replay) {
+		t.Errorf("configuration unknown, published with the rule: %s = %s (%s; replay %+v)\nwant as with the configuration given: %s (%s; replay %+v)",
+			got.Key, got.Proposed, got.Reason, got.Replay, want.Proposed, want.Reason, want.Replay)
+	}
+}

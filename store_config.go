@@ -45,8 +45,10 @@ const (
 //
 // Configured and InForce hold only the tunable fields (FailMax,
 // ResetTimeout, SuccessThreshold and TrialCalls at the top level and in
-// roles; Rate, host-wide, at the top level, RateUnlimited for none) of
-// Defaults (every field set) and of Hosts. Configured is the configuration
+// roles; Rate, host-wide, at the top level, RateUnlimited for none) and the
+// fields that advise's replay of the breaker reads (FailureRate,
+// MinRequests, Window and MaxResetTimeout, at the top level and in roles)
+// of Defaults (every field set) and of Hosts. Configured is the configuration
 // as configured and changed by [Transport.UpdateHostPolicy], InForce the
 // same with the tuned overrides that the process applied laid over it.
 // Resolving a (host, role) in either, as a [Config] is resolved, gives the
@@ -101,7 +103,7 @@ func encodeConfig(c PublishedConfig, expires time.Time) []byte {
 // never panics, and data larger than maxConfigBytes, of another version,
 // without a source, with a hash that is not 1 to 64 lowercase hex digits,
 // without times, or whose tables do not parse as configurations of
-// tunable fields alone, is an error.
+// published fields alone (publishedFields), is an error.
 func decodeConfig(data []byte) (PublishedConfig, error) {
 	if len(data) > maxConfigBytes {
 		return PublishedConfig{}, fmt.Errorf("hostbreaker: decode config: %d bytes, more than %d", len(data), maxConfigBytes)
@@ -152,32 +154,34 @@ func validHash(h string) bool {
 }
 
 // parseConfigTable parses a table that configTOML wrote: a configuration
-// that ParseConfig accepts, whose Hosts entries set tunable fields alone.
-// Of its defaults, which ParseConfig completes with the built-in values,
-// only the tunable fields are kept; its other sections are ignored.
+// that ParseConfig accepts, whose Hosts entries set published fields alone
+// (publishedFields). Of its defaults, which ParseConfig completes with the
+// built-in values, only the published fields are kept; its other sections
+// are ignored.
 func parseConfigTable(text string) (Config, error) {
 	c, err := ParseConfig([]byte(text))
 	if err != nil {
 		return Config{}, err
 	}
 	for key, p := range c.Hosts {
-		if err := onlyTunable("hosts."+quoteKey(key), p); err != nil {
+		if err := onlyPublished("hosts."+quoteKey(key), p); err != nil {
 			return Config{}, err
 		}
 	}
-	return Config{Defaults: tunableOnly(c.Defaults), Hosts: c.Hosts}, nil
+	return Config{Defaults: publishedOnly(c.Defaults), Hosts: c.Hosts}, nil
 }
 
-// onlyTunable returns an error when p, or one of its roles, sets a field
-// that is not tunable, or a rate in a role.
-func onlyTunable(where string, p Policy) error {
+// onlyPublished returns an error when p, or one of its roles, sets a field
+// that a configuration does not publish (publishedFields), or a rate in a
+// role.
+func onlyPublished(where string, p Policy) error {
 	check := func(where string, p Policy, role bool) error {
 		q := withoutRoles(p)
 		if role && q.Rate != 0 {
 			return fmt.Errorf("%s.rate: a rate is host-wide", where)
 		}
-		if !equalPolicy(tunedFields(q), q) {
-			return fmt.Errorf("%s: sets a field that is not tunable", where)
+		if !equalPolicy(publishedFields(q), q) {
+			return fmt.Errorf("%s: sets a field that is not published", where)
 		}
 		return nil
 	}
@@ -199,13 +203,13 @@ func equalPolicy(a, b Policy) bool {
 	return err1 == nil && err2 == nil && string(ja) == string(jb)
 }
 
-// configTables returns the tunable fields of pt as a Config: its defaults
-// (every tunable field set) and its Hosts entries, exact and wildcard,
-// leaving out the entries and roles that set none.
+// configTables returns the published fields of pt (publishedFields) as a
+// Config: its defaults (every field set) and its Hosts entries, exact and
+// wildcard, leaving out the entries and roles that set none.
 func configTables(pt *policyTable) Config {
-	c := Config{Defaults: tunableOnly(pt.defaults)}
+	c := Config{Defaults: publishedOnly(pt.defaults)}
 	add := func(key string, p Policy) {
-		if t := tunableOnly(p); !emptyTuned(t) {
+		if t := publishedOnly(p); !emptyPublished(t) {
 			if c.Hosts == nil {
 				c.Hosts = make(map[string]Policy)
 			}
@@ -221,14 +225,31 @@ func configTables(pt *policyTable) Config {
 	return c
 }
 
-// tunableOnly returns the tunable fields of p and of its roles (no rate in
-// a role), leaving out the roles that set none.
-func tunableOnly(p Policy) Policy {
+// publishedFields returns the fields of p, without roles, that a
+// published configuration holds: the tunable ones (tunedFields), and those
+// that advise's replay of the breaker reads (a failure_rate rule and the
+// growth of the open time), so that advise replays a journal under the
+// rules the processes ran.
+func publishedFields(p Policy) Policy {
 	out := tunedFields(p)
+	out.FailureRate, out.MinRequests, out.Window, out.MaxResetTimeout = p.FailureRate, p.MinRequests, p.Window, p.MaxResetTimeout
+	return out
+}
+
+// emptyPublished reports whether p, as publishedOnly returns it, sets
+// nothing.
+func emptyPublished(p Policy) bool {
+	return emptyTuned(p) && p.FailureRate == 0 && p.MinRequests == 0 && p.Window == 0 && p.MaxResetTimeout == 0
+}
+
+// publishedOnly returns the published fields of p and of its roles (no
+// rate in a role), leaving out the roles that set none.
+func publishedOnly(p Policy) Policy {
+	out := publishedFields(p)
 	for role, rp := range p.Roles {
-		t := tunedFields(rp)
+		t := publishedFields(rp)
 		t.Rate = 0
-		if emptyTuned(t) {
+		if emptyPublished(t) {
 			continue
 		}
 		if out.Roles == nil {
@@ -239,7 +260,7 @@ func tunableOnly(p Policy) Policy {
 	return out
 }
 
-// configTOML renders the tunable fields of c's Defaults and Hosts as TOML
+// configTOML renders the published fields of c's Defaults and Hosts as TOML
 // that ParseConfig reads back: dotted keys, the hosts sorted.
 func configTOML(c Config) string {
 	var b strings.Builder

@@ -109,9 +109,9 @@ func FuzzDecodeConfig(f *testing.F) {
 			if _, err := c.Configured.validate(); err != nil {
 				t.Fatalf("accepted a configured table that does not compile: %v", err)
 			}
-			if err := onlyTunable("hosts", Policy{Roles: c.InForce.Hosts}); err != nil && len(c.InForce.Hosts) > 0 {
+			if err := onlyPublished("hosts", Policy{Roles: c.InForce.Hosts}); err != nil && len(c.InForce.Hosts) > 0 {
 				for key, p := range c.InForce.Hosts {
-					if err := onlyTunable(key, p); err != nil {
+					if err := onlyPublished(key, p); err != nil {
 						t.Fatalf("accepted a non-tunable field: %v", err)
 					}
 				}

@@ -15,9 +15,9 @@
 // role) none of them published, -config's (the policy file, with the
 // tuned overrides in the store laid over it), and without -config the
 // built-in defaults, marked as assumed: -enforce then refuses to write.
-// The processes publish only the tunable keys, so the replay's failure_rate
-// and max_reset_timeout are -config's: without it the replay runs without
-// them, and an advice whose journal shows trips by failure_rate says so.
+// The replay's failure_rate and max_reset_timeout are those the processes
+// published in their configurations, else -config's; an advice whose
+// journal shows trips by failure_rate that the replay ran without says so.
 // -host selects hosts as a [hosts] key names them (a host on any port,
 // a wildcard's hosts). Without -enforce nothing is written, and the output
 // says so. With -json, standard output holds a JSON array and nothing
