@@ -621,40 +621,11 @@ func TestBodyCallersDeadlineIsNeutral(t *testing.T) {
 	base := roundTripperFunc(func(req *http.Request) (*http.Response, error) {
 		return &http.Response{StatusCode: 200, Header: http.Header{}, Body: &ctxBody{ctx: req.Context()}, Request: req}, nil
 	})
-	for _, tc := range []struct {
-		name     string
-		slowCall time.Duration
-		left     time.Duration // the job's time left when the request starts; 0: no job deadline
-		timeout  time.Duration // http.Client.Timeout
-		want     State
-	}{
-		{"job deadline after 500ms", 0, 500 * time.Millisecond, 0, StateClosed},
-		{"job deadline after 2s", 0, 2 * time.Second, 0, StateOpen},
-		{"job deadline after 2s, slow_call 5s", 5 * time.Second, 2 * time.Second, 0, StateClosed},
-		{"job deadline after 6s, slow_call 5s", 5 * time.Second, 6 * time.Second, 0, StateOpen},
-		{"http.Client.Timeout 500ms", 0, 0, 500 * time.Millisecond, StateOpen},
-		{"job deadline with http.Client.Timeout", 0, 500 * time.Millisecond, time.Minute, StateOpen},
-	} {
+	for _, tc := range deadlineCases {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				c := quick(1, time.Minute)
-				c.Defaults.SlowCall = tc.slowCall
-				c.Defaults.MaxConcurrent = 4 // every body is watched
-				tr, err := NewTransport(base, WithConfig(c))
-				if err != nil {
-					t.Fatal(err)
-				}
+				tr, resp, err := doInJob(t, base, tc, true)
 				defer tr.Close()
-				ctx := context.Background()
-				if tc.left > 0 {
-					job, cancel := context.WithTimeout(ctx, 10*time.Minute)
-					defer cancel()
-					time.Sleep(10*time.Minute - tc.left) // the job has been running
-					ctx = job
-				}
-				cl := &http.Client{Transport: tr, Timeout: tc.timeout}
-				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://a.test/", nil)
-				resp, err := cl.Do(req)
 				if err != nil {
 					t.Fatal(err)
 				}

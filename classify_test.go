@@ -437,6 +437,56 @@ func TestThrottleClassification(t *testing.T) {
 	})
 }
 
+// deadlineCase is a case of the caller's-deadline rule (classify.go,
+// callersDeadline): a request sent to a host under slowCall, in a job with
+// left to run (no job deadline when 0), through an http.Client with
+// timeout, and the state its end leaves the breaker in (fail_max 1).
+type deadlineCase struct {
+	name                    string
+	slowCall, left, timeout time.Duration
+	want                    State
+}
+
+// deadlineCases are the cases that hold wherever the deadline ends the
+// request: at the headers and while its body is read.
+var deadlineCases = []deadlineCase{
+	{"job deadline after 500ms", 0, 500 * time.Millisecond, 0, StateClosed},
+	{"job deadline after 2s", 0, 2 * time.Second, 0, StateOpen},
+	{"job deadline after 2s, slow_call 5s", 5 * time.Second, 2 * time.Second, 0, StateClosed},
+	{"job deadline after 6s, slow_call 5s", 5 * time.Second, 6 * time.Second, 0, StateOpen},
+	{"http.Client.Timeout 500ms", 0, 0, 500 * time.Millisecond, StateOpen},
+	{"job deadline with http.Client.Timeout", 0, 500 * time.Millisecond, time.Minute, StateOpen},
+}
+
+// doInJob sends a GET for https://a.test/ to base through a Transport of
+// fail_max 1 with tc's slow_call (and max_concurrent 4 when watch, so that
+// every body is watched), in a job with tc.left to run, through an
+// http.Client with tc.timeout; it returns the Transport, to be closed, and
+// what the client returned. Call it in a synctest bubble.
+func doInJob(t *testing.T, base http.RoundTripper, tc deadlineCase, watch bool) (*Transport, *http.Response, error) {
+	t.Helper()
+	c := quick(1, time.Minute)
+	c.Defaults.SlowCall = tc.slowCall
+	if watch {
+		c.Defaults.MaxConcurrent = 4
+	}
+	tr, err := NewTransport(base, WithConfig(c))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if tc.left > 0 {
+		job, cancel := context.WithTimeout(ctx, 10*time.Minute)
+		t.Cleanup(cancel)
+		time.Sleep(10*time.Minute - tc.left) // the job has been running
+		ctx = job
+	}
+	cl := &http.Client{Transport: tr, Timeout: tc.timeout}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://a.test/", nil)
+	resp, err := cl.Do(req)
+	return tr, resp, err
+}
+
 // TestCallersDeadlineIsNeutral: a deadline of the caller's (a job-wide
 // context) that ends a request before it has waited the host's slow_call
 // (1s when unset) is the caller's, not the host's: neutral. A longer wait,
@@ -450,41 +500,21 @@ func TestCallersDeadlineIsNeutral(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 		return nil, timeoutError{} // as ResponseHeaderTimeout: the context is still live
 	})
-	for _, tc := range []struct {
-		name     string
-		base     http.RoundTripper
-		slowCall time.Duration
-		left     time.Duration // the job's time left when the request starts; 0: no job deadline
-		timeout  time.Duration // http.Client.Timeout
-		want     State
-	}{
-		{"job deadline after 500ms", hung, 0, 500 * time.Millisecond, 0, StateClosed},
-		{"job deadline after 2s", hung, 0, 2 * time.Second, 0, StateOpen},
-		{"job deadline after 2s, slow_call 5s", hung, 5 * time.Second, 2 * time.Second, 0, StateClosed},
-		{"job deadline after 6s, slow_call 5s", hung, 5 * time.Second, 6 * time.Second, 0, StateOpen},
-		{"http.Client.Timeout 500ms", hung, 0, 0, 500 * time.Millisecond, StateOpen},
-		{"job deadline with http.Client.Timeout", hung, 0, 500 * time.Millisecond, time.Minute, StateOpen},
-		{"base timeout within a job", headerTimeout, 0, time.Minute, 0, StateOpen},
-	} {
+	type withBase struct {
+		deadlineCase
+		base http.RoundTripper
+	}
+	var cases []withBase
+	for _, tc := range deadlineCases {
+		cases = append(cases, withBase{tc, hung})
+	}
+	cases = append(cases, withBase{deadlineCase{"base timeout within a job", 0, time.Minute, 0, StateOpen}, headerTimeout})
+	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				c := quick(1, time.Minute)
-				c.Defaults.SlowCall = tc.slowCall
-				tr, err := NewTransport(tc.base, WithConfig(c))
-				if err != nil {
-					t.Fatal(err)
-				}
+				tr, _, err := doInJob(t, tc.base, tc.deadlineCase, false)
 				defer tr.Close()
-				ctx := context.Background()
-				if tc.left > 0 {
-					job, cancel := context.WithTimeout(ctx, 10*time.Minute)
-					defer cancel()
-					time.Sleep(10*time.Minute - tc.left) // the job has been running
-					ctx = job
-				}
-				cl := &http.Client{Transport: tr, Timeout: tc.timeout}
-				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://a.test/", nil)
-				if _, err := cl.Do(req); err == nil {
+				if err == nil {
 					t.Fatal("request succeeded")
 				}
 				s := stateOf(t, tr, "a.test", "")
