@@ -112,7 +112,7 @@ func FuzzDecodeConfig(f *testing.F) {
 			if err := onlyPublished("hosts", Policy{Roles: c.InForce.Hosts}); err != nil && len(c.InForce.Hosts) > 0 {
 				for key, p := range c.InForce.Hosts {
 					if err := onlyPublished(key, p); err != nil {
-						t.Fatalf("accepted a non-tunable field: %v", err)
+						t.Fatalf("accepted a field a configuration does not publish: %v", err)
 					}
 				}
 			}
