@@ -625,7 +625,6 @@ func TestBodyCallersDeadlineIsNeutral(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				tr, resp, err := doInJob(t, base, tc, true)
-				defer tr.Close()
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -461,8 +461,8 @@ var deadlineCases = []deadlineCase{
 // doInJob sends a GET for https://a.test/ to base through a Transport of
 // fail_max 1 with tc's slow_call (and max_concurrent 4 when watch, so that
 // every body is watched), in a job with tc.left to run, through an
-// http.Client with tc.timeout; it returns the Transport, to be closed, and
-// what the client returned. Call it in a synctest bubble.
+// http.Client with tc.timeout; it returns the Transport (closed when the
+// test ends) and what the client returned. Call it in a synctest bubble.
 func doInJob(t *testing.T, base http.RoundTripper, tc deadlineCase, watch bool) (*Transport, *http.Response, error) {
 	t.Helper()
 	c := quick(1, time.Minute)
@@ -474,6 +474,7 @@ func doInJob(t *testing.T, base http.RoundTripper, tc deadlineCase, watch bool) 
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { tr.Close() })
 	ctx := context.Background()
 	if tc.left > 0 {
 		job, cancel := context.WithTimeout(ctx, 10*time.Minute)
@@ -513,7 +514,6 @@ func TestCallersDeadlineIsNeutral(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				tr, _, err := doInJob(t, tc.base, tc.deadlineCase, false)
-				defer tr.Close()
 				if err == nil {
 					t.Fatal("request succeeded")
 				}
