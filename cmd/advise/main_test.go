@@ -205,6 +205,26 @@ func eachDrivenStore(t *testing.T, f func(t *testing.T, storeURL string, h hosts
 	}
 }
 
+// runningTransport returns a Transport on cfg that runs in this process
+// until the test ends, as another process sharing the store would, after
+// three requests of role to url (the flapping host: its breaker opens).
+func runningTransport(t *testing.T, cfg hostbreaker.Config, url, role string) *hostbreaker.Transport {
+	t.Helper()
+	tr, err := hostbreaker.NewTransport(nil, hostbreaker.WithConfig(cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	c := &http.Client{Transport: tr}
+	for range 3 {
+		req, _ := http.NewRequestWithContext(hostbreaker.WithRole(context.Background(), role), http.MethodGet, url, nil)
+		if resp, err := c.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}
+	return tr
+}
+
 func TestAdviseEnforceHistoryRevert(t *testing.T) {
 	eachDrivenStore(t, func(t *testing.T, storeURL string, h hosts) {
 		configFile, cfg := writeConfig(t, storeURL)
@@ -258,19 +278,8 @@ func TestAdviseEnforceHistoryRevert(t *testing.T) {
 		}
 		// A Transport that runs now, in this process, with the same
 		// store: -enforce (another process) changes its policy live.
-		tr, err := hostbreaker.NewTransport(nil, hostbreaker.WithConfig(cfg))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer tr.Close()
 		// An open breaker that the tune must leave open.
-		c := &http.Client{Transport: tr}
-		for range 3 {
-			req, _ := http.NewRequestWithContext(hostbreaker.WithRole(context.Background(), hostbreaker.RoleLanding), http.MethodGet, h.flapping, nil)
-			if resp, err := c.Do(req); err == nil {
-				resp.Body.Close()
-			}
-		}
+		tr := runningTransport(t, cfg, h.flapping, hostbreaker.RoleLanding)
 		landingOpen := func() bool {
 			for _, st := range tr.Snapshot() {
 				if st.Host == hostOf(h.flapping) && st.Role == hostbreaker.RoleLanding {
@@ -415,18 +424,7 @@ func TestOperatorSafety(t *testing.T) {
 	_, cfg := writeConfig(t, storeURL)
 	// A process that runs on: its flapping host's breaker never closes, so
 	// it publishes that (host, role) with its policy.
-	tr, err := hostbreaker.NewTransport(nil, hostbreaker.WithConfig(cfg))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
-	c := &http.Client{Transport: tr}
-	for range 3 {
-		req, _ := http.NewRequestWithContext(hostbreaker.WithRole(context.Background(), hostbreaker.RoleMetadata), http.MethodGet, h.flapping, nil)
-		if resp, err := c.Do(req); err == nil {
-			resp.Body.Close()
-		}
-	}
+	tr := runningTransport(t, cfg, h.flapping, hostbreaker.RoleMetadata)
 	flapping := hostOf(h.flapping)
 	s, err := hostbreaker.OpenStore(storeURL)
 	if err != nil {
