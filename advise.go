@@ -151,6 +151,12 @@ type AdviseOptions struct {
 	// passes the built-in defaults): advice on a (host, role) that no
 	// published row or configuration covers has From "assumed".
 	ConfigUnknown bool
+	// Host, when set, keeps only the advice on the hosts that it names as
+	// a [hosts] key names them: a host on any port unless it gives one,
+	// or, for a wildcard "*.suffix", every host under suffix. It is written
+	// as a Hosts key is, normalized ([NormalizeHost]). "" keeps every
+	// host.
+	Host string
 }
 
 // Where an Advice's Current comes from: its From.
@@ -194,6 +200,9 @@ func AdviseWith(events []Event, cfg Config, overrides map[string]Policy, opts Ad
 				out = append(out, a)
 			}
 		}
+	}
+	if opts.Host != "" {
+		out = slices.DeleteFunc(out, func(a Advice) bool { return !keyMatches(opts.Host, a.Host) })
 	}
 	slices.SortStableFunc(out, func(a, b Advice) int {
 		return cmp.Or(strings.Compare(a.Host, b.Host), strings.Compare(a.Role, b.Role), strings.Compare(a.Key, b.Key))

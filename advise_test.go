@@ -1435,3 +1435,40 @@ func TestAdviseReplaysThePublishedRateRule(t *testing.T) {
 			got.Key, got.Proposed, got.Reason, got.Replay, want.Proposed, want.Reason, want.Replay)
 	}
 }
+
+// TestAdviseHostSelects: AdviseOptions.Host keeps the advice on the hosts
+// it names as a [hosts] key names them: the host on any port, or a
+// wildcard's hosts.
+func TestAdviseHostSelects(t *testing.T) {
+	evs := journalTransient(t)
+	cfg := Config{Defaults: Policy{ResetTimeout: 10 * time.Second}}
+	all := AdviseWith(evs, cfg, nil, AdviseOptions{})
+	if len(all) == 0 {
+		t.Fatal("no advice to select from")
+	}
+	host := all[0].Host
+	name, _, _ := strings.Cut(host, ":")
+	dot := strings.Index(name, ".")
+	for _, tc := range []struct {
+		key  string
+		keep func(a Advice) bool
+	}{
+		{host, func(a Advice) bool { return a.Host == host }},
+		{name, func(a Advice) bool { n, _, _ := strings.Cut(a.Host, ":"); return n == name }},
+		{"*" + name[dot:], func(a Advice) bool { n, _, _ := strings.Cut(a.Host, ":"); return strings.HasSuffix(n, name[dot:]) }},
+		{"nothing.invalid", func(Advice) bool { return false }},
+	} {
+		want := slices.DeleteFunc(slices.Clone(all), func(a Advice) bool { return !tc.keep(a) })
+		if got := AdviseWith(evs, cfg, nil, AdviseOptions{Host: tc.key}); !reflect.DeepEqual(got, want) {
+			t.Errorf("Host %q: advice on %v, want on %v", tc.key, advisedHosts(got), advisedHosts(want))
+		}
+	}
+}
+
+func advisedHosts(advice []Advice) []string {
+	var hosts []string
+	for _, a := range advice {
+		hosts = append(hosts, a.Host)
+	}
+	return hosts
+}

@@ -210,10 +210,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	t := now()
 	configs = slices.DeleteFunc(configs, func(c hostbreaker.PublishedConfig) bool { return !c.Running(t) })
-	advice := hostbreaker.AdviseWith(events, cfg, overrides, hostbreaker.AdviseOptions{Published: states, Configs: configs, ConfigUnknown: *configFile == ""})
-	advice = slices.DeleteFunc(advice, func(a hostbreaker.Advice) bool {
-		return (host != "" && !selects(host, a.Host)) || (*keyFlag != "" && a.Key != *keyFlag)
-	})
+	advice := hostbreaker.AdviseWith(events, cfg, overrides, hostbreaker.AdviseOptions{Published: states, Configs: configs, ConfigUnknown: *configFile == "", Host: host})
+	advice = slices.DeleteFunc(advice, func(a hostbreaker.Advice) bool { return *keyFlag != "" && a.Key != *keyFlag })
 	groups := hostbreaker.ConfigGroups(append(slices.Clip(states), configStates(configs)...))
 	if *enforce && len(advice) > 0 {
 		var unknown []string
@@ -279,23 +277,6 @@ func hostKey(s string) (string, error) {
 		return "*." + suffix, nil
 	}
 	return hostbreaker.NormalizeHost(s)
-}
-
-// selects reports whether the Hosts key key (from -host) names host, as a
-// [hosts] key applies to a host: the host itself, the host on any port
-// (key without one), or, for a wildcard "*.suffix", a name under suffix.
-func selects(key, host string) bool {
-	if key == host {
-		return true
-	}
-	name := host
-	if i := strings.LastIndexByte(host, ':'); i >= 0 && !strings.HasSuffix(host, "]") {
-		name = host[:i]
-	}
-	if suffix, ok := strings.CutPrefix(key, "*"); ok {
-		return strings.HasSuffix(name, suffix)
-	}
-	return key == name
 }
 
 // nearOverride names the overridden keys close to key, for a typo.
