@@ -46,20 +46,27 @@ const (
 	// it: a throttle lowers the rate by knownBeta only, the rate stays at
 	// the last max for knownHold, then probes past it by knownProbe per
 	// second, gently and rarely, up to knownStep times the last max; a
-	// step the host served for stepHold becomes the last max, and the
-	// probe goes on to the next step at once (a limit lowered by a storm
-	// of the host's own timing noise climbs back by a step every 7 s). A
+	// step held for stepHold while the host served more than the last max
+	// becomes the last max, and the probe goes on to the next step at once
+	// (a limit lowered by a storm of the host's own timing noise climbs
+	// back by a step every 7 s). A
 	// probe without that cap against a host with a burst (nginx
 	// burst=5 nodelay) ran up to 1.3× the limit before the burst ran out.
-	probeRate   = 0.2
-	knownSpread = 0.2
-	knownBeta   = 0.85
-	knownHold   = 10.0 // s at the last max before probing past it
-	knownMargin = 0.97 // a probe refused at r anchors the known limit at knownMargin·r
-	knownProbe  = 0.05
-	knownStep   = 1.1
-	stepHold    = 5.0  // s
-	knownNoise  = 0.95 // a throttle at the known limit when the host served this share of the last 2 s is noise
+	probeRate = 0.2
+	// countingProbe is probeRate for a host that counts the requests it
+	// refuses (a sliding window): refused right after slowing down (see
+	// throttle). Its first refusal comes back a second or so after the
+	// rate passed its limit, and a probe by probeRate had gone 1.3× past
+	// it by then.
+	countingProbe = 0.1
+	knownSpread   = 0.2
+	knownBeta     = 0.85
+	knownHold     = 10.0 // s at the last max before probing past it
+	knownMargin   = 0.97 // a probe refused at r anchors the known limit at knownMargin·r
+	knownProbe    = 0.05
+	knownStep     = 1.1
+	stepHold      = 5.0  // s
+	knownNoise    = 0.95 // a throttle at the known limit when the host served this share of the last 2 s is noise
 
 	// costlyMargin is how far under what the host served a costly throttle
 	// (one with a cooldown, which costs the host's whole pause) anchors:
@@ -129,6 +136,7 @@ type limiter struct {
 	known      bool    // the last two throttles agreed on the limit: hold it
 	informed   bool    // the last anchor counted knownSamples successes
 	pauses     uint    // pauses since the last throttle (see settleDelay)
+	counting   bool    // the host counts the requests it refuses (a sliding window): see throttle
 	slowStart  bool    // after the first throttle, until the next one
 	slowN      int     // the processes of a fleet the slow start is divided among (see fleetSlowStart); 0 for 1
 	slowHold   bool    // in slow start, holding the rate while another process of the fleet probes
@@ -606,14 +614,30 @@ func slotsFrom(t int64, span int64) int64 {
 // servedLocked returns the rate at which the host served the requests sent
 // in the span that ends at t (at most the ring), in requests per second.
 func (l *limiter) servedLocked(t int64, span time.Duration) float64 {
+	return l.servedSinceLocked(slotsFrom(t, int64(span)), t)
+}
+
+// servedSinceLocked returns the rate at which the host served the requests
+// sent in the slots from from, a slot's start, to t.
+func (l *limiter) servedSinceLocked(from, t int64) float64 {
 	var n float64
-	from := slotsFrom(t, int64(span))
 	for i, at := range l.okAt {
 		if at >= from && at < t {
 			n += l.okN[i]
 		}
 	}
 	return n / (float64(t-from) / 1e9)
+}
+
+// servedWholeLocked returns the rate at which the host served the requests
+// sent from the start of the slot span before t to t: over span and up to
+// a slot more, where servedLocked counts up to a slot less.
+func (l *limiter) servedWholeLocked(t int64, span time.Duration) float64 {
+	from := t - int64(span)
+	if from > 0 {
+		from -= from % acceptSlot
+	}
+	return l.servedSinceLocked(from, t)
 }
 
 // estimateLocked returns the host's allowed rate as a throttle at t tells
@@ -630,6 +654,18 @@ func (l *limiter) servedLocked(t int64, span time.Duration) float64 {
 // The estimate is at most the rate refused.
 func (l *limiter) estimateLocked(t int64, fill float64, costly bool) (float64, bool) {
 	acc, share, n := l.acceptedLocked(t)
+	if l.counting && !costly {
+		// A host that counts what it refuses allows no more than it
+		// served, over whole slots (what it served over a second, or
+		// over slots covering less than the window, reads its bursts
+		// as a rate above its limit), and refused the rest; but no less
+		// than β times the last max: what it served in a window that it
+		// spent refusing what it still counted, and the client paused
+		// for, said more of that pause than of its limit (anchors at
+		// half the limit were seen).
+		served := max(l.servedWholeLocked(t, time.Duration(acceptWindow)), cubicBeta*l.lastMax)
+		return min(served, fill), n >= knownSamples
+	}
 	acc = max(acc, l.servedLocked(t, time.Second))
 	if costly {
 		return costlyMargin * min(acc, fill), n >= knownSamples
@@ -669,11 +705,20 @@ func (l *limiter) growLocked(now int64) {
 	if now < l.held {
 		return
 	}
-	if l.known && float64(now-l.curveAt)/1e9 >= l.window+knownHold+math.Log(knownStep)/knownProbe+stepHold {
-		// The host served the probe's step for stepHold: it is the limit
-		// now, and the probe goes on from it.
-		l.anchorLocked(knownStep * l.lastMax)
-		l.curveAt = now - int64((l.window+knownHold)*1e9)
+	if probe := l.window + knownHold; l.known && float64(now-l.curveAt)/1e9 >= probe+math.Log(knownStep)/knownProbe+stepHold {
+		// The probe held its step for stepHold. If the host served more
+		// than the last max meanwhile, the step is the limit now and the
+		// probe goes on from it; if not (the client did not need more,
+		// or the host served no more though it refused nothing), the
+		// step holds for stepHold again. A step taken only because it
+		// was not refused let a limit creep up by 10 % every 18 s while
+		// the client sent half of it.
+		step := probe + math.Log(knownStep)/knownProbe
+		if l.servedWholeLocked(now, time.Duration(acceptWindow)) > l.lastMax {
+			l.anchorLocked(knownStep * l.lastMax)
+			step = l.window + knownHold // the probe's start
+		}
+		l.curveAt = now - int64(step*1e9)
 	}
 	r := l.cubicLocked(now)
 	if r > l.lastMax && !l.slowStart || l.tat <= now {
@@ -685,9 +730,19 @@ func (l *limiter) growLocked(now int64) {
 	}
 }
 
+// probeLocked returns how fast the rate grows past an unknown limit, per
+// second (compounded): probeRate, or countingProbe for a host that counts
+// the requests it refuses.
+func (l *limiter) probeLocked() float64 {
+	if l.counting {
+		return countingProbe
+	}
+	return probeRate
+}
+
 // cubicLocked returns the rate of a learning limiter at now, t in s since
 // the last throttle: C·(t−K)³ + lastMax, CUBIC's concave curve, up to
-// lastMax at K; past it, a probe growing by probeRate per second
+// lastMax at K; past it, a probe growing by probeLocked per second
 // (compounded), or, once the limit is known, lastMax for knownHold and then
 // a probe by knownProbe up to knownStep·lastMax; in slow start, the
 // lowered rate doubling every l.doubling seconds.
@@ -701,7 +756,7 @@ func (l *limiter) cubicLocked(now int64) float64 {
 	case l.known && t > l.window:
 		return l.lastMax * min(math.Exp(knownProbe*max(t-l.window-knownHold, 0)), knownStep)
 	case t > l.window:
-		return l.lastMax * math.Exp(probeRate*max(t-l.window-l.plateau, 0))
+		return l.lastMax * math.Exp(l.probeLocked()*max(t-l.window-l.plateau, 0))
 	}
 	return cubicScale*math.Pow(t-l.window, 3) + l.lastMax
 }
@@ -726,7 +781,7 @@ func (l *limiter) recheckLocked(now int64) int64 {
 	case l.known && r > l.lastMax:
 		t = l.window + knownHold + math.Log(r/l.lastMax)/knownProbe
 	case r > l.lastMax:
-		t = l.window + l.plateau + math.Log(r/l.lastMax)/probeRate
+		t = l.window + l.plateau + math.Log(r/l.lastMax)/l.probeLocked()
 	default:
 		t = l.window + math.Cbrt((r-l.lastMax)/cubicScale)
 	}
@@ -805,6 +860,7 @@ func (l *limiter) throttle(sent, now, cooldown, wall int64, status int) (ch rate
 		// refusal. It is not counted against the host's share: it says
 		// more of the window's memory than of the rate.
 		l.pauses++
+		l.counting = true
 		l.held = max(l.held, now+int64(float64(int64(1)<<min(l.pauses, 6))*1e9/l.lastMax))
 		l.respaceLocked(now)
 		return rateChange{}, false, true

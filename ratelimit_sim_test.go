@@ -3,6 +3,7 @@ package hostbreaker
 import (
 	"math"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -304,6 +305,58 @@ func TestKnownLimitProbesInSteps(t *testing.T) {
 		}
 		if end := samples[len(samples)-1]; end < 1.5*learnt {
 			t.Errorf("rate %.2f after 65 s of a host that stopped limiting at %.2f: want ≥ 1.5× (it climbs, a step at a time)", end, learnt)
+		}
+	})
+}
+
+// TestKnownLimitDoesNotCreep learns a 5 r/s host (nginx limit_req without
+// a burst); then the client needs less, one request every 400 ms, for a
+// minute. The host refuses none of them, but serves no more than the limit
+// either: the limit the limiter knows must not climb a step each time its
+// probe goes unrefused (it did, 1.1× every 18 s, so that a client that
+// needed more again met the host at 1.5× its limit).
+func TestKnownLimitDoesNotCreep(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		bucket := &leakyBucket{rate: 5}
+		tr, err := NewTransport(bucket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tr.Close()
+		rate := func() float64 {
+			for _, s := range tr.Snapshot() {
+				return s.Rate
+			}
+			return 0
+		}
+		var wg sync.WaitGroup
+		wg.Go(func() { crawl(t, tr, "http://limited.test/x", 8, 20*time.Second) })
+		var learnt float64 // the highest rate over the last 5 s at the limit
+		for i := range 20 {
+			time.Sleep(time.Second)
+			if i >= 15 {
+				learnt = max(learnt, rate())
+			}
+		}
+		wg.Wait()
+		wg.Go(func() {
+			for range 150 {
+				req, _ := http.NewRequest(http.MethodGet, "http://limited.test/x", nil)
+				if resp, err := tr.RoundTrip(req); err == nil {
+					resp.Body.Close()
+				}
+				time.Sleep(400 * time.Millisecond)
+			}
+		})
+		var samples []float64
+		for range 60 {
+			time.Sleep(time.Second)
+			samples = append(samples, rate())
+		}
+		wg.Wait()
+		t.Logf("learnt %.2f r/s; then at 2.5 r/s: %.2f", learnt, samples)
+		if hi := slices.Max(samples); hi > knownStep*learnt*1.02 {
+			t.Errorf("rate %.2f while the client sent 2.5 r/s to a host it learnt at %.2f: want at most one step above, %.2f", hi, learnt, knownStep*learnt)
 		}
 	})
 }
