@@ -275,27 +275,9 @@ func TestKnownLimitProbesInSteps(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer tr.Close()
-		rate := func() float64 {
-			for _, s := range tr.Snapshot() {
-				return s.Rate
-			}
-			return 0
-		}
-		var wg sync.WaitGroup
-		wg.Go(func() { crawl(t, tr, "http://limited.test/x", 8, 90*time.Second) })
-		var learnt float64 // the highest rate over the last 5 s limited
-		for i := range 20 {
-			time.Sleep(time.Second)
-			if i >= 15 {
-				learnt = max(learnt, rate())
-			}
-		}
+		learnt, wg := learnLimit(t, tr, 90*time.Second)
 		open.Store(true)
-		var samples []float64
-		for range 65 {
-			time.Sleep(time.Second)
-			samples = append(samples, rate())
-		}
+		samples := sampleRate(tr, 65)
 		wg.Wait()
 		t.Logf("learnt %.2f r/s; after the host stopped limiting: %.2f", learnt, samples)
 		for i := 5; i < len(samples); i++ {
@@ -323,21 +305,7 @@ func TestKnownLimitDoesNotCreep(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer tr.Close()
-		rate := func() float64 {
-			for _, s := range tr.Snapshot() {
-				return s.Rate
-			}
-			return 0
-		}
-		var wg sync.WaitGroup
-		wg.Go(func() { crawl(t, tr, "http://limited.test/x", 8, 20*time.Second) })
-		var learnt float64 // the highest rate over the last 5 s at the limit
-		for i := range 20 {
-			time.Sleep(time.Second)
-			if i >= 15 {
-				learnt = max(learnt, rate())
-			}
-		}
+		learnt, wg := learnLimit(t, tr, 20*time.Second)
 		wg.Wait()
 		wg.Go(func() {
 			for range 150 {
@@ -348,15 +316,38 @@ func TestKnownLimitDoesNotCreep(t *testing.T) {
 				time.Sleep(400 * time.Millisecond)
 			}
 		})
-		var samples []float64
-		for range 60 {
-			time.Sleep(time.Second)
-			samples = append(samples, rate())
-		}
+		samples := sampleRate(tr, 60)
 		wg.Wait()
 		t.Logf("learnt %.2f r/s; then at 2.5 r/s: %.2f", learnt, samples)
 		if hi := slices.Max(samples); hi > knownStep*learnt*1.02 {
 			t.Errorf("rate %.2f while the client sent 2.5 r/s to a host it learnt at %.2f: want at most one step above, %.2f", hi, learnt, knownStep*learnt)
 		}
 	})
+}
+
+// learnLimit crawls http://limited.test/x through tr with 8 workers for d
+// (at least 20 s) and returns, 20 s in, the highest rate of the host over
+// the last 5 s, with the crawl's group to wait for.
+func learnLimit(t *testing.T, tr *Transport, d time.Duration) (float64, *sync.WaitGroup) {
+	wg := new(sync.WaitGroup)
+	wg.Go(func() { crawl(t, tr, "http://limited.test/x", 8, d) })
+	var learnt float64
+	for i := range 20 {
+		time.Sleep(time.Second)
+		if i >= 15 {
+			learnt = max(learnt, rateOf(tr, "limited.test"))
+		}
+	}
+	return learnt, wg
+}
+
+// sampleRate returns the rate of limited.test through tr once a second for
+// n seconds.
+func sampleRate(tr *Transport, n int) []float64 {
+	samples := make([]float64, 0, n)
+	for range n {
+		time.Sleep(time.Second)
+		samples = append(samples, rateOf(tr, "limited.test"))
+	}
+	return samples
 }
