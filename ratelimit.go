@@ -651,6 +651,8 @@ func (l *limiter) servedWholeLocked(t int64, span time.Duration) float64 {
 // than of the host. One that refused most allows what it accepted. When
 // the throttle is costly (it came with a cooldown, so every refusal costs
 // the host's whole pause) the estimate is what the host accepted, no more.
+// For a host that counts what it refuses (l.counting), it is what the host
+// served over whole slots covering the window, and at least β·lastMax.
 // The estimate is at most the rate refused.
 func (l *limiter) estimateLocked(t int64, fill float64, costly bool) (float64, bool) {
 	acc, share, n := l.acceptedLocked(t)
