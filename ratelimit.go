@@ -630,10 +630,11 @@ func (l *limiter) servedSinceLocked(from, t int64) float64 {
 }
 
 // servedWholeLocked returns the rate at which the host served the requests
-// sent from the start of the slot span before t to t: over span and up to
-// a slot more, where servedLocked counts up to a slot less.
-func (l *limiter) servedWholeLocked(t int64, span time.Duration) float64 {
-	from := t - int64(span)
+// sent from the start of the slot acceptWindow before t to t: over the
+// window and up to a slot more, where servedLocked counts up to a slot
+// less.
+func (l *limiter) servedWholeLocked(t int64) float64 {
+	from := t - acceptWindow
 	if from > 0 {
 		from -= from % acceptSlot
 	}
@@ -665,7 +666,7 @@ func (l *limiter) estimateLocked(t int64, fill float64, costly bool) (float64, b
 		// spent refusing what it still counted, and the client paused
 		// for, said more of that pause than of its limit (anchors at
 		// half the limit were seen).
-		served := max(l.servedWholeLocked(t, time.Duration(acceptWindow)), cubicBeta*l.lastMax)
+		served := max(l.servedWholeLocked(t), cubicBeta*l.lastMax)
 		return min(served, fill), n >= knownSamples
 	}
 	acc = max(acc, l.servedLocked(t, time.Second))
@@ -707,7 +708,9 @@ func (l *limiter) growLocked(now int64) {
 	if now < l.held {
 		return
 	}
-	if probe := l.window + knownHold; l.known && float64(now-l.curveAt)/1e9 >= probe+math.Log(knownStep)/knownProbe+stepHold {
+	// When the probe past a known limit reaches its step, in s since
+	// curveAt.
+	if step := l.window + knownHold + math.Log(knownStep)/knownProbe; l.known && float64(now-l.curveAt)/1e9 >= step+stepHold {
 		// The probe held its step for stepHold. If the host served more
 		// than the last max meanwhile, the step is the limit now and the
 		// probe goes on from it; if not (the client did not need more,
@@ -715,8 +718,7 @@ func (l *limiter) growLocked(now int64) {
 		// step holds for stepHold again. A step taken only because it
 		// was not refused let a limit creep up by 10 % every 18 s while
 		// the client sent half of it.
-		step := probe + math.Log(knownStep)/knownProbe
-		if l.servedWholeLocked(now, time.Duration(acceptWindow)) > l.lastMax {
+		if l.servedWholeLocked(now) > l.lastMax {
 			l.anchorLocked(knownStep * l.lastMax)
 			step = l.window + knownHold // the probe's start
 		}
