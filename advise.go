@@ -301,6 +301,17 @@ func (s *policySource) readConfigs(configs []PublishedConfig, events []Event) {
 	}
 }
 
+// usersOf returns the processes counted for host: those whose events in
+// the journal name it, when one of them published a configuration; nil
+// when none did, and then every process that published one counts.
+func (s *policySource) usersOf(host string) map[string]bool {
+	users := s.hostSources[host]
+	if !slices.ContainsFunc(s.configs, func(c sourceConfig) bool { return users[c.source] }) {
+		return nil
+	}
+	return users
+}
+
 // withConfigs returns rows, the published rows of (host, role), with a
 // row made from the configuration of each process counted for host (see
 // AdviseOptions.Configs) that published none, sorted by source.
@@ -308,10 +319,7 @@ func (s *policySource) withConfigs(rows []PublishedState, host, role string) []P
 	if len(s.configs) == 0 {
 		return rows
 	}
-	users := s.hostSources[host]
-	if !slices.ContainsFunc(s.configs, func(c sourceConfig) bool { return users[c.source] }) {
-		users = nil // none of them published a configuration: count every one
-	}
+	users := s.usersOf(host)
 	out := slices.Clone(rows)
 	for _, c := range s.configs {
 		if (users != nil && !users[c.source]) || slices.ContainsFunc(rows, func(ps PublishedState) bool { return ps.Source == c.source }) {
@@ -336,10 +344,7 @@ func (s *policySource) withConfigs(rows []PublishedState, host, role string) []P
 // for host as withConfigs counts them. It reports false when no process
 // published one.
 func (s *policySource) replayed(host, role string) (Policy, bool) {
-	users := s.hostSources[host]
-	if !slices.ContainsFunc(s.configs, func(c sourceConfig) bool { return users[c.source] }) {
-		users = nil
-	}
+	users := s.usersOf(host)
 	for _, c := range s.configs {
 		if users != nil && !users[c.source] {
 			continue
@@ -389,7 +394,7 @@ func (s *policySource) policy(host, role string) (Policy, origin, bool) {
 	}
 	cur := r.Policy
 	if q, ok := s.replayed(host, role); ok {
-		cur.FailureRate, cur.MinRequests, cur.Window, cur.MaxResetTimeout = q.FailureRate, q.MinRequests, q.Window, q.MaxResetTimeout
+		cur = withReplayFields(cur, q)
 	}
 	rows := s.withConfigs(s.published[pairKey{host, role}], host, role)
 	if len(rows) == 0 {

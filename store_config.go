@@ -231,9 +231,15 @@ func configTables(pt *policyTable) Config {
 // growth of the open time), so that advise replays a journal under the
 // rules the processes ran.
 func publishedFields(p Policy) Policy {
-	out := tunedFields(p)
-	out.FailureRate, out.MinRequests, out.Window, out.MaxResetTimeout = p.FailureRate, p.MinRequests, p.Window, p.MaxResetTimeout
-	return out
+	return withReplayFields(tunedFields(p), p)
+}
+
+// withReplayFields returns p with the fields that advise's replay reads
+// and a configuration publishes besides the tunable ones (FailureRate,
+// MinRequests, Window and MaxResetTimeout) taken from q.
+func withReplayFields(p, q Policy) Policy {
+	p.FailureRate, p.MinRequests, p.Window, p.MaxResetTimeout = q.FailureRate, q.MinRequests, q.Window, q.MaxResetTimeout
+	return p
 }
 
 // emptyPublished reports whether p, as publishedOnly returns it, sets
