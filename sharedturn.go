@@ -2,6 +2,7 @@ package hostbreaker
 
 import (
 	"context"
+	"math"
 	"time"
 )
 
@@ -114,4 +115,258 @@ func (t *Transport) turnFailed(now int64, err error) {
 				"err", err, "retry", turnRetry, "failed", sh.errOps[opTurn].Load())
 		}
 	}
+}
+
+// The fleet's start at a host: where the store can hold it (a Redis
+// store, starter), the requests of every process to a host the fleet
+// knows nothing of yet, and whose policy learns (adaptive), take their
+// turns at one rate that begins at fleetStartRate and doubles every
+// fleetStartDoubling, until the host refuses one or the rate reaches
+// sharedTurnMaxRate (fleetStartLength, about 4 s). A process alone sends
+// to a new host all it has: its first requests are the few its workers
+// hold, and a throttle slows it down. A fleet's are as many as all its
+// workers, sent at one instant before any of them has an answer: 24
+// processes of 2 workers send 48, of which a host that allows 5 r/s and a
+// burst of 5 refuses 42 at once, and its first refusals start every
+// process's limiter at the rate it was born at. Paced at the start's
+// rate, the fleet reaches a host's limit after a second or two, having
+// sent what it allows, and the first throttle stops the start for every
+// process at once: the others take their turns at a quarter of the rate
+// it had reached (the rate the host served two doublings back), until
+// their own throttles or the fleet's learnt limit give them a limiter.
+// Each process remembers a start that ended without a throttle, and sends
+// to that host as if alone from then on (the hot path: one atomic load).
+// A start costs a round trip to the store per request while it lasts,
+// two for a request that waited (it checks that no throttle stopped the
+// start meanwhile).
+const (
+	fleetStartRate     = 4.0 // r/s, fleet-wide
+	fleetStartDoubling = 500 * time.Millisecond
+	fleetStartLife     = 15 * time.Minute // a start key's life after its last turn
+	startProcsFor      = 3 * time.Second  // how long the processes of a stopped start count as sending (see pullFleetRates)
+)
+
+// fleetStartLength is how long the start lasts without a throttle: until
+// its rate reaches sharedTurnMaxRate.
+var fleetStartLength = time.Duration(float64(fleetStartDoubling) * math.Log2(sharedTurnMaxRate/fleetStartRate))
+
+// startOp is an operation on the fleet's start at a host (see starter).
+type startOp int
+
+const (
+	startTake  startOp = iota // take a turn
+	startCheck                // after a wait: a turn at the held rate if a throttle stopped the start meanwhile
+	startStop                 // a throttle: stop the start
+)
+
+// startOps names the operations, as the store's script reads them.
+var startOps = [...]string{"take", "check", "stop"}
+
+// startCode is the store's reply to a startOp.
+type startCode int
+
+const (
+	startTooFar startCode = iota // the turn is further than the longest wait: not taken
+	startRamp                    // a turn of the start, taken
+	startHeld                    // a turn at the rate held since a throttle stopped the start, taken
+	startDone                    // the start is over: the host is sent to as by a process alone
+)
+
+// startReply is the store's reply to a startOp: its code, how long from
+// now the turn it took is, and, for a stop, the fleet-wide rate the start
+// had reached when a throttle stopped it and the processes that took part
+// in it (0 when it does not say).
+type startReply struct {
+	code    startCode
+	wait    time.Duration
+	reached float64
+	procs   int
+}
+
+// Where a process stands in the fleet's start at a host (hostState.start).
+const (
+	hostNew      = iota // it has not taken a turn of a start there (yet)
+	hostStarting        // it took a turn of a start that was not over
+	hostStopping        // a throttle's stop is on its way to the store
+	hostStarted         // the start is over, or there is none: the requests go as they come
+)
+
+// startBox holds a store's starter for an atomic pointer.
+type startBox struct{ starter }
+
+// fleetStart waits for the request's turn at the fleet's start at e's host
+// (see above), when the store holds one and e's policy p learns. It
+// returns the request's rejection when its turn is further than it may
+// wait (the policy's MaxWait, or half its time left), or ctx's cause. A
+// store that fails sends the request at once, and the others for
+// turnRetry, as sharedTurn does.
+func (t *Transport) fleetStart(ctx context.Context, e *entry, p *resolved) error {
+	sh, h := t.sh, e.host
+	box := sh.starts.Load()
+	if box == nil || p.Adaptive != ToggleOn || p.shadow || p.MaxWait <= 0 {
+		return nil
+	}
+	now := t.now()
+	if now < sh.turnsDown.Load() || h.coolingDown(now) {
+		return nil // admit rejects a request to a host that cools down
+	}
+	end := now + int64(p.MaxWait)
+	if d, ok := ctx.Deadline(); ok {
+		end = min(end, now+max(int64(time.Until(d)), 0)/2)
+	}
+	op := startTake
+	for {
+		tctx, cancel := context.WithTimeout(ctx, turnTimeout)
+		r, err := box.startTurn(tctx, h.name, sh.source, op, time.Duration(end-now))
+		cancel()
+		code, wait := r.code, r.wait
+		switch {
+		case err != nil && ctx.Err() != nil:
+			return context.Cause(ctx)
+		case err != nil:
+			t.turnFailed(now, err)
+			return nil
+		case code == startDone:
+			h.start.Store(hostStarted)
+			return nil
+		}
+		h.start.CompareAndSwap(hostNew, hostStarting)
+		if code == startHeld && r.reached > 0 && h.lim.Load() == nil {
+			// A throttle stopped the start: this process joins the fleet's
+			// first fact now, as the processes it stopped for did.
+			h.learnLimiter(p, now)
+			sh.noteHeld(h.name, heldStart{r.reached, r.procs})
+			t.shareStart(h, r, time.Now().UnixNano())
+			h.start.Store(hostStarted)
+		}
+		if code == startTooFar {
+			e.reject(ReasonRateLimited)
+			return &OpenError{Host: h.name, Role: e.role, Reason: ReasonRateLimited, Until: t.at(now + int64(wait))}
+		}
+		if wait <= 0 {
+			return nil
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+			timer.Stop()
+			return context.Cause(ctx)
+		}
+		if code == startHeld {
+			return nil
+		}
+		op, now = startCheck, t.now() // a throttle may have stopped the start while it waited
+	}
+}
+
+// stopStart stops the fleet's start at h, which throttled a request, for
+// every process (see fleetStart), when this process took part in it and no
+// stop is on its way. It never blocks the request: the stop goes on a
+// goroutine of its own. Once the store has answered, a process whose
+// throttle gave h a limiter is done with the start (its limiter paces
+// h); one without (adaptive off) takes its turns at the held rate.
+func (t *Transport) stopStart(h *hostState) {
+	box := t.sh.starts.Load()
+	if box == nil || !h.start.CompareAndSwap(hostStarting, hostStopping) {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), turnTimeout)
+		r, err := box.startTurn(ctx, h.name, t.sh.source, startStop, 0)
+		cancel()
+		switch {
+		case err != nil:
+			t.turnFailed(t.now(), err)
+		case r.reached > 0:
+			t.sh.noteHeld(h.name, heldStart{r.reached, r.procs})
+			if lim := h.lim.Load(); lim != nil {
+				t.shareStart(h, r, lim.status().throttled)
+			}
+		}
+		next := int32(hostStarting)
+		if err == nil && h.lim.Load() != nil {
+			next = hostStarted
+		}
+		h.start.CompareAndSwap(hostStopping, next)
+	}()
+}
+
+// slowFleet slows the fleet's shared bucket of h, whose limiter a throttle
+// has just slowed down, by cubicBeta for a poll interval, when the fleet
+// paces h there: the other processes lower their rates only when they
+// read what the throttle taught, at their next poll, and the bucket's rate
+// is the sum of theirs. It never blocks the request.
+func (t *Transport) slowFleet(h *hostState) {
+	sh := t.sh
+	if sh == nil {
+		return
+	}
+	box := sh.turns.Load()
+	if box == nil {
+		return
+	}
+	if fr, ok := t.fleetRate(h.name); !ok || fr.others <= 0 || !h.slowing.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), turnTimeout)
+		err := box.slowTurns(ctx, h.name, 0.5, 2*sh.poll)
+		cancel()
+		if err != nil {
+			t.turnFailed(t.now(), err)
+		}
+		h.slowing.Store(false)
+	}()
+}
+
+// shareStart gives h's limiter, started by a throttle at wall time wall
+// that stopped the fleet's start there (or by a turn after such a
+// throttle), its share of the fleet's first fact at once (see
+// pullFleetRates): a quarter of the rate the start had reached, divided
+// among the processes that took part. Born of this process's own
+// successes, a few of the start's turns, it would pace at min_rate or
+// more, and two dozen processes throttled by the start's last turns would
+// send that many times min_rate before their next poll. A process alone
+// keeps its own estimate.
+func (t *Transport) shareStart(h *hostState, r startReply, wall int64) {
+	lim := h.lim.Load()
+	if lim == nil || r.procs < 2 {
+		return
+	}
+	n := float64(r.procs)
+	floor := minRateOf(t.resolve(h.name, "")) / n
+	if ch, ok := lim.adopt(r.reached/4/n, floor, t.now(), wall, time.Now().UnixNano(), true); ok {
+		t.emitRate(h.name, ch)
+	}
+}
+
+// heldStart is what a stop of the fleet's start at a host told: the
+// fleet-wide rate the start had reached, and how many processes took part.
+type heldStart struct {
+	reached float64
+	procs   int
+}
+
+// noteHeld keeps hs, what the stop of the fleet's start at host by a
+// throttle of this process told, for pullFleetRates: the fact that
+// throttle teaches. It runs on stopStart's goroutine.
+func (sh *sharing) noteHeld(host string, hs heldStart) {
+	sh.heldMu.Lock()
+	if sh.held == nil {
+		sh.held = make(map[string]heldStart)
+	}
+	sh.held[host] = hs
+	sh.heldMu.Unlock()
+}
+
+// heldOf returns what noteHeld kept of host, and forgets it when take.
+func (sh *sharing) heldOf(host string, take bool) heldStart {
+	sh.heldMu.Lock()
+	defer sh.heldMu.Unlock()
+	hs := sh.held[host]
+	if take {
+		delete(sh.held, host)
+	}
+	return hs
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -189,5 +190,158 @@ func TestSharedTurnFailurePacesAlone(t *testing.T) {
 	}
 	if n := a.sh.errOps[opTurn].Load(); n != 1 {
 		t.Errorf("%d failed turns counted: want 1 (the requests after it pace alone for %v without asking)", n, turnRetry)
+	}
+}
+
+// TestFleetStartSpreadsTheFirstRequests: twelve processes of four workers
+// share a Redis store and start at one instant on a host that allows
+// 5 r/s with a burst of 5 (nginx's limit_req, no Retry-After). Without
+// the fleet's start, their first 48 requests reach it at once and it
+// refuses 40 or more of them; with it, the fleet's requests come at a
+// rate that doubles from 4 r/s, the first refusal stops it for all, and
+// the host refuses far fewer in the whole 3 s, while serving about what
+// it allows. Real time (Redis's clock paces the start), bounds generous.
+func TestFleetStartSpreadsTheFirstRequests(t *testing.T) {
+	without := measureFleetStart(t, fleetTweaks{noFleetStart: true})
+	with := measureFleetStart(t, fleetTweaks{})
+	t.Logf("3 s, 12 processes × 4 workers, 5 r/s burst 5: without the start %d served, %d refused; with it %d served, %d refused",
+		without.served, without.rejected, with.served, with.rejected)
+	if without.rejected < 30 {
+		t.Errorf("without the fleet's start the host refused %d requests: want at least 30 (the test no longer shows what the start is for)", without.rejected)
+	}
+	if with.rejected > without.rejected/2 || with.rejected > 20 {
+		t.Errorf("with the fleet's start the host refused %d requests (%d without): want at most half as many, and at most 20", with.rejected, without.rejected)
+	}
+	if with.served < 10 {
+		t.Errorf("with the fleet's start the host served %d requests in 3 s: want at least 10 of the 20 it allows", with.served)
+	}
+}
+
+// fleetStartCounts is what measureFleetStart counted at the host.
+type fleetStartCounts struct{ served, rejected int }
+
+func measureFleetStart(t *testing.T, tw fleetTweaks) fleetStartCounts {
+	rawURL := testRedisURL(t)
+	host := &leakyBucket{rate: 5, burst: 5, nodelay: true}
+	// 20 ms away, so that the workers' first requests are all on their
+	// way before the first answer, as over a network.
+	far := roundTripperFunc(func(req *http.Request) (*http.Response, error) {
+		time.Sleep(20 * time.Millisecond)
+		return host.RoundTrip(req)
+	})
+	trs := make([]*Transport, 12)
+	for i := range trs {
+		trs[i] = sharedTransportWith(t, far, WithConfig(Config{Store: StoreConfig{URL: rawURL, Required: true}}), withFleetTweaks(tw))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, tr := range trs {
+		for range 4 {
+			wg.Go(func() {
+				<-start
+				for ctx.Err() == nil {
+					var oe *OpenError
+					if err := send(ctx, tr, "api.test"); errors.As(err, &oe) {
+						select { // rejected: back when its turn or the cooldown ends
+						case <-time.After(max(time.Until(oe.Until), 100*time.Millisecond)):
+						case <-ctx.Done():
+						}
+					}
+				}
+			})
+		}
+	}
+	close(start)
+	wg.Wait()
+	served, rejected := host.counts()
+	return fleetStartCounts{served, rejected}
+}
+
+// TestFleetStartEndsOnAHealthyHost: two processes of eight workers share a
+// Redis store and send all they can to a host that never refuses. The
+// fleet's start paces their first second (its turns add up to about 9
+// then), rejects none of their requests, and is over after
+// fleetStartLength: from then on they send as they come, hundreds a
+// second.
+func TestFleetStartEndsOnAHealthyHost(t *testing.T) {
+	rawURL := testRedisURL(t)
+	log := newSendLog()
+	trs := []*Transport{
+		sharedTransportWith(t, log, WithConfig(Config{Store: StoreConfig{URL: rawURL, Required: true}})),
+		sharedTransportWith(t, log, WithConfig(Config{Store: StoreConfig{URL: rawURL, Required: true}})),
+	}
+	d := fleetStartLength + 1500*time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, tr := range trs {
+		for range 8 {
+			wg.Go(func() {
+				for ctx.Err() == nil {
+					if err := send(ctx, tr, "api.test"); err != nil && ctx.Err() == nil {
+						t.Errorf("request rejected: %v", err)
+						return
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	sent := log.sent()
+	if len(sent) == 0 {
+		t.Fatal("nothing sent")
+	}
+	var first, last int
+	for _, at := range sent {
+		switch rel := at - sent[0]; {
+		case rel < time.Second:
+			first++
+		case rel >= fleetStartLength+500*time.Millisecond:
+			last++
+		}
+	}
+	t.Logf("sent in the first second: %d; in the last second: %d", first, last)
+	if first > 12 {
+		t.Errorf("%d requests sent in the start's first second: want at most 12 (its turns add up to 8.7)", first)
+	}
+	if last < 200 {
+		t.Errorf("%d requests sent in the second after the start: want at least 200 (sent as they come)", last)
+	}
+}
+
+// TestSlowTurnsSlowsEveryProcess: a throttle's slow-down of a host's
+// shared bucket, by one process, spaces the turns every process takes
+// there at once: at half the rate, the interval doubles. A second
+// slow-down while the first lasts changes nothing (it would compound).
+// The waits come from Redis's clock and the turns are taken microseconds
+// apart, so the bounds hold on any machine.
+func TestSlowTurnsSlowsEveryProcess(t *testing.T) {
+	rawURL := testRedisURL(t)
+	a, b := openTestRedis(t, rawURL), openTestRedis(t, rawURL)
+	ctx := context.Background()
+	const interval = 100 * time.Millisecond
+	take := func(s *redisStore) time.Duration {
+		t.Helper()
+		wait, ok, err := s.takeTurn(ctx, "api.test", interval, time.Minute)
+		if err != nil || !ok {
+			t.Fatalf("takeTurn: %v, %v", ok, err)
+		}
+		return wait
+	}
+	w0, w1 := take(a), take(b)
+	if d := w1 - w0; d < 90*time.Millisecond || d > 110*time.Millisecond {
+		t.Fatalf("turns %v apart before the slow-down, want %v", d, interval)
+	}
+	if err := a.slowTurns(ctx, "api.test", 0.5, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.slowTurns(ctx, "api.test", 0.1, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	w2, w3 := take(b), take(a)
+	if d := w3 - w2; d < 180*time.Millisecond || d > 220*time.Millisecond {
+		t.Errorf("turns %v apart after the slow-down to half, want %v", d, 2*interval)
 	}
 }

@@ -45,6 +45,11 @@ type sharing struct {
 	shareTrips bool
 	poll       time.Duration
 
+	noFleetStart bool // StoreConfig.NoFleetStart
+
+	heldMu sync.Mutex
+	held   map[string]heldStart // by host: what the stop of a fleet start by this process's throttle told (noteHeld)
+
 	mu         sync.Mutex
 	pending    map[string]*hostRecords // writes not yet in the store, by host; guarded by mu
 	maxPending int                     // bound on the hosts in pending
@@ -83,8 +88,9 @@ type sharing struct {
 	// The store's shared buckets (see Transport.sharedTurn), set when the
 	// store opens, if it has them; read by the requests.
 	turns      atomic.Pointer[turnBox]
-	turnsDown  atomic.Int64 // until then (monotonic ns) the requests pace alone: a turn failed
-	turnLogged atomic.Int64 // when a failed turn was last logged, plus one (monotonic ns); 0 for never
+	starts     atomic.Pointer[startBox] // the store's fleet starts (see Transport.fleetStart); nil without
+	turnsDown  atomic.Int64             // until then (monotonic ns) the requests pace alone: a turn failed
+	turnLogged atomic.Int64             // when a failed turn was last logged, plus one (monotonic ns); 0 for never
 }
 
 // turnBox holds a store's turnTaker for an atomic pointer.
@@ -113,21 +119,22 @@ func newSharing(s Store, owned bool, c StoreConfig, maxPending int, source strin
 		poll = defaultPollInterval
 	}
 	sh := &sharing{
-		store:      s,
-		owned:      owned,
-		source:     source,
-		shareTrips: c.ShareTrips,
-		poll:       poll,
-		pending:    make(map[string]*hostRecords),
-		maxPending: maxPending,
-		kick:       make(chan struct{}, 1),
-		applied:    make(map[[2]string]time.Time),
-		fleetHosts: make(map[string]*fleetHost),
-		activity:   make(map[string]hostActivity),
-		seenAhead:  make(map[fleetSeenKey]int64),
-		phase:      sourcePhase(source),
-		tweaks:     tw,
-		probed:     make(map[string]bool),
+		store:        s,
+		owned:        owned,
+		source:       source,
+		shareTrips:   c.ShareTrips,
+		noFleetStart: c.NoFleetStart,
+		poll:         poll,
+		pending:      make(map[string]*hostRecords),
+		maxPending:   maxPending,
+		kick:         make(chan struct{}, 1),
+		applied:      make(map[[2]string]time.Time),
+		fleetHosts:   make(map[string]*fleetHost),
+		activity:     make(map[string]hostActivity),
+		seenAhead:    make(map[fleetSeenKey]int64),
+		phase:        sourcePhase(source),
+		tweaks:       tw,
+		probed:       make(map[string]bool),
 	}
 	sh.setStore(s)
 	return sh
@@ -139,6 +146,9 @@ func (sh *sharing) setStore(s Store) {
 	sh.store = s
 	if tt, ok := s.(turnTaker); ok && !sh.tweaks.noSharedTurns {
 		sh.turns.Store(&turnBox{tt})
+	}
+	if st, ok := s.(starter); ok && !sh.noFleetStart && !sh.tweaks.noFleetStart {
+		sh.starts.Store(&startBox{st})
 	}
 }
 
@@ -915,6 +925,12 @@ type fleetHost struct {
 	ownN      int
 	redivided bool
 
+	// startN is the processes that took part in the fleet's start at the
+	// host that a throttle of this process stopped, which count among
+	// those sending to it until startUntil (wall ns).
+	startN     int
+	startUntil int64
+
 	// visibleSince is when this process first published itself sending
 	// to the host, in the current run of sending; zero when it does not
 	// send to it (see fleetShare).
@@ -1055,6 +1071,15 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 			}
 		}
 		n := len(x.sending) + 1
+		held := sh.heldOf(host, false)
+		if held.procs > 0 {
+			fh.startN, fh.startUntil = held.procs, wall+int64(startProcsFor)
+		}
+		if wall < fh.startUntil {
+			// The processes that took part in the fleet's start at the
+			// host, before their heartbeats are all in the store.
+			n = max(n, fh.startN)
+		}
 		h := t.reg.host(host)
 		var lim *limiter
 		var st limitStatus
@@ -1065,7 +1090,7 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 		}
 		// A throttle of this process's own, newer than the fleet's
 		// copy of it: this process's fact.
-		young := st.slowStart && (wall-st.throttled < int64(slowStartFact) || st.holding) && !sh.tweaks.youngFacts
+		young := st.slowStart && (wall-st.throttled < int64(slowStartFact) || st.holding) && !sh.tweaks.youngFacts && held.reached == 0
 		if st.throttled != 0 && !young && st.throttled != fh.adoptedAt && st.throttled != x.fact.throttled && wall-st.throttled < limiterIdle {
 			if fh.fact.source != sh.source || fh.fact.throttled != st.throttled {
 				fh.ownN, fh.redivided = n, false
@@ -1089,6 +1114,15 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 					own.limit += min(v, st.lastMax)
 				}
 			}
+			if held.reached > 0 && fh.fact.limit <= 0 && held.reached/4 > own.limit {
+				// The throttle that stopped the fleet's start at the host
+				// (sharedturn.go): the rate the fleet was served two
+				// doublings before, not this process's few requests of it
+				// times the processes it has seen so far, says what the
+				// host allows.
+				own.limit, fh.redivided = held.reached/4, true
+				fh.ownN = max(fh.ownN, held.procs)
+			}
 			delete(sh.probed, host)
 			x.fact = newerFact(x.fact, own)
 		} else if fh.fact.source == sh.source && fh.fact.throttled == st.throttled && st.throttled != 0 && !young &&
@@ -1100,6 +1134,9 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 			x.fact = newerFact(x.fact, own)
 		}
 		fh.fact = x.fact
+		if held.reached > 0 && fh.fact.limit > 0 {
+			sh.heldOf(host, true) // taught, by this process or another
+		}
 		if fh.fact.limit <= 0 || wall-fh.fact.throttled >= limiterIdle {
 			// No live fact: the limit expired fleet-wide.
 			delete(sh.fleetHosts, host)
@@ -1195,6 +1232,7 @@ type fleetTweaks struct {
 	noPhase       bool // fleet members take their turns in step
 	ownSlowStart  bool // each process slow-starts alone, not divided among the fleet's
 	noSharedTurns bool // a Redis store's processes pace alone, each at its share, not at one shared bucket
+	noFleetStart  bool // a Redis store's processes send to a new host as they come, without the fleet's start
 }
 
 func withFleetTweaks(tw fleetTweaks) Option {

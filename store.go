@@ -154,6 +154,23 @@ type storePoller interface {
 // Transport.sharedTurn.
 type turnTaker interface {
 	takeTurn(ctx context.Context, host string, interval, maxWait time.Duration) (time.Duration, bool, error)
+	// slowTurns multiplies the interval's rate by factor for d, for every
+	// process at once, unless a slow-down is on already: a throttle's, until
+	// the other processes have adopted what it taught.
+	slowTurns(ctx context.Context, host string, factor float64, d time.Duration) error
+}
+
+// starter is implemented by stores that can hold the fleet's start at a
+// host (Redis): the fleet's requests to a host it knows nothing of yet
+// take their turns at a rate that doubles until the host refuses one or
+// the rate is past any limit worth learning. startTurn runs op there: it
+// takes a turn and reports how long from now the request waits for it
+// (startTake), reports whether a throttle stopped the start meanwhile and
+// then takes a turn at the rate it holds since (startCheck), or stops the
+// start and reports the rate it holds (startStop). The store's clock
+// counts. See Transport.fleetStart.
+type starter interface {
+	startTurn(ctx context.Context, host, source string, op startOp, maxWait time.Duration) (startReply, error)
 }
 
 // readPoll reads what a poll needs from s: with s's poll when it has one,

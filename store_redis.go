@@ -419,6 +419,8 @@ const (
 	redisKindOverride  = "o:" // followed by a Hosts key: a PutOverride's message
 	redisOverrides     = redisKindOverride + "overrides"
 	redisKindTurn      = "t:" // followed by a host: its shared bucket (see takeTurn)
+	redisKindStart     = "a:" // followed by a host: the fleet's start at it (see startTurn)
+	redisKindSlow      = "w:" // followed by a host: its shared bucket's slow-down (see slowTurns)
 )
 
 // key returns the key of kind for the host or source name.
@@ -1441,10 +1443,12 @@ func (m *redisMirror) result(now time.Time) storePoll {
 // bucket of one, as github.com/go-redis/redis_rate paces, but reserving
 // (a turn later than now is a wait, not a refusal) and on Redis's clock,
 // so that the clocks of the processes need not agree. KEYS: the host's
-// turn key; ARGV: the interval and the longest wait, in µs. It returns
-// {1, wait} for a turn taken wait µs from now, or {0, wait} for one that
-// would be further than the longest wait, not taken. The key holds the
-// next free turn (µs since the epoch) and expires a second after it.
+// turn key and its slow key; ARGV: the interval and the longest wait, in
+// µs. While the slow key lives (see slowTurns), the interval is divided by
+// the factor it holds. It returns {1, wait} for a turn taken wait µs from
+// now, or {0, wait} for one that would be further than the longest wait,
+// not taken. The turn key holds the next free turn (µs since the epoch)
+// and expires a second after it.
 var redisTurnScript = redis.NewScript(`
 redis.replicate_commands()
 local t = redis.call('TIME')
@@ -1455,7 +1459,12 @@ local wait = at - now
 if wait > tonumber(ARGV[2]) then
   return {0, wait}
 end
-local next = at + tonumber(ARGV[1])
+local interval = tonumber(ARGV[1])
+local slow = tonumber(redis.call('GET', KEYS[2]) or '')
+if slow and slow > 0 and slow < 1 then
+  interval = interval / slow
+end
+local next = at + interval
 redis.call('SET', KEYS[1], string.format('%.0f', next), 'PX', math.ceil((next - now) / 1000) + 1000)
 return {1, wait}
 `)
@@ -1467,7 +1476,7 @@ func (s *redisStore) takeTurn(ctx context.Context, host string, interval, maxWai
 	if s.isClosed.Load() {
 		return 0, false, fmt.Errorf("hostbreaker: redis store: turn: %w", redis.ErrClosed)
 	}
-	res, err := redisTurnScript.Run(ctx, s.client, []string{s.key(redisKindTurn, host)},
+	res, err := redisTurnScript.Run(ctx, s.client, []string{s.key(redisKindTurn, host), s.key(redisKindSlow, host)},
 		max(interval.Microseconds(), 1), max(maxWait.Microseconds(), 0)).Int64Slice()
 	if err != nil {
 		return 0, false, fmt.Errorf("hostbreaker: redis store: turn of %s: %w", host, err)
@@ -1476,4 +1485,122 @@ func (s *redisStore) takeTurn(ctx context.Context, host string, interval, maxWai
 		return 0, false, fmt.Errorf("hostbreaker: redis store: turn of %s: reply %v", host, res)
 	}
 	return time.Duration(res[1]) * time.Microsecond, res[0] == 1, nil
+}
+
+// slowTurns multiplies the rate of host's shared bucket by factor for d,
+// unless it is slowed already (see turnTaker).
+func (s *redisStore) slowTurns(ctx context.Context, host string, factor float64, d time.Duration) error {
+	if s.isClosed.Load() {
+		return fmt.Errorf("hostbreaker: redis store: slow turns: %w", redis.ErrClosed)
+	}
+	err := s.client.SetArgs(ctx, s.key(redisKindSlow, host), strconv.FormatFloat(factor, 'g', -1, 64),
+		redis.SetArgs{Mode: "NX", TTL: d}).Err()
+	if err != nil && err != redis.Nil {
+		return fmt.Errorf("hostbreaker: redis store: slow turns of %s: %w", host, err)
+	}
+	return nil
+}
+
+// redisStartScript gives a turn of the fleet's start at a host (see
+// Transport.fleetStart), on Redis's clock. KEYS: the host's start key, a
+// hash of f (the first turn, µs since the epoch), n (the turns given),
+// x (when a throttle stopped the start), R (the rate it had reached then,
+// r/s), r (the rate it holds since, r/s), h (the next free turn at that
+// rate), np and p:<process> (the processes that took part). ARGV: the operation (take,
+// check or stop), the longest wait in µs, the rate the start begins at
+// (r/s), its doubling time and its length in µs, the key's life in ms, the
+// process (its turns count it in np, the processes that took part). The
+// start's n-th turn is due when the turns of a rate r0·2^(t/d) add up to
+// n; a stop holds an eighth of the rate reached (at least 1 r/s), so
+// that a limiter that counts a burst drains what the start sent. It
+// replies {code, wait µs}: startRamp for a start turn taken wait from
+// now; startHeld for a turn at the held rate; startTooFar for a turn
+// further than the longest wait, not taken; startDone when the start is
+// over (its length passed, or nothing to stop). check takes no start
+// turn: it reports whether a throttle stopped the start meanwhile, and
+// then takes a held turn, replying as a take does. A held turn's reply
+// adds the rate the start had reached when stopped, in mr/s, and np. stop
+// replies {startHeld, 0, that rate, np} when the start is stopped, by it
+// or before, and not over.
+var redisStartScript = redis.NewScript(`
+redis.replicate_commands()
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local op, maxWait = ARGV[1], tonumber(ARGV[2])
+local r0, d, len, ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local v = redis.call('HMGET', KEYS[1], 'f', 'n', 'x', 'r', 'h')
+local f = tonumber(v[1])
+if not f then
+  if op ~= 'take' then
+    return {3, 0}
+  end
+  f = now
+  redis.call('HSET', KEYS[1], 'f', string.format('%.0f', f))
+end
+if op ~= 'stop' and redis.call('HSETNX', KEYS[1], 'p:' .. ARGV[7], 1) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'np', 1)
+end
+local x = tonumber(v[3])
+if op == 'stop' then
+  if not x and now - f < len then
+    local reached = r0 * 2 ^ ((now - f) / d)
+    redis.call('HSET', KEYS[1], 'x', string.format('%.0f', now), 'r', tostring(math.max(reached / 8, 1)), 'R', tostring(reached))
+    redis.call('PEXPIRE', KEYS[1], ttl)
+    return {2, 0, math.floor(reached * 1000), tonumber(redis.call('HGET', KEYS[1], 'np') or '1')}
+  end
+  if x then
+    return {2, 0, math.floor(tonumber(redis.call('HGET', KEYS[1], 'R') or v[4]) * 1000), tonumber(redis.call('HGET', KEYS[1], 'np') or '1')}
+  end
+  return {3, 0}
+end
+if x then
+  local tat = tonumber(v[5]) or 0
+  local at = math.max(tat, now)
+  if at - now > maxWait then
+    return {0, at - now}
+  end
+  redis.call('HSET', KEYS[1], 'h', string.format('%.0f', at + 1000000 / tonumber(v[4])))
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  return {2, at - now, math.floor(tonumber(redis.call('HGET', KEYS[1], 'R') or v[4]) * 1000), tonumber(redis.call('HGET', KEYS[1], 'np') or '1')}
+end
+if now - f >= len then
+  return {3, 0}
+end
+if op == 'check' then
+  return {1, 0}
+end
+local n = tonumber(v[2]) or 0
+local at = f + d * math.log(1 + n * math.log(2) * 1000000 / (r0 * d)) / math.log(2)
+if at - f >= len then
+  return {3, 0}
+end
+at = math.max(at, now)
+if at - now > maxWait then
+  return {0, at - now}
+end
+redis.call('HINCRBY', KEYS[1], 'n', 1)
+redis.call('PEXPIRE', KEYS[1], ttl)
+return {1, at - now}
+`)
+
+// startTurn runs op (startTake, startCheck or startStop) on the fleet's
+// start at host (see starter and redisStartScript).
+func (s *redisStore) startTurn(ctx context.Context, host, source string, op startOp, maxWait time.Duration) (startReply, error) {
+	if s.isClosed.Load() {
+		return startReply{}, fmt.Errorf("hostbreaker: redis store: start: %w", redis.ErrClosed)
+	}
+	res, err := redisStartScript.Run(ctx, s.client, []string{s.key(redisKindStart, host)},
+		startOps[op], max(maxWait.Microseconds(), 0), fleetStartRate,
+		fleetStartDoubling.Microseconds(), fleetStartLength.Microseconds(), fleetStartLife.Milliseconds(), source).Int64Slice()
+	if err != nil {
+		return startReply{}, fmt.Errorf("hostbreaker: redis store: start at %s: %w", host, err)
+	}
+	if len(res) < 2 || len(res) > 4 || res[0] < 0 || res[0] > int64(startDone) {
+		return startReply{}, fmt.Errorf("hostbreaker: redis store: start at %s: reply %v", host, res)
+	}
+	r := startReply{code: startCode(res[0]), wait: time.Duration(res[1]) * time.Microsecond}
+	if len(res) == 4 {
+		r.reached, r.procs = float64(res[2])/1000, int(res[3])
+	}
+	return r, nil
 }

@@ -132,6 +132,7 @@ type tomlStore struct {
 	ShareTrips   *bool     `toml:"share_trips"`
 	PollInterval *duration `toml:"poll_interval"`
 	Required     *bool     `toml:"required"`
+	FleetStart   *bool     `toml:"fleet_start"`
 }
 
 type tomlTelemetry struct {
@@ -214,6 +215,9 @@ func (tc *tomlConfig) config() (Config, error) {
 		}
 		if s.Required != nil {
 			c.Store.Required = *s.Required
+		}
+		if s.FleetStart != nil {
+			c.Store.NoFleetStart = !*s.FleetStart
 		}
 		var err error
 		if c.Store.PollInterval, err = positive("store.poll_interval", s.PollInterval); err != nil {

@@ -45,6 +45,7 @@ fail_max = 2
 url = "/tmp/x.db"
 share_trips = true
 poll_interval = "2s"
+fleet_start = false
 `
 
 func TestParseConfigExample(t *testing.T) {
@@ -67,7 +68,7 @@ func TestParseConfigExample(t *testing.T) {
 			"*.example.org":    {FailMax: 2},
 		},
 		Rolling: Rolling{Enabled: true, ThresholdFailures: 3, Window: 10 * time.Second, Cooldown: 30 * time.Second},
-		Store:   StoreConfig{URL: "/tmp/x.db", ShareTrips: true, PollInterval: 2 * time.Second},
+		Store:   StoreConfig{URL: "/tmp/x.db", ShareTrips: true, PollInterval: 2 * time.Second, NoFleetStart: true},
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("ParseConfig(example) =\n%+v\nwant\n%+v", c, want)

@@ -355,6 +355,11 @@ func (t *Transport) send(req *http.Request, e *entry, p *resolved, sl *slot) (*h
 			closeBody(req)
 			return nil, err
 		}
+	} else if t.sh != nil && e.host.start.Load() != hostStarted {
+		if err := t.fleetStart(req.Context(), e, p); err != nil {
+			closeBody(req)
+			return nil, err
+		}
 	}
 	adm, rej := t.admit(e)
 	if rej != nil {
@@ -541,6 +546,9 @@ func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *htt
 			if p.isThrottle(code) {
 				slowing = t.slowDown(h, p, adm, code)
 			}
+			if (cooled || p.isThrottle(code)) && t.sh != nil && h.start.Load() == hostStarting { // the fleet's start ends here
+				t.stopStart(h)
+			}
 		}
 		if t.quotaDue(e, resp, healthy) && t.obeyQuota(e, p, resp) && code >= 400 {
 			cooled = cooled || p.isThrottle(code)
@@ -668,6 +676,9 @@ func (t *Transport) slowDown(h *hostState, p *resolved, adm admission, status in
 	ch, changed, slowing := lim.throttle(adm.sentAt(), now, h.until.Load(), time.Now().UnixNano(), status)
 	if changed {
 		t.emitRate(h.name, ch)
+		if ch.rate < ch.prev {
+			t.slowFleet(h)
+		}
 	}
 	return slowing
 }
