@@ -92,7 +92,7 @@ type entry struct {
 	st        atomic.Uint64 // generation<<2 | phase; changed only under mu
 	successes atomic.Uint64
 	fails     atomic.Int32  // consecutive failures recorded in closed; changed only under mu
-	flags     atomic.Uint32 // flagUsed | flagEvicted | flagLive | flagQuota
+	flags     atomic.Uint32 // flagUsed | flagEvicted | flagLive | flagQuota | flagBodyWatch | flagStarted
 	pol       atomic.Pointer[resolved]
 	host      *hostState
 	role      string
@@ -272,6 +272,7 @@ const (
 	flagLive                  // handed out by the registry (set last, see registry.lookup)
 	flagQuota                 // its responses carry quota headers (RateLimit-Remaining): read them on each
 	flagBodyWatch             // a body broke: watch every body (body.go)
+	flagStarted               // the fleet's start at its host is over for this process, or there is none (sharedturn.go)
 )
 
 func (e *entry) evicted() bool { return e.flags.Load()&flagEvicted != 0 }

@@ -47,11 +47,11 @@ type hostState struct {
 
 	born      int64                    // when the state was created, ns since the Transport's epoch
 	bulk      atomic.Pointer[bulkhead] // its concurrency limit; nil for a host without one (concurrency.go)
-	start     atomic.Int32             // where this process stands in the fleet's start at the host: hostStarting… (sharedturn.go)
 	detached  atomic.Bool              // removed from the registry; set under registry.mu
-	slowing   atomic.Bool              // a throttle's slow-down of the fleet's shared bucket is on its way (sharedturn.go)
 	firstUsed bool                     // first has been handed out; guarded by registry.mu
-	_         [38]byte                 // to 384 bytes: see above
+	slowing   atomic.Bool              // a throttle's slow-down of the fleet's shared bucket is on its way (sharedturn.go)
+	start     atomic.Int32             // where this process stands in the fleet's start at the host: hostStarting… (sharedturn.go)
+	_         [36]byte                 // to 384 bytes: see above
 }
 
 const (

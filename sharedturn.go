@@ -131,11 +131,16 @@ func (t *Transport) turnFailed(now int64, err error) {
 // process's limiter at the rate it was born at. Paced at the start's
 // rate, the fleet reaches a host's limit after a second or two, having
 // sent what it allows, and the first throttle stops the start for every
-// process at once: the others take their turns at a quarter of the rate
-// it had reached (the rate the host served two doublings back), until
-// their own throttles or the fleet's learnt limit give them a limiter.
+// process at once. The fleet's first learnt limit is then a quarter of the
+// rate the start had reached (the rate of two doublings back, which the
+// host served), shared among the processes that took part (the store
+// counts them): the throttled processes' limiters take their shares as
+// the store answers their stops, the others as their next turn tells them
+// of the stop, a turn taken at an eighth of that rate, so that a limiter
+// that counts a burst drains what the start sent.
 // Each process remembers a start that ended without a throttle, and sends
-// to that host as if alone from then on (the hot path: one atomic load).
+// to that host as if alone from then on (the hot path: a flag of the
+// entry, flagStarted, in a word it loads anyway).
 // A start costs a round trip to the store per request while it lasts,
 // two for a request that waited (it checks that no throttle stopped the
 // start meanwhile).
@@ -144,6 +149,10 @@ const (
 	fleetStartDoubling = 500 * time.Millisecond
 	fleetStartLife     = 15 * time.Minute // a start key's life after its last turn
 	startProcsFor      = 3 * time.Second  // how long the processes of a stopped start count as sending (see pullFleetRates)
+
+	// A throttle's slow-down of the shared bucket (see slowFleet).
+	slowTurnsFactor = 0.5
+	slowTurnsPolls  = 2
 )
 
 // fleetStartLength is how long the start lasts without a throttle: until
@@ -202,6 +211,10 @@ type startBox struct{ starter }
 // turnRetry, as sharedTurn does.
 func (t *Transport) fleetStart(ctx context.Context, e *entry, p *resolved) error {
 	sh, h := t.sh, e.host
+	if h.start.Load() == hostStarted {
+		e.flags.Or(flagStarted) // its next requests skip the call: one load of a flag they read anyway
+		return nil
+	}
 	box := sh.starts.Load()
 	if box == nil || p.Adaptive != ToggleOn || p.shadow || p.MaxWait <= 0 {
 		return nil
@@ -292,11 +305,13 @@ func (t *Transport) stopStart(h *hostState) {
 	}()
 }
 
-// slowFleet slows the fleet's shared bucket of h, whose limiter a throttle
-// has just slowed down, by cubicBeta for a poll interval, when the fleet
-// paces h there: the other processes lower their rates only when they
-// read what the throttle taught, at their next poll, and the bucket's rate
-// is the sum of theirs. It never blocks the request.
+// slowFleet halves the rate of the fleet's shared bucket of h, whose
+// limiter a throttle has just slowed down, for two poll intervals
+// (slowTurnsFactor, slowTurnsPolls), when the fleet paces h there: the
+// other processes lower their rates only when they read what the throttle
+// taught, at their next poll, and the bucket's rate is the sum of theirs;
+// a limiter that counts a burst keeps refusing until the fleet goes well
+// under its rate for a moment. It never blocks the request.
 func (t *Transport) slowFleet(h *hostState) {
 	sh := t.sh
 	if sh == nil {
@@ -311,7 +326,7 @@ func (t *Transport) slowFleet(h *hostState) {
 	}
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), turnTimeout)
-		err := box.slowTurns(ctx, h.name, 0.5, 2*sh.poll)
+		err := box.slowTurns(ctx, h.name, slowTurnsFactor, slowTurnsPolls*sh.poll)
 		cancel()
 		if err != nil {
 			t.turnFailed(t.now(), err)
@@ -348,9 +363,11 @@ type heldStart struct {
 	procs   int
 }
 
-// noteHeld keeps hs, what the stop of the fleet's start at host by a
-// throttle of this process told, for pullFleetRates: the fact that
-// throttle teaches. It runs on stopStart's goroutine.
+// noteHeld keeps hs, what the store told of the stopped fleet's start at
+// host (to this process's stop, or to a turn after another's), for
+// pullFleetRates: the fact this process's throttle teaches, and how many
+// processes count as sending. It runs on stopStart's goroutine or on a
+// request's.
 func (sh *sharing) noteHeld(host string, hs heldStart) {
 	sh.heldMu.Lock()
 	if sh.held == nil {

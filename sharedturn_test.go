@@ -142,6 +142,37 @@ func BenchmarkSharedTurn(b *testing.B) {
 	}
 }
 
+// BenchmarkFleetStartTurn measures a turn of the fleet's start at a host
+// on the test Redis (one EVALSHA round trip on loopback): what a request
+// to a host the fleet knows nothing of costs on top of the rest while the
+// start lasts. Each turn is of a start of its own, at its first turn, so
+// that none waits.
+func BenchmarkFleetStartTurn(b *testing.B) {
+	prefix := fmt.Sprintf("hbbench:%d-%d:", os.Getpid(), time.Now().UnixNano())
+	st, err := OpenStore("redis://" + testRedisAddr + "/0?prefix=" + prefix)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	s := st.(*redisStore)
+	ctx := context.Background()
+	var hosts []string
+	defer func() {
+		for _, h := range hosts {
+			s.client.Del(ctx, s.key(redisKindStart, h))
+		}
+	}()
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		h := fmt.Sprintf("h%d.test", i)
+		hosts = append(hosts, h)
+		r, err := s.startTurn(ctx, h, "bench", startTake, time.Minute)
+		if err != nil || r.code != startRamp || r.wait != 0 {
+			b.Fatalf("startTurn: %+v, %v", r, err)
+		}
+	}
+}
+
 // TestSharedTurnFailurePacesAlone: when a turn of the shared bucket fails
 // (here the store's client is closed under the Transport), the request is
 // paced by the process's own limiter and served, never failed; the

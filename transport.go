@@ -355,7 +355,7 @@ func (t *Transport) send(req *http.Request, e *entry, p *resolved, sl *slot) (*h
 			closeBody(req)
 			return nil, err
 		}
-	} else if t.sh != nil && e.host.start.Load() != hostStarted {
+	} else if t.sh != nil && e.flags.Load()&flagStarted == 0 {
 		if err := t.fleetStart(req.Context(), e, p); err != nil {
 			closeBody(req)
 			return nil, err
