@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -125,15 +124,8 @@ func measureDemandFlow(t *testing.T, tw fleetTweaks) demandFlow {
 // test Redis (one EVALSHA round trip on loopback): what a request to a
 // host the fleet paces costs on top of its own limiter.
 func BenchmarkSharedTurn(b *testing.B) {
-	prefix := fmt.Sprintf("hbbench:%d-%d:", os.Getpid(), time.Now().UnixNano())
-	st, err := OpenStore("redis://" + testRedisAddr + "/0?prefix=" + prefix)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer st.Close()
-	s := st.(*redisStore)
+	s := benchRedisStore(b)
 	ctx := context.Background()
-	defer s.client.Del(ctx, s.key(redisKindTurn, "api.test"))
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, _, err := s.takeTurn(ctx, "api.test", time.Nanosecond, time.Minute); err != nil {
@@ -148,25 +140,11 @@ func BenchmarkSharedTurn(b *testing.B) {
 // start lasts. Each turn is of a start of its own, at its first turn, so
 // that none waits.
 func BenchmarkFleetStartTurn(b *testing.B) {
-	prefix := fmt.Sprintf("hbbench:%d-%d:", os.Getpid(), time.Now().UnixNano())
-	st, err := OpenStore("redis://" + testRedisAddr + "/0?prefix=" + prefix)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer st.Close()
-	s := st.(*redisStore)
+	s := benchRedisStore(b)
 	ctx := context.Background()
-	var hosts []string
-	defer func() {
-		for _, h := range hosts {
-			s.client.Del(ctx, s.key(redisKindStart, h))
-		}
-	}()
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
-		h := fmt.Sprintf("h%d.test", i)
-		hosts = append(hosts, h)
-		r, err := s.startTurn(ctx, h, "bench", startTake, time.Minute)
+		r, err := s.startTurn(ctx, fmt.Sprintf("h%d.test", i), "bench", startTake, time.Minute)
 		if err != nil || r.code != startRamp || r.wait != 0 {
 			b.Fatalf("startTurn: %+v, %v", r, err)
 		}
@@ -375,4 +353,19 @@ func TestSlowTurnsSlowsEveryProcess(t *testing.T) {
 	if d := w3 - w2; d < 180*time.Millisecond || d > 220*time.Millisecond {
 		t.Errorf("turns %v apart after the slow-down to half, want %v", d, 2*interval)
 	}
+}
+
+// benchRedisStore opens a store on the test Redis under a prefix of its
+// own, whose keys are deleted when the benchmark ends.
+func benchRedisStore(b *testing.B) *redisStore {
+	url := benchRedisURL(b)
+	if url == "" {
+		b.Fatal("no Redis at 127.0.0.1:6379")
+	}
+	st, err := OpenStore(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { st.Close() })
+	return st.(*redisStore)
 }
