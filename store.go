@@ -167,8 +167,9 @@ type turnTaker interface {
 // takes a turn and reports how long from now the request waits for it
 // (startTake), reports whether a throttle stopped the start meanwhile and
 // then takes a turn at the rate it holds since (startCheck), or stops the
-// start and reports the rate it holds (startStop). The store's clock
-// counts. See Transport.fleetStart.
+// start (startStop). Once the start is stopped, its replies say the rate
+// it had reached and how many processes took part. source names the
+// process. The store's clock counts. See Transport.fleetStart.
 type starter interface {
 	startTurn(ctx context.Context, host, source string, op startOp, maxWait time.Duration) (startReply, error)
 }
