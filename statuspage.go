@@ -685,36 +685,52 @@ func (s *storeSource) reset(ctx context.Context, host string) error {
 	return err
 }
 
+// journalLag is how late an event may reach a journal after its time and
+// still be read by a journalCursor: a Transport appends its events at its
+// next store round, a slow store delays that, and its background goroutine
+// may log an event (a summary, at its tick) before an earlier one it has
+// not handled yet.
+const journalLag = 10 * time.Second
+
 // journalCursor reads a journal's new events, each once: it reads from
-// the newest time it has seen (inclusive, as Store.Events does) and skips
-// the events of that time it has returned.
+// journalLag before the newest time it has returned (Store.Events is
+// inclusive), never before since, and skips the events it has returned.
 type journalCursor struct {
-	since time.Time
-	seen  map[string]bool // the events at since already returned
+	since  time.Time            // no event before it is returned
+	newest time.Time            // the newest event time returned
+	seen   map[string]time.Time // the events returned within journalLag of newest, by encoding
 }
 
 // next returns the events of s's journal that the cursor has not returned.
 func (c *journalCursor) next(ctx context.Context, s Store) ([]Event, error) {
-	evs, err := ReadJournal(ctx, s, c.since)
+	from := c.since
+	if lagged := c.newest.Add(-journalLag); lagged.After(from) {
+		from = lagged
+	}
+	evs, err := ReadJournal(ctx, s, from)
 	if err != nil {
 		return nil, err
 	}
 	out := evs[:0]
 	for _, ev := range evs {
-		k := string(encodeEvent(ev))
-		if ev.Time.Equal(c.since) && c.seen[k] {
+		if ev.Time.Before(c.since) {
 			continue
 		}
-		if ev.Time.After(c.since) {
-			c.since, c.seen = ev.Time, nil
+		k := string(encodeEvent(ev))
+		if _, ok := c.seen[k]; ok {
+			continue
 		}
 		if c.seen == nil {
-			c.seen = make(map[string]bool)
+			c.seen = make(map[string]time.Time)
 		}
-		if ev.Time.Equal(c.since) {
-			c.seen[k] = true
-		}
+		c.seen[k] = ev.Time
+		c.newest = laterOf(c.newest, ev.Time)
 		out = append(out, ev)
+	}
+	for k, at := range c.seen {
+		if at.Before(c.newest.Add(-journalLag)) {
+			delete(c.seen, k)
+		}
 	}
 	return out, nil
 }

@@ -572,4 +572,15 @@ func TestJournalCursor(t *testing.T) {
 	if evs, _ := cur.next(ctx, s); len(evs) != 0 {
 		t.Errorf("third read: %q, want nothing", hosts(evs))
 	}
+	// An event older than the newest read, written later (a Transport's
+	// background goroutine logged a summary before an earlier trip it had
+	// not handled yet), is returned once, within journalLag; before since,
+	// never.
+	mustAppend(t, s, []Event{mk("e", t0.Add(1500*time.Millisecond)), mk("f", t0.Add(-2*time.Second))}, limits)
+	if evs, _ := cur.next(ctx, s); hosts(evs) != "e" {
+		t.Errorf("fourth read: %q, want e", hosts(evs))
+	}
+	if evs, _ := cur.next(ctx, s); len(evs) != 0 {
+		t.Errorf("fifth read: %q, want nothing", hosts(evs))
+	}
 }
