@@ -2,6 +2,7 @@ package hostbreaker
 
 import (
 	"context"
+	"maps"
 	"math"
 	"time"
 )
@@ -248,8 +249,7 @@ func (t *Transport) fleetStart(ctx context.Context, e *entry, p *resolved) error
 			// A throttle stopped the start: this process joins the fleet's
 			// first fact now, as the processes it stopped for did.
 			h.learnLimiter(p, now)
-			sh.noteHeld(h.name, heldStart{r.reached, r.procs})
-			t.shareStart(h, r, time.Now().UnixNano())
+			t.joinStart(h, r, time.Now().UnixNano())
 			h.start.Store(hostStarted)
 		}
 		if code == startTooFar {
@@ -292,10 +292,11 @@ func (t *Transport) stopStart(h *hostState) {
 		case err != nil:
 			t.turnFailed(t.now(), err)
 		case r.reached > 0:
-			t.sh.noteHeld(h.name, heldStart{r.reached, r.procs})
+			var wall int64 // the throttle's, that started h's limiter
 			if lim := h.lim.Load(); lim != nil {
-				t.shareStart(h, r, lim.status().throttled)
+				wall = lim.status().throttled
 			}
+			t.joinStart(h, r, wall)
 		}
 		next := int32(hostStarting)
 		if err == nil && h.lim.Load() != nil {
@@ -335,55 +336,64 @@ func (t *Transport) slowFleet(h *hostState) {
 	}()
 }
 
-// shareStart gives h's limiter, started by a throttle at wall time wall
-// that stopped the fleet's start there (or by a turn after such a
-// throttle), its share of the fleet's first fact at once (see
-// pullFleetRates): a quarter of the rate the start had reached, divided
-// among the processes that took part. Born of this process's own
-// successes, a few of the start's turns, it would pace at min_rate or
-// more, and two dozen processes throttled by the start's last turns would
-// send that many times min_rate before their next poll. A process alone
-// keeps its own estimate.
-func (t *Transport) shareStart(h *hostState, r startReply, wall int64) {
-	lim := h.lim.Load()
-	if lim == nil || r.procs < 2 {
-		return
-	}
-	n := float64(r.procs)
-	floor := minRateOf(t.resolve(h.name, "")) / n
-	if ch, ok := lim.adopt(r.reached/4/n, floor, t.now(), wall, time.Now().UnixNano(), true); ok {
-		t.emitRate(h.name, ch)
-	}
-}
-
-// heldStart is what a stop of the fleet's start at a host told: the
-// fleet-wide rate the start had reached, and how many processes took part.
+// heldStart is what the store told of a stopped fleet's start at a host:
+// the fleet-wide rate the start had reached, and how many processes took
+// part.
 type heldStart struct {
 	reached float64
 	procs   int
 }
 
-// noteHeld keeps hs, what the store told of the stopped fleet's start at
-// host (to this process's stop, or to a turn after another's), for
-// pullFleetRates: the fact this process's throttle teaches, and how many
-// processes count as sending. It runs on stopStart's goroutine or on a
-// request's.
-func (sh *sharing) noteHeld(host string, hs heldStart) {
+// fact returns the fleet-wide limit that a stopped start teaches: a
+// quarter of the rate it had reached, the rate of two doublings before,
+// which the host served.
+func (hs heldStart) fact() float64 { return hs.reached / 4 }
+
+// joinStart takes what the store told of the stopped fleet's start at h
+// (r, to this process's stop or to a turn after another's): it keeps it
+// for pullFleetRates (the fact this process's throttle teaches, and how
+// many processes count as sending), and gives h's limiter, started at wall
+// time wall, its share of that fact at once. Born of this process's own
+// successes, a few of the start's turns, the limiter would pace at
+// min_rate or more, and two dozen processes throttled by the start's last
+// turns would send that many times min_rate before their next poll. A
+// process alone in the start keeps its own estimate. It runs on
+// stopStart's goroutine or on a request's.
+func (t *Transport) joinStart(h *hostState, r startReply, wall int64) {
+	hs := heldStart{r.reached, r.procs}
+	sh := t.sh
 	sh.heldMu.Lock()
 	if sh.held == nil {
 		sh.held = make(map[string]heldStart)
 	}
-	sh.held[host] = hs
+	sh.held[h.name] = hs
 	sh.heldMu.Unlock()
+	lim := h.lim.Load()
+	if lim == nil || hs.procs < 2 {
+		return
+	}
+	n := float64(hs.procs)
+	floor := minRateOf(t.resolve(h.name, "")) / n
+	if ch, ok := lim.adopt(hs.fact()/n, floor, t.now(), wall, time.Now().UnixNano(), true); ok {
+		t.emitRate(h.name, ch)
+	}
 }
 
-// heldOf returns what noteHeld kept of host, and forgets it when take.
-func (sh *sharing) heldOf(host string, take bool) heldStart {
+// heldNow returns a copy of what joinStart kept, by host; nil when
+// nothing (the common case: one lock per poll, not one per host).
+func (sh *sharing) heldNow() map[string]heldStart {
 	sh.heldMu.Lock()
 	defer sh.heldMu.Unlock()
-	hs := sh.held[host]
-	if take {
-		delete(sh.held, host)
+	if len(sh.held) == 0 {
+		return nil
 	}
-	return hs
+	return maps.Clone(sh.held)
+}
+
+// forgetHeld drops what joinStart kept of host, once the fleet has a fact
+// of it.
+func (sh *sharing) forgetHeld(host string) {
+	sh.heldMu.Lock()
+	delete(sh.held, host)
+	sh.heldMu.Unlock()
 }

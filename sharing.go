@@ -48,7 +48,7 @@ type sharing struct {
 	noFleetStart bool // StoreConfig.NoFleetStart
 
 	heldMu sync.Mutex
-	held   map[string]heldStart // by host: what the stop of a fleet start by this process's throttle told (noteHeld)
+	held   map[string]heldStart // by host: what the store told of a stopped fleet start this process took part in (joinStart)
 
 	mu         sync.Mutex
 	pending    map[string]*hostRecords // writes not yet in the store, by host; guarded by mu
@@ -1056,6 +1056,7 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 	}
 	fleet := make(map[string]fleetRate, len(rows))
 	now := t.now()
+	stopped := sh.heldNow() // the fleet starts this process took part in, stopped
 	for host, x := range rows {
 		fh := sh.fleetHosts[host]
 		if fh == nil {
@@ -1071,7 +1072,7 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 			}
 		}
 		n := len(x.sending) + 1
-		held := sh.heldOf(host, false)
+		held := stopped[host]
 		if held.procs > 0 {
 			fh.startN, fh.startUntil = held.procs, wall+int64(startProcsFor)
 		}
@@ -1114,13 +1115,13 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 					own.limit += min(v, st.lastMax)
 				}
 			}
-			if held.reached > 0 && fh.fact.limit <= 0 && held.reached/4 > own.limit {
+			if held.reached > 0 && fh.fact.limit <= 0 && held.fact() > own.limit {
 				// The throttle that stopped the fleet's start at the host
 				// (sharedturn.go): the rate the fleet was served two
 				// doublings before, not this process's few requests of it
 				// times the processes it has seen so far, says what the
 				// host allows.
-				own.limit, fh.redivided = held.reached/4, true
+				own.limit, fh.redivided = held.fact(), true
 				fh.ownN = max(fh.ownN, held.procs)
 			}
 			delete(sh.probed, host)
@@ -1135,7 +1136,7 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 		}
 		fh.fact = x.fact
 		if held.reached > 0 && fh.fact.limit > 0 {
-			sh.heldOf(host, true) // taught, by this process or another
+			sh.forgetHeld(host) // taught, by this process or another
 		}
 		if fh.fact.limit <= 0 || wall-fh.fact.throttled >= limiterIdle {
 			// No live fact: the limit expired fleet-wide.

@@ -1506,10 +1506,10 @@ func (s *redisStore) slowTurns(ctx context.Context, host string, factor float64,
 // hash of f (the first turn, µs since the epoch), n (the turns given),
 // x (when a throttle stopped the start), R (the rate it had reached then,
 // r/s), r (the rate it holds since, r/s), h (the next free turn at that
-// rate), np and p:<process> (the processes that took part). ARGV: the operation (take,
-// check or stop), the longest wait in µs, the rate the start begins at
-// (r/s), its doubling time and its length in µs, the key's life in ms, the
-// process (its turns count it in np, the processes that took part). The
+// rate), np and p:<process> (the processes that took part). ARGV: the
+// operation (take, check or stop), the longest wait in µs, the rate the
+// start begins at (r/s), its doubling time and its length in µs, the
+// key's life in ms, the process (a take or check counts it in np). The
 // start's n-th turn is due when the turns of a rate r0·2^(t/d) add up to
 // n; a stop holds an eighth of the rate reached (at least 1 r/s), so
 // that a limiter that counts a burst drains what the start sent. It
@@ -1528,7 +1528,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local op, maxWait = ARGV[1], tonumber(ARGV[2])
 local r0, d, len, ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local v = redis.call('HMGET', KEYS[1], 'f', 'n', 'x', 'r', 'h')
+local v = redis.call('HMGET', KEYS[1], 'f', 'n', 'x', 'r', 'h', 'R', 'np')
 local f = tonumber(v[1])
 if not f then
   if op ~= 'take' then
@@ -1537,31 +1537,34 @@ if not f then
   f = now
   redis.call('HSET', KEYS[1], 'f', string.format('%.0f', f))
 end
+local np = tonumber(v[7]) or 0
 if op ~= 'stop' and redis.call('HSETNX', KEYS[1], 'p:' .. ARGV[7], 1) == 1 then
-  redis.call('HINCRBY', KEYS[1], 'np', 1)
+  np = redis.call('HINCRBY', KEYS[1], 'np', 1)
 end
-local x = tonumber(v[3])
+local x, reached = tonumber(v[3]), tonumber(v[6])
+local function stopped(wait)
+  return {2, wait, math.floor(reached * 1000), math.max(np, 1)}
+end
 if op == 'stop' then
   if not x and now - f < len then
-    local reached = r0 * 2 ^ ((now - f) / d)
+    reached = r0 * 2 ^ ((now - f) / d)
     redis.call('HSET', KEYS[1], 'x', string.format('%.0f', now), 'r', tostring(math.max(reached / 8, 1)), 'R', tostring(reached))
     redis.call('PEXPIRE', KEYS[1], ttl)
-    return {2, 0, math.floor(reached * 1000), tonumber(redis.call('HGET', KEYS[1], 'np') or '1')}
+    return stopped(0)
   end
   if x then
-    return {2, 0, math.floor(tonumber(redis.call('HGET', KEYS[1], 'R') or v[4]) * 1000), tonumber(redis.call('HGET', KEYS[1], 'np') or '1')}
+    return stopped(0)
   end
   return {3, 0}
 end
 if x then
-  local tat = tonumber(v[5]) or 0
-  local at = math.max(tat, now)
+  local at = math.max(tonumber(v[5]) or 0, now)
   if at - now > maxWait then
     return {0, at - now}
   end
   redis.call('HSET', KEYS[1], 'h', string.format('%.0f', at + 1000000 / tonumber(v[4])))
   redis.call('PEXPIRE', KEYS[1], ttl)
-  return {2, at - now, math.floor(tonumber(redis.call('HGET', KEYS[1], 'R') or v[4]) * 1000), tonumber(redis.call('HGET', KEYS[1], 'np') or '1')}
+  return stopped(at - now)
 end
 if now - f >= len then
   return {3, 0}

@@ -47,7 +47,8 @@ type Transport struct {
 	overrides  map[string]Policy           // tuned overrides read from the store, by Hosts key; guarded by mu
 	policies   atomic.Pointer[policyTable] // in force: configured with the overrides laid over it
 
-	sh *sharing // nil without a store
+	sh          *sharing // nil without a store
+	fleetStarts bool     // the store can hold the fleet's start at a host (Redis), and it is on: see fleetStart
 
 	telemetry TelemetryConfig // with defaults; immutable
 	tel       *telemetry      // nil if the meter provider failed
@@ -203,6 +204,13 @@ func NewTransport(base http.RoundTripper, opts ...Option) (*Transport, error) {
 		t.sh = newSharing(s, true, o.config.Store, t.reg.maxBare, process, o.tweaks)
 		t.sh.url = o.config.Store.URL
 	}
+	if sh := t.sh; sh != nil {
+		t.fleetStarts = sh.starts.Load() != nil
+		if sh.store == nil && !sh.noFleetStart && !sh.tweaks.noFleetStart {
+			path, err := StorePath(sh.url) // "" for Redis, which opens later
+			t.fleetStarts = err == nil && path == ""
+		}
+	}
 	if t.sh != nil && t.sh.store != nil {
 		// Start with what the store knows: a host still cooling down after a
 		// restart is rejected from the first request. A store that does not
@@ -355,7 +363,7 @@ func (t *Transport) send(req *http.Request, e *entry, p *resolved, sl *slot) (*h
 			closeBody(req)
 			return nil, err
 		}
-	} else if t.sh != nil && e.flags.Load()&flagStarted == 0 {
+	} else if t.fleetStarts && e.flags.Load()&flagStarted == 0 {
 		if err := t.fleetStart(req.Context(), e, p); err != nil {
 			closeBody(req)
 			return nil, err
@@ -546,7 +554,7 @@ func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *htt
 			if p.isThrottle(code) {
 				slowing = t.slowDown(h, p, adm, code)
 			}
-			if (cooled || p.isThrottle(code)) && t.sh != nil && h.start.Load() == hostStarting { // the fleet's start ends here
+			if (cooled || p.isThrottle(code)) && t.fleetStarts && h.start.Load() == hostStarting { // the fleet's start ends here
 				t.stopStart(h)
 			}
 		}
