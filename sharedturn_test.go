@@ -5,25 +5,28 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 )
 
-// TestSharedTurnsLetDemandFlow: two processes share a Redis store and the
+// TestSharedTurnsLetDemandFlow: two processes share a store and the
 // fleet's limit of a host, 10 r/s, that a third process learnt. B sends a
 // request a second; A sends all it can. A takes its turns from the bucket
 // the fleet shares, so it gets the turns B leaves: about 9 r/s, where
 // pacing alone at its share of the limit (half, B sending too) gave it at
 // most 5. Together they send no more than the rates they are paced at
 // (which grow past the limit as a limiter probes, alone or in a fleet).
-// Real time (Redis's clock paces), bounds generous; run with -v for the
-// comparison with each process pacing alone.
-func TestSharedTurnsLetDemandFlow(t *testing.T) {
-	shared := measureDemandFlow(t, fleetTweaks{})
+// Real time (the store's clock paces), bounds generous; run with -v for
+// the comparison with each process pacing alone.
+func TestSharedTurnsLetDemandFlow(t *testing.T) { turnStores(t, testSharedTurnsLetDemandFlow) }
+
+func testSharedTurnsLetDemandFlow(t *testing.T, url string) {
+	shared := measureDemandFlow(t, url, fleetTweaks{})
 	if testing.Verbose() {
-		alone := measureDemandFlow(t, fleetTweaks{noSharedTurns: true})
+		alone := measureDemandFlow(t, url, fleetTweaks{noSharedTurns: true})
 		t.Logf("each process pacing alone at its share: A %.1f r/s, A and B %.1f r/s, paced at %.1f r/s", alone.a, alone.total, alone.paced)
 	}
 	t.Logf("shared turns: A %.1f r/s, A and B %.1f r/s, paced at %.1f r/s", shared.a, shared.total, shared.paced)
@@ -40,9 +43,8 @@ func TestSharedTurnsLetDemandFlow(t *testing.T) {
 // throttle lowers them).
 type demandFlow struct{ a, total, paced float64 }
 
-func measureDemandFlow(t *testing.T, tw fleetTweaks) demandFlow {
+func measureDemandFlow(t *testing.T, rawURL string, tw fleetTweaks) demandFlow {
 	const host, limit = "api.test", 10.0
-	rawURL := testRedisURL(t)
 	var sentA, sentB atomic.Int64
 	counting := func(n *atomic.Int64) http.RoundTripper {
 		return roundTripperFunc(func(req *http.Request) (*http.Response, error) {
@@ -53,7 +55,7 @@ func measureDemandFlow(t *testing.T, tw fleetTweaks) demandFlow {
 	opts := []Option{WithConfig(Config{Store: StoreConfig{URL: rawURL, PollInterval: 100 * time.Millisecond}}), withFleetTweaks(tw)}
 	a := sharedTransportWith(t, counting(&sentA), opts...)
 	b := sharedTransportWith(t, counting(&sentB), opts...)
-	peer := openTestRedis(t, rawURL)
+	peer := openTurnStore(t, rawURL)
 	now := time.Now()
 	err := peer.PublishStates(context.Background(), "peer", []PublishedState{{
 		Host: host, State: StateClosed, FleetLimit: limit, FleetThrottled: now, FleetSource: "peer",
@@ -120,35 +122,46 @@ func measureDemandFlow(t *testing.T, tw fleetTweaks) demandFlow {
 	return demandFlow{a: float64(a1-a0) / d.Seconds(), total: float64(a1-a0+b1-b0) / d.Seconds(), paced: paced}
 }
 
-// BenchmarkSharedTurn measures a turn of a host's bucket shared on the
-// test Redis (one EVALSHA round trip on loopback): what a request to a
-// host the fleet paces costs on top of its own limiter.
+// BenchmarkSharedTurn measures a turn of a host's bucket shared in a
+// store: in a bbolt store's turns file (a read and a write of its slot
+// under the file's lock), and on the test Redis (one EVALSHA round trip on
+// loopback). It is what a request to a host the fleet paces costs on top
+// of its own limiter.
 func BenchmarkSharedTurn(b *testing.B) {
-	s := benchRedisStore(b)
-	ctx := context.Background()
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, _, err := s.takeTurn(ctx, "api.test", time.Nanosecond, time.Minute); err != nil {
-			b.Fatal(err)
+	benchTurnStores(b, func(b *testing.B, s turnTaker) {
+		ctx := context.Background()
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, _, err := s.takeTurn(ctx, "api.test", time.Nanosecond, time.Minute); err != nil {
+				b.Fatal(err)
+			}
 		}
-	}
+	})
 }
 
-// BenchmarkFleetStartTurn measures a turn of the fleet's start at a host
-// on the test Redis (one EVALSHA round trip on loopback): what a request
-// to a host the fleet knows nothing of costs on top of the rest while the
+// BenchmarkFleetStartTurn measures a turn of the fleet's start at a host,
+// in a bbolt store's turns file and on the test Redis: what a request to a
+// host the fleet knows nothing of costs on top of the rest while the
 // start lasts. Each turn is of a start of its own, at its first turn, so
 // that none waits.
 func BenchmarkFleetStartTurn(b *testing.B) {
-	s := benchRedisStore(b)
-	ctx := context.Background()
-	b.ReportAllocs()
-	for i := 0; b.Loop(); i++ {
-		r, err := s.startTurn(ctx, fmt.Sprintf("h%d.test", i), "bench", startTake, time.Minute)
-		if err != nil || r.code != startRamp || r.wait != 0 {
-			b.Fatalf("startTurn: %+v, %v", r, err)
+	benchTurnStores(b, func(b *testing.B, s turnTaker) {
+		st := s.(starter)
+		ctx := context.Background()
+		b.ReportAllocs()
+		for i := 0; b.Loop(); i++ {
+			r, err := st.startTurn(ctx, fmt.Sprintf("h%d.test", i), "bench", startTake, time.Minute)
+			if err != nil || r.code != startRamp || r.wait != 0 {
+				b.Fatalf("startTurn: %+v, %v", r, err)
+			}
 		}
-	}
+	})
+}
+
+// benchTurnStores runs f on a fresh bbolt store and on the test Redis.
+func benchTurnStores(b *testing.B, f func(b *testing.B, s turnTaker)) {
+	b.Run("bbolt", func(b *testing.B) { f(b, boltTestOpen(b, boltTestPath(b))) })
+	b.Run("redis", func(b *testing.B) { f(b, benchRedisStore(b)) })
 }
 
 // TestSharedTurnFailurePacesAlone: when a turn of the shared bucket fails
@@ -156,9 +169,10 @@ func BenchmarkFleetStartTurn(b *testing.B) {
 // paced by the process's own limiter and served, never failed; the
 // failure is counted as a store error of operation "turn", and the
 // requests after it do not ask the store again for turnRetry.
-func TestSharedTurnFailurePacesAlone(t *testing.T) {
+func TestSharedTurnFailurePacesAlone(t *testing.T) { turnStores(t, testSharedTurnFailurePacesAlone) }
+
+func testSharedTurnFailurePacesAlone(t *testing.T, rawURL string) {
 	const host = "api.test"
-	rawURL := testRedisURL(t)
 	var sent atomic.Int64
 	base := roundTripperFunc(func(req *http.Request) (*http.Response, error) {
 		sent.Add(1)
@@ -167,7 +181,7 @@ func TestSharedTurnFailurePacesAlone(t *testing.T) {
 	opts := []Option{WithConfig(Config{Store: StoreConfig{URL: rawURL, PollInterval: 100 * time.Millisecond}})}
 	a := sharedTransportWith(t, base, opts...)
 	b := sharedTransportWith(t, base, opts...)
-	peer := openTestRedis(t, rawURL)
+	peer := openTurnStore(t, rawURL)
 	if err := peer.PublishStates(context.Background(), "peer", []PublishedState{{
 		Host: host, State: StateClosed, FleetLimit: 20, FleetThrottled: time.Now(), FleetSource: "peer",
 	}}, time.Hour); err != nil {
@@ -203,16 +217,21 @@ func TestSharedTurnFailurePacesAlone(t *testing.T) {
 }
 
 // TestFleetStartSpreadsTheFirstRequests: twelve processes of four workers
-// share a Redis store and start at one instant on a host that allows
+// share a store and start at one instant on a host that allows
 // 5 r/s with a burst of 5 (nginx's limit_req, no Retry-After). Without
 // the fleet's start, their first 48 requests reach it at once and it
 // refuses 40 or more of them; with it, the fleet's requests come at a
 // rate that doubles from 4 r/s, the first refusal stops it for all, and
 // the host refuses far fewer in the whole 3 s, while serving about what
-// it allows. Real time (Redis's clock paces the start), bounds generous.
+// it allows. Real time (the store's clock paces the start), bounds
+// generous.
 func TestFleetStartSpreadsTheFirstRequests(t *testing.T) {
-	without := measureFleetStart(t, fleetTweaks{noFleetStart: true})
-	with := measureFleetStart(t, fleetTweaks{})
+	turnStores(t, testFleetStartSpreadsTheFirstRequests)
+}
+
+func testFleetStartSpreadsTheFirstRequests(t *testing.T, url string) {
+	without := measureFleetStart(t, url, fleetTweaks{noFleetStart: true})
+	with := measureFleetStart(t, url+"2", fleetTweaks{})
 	t.Logf("3 s, 12 processes × 4 workers, 5 r/s burst 5: without the start %d served, %d refused; with it %d served, %d refused",
 		without.served, without.rejected, with.served, with.rejected)
 	if without.rejected < 30 {
@@ -229,8 +248,7 @@ func TestFleetStartSpreadsTheFirstRequests(t *testing.T) {
 // fleetStartCounts is what measureFleetStart counted at the host.
 type fleetStartCounts struct{ served, rejected int }
 
-func measureFleetStart(t *testing.T, tw fleetTweaks) fleetStartCounts {
-	rawURL := testRedisURL(t)
+func measureFleetStart(t *testing.T, rawURL string, tw fleetTweaks) fleetStartCounts {
 	host := &leakyBucket{rate: 5, burst: 5, nodelay: true}
 	// 20 ms away, so that the workers' first requests are all on their
 	// way before the first answer, as over a network.
@@ -269,13 +287,14 @@ func measureFleetStart(t *testing.T, tw fleetTweaks) fleetStartCounts {
 }
 
 // TestFleetStartEndsOnAHealthyHost: two processes of eight workers share a
-// Redis store and send all they can to a host that never refuses. The
+// store and send all they can to a host that never refuses. The
 // fleet's start paces their first second (its turns add up to about 9
 // then), rejects none of their requests, and is over after
 // fleetStartLength: from then on they send as they come, hundreds a
 // second.
-func TestFleetStartEndsOnAHealthyHost(t *testing.T) {
-	rawURL := testRedisURL(t)
+func TestFleetStartEndsOnAHealthyHost(t *testing.T) { turnStores(t, testFleetStartEndsOnAHealthyHost) }
+
+func testFleetStartEndsOnAHealthyHost(t *testing.T, rawURL string) {
 	log := newSendLog()
 	trs := []*Transport{
 		sharedTransportWith(t, log, WithConfig(Config{Store: StoreConfig{URL: rawURL, Required: true}})),
@@ -324,14 +343,15 @@ func TestFleetStartEndsOnAHealthyHost(t *testing.T) {
 // shared bucket, by one process, spaces the turns every process takes
 // there at once: at half the rate, the interval doubles. A second
 // slow-down while the first lasts changes nothing (it would compound).
-// The waits come from Redis's clock and the turns are taken microseconds
-// apart, so the bounds hold on any machine.
-func TestSlowTurnsSlowsEveryProcess(t *testing.T) {
-	rawURL := testRedisURL(t)
-	a, b := openTestRedis(t, rawURL), openTestRedis(t, rawURL)
+// The waits come from the store's clock and the turns are taken
+// microseconds apart, so the bounds hold on any machine.
+func TestSlowTurnsSlowsEveryProcess(t *testing.T) { turnStores(t, testSlowTurnsSlowsEveryProcess) }
+
+func testSlowTurnsSlowsEveryProcess(t *testing.T, rawURL string) {
+	a, b := openTurnStore(t, rawURL).(turnTaker), openTurnStore(t, rawURL).(turnTaker)
 	ctx := context.Background()
 	const interval = 100 * time.Millisecond
-	take := func(s *redisStore) time.Duration {
+	take := func(s turnTaker) time.Duration {
 		t.Helper()
 		wait, ok, err := s.takeTurn(ctx, "api.test", interval, time.Minute)
 		if err != nil || !ok {
@@ -368,4 +388,25 @@ func benchRedisStore(b *testing.B) *redisStore {
 	}
 	b.Cleanup(func() { st.Close() })
 	return st.(*redisStore)
+}
+
+// turnStores runs f with the URL of each store that holds shared turns
+// and the fleet's start: a fresh bbolt file, and one Redis server under a
+// fresh prefix (the turns of a Redis store are one script, whatever its
+// topology). A measurement that needs a second fresh store appends "2"
+// to the URL.
+func turnStores(t *testing.T, f func(t *testing.T, url string)) {
+	t.Run("bbolt", func(t *testing.T) { f(t, filepath.Join(t.TempDir(), "hb.db")) })
+	t.Run("redis", func(t *testing.T) { f(t, testRedisURL(t)) })
+}
+
+// openTurnStore opens the store at url, and closes it when the test ends.
+func openTurnStore(t *testing.T, url string) Store {
+	t.Helper()
+	st, err := OpenStore(url)
+	if err != nil {
+		t.Fatalf("OpenStore(%q): %v", url, err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	return st
 }

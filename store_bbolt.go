@@ -107,6 +107,9 @@ type boltStore struct {
 
 	fullReads atomic.Int64 // number of full reads, for tests
 	prunes    atomic.Int64 // number of prunes of the whole file, for tests
+
+	turnsMu  sync.Mutex // guards turnFile
+	turnFile *turnFile  // the shared turns (store_bbolt_turns.go), nil until the first
 }
 
 // boltSnapshot is the decoded content of a bbolt store at one transaction.
@@ -1123,10 +1126,11 @@ func (s *boltStore) Configs(ctx context.Context) ([]PublishedConfig, error) {
 func (s *boltStore) Changes() <-chan struct{} { return nil }
 
 // Close marks the store closed; later calls of its other methods return an
-// error. It holds no file open, so there is nothing else to release. Closing
-// twice is not an error.
+// error. It holds no file open but its turns file, which it closes.
+// Closing twice is not an error.
 func (s *boltStore) Close() error {
 	s.closed.Store(true)
+	s.closeTurns()
 	s.mu.Lock()
 	s.snap = nil
 	s.mu.Unlock()

@@ -48,7 +48,7 @@ type Transport struct {
 	policies   atomic.Pointer[policyTable] // in force: configured with the overrides laid over it
 
 	sh          *sharing // nil without a store
-	fleetStarts bool     // the store can hold the fleet's start at a host (Redis), and it is on: see fleetStart
+	fleetStarts bool     // the store can hold the fleet's start at a host, and it is on: see fleetStart
 
 	telemetry TelemetryConfig // with defaults; immutable
 	tel       *telemetry      // nil if the meter provider failed
@@ -207,8 +207,8 @@ func NewTransport(base http.RoundTripper, opts ...Option) (*Transport, error) {
 	if sh := t.sh; sh != nil {
 		t.fleetStarts = sh.starts.Load() != nil
 		if sh.store == nil && !sh.noFleetStart && !sh.tweaks.noFleetStart {
-			path, err := StorePath(sh.url) // "" for Redis, which opens later
-			t.fleetStarts = err == nil && path == ""
+			_, err := StorePath(sh.url) // a store that opens later
+			t.fleetStarts = err == nil
 		}
 	}
 	if t.sh != nil && t.sh.store != nil {

@@ -1,0 +1,17 @@
+//go:build !unix
+
+package hostbreaker
+
+import (
+	"context"
+	"errors"
+	"os"
+)
+
+// lockTurnFile fails where there is no flock: a bbolt store's processes
+// pace alone, each at its share, and send to a new host as they come.
+func lockTurnFile(context.Context, *os.File) error {
+	return errors.New("shared turns need flock, which this system lacks")
+}
+
+func unlockTurnFile(*os.File) {}
