@@ -46,7 +46,10 @@ const (
 // began while it waited (admit rejects the request). A throttle while it
 // waits does not void its turn, given at the fleet's rate before: the
 // wait is short (the request's MaxWait or half its time left), and
-// turns given up would leave their gaps in the bucket.
+// turns given up would leave their gaps in the bucket. A Retry-After
+// does: where the store is polled (turnHolder), a request that waited
+// asks whether another process's cooldown holds the bucket, and if so is
+// rejected as rate-limited until the hold ends (errTurnTooFar).
 func (t *Transport) sharedTurn(ctx context.Context, e *entry, lim *limiter, now, deadline int64) (turn, error, bool) {
 	sh := t.sh
 	if sh == nil {
@@ -93,6 +96,16 @@ func (t *Transport) sharedTurn(ctx context.Context, e *entry, lim *limiter, now,
 			return turn{}, context.Cause(ctx), true
 		}
 		now = t.now()
+		if box.holder != nil {
+			// Another process may obey a Retry-After since: this one
+			// learns of it at its next poll, too late for this turn.
+			tctx, cancel := context.WithTimeout(ctx, turnTimeout)
+			hold, err := box.holder.turnHold(tctx, e.host.name)
+			cancel()
+			if err == nil && hold > 0 {
+				return turn{lim: lim, at: now + int64(hold), shared: true}, errTurnTooFar, true
+			}
+		}
 	}
 	if e.host.coolingDown(now) {
 		return turn{}, nil, true // admit rejects it
@@ -306,14 +319,18 @@ func (t *Transport) stopStart(h *hostState) {
 	}()
 }
 
-// slowFleet halves the rate of the fleet's shared bucket of h, whose
-// limiter a throttle has just slowed down, for two poll intervals
-// (slowTurnsFactor, slowTurnsPolls), when the fleet paces h there: the
-// other processes lower their rates only when they read what the throttle
-// taught, at their next poll, and the bucket's rate is the sum of theirs;
-// a limiter that counts a burst keeps refusing until the fleet goes well
-// under its rate for a moment. It never blocks the request.
-func (t *Transport) slowFleet(h *hostState) {
+// slowFleet tells the fleet's shared bucket of h, when the fleet paces h
+// there, what a throttle just taught: with slowed (h's limiter slowed
+// down), it halves the bucket's rate for two poll intervals
+// (slowTurnsFactor, slowTurnsPolls): the other processes lower their
+// rates only when they read what the throttle taught, at their next poll,
+// and the bucket's rate is the sum of theirs; a limiter that counts a
+// burst keeps refusing until the fleet goes well under its rate for a
+// moment. With cooled (h cools down: a Retry-After), the bucket gives no
+// turn until the cooldown ends, for any process, where the others would
+// learn of the cooldown only from the store's change signal or their next
+// poll, and send into it meanwhile. It never blocks the request.
+func (t *Transport) slowFleet(h *hostState, slowed, cooled bool) {
 	sh := t.sh
 	if sh == nil {
 		return
@@ -325,9 +342,16 @@ func (t *Transport) slowFleet(h *hostState) {
 	if fr, ok := t.fleetRate(h.name); !ok || fr.others <= 0 || !h.slowing.CompareAndSwap(false, true) {
 		return
 	}
+	factor, hold := 1.0, time.Duration(0)
+	if slowed {
+		factor = slowTurnsFactor
+	}
+	if cooled {
+		hold = time.Duration(max(h.until.Load()-t.now(), 0))
+	}
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), turnTimeout)
-		err := box.slowTurns(ctx, h.name, slowTurnsFactor, slowTurnsPolls*sh.poll)
+		err := box.slowTurns(ctx, h.name, factor, slowTurnsPolls*sh.poll, hold)
 		cancel()
 		if err != nil {
 			t.turnFailed(t.now(), err)

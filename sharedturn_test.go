@@ -342,7 +342,9 @@ func testFleetStartEndsOnAHealthyHost(t *testing.T, rawURL string) {
 // TestSlowTurnsSlowsEveryProcess: a throttle's slow-down of a host's
 // shared bucket, by one process, spaces the turns every process takes
 // there at once: at half the rate, the interval doubles. A second
-// slow-down while the first lasts changes nothing (it would compound).
+// slow-down while the first lasts changes nothing (it would compound). A
+// hold (a Retry-After's cooldown) puts every process's next turn after
+// it.
 // The waits come from the store's clock and the turns are taken
 // microseconds apart, so the bounds hold on any machine.
 func TestSlowTurnsSlowsEveryProcess(t *testing.T) { turnStores(t, testSlowTurnsSlowsEveryProcess) }
@@ -363,15 +365,26 @@ func testSlowTurnsSlowsEveryProcess(t *testing.T, rawURL string) {
 	if d := w1 - w0; d < 90*time.Millisecond || d > 110*time.Millisecond {
 		t.Fatalf("turns %v apart before the slow-down, want %v", d, interval)
 	}
-	if err := a.slowTurns(ctx, "api.test", 0.5, time.Minute); err != nil {
+	if err := a.slowTurns(ctx, "api.test", 0.5, time.Minute, 0); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.slowTurns(ctx, "api.test", 0.1, time.Minute); err != nil {
+	if err := a.slowTurns(ctx, "api.test", 0.1, time.Minute, 0); err != nil {
 		t.Fatal(err)
 	}
 	w2, w3 := take(b), take(a)
 	if d := w3 - w2; d < 180*time.Millisecond || d > 220*time.Millisecond {
 		t.Errorf("turns %v apart after the slow-down to half, want %v", d, 2*interval)
+	}
+	// A Retry-After of 5 s that A obeys holds B's turns too; a shorter
+	// hold after it changes nothing.
+	if err := a.slowTurns(ctx, "api.test", 1, 0, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.slowTurns(ctx, "api.test", 1, 0, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if w := take(b); w < 4900*time.Millisecond || w > 5100*time.Millisecond {
+		t.Errorf("B's turn %v from now after A's hold of 5 s, want 5 s", w)
 	}
 }
 

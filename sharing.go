@@ -94,7 +94,10 @@ type sharing struct {
 }
 
 // turnBox holds a store's turnTaker for an atomic pointer.
-type turnBox struct{ turnTaker }
+type turnBox struct {
+	turnTaker
+	holder turnHolder // the same store, when it is one; else nil
+}
 
 // storeOp is a kind of store operation, as errors are counted by.
 type storeOp int
@@ -145,7 +148,8 @@ func newSharing(s Store, owned bool, c StoreConfig, maxPending int, source strin
 func (sh *sharing) setStore(s Store) {
 	sh.store = s
 	if tt, ok := s.(turnTaker); ok && !sh.tweaks.noSharedTurns {
-		sh.turns.Store(&turnBox{tt})
+		th, _ := s.(turnHolder)
+		sh.turns.Store(&turnBox{tt, th})
 	}
 	if st, ok := s.(starter); ok && !sh.noFleetStart && !sh.tweaks.noFleetStart {
 		sh.starts.Store(&startBox{st})

@@ -154,10 +154,22 @@ type storePoller interface {
 // Transport.sharedTurn.
 type turnTaker interface {
 	takeTurn(ctx context.Context, host string, interval, maxWait time.Duration) (time.Duration, bool, error)
-	// slowTurns multiplies the interval's rate by factor for d, for every
-	// process at once, unless a slow-down is on already: a throttle's, until
-	// the other processes have adopted what it taught.
-	slowTurns(ctx context.Context, host string, factor float64, d time.Duration) error
+	// slowTurns gives no turn for hold from now (a Retry-After's
+	// cooldown), and, with a factor under 1, multiplies the interval's
+	// rate by factor for d, unless a slow-down is on already: a
+	// throttle's, until the other processes have adopted what it taught.
+	// Both are for every process at once.
+	slowTurns(ctx context.Context, host string, factor float64, d, hold time.Duration) error
+}
+
+// turnHolder is implemented by stores whose processes learn of each
+// other's cooldowns only when they poll (bbolt, whose Changes is nil):
+// turnHold returns how long from now a turnTaker's slowTurns holds host's
+// bucket, so that a request that waited for its turn does not go into
+// a Retry-After that another process obeys. A store with a change signal
+// tells the processes of a cooldown within milliseconds instead.
+type turnHolder interface {
+	turnHold(ctx context.Context, host string) (time.Duration, error)
 }
 
 // starter is implemented by stores that can hold the fleet's start at a

@@ -55,6 +55,7 @@ type turnSlot struct {
 	h       int64   // the next free turn at the held rate
 	np      int64   // the processes that took part
 	end     int64   // when the start's record expires
+	hold    int64   // when the last hold (a Retry-After's cooldown) ends
 }
 
 // decodeTurnSlot reads a slot from b, at least turnSlotSize bytes. Any
@@ -72,7 +73,7 @@ func decodeTurnSlot(b []byte) turnSlot {
 	}
 	return turnSlot{
 		key: u(0), touched: i(1), tat: i(2), slow: fin(3), slowEnd: i(4),
-		f: i(5), n: i(6), x: i(7), reached: fin(8), held: fin(9), h: i(10), np: i(11), end: i(12),
+		f: i(5), n: i(6), x: i(7), reached: fin(8), held: fin(9), h: i(10), np: i(11), end: i(12), hold: i(13),
 	}
 }
 
@@ -82,7 +83,7 @@ func (s *turnSlot) encode(b []byte) {
 	for k, v := range [...]uint64{
 		s.key, uint64(s.touched), uint64(s.tat), math.Float64bits(s.slow), uint64(s.slowEnd),
 		uint64(s.f), uint64(s.n), uint64(s.x), math.Float64bits(s.reached), math.Float64bits(s.held),
-		uint64(s.h), uint64(s.np), uint64(s.end),
+		uint64(s.h), uint64(s.np), uint64(s.end), uint64(s.hold),
 	} {
 		binary.LittleEndian.PutUint64(b[k*8:], v)
 	}
@@ -90,9 +91,9 @@ func (s *turnSlot) encode(b []byte) {
 
 // live reports whether anything of s holds at now: a turn of its bucket
 // (which, as a Redis store's key, lives a second past the next free
-// turn), its slow-down, or its start.
+// turn), its slow-down or hold, or its start.
 func (s *turnSlot) live(now int64) bool {
-	return s.key != 0 && (s.tat+1e6 > now || s.slowEnd > now || s.end > now)
+	return s.key != 0 && (s.tat+1e6 > now || s.slowEnd > now || s.hold > now || s.end > now)
 }
 
 // turnFile is a bbolt store's turns file, opened at its first turn and
@@ -284,21 +285,49 @@ func (sl *turnSlot) take(interval, maxWait, now int64) (int64, bool) {
 	return at - now, true
 }
 
+// slowDown holds the bucket sl holds for hold from now, and slows it by
+// factor for d unless it is slowed already, as redisSlowScript does. It
+// reports whether it changed sl. Times in µs.
+func (sl *turnSlot) slowDown(factor float64, d, hold, now int64) bool {
+	changed := false
+	if hold = min(hold, maxTurnWait); hold > 0 && sl.hold < now+hold {
+		sl.hold, sl.tat, changed = now+hold, max(sl.tat, now+hold), true
+	}
+	if factor > 0 && factor < 1 && sl.slowEnd <= now {
+		sl.slow, sl.slowEnd, changed = factor, now+min(d, maxTurnWait), true
+	}
+	return changed
+}
+
+// turnHold returns how long from now host's shared bucket is held (see
+// turnHolder); 0 when it is not.
+func (s *boltStore) turnHold(ctx context.Context, host string) (time.Duration, error) {
+	tf, err := s.turns()
+	var hold int64
+	if err == nil {
+		err = tf.with(ctx, host, func(sl *turnSlot, now int64) bool {
+			hold = min(max(sl.hold-now, 0), maxTurnWait)
+			return false
+		})
+	}
+	if err != nil {
+		return 0, fmt.Errorf("hostbreaker: bbolt store %s: hold of %s: %w", s.path, host, err)
+	}
+	return time.Duration(hold) * time.Microsecond, nil
+}
+
 // maxTurnWait bounds the waits and intervals of the turns file, in µs,
 // whatever its slots hold.
 const maxTurnWait = int64(time.Hour / time.Microsecond)
 
-// slowTurns multiplies the rate of host's shared bucket by factor for d,
-// unless it is slowed already (see turnTaker).
-func (s *boltStore) slowTurns(ctx context.Context, host string, factor float64, d time.Duration) error {
+// slowTurns gives no turn of host's shared bucket for hold from now, and
+// multiplies its rate by a factor under 1 for d, unless it is slowed
+// already (see turnTaker).
+func (s *boltStore) slowTurns(ctx context.Context, host string, factor float64, d, hold time.Duration) error {
 	tf, err := s.turns()
 	if err == nil {
 		err = tf.with(ctx, host, func(sl *turnSlot, now int64) bool {
-			if sl.slowEnd > now {
-				return false
-			}
-			sl.slow, sl.slowEnd = factor, now+d.Microseconds()
-			return true
+			return sl.slowDown(factor, d.Microseconds(), hold.Microseconds(), now)
 		})
 	}
 	if err != nil {

@@ -1487,15 +1487,39 @@ func (s *redisStore) takeTurn(ctx context.Context, host string, interval, maxWai
 	return time.Duration(res[1]) * time.Microsecond, res[0] == 1, nil
 }
 
-// slowTurns multiplies the rate of host's shared bucket by factor for d,
-// unless it is slowed already (see turnTaker).
-func (s *redisStore) slowTurns(ctx context.Context, host string, factor float64, d time.Duration) error {
+// redisSlowScript holds and slows a host's shared bucket (see slowTurns),
+// on Redis's clock. KEYS: the host's turn key and its slow key; ARGV: the
+// factor, how long it lasts (ms), and the hold (µs). With a hold, the
+// next free turn is at least that far from now; with a factor under 1,
+// the slow key holds it for its time unless it is set already.
+var redisSlowScript = redis.NewScript(`
+redis.replicate_commands()
+local hold = tonumber(ARGV[3])
+if hold > 0 then
+  local t = redis.call('TIME')
+  local at = tonumber(t[1]) * 1000000 + tonumber(t[2]) + hold
+  local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+  if tat < at then
+    redis.call('SET', KEYS[1], string.format('%.0f', at), 'PX', math.ceil(hold / 1000) + 1000)
+  end
+end
+local f = tonumber(ARGV[1])
+if f > 0 and f < 1 then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2], 'NX')
+end
+return 0
+`)
+
+// slowTurns gives no turn of host's shared bucket for hold from now, and
+// multiplies its rate by a factor under 1 for d, unless it is slowed
+// already (see turnTaker).
+func (s *redisStore) slowTurns(ctx context.Context, host string, factor float64, d, hold time.Duration) error {
 	if s.isClosed.Load() {
 		return fmt.Errorf("hostbreaker: redis store: slow turns: %w", redis.ErrClosed)
 	}
-	err := s.client.SetArgs(ctx, s.key(redisKindSlow, host), strconv.FormatFloat(factor, 'g', -1, 64),
-		redis.SetArgs{Mode: "NX", TTL: d}).Err()
-	if err != nil && err != redis.Nil {
+	err := redisSlowScript.Run(ctx, s.client, []string{s.key(redisKindTurn, host), s.key(redisKindSlow, host)},
+		strconv.FormatFloat(factor, 'g', -1, 64), max(d.Milliseconds(), 1), max(hold.Microseconds(), 0)).Err()
+	if err != nil {
 		return fmt.Errorf("hostbreaker: redis store: slow turns of %s: %w", host, err)
 	}
 	return nil

@@ -551,8 +551,12 @@ func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *htt
 		var cooled, slowing bool
 		if code >= 400 {
 			cooled = t.obeyRetryAfter(h.name, p, resp)
+			var slowed bool
 			if p.isThrottle(code) {
-				slowing = t.slowDown(h, p, adm, code)
+				slowing, slowed = t.slowDown(h, p, adm, code)
+			}
+			if cooled || slowed {
+				t.slowFleet(h, slowed, cooled)
 			}
 			if (cooled || p.isThrottle(code)) && t.fleetStarts && h.start.Load() == hostStarting { // the fleet's start ends here
 				t.stopStart(h)
@@ -671,24 +675,22 @@ func (t *Transport) reattach(old *entry) (*entry, admission) {
 // slowDown applies a throttling response of status to the host's limiter:
 // the one that gave the request its turn, else h's, which it starts at the
 // host's first throttle when its policy is adaptive. It reports whether the
-// limiter slows down for it (see limiter.throttle).
-func (t *Transport) slowDown(h *hostState, p *resolved, adm admission, status int) bool {
+// limiter slows down for it (see limiter.throttle), and whether its rate
+// dropped.
+func (t *Transport) slowDown(h *hostState, p *resolved, adm admission, status int) (slowing, dropped bool) {
 	now := t.now()
 	lim := adm.limiterOf(h)
 	if lim == nil {
 		if p.Adaptive != ToggleOn {
-			return false
+			return false, false
 		}
 		lim = h.learnLimiter(p, now)
 	}
 	ch, changed, slowing := lim.throttle(adm.sentAt(), now, h.until.Load(), time.Now().UnixNano(), status)
 	if changed {
 		t.emitRate(h.name, ch)
-		if ch.rate < ch.prev {
-			t.slowFleet(h)
-		}
 	}
-	return slowing
+	return slowing, changed && ch.rate < ch.prev
 }
 
 // startLimiter gives h a limiter when its policy p or the fleet's learnt
