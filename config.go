@@ -169,7 +169,7 @@ type StoreConfig struct {
 	ShareTrips   bool          // share local breaker trips with other processes
 	PollInterval time.Duration // how often to read the store; 0 means 1s
 	// NoFleetStart turns the fleet's start off: where the store can hold
-	// it (Redis), the processes' requests to a host the fleet knows
+	// it (Redis, bbolt), the processes' requests to a host the fleet knows
 	// nothing of yet, and whose policy is adaptive, take their turns at
 	// one rate that doubles from 4 r/s every 500 ms, until the host
 	// throttles one (which stops it for all) or the rate reaches 1000 r/s

@@ -1018,12 +1018,15 @@ func (l *limiter) reanchorLocked(now int64) (rateChange, bool) {
 // limiter's floor becomes floor (never above the configured one). It takes
 // a throttle newer than the limiter's own (wall after its last throttle)
 // and, with redivide, the same throttle again, divided among a number of
-// processes that changed. It reports the change.
+// processes that changed. With known, the fleet's last two facts agreed
+// on the limit: the limiter holds a new fact as its own known limit (see
+// known), for knownHold at the plateau and then probing past it slowly;
+// a redivision keeps what the limiter knew. It reports the change.
 //
 // It never turns learning off: it only runs on an adaptive limiter, and
 // leaves it learning; a later throttle of this process is learnt as any
 // other.
-func (l *limiter) adopt(rate, floor float64, now, wall, wallNow int64, redivide bool) (rateChange, bool) {
+func (l *limiter) adopt(rate, floor float64, now, wall, wallNow int64, redivide, known bool) (rateChange, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if !l.adaptive || wall < l.throttleNs || wall == l.throttleNs && !redivide {
@@ -1035,6 +1038,9 @@ func (l *limiter) adopt(rate, floor float64, now, wall, wallNow int64, redivide 
 	}
 	l.learnt, l.slowStart, l.plateau = true, false, 0
 	l.throttleNs = wall
+	if !redivide {
+		l.known = known
+	}
 	l.anchorLocked(rate)
 	since := min(max(wallNow-wall, 0), int64(l.window*1e9)) // at most at the plateau
 	l.throttleAt = now - since
@@ -1154,7 +1160,7 @@ func (h *hostState) startLimiter(p *resolved, fr fleetRate, fleet bool, now int6
 	l := newLimiter(p, now, max(fr.rate, p.MinRate))
 	ch := rateChange{rate: l.fill, why: "configured"}
 	if fleet {
-		ch, _ = l.adopt(fr.rate, fr.floor, now, fr.throttled, time.Now().UnixNano(), false)
+		ch, _ = l.adopt(fr.rate, fr.floor, now, fr.throttled, time.Now().UnixNano(), false, fr.known)
 		ch.prev = 0
 	}
 	return ch, h.lim.CompareAndSwap(nil, l)

@@ -381,10 +381,13 @@ func (hs heldStart) fact() float64 { return hs.reached / 4 }
 // successes, a few of the start's turns, the limiter would pace at
 // min_rate or more, and two dozen processes throttled by the start's last
 // turns would send that many times min_rate before their next poll. A
-// process alone in the start keeps its own estimate. It runs on
+// process alone in the start keeps nothing: it learns as alone. It runs on
 // stopStart's goroutine or on a request's.
 func (t *Transport) joinStart(h *hostState, r startReply, wall int64) {
 	hs := heldStart{r.reached, r.procs}
+	if hs.procs < 2 {
+		return // alone in the start: its own limiter learns as alone
+	}
 	sh := t.sh
 	sh.heldMu.Lock()
 	if sh.held == nil {
@@ -393,12 +396,12 @@ func (t *Transport) joinStart(h *hostState, r startReply, wall int64) {
 	sh.held[h.name] = hs
 	sh.heldMu.Unlock()
 	lim := h.lim.Load()
-	if lim == nil || hs.procs < 2 {
+	if lim == nil {
 		return
 	}
 	n := float64(hs.procs)
 	floor := minRateOf(t.resolve(h.name, "")) / n
-	if ch, ok := lim.adopt(hs.fact()/n, floor, t.now(), wall, time.Now().UnixNano(), true); ok {
+	if ch, ok := lim.adopt(hs.fact()/n, floor, t.now(), wall, time.Now().UnixNano(), true, false); ok {
 		t.emitRate(h.name, ch)
 	}
 }

@@ -879,6 +879,7 @@ type fleetRate struct {
 	floor     float64
 	throttled int64
 	others    float64
+	known     bool // the fleet's last two facts agreed: see fleetHost.known
 }
 
 // fleetFact is the fleet's learnt limit of one host: the rate the host
@@ -928,6 +929,12 @@ type fleetHost struct {
 	share     float64
 	ownN      int
 	redivided bool
+
+	// known is whether the fact and the one before it agreed on the
+	// limit (within knownSpread): the fleet's limiters hold it, as a
+	// process alone holds a limit its last two throttles agreed on (see
+	// limiter.known), instead of probing past it at CUBIC's pace.
+	known bool
 
 	// startN is the processes that took part in the fleet's start at the
 	// host that a throttle of this process stopped, which count among
@@ -1106,7 +1113,11 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 				// fleet was refused at the rate of all its senders. One
 				// process's own estimate times n says little when its
 				// share is a request or two per window.
-				own.limit, fh.redivided = cubicBeta*(st.refused+x.othersRate()), true
+				beta := cubicBeta
+				if fh.known {
+					beta = knownBeta
+				}
+				own.limit, fh.redivided = beta*(st.refused+x.othersRate()), true
 			}
 			if sh.probed[host] && fh.fact.limit <= 0 {
 				// The end of the slow start this process ran for the fleet,
@@ -1137,6 +1148,9 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 				own.limit = st.lastMax * float64(fh.ownN) // reanchored since
 			}
 			x.fact = newerFact(x.fact, own)
+		}
+		if x.fact.limit > 0 && x.fact.throttled != fh.fact.throttled && !sh.tweaks.noFleetKnown {
+			fh.known = fh.fact.limit > 0 && math.Abs(x.fact.limit-fh.fact.limit) <= knownSpread*fh.fact.limit
 		}
 		fh.fact = x.fact
 		if held.reached > 0 && fh.fact.limit > 0 {
@@ -1170,7 +1184,7 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 			continue
 		}
 		sh.fleetHosts[host] = fh
-		fr := fleetRate{rate: t.fleetShare(fh, x, n, wallNow), throttled: fh.fact.throttled, others: x.othersRate()}
+		fr := fleetRate{rate: t.fleetShare(fh, x, n, wallNow), throttled: fh.fact.throttled, others: x.othersRate(), known: fh.known}
 		fr.floor = minRateOf(t.resolve(host, "")) / float64(n)
 		fleet[host] = fr
 		if fh.fact.source == sh.source && fh.adoptedAt != fh.fact.throttled {
@@ -1188,13 +1202,13 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 		}
 		switch {
 		case fh.fact.throttled > st.throttled:
-			if ch, ok := lim.adopt(fr.rate, fr.floor, now, fh.fact.throttled, wall, false); ok {
+			if ch, ok := lim.adopt(fr.rate, fr.floor, now, fh.fact.throttled, wall, false, fh.known); ok {
 				t.emitRate(host, ch)
 			}
 			fh.adoptedAt, fh.share = fh.fact.throttled, fr.rate
 		case fh.fact.throttled == st.throttled && fh.adoptedAt == st.throttled &&
 			math.Abs(fr.rate-fh.share) > redivideStep*fh.share:
-			if ch, ok := lim.adopt(fr.rate, fr.floor, now, fh.fact.throttled, wall, true); ok {
+			if ch, ok := lim.adopt(fr.rate, fr.floor, now, fh.fact.throttled, wall, true, fh.known); ok {
 				t.emitRate(host, ch)
 			}
 			fh.share = fr.rate
@@ -1236,8 +1250,9 @@ type fleetTweaks struct {
 	ownFactOnly   bool // a member's throttle makes its own estimate times n, not β × the fleet's rate refused
 	noPhase       bool // fleet members take their turns in step
 	ownSlowStart  bool // each process slow-starts alone, not divided among the fleet's
-	noSharedTurns bool // a Redis store's processes pace alone, each at its share, not at one shared bucket
-	noFleetStart  bool // a Redis store's processes send to a new host as they come, without the fleet's start
+	noSharedTurns bool // the store's processes pace alone, each at its share, not at one shared bucket
+	noFleetStart  bool // the store's processes send to a new host as they come, without the fleet's start
+	noFleetKnown  bool // the fleet's limiters probe past every fact at CUBIC's pace, agreeing facts or not
 }
 
 func withFleetTweaks(tw fleetTweaks) Option {

@@ -3,15 +3,14 @@
 package hostbreaker
 
 import (
-	"context"
 	"errors"
 	"os"
 )
 
 // lockTurnFile fails where there is no flock: a bbolt store's processes
 // pace alone, each at its share, and send to a new host as they come.
-func lockTurnFile(context.Context, *os.File) error {
-	return errors.New("shared turns need flock, which this system lacks")
+func lockTurnFile(*os.File) (bool, error) {
+	return false, errors.New("shared turns need flock, which this system lacks")
 }
 
 func unlockTurnFile(*os.File) {}

@@ -98,7 +98,10 @@ func (s *turnSlot) live(now int64) bool {
 
 // turnFile is a bbolt store's turns file, opened at its first turn and
 // closed with the store. mu serializes this process's turns: a file lock
-// (flock) is held by an open file, not a goroutine.
+// (flock) is held by an open file, not a goroutine. A turn holds mu only
+// while it holds the file lock, or tries to take it: it waits for the
+// lock without mu (so that, under testing/synctest, every turn that waits
+// waits durably, on a timer).
 type turnFile struct {
 	path    string
 	mu      sync.Mutex
@@ -112,17 +115,37 @@ var errTurnsClosed = errors.New("closed")
 
 // with runs fn on the slot of host, read under the file lock, and writes
 // the slot back when fn returns true. A slot that holds nothing live is
-// zero when fn sees it, but for its key.
+// zero when fn sees it, but for its key. It waits for the file lock until
+// ctx is done: a turn holds it for microseconds, so it polls from 20 µs,
+// doubling up to a millisecond.
 func (tf *turnFile) with(ctx context.Context, host string, fn func(s *turnSlot, now int64) bool) error {
-	tf.mu.Lock()
-	defer tf.mu.Unlock()
-	if tf.f == nil {
-		return errTurnsClosed
+	for wait := 20 * time.Microsecond; ; wait = min(2*wait, time.Millisecond) {
+		tf.mu.Lock()
+		if tf.f == nil {
+			tf.mu.Unlock()
+			return errTurnsClosed
+		}
+		locked, err := lockTurnFile(tf.f)
+		if locked {
+			err = tf.locked(host, fn)
+			unlockTurnFile(tf.f)
+		}
+		tf.mu.Unlock()
+		if locked || err != nil {
+			return err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
 	}
-	if err := lockTurnFile(ctx, tf.f); err != nil {
-		return err
-	}
-	defer unlockTurnFile(tf.f)
+}
+
+// locked is with's work under the file lock and mu.
+func (tf *turnFile) locked(host string, fn func(s *turnSlot, now int64) bool) error {
 	if err := tf.check(); err != nil {
 		return err
 	}
