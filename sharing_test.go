@@ -940,3 +940,60 @@ func TestFleetRowsFromTheFutureAreRefused(t *testing.T) {
 		}
 	})
 }
+
+// TestFleetHoldsAgreeingFacts: a process that sends to a host under the
+// fleet's learnt limit adopts each new fact another process publishes.
+// When the new fact agrees with the one before it (10 and then 9.5 r/s),
+// it holds the limit as one process alone holds a limit its last two
+// throttles agreed on: at it for 10 s, where CUBIC would have grown past
+// it by then. A fact that does not agree with the one before (10 and then
+// 5 r/s) is probed past at CUBIC's pace.
+func TestFleetHoldsAgreeingFacts(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		second float64
+		tw     fleetTweaks
+		hold   bool
+	}{
+		{"agreeing", 9.5, fleetTweaks{}, true},
+		{"agreeing, without holding", 9.5, fleetTweaks{noFleetKnown: true}, false},
+		{"disagreeing", 5, fleetTweaks{}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "hb.db")
+			synctest.Test(t, func(t *testing.T) {
+				const host, poll = "api.test", time.Second
+				b := sharedTransportWith(t, cannedBase(http.StatusOK),
+					WithConfig(Config{Store: StoreConfig{URL: path, PollInterval: poll}}), withFleetTweaks(c.tw))
+				peer, err := OpenStore(path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer peer.Close()
+				publish := func(limit float64) {
+					t.Helper()
+					if err := peer.PublishStates(context.Background(), "peer", []PublishedState{{
+						Host: host, State: StateClosed, FleetLimit: limit, FleetThrottled: time.Now(), FleetSource: "peer",
+					}}, time.Hour); err != nil {
+						t.Fatal(err)
+					}
+				}
+				ctx, cancel := context.WithCancel(context.Background())
+				publish(10)
+				wait := keepSending(ctx, []*Transport{b}, host, 20*time.Millisecond)
+				defer func() { cancel(); wait() }()
+				time.Sleep(5 * time.Second)
+				publish(c.second)
+				time.Sleep(2 * poll) // B adopted it
+				lim := b.reg.host(host).lim.Load()
+				adopted := lim.status().lastMax
+				time.Sleep(8 * time.Second) // past the CUBIC window of a fact of 5 to 10 r/s
+				rate := rateOf(b, host)
+				t.Logf("adopted %.2f r/s; 8 s later paced at %.2f r/s", adopted, rate)
+				if held := rate <= adopted*1.001; held != c.hold {
+					t.Errorf("8 s after adopting %.2f r/s B paces %.2f r/s: held %v, want %v", adopted, rate, held, c.hold)
+				}
+			})
+		})
+	}
+}
