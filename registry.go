@@ -45,13 +45,14 @@ type hostState struct {
 
 	hostCooldown // why and since when it cools down, its rolling window (cooldown.go)
 
-	born      int64                    // when the state was created, ns since the Transport's epoch
-	bulk      atomic.Pointer[bulkhead] // its concurrency limit; nil for a host without one (concurrency.go)
-	detached  atomic.Bool              // removed from the registry; set under registry.mu
-	firstUsed bool                     // first has been handed out; guarded by registry.mu
-	slowing   atomic.Bool              // a throttle's slow-down of the fleet's shared bucket is on its way (sharedturn.go)
-	start     atomic.Int32             // where this process stands in the fleet's start at the host: hostStarting… (sharedturn.go)
-	_         [36]byte                 // to 384 bytes: see above
+	born       int64                      // when the state was created, ns since the Transport's epoch
+	bulk       atomic.Pointer[bulkhead]   // its concurrency limit; nil for a host without one (concurrency.go)
+	detached   atomic.Bool                // removed from the registry; set under registry.mu
+	firstUsed  bool                       // first has been handed out; guarded by registry.mu
+	slowing    atomic.Bool                // a throttle's slow-down of the fleet's shared bucket is on its way (sharedturn.go)
+	start      atomic.Int32               // where this process stands in the fleet's start at the host: hostStarting… (sharedturn.go)
+	afterStart atomic.Pointer[afterStart] // the fleet's rate after a stopped start, until the processes see each other (sharedturn.go)
+	_          [28]byte                   // to 384 bytes: see above
 }
 
 const (

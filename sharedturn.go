@@ -60,7 +60,8 @@ func (t *Transport) sharedTurn(ctx context.Context, e *entry, lim *limiter, now,
 		return turn{}, nil, false
 	}
 	fr, ok := t.fleetRate(e.host.name)
-	if !ok || fr.others <= 0 {
+	as := e.host.afterStart.Load()
+	if (!ok || fr.others <= 0) && (as == nil || now >= as.until) {
 		return turn{}, nil, false
 	}
 	rate, maxWait, ch, changed := lim.pace(now)
@@ -68,6 +69,9 @@ func (t *Transport) sharedTurn(ctx context.Context, e *entry, lim *limiter, now,
 		t.emitRate(e.host.name, ch)
 	}
 	fleet := rate + fr.others
+	if fr.others <= 0 {
+		fleet = as.rate // the processes of a stopped start, before their polls show them to each other
+	}
 	if fleet >= sharedTurnMaxRate {
 		return turn{}, nil, false
 	}
@@ -286,20 +290,28 @@ func (t *Transport) fleetStart(ctx context.Context, e *entry, p *resolved) error
 	}
 }
 
-// stopStart stops the fleet's start at h, which throttled a request, for
-// every process (see fleetStart), when this process took part in it and no
-// stop is on its way. It never blocks the request: the stop goes on a
+// stopStart stops the fleet's start at h, which throttled a request sent
+// at sent (t.now's clock; 0 when unknown), for every process (see
+// fleetStart), when this process took part in it and no stop is on its
+// way. The start's rate is taken at the time the request was sent, not
+// when its answer came: the start doubles its rate every 500 ms, and a
+// stop that comes a busy machine's 200 ms late would say the host served
+// a third more than it did. It never blocks the request: the stop goes on a
 // goroutine of its own. Once the store has answered, a process whose
 // throttle gave h a limiter is done with the start (its limiter paces
 // h); one without (adaptive off) takes its turns at the held rate.
-func (t *Transport) stopStart(h *hostState) {
+func (t *Transport) stopStart(h *hostState, sent int64) {
 	box := t.sh.starts.Load()
 	if box == nil || !h.start.CompareAndSwap(hostStarting, hostStopping) {
 		return
 	}
 	go func() {
+		var age time.Duration
+		if sent != 0 {
+			age = time.Duration(max(t.now()-sent, 0))
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), turnTimeout)
-		r, err := box.startTurn(ctx, h.name, t.sh.source, startStop, 0)
+		r, err := box.startTurn(ctx, h.name, t.sh.source, startStop, age)
 		cancel()
 		switch {
 		case err != nil:
@@ -395,6 +407,7 @@ func (t *Transport) joinStart(h *hostState, r startReply, wall int64) {
 	}
 	sh.held[h.name] = hs
 	sh.heldMu.Unlock()
+	h.afterStart.Store(&afterStart{rate: hs.fact(), until: t.now() + int64(startProcsFor)})
 	lim := h.lim.Load()
 	if lim == nil {
 		return
@@ -404,6 +417,17 @@ func (t *Transport) joinStart(h *hostState, r startReply, wall int64) {
 	if ch, ok := lim.adopt(hs.fact()/n, floor, t.now(), wall, time.Now().UnixNano(), true, false); ok {
 		t.emitRate(h.name, ch)
 	}
+}
+
+// afterStart is the fleet-wide rate that a stopped start teaches (its
+// fact), which the processes that took part take their turns of the
+// shared bucket at, until their polls show them to each other (then the
+// bucket's rate is theirs: see sharedTurn) or until (t.now's clock).
+// Paced alone at their shares meanwhile, on a store that shows them to
+// each other only at their polls (bbolt), two dozen processes bunch.
+type afterStart struct {
+	rate  float64
+	until int64
 }
 
 // heldNow returns a copy of what joinStart kept, by host; nil when

@@ -423,3 +423,32 @@ func openTurnStore(t *testing.T, url string) Store {
 	t.Cleanup(func() { _ = st.Close() })
 	return st
 }
+
+// TestFleetStartStopRateAtTheSend: a throttle's stop of the fleet's start
+// takes the start's rate when the throttled request was sent, not when its
+// answer came (the rate doubles every 500 ms: a stop a loaded machine's
+// 500 ms late would double the fleet's first fact). Two starts stopped
+// 600 ms after their first turns: one for a request sent then, one for a
+// request sent 500 ms before. The store's clock counts; bounds generous.
+func TestFleetStartStopRateAtTheSend(t *testing.T) {
+	turnStores(t, func(t *testing.T, url string) {
+		s := openTurnStore(t, url).(starter)
+		ctx := context.Background()
+		for _, h := range []string{"now.test", "late.test"} {
+			if r, err := s.startTurn(ctx, h, "p", startTake, time.Minute); err != nil || r.code != startRamp {
+				t.Fatalf("take: %+v, %v", r, err)
+			}
+		}
+		time.Sleep(600 * time.Millisecond)
+		now, err1 := s.startTurn(ctx, "now.test", "p", startStop, 0)
+		late, err2 := s.startTurn(ctx, "late.test", "p", startStop, 500*time.Millisecond)
+		if err1 != nil || err2 != nil {
+			t.Fatal(err1, err2)
+		}
+		t.Logf("reached: %.2f r/s at the stop, %.2f r/s 500 ms before", now.reached, late.reached)
+		// 4 r/s doubling every 500 ms: 9.2 r/s at 600 ms; 4.6 at 100 ms.
+		if now.reached < 9 || late.reached < fleetStartRate || late.reached > 7 {
+			t.Errorf("reached %.2f r/s at the stop (want ≥ 9) and %.2f for a request sent 500 ms before (want 4 to 7)", now.reached, late.reached)
+		}
+	})
+}

@@ -181,9 +181,11 @@ type turnHolder interface {
 // then takes a turn at the rate it holds since (startCheck), or stops the
 // start (startStop). Once the start is stopped, its replies say the rate
 // it had reached and how many processes took part. source names the
-// process. The store's clock counts. See Transport.fleetStart.
+// process. arg is the longest wait of a take or a check, and for a stop
+// how long ago the throttled request was sent: the rate reached is the
+// start's rate then. The store's clock counts. See Transport.fleetStart.
 type starter interface {
-	startTurn(ctx context.Context, host, source string, op startOp, maxWait time.Duration) (startReply, error)
+	startTurn(ctx context.Context, host, source string, op startOp, arg time.Duration) (startReply, error)
 }
 
 // readPoll reads what a poll needs from s: with s's poll when it has one,

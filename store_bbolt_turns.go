@@ -363,14 +363,14 @@ func (s *boltStore) slowTurns(ctx context.Context, host string, factor float64, 
 // rule of redisStartScript, on the machine's clock. The processes that
 // take part are counted by each process itself: the first turn it takes
 // of a start counts it.
-func (s *boltStore) startTurn(ctx context.Context, host, source string, op startOp, maxWait time.Duration) (startReply, error) {
+func (s *boltStore) startTurn(ctx context.Context, host, source string, op startOp, arg time.Duration) (startReply, error) {
 	tf, err := s.turns()
 	if err != nil {
 		return startReply{}, fmt.Errorf("hostbreaker: bbolt store %s: start: %w", s.path, err)
 	}
 	var r startReply
 	err = tf.with(ctx, host, func(sl *turnSlot, now int64) bool {
-		r = sl.startOp(tf, host, source, op, maxWait.Microseconds(), now)
+		r = sl.startOp(tf, host, source, op, arg.Microseconds(), now)
 		return r.code != startDone
 	})
 	if err != nil {
@@ -380,7 +380,8 @@ func (s *boltStore) startTurn(ctx context.Context, host, source string, op start
 }
 
 // startOp runs op on the start that sl holds at now, as redisStartScript
-// does, and returns its reply; maxWait in µs.
+// does, and returns its reply; maxWait in µs, for a stop how long ago the
+// throttled request was sent.
 func (sl *turnSlot) startOp(tf *turnFile, host, source string, op startOp, maxWait, now int64) startReply {
 	const r0 = fleetStartRate
 	d, length, life := fleetStartDoubling.Microseconds(), fleetStartLength.Microseconds(), fleetStartLife.Microseconds()
@@ -410,7 +411,7 @@ func (sl *turnSlot) startOp(tf *turnFile, host, source string, op startOp, maxWa
 	if op == startStop {
 		switch {
 		case sl.x == 0 && now-sl.f < length:
-			sl.reached = r0 * math.Exp2(float64(now-sl.f)/float64(d))
+			sl.reached = r0 * math.Exp2(float64(max(now-maxWait-sl.f, 0))/float64(d))
 			sl.x, sl.held, sl.end = now, math.Max(sl.reached/8, 1), now+life
 			return stopped(0)
 		case sl.x != 0:

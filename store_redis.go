@@ -1531,7 +1531,9 @@ func (s *redisStore) slowTurns(ctx context.Context, host string, factor float64,
 // x (when a throttle stopped the start), R (the rate it had reached then,
 // r/s), r (the rate it holds since, r/s), h (the next free turn at that
 // rate), np and p:<process> (the processes that took part). ARGV: the
-// operation (take, check or stop), the longest wait in µs, the rate the
+// operation (take, check or stop), the longest wait in µs (for a stop, how
+// long ago the throttled request was sent, in µs: the rate reached is the
+// start's rate then), the rate the
 // start begins at (r/s), its doubling time and its length in µs, the
 // key's life in ms, the process (a take or check counts it in np). The
 // start's n-th turn is due when the turns of a rate r0·2^(t/d) add up to
@@ -1571,7 +1573,7 @@ local function stopped(wait)
 end
 if op == 'stop' then
   if not x and now - f < len then
-    reached = r0 * 2 ^ ((now - f) / d)
+    reached = r0 * 2 ^ (math.max(now - maxWait - f, 0) / d)
     redis.call('HSET', KEYS[1], 'x', string.format('%.0f', now), 'r', tostring(math.max(reached / 8, 1)), 'R', tostring(reached))
     redis.call('PEXPIRE', KEYS[1], ttl)
     return stopped(0)
@@ -1612,12 +1614,12 @@ return {1, at - now}
 
 // startTurn runs op (startTake, startCheck or startStop) on the fleet's
 // start at host (see starter and redisStartScript).
-func (s *redisStore) startTurn(ctx context.Context, host, source string, op startOp, maxWait time.Duration) (startReply, error) {
+func (s *redisStore) startTurn(ctx context.Context, host, source string, op startOp, arg time.Duration) (startReply, error) {
 	if s.isClosed.Load() {
 		return startReply{}, fmt.Errorf("hostbreaker: redis store: start: %w", redis.ErrClosed)
 	}
 	res, err := redisStartScript.Run(ctx, s.client, []string{s.key(redisKindStart, host)},
-		startOps[op], max(maxWait.Microseconds(), 0), fleetStartRate,
+		startOps[op], max(arg.Microseconds(), 0), fleetStartRate,
 		fleetStartDoubling.Microseconds(), fleetStartLength.Microseconds(), fleetStartLife.Milliseconds(), source).Int64Slice()
 	if err != nil {
 		return startReply{}, fmt.Errorf("hostbreaker: redis store: start at %s: %w", host, err)

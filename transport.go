@@ -357,6 +357,7 @@ func (t *Transport) roundTripSlot(req *http.Request, e *entry, p *resolved) (*ht
 // calls on every request.
 func (t *Transport) send(req *http.Request, e *entry, p *resolved, sl *slot) (*http.Response, error) {
 	var tn turn // the request's turn at the host's limiter; none for an unlimited host
+	viaStart := false
 	if lim := e.host.lim.Load(); lim != nil {
 		var err error
 		if tn, err = t.wait(req, e, lim); err != nil {
@@ -368,6 +369,7 @@ func (t *Transport) send(req *http.Request, e *entry, p *resolved, sl *slot) (*h
 			closeBody(req)
 			return nil, err
 		}
+		viaStart = true
 	}
 	adm, rej := t.admit(e)
 	if rej != nil {
@@ -387,8 +389,8 @@ func (t *Transport) send(req *http.Request, e *entry, p *resolved, sl *slot) (*h
 	if tn.lim != nil {
 		adm.turn = &tn
 	}
-	if p.extras&extraSlow != 0 {
-		adm.began = t.now()
+	if p.extras&extraSlow != 0 || viaStart {
+		adm.began = t.now() // a throttle's stop of the start says when it was sent
 	} else if _, ok := req.Context().Deadline(); ok {
 		adm.began = t.now()
 	}
@@ -559,7 +561,7 @@ func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *htt
 				t.slowFleet(h, slowed, cooled)
 			}
 			if (cooled || p.isThrottle(code)) && t.fleetStarts && h.start.Load() == hostStarting { // the fleet's start ends here
-				t.stopStart(h)
+				t.stopStart(h, adm.began)
 			}
 		}
 		if t.quotaDue(e, resp, healthy) && t.obeyQuota(e, p, resp) && code >= 400 {
