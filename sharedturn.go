@@ -156,6 +156,9 @@ func (t *Transport) turnFailed(now int64, err error) {
 // the store answers their stops, the others as their next turn tells them
 // of the stop, a turn taken at an eighth of that rate, so that a limiter
 // that counts a burst drains what the start sent.
+// A process alone in the start (the only one the store counted yet) is
+// not paced: its requests go as they come, and count in the schedule
+// only once another process takes part.
 // Each process remembers a start that ended without a throttle, and sends
 // to that host as if alone from then on (the hot path: a flag of the
 // entry, flagStarted, in a word it loads anyway).

@@ -786,13 +786,7 @@ func TestFleetJoinersDoNotOvershoot(t *testing.T) {
 			}
 			return 0, nil
 		}
-		// A's first requests go at once, as they did before bbolt held
-		// the fleet's start: paced by the start, A's two throttles come a
-		// second later, and A's own limiter then probes past its share
-		// within the test's samples (by up to twice what it sends, its
-		// learning as alone), which is not the joiners' division measured
-		// here. TestFleetStartSpreadsTheFirstRequests measures the start.
-		opts := []Option{WithConfig(Config{Store: StoreConfig{URL: path, PollInterval: poll}}), withFleetTweaks(fleetTweaks{noFleetStart: true})}
+		opts := []Option{WithConfig(Config{Store: StoreConfig{URL: path, PollInterval: poll}})}
 		a := sharedTransportWith(t, base, opts...)
 		// Two throttles 3 s apart: after the second, A is past its slow
 		// start, and paces at or under its last max while it sends little.

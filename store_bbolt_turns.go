@@ -33,9 +33,9 @@ const (
 	turnMagic    = "hbturns1"
 	turnHeader   = 64
 	turnSlotSize = 128
-	turnSlots    = 16384
-	turnProbe    = 16
-	turnFileSize = turnHeader + turnSlots*turnSlotSize // 2 MiB, sparse until used
+	turnSlots    = 1 << 16
+	turnProbe    = 32                                  // 4 KiB: one read
+	turnFileSize = turnHeader + turnSlots*turnSlotSize // 8 MiB, sparse until used
 )
 
 // turnSlot is one host's slot of the turns file, times in µs since the
@@ -430,8 +430,8 @@ func (sl *turnSlot) startOp(tf *turnFile, host, source string, op startOp, maxWa
 	if now-sl.f >= length {
 		return startReply{code: startDone}
 	}
-	if op == startCheck {
-		return startReply{code: startRamp}
+	if op == startCheck || sl.np <= 1 {
+		return startReply{code: startRamp} // a process alone is not paced
 	}
 	n := float64(max(sl.n, 0))
 	at := sl.f + int64(float64(d)*math.Log2(1+n*math.Ln2*1e6/(r0*float64(d))))

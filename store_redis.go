@@ -1545,7 +1545,9 @@ func (s *redisStore) slowTurns(ctx context.Context, host string, factor float64,
 // over (its length passed, or nothing to stop). check takes no start
 // turn: it reports whether a throttle stopped the start meanwhile, and
 // then takes a held turn, replying as a take does. A held turn's reply
-// adds the rate the start had reached when stopped, in mr/s, and np. stop
+// adds the rate the start had reached when stopped, in mr/s, and np. A
+// take by the only process that took part yet is given at once and not
+// counted in the schedule: a process alone is not paced. stop
 // replies {startHeld, 0, that rate, np} when the start is stopped, by it
 // or before, and not over.
 var redisStartScript = redis.NewScript(`
@@ -1595,7 +1597,7 @@ end
 if now - f >= len then
   return {3, 0}
 end
-if op == 'check' then
+if op == 'check' or np <= 1 then
   return {1, 0}
 end
 local n = tonumber(v[2]) or 0
