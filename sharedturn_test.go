@@ -452,3 +452,31 @@ func TestFleetStartStopRateAtTheSend(t *testing.T) {
 		}
 	})
 }
+
+// TestFleetStartLeavesALoneProcess: a process alone in the fleet's start
+// at a host (the only one the store counted) is not paced: four workers
+// send hundreds of requests to a healthy host in its first second, where
+// a fleet's start would allow about 9.
+func TestFleetStartLeavesALoneProcess(t *testing.T) {
+	turnStores(t, func(t *testing.T, url string) {
+		log := newSendLog()
+		tr := sharedTransportWith(t, log, WithConfig(Config{Store: StoreConfig{URL: url, Required: true}}))
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Go(func() {
+				for ctx.Err() == nil {
+					if err := send(ctx, tr, "api.test"); err != nil && ctx.Err() == nil {
+						t.Errorf("request rejected: %v", err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		if n := len(log.sent()); n < 100 {
+			t.Errorf("%d requests sent in the first second by a process alone: want at least 100 (not paced)", n)
+		}
+	})
+}
