@@ -488,7 +488,7 @@ func sendAll(t *testing.T, trs []*Transport, workers int, d time.Duration) {
 // refuses until the fleet goes well under its rate. With Retry-After: 1
 // the bucket gives no turn for the second, and then turns at its rate:
 // the host's limiter drained while it said to wait (halved as well, 24
-// processes on nginx served 86–96 % of its rate, and 95–99 % without the
+// processes on nginx served 86–98 % of its rate, and 94–99 % without the
 // halving). Real time (the store's clock); bounds generous.
 func TestThrottleSlowsTheFleetsBucket(t *testing.T) {
 	turnStores(t, func(t *testing.T, url string) {
