@@ -265,11 +265,15 @@ func (t *Transport) fleetStart(ctx context.Context, e *entry, p *resolved) error
 			return nil
 		}
 		h.start.CompareAndSwap(hostNew, hostStarting)
-		if code == startHeld && r.reached > 0 && h.lim.Load() == nil {
+		if code == startHeld && r.reached > 0 {
 			// A throttle stopped the start: this process joins the fleet's
-			// first fact now, as the processes it stopped for did.
-			h.learnLimiter(p, now)
-			t.joinStart(h, r, time.Now().UnixNano())
+			// first fact now, as the processes it stopped for did, unless
+			// its limiter learnt the fleet's limit since (from a poll).
+			// Either way its limiter paces the host from now on.
+			if h.lim.Load() == nil {
+				h.learnLimiter(p, now)
+				t.joinStart(h, r, time.Now().UnixNano())
+			}
 			h.start.Store(hostStarted)
 		}
 		if code == startTooFar {

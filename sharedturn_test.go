@@ -578,3 +578,67 @@ func measureSlowedBucket(t *testing.T, url, host, retryAfter string, hold, spaci
 		t.Errorf("peer's turns %v apart after A's throttle, want %v", d, spacing)
 	}
 }
+
+// TestFleetStartIsOverOnceALimiterPaces: a process that took part in the
+// fleet's start at a host, and whose limiter then learnt the fleet's
+// limit from a poll (here a peer's fact of 100 r/s, learnt 10 s before),
+// sends to the host through its limiter: a throttle of one of those
+// requests is learnt by its limiter, as any other (here about 50 r/s).
+// Such requests do not go through the start, so their throttles do not
+// stop it. Before, each one asked the stopped start's record (it lives
+// 15 minutes) and joined the start again: B counted as one of its two
+// processes for 3 s (its share of the fleet's 100 r/s halved, about
+// 25 r/s), and its limiter took a share of the start's fact. Real time
+// (the stores' clocks), bounds generous.
+func TestFleetStartIsOverOnceALimiterPaces(t *testing.T) {
+	turnStores(t, func(t *testing.T, url string) {
+		const host = "api.test"
+		var refuse atomic.Bool
+		base := roundTripperFunc(func(req *http.Request) (*http.Response, error) {
+			resp := &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: http.NoBody, Request: req}
+			if refuse.Load() {
+				resp.StatusCode = http.StatusTooManyRequests
+			}
+			return resp, nil
+		})
+		b := sharedTransportWith(t, base, WithConfig(Config{Store: StoreConfig{URL: url, Required: true, PollInterval: 100 * time.Millisecond}}))
+		if err := send(context.Background(), b, host); err != nil { // B takes part in the start
+			t.Fatal(err)
+		}
+		peer := openTurnStore(t, url)
+		ctx := context.Background()
+		if _, err := peer.(starter).startTurn(ctx, host, "peer", startTake, time.Minute); err != nil { // and the peer
+			t.Fatal(err)
+		}
+		if r, err := peer.(starter).startTurn(ctx, host, "peer", startStop, 0); err != nil || r.reached <= 0 || r.procs != 2 {
+			t.Fatalf("peer's stop: %+v, %v; want the rate reached and 2 processes", r, err)
+		}
+		err := peer.PublishStates(ctx, "peer", []PublishedState{{
+			Host: host, State: StateClosed, FleetLimit: 100, FleetThrottled: time.Now().Add(-10 * time.Second), FleetSource: "peer",
+		}}, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(10 * time.Second); rateOf(b, host) < 95; time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("B's limiter did not take the fleet's limit within 10 s: %.2f r/s", rateOf(b, host))
+			}
+		}
+		// Requests through the limiter, then one refused, a while after
+		// the adoption (a throttle within settleDelay of it only pauses).
+		for range 20 {
+			if err := send(ctx, b, host); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(time.Duration(settleDelay))
+		refuse.Store(true)
+		send(ctx, b, host)
+		time.Sleep(500 * time.Millisecond) // a stop would have been answered by now (it has 250 ms)
+		r := rateOf(b, host)
+		t.Logf("B paces %.2f r/s after a throttle at 100 r/s", r)
+		if r < 40 {
+			t.Errorf("B paces %.2f r/s after a throttle at 100 r/s: want at least 40 (its own throttle's, about 50), not a share of the stopped start's (about 25)", r)
+		}
+	})
+}

@@ -560,7 +560,9 @@ func (t *Transport) record(e *entry, adm admission, req *http.Request, resp *htt
 			if cooled || slowed {
 				t.slowFleet(h, slowed, cooled)
 			}
-			if (cooled || p.isThrottle(code)) && t.fleetStarts && h.start.Load() == hostStarting { // the fleet's start ends here
+			if (cooled || p.isThrottle(code)) && t.fleetStarts && adm.turn == nil && h.start.Load() == hostStarting {
+				// The fleet's start ends here: a request sent by it (a
+				// limiter's is not) was refused.
 				t.stopStart(h, adm.began)
 			}
 		}
