@@ -389,7 +389,8 @@ func (sl *turnSlot) startOp(tf *turnFile, host, source string, op startOp, maxWa
 		if op != startTake {
 			return startReply{code: startDone}
 		}
-		*sl = turnSlot{key: sl.key, tat: sl.tat, slow: sl.slow, slowEnd: sl.slowEnd, f: now, end: now + life}
+		// A new start: the bucket's fields, which share the slot, stay.
+		*sl = turnSlot{key: sl.key, tat: sl.tat, slow: sl.slow, slowEnd: sl.slowEnd, hold: sl.hold, f: now, end: now + life}
 	}
 	if op != startStop {
 		k := host + "\x00" + source

@@ -149,3 +149,22 @@ func FuzzTurnSlot(f *testing.F) {
 		}
 	})
 }
+
+// TestBoltStartKeepsTheHold: a fleet's start that begins at a host whose
+// shared bucket a Retry-After holds (a process new to the host, under
+// another's cooldown) keeps the hold in the host's slot of the turns
+// file, which the slot shares: the requests that waited for their turns
+// still ask for it, and are rejected until it ends.
+func TestBoltStartKeepsTheHold(t *testing.T) {
+	s := boltTestOpen(t, boltTestPath(t))
+	ctx := context.Background()
+	if err := s.slowTurns(ctx, "api.test", 1, 0, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := s.startTurn(ctx, "api.test", "a", startTake, time.Minute); err != nil || r.code != startRamp {
+		t.Fatalf("take: %+v, %v", r, err)
+	}
+	if hold, err := s.turnHold(ctx, "api.test"); err != nil || hold < 4*time.Second || hold > 5*time.Second {
+		t.Errorf("hold after the start's first turn: %v, %v; want the 5 s of the Retry-After", hold, err)
+	}
+}
