@@ -225,24 +225,25 @@ const (
 type startBox struct{ starter }
 
 // fleetStart waits for the request's turn at the fleet's start at e's host
-// (see above), when the store holds one and e's policy p learns. It
-// returns the request's rejection when its turn is further than it may
-// wait (the policy's MaxWait, or half its time left), or ctx's cause. A
-// store that fails sends the request at once, and the others for
-// turnRetry, as sharedTurn does.
-func (t *Transport) fleetStart(ctx context.Context, e *entry, p *resolved) error {
+// (see above), when the store holds one and e's policy p learns, and
+// reports whether the request took a turn of it. It returns the
+// request's rejection when its turn is further than it may wait (the
+// policy's MaxWait, or half its time left), or ctx's cause. A store that
+// fails sends the request at once, and the others for turnRetry, as
+// sharedTurn does.
+func (t *Transport) fleetStart(ctx context.Context, e *entry, p *resolved) (bool, error) {
 	sh, h := t.sh, e.host
 	if h.start.Load() == hostStarted {
 		e.flags.Or(flagStarted) // its next requests skip the call: one load of a flag they read anyway
-		return nil
+		return false, nil
 	}
 	box := sh.starts.Load()
 	if box == nil || p.Adaptive != ToggleOn || p.shadow || p.MaxWait <= 0 {
-		return nil
+		return false, nil
 	}
 	now := t.now()
 	if now < sh.turnsDown.Load() || h.coolingDown(now) {
-		return nil // admit rejects a request to a host that cools down
+		return false, nil // admit rejects a request to a host that cools down
 	}
 	end := now + int64(p.MaxWait)
 	if d, ok := ctx.Deadline(); ok {
@@ -256,13 +257,13 @@ func (t *Transport) fleetStart(ctx context.Context, e *entry, p *resolved) error
 		code, wait := r.code, r.wait
 		switch {
 		case err != nil && ctx.Err() != nil:
-			return context.Cause(ctx)
+			return false, context.Cause(ctx)
 		case err != nil:
 			t.turnFailed(now, err)
-			return nil
+			return false, nil
 		case code == startDone:
 			h.start.Store(hostStarted)
-			return nil
+			return false, nil
 		}
 		h.start.CompareAndSwap(hostNew, hostStarting)
 		if code == startHeld && r.reached > 0 {
@@ -278,20 +279,20 @@ func (t *Transport) fleetStart(ctx context.Context, e *entry, p *resolved) error
 		}
 		if code == startTooFar {
 			e.reject(ReasonRateLimited)
-			return &OpenError{Host: h.name, Role: e.role, Reason: ReasonRateLimited, Until: t.at(now + int64(wait))}
+			return false, &OpenError{Host: h.name, Role: e.role, Reason: ReasonRateLimited, Until: t.at(now + int64(wait))}
 		}
 		if wait <= 0 {
-			return nil
+			return true, nil
 		}
 		timer := time.NewTimer(wait)
 		select {
 		case <-timer.C:
 		case <-ctx.Done():
 			timer.Stop()
-			return context.Cause(ctx)
+			return false, context.Cause(ctx)
 		}
 		if code == startHeld {
-			return nil
+			return true, nil
 		}
 		op, now = startCheck, t.now() // a throttle may have stopped the start while it waited
 	}

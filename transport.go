@@ -365,11 +365,11 @@ func (t *Transport) send(req *http.Request, e *entry, p *resolved, sl *slot) (*h
 			return nil, err
 		}
 	} else if t.fleetStarts && e.flags.Load()&flagStarted == 0 {
-		if err := t.fleetStart(req.Context(), e, p); err != nil {
+		var err error
+		if viaStart, err = t.fleetStart(req.Context(), e, p); err != nil {
 			closeBody(req)
 			return nil, err
 		}
-		viaStart = true
 	}
 	adm, rej := t.admit(e)
 	if rej != nil {
