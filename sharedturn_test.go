@@ -487,9 +487,9 @@ func sendAll(t *testing.T, trs []*Transport, workers int, d time.Duration) {
 // rates only at their next poll, and a limiter that counts a burst
 // refuses until the fleet goes well under its rate. With Retry-After: 1
 // the bucket gives no turn for the second, and then turns at its rate:
-// the host's limiter drained while it said to wait (halved as well, 24
-// processes on nginx served 86–98 % of its rate, and 94–99 % without the
-// halving). Real time (the store's clock); bounds generous.
+// the host's limiter drained while it said to wait (see slowFleet for
+// what the halving cost on nginx). Real time (the store's clock); bounds
+// generous.
 func TestThrottleSlowsTheFleetsBucket(t *testing.T) {
 	turnStores(t, func(t *testing.T, url string) {
 		for _, tc := range []struct {
