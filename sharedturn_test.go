@@ -586,10 +586,10 @@ func measureSlowedBucket(t *testing.T, url, host, retryAfter string, hold, spaci
 // requests is learnt by its limiter, as any other (here about 50 r/s).
 // Such requests do not go through the start, so their throttles do not
 // stop it. Before, each one asked the stopped start's record (it lives
-// 15 minutes) and joined the start again: B counted as one of its two
-// processes for 3 s (its share of the fleet's 100 r/s halved, about
-// 25 r/s), and its limiter took a share of the start's fact. Real time
-// (the stores' clocks), bounds generous.
+// 15 minutes) and joined the start again (joinStart: the start's two
+// processes count among those sending for 3 s, and its fact is offered
+// to the limiter), and B paced about 25 r/s after the same throttle.
+// Real time (the stores' clocks), bounds generous.
 func TestFleetStartIsOverOnceALimiterPaces(t *testing.T) {
 	turnStores(t, func(t *testing.T, url string) {
 		const host = "api.test"
