@@ -6,6 +6,7 @@ package hostbreaker
 // converted where they are read (sharing.go).
 
 import (
+	"context"
 	"math/rand/v2"
 	"time"
 )
@@ -44,4 +45,16 @@ func jitter(max time.Duration) time.Duration {
 		return 0
 	}
 	return rand.N(min(max, MaxOpen) + 1)
+}
+
+// sleep waits d or until ctx is done, and reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }

@@ -92,11 +92,7 @@ func (t *Transport) sharedTurn(ctx context.Context, e *entry, lim *limiter, now,
 		return turn{lim: lim, at: now + int64(wait), shared: true}, errTurnTooFar, true
 	}
 	if wait > 0 {
-		timer := time.NewTimer(wait)
-		select {
-		case <-timer.C:
-		case <-ctx.Done():
-			timer.Stop()
+		if !sleep(ctx, wait) {
 			return turn{}, context.Cause(ctx), true
 		}
 		now = t.now()
@@ -284,11 +280,7 @@ func (t *Transport) fleetStart(ctx context.Context, e *entry, p *resolved) (bool
 		if wait <= 0 {
 			return true, nil
 		}
-		timer := time.NewTimer(wait)
-		select {
-		case <-timer.C:
-		case <-ctx.Done():
-			timer.Stop()
+		if !sleep(ctx, wait) {
 			return false, context.Cause(ctx)
 		}
 		if code == startHeld {

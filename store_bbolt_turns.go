@@ -134,11 +134,7 @@ func (tf *turnFile) with(ctx context.Context, host string, fn func(s *turnSlot, 
 		if locked || err != nil {
 			return err
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
+		if !sleep(ctx, wait) {
 			return ctx.Err()
 		}
 	}
