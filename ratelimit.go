@@ -65,8 +65,15 @@ const (
 	knownMargin   = 0.97 // a probe refused at r anchors the known limit at knownMargin·r
 	knownProbe    = 0.05
 	knownStep     = 1.1
-	stepHold      = 5.0  // s
-	knownNoise    = 0.95 // a throttle at the known limit when the host served this share of the last 2 s is noise
+	stepHold      = 5.0 // s
+	// memberStepHold is stepHold for a fleet's member whose limit is not
+	// known (a bracket, such as the fleet's start teaches, or one
+	// refusal's count): one window of the count of what the host served,
+	// which the fleet adds up (see stepServedLocked). A fleet at its
+	// start's fact of 4.5 r/s, a host's 5 less a tenth, climbed a step in
+	// 7 s with stepHold and spent most of the benchmark's 30 s under it.
+	memberStepHold = 2.0  // s
+	knownNoise     = 0.95 // a throttle at the known limit when the host served this share of the last 2 s is noise
 
 	// costlyMargin is how far under what the host served a costly throttle
 	// (one with a cooldown, which costs the host's whole pause) anchors:
@@ -134,6 +141,9 @@ type limiter struct {
 	learnt     bool
 	lastMax    float64 // the rate a throttle was anchored on (CUBIC's Wmax)
 	known      bool    // the last two throttles agreed on the limit: hold it
+	member     bool    // it paces a share of a fleet's learnt limit among other processes: it probes past it gently
+	steps      int     // the steps past the last max taken since it was last anchored (see growLocked)
+	fleetAvg   float64 // what the host served the fleet's processes, per process, as of the last poll; 0: unknown
 	informed   bool    // the last anchor counted knownSamples successes
 	pauses     uint    // pauses since the last throttle (see settleDelay)
 	counting   bool    // the host counts the requests it refuses (a sliding window): see throttle
@@ -629,6 +639,21 @@ func (l *limiter) servedSinceLocked(from, t int64) float64 {
 	return n / (float64(t-from) / 1e9)
 }
 
+// served returns the rate at which the host served the requests sent in
+// the acceptWindow that ends at now, and in the one that ended at the
+// last throttle (0 if it never learnt), in requests per second: what this
+// process adds to the fleet's count of what the host served (see
+// sharing.go, PublishedState.Served).
+func (l *limiter) served(now int64) (recent, beforeThrottle float64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	recent = l.servedLocked(now, time.Duration(acceptWindow))
+	if l.learnt {
+		beforeThrottle = l.servedLocked(l.throttleAt, time.Duration(acceptWindow))
+	}
+	return recent, beforeThrottle
+}
+
 // servedWholeLocked returns the rate at which the host served the requests
 // sent from the start of the slot acceptWindow before t to t: over the
 // window and up to a slot more, where servedLocked counts up to a slot
@@ -701,8 +726,9 @@ func (l *limiter) success(sent, now int64) (rateChange, bool) {
 // measured send rate while no request queues for a turn (the client may
 // not need more), and past the last max even while they queue (a
 // sliding-window limiter punishes any time spent above its limit), but for
-// slow start, which has no last max to speak of; that
-// cap never lowers the rate, so that a cooldown (in which nothing is sent)
+// slow start, which has no last max to speak of, and for a fleet's member
+// whose fleet was served about its limit (see fleetDemandLocked). The cap
+// never lowers the rate, so that a cooldown (in which nothing is sent)
 // does not collapse the learnt rate.
 func (l *limiter) growLocked(now int64) {
 	if now < l.held {
@@ -710,7 +736,7 @@ func (l *limiter) growLocked(now int64) {
 	}
 	// When the probe past a known limit reaches its step, in s since
 	// curveAt.
-	if step := l.window + knownHold + math.Log(knownStep)/knownProbe; l.known && float64(now-l.curveAt)/1e9 >= step+stepHold {
+	if step := l.window + l.holdLocked() + math.Log(knownStep)/knownProbe; l.gentleLocked() && float64(now-l.curveAt)/1e9 >= step+l.stepHoldLocked() {
 		// The probe held its step for stepHold. If the host served more
 		// than the last max meanwhile, the step is the limit now and the
 		// probe goes on from it; if not (the client did not need more,
@@ -718,20 +744,88 @@ func (l *limiter) growLocked(now int64) {
 		// step holds for stepHold again. A step taken only because it
 		// was not refused let a limit creep up by 10 % every 18 s while
 		// the client sent half of it.
-		if l.servedWholeLocked(now) > l.lastMax {
+		if l.stepServedLocked(now) > l.lastMax {
 			l.anchorLocked(knownStep * l.lastMax)
-			step = l.window + knownHold // the probe's start
+			l.steps++
+			step = l.window + l.holdLocked() // the probe's start
 		}
 		l.curveAt = now - int64(step*1e9)
 	}
 	r := l.cubicLocked(now)
-	if r > l.lastMax && !l.slowStart || l.tat <= now {
+	if (r > l.lastMax && !l.slowStart || l.tat <= now) && !l.fleetDemandLocked() {
 		r = min(r, max(l.fill, 2*l.measured))
 	}
 	l.setRateLocked(r, now)
 	if l.fill >= respaceGrowth*l.spacedAt {
 		l.respaceLocked(now)
 	}
+}
+
+// gentleLocked reports whether the limiter probes past its last max in
+// steps (knownProbe up to knownStep, each held for stepHold): when the
+// limit is known, and for a fleet's member, whose fleet learns of a
+// refusal a poll late (CUBIC's probe of 20 %/s ran 24 processes to twice
+// the host's limit before they slowed down).
+func (l *limiter) gentleLocked() bool {
+	return l.known || l.member
+}
+
+// holdLocked returns how long, in s, the limiter holds its last max
+// before probing past it in steps: knownHold when the limit is known, none
+// for a fleet member's limit that is not.
+func (l *limiter) holdLocked() float64 {
+	if l.known {
+		return knownHold
+	}
+	return 0
+}
+
+// fleetDemandLocked reports whether the limiter is a fleet's member whose
+// fleet the host served at least half its limit (per process, by the
+// fleet's count): the member's rate may lead what the fleet was served by
+// up to twice, as a process alone's may lead what it measures itself
+// sending, and need not be capped by its own measure. A member's share
+// may be a request every few seconds, which the measured rate (by 500 ms
+// buckets) reads as nothing most of the time: capped by it, every member
+// stayed at its share, the fleet was served no more than its limit, and
+// no step was ever taken (48 processes held a fact of 1.7 r/s of 5 for a
+// whole run). With the fleet's count held to 95 % of the limit instead of
+// half, its noise and lag (a poll, a request or two per process per
+// window) held a fleet at a start's fact of 4 r/s for 7 s.
+func (l *limiter) fleetDemandLocked() bool {
+	return l.member && 2*l.fleetAvg >= l.lastMax
+}
+
+// stepHoldLocked returns how long, in s, the limiter holds a step before
+// it tells whether the step is the limit now: stepHold, or for a fleet's
+// member whose limit is not known, memberStepHold.
+func (l *limiter) stepHoldLocked() float64 {
+	if l.member && !l.known {
+		return memberStepHold
+	}
+	return stepHold
+}
+
+// stepServedLocked returns what the host served over the last 2 s, to
+// tell whether a step held for stepHold is the limit now: for a fleet's
+// member, what it served the fleet per process (a member's own count of a
+// share of a request or two a second is mostly noise), else this
+// process's.
+func (l *limiter) stepServedLocked(now int64) float64 {
+	if l.member && l.fleetAvg > 0 {
+		return l.fleetAvg
+	}
+	return l.servedWholeLocked(now)
+}
+
+// setFleet says whether the limiter paces a share of the fleet's learnt
+// limit of its host among other processes (member), and what the host
+// served the fleet's processes, per process (0: unknown), as the last poll
+// read them (see gentleLocked, stepServedLocked).
+func (l *limiter) setFleet(member bool, perProc float64) {
+	l.mu.Lock()
+	l.member, l.fleetAvg = member, perProc
+	l.mu.Unlock()
 }
 
 // probeLocked returns how fast the rate grows past an unknown limit, per
@@ -757,8 +851,8 @@ func (l *limiter) cubicLocked(now int64) float64 {
 		return l.betaLocked() * l.lastMax
 	case l.slowStart:
 		return l.betaLocked() * l.lastMax * math.Exp2(t/l.doubling)
-	case l.known && t > l.window:
-		return l.lastMax * min(math.Exp(knownProbe*max(t-l.window-knownHold, 0)), knownStep)
+	case l.gentleLocked() && t > l.window:
+		return l.lastMax * min(math.Exp(knownProbe*max(t-l.window-l.holdLocked(), 0)), knownStep)
 	case t > l.window:
 		return l.lastMax * math.Exp(l.probeLocked()*max(t-l.window-l.plateau, 0))
 	}
@@ -780,10 +874,10 @@ func (l *limiter) recheckLocked(now int64) int64 {
 		return 0 // held: no growth
 	case l.slowStart:
 		t = l.doubling * math.Log2(r/(l.betaLocked()*l.lastMax))
-	case l.known && r > knownStep*l.lastMax:
+	case l.gentleLocked() && r > knownStep*l.lastMax:
 		return 0 // the step is as far as it goes
-	case l.known && r > l.lastMax:
-		t = l.window + knownHold + math.Log(r/l.lastMax)/knownProbe
+	case l.gentleLocked() && r > l.lastMax:
+		t = l.window + l.holdLocked() + math.Log(r/l.lastMax)/knownProbe
 	case r > l.lastMax:
 		t = l.window + l.plateau + math.Log(r/l.lastMax)/l.probeLocked()
 	default:
@@ -936,6 +1030,7 @@ func (l *limiter) throttle(sent, now, cooldown, wall int64, status int) (ch rate
 	}
 	l.informed = informed
 	l.anchorLocked(est)
+	l.steps = 0
 	l.plateau = 0
 	if wasSlow {
 		// est is already what TCP's ssthresh would be: start on the plateau.
@@ -1018,10 +1113,12 @@ func (l *limiter) reanchorLocked(now int64) (rateChange, bool) {
 // limiter's floor becomes floor (never above the configured one). It takes
 // a throttle newer than the limiter's own (wall after its last throttle)
 // and, with redivide, the same throttle again, divided among a number of
-// processes that changed. With known, the fleet's last two facts agreed
-// on the limit: the limiter holds a new fact as its own known limit (see
-// known), for knownHold at the plateau and then probing past it slowly;
-// a redivision keeps what the limiter knew. It reports the change.
+// processes that changed. With known, the fact's source found it known:
+// the limiter holds a new fact as its own known limit (see known), for
+// knownHold at the plateau and then probing past it slowly; a redivision
+// keeps what the limiter knew, the steps it took past its share, and a
+// fleet member's place on its curve.
+// It reports the change.
 //
 // It never turns learning off: it only runs on an adaptive limiter, and
 // leaves it learning; a later throttle of this process is learnt as any
@@ -1039,14 +1136,25 @@ func (l *limiter) adopt(rate, floor float64, now, wall, wallNow int64, redivide,
 	l.learnt, l.slowStart, l.plateau = true, false, 0
 	l.throttleNs = wall
 	if !redivide {
-		l.known = known
+		l.known, l.steps = known, 0
 	}
-	l.anchorLocked(rate)
-	since := min(max(wallNow-wall, 0), int64(l.window*1e9)) // at most at the plateau
-	l.throttleAt = now - since
-	l.curveAt = l.throttleAt
+	// A redivision keeps the steps the member took past its share (the
+	// fleet was served more than its fact, see stepServedLocked): on
+	// bbolt, whose processes poll slowly, the number of processes sending
+	// moved every few seconds, and each redivision took the fleet back to
+	// its fact.
+	l.anchorLocked(rate * math.Pow(knownStep, float64(l.steps)))
+	if !redivide || !l.member {
+		since := min(max(wallNow-wall, 0), int64(l.window*1e9)) // at most at the plateau
+		l.throttleAt = now - since
+		l.curveAt = l.throttleAt
+	} // else a fleet's member stays where it is on its curve: its share changed, not the fleet's probe
 	l.reanchorAt = 0
-	l.setRateLocked(l.cubicLocked(now), now)
+	r := l.cubicLocked(now)
+	if r > l.lastMax && !l.fleetDemandLocked() {
+		r = min(r, max(l.lastMax, 2*l.measured)) // as growLocked caps it
+	}
+	l.setRateLocked(r, now)
 	l.respaceLocked(now)
 	return rateChange{prev: prev, rate: l.fill, lastMax: l.lastMax, why: "fleet"}, l.fill != prev
 }

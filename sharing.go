@@ -485,6 +485,7 @@ func (t *Transport) publish(ctx context.Context) {
 			if lim := h.lim.Load(); lim != nil {
 				ls := lim.status()
 				ps.Rate, ps.LastMax = ls.rate, ls.lastMax
+				ps.Served, _ = lim.served(t.now())
 				if ls.throttled != 0 {
 					ps.Throttled = time.Unix(0, ls.throttled)
 				}
@@ -493,12 +494,14 @@ func (t *Transport) publish(ctx context.Context) {
 		}
 		if fh := sh.fleetHosts[s.Host]; fh != nil && fh.fact.limit > 0 {
 			ps.FleetLimit, ps.FleetThrottled, ps.FleetSource = fh.fact.limit, time.Unix(0, fh.fact.throttled), fh.fact.source
+			ps.FleetKnown = fh.fact.known
 		}
 		states = append(states, ps)
 		// Rates in the fingerprint to two digits: a learnt rate moves with
 		// every success, and the store needs its level, not each step.
-		fmt.Fprintf(&fp, "%s|%s|%d|%d|%s|%.2g|%.2g|%d|%.2g|%d|%s|%t|%t\n", s.Host, s.Role, s.State, s.Until.Unix(), s.Reason,
-			ps.Rate, ps.LastMax, ps.Throttled.UnixNano(), ps.FleetLimit, ps.FleetThrottled.UnixNano(), ps.FleetSource, ps.Sending, ps.Shadow)
+		fmt.Fprintf(&fp, "%s|%s|%d|%d|%s|%.2g|%.2g|%d|%.2g|%d|%s|%t|%t|%t|%.2g\n", s.Host, s.Role, s.State, s.Until.Unix(), s.Reason,
+			ps.Rate, ps.LastMax, ps.Throttled.UnixNano(), ps.FleetLimit, ps.FleetThrottled.UnixNano(), ps.FleetSource, ps.FleetKnown,
+			ps.Sending, ps.Shadow, ps.Served)
 	}
 	// The heartbeat: when this process was first published sending to a
 	// host, in its current run of sending (see fleetShare). Set once the
@@ -879,7 +882,7 @@ type fleetRate struct {
 	floor     float64
 	throttled int64
 	others    float64
-	known     bool // the fleet's last two facts agreed: see fleetHost.known
+	known     bool // the fleet's fact is known: see fleetHost.known
 }
 
 // fleetFact is the fleet's learnt limit of one host: the rate the host
@@ -891,6 +894,7 @@ type fleetFact struct {
 	throttled int64
 	source    string // the process that saw the throttle
 	from      string // the process whose row this copy was read from
+	known     bool   // its source found it agreeing with the fact before it: see fleetHost.known
 }
 
 // newerFact returns the newer of two facts: the one with the later
@@ -930,10 +934,13 @@ type fleetHost struct {
 	ownN      int
 	redivided bool
 
-	// known is whether the fact and the one before it agreed on the
-	// limit (within knownSpread): the fleet's limiters hold it, as a
-	// process alone holds a limit its last two throttles agreed on (see
-	// limiter.known), instead of probing past it at CUBIC's pace.
+	// known is whether the fact is known: its source found it agreeing
+	// with the fact before it on the limit (within knownSpread, and
+	// learnt from another episode; see pullFleetRates). The fleet's
+	// limiters hold it, as a process alone holds a limit its last two
+	// throttles agreed on (see limiter.known), instead of probing past it
+	// at CUBIC's pace; the source decides it for all of them, so that
+	// they hold or probe alike.
 	known bool
 
 	// startN is the processes that took part in the fleet's start at the
@@ -964,14 +971,22 @@ func (t *Transport) fleetRate(host string) (fleetRate, bool) {
 type fleetRow struct {
 	fact     fleetFact
 	sending  map[string]float64 // rate by source sending to the host
+	served   map[string]float64 // the rate the host served, by source sending to it (PublishedState.Served)
 	learning map[string]bool    // the sources sending whose limiter throttled, when no fact lives: in slow start
 }
 
 // othersRate returns the rates that the other processes sending to the
 // host published, all together.
-func (x *fleetRow) othersRate() float64 {
+func (x *fleetRow) othersRate() float64 { return sum(x.sending) }
+
+// othersServed returns the rates at which the host served the other
+// processes sending to it, as they published them, all together.
+func (x *fleetRow) othersServed() float64 { return sum(x.served) }
+
+// sum returns the sum of m's values.
+func sum(m map[string]float64) float64 {
 	var r float64
-	for _, v := range x.sending {
+	for _, v := range m {
 		r += v
 	}
 	return r
@@ -985,7 +1000,10 @@ func (x *fleetRow) othersRate() float64 {
 // fleet (this process's own included) and the limit learnt from it, which
 // expires fleet-wide limiterIdle after that throttle. A process learns a
 // fact from its own throttle as its limiter's last max times the number
-// of processes it shared the host with. Each process paces at the limit
+// of processes it shared the host with, or, when it paced the host by a
+// fact among others, as what the host served the fleet (see below); and
+// decides whether the fact is known, which the fact carries to every
+// process. Each process paces at the limit
 // divided by the processes sending to the host (their heartbeat: Sending,
 // in rows that expire within a few polls), itself included, and takes a
 // share again when that number changes, so that a joiner or a leaver
@@ -1015,11 +1033,12 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 		}
 		x := rows[s.Host]
 		if x == nil {
-			x = &fleetRow{sending: make(map[string]float64), learning: make(map[string]bool)}
+			x = &fleetRow{sending: make(map[string]float64), served: make(map[string]float64), learning: make(map[string]bool)}
 			rows[s.Host] = x
 		}
 		if s.Sending {
 			x.sending[s.Source] = max(x.sending[s.Source], s.Rate) // one per source: the rate is host-wide
+			x.served[s.Source] = max(x.served[s.Source], s.Served)
 			if !s.Throttled.IsZero() && s.FleetLimit <= 0 {
 				x.learning[s.Source] = true
 			}
@@ -1031,7 +1050,7 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 		if !ok || wall-th >= limiterIdle {
 			continue
 		}
-		x.fact = newerFact(x.fact, fleetFact{limit: s.FleetLimit, throttled: th, source: s.FleetSource, from: s.Source})
+		x.fact = newerFact(x.fact, fleetFact{limit: s.FleetLimit, throttled: th, source: s.FleetSource, from: s.Source, known: s.FleetKnown})
 	}
 	for k := range sh.seenAhead {
 		if !seen[k] {
@@ -1108,16 +1127,32 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 				fh.ownN, fh.redivided = n, false
 			}
 			own := fleetFact{limit: st.lastMax * float64(fh.ownN), throttled: st.throttled, source: sh.source, from: sh.source}
-			if fh.fact.limit > 0 && fh.fact.throttled < st.throttled && wall-fh.fact.throttled < limiterIdle && !sh.tweaks.ownFactOnly {
+			fromStart := false
+			if n > 1 && fh.fact.limit > 0 && fh.fact.throttled < st.throttled && wall-fh.fact.throttled < limiterIdle && !sh.tweaks.ownFactOnly {
 				// A member of a fleet that paced the host by its limit: the
-				// fleet was refused at the rate of all its senders. One
-				// process's own estimate times n says little when its
-				// share is a request or two per window.
-				beta := cubicBeta
-				if fh.known {
-					beta = knownBeta
+				// fleet was refused at the rate of all its senders, and
+				// the host allowed what it served all of them over the
+				// window before (this process's count, and the others' as
+				// they published them), as one limiter anchors on what it
+				// was served (limiter.estimateLocked); but no more than
+				// the rate refused, and no less than β times the fact the
+				// fleet paced by (a published count lags by up to a poll).
+				// One process's own estimate times n says little when its
+				// share is a request or two per window; the rates the
+				// fleet published added up to twice what it sent in the
+				// benchmark's traces.
+				fill := st.refused + x.othersRate()
+				_, served := lim.served(now)
+				own.limit, fh.redivided = max(min(served+x.othersServed(), fill), cubicBeta*fh.fact.limit), true
+				if st.throttled-fh.fact.throttled < acceptWindow {
+					// Within the window of the fact's own throttle: the
+					// requests that the fleet let go before it slowed down
+					// (the turns given at the end of the fleet's start),
+					// refused in the same episode. They teach no lower
+					// limit than the fact (a process alone ignores the
+					// throttles of its episode).
+					own.limit = max(own.limit, fh.fact.limit)
 				}
-				own.limit, fh.redivided = beta*(st.refused+x.othersRate()), true
 			}
 			if sh.probed[host] && fh.fact.limit <= 0 {
 				// The end of the slow start this process ran for the fleet,
@@ -1138,7 +1173,16 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 				// host allows.
 				own.limit, fh.redivided = held.fact(), true
 				fh.ownN = max(fh.ownN, held.procs)
+				fromStart = true
 			}
+			// Known: it agrees with the fact before it, learnt from
+			// another episode (the start's reply throttles several of its
+			// processes at once, and each one's copy of its fact would
+			// agree with the first). The start's fact is a bracket, not a
+			// measure: it is never known. This process decides it for
+			// every process, which hold or probe the fact alike.
+			own.known = !fromStart && !sh.tweaks.noFleetKnown && fh.fact.limit > 0 &&
+				st.throttled-fh.fact.throttled >= acceptWindow && math.Abs(own.limit-fh.fact.limit) <= knownSpread*fh.fact.limit
 			delete(sh.probed, host)
 			x.fact = newerFact(x.fact, own)
 		} else if fh.fact.source == sh.source && fh.fact.throttled == st.throttled && st.throttled != 0 && !young &&
@@ -1149,10 +1193,8 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 			}
 			x.fact = newerFact(x.fact, own)
 		}
-		if x.fact.limit > 0 && x.fact.throttled != fh.fact.throttled && !sh.tweaks.noFleetKnown {
-			fh.known = fh.fact.limit > 0 && math.Abs(x.fact.limit-fh.fact.limit) <= knownSpread*fh.fact.limit
-		}
 		fh.fact = x.fact
+		fh.known = x.fact.known && !sh.tweaks.noFleetKnown
 		if held.reached > 0 && fh.fact.limit > 0 {
 			sh.forgetHeld(host) // taught, by this process or another
 		}
@@ -1161,6 +1203,7 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 			delete(sh.fleetHosts, host)
 			if lim != nil {
 				lim.setPhase(0, 0)
+				lim.setFleet(false, 0)
 				if !sh.tweaks.ownSlowStart {
 					// The process with the least name of those learning
 					// probes for the fleet.
@@ -1195,6 +1238,8 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 		if lim == nil {
 			continue
 		}
+		recent, _ := lim.served(now)
+		lim.setFleet(n > 1, (recent+x.othersServed())/float64(n))
 		if !sh.tweaks.noPhase && n > 1 {
 			lim.setPhase(sh.phase, wall-now)
 		} else {

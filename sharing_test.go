@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"math"
 	"net/http"
 	"os"
 	"os/exec"
@@ -937,21 +938,23 @@ func TestFleetRowsFromTheFutureAreRefused(t *testing.T) {
 
 // TestFleetHoldsAgreeingFacts: a process that sends to a host under the
 // fleet's learnt limit adopts each new fact another process publishes.
-// When the new fact agrees with the one before it (10 and then 9.5 r/s),
-// it holds the limit as one process alone holds a limit its last two
-// throttles agreed on: at it for 10 s, where CUBIC would have grown past
-// it by then. A fact that does not agree with the one before (10 and then
-// 5 r/s) is probed past at CUBIC's pace.
+// When the fact's source says it is known (it agreed with the one before
+// it: 10 and then 9.5 r/s), the process holds the limit as one process
+// alone holds a limit its last two throttles agreed on: at it for 10 s,
+// where it would have probed past it by then. A fact its source does not
+// say is known is probed past, whatever the reader saw before it: the
+// source decides for every process, so that they hold or probe alike.
 func TestFleetHoldsAgreeingFacts(t *testing.T) {
 	for _, c := range []struct {
 		name   string
 		second float64
+		known  bool // the source says the second fact is known
 		tw     fleetTweaks
 		hold   bool
 	}{
-		{"agreeing", 9.5, fleetTweaks{}, true},
-		{"agreeing, without holding", 9.5, fleetTweaks{noFleetKnown: true}, false},
-		{"disagreeing", 5, fleetTweaks{}, false},
+		{"known", 9.5, true, fleetTweaks{}, true},
+		{"known, without holding", 9.5, true, fleetTweaks{noFleetKnown: true}, false},
+		{"not known", 9.5, false, fleetTweaks{}, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "hb.db")
@@ -964,20 +967,20 @@ func TestFleetHoldsAgreeingFacts(t *testing.T) {
 					t.Fatal(err)
 				}
 				defer peer.Close()
-				publish := func(limit float64) {
+				publish := func(limit float64, known bool) {
 					t.Helper()
 					if err := peer.PublishStates(context.Background(), "peer", []PublishedState{{
-						Host: host, State: StateClosed, FleetLimit: limit, FleetThrottled: time.Now(), FleetSource: "peer",
+						Host: host, State: StateClosed, FleetLimit: limit, FleetThrottled: time.Now(), FleetSource: "peer", FleetKnown: known,
 					}}, time.Hour); err != nil {
 						t.Fatal(err)
 					}
 				}
 				ctx, cancel := context.WithCancel(context.Background())
-				publish(10)
+				publish(10, false)
 				wait := keepSending(ctx, []*Transport{b}, host, 20*time.Millisecond)
 				defer func() { cancel(); wait() }()
 				time.Sleep(5 * time.Second)
-				publish(c.second)
+				publish(c.second, c.known)
 				time.Sleep(2 * poll) // B adopted it
 				lim := b.reg.host(host).lim.Load()
 				adopted := lim.status().lastMax
@@ -990,4 +993,241 @@ func TestFleetHoldsAgreeingFacts(t *testing.T) {
 			})
 		})
 	}
+}
+
+// publishPeers publishes, through the store handle peer, rows of n
+// processes ("p1" to "pn") sending to host at rate each, served at served
+// each (PublishedState.Served), and, from p1, the fleet's fact limit
+// learnt now (known as given).
+func publishPeers(t *testing.T, peer Store, host string, n int, rate, served, limit float64, known bool) {
+	t.Helper()
+	now := time.Now()
+	for i := 1; i <= n; i++ {
+		src := fmt.Sprintf("p%d", i)
+		ps := PublishedState{Host: host, State: StateClosed, Sending: true, Rate: rate, LastMax: rate, Throttled: now, Served: served}
+		if i == 1 {
+			ps.FleetLimit, ps.FleetThrottled, ps.FleetSource, ps.FleetKnown = limit, now, src, known
+		}
+		if err := peer.PublishStates(context.Background(), src, []PublishedState{ps}, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestFleetMemberFactIsWhatTheFleetWasServed: B paces its share of the
+// fleet's fact (10 r/s among 4 processes) when the host refuses it. The
+// other three publish that they pace 6 r/s each (their rows overstate what
+// they send, as the benchmark's traces showed rows doing) and that the
+// host served them 2.5 r/s each. The fact B's throttle teaches is what
+// the host served the fleet over the window before it, the three's 7.5
+// r/s and B's own; it agrees with the fact before it, so B publishes it
+// as known. Before, it was β times the rates the fleet published, 0.7 ×
+// (18 + B's), over 14 r/s: the refusal raised the fleet's limit. A
+// throttle within the window of the fact's own (a request let go in the
+// same episode) teaches no lower limit, and is not known.
+func TestFleetMemberFactIsWhatTheFleetWasServed(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		rate    float64       // each of the others published
+		after   time.Duration // from the fact's throttle to B's
+		episode bool
+	}{
+		{"another episode", 6, 5 * time.Second, false},
+		// The others leave B its share at once (see fleetShare): its
+		// requests go 400 ms apart, and one is refused in the window.
+		{"the fact's episode", 1, 1200 * time.Millisecond, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "hb.db")
+			synctest.Test(t, func(t *testing.T) {
+				const host, poll = "api.test", time.Second
+				var refuse atomic.Bool
+				base := newSendLog()
+				base.next = func(int) (int, http.Header) {
+					if refuse.CompareAndSwap(true, false) {
+						return http.StatusTooManyRequests, http.Header{}
+					}
+					return 0, nil
+				}
+				b := sharedTransportWith(t, base, WithConfig(Config{Store: StoreConfig{URL: path, PollInterval: poll}}),
+					withFleetTweaks(fleetTweaks{noSharedTurns: true}))
+				peer, err := OpenStore(path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer peer.Close()
+				t0 := time.Now() // the fleet's fact
+				publishPeers(t, peer, host, 3, c.rate, 2.5, 10, false)
+				ctx, cancel := context.WithCancel(context.Background())
+				wait := keepSending(ctx, []*Transport{b}, host, 50*time.Millisecond)
+				defer func() { cancel(); wait() }()
+				time.Sleep(c.after)
+				share := rateOf(b, host)
+				refuse.Store(true)
+				time.Sleep(3 * poll) // B was refused, and published the fact
+				states, err := peer.States(context.Background())
+				if err != nil {
+					t.Fatal(err)
+				}
+				var fact PublishedState
+				for _, s := range states {
+					if s.Host == host && s.FleetSource != "p1" && s.FleetLimit > 0 {
+						fact = s
+					}
+				}
+				since := fact.FleetThrottled.Sub(t0)
+				t.Logf("B paced %.2f r/s of the fleet's 10; its throttle %v after the fact's taught the fleet %.2f r/s (known %v)",
+					share, since, fact.FleetLimit, fact.FleetKnown)
+				if c.episode && fact.FleetLimit > 0 && since >= time.Duration(acceptWindow) {
+					t.Fatalf("B was throttled %v after the fact, not within its window", since)
+				}
+				switch served := 7.5 + share; {
+				case fact.FleetLimit == 0:
+					t.Fatal("B published no fact of its own after its throttle")
+				case c.episode && (fact.FleetLimit < 10 || fact.FleetKnown):
+					t.Errorf("a throttle in the fact's episode taught %.2f r/s, known %v; want the fact's 10, not known", fact.FleetLimit, fact.FleetKnown)
+				case !c.episode && (fact.FleetLimit > served*1.1 || fact.FleetLimit < 7):
+					t.Errorf("B's throttle taught %.2f r/s; the host served the fleet about %.2f (want within 10 %% over it, and at least β × 10)", fact.FleetLimit, served)
+				case !c.episode && !fact.FleetKnown:
+					t.Errorf("B's throttle taught %.2f r/s, which agrees with the fleet's 10 before it, and did not publish it as known", fact.FleetLimit)
+				}
+			})
+		})
+	}
+}
+
+// TestFleetMembersClimbByWhatTheFleetWasServed: B paces its share of a
+// fact that is not known (4 r/s among 4 processes, as the fleet's start
+// teaches: a bracket). B probes past it gently, by steps of 10 % held
+// while the host served the fleet more than its fact, as the others'
+// rows and B's own count tell. When the others say they were served 1.5
+// r/s each, B climbs a step or more; when they say 0.5, it stays within
+// one step. Before, B probed past a fact that was not known at CUBIC's
+// 20 %/s whatever the fleet was served: with a poll's lag, 24 processes
+// ran to twice the host's limit before they slowed down.
+func TestFleetMembersClimbByWhatTheFleetWasServed(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		served float64 // by each of the others
+		climb  bool
+	}{
+		{"served more", 1.5, true},
+		{"served less", 0.5, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "hb.db")
+			synctest.Test(t, func(t *testing.T) {
+				const host, poll = "api.test", time.Second
+				b := sharedTransportWith(t, cannedBase(http.StatusOK), WithConfig(Config{Store: StoreConfig{URL: path, PollInterval: poll}}),
+					withFleetTweaks(fleetTweaks{noSharedTurns: true}))
+				peer, err := OpenStore(path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer peer.Close()
+				publishPeers(t, peer, host, 3, 1, c.served, 4, false)
+				ctx, cancel := context.WithCancel(context.Background())
+				wait := keepSending(ctx, []*Transport{b}, host, 50*time.Millisecond)
+				defer func() { cancel(); wait() }()
+				time.Sleep(2 * poll) // B adopted its share
+				share := b.reg.host(host).lim.Load().status().lastMax
+				time.Sleep(12 * time.Second)
+				rate := rateOf(b, host)
+				t.Logf("share %.3f r/s; 12 s later B paces %.3f r/s (%.2f ×)", share, rate, rate/share)
+				if share < 0.9 || share > 1.1 {
+					t.Fatalf("B took %.3f r/s of 4 among 4 processes", share)
+				}
+				if c.climb && rate < 1.15*share {
+					t.Errorf("the fleet was served more than its fact, and B paces %.3f r/s 12 s later (%.2f × its share), want a step or more", rate, rate/share)
+				}
+				if !c.climb && rate > knownStep*share*1.001 {
+					t.Errorf("the fleet was served less than its fact, and B paces %.3f r/s 12 s later (%.2f × its share), want at most one step", rate, rate/share)
+				}
+				if rate > math.Pow(knownStep, 4)*share {
+					t.Errorf("B paces %.3f r/s 12 s after adopting its share %.3f: over four steps", rate, share)
+				}
+			})
+		})
+	}
+}
+
+// TestFleetMemberProbesPastATinyShare: B paces a share of a request every
+// 20 s (a fact of 1 r/s among 20 processes), has more to send, and the
+// others say the host served them their shares. B's probe past its share
+// goes to the step (1.1 ×): its fleet has the demand. A process alone's
+// is capped at twice the rate it measures itself sending, by 500 ms
+// buckets, which for a request every 20 s reads as nothing: before, the
+// cap held every member of such a fleet at its share, the fleet was
+// served no more than its fact, and no step was ever taken (48 processes
+// on nginx held a fact of 1.7 r/s of 5 for a whole run).
+func TestFleetMemberProbesPastATinyShare(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "hb.db")
+	synctest.Test(t, func(t *testing.T) {
+		const host, poll = "api.test", time.Second
+		b := sharedTransportWith(t, cannedBase(http.StatusOK), WithConfig(Config{Store: StoreConfig{URL: path, PollInterval: poll}}),
+			withFleetTweaks(fleetTweaks{noSharedTurns: true}))
+		peer, err := OpenStore(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer peer.Close()
+		publishPeers(t, peer, host, 19, 0.05, 0.05, 1, false) // served their shares: the fleet has the demand
+		ctx, cancel := context.WithCancel(context.Background())
+		wait := keepSending(ctx, []*Transport{b}, host, 50*time.Millisecond)
+		defer func() { cancel(); wait() }()
+		time.Sleep(2 * poll) // B adopted its share
+		share := b.reg.host(host).lim.Load().status().lastMax
+		time.Sleep(6 * time.Second) // past the curve's window and the probe to the step
+		rate := rateOf(b, host)
+		t.Logf("share %.4f r/s; 6 s later B paces %.4f r/s (%.2f ×)", share, rate, rate/share)
+		if share < 0.045 || share > 0.055 {
+			t.Fatalf("B took %.4f r/s of 1 among 20 processes", share)
+		}
+		if rate < 1.09*share || rate > knownStep*share*1.001 {
+			t.Errorf("6 s after adopting a share of %.4f r/s B paces %.4f r/s (%.2f ×), want the step, 1.1 ×", share, rate, rate/share)
+		}
+	})
+}
+
+// TestFleetRedivisionKeepsTheSteps: B paces its share of a fact (4 r/s
+// among 4 processes) and, the others saying the host served them more
+// than theirs, takes a step or more past it. Then one of the others stops
+// sending (its row expires): B takes its share again, of 3 processes, and
+// keeps the steps it took. Before, each redivision anchored the share of
+// the fact alone: on bbolt, whose processes poll slowly, the number of
+// processes sending moved every few seconds, and the fleet never got past
+// its fact (76.6 and 80.5 % served in two runs of 24 processes).
+func TestFleetRedivisionKeepsTheSteps(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "hb.db")
+	synctest.Test(t, func(t *testing.T) {
+		const host, poll = "api.test", time.Second
+		b := sharedTransportWith(t, cannedBase(http.StatusOK), WithConfig(Config{Store: StoreConfig{URL: path, PollInterval: poll}}),
+			withFleetTweaks(fleetTweaks{noSharedTurns: true}))
+		peer, err := OpenStore(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer peer.Close()
+		publishPeers(t, peer, host, 3, 1, 1.5, 4, false)
+		ctx, cancel := context.WithCancel(context.Background())
+		wait := keepSending(ctx, []*Transport{b}, host, 50*time.Millisecond)
+		defer func() { cancel(); wait() }()
+		time.Sleep(2 * poll) // B adopted its share
+		share := b.reg.host(host).lim.Load().status().lastMax
+		time.Sleep(10 * time.Second)
+		stepped := b.reg.host(host).lim.Load().status().lastMax
+		if stepped < knownStep*share*0.999 {
+			t.Fatalf("B's last max %.3f r/s 10 s after adopting a share of %.3f, the fleet served more than its fact: no step", stepped, share)
+		}
+		// p3 stops: its row (an hour's TTL here) is replaced by none.
+		if err := peer.PublishStates(context.Background(), "p3", nil, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * poll) // B took its share of 3 processes
+		after := b.reg.host(host).lim.Load().status().lastMax
+		t.Logf("share %.3f r/s of 4 processes, %.3f after the steps; among 3, last max %.3f (%.2f × 4/3)", share, stepped, after, after/(4.0/3))
+		if want := 4.0 / 3 * stepped / share; after < 0.99*want {
+			t.Errorf("among 3 processes B's last max is %.3f r/s, want %.3f: the share of 3 with the steps it took (%.2f ×)", after, want, stepped/share)
+		}
+	})
 }

@@ -614,14 +614,21 @@ type PublishedState struct {
 	// the store all together, in requests per second, 0 for none;
 	// FleetThrottled when the throttle it was learnt from came (wall
 	// clock; facts are merged by it, and expire 15 minutes after it), and
-	// FleetSource the process that saw that throttle. Sending is the
+	// FleetSource the process that saw that throttle; FleetKnown whether
+	// that process found the limit known: it agreed with the fact before
+	// it, and the fleet holds it rather than probe past it. Sending is the
 	// source's heartbeat on the host: it sent to it within the last few
-	// polls, so it counts among the processes that share FleetLimit. A
-	// reader trusts none of these blindly: see Transport's pull.
+	// polls, so it counts among the processes that share FleetLimit; and
+	// Served the rate at which the host served the source's requests over
+	// the last 2 s, in requests per second (0 for none), which the fleet
+	// adds up when one of its processes is throttled. A reader trusts none
+	// of these blindly: see Transport's pull.
 	FleetLimit     float64
 	FleetThrottled time.Time
 	FleetSource    string
+	FleetKnown     bool
 	Sending        bool
+	Served         float64
 }
 
 // OpenStore opens the store that url names:
@@ -773,7 +780,9 @@ type stateJSON struct {
 	FleetLimit     float64 `json:"fleet_limit,omitempty"`
 	FleetThrottled int64   `json:"fleet_throttled,omitempty"` // unix ns
 	FleetSource    string  `json:"fleet_source,omitempty"`
+	FleetKnown     bool    `json:"fleet_known,omitempty"`
 	Sending        bool    `json:"sending,omitempty"`
+	Served         float64 `json:"served,omitempty"`
 }
 
 type statesJSON struct {
@@ -803,9 +812,12 @@ func encodeStates(source string, states []PublishedState, expires time.Time) []b
 				SuccessThreshold: p.SuccessThreshold, TrialCalls: p.TrialCalls, Rate: p.Rate}
 		}
 		j.States[i].Sending = s.Sending
+		if s.Served > 0 {
+			j.States[i].Served = s.Served
+		}
 		if s.FleetLimit > 0 && !s.FleetThrottled.IsZero() {
 			j.States[i].FleetLimit, j.States[i].FleetThrottled = s.FleetLimit, s.FleetThrottled.UnixNano()
-			j.States[i].FleetSource = s.FleetSource
+			j.States[i].FleetSource, j.States[i].FleetKnown = s.FleetSource, s.FleetKnown
 		}
 	}
 	b, _ := json.Marshal(j)
@@ -848,9 +860,12 @@ func decodeStates(data []byte) (source string, states []PublishedState, expires 
 		// throttle's time, is no limit: it is left out (the row stays).
 		if validRate(s.FleetLimit) && s.FleetThrottled > 0 {
 			ps.FleetLimit, ps.FleetThrottled = s.FleetLimit, time.Unix(0, s.FleetThrottled)
-			ps.FleetSource = s.FleetSource
+			ps.FleetSource, ps.FleetKnown = s.FleetSource, s.FleetKnown
 		}
 		ps.Sending = s.Sending
+		if validRate(s.Served) {
+			ps.Served = s.Served // out of bounds: none
+		}
 		states = append(states, ps)
 	}
 	return j.Source, states, time.Unix(0, j.Expires), nil

@@ -63,6 +63,8 @@ func FuzzDecodeStates(f *testing.F) {
 		{Host: "[::1]:8080", State: StateHalfOpen, Reason: ReasonHalfOpenFull},
 		{Host: "b.example", State: StateOpen, ConfigHash: "abc", ConfiguredRate: 5,
 			Policy: Policy{FailMax: 4, ResetTimeout: time.Second, SuccessThreshold: 1, TrialCalls: 1, Rate: 2}},
+		{Host: "c.example", State: StateClosed, Rate: 0.2, LastMax: 0.25, Throttled: at, Sending: true, Served: 0.55,
+			FleetLimit: 4.5, FleetThrottled: at, FleetSource: "host-2/7", FleetKnown: true},
 	}, at.Add(time.Minute)))
 	for _, s := range []string{
 		``, `null`, `{}`, `{"v":1,"source":"s","expires":1,"states":null}`,
@@ -91,7 +93,8 @@ func FuzzDecodeStates(f *testing.F) {
 		for i, s := range states {
 			s2 := states2[i]
 			if s.Source != src || s2.Source != src2 || s.Host != s2.Host || s.Role != s2.Role ||
-				s.State != s2.State || s.Reason != s2.Reason || !s.Until.Equal(s2.Until) {
+				s.State != s2.State || s.Reason != s2.Reason || !s.Until.Equal(s2.Until) ||
+				s.Sending != s2.Sending || s.Served != s2.Served || s.FleetLimit != s2.FleetLimit || s.FleetKnown != s2.FleetKnown {
 				t.Fatalf("round trip changed state %d: %+v -> %+v", i, s, s2)
 			}
 		}
@@ -99,8 +102,8 @@ func FuzzDecodeStates(f *testing.F) {
 }
 
 // A published rate that no limiter could hold (below minRateBound or above
-// maxRate) is dropped when the states are read, with its LastMax; the
-// state itself is kept.
+// maxRate) is dropped when the states are read, with its LastMax; so is a
+// served rate out of those bounds; the state itself is kept.
 func TestDecodeStatesDropsRatesOutOfRange(t *testing.T) {
 	at := time.Unix(1700000000, 0)
 	for _, tc := range []struct {
@@ -117,7 +120,8 @@ func TestDecodeStatesDropsRatesOutOfRange(t *testing.T) {
 		{maxRate * 2, 0, false},
 		{-1, 0, false},
 	} {
-		data := encodeStates("s", []PublishedState{{Host: "a.test", State: StateClosed, Rate: tc.rate, LastMax: tc.lastMax, Throttled: at}}, at.Add(time.Minute))
+		data := encodeStates("s", []PublishedState{{Host: "a.test", State: StateClosed, Rate: tc.rate, LastMax: tc.lastMax, Throttled: at,
+			Served: tc.rate}}, at.Add(time.Minute))
 		_, states, _, err := decodeStates(data)
 		if err != nil || len(states) != 1 || states[0].Host != "a.test" {
 			t.Fatalf("decodeStates(%s) = %+v, %v", data, states, err)
@@ -125,6 +129,9 @@ func TestDecodeStatesDropsRatesOutOfRange(t *testing.T) {
 		s := states[0]
 		if tc.keep && (s.Rate != tc.rate || s.LastMax != tc.lastMax) || !tc.keep && (s.Rate != 0 || s.LastMax != 0 || !s.Throttled.IsZero()) {
 			t.Errorf("rate %v, last max %v: decoded %+v, want them kept: %v", tc.rate, tc.lastMax, s, tc.keep)
+		}
+		if keep := tc.rate == 0 || validRate(tc.rate); keep && s.Served != tc.rate || !keep && s.Served != 0 {
+			t.Errorf("served %v: decoded %v, want it kept: %v", tc.rate, s.Served, keep)
 		}
 	}
 }
