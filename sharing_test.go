@@ -1014,6 +1014,27 @@ func publishPeers(t *testing.T, peer Store, host string, n int, rate, served, li
 	}
 }
 
+// fleetMember starts a Transport B over base that shares the bbolt file
+// path (polled every second, pacing alone: no shared turns) with n other
+// processes whose rows a second handle on the file publishes (see
+// publishPeers: rate and served each, and the fleet's fact limit), and
+// keeps B sending to host every 50 ms. It runs in a synctest bubble; the
+// returned function stops B's sending.
+func fleetMember(t *testing.T, path string, base http.RoundTripper, host string, n int, rate, served, limit float64) (b *Transport, peer Store, stop func()) {
+	t.Helper()
+	b = sharedTransportWith(t, base, WithConfig(Config{Store: StoreConfig{URL: path, PollInterval: time.Second}}),
+		withFleetTweaks(fleetTweaks{noSharedTurns: true}))
+	peer, err := OpenStore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { peer.Close() })
+	publishPeers(t, peer, host, n, rate, served, limit, false)
+	ctx, cancel := context.WithCancel(context.Background())
+	wait := keepSending(ctx, []*Transport{b}, host, 50*time.Millisecond)
+	return b, peer, func() { cancel(); wait() }
+}
+
 // TestFleetMemberFactIsWhatTheFleetWasServed: B paces its share of the
 // fleet's fact (10 r/s among 4 processes) when the host refuses it. The
 // other three publish that they pace 6 r/s each (their rows overstate what
@@ -1049,18 +1070,9 @@ func TestFleetMemberFactIsWhatTheFleetWasServed(t *testing.T) {
 					}
 					return 0, nil
 				}
-				b := sharedTransportWith(t, base, WithConfig(Config{Store: StoreConfig{URL: path, PollInterval: poll}}),
-					withFleetTweaks(fleetTweaks{noSharedTurns: true}))
-				peer, err := OpenStore(path)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer peer.Close()
 				t0 := time.Now() // the fleet's fact
-				publishPeers(t, peer, host, 3, c.rate, 2.5, 10, false)
-				ctx, cancel := context.WithCancel(context.Background())
-				wait := keepSending(ctx, []*Transport{b}, host, 50*time.Millisecond)
-				defer func() { cancel(); wait() }()
+				b, peer, stop := fleetMember(t, path, base, host, 3, c.rate, 2.5, 10)
+				defer stop()
 				time.Sleep(c.after)
 				share := rateOf(b, host)
 				refuse.Store(true)
@@ -1118,17 +1130,8 @@ func TestFleetMembersClimbByWhatTheFleetWasServed(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "hb.db")
 			synctest.Test(t, func(t *testing.T) {
 				const host, poll = "api.test", time.Second
-				b := sharedTransportWith(t, cannedBase(http.StatusOK), WithConfig(Config{Store: StoreConfig{URL: path, PollInterval: poll}}),
-					withFleetTweaks(fleetTweaks{noSharedTurns: true}))
-				peer, err := OpenStore(path)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer peer.Close()
-				publishPeers(t, peer, host, 3, 1, c.served, 4, false)
-				ctx, cancel := context.WithCancel(context.Background())
-				wait := keepSending(ctx, []*Transport{b}, host, 50*time.Millisecond)
-				defer func() { cancel(); wait() }()
+				b, _, stop := fleetMember(t, path, cannedBase(http.StatusOK), host, 3, 1, c.served, 4)
+				defer stop()
 				time.Sleep(2 * poll) // B adopted its share
 				share := b.reg.host(host).lim.Load().status().lastMax
 				time.Sleep(12 * time.Second)
@@ -1164,17 +1167,9 @@ func TestFleetMemberProbesPastATinyShare(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "hb.db")
 	synctest.Test(t, func(t *testing.T) {
 		const host, poll = "api.test", time.Second
-		b := sharedTransportWith(t, cannedBase(http.StatusOK), WithConfig(Config{Store: StoreConfig{URL: path, PollInterval: poll}}),
-			withFleetTweaks(fleetTweaks{noSharedTurns: true}))
-		peer, err := OpenStore(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer peer.Close()
-		publishPeers(t, peer, host, 19, 0.05, 0.05, 1, false) // served their shares: the fleet has the demand
-		ctx, cancel := context.WithCancel(context.Background())
-		wait := keepSending(ctx, []*Transport{b}, host, 50*time.Millisecond)
-		defer func() { cancel(); wait() }()
+		// The others were served their shares: the fleet has the demand.
+		b, _, stop := fleetMember(t, path, cannedBase(http.StatusOK), host, 19, 0.05, 0.05, 1)
+		defer stop()
 		time.Sleep(2 * poll) // B adopted its share
 		share := b.reg.host(host).lim.Load().status().lastMax
 		time.Sleep(6 * time.Second) // past the curve's window and the probe to the step
@@ -1201,17 +1196,8 @@ func TestFleetRedivisionKeepsTheSteps(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "hb.db")
 	synctest.Test(t, func(t *testing.T) {
 		const host, poll = "api.test", time.Second
-		b := sharedTransportWith(t, cannedBase(http.StatusOK), WithConfig(Config{Store: StoreConfig{URL: path, PollInterval: poll}}),
-			withFleetTweaks(fleetTweaks{noSharedTurns: true}))
-		peer, err := OpenStore(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer peer.Close()
-		publishPeers(t, peer, host, 3, 1, 1.5, 4, false)
-		ctx, cancel := context.WithCancel(context.Background())
-		wait := keepSending(ctx, []*Transport{b}, host, 50*time.Millisecond)
-		defer func() { cancel(); wait() }()
+		b, peer, stop := fleetMember(t, path, cannedBase(http.StatusOK), host, 3, 1, 1.5, 4)
+		defer stop()
 		time.Sleep(2 * poll) // B adopted its share
 		share := b.reg.host(host).lim.Load().status().lastMax
 		time.Sleep(10 * time.Second)
