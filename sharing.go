@@ -485,7 +485,12 @@ func (t *Transport) publish(ctx context.Context) {
 			if lim := h.lim.Load(); lim != nil {
 				ls := lim.status()
 				ps.Rate, ps.LastMax = ls.rate, ls.lastMax
-				ps.Served, _ = lim.served(t.now())
+				if fh := sh.fleetHosts[s.Host]; fh != nil && fh.fact.limit > 0 && sending[s.Host] {
+					// Only where the fleet uses it (pullFleetRates): a
+					// count moves at every poll, and a row that changes is
+					// written, and read by every process, again.
+					ps.Served, _ = lim.served(t.now())
+				}
 				if ls.throttled != 0 {
 					ps.Throttled = time.Unix(0, ls.throttled)
 				}

@@ -620,9 +620,10 @@ type PublishedState struct {
 	// source's heartbeat on the host: it sent to it within the last few
 	// polls, so it counts among the processes that share FleetLimit; and
 	// Served the rate at which the host served the source's requests over
-	// the last 2 s, in requests per second (0 for none), which the fleet
-	// adds up when one of its processes is throttled. A reader trusts none
-	// of these blindly: see Transport's pull.
+	// the last 2 s, in requests per second, which the fleet adds up (0 for
+	// none, and in rows of hosts the source does not send to or the fleet
+	// learnt no limit of). A reader trusts none of these blindly: see
+	// Transport's pull.
 	FleetLimit     float64
 	FleetThrottled time.Time
 	FleetSource    string
