@@ -762,7 +762,7 @@ func (l *limiter) growLocked(now int64) {
 }
 
 // gentleLocked reports whether the limiter probes past its last max in
-// steps (knownProbe up to knownStep, each held for stepHold): when the
+// steps (knownProbe up to knownStep, each held for stepHoldLocked): when the
 // limit is known, and for a fleet's member, whose fleet learns of a
 // refusal a poll late (CUBIC's probe of 20 %/s ran 24 processes to twice
 // the host's limit before they slowed down).
