@@ -645,3 +645,61 @@ func TestFleetStartIsOverOnceALimiterPaces(t *testing.T) {
 		}
 	})
 }
+
+// TestFleetStartFactIsTheStartsBracket: B and a peer take part in the
+// fleet's start at a host, which the peer stops; B's next request joins
+// the start's fact and is refused. The fact B's throttle teaches the
+// fleet is the start's bracket, and B publishes it so (FleetStart): a
+// fact that agrees with it will not be known. Before, B flagged it only
+// when the bracket was above its own limiter's last max times the
+// processes, and the limiter that joinStart gave its share of the bracket
+// gave the bracket again: in traced runs of 24 processes no copy of the
+// start's fact said it was the start's.
+func TestFleetStartFactIsTheStartsBracket(t *testing.T) {
+	turnStores(t, func(t *testing.T, url string) {
+		const host = "api.test"
+		var refuse atomic.Bool
+		log := newSendLog()
+		log.next = func(int) (int, http.Header) {
+			if refuse.Load() {
+				return http.StatusTooManyRequests, http.Header{}
+			}
+			return 0, nil
+		}
+		b := sharedTransportWith(t, log, WithConfig(Config{Store: StoreConfig{URL: url, Required: true, PollInterval: 100 * time.Millisecond}}))
+		ctx := context.Background()
+		if err := send(ctx, b, host); err != nil { // B takes part in the start
+			t.Fatal(err)
+		}
+		peer := openTurnStore(t, url)
+		if _, err := peer.(starter).startTurn(ctx, host, "peer", startTake, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second)
+		if r, err := peer.(starter).startTurn(ctx, host, "peer", startStop, 0); err != nil || r.procs != 2 {
+			t.Fatalf("peer's stop: %+v, %v; want 2 processes", r, err)
+		}
+		refuse.Store(true)
+		send(ctx, b, host) // B joins the fact, and is refused
+		var fact PublishedState
+		for deadline := time.Now().Add(5 * time.Second); fact.FleetLimit == 0; time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("B published no fact within 5 s of its throttle")
+			}
+			states, err := peer.States(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, s := range states {
+				if s.Host == host && s.FleetLimit > 0 {
+					fact = s
+				}
+			}
+		}
+		t.Logf("B's fact: %.2f r/s, from %s, the start's %v, known %v", fact.FleetLimit, fact.FleetSource, fact.FleetStart, fact.FleetKnown)
+		if !fact.FleetStart || fact.FleetKnown {
+			t.Errorf("B published the fact its throttle after the start taught (%.2f r/s) as the start's %v, known %v; want the start's, not known",
+				fact.FleetLimit, fact.FleetStart, fact.FleetKnown)
+		}
+	})
+}

@@ -998,15 +998,15 @@ func TestFleetHoldsAgreeingFacts(t *testing.T) {
 // publishPeers publishes, through the store handle peer, rows of n
 // processes ("p1" to "pn") sending to host at rate each, served at served
 // each (PublishedState.Served), and, from p1, the fleet's fact limit
-// learnt now (known as given).
-func publishPeers(t *testing.T, peer Store, host string, n int, rate, served, limit float64, known bool) {
+// learnt now, not known, and the bracket of the fleet's start if start.
+func publishPeers(t *testing.T, peer Store, host string, n int, rate, served, limit float64, start bool) {
 	t.Helper()
 	now := time.Now()
 	for i := 1; i <= n; i++ {
 		src := fmt.Sprintf("p%d", i)
 		ps := PublishedState{Host: host, State: StateClosed, Sending: true, Rate: rate, LastMax: rate, Throttled: now, Served: served}
 		if i == 1 {
-			ps.FleetLimit, ps.FleetThrottled, ps.FleetSource, ps.FleetKnown = limit, now, src, known
+			ps.FleetLimit, ps.FleetThrottled, ps.FleetSource, ps.FleetStart = limit, now, src, start
 		}
 		if err := peer.PublishStates(context.Background(), src, []PublishedState{ps}, time.Hour); err != nil {
 			t.Fatal(err)
@@ -1045,18 +1045,26 @@ func fleetMember(t *testing.T, path string, base http.RoundTripper, host string,
 // as known. Before, it was β times the rates the fleet published, 0.7 ×
 // (18 + B's), over 14 r/s: the refusal raised the fleet's limit. A
 // throttle within the window of the fact's own (a request let go in the
-// same episode) teaches no lower limit, and is not known.
+// same episode) teaches no lower limit, and is not known. A fact that
+// agrees with the bracket of the fleet's start is not known either: the
+// bracket is not a measure, and what the fleet was served just after it
+// is what the bracket let through (before, a fleet of 48 held such a
+// fact for 10 s at 4.2 r/s of nginx's 5); a throttle in the start's
+// episode is still the start's bracket.
 func TestFleetMemberFactIsWhatTheFleetWasServed(t *testing.T) {
 	for _, c := range []struct {
 		name    string
 		rate    float64       // each of the others published
 		after   time.Duration // from the fact's throttle to B's
 		episode bool
+		start   bool // the fact before B's is the start's bracket
 	}{
-		{"another episode", 6, 5 * time.Second, false},
+		{"another episode", 6, 5 * time.Second, false, false},
 		// The others leave B its share at once (see fleetShare): its
 		// requests go 400 ms apart, and one is refused in the window.
-		{"the fact's episode", 1, 1200 * time.Millisecond, true},
+		{"the fact's episode", 1, 1200 * time.Millisecond, true, false},
+		{"after the start's bracket", 6, 5 * time.Second, false, true},
+		{"the start's episode", 1, 1200 * time.Millisecond, true, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "hb.db")
@@ -1073,6 +1081,9 @@ func TestFleetMemberFactIsWhatTheFleetWasServed(t *testing.T) {
 				t0 := time.Now() // the fleet's fact
 				b, peer, stop := fleetMember(t, path, base, host, 3, c.rate, 2.5, 10)
 				defer stop()
+				if c.start {
+					publishPeers(t, peer, host, 3, c.rate, 2.5, 10, true) // the same rows, at the same time, flagged
+				}
 				time.Sleep(c.after)
 				share := rateOf(b, host)
 				refuse.Store(true)
@@ -1100,8 +1111,13 @@ func TestFleetMemberFactIsWhatTheFleetWasServed(t *testing.T) {
 					t.Errorf("a throttle in the fact's episode taught %.2f r/s, known %v; want the fact's 10, not known", fact.FleetLimit, fact.FleetKnown)
 				case !c.episode && (fact.FleetLimit > served*1.1 || fact.FleetLimit < 7):
 					t.Errorf("B's throttle taught %.2f r/s; the host served the fleet about %.2f (want within 10 %% over it, and at least β × 10)", fact.FleetLimit, served)
-				case !c.episode && !fact.FleetKnown:
+				case !c.episode && !c.start && !fact.FleetKnown:
 					t.Errorf("B's throttle taught %.2f r/s, which agrees with the fleet's 10 before it, and did not publish it as known", fact.FleetLimit)
+				case c.episode && fact.FleetStart != c.start:
+					t.Errorf("a throttle in the fact's episode published the start's flag %v, want the fact's, %v", fact.FleetStart, c.start)
+				case c.start && !c.episode && (fact.FleetKnown || fact.FleetStart):
+					t.Errorf("B's throttle taught %.2f r/s after the start's bracket of 10, known %v, the start's %v; want neither",
+						fact.FleetLimit, fact.FleetKnown, fact.FleetStart)
 				}
 			})
 		})

@@ -616,7 +616,10 @@ type PublishedState struct {
 	// clock; facts are merged by it, and expire 15 minutes after it), and
 	// FleetSource the process that saw that throttle; FleetKnown whether
 	// that process found the limit known: it agreed with the fact before
-	// it, and the fleet holds it rather than probe past it. Sending is the
+	// it, and the fleet holds it rather than probe past it; FleetStart
+	// whether the limit is the bracket that stopped the fleet's start at
+	// the host rather than a measure: it is never known, nor is a limit
+	// that agrees with it. Sending is the
 	// source's heartbeat on the host: it sent to it within the last few
 	// polls, so it counts among the processes that share FleetLimit; and
 	// Served the rate at which the host served the source's requests over
@@ -628,6 +631,7 @@ type PublishedState struct {
 	FleetThrottled time.Time
 	FleetSource    string
 	FleetKnown     bool
+	FleetStart     bool
 	Sending        bool
 	Served         float64
 }
@@ -782,6 +786,7 @@ type stateJSON struct {
 	FleetThrottled int64   `json:"fleet_throttled,omitempty"` // unix ns
 	FleetSource    string  `json:"fleet_source,omitempty"`
 	FleetKnown     bool    `json:"fleet_known,omitempty"`
+	FleetStart     bool    `json:"fleet_start,omitempty"`
 	Sending        bool    `json:"sending,omitempty"`
 	Served         float64 `json:"served,omitempty"`
 }
@@ -818,7 +823,7 @@ func encodeStates(source string, states []PublishedState, expires time.Time) []b
 		}
 		if s.FleetLimit > 0 && !s.FleetThrottled.IsZero() {
 			j.States[i].FleetLimit, j.States[i].FleetThrottled = s.FleetLimit, s.FleetThrottled.UnixNano()
-			j.States[i].FleetSource, j.States[i].FleetKnown = s.FleetSource, s.FleetKnown
+			j.States[i].FleetSource, j.States[i].FleetKnown, j.States[i].FleetStart = s.FleetSource, s.FleetKnown, s.FleetStart
 		}
 	}
 	b, _ := json.Marshal(j)
@@ -861,7 +866,7 @@ func decodeStates(data []byte) (source string, states []PublishedState, expires 
 		// throttle's time, is no limit: it is left out (the row stays).
 		if validRate(s.FleetLimit) && s.FleetThrottled > 0 {
 			ps.FleetLimit, ps.FleetThrottled = s.FleetLimit, time.Unix(0, s.FleetThrottled)
-			ps.FleetSource, ps.FleetKnown = s.FleetSource, s.FleetKnown
+			ps.FleetSource, ps.FleetKnown, ps.FleetStart = s.FleetSource, s.FleetKnown, s.FleetStart
 		}
 		ps.Sending = s.Sending
 		if validRate(s.Served) {

@@ -65,6 +65,8 @@ func FuzzDecodeStates(f *testing.F) {
 			Policy: Policy{FailMax: 4, ResetTimeout: time.Second, SuccessThreshold: 1, TrialCalls: 1, Rate: 2}},
 		{Host: "c.example", State: StateClosed, Rate: 0.2, LastMax: 0.25, Throttled: at, Sending: true, Served: 0.55,
 			FleetLimit: 4.5, FleetThrottled: at, FleetSource: "host-2/7", FleetKnown: true},
+		{Host: "d.example", State: StateClosed, Sending: true,
+			FleetLimit: 4.25, FleetThrottled: at, FleetSource: "host-3/9", FleetStart: true},
 	}, at.Add(time.Minute)))
 	for _, s := range []string{
 		``, `null`, `{}`, `{"v":1,"source":"s","expires":1,"states":null}`,
@@ -94,7 +96,7 @@ func FuzzDecodeStates(f *testing.F) {
 			s2 := states2[i]
 			if s.Source != src || s2.Source != src2 || s.Host != s2.Host || s.Role != s2.Role ||
 				s.State != s2.State || s.Reason != s2.Reason || !s.Until.Equal(s2.Until) ||
-				s.Sending != s2.Sending || s.Served != s2.Served || s.FleetLimit != s2.FleetLimit || s.FleetKnown != s2.FleetKnown {
+				s.Sending != s2.Sending || s.Served != s2.Served || s.FleetLimit != s2.FleetLimit || s.FleetKnown != s2.FleetKnown || s.FleetStart != s2.FleetStart {
 				t.Fatalf("round trip changed state %d: %+v -> %+v", i, s, s2)
 			}
 		}
