@@ -646,6 +646,64 @@ func TestFleetStartIsOverOnceALimiterPaces(t *testing.T) {
 	})
 }
 
+// TestFleetStartRateHoldsWhileTheRowsComeIn: B and 23 other processes take
+// part in the fleet's start at a host, which one of them stops after a
+// second. B joins the fleet's first fact (a quarter of the rate reached,
+// about 4 r/s), and its poll then shows one other process's row, sending
+// at 0.02 r/s: the others' rows come in over a poll or two. Sending all
+// it can for 1.5 s, B takes the bucket's turns at the start's fleet-wide
+// rate. Before, it took them at its own share plus the rows it saw, 0.19
+// r/s: its first turn booked the bucket 5 s ahead for every process (24
+// processes on bbolt sent nothing for 3 s after the start). Real time
+// (the stores' clocks), bounds generous.
+func TestFleetStartRateHoldsWhileTheRowsComeIn(t *testing.T) {
+	turnStores(t, func(t *testing.T, url string) {
+		const host, procs = "api.test", 24
+		log := newSendLog()
+		b := sharedTransportWith(t, log, WithConfig(Config{Store: StoreConfig{URL: url, Required: true, PollInterval: 100 * time.Millisecond}}))
+		ctx := context.Background()
+		if err := send(ctx, b, host); err != nil { // B takes part in the start
+			t.Fatal(err)
+		}
+		peer := openTurnStore(t, url)
+		for i := 1; i < procs; i++ {
+			if _, err := peer.(starter).startTurn(ctx, host, fmt.Sprintf("p%d", i), startTake, time.Minute); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(time.Second)
+		r, err := peer.(starter).startTurn(ctx, host, "p1", startStop, 0)
+		if err != nil || r.procs != procs {
+			t.Fatalf("p1's stop: %+v, %v; want %d processes", r, err, procs)
+		}
+		if err := send(ctx, b, host); err != nil { // B joins the fact
+			t.Fatal(err)
+		}
+		err = peer.PublishStates(ctx, "p1", []PublishedState{{
+			Host: host, State: StateClosed, Sending: true, Rate: 0.02, LastMax: 0.02, Throttled: time.Now(),
+			FleetLimit: r.reached / 4, FleetThrottled: time.Now(), FleetSource: "p1", FleetStart: true,
+		}}, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			if fr, ok := b.fleetRate(host); ok && fr.others > 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("B's polls did not show p1's row within 2 s")
+			}
+		}
+		before := len(log.sent())
+		crawl(t, b, "https://"+host+"/", 2, 1500*time.Millisecond)
+		sent := len(log.sent()) - before
+		t.Logf("the start reached %.1f r/s (fact %.2f, B's share %.3f); B sent %d requests in 1.5 s", r.reached, r.reached/4, r.reached/4/procs, sent)
+		if want := int(r.reached / 4 * 1.5 / 2); sent < want {
+			t.Errorf("B sent %d requests in 1.5 s after the start stopped at %.1f r/s: want at least %d (half the fact's rate)", sent, r.reached, want)
+		}
+	})
+}
+
 // TestFleetStartFactIsTheStartsBracket: B and a peer take part in the
 // fleet's start at a host, which the peer stops; B's next request joins
 // the start's fact and is refused. The fact B's throttle teaches the
