@@ -73,9 +73,9 @@ func (t *Transport) sharedTurn(ctx context.Context, e *entry, lim *limiter, now,
 		// The processes of a stopped start, before their polls show them
 		// all to each other: a poll that shows a few of them says the
 		// fleet sends at their rates, and one turn at that rate books the
-		// bucket seconds ahead for every process (a process that saw one
-		// other's row at 0.02 r/s gave a turn 4.5 s long, and 24
-		// processes on bbolt sent nothing for 3 s after the start).
+		// bucket seconds ahead for every process (a process whose poll
+		// showed rows adding up to 0.02 r/s gave a turn 6.6 s long, and
+		// 24 processes on bbolt sent nothing for 2–4 s after the start).
 		fleet = max(fleet, as.rate)
 	}
 	if fleet >= sharedTurnMaxRate {

@@ -654,7 +654,7 @@ func TestFleetStartIsOverOnceALimiterPaces(t *testing.T) {
 // it can for 1.5 s, B takes the bucket's turns at the start's fleet-wide
 // rate. Before, it took them at its own share plus the rows it saw, 0.19
 // r/s: its first turn booked the bucket 5 s ahead for every process (24
-// processes on bbolt sent nothing for 3 s after the start). Real time
+// processes on bbolt sent nothing for 2–4 s after the start). Real time
 // (the stores' clocks), bounds generous.
 func TestFleetStartRateHoldsWhileTheRowsComeIn(t *testing.T) {
 	turnStores(t, func(t *testing.T, url string) {
