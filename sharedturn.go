@@ -69,6 +69,18 @@ func (t *Transport) sharedTurn(ctx context.Context, e *entry, lim *limiter, now,
 		t.emitRate(e.host.name, ch)
 	}
 	fleet := rate + fr.others
+	if ok && fr.others > 0 {
+		// The rates the other processes published lag: a process that
+		// joined the fleet's fact at its last poll still shows the rate
+		// it had before, and a row comes in a poll or two after its
+		// process began to send. A turn at the sum of a few small rates
+		// books the bucket seconds ahead for every process (a process
+		// whose first poll with the fact showed the others at 0.07 r/s
+		// in all gave turns 2 s long, and 48 processes on Redis sent
+		// 0–1 r/s of nginx's 5 for a second or two): the fleet sends at
+		// β times its limit at least, what a throttle lowers it to.
+		fleet = max(fleet, cubicBeta*fr.limit)
+	}
 	if as != nil && now < as.until {
 		// The processes of a stopped start, before their polls show them
 		// all to each other: a poll that shows a few of them says the

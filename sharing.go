@@ -881,13 +881,15 @@ const (
 // fleet its limit came (wall unix ns); and the rates that the other
 // processes sending to the host published, all together (0 when none
 // does), with which it paces the fleet's shared bucket (see
-// Transport.sharedTurn).
+// Transport.sharedTurn), and the fleet's limit, which floors the bucket's
+// rate.
 type fleetRate struct {
 	rate      float64
 	floor     float64
 	throttled int64
 	others    float64
-	known     bool // the fleet's fact is known: see fleetHost.known
+	limit     float64 // the fleet's fact: the rate the host allows all its processes together
+	known     bool    // the fleet's fact is known: see fleetHost.known
 }
 
 // fleetFact is the fleet's learnt limit of one host: the rate the host
@@ -1247,7 +1249,7 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 			continue
 		}
 		sh.fleetHosts[host] = fh
-		fr := fleetRate{rate: t.fleetShare(fh, x, n, wallNow), throttled: fh.fact.throttled, others: x.othersRate(), known: fh.known}
+		fr := fleetRate{rate: t.fleetShare(fh, x, n, wallNow), throttled: fh.fact.throttled, others: x.othersRate(), limit: fh.fact.limit, known: fh.known}
 		fr.floor = minRateOf(t.resolve(host, "")) / float64(n)
 		fleet[host] = fr
 		if fh.fact.source == sh.source && fh.adoptedAt != fh.fact.throttled {
