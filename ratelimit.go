@@ -72,8 +72,16 @@ const (
 	// which the fleet adds up (see stepServedLocked). A fleet at its
 	// start's fact of 4.5 r/s, a host's 5 less a tenth, climbed a step in
 	// 7 s with stepHold and spent most of the benchmark's 30 s under it.
-	memberStepHold = 2.0  // s
-	knownNoise     = 0.95 // a throttle at the known limit when the host served this share of the last 2 s is noise
+	memberStepHold = 2.0 // s
+	// bracketProbe and bracketStepHold are knownProbe and memberStepHold
+	// for a fleet's member whose limit is the bracket of the fleet's
+	// start: the rate the start had reached two doublings before its
+	// first refusal, which the host served, and so under its limit. At
+	// knownProbe, steps held memberStepHold, 24 processes climbed from a
+	// bracket of 3.8 r/s to nginx's 5 in 10–13 s (94.3 % served).
+	bracketProbe    = 0.1
+	bracketStepHold = 1.0  // s
+	knownNoise      = 0.95 // a throttle at the known limit when the host served this share of the last 2 s is noise
 
 	// costlyMargin is how far under what the host served a costly throttle
 	// (one with a cooldown, which costs the host's whole pause) anchors:
@@ -142,6 +150,7 @@ type limiter struct {
 	lastMax    float64 // the rate a throttle was anchored on (CUBIC's Wmax)
 	known      bool    // the last two throttles agreed on the limit: hold it
 	member     bool    // it paces a share of a fleet's learnt limit among other processes: it probes past it gently
+	bracket    bool    // a member's limit is the bracket of the fleet's start: it probes past it sooner (stepProbeLocked)
 	steps      int     // the steps past the last max taken since it was last anchored (see growLocked)
 	fleetAvg   float64 // what the host served the fleet's processes, per process, as of the last poll; 0: unknown
 	informed   bool    // the last anchor counted knownSamples successes
@@ -736,7 +745,7 @@ func (l *limiter) growLocked(now int64) {
 	}
 	// When the probe past a known limit reaches its step, in s since
 	// curveAt.
-	if step := l.window + l.holdLocked() + math.Log(knownStep)/knownProbe; l.gentleLocked() && float64(now-l.curveAt)/1e9 >= step+l.stepHoldLocked() {
+	if step := l.window + l.holdLocked() + math.Log(knownStep)/l.stepProbeLocked(); l.gentleLocked() && float64(now-l.curveAt)/1e9 >= step+l.stepHoldLocked() {
 		// The probe held its step for stepHold. If the host served more
 		// than the last max meanwhile, the step is the limit now and the
 		// probe goes on from it; if not (the client did not need more,
@@ -762,10 +771,10 @@ func (l *limiter) growLocked(now int64) {
 }
 
 // gentleLocked reports whether the limiter probes past its last max in
-// steps (knownProbe up to knownStep, each held for stepHoldLocked): when the
-// limit is known, and for a fleet's member, whose fleet learns of a
-// refusal a poll late (CUBIC's probe of 20 %/s ran 24 processes to twice
-// the host's limit before they slowed down).
+// steps (by stepProbeLocked up to knownStep, each held for
+// stepHoldLocked): when the limit is known, and for a fleet's member,
+// whose fleet learns of a refusal a poll late (CUBIC's probe of 20 %/s
+// ran 24 processes to twice the host's limit before they slowed down).
 func (l *limiter) gentleLocked() bool {
 	return l.known || l.member
 }
@@ -798,12 +807,27 @@ func (l *limiter) fleetDemandLocked() bool {
 
 // stepHoldLocked returns how long, in s, the limiter holds a step before
 // it tells whether the step is the limit now: stepHold, or for a fleet's
-// member whose limit is not known, memberStepHold.
+// member whose limit is not known, memberStepHold (bracketStepHold for
+// the fleet start's bracket).
 func (l *limiter) stepHoldLocked() float64 {
-	if l.member && !l.known {
+	switch {
+	case l.member && !l.known && l.bracket:
+		return bracketStepHold
+	case l.member && !l.known:
 		return memberStepHold
 	}
 	return stepHold
+}
+
+// stepProbeLocked returns how fast, per second (compounded), the limiter
+// probes past its last max to the next step when it probes in steps (see
+// gentleLocked): knownProbe, or bracketProbe for a fleet's member whose
+// limit is the fleet start's bracket and not known.
+func (l *limiter) stepProbeLocked() float64 {
+	if l.member && !l.known && l.bracket {
+		return bracketProbe
+	}
+	return knownProbe
 }
 
 // stepServedLocked returns what the host served over the last 2 s, to
@@ -819,12 +843,13 @@ func (l *limiter) stepServedLocked(now int64) float64 {
 }
 
 // setFleet says whether the limiter paces a share of the fleet's learnt
-// limit of its host among other processes (member), and what the host
-// served the fleet's processes, per process (0: unknown), as the last poll
-// read them (see gentleLocked, stepServedLocked).
-func (l *limiter) setFleet(member bool, perProc float64) {
+// limit of its host among other processes (member), whether that limit is
+// the bracket of the fleet's start (bracket), and what the host served
+// the fleet's processes, per process (0: unknown), as the last poll read
+// them (see gentleLocked, stepServedLocked, stepProbeLocked).
+func (l *limiter) setFleet(member, bracket bool, perProc float64) {
 	l.mu.Lock()
-	l.member, l.fleetAvg = member, perProc
+	l.member, l.bracket, l.fleetAvg = member, member && bracket, perProc
 	l.mu.Unlock()
 }
 
@@ -841,8 +866,9 @@ func (l *limiter) probeLocked() float64 {
 // cubicLocked returns the rate of a learning limiter at now, t in s since
 // the last throttle: C·(t−K)³ + lastMax, CUBIC's concave curve, up to
 // lastMax at K; past it, a probe growing by probeLocked per second
-// (compounded), or, once the limit is known, lastMax for knownHold and then
-// a probe by knownProbe up to knownStep·lastMax; in slow start, the
+// (compounded), or, once the limit is known or for a fleet's member, in
+// steps: lastMax for holdLocked and then a probe by stepProbeLocked up to
+// knownStep·lastMax; in slow start, the
 // lowered rate doubling every l.doubling seconds.
 func (l *limiter) cubicLocked(now int64) float64 {
 	t := float64(now-l.curveAt) / 1e9
@@ -852,7 +878,7 @@ func (l *limiter) cubicLocked(now int64) float64 {
 	case l.slowStart:
 		return l.betaLocked() * l.lastMax * math.Exp2(t/l.doubling)
 	case l.gentleLocked() && t > l.window:
-		return l.lastMax * min(math.Exp(knownProbe*max(t-l.window-l.holdLocked(), 0)), knownStep)
+		return l.lastMax * min(math.Exp(l.stepProbeLocked()*max(t-l.window-l.holdLocked(), 0)), knownStep)
 	case t > l.window:
 		return l.lastMax * math.Exp(l.probeLocked()*max(t-l.window-l.plateau, 0))
 	}
@@ -877,7 +903,7 @@ func (l *limiter) recheckLocked(now int64) int64 {
 	case l.gentleLocked() && r > knownStep*l.lastMax:
 		return 0 // the step is as far as it goes
 	case l.gentleLocked() && r > l.lastMax:
-		t = l.window + l.holdLocked() + math.Log(r/l.lastMax)/knownProbe
+		t = l.window + l.holdLocked() + math.Log(r/l.lastMax)/l.stepProbeLocked()
 	case r > l.lastMax:
 		t = l.window + l.plateau + math.Log(r/l.lastMax)/l.probeLocked()
 	default:

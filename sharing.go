@@ -1225,7 +1225,7 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 			delete(sh.fleetHosts, host)
 			if lim != nil {
 				lim.setPhase(0, 0)
-				lim.setFleet(false, 0)
+				lim.setFleet(false, false, 0)
 				if !sh.tweaks.ownSlowStart {
 					// The process with the least name of those learning
 					// probes for the fleet.
@@ -1261,7 +1261,7 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 			continue
 		}
 		recent, _ := lim.served(now)
-		lim.setFleet(n > 1, (recent+x.othersServed())/float64(n))
+		lim.setFleet(n > 1, fh.fact.start, (recent+x.othersServed())/float64(n))
 		if !sh.tweaks.noPhase && n > 1 {
 			lim.setPhase(sh.phase, wall-now)
 		} else {
