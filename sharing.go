@@ -873,6 +873,18 @@ const (
 	// joinerShare is the least share a process takes of the fleet's limit
 	// while the other processes do not count it yet (see fleetShare).
 	joinerShare = 0.05
+
+	// knownGap is how far apart two facts' throttles must be for the
+	// second to be known by agreeing with the first (see pullFleetRates):
+	// the refusals that follow a fact for a poll or two, while the fleet's
+	// processes adopt it (bbolt's poll every second or two), and those of
+	// a host draining its burst after the fleet's start, come a second or
+	// two apart and measure one episode, each at what the fleet was
+	// served while it slowed down. With facts 2 s apart, a start's
+	// aftermath of 24 processes on bbolt made facts of 3.9, 4.6 and 4.4
+	// r/s in 3 s (nginx allows 5), and two such that agreed were held as
+	// known.
+	knownGap = int64(5 * time.Second)
 )
 
 // fleetRate is this process's part of what the processes sharing the
@@ -1192,9 +1204,9 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 				fromStart = true
 			}
 			// Known: it agrees with the fact before it, learnt from
-			// another episode (the start's reply throttles several of its
-			// processes at once, and each one's copy of its fact would
-			// agree with the first). The start's fact is a bracket, not a
+			// another episode, knownGap or more before (the start's reply
+			// throttles several of its processes at once, and each one's
+			// copy of its fact would agree with the first). The start's fact is a bracket, not a
 			// measure: it is never known, and a fact that agrees with it
 			// is not either (a refusal in the start's aftermath, a few
 			// seconds on, measures what the fleet was served at the
@@ -1204,7 +1216,7 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 			// the fact alike.
 			own.start = fromStart
 			own.known = !fromStart && !fh.fact.start && !sh.tweaks.noFleetKnown && fh.fact.limit > 0 &&
-				st.throttled-fh.fact.throttled >= acceptWindow && math.Abs(own.limit-fh.fact.limit) <= knownSpread*fh.fact.limit
+				st.throttled-fh.fact.throttled >= knownGap && math.Abs(own.limit-fh.fact.limit) <= knownSpread*fh.fact.limit
 			delete(sh.probed, host)
 			x.fact = newerFact(x.fact, own)
 		} else if fh.fact.source == sh.source && fh.fact.throttled == st.throttled && st.throttled != 0 && !young &&
