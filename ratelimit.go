@@ -78,7 +78,7 @@ const (
 	// start: the rate the start had reached two doublings before its
 	// first refusal, which the host served, and so under its limit. At
 	// knownProbe, steps held memberStepHold, 24 processes climbed from a
-	// bracket of 3.8 r/s to nginx's 5 in 10–13 s (94.3 % served).
+	// bracket of about 4 r/s to nginx's 5 in 10–13 s (94.3 % served).
 	bracketProbe    = 0.1
 	bracketStepHold = 1.0  // s
 	knownNoise      = 0.95 // a throttle at the known limit when the host served this share of the last 2 s is noise
@@ -849,7 +849,7 @@ func (l *limiter) stepServedLocked(now int64) float64 {
 // them (see gentleLocked, stepServedLocked, stepProbeLocked).
 func (l *limiter) setFleet(member, bracket bool, perProc float64) {
 	l.mu.Lock()
-	l.member, l.bracket, l.fleetAvg = member, member && bracket, perProc
+	l.member, l.bracket, l.fleetAvg = member, bracket, perProc
 	l.mu.Unlock()
 }
 

@@ -882,8 +882,9 @@ const (
 	// two apart and measure one episode, each at what the fleet was
 	// served while it slowed down. With facts 2 s apart, a start's
 	// aftermath of 24 processes on bbolt made facts of 3.9, 4.6 and 4.4
-	// r/s in 3 s (nginx allows 5), and two such that agreed were held as
-	// known.
+	// r/s in 3 s (nginx allows 5); two such that agreed 2 s apart would
+	// have been held as known (the suspected cause of runs that sat at
+	// 3–4 r/s for 20 s without a refusal; not traced).
 	knownGap = int64(5 * time.Second)
 )
 

@@ -1053,8 +1053,9 @@ func fleetMember(t *testing.T, path string, base http.RoundTripper, host string,
 // episode is still the start's bracket. Nor is a fact known that agrees
 // with one learnt less than knownGap before: the refusals of the fleet's
 // reaction to a fact (or of a host draining its burst) measure one
-// episode (before, a start's aftermath on bbolt made facts of 3.9, 4.6
-// and 4.4 r/s in 3 s, and two that agreed were held as known).
+// episode (a start's aftermath on bbolt made facts of 3.9, 4.6 and 4.4
+// r/s in 3 s; with facts 2 s apart, two of them that agreed would have
+// been known).
 func TestFleetMemberFactIsWhatTheFleetWasServed(t *testing.T) {
 	for _, c := range []struct {
 		name    string
