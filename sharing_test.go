@@ -1001,7 +1001,13 @@ func TestFleetHoldsAgreeingFacts(t *testing.T) {
 // learnt now, not known, and the bracket of the fleet's start if start.
 func publishPeers(t *testing.T, peer Store, host string, n int, rate, served, limit float64, start bool) {
 	t.Helper()
-	now := time.Now()
+	publishPeersAt(t, peer, host, n, rate, served, limit, start, time.Now())
+}
+
+// publishPeersAt is publishPeers with the rows' throttles, and the fact's,
+// at now.
+func publishPeersAt(t *testing.T, peer Store, host string, n int, rate, served, limit float64, start bool, now time.Time) {
+	t.Helper()
 	for i := 1; i <= n; i++ {
 		src := fmt.Sprintf("p%d", i)
 		ps := PublishedState{Host: host, State: StateClosed, Sending: true, Rate: rate, LastMax: rate, Throttled: now, Served: served}
@@ -1130,6 +1136,63 @@ func TestFleetMemberFactIsWhatTheFleetWasServed(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestFleetMemberFactIsCountedBeforeItsPause: B paces its share of the
+// fleet's fact (10 r/s among 4 processes), and the other three publish
+// that the host served them 2.5 r/s each, for several polls. Then the
+// host refuses B with Retry-After: 1, and the three's rows say they were
+// served 0.8 r/s each: their counts of the last 2 s cover the fleet's
+// pause. The fact B's throttle teaches is what the host served the fleet
+// over the polls before it: the others' 7.5 r/s and B's own count (B
+// climbs back to its share along its curve after adopting it), 8 r/s or
+// more. Before, it was the poll's count after the throttle, 2.4 r/s and
+// B's own, floored at β × 10 (7 r/s): a fleet of 24
+// on bbolt that nginx served 6 r/s sat at 3.2 r/s for 10 s after such a
+// refusal (96.6 % served).
+func TestFleetMemberFactIsCountedBeforeItsPause(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "hb.db")
+	synctest.Test(t, func(t *testing.T) {
+		const host = "api.test"
+		var refuse atomic.Bool
+		base := newSendLog()
+		base.next = func(int) (int, http.Header) {
+			if refuse.CompareAndSwap(true, false) {
+				return http.StatusTooManyRequests, http.Header{"Retry-After": {"1"}}
+			}
+			return 0, nil
+		}
+		t0 := time.Now() // the fleet's fact
+		b, peer, stop := fleetMember(t, path, base, host, 3, 6, 2.5, 10)
+		defer stop()
+		time.Sleep(6500 * time.Millisecond) // between two polls of B's
+		share := rateOf(b, host)
+		publishPeersAt(t, peer, host, 3, 6, 0.8, 10, false, t0)
+		refuse.Store(true)
+		time.Sleep(3 * time.Second) // B was refused, and published the fact
+		states, err := peer.States(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var fact PublishedState
+		for _, s := range states {
+			if s.Host == host && s.FleetSource != "p1" && s.FleetLimit > 0 {
+				fact = s
+			}
+		}
+		t.Logf("B paced %.2f r/s of the fleet's 10; its throttle with Retry-After taught the fleet %.2f r/s", share, fact.FleetLimit)
+		switch {
+		case fact.FleetLimit == 0:
+			t.Fatal("B published no fact of its own after its throttle")
+		case !fact.FleetThrottled.After(t0.Add(6 * time.Second)):
+			t.Fatalf("B's fact is of a throttle at %v, want one after 6 s", fact.FleetThrottled.Sub(t0))
+		case fact.FleetLimit < 8 || fact.FleetLimit > 1.1*(7.5+share):
+			// B's own count is under its share: it climbed back to it
+			// along its curve after adopting it.
+			t.Errorf("B's throttle taught %.2f r/s; before it, the host served the others 7.5 r/s and B up to %.2f (want 8 or more, and at most 10 %% over)",
+				fact.FleetLimit, share)
+		}
+	})
 }
 
 // TestFleetMembersClimbByWhatTheFleetWasServed: B paces its share of a
