@@ -887,23 +887,6 @@ const (
 	// 3–4 r/s for 20 s without a refusal; not traced).
 	knownGap = int64(5 * time.Second)
 
-	// startAftermath is how long after the bracket of the fleet's start
-	// (the first fact of it that a process read) a member's throttle is
-	// of the start's episode: it teaches no lower limit than the bracket,
-	// and is the bracket still. The start reached four times the bracket
-	// before its refusal, and a host that counts a burst (nginx's) counts
-	// that overshoot for seconds while the fleet, at the bracket, sends
-	// under its limit: its refusals then say the burst is spent, not
-	// that the limit is lower. Refused in each of the three or four
-	// seconds after the start and not after, fleets of 24 then sent 3–4
-	// r/s (about 0.7 times the bracket, the floor of a fact) for 20 s or
-	// more of nginx's 5 (80.1 % served on Redis, 87.0 % on bbolt; the
-	// runs were not traced). Only the
-	// first fact counts: the processes that inherit the bracket republish
-	// it with their own throttles, and a host that refuses every few
-	// seconds would keep the fleet at the bracket.
-	startAftermath = int64(5 * time.Second)
-
 	// servedWeight is the weight of a poll's count of what the host
 	// served the fleet in the smoothed count (fleetHost.served), and
 	// servedSamples how many polls the smoothed count needs to stand for
@@ -998,11 +981,6 @@ type fleetHost struct {
 	// those sending to it until startUntil (wall ns).
 	startN     int
 	startUntil int64
-
-	// startAt is the throttle (wall ns) of the first fact this process
-	// read of the host that was the bracket of the fleet's start: the
-	// start's aftermath runs startAftermath from it.
-	startAt int64
 
 	// visibleSince is when this process first published itself sending
 	// to the host, in the current run of sending; zero when it does not
@@ -1218,14 +1196,13 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 					count = fh.served
 				}
 				own.limit, fh.redivided = max(min(count, fill), cubicBeta*fh.fact.limit), true
-				if st.throttled-fh.fact.throttled < acceptWindow || fh.fact.start && st.throttled-fh.startAt < startAftermath {
+				if st.throttled-fh.fact.throttled < acceptWindow {
 					// Within the window of the fact's own throttle: the
 					// requests that the fleet let go before it slowed down
 					// (the turns given at the end of the fleet's start),
 					// refused in the same episode. They teach no lower
 					// limit than the fact (a process alone ignores the
-					// throttles of its episode). So does a throttle in the
-					// start's aftermath.
+					// throttles of its episode).
 					own.limit = max(own.limit, fh.fact.limit)
 					fromStart = fh.fact.start // the start's episode: still its bracket
 				}
@@ -1282,9 +1259,6 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 			x.fact = newerFact(x.fact, own)
 		}
 		fh.fact = x.fact
-		if fh.fact.start && fh.startAt == 0 {
-			fh.startAt = fh.fact.throttled
-		}
 		fh.known = x.fact.known && !sh.tweaks.noFleetKnown
 		if held.reached > 0 && fh.fact.limit > 0 {
 			sh.forgetHeld(host) // taught, by this process or another

@@ -1056,10 +1056,7 @@ func fleetMember(t *testing.T, path string, base http.RoundTripper, host string,
 // bracket is not a measure, and what the fleet was served just after it
 // is what the bracket let through (before, a fleet of 48 held such a
 // fact for 10 s at 4.2 r/s of nginx's 5); a throttle in the start's
-// episode is still the start's bracket, and so is one in its aftermath,
-// 3 s after it (before, it taught 7 r/s, the floor of 0.7 times the
-// bracket; fleets refused in the seconds after their start sat at about
-// that for 20 s). Nor is a fact known that agrees
+// episode is still the start's bracket. Nor is a fact known that agrees
 // with one learnt less than knownGap before: the refusals of the fleet's
 // reaction to a fact (or of a host draining its burst) measure one
 // episode (a start's aftermath on bbolt made facts of 3.9, 4.6 and 4.4
@@ -1081,7 +1078,6 @@ func TestFleetMemberFactIsWhatTheFleetWasServed(t *testing.T) {
 		{"the fleet's reaction", 6, 3 * time.Second, false, false, false},
 		{"after the start's bracket", 6, 6 * time.Second, false, true, false},
 		{"the start's episode", 1, 1200 * time.Millisecond, true, true, false},
-		{"the start's aftermath", 1, 3 * time.Second, true, true, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "hb.db")
@@ -1118,11 +1114,7 @@ func TestFleetMemberFactIsWhatTheFleetWasServed(t *testing.T) {
 				since := fact.FleetThrottled.Sub(t0)
 				t.Logf("B paced %.2f r/s of the fleet's 10; its throttle %v after the fact's taught the fleet %.2f r/s (known %v)",
 					share, since, fact.FleetLimit, fact.FleetKnown)
-				window := time.Duration(acceptWindow)
-				if c.start {
-					window = time.Duration(startAftermath)
-				}
-				if c.episode && fact.FleetLimit > 0 && since >= window {
+				if c.episode && fact.FleetLimit > 0 && since >= time.Duration(acceptWindow) {
 					t.Fatalf("B was throttled %v after the fact, not within its window", since)
 				}
 				switch served := 7.5 + share; {
