@@ -887,6 +887,25 @@ const (
 	// 3–4 r/s for 20 s without a refusal; not traced).
 	knownGap = int64(5 * time.Second)
 
+	// startAftermath is how long after the bracket of the fleet's start
+	// (the first fact of it that this process read) a member's throttle
+	// past the bracket's episode is of the start's aftermath. The start
+	// reached four times the bracket, and a host that counts a burst
+	// (nginx's) counts that overshoot for seconds while the fleet sends
+	// under its limit; what the fleet was served then is its slowing
+	// down. Such a throttle teaches a bracket, not a measure: no less than
+	// knownBeta times the bracket before it (the fleet backs off, gently),
+	// climbed past as the start's (see limiter.bracket). Traced: 48
+	// processes on Redis without Retry-After, refused 2.04 s after the
+	// start's bracket of 4.52 r/s, made a fact of the poll's count, 3.37,
+	// and climbed from it by steps held 2 s (85.9 % served); holding the
+	// bracket itself through the aftermath drew 19 429s in a run of 48
+	// (twice one process alone is 16–18). Only the first bracket read
+	// counts: the processes that inherit the bracket republish it with
+	// their own throttles, and a host that refuses every few seconds
+	// would extend the aftermath.
+	startAftermath = int64(5 * time.Second)
+
 	// servedWeight is the weight of a poll's count of what the host
 	// served the fleet in the smoothed count (fleetHost.served), and
 	// servedSamples how many polls the smoothed count needs to stand for
@@ -981,6 +1000,11 @@ type fleetHost struct {
 	// those sending to it until startUntil (wall ns).
 	startN     int
 	startUntil int64
+
+	// startAt is the throttle (wall ns) of the first fact this process
+	// read of the host that was the bracket of the fleet's start: the
+	// start's aftermath runs startAftermath from it.
+	startAt int64
 
 	// visibleSince is when this process first published itself sending
 	// to the host, in the current run of sending; zero when it does not
@@ -1205,6 +1229,11 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 					// throttles of its episode).
 					own.limit = max(own.limit, fh.fact.limit)
 					fromStart = fh.fact.start // the start's episode: still its bracket
+				} else if fh.fact.start && st.throttled-fh.startAt < startAftermath {
+					// The start's aftermath: what the fleet was served as
+					// it slowed down after its start, a bracket still.
+					own.limit = max(own.limit, knownBeta*fh.fact.limit)
+					fromStart = true
 				}
 			}
 			if sh.probed[host] && fh.fact.limit <= 0 {
@@ -1259,6 +1288,9 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 			x.fact = newerFact(x.fact, own)
 		}
 		fh.fact = x.fact
+		if fh.fact.start && fh.startAt == 0 {
+			fh.startAt = fh.fact.throttled
+		}
 		fh.known = x.fact.known && !sh.tweaks.noFleetKnown
 		if held.reached > 0 && fh.fact.limit > 0 {
 			sh.forgetHeld(host) // taught, by this process or another
