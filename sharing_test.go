@@ -1004,6 +1004,23 @@ func publishPeers(t *testing.T, peer Store, host string, n int, rate, served, li
 	publishPeersAt(t, peer, host, n, rate, served, limit, start, time.Now())
 }
 
+// publishedFact returns a row of host that peer reads whose fleet fact
+// is not the one publishPeers gave p1: the fact B published (zero if none).
+func publishedFact(t *testing.T, peer Store, host string) PublishedState {
+	t.Helper()
+	states, err := peer.States(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fact PublishedState
+	for _, s := range states {
+		if s.Host == host && s.FleetSource != "p1" && s.FleetLimit > 0 {
+			fact = s
+		}
+	}
+	return fact
+}
+
 // publishPeersAt is publishPeers with the rows' throttles, and the fact's,
 // at now.
 func publishPeersAt(t *testing.T, peer Store, host string, n int, rate, served, limit float64, start bool, now time.Time) {
@@ -1108,16 +1125,7 @@ func TestFleetMemberFactIsWhatTheFleetWasServed(t *testing.T) {
 				share := rateOf(b, host)
 				refuse.Store(true)
 				time.Sleep(3 * poll) // B was refused, and published the fact
-				states, err := peer.States(context.Background())
-				if err != nil {
-					t.Fatal(err)
-				}
-				var fact PublishedState
-				for _, s := range states {
-					if s.Host == host && s.FleetSource != "p1" && s.FleetLimit > 0 {
-						fact = s
-					}
-				}
+				fact := publishedFact(t, peer, host)
 				since := fact.FleetThrottled.Sub(t0)
 				t.Logf("B paced %.2f r/s of the fleet's 10; its throttle %v after the fact's taught the fleet %.2f r/s (known %v)",
 					share, since, fact.FleetLimit, fact.FleetKnown)
@@ -1180,16 +1188,7 @@ func TestFleetMemberFactIsCountedBeforeItsPause(t *testing.T) {
 		publishPeersAt(t, peer, host, 3, 6, 0.8, 10, false, t0)
 		refuse.Store(true)
 		time.Sleep(3 * time.Second) // B was refused, and published the fact
-		states, err := peer.States(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		var fact PublishedState
-		for _, s := range states {
-			if s.Host == host && s.FleetSource != "p1" && s.FleetLimit > 0 {
-				fact = s
-			}
-		}
+		fact := publishedFact(t, peer, host)
 		t.Logf("B paced %.2f r/s of the fleet's 10; its throttle with Retry-After taught the fleet %.2f r/s", share, fact.FleetLimit)
 		switch {
 		case fact.FleetLimit == 0:
