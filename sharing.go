@@ -912,9 +912,9 @@ const (
 	// the count of a member's throttle. A poll's count adds up the last 2
 	// s that each process published, each a request or two of a share of
 	// a few a second, counted at its own time. In 21 throttles of 24
-	// processes on bbolt (nginx served them 5 to 6 r/s), the poll before
-	// each counted 3.4 to 7.3 r/s; smoothed over the polls before, 4.6 to
-	// 6.5.
+	// processes on bbolt (nginx served them 5 to 6 r/s), the count of the
+	// poll before each would have made facts of 3.4 to 7.3 r/s; the count
+	// smoothed over the polls before, 4.6 to 6.5.
 	servedWeight  = 1.0 / 3
 	servedSamples = 2
 )
