@@ -81,12 +81,22 @@ func evalJS[T any](t *testing.T, ctx context.Context, expr string) T {
 	return v
 }
 
-// waitJS waits until expr is truthy in the tab, up to d.
+// waitJS waits until expr is truthy in the tab, up to d. A poll started
+// in an execution context that the page's navigation then replaced fails
+// at once ("Cannot find context with specified id", seen once in CI on
+// the shared tab): it polls again in the new one.
 func waitJS(t *testing.T, ctx context.Context, what, expr string, d time.Duration) {
 	t.Helper()
-	_, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](expr,
-		chromedp.WithPollingMutation(), chromedp.WithPollingTimeout(d)))
-	if err != nil {
+	end := time.Now().Add(d)
+	for {
+		_, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](expr,
+			chromedp.WithPollingMutation(), chromedp.WithPollingTimeout(time.Until(end))))
+		switch {
+		case err == nil:
+			return
+		case strings.Contains(err.Error(), "Cannot find context with specified id") && time.Until(end) > 0:
+			continue
+		}
 		t.Fatalf("%s: not within %v: %v", what, d, err)
 	}
 }
