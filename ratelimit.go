@@ -811,7 +811,7 @@ func (l *limiter) fleetDemandLocked() bool {
 // the fleet start's bracket).
 func (l *limiter) stepHoldLocked() float64 {
 	switch {
-	case l.member && !l.known && l.bracket:
+	case l.climbsBracketLocked():
 		return bracketStepHold
 	case l.member && !l.known:
 		return memberStepHold
@@ -824,10 +824,17 @@ func (l *limiter) stepHoldLocked() float64 {
 // gentleLocked): knownProbe, or bracketProbe for a fleet's member whose
 // limit is the fleet start's bracket and not known.
 func (l *limiter) stepProbeLocked() float64 {
-	if l.member && !l.known && l.bracket {
+	if l.climbsBracketLocked() {
 		return bracketProbe
 	}
 	return knownProbe
+}
+
+// climbsBracketLocked reports whether the limiter is a fleet's member
+// whose limit is the bracket of the fleet's start, not known: it probes
+// past it by bracketProbe, each step held bracketStepHold.
+func (l *limiter) climbsBracketLocked() bool {
+	return l.member && !l.known && l.bracket
 }
 
 // stepServedLocked returns what the host served over the last 2 s, to

@@ -883,8 +883,9 @@ const (
 	// served while it slowed down. With facts 2 s apart, a start's
 	// aftermath of 24 processes on bbolt made facts of 3.9, 4.6 and 4.4
 	// r/s in 3 s (nginx allows 5); two such that agreed 2 s apart would
-	// have been held as known (the suspected cause of runs that sat at
-	// 3–4 r/s for 20 s without a refusal; not traced).
+	// have been held as known. (That was suspected of runs that sat at
+	// 3–4 r/s for 20 s without a refusal; the two such runs traced since
+	// had another cause, see startAftermath.)
 	knownGap = int64(5 * time.Second)
 
 	// startAftermath is how long after the bracket of the fleet's start
@@ -900,7 +901,7 @@ const (
 	// start's bracket of 4.52 r/s, made a fact of the poll's count, 3.37,
 	// and climbed from it by steps held 2 s (85.9 % served); holding the
 	// bracket itself through the aftermath drew 19 429s in a run of 48
-	// (twice one process alone is 16–18). Only the first bracket read
+	// (twice one process alone is 16–20). Only the first bracket read
 	// counts: the processes that inherit the bracket republish it with
 	// their own throttles, and a host that refuses every few seconds
 	// would extend the aftermath.
@@ -1266,8 +1267,9 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 			// Known: it agrees with the fact before it, learnt from
 			// another episode, knownGap or more before (the start's reply
 			// throttles several of its processes at once, and each one's
-			// copy of its fact would agree with the first). The start's fact is a bracket, not a
-			// measure: it is never known, and a fact that agrees with it
+			// copy of its fact would agree with the first). The start's
+			// fact is a bracket, not a measure: it is never known, and a
+			// fact that agrees with it
 			// is not either (a refusal in the start's aftermath, a few
 			// seconds on, measures what the fleet was served at the
 			// bracket: in a traced run of 48 processes, 4.22 r/s after
@@ -1336,8 +1338,9 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 			continue
 		}
 		recent, _ := lim.served(now)
-		lim.setFleet(n > 1, fh.fact.start, (recent+x.othersServed())/float64(n))
-		fh.countServed(recent+x.othersServed(), wall, st.throttled, acceptWindow+int64(sh.poll))
+		count := recent + x.othersServed() // what the host served the fleet, as this poll counts it
+		lim.setFleet(n > 1, fh.fact.start, count/float64(n))
+		fh.countServed(count, wall, st.throttled, acceptWindow+int64(sh.poll))
 		if !sh.tweaks.noPhase && n > 1 {
 			lim.setPhase(sh.phase, wall-now)
 		} else {

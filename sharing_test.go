@@ -1075,8 +1075,8 @@ func fleetMember(t *testing.T, path string, base http.RoundTripper, host string,
 // fact for 10 s at 4.2 r/s of nginx's 5); a throttle in the start's
 // episode is still the start's bracket. One in the start's aftermath, 3 s
 // after it, is a bracket too, at 0.85 × the one before or more (before,
-// it taught a measure at the floor, 0.7 × 10: 48 processes on Redis sat at
-// 3.2–3.4 r/s for 20 s after such a fact). Nor is a fact known that agrees
+// it taught a measure at the floor, 0.7 × 10: 48 processes on Redis made
+// facts of 3.4 and 3.2 r/s that way and sat at 3–4 r/s for 20 s). Nor is a fact known that agrees
 // with one learnt less than knownGap before: the refusals of the fleet's
 // reaction to a fact (or of a host draining its burst) measure one
 // episode (a start's aftermath on bbolt made facts of 3.9, 4.6 and 4.4
