@@ -1269,13 +1269,12 @@ func (t *Transport) pullFleetRates(states []PublishedState) {
 			// throttles several of its processes at once, and each one's
 			// copy of its fact would agree with the first). The start's
 			// fact is a bracket, not a measure: it is never known, and a
-			// fact that agrees with it
-			// is not either (a refusal in the start's aftermath, a few
-			// seconds on, measures what the fleet was served at the
-			// bracket: in a traced run of 48 processes, 4.22 r/s after
-			// the start's 4.25 of nginx's 5, held as known for 10 s). This
-			// process decides it for every process, which hold or probe
-			// the fact alike.
+			// fact that agrees with it is not either (a refusal in the
+			// start's aftermath, a few seconds on, measures what the fleet
+			// was served at the bracket: in a traced run of 48 processes,
+			// 4.22 r/s after the start's 4.25 of nginx's 5, held as known
+			// for 10 s). This process decides it for every process, which
+			// hold or probe the fact alike.
 			own.start = fromStart
 			own.known = !fromStart && !fh.fact.start && !sh.tweaks.noFleetKnown && fh.fact.limit > 0 &&
 				st.throttled-fh.fact.throttled >= knownGap && math.Abs(own.limit-fh.fact.limit) <= knownSpread*fh.fact.limit

@@ -1076,12 +1076,12 @@ func fleetMember(t *testing.T, path string, base http.RoundTripper, host string,
 // episode is still the start's bracket. One in the start's aftermath, 3 s
 // after it, is a bracket too, at 0.85 × the one before or more (before,
 // it taught a measure at the floor, 0.7 × 10: 48 processes on Redis made
-// facts of 3.4 and 3.2 r/s that way and sat at 3–4 r/s for 20 s). Nor is a fact known that agrees
-// with one learnt less than knownGap before: the refusals of the fleet's
-// reaction to a fact (or of a host draining its burst) measure one
-// episode (a start's aftermath on bbolt made facts of 3.9, 4.6 and 4.4
-// r/s in 3 s; with facts 2 s apart, two of them that agreed would have
-// been known).
+// facts of 3.4 and 3.2 r/s that way and sat at 3–4 r/s for 20 s). Nor is
+// a fact known that agrees with one learnt less than knownGap before: the
+// refusals of the fleet's reaction to a fact (or of a host draining its
+// burst) measure one episode (a start's aftermath on bbolt made facts of
+// 3.9, 4.6 and 4.4 r/s in 3 s; with facts 2 s apart, two of them that
+// agreed would have been known).
 func TestFleetMemberFactIsWhatTheFleetWasServed(t *testing.T) {
 	for _, c := range []struct {
 		name    string
@@ -1165,9 +1165,9 @@ func TestFleetMemberFactIsWhatTheFleetWasServed(t *testing.T) {
 // over the polls before it: the others' 7.5 r/s and B's own count (B
 // climbs back to its share along its curve after adopting it), 8 r/s or
 // more. Before, it was the poll's count after the throttle, 2.4 r/s and
-// B's own, floored at β × 10 (7 r/s): a fleet of 24
-// on bbolt that nginx served 6 r/s sat at 3.2 r/s for 10 s after such a
-// refusal (96.6 % served).
+// B's own, floored at β × 10 (7 r/s): a fleet of 24 on bbolt that nginx
+// served 6 r/s sat at 3.2 r/s for 10 s after such a refusal (96.6 %
+// served).
 func TestFleetMemberFactIsCountedBeforeItsPause(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "hb.db")
 	synctest.Test(t, func(t *testing.T) {
